@@ -1,0 +1,121 @@
+# funcscale — the entry points people type.
+CARGO ?= cargo
+CRDS  := crds/funcscale-crds.yaml
+
+.PHONY: all build test crds crds-check lint fmt ci demo demo-plan e2e e2e-cluster bench redis chart-check install-bundle docs image
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+## test: every test (unit, property, CRD schema, real Redis at 127.0.0.1:6379, and the e2e
+##   scenarios, which spawn the operator and worker binaries: built first)
+test: redis
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run -q -p funcscale-operator -- crd > $(CRDS)
+	charts/ci-check.sh render
+
+## crds-check: fail when crds/ differs from what the types generate
+crds-check:
+	@$(CARGO) run -q -p funcscale-operator -- crd > target/crds.check.yaml
+	@diff -u $(CRDS) target/crds.check.yaml || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+	@echo "crds/ is fresh"
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## redis: make sure a Redis answers on 127.0.0.1:6379 (starts a local one if not)
+redis:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+	  for i in $$(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+
+## ci: what .ci/run checks
+ci: lint crds-check chart-check test
+
+## demo: the closed loop live — local API endpoint, simulated kubelet, the operator, a queue,
+##   an autoscaled pool and a producer sending waves; one line a second (depth, replicas, why).
+##   Ends after ~2 minutes (DEMO_SECONDS) or on Ctrl-C; cleans up its processes and Redis keys.
+DEMO_SECONDS ?= 120
+demo: redis
+	$(CARGO) build -q --workspace --bins
+	$(CARGO) run -q -p funcscale-e2e --bin funcscale-demo -- --seconds $(DEMO_SECONDS)
+
+## demo-plan: the capacity planner on the seed stack's numbers, and the policy against KEDA/HPA
+demo-plan: build
+	$(CARGO) run -q -p funcscale-operator -- capacity --monitors 10000 --task-ms 500
+	$(CARGO) run -q -p funcscale-operator -- capacity --table
+	$(CARGO) run -q -p funcscale-operator -- simulate
+
+## e2e: the closed-loop scenarios (burst, beat, Redis outage, operator restart/takeover,
+##   invalid resources, cron load) against the in-memory API server + simulated kubelet
+e2e: redis
+	$(CARGO) build --workspace --bins
+	$(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios
+
+## e2e-cluster: the same scenarios against the cluster KUBECONFIG points at (simulated kubelet
+##   off; the operator runs locally against it; worker pods use FUNCSCALE_E2E_WORKER_IMAGE and
+##   must reach FUNCSCALE_E2E_REDIS_URL, as must this machine)
+e2e-cluster: build
+	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to a cluster"; exit 1; }
+	@test -n "$$FUNCSCALE_E2E_REDIS_URL" || { echo "e2e-cluster: set FUNCSCALE_E2E_REDIS_URL (reachable from pods and from here)"; exit 1; }
+	FUNCSCALE_E2E_CLUSTER=1 $(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios
+
+## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, the
+##   policy simulator (funcscale vs KEDA-style vs HPA-style), and the reaction latency
+##   (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's defaults
+bench: redis
+	$(CARGO) build --release --workspace --bins
+	e2e/bench/worker_bench.sh
+	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture
+	$(CARGO) run -q --release -p funcscale-operator -- simulate
+	$(CARGO) build --workspace --bins
+	FUNCSCALE_E2E_LATENCY_TRIALS=$${TRIALS:-10} $(CARGO) nextest run -p funcscale-e2e --test scenarios \
+	    --run-ignored only --no-capture reaction_latency
+
+VERSION     ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_REPO  ?= ghcr.io/funcscale
+DOCKER      ?= docker
+
+## chart-check: helm lint, helm template | kubernetes-validate (1.30 + newest), values.schema.json
+##   rejections, freshness of manifests/install.yaml, chart CRDs and docs/crd-reference.md, examples
+chart-check:
+	charts/ci-check.sh
+
+## install-bundle: regenerate charts/funcscale/crds/, manifests/install.yaml and docs/crd-reference.md
+##   (run after `make crds` or any chart change, then commit)
+install-bundle:
+	charts/ci-check.sh render
+
+## docs: regenerate docs/crd-reference.md from crds/funcscale-crds.yaml (and the bundle with it)
+docs:
+	charts/ci-check.sh render
+
+## image: build the operator and worker images (needs a Docker engine with BuildKit)
+image:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { \
+	  echo "image: '$(DOCKER)' is not installed. Install Docker (with BuildKit) or run"; \
+	  echo "       'make image DOCKER=podman'. The Dockerfiles are operator/Dockerfile and worker/Dockerfile,"; \
+	  echo "       built from the repository root."; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "image: no container engine answers ('$(DOCKER) info' failed): this machine has the docker CLI"; \
+	  echo "       but no running daemon. Build on a machine with Docker, or in CI, with:"; \
+	  echo "         $(DOCKER) build -f operator/Dockerfile -t $(IMAGE_REPO)/funcscale-operator:$(VERSION) ."; \
+	  echo "         $(DOCKER) build -f worker/Dockerfile   -t $(IMAGE_REPO)/funcscale-worker:$(VERSION) ."; \
+	  exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f operator/Dockerfile -t $(IMAGE_REPO)/funcscale-operator:$(VERSION) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f worker/Dockerfile -t $(IMAGE_REPO)/funcscale-worker:$(VERSION) .
+	@echo "built $(IMAGE_REPO)/funcscale-operator:$(VERSION) and $(IMAGE_REPO)/funcscale-worker:$(VERSION)"

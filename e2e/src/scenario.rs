@@ -1,0 +1,545 @@
+//! Closed-loop scenario harness (issue 7): the in-memory API server, the simulated kubelet,
+//! the real `funcscale-operator` binary and real `funcscale-worker` processes, all on this
+//! machine. Used by `tests/scenarios.rs` and by the `funcscale-demo` binary.
+//!
+//! Each [`Scenario`] has its own namespace and Redis key prefix, so scenarios run in parallel
+//! against one Redis.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use funcscale_operator::crd::{FuncQueue, FuncWorkerPool};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::{Kubelet, KubeletConfig, TestCluster};
+
+/// Default Redis of the scenarios.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// Whether the scenarios target the cluster `KUBECONFIG` points at (`FUNCSCALE_E2E_CLUSTER=1`,
+/// `make e2e-cluster`) instead of the in-memory API server and the simulated kubelet.
+pub fn real_cluster() -> bool {
+    std::env::var("FUNCSCALE_E2E_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+/// Find a workspace binary: `FUNCSCALE_E2E_<NAME>_BIN`, else next to the running executable
+/// (`target/<profile>/` for binaries, `target/<profile>/deps/` for tests).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!(
+        "FUNCSCALE_E2E_{}_BIN",
+        name.trim_start_matches("funcscale-").to_uppercase()
+    );
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+            dir = d.parent();
+        }
+    }
+    anyhow::bail!(
+        "{name} is not built next to {} (run `cargo build --workspace --bins` first, \
+         as `make test` does, or set {var})",
+        exe.display()
+    )
+}
+
+/// What a scenario runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace and (with a suffix) Redis key prefix.
+    pub name: String,
+    pub redis_url: String,
+    /// Operator poll interval.
+    pub poll_interval: Duration,
+    /// Leader election on (with a short lease) or off.
+    pub leader_election: bool,
+    /// Write operator and pod logs here (default: a temporary directory).
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            redis_url: REDIS_URL.to_string(),
+            poll_interval: Duration::from_millis(300),
+            leader_election: false,
+            log_dir: None,
+        }
+    }
+}
+
+/// A running scenario: API server + kubelet (its namespace only) + operator process.
+pub struct Scenario {
+    pub opts: Options,
+    pub ns: String,
+    pub prefix: String,
+    /// The in-memory API server (`None` against a real cluster: `FUNCSCALE_E2E_CLUSTER=1`).
+    pub cluster: Option<TestCluster>,
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+    /// The simulated kubelet (`None` against a real cluster).
+    pub kubelet: Option<Kubelet>,
+    pub operators: Vec<Child>,
+    pub worker_bin: PathBuf,
+    pub operator_bin: PathBuf,
+    pub log_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Scenario {
+    /// Start the API server, the CRDs, the namespace, the kubelet and one operator.
+    pub async fn start(opts: Options) -> anyhow::Result<Self> {
+        let worker_bin = bin("funcscale-worker")?;
+        let operator_bin = bin("funcscale-operator")?;
+        let mut opts = opts;
+        let (cluster, client, kubeconfig, ns) = if real_cluster() {
+            crate::apiserver::install_crypto_provider();
+            let kubeconfig = PathBuf::from(
+                std::env::var_os("KUBECONFIG")
+                    .context("FUNCSCALE_E2E_CLUSTER=1 needs KUBECONFIG")?,
+            );
+            if let Some(url) = std::env::var_os("FUNCSCALE_E2E_REDIS_URL") {
+                opts.redis_url = url.to_string_lossy().into_owned();
+            }
+            let client = crate::apiserver::client_from_kubeconfig(&kubeconfig).await?;
+            crate::apiserver::install_crds(&client).await?;
+            let ns = format!("fs-e2e-{}-{}", opts.name, std::process::id());
+            (None, client, kubeconfig, ns)
+        } else {
+            let cluster = TestCluster::start().await?;
+            cluster.install_crds().await?;
+            let (client, kubeconfig) = (cluster.client.clone(), cluster.kubeconfig.clone());
+            (Some(cluster), client, kubeconfig, opts.name.clone())
+        };
+        let prefix = format!("fs-scen-{}-{}", opts.name, std::process::id());
+        if cluster.is_none() {
+            // the in-memory API server needs no Namespace object
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            namespaces
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                )
+                .await?;
+        }
+        let (tmp, log_dir) = match &opts.log_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("funcscale-{}-", opts.name))
+                    .tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        std::fs::create_dir_all(log_dir.join("pods"))?;
+        let kubelet = cluster.as_ref().map(|_| {
+            let mut kc = KubeletConfig::new(&worker_bin);
+            kc.namespace = Some(ns.clone());
+            kc.log_dir = Some(log_dir.join("pods"));
+            Kubelet::start_with(client.clone(), kc)
+        });
+        let mut s = Self {
+            opts,
+            ns,
+            prefix,
+            cluster,
+            client,
+            kubeconfig,
+            kubelet,
+            operators: Vec::new(),
+            worker_bin,
+            operator_bin,
+            log_dir,
+            _tmp: tmp,
+        };
+        s.start_operator("op-0")?;
+        Ok(s)
+    }
+
+    /// Start one more operator process (identity `id`); returns its index in `operators`.
+    pub fn start_operator(&mut self, id: &str) -> anyhow::Result<usize> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("operator-{id}.log")))?;
+        let mut cmd = Command::new(&self.operator_bin);
+        cmd.args([
+            "run",
+            "--metrics-addr",
+            &port.to_string(),
+            "--namespace",
+            &self.ns,
+            "--key-prefix",
+            &self.prefix,
+            "--redis-url",
+            &self.opts.redis_url,
+            "--identity",
+            id,
+        ])
+        .arg("--poll-interval")
+        .arg(format!("{}ms", self.opts.poll_interval.as_millis()));
+        if self.opts.leader_election {
+            cmd.args([
+                "--lease-duration",
+                "3s",
+                "--leader-election-namespace",
+                &self.ns,
+            ]);
+        } else {
+            cmd.arg("--no-leader-election");
+        }
+        let child = cmd
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("FUNCSCALE_NAMESPACE")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn funcscale-operator")?;
+        self.operators.push(child);
+        Ok(self.operators.len() - 1)
+    }
+
+    pub fn queues(&self) -> Api<FuncQueue> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn pools(&self) -> Api<FuncWorkerPool> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Server-side apply a FuncQueue from its spec (JSON).
+    pub async fn apply_queue(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let obj = json!({"apiVersion": "funcscale.dev/v1alpha1", "kind": "FuncQueue",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": spec});
+        self.queues()
+            .patch(
+                name,
+                &PatchParams::apply("scenario").force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Server-side apply a FuncWorkerPool from its spec (JSON).
+    pub async fn apply_pool(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let obj = json!({"apiVersion": "funcscale.dev/v1alpha1", "kind": "FuncWorkerPool",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": spec});
+        self.pools()
+            .patch(
+                name,
+                &PatchParams::apply("scenario").force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The Redis list key of queue `q` under this scenario's prefix.
+    pub fn queue_key(&self, q: &str) -> String {
+        funcscale_worker::protocol::Keys::new(self.prefix.clone()).queue(q)
+    }
+
+    /// `funcscale-worker <args>` with this scenario's Redis and prefix; waits for success.
+    pub async fn worker_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.worker_bin)
+            .args(args)
+            .env("FUNCSCALE_REDIS_URL", &self.opts.redis_url)
+            .env("FUNCSCALE_PREFIX", &self.prefix)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "funcscale-worker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Push `count` tasks of `func` with `args` (JSON) onto `queue`.
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        func: &str,
+        args: &str,
+        count: u64,
+    ) -> anyhow::Result<()> {
+        self.worker_cli(&[
+            "enqueue",
+            "--queue",
+            queue,
+            "--func",
+            func,
+            "--args",
+            args,
+            "--count",
+            &count.to_string(),
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// The Deployment's `spec.replicas` and `status.readyReplicas`.
+    pub async fn replicas(&self, name: &str) -> anyhow::Result<Option<(i32, i32)>> {
+        Ok(self.deployments().get_opt(name).await?.map(|d| {
+            (
+                d.spec.and_then(|s| s.replicas).unwrap_or(0),
+                d.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            )
+        }))
+    }
+
+    /// A pool condition `(status, reason, message)`.
+    pub async fn condition(
+        &self,
+        pool: &str,
+        type_: &str,
+    ) -> anyhow::Result<Option<(String, String, String)>> {
+        let p = self.pools().get_opt(pool).await?;
+        Ok(p.and_then(|p| p.status).and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status, c.reason, c.message))
+        }))
+    }
+
+    /// Stop everything: operators (SIGTERM, then kill), pods gracefully.
+    pub async fn shutdown(mut self) {
+        for op in &mut self.operators {
+            terminate(op, Duration::from_secs(5)).await;
+        }
+        if let Some(k) = self.kubelet.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), k.shutdown()).await;
+        }
+        if self.cluster.is_none() {
+            let namespaces: Api<Namespace> = Api::all(self.client.clone());
+            let _ = namespaces.delete(&self.ns, &Default::default()).await;
+        }
+    }
+
+    /// Identities of the pool's running pods: process ids under the simulated kubelet, pod
+    /// uids in a real cluster.
+    pub async fn pod_ids(&self, pool: &str) -> Vec<String> {
+        let mut v: Vec<String> = match &self.kubelet {
+            Some(k) => k
+                .pods(&self.ns, pool)
+                .iter()
+                .filter_map(|p| p.pid.map(|p| p.to_string()))
+                .collect(),
+            None => {
+                let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                    Api::namespaced(self.client.clone(), &self.ns);
+                let lp = kube::api::ListParams::default().labels(&format!(
+                    "{}={pool}",
+                    funcscale_operator::crd_ext::POOL_LABEL
+                ));
+                pods.list(&lp)
+                    .await
+                    .map(|l| {
+                        l.items
+                            .into_iter()
+                            .filter(|p| p.metadata.deletion_timestamp.is_none())
+                            .filter_map(|p| p.metadata.uid)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        };
+        v.sort();
+        v
+    }
+
+    /// Kill one pod of `pool` hard: SIGKILL its process (simulated kubelet), or delete the pod
+    /// with no grace (real cluster).
+    pub async fn kill_pod(&self, pool: &str) -> anyhow::Result<()> {
+        match &self.kubelet {
+            Some(k) => {
+                let pid = k
+                    .pods(&self.ns, pool)
+                    .first()
+                    .and_then(|p| p.pid)
+                    .context("no running pod")?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+            }
+            None => {
+                let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                    Api::namespaced(self.client.clone(), &self.ns);
+                let lp = kube::api::ListParams::default().labels(&format!(
+                    "{}={pool}",
+                    funcscale_operator::crd_ext::POOL_LABEL
+                ));
+                let pod = pods
+                    .list(&lp)
+                    .await?
+                    .items
+                    .into_iter()
+                    .next()
+                    .context("no pod")?;
+                let dp = kube::api::DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                let _ = pods
+                    .delete(&pod.metadata.name.unwrap_or_default(), &dp)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+}
+
+/// SIGTERM `child`, wait up to `grace`, then SIGKILL.
+pub async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Records a Deployment's `spec.replicas` over time (every 100 ms) in the background.
+pub struct ReplicaHistory {
+    pub samples: std::sync::Arc<std::sync::Mutex<Vec<(Duration, i32)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplicaHistory {
+    pub fn start(api: Api<Deployment>, name: &str) -> Self {
+        let samples: std::sync::Arc<std::sync::Mutex<Vec<(Duration, i32)>>> = Default::default();
+        let s = samples.clone();
+        let name = name.to_string();
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(Some(d)) = api.get_opt(&name).await {
+                    let r = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+                    let mut v = s.lock().unwrap();
+                    if v.last().map(|(_, x)| *x) != Some(r) {
+                        v.push((t0.elapsed(), r));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { samples, task }
+    }
+    /// The distinct values in order, e.g. `[1, 5, 9, 0]`.
+    pub fn values(&self) -> Vec<i32> {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| *r)
+            .collect()
+    }
+    pub fn max(&self) -> i32 {
+        self.values().into_iter().max().unwrap_or(0)
+    }
+}
+
+impl Drop for ReplicaHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A private `redis-server` on a free port (for outage scenarios: never stop the shared one).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart().await?;
+        Ok(r)
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+    /// (Re)start it on the same port and wait until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn redis-server")?;
+        self.child = Some(child);
+        let url = self.url();
+        crate::eventually(
+            Duration::from_secs(10),
+            "private redis-server to answer",
+            || {
+                let url = url.clone();
+                async move {
+                    let c = redis::Client::open(url).ok()?;
+                    let mut con = c.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut con)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    /// SIGKILL it (an outage) and wait until it is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Command-line interface of `funcscale-operator` (the binary only parses and dispatches).
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::capacity::{self, TABLE_MONITORS, TABLE_TASK_MS};
+use crate::policy::{DEFAULT_PERIOD_MS, DEFAULT_PROCESSES};
+
+/// funcscale: run function-task worker pools on Kubernetes, sized from the work waiting in Redis.
+#[derive(Parser, Debug)]
+#[command(name = "funcscale-operator", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator: controllers for FuncWorkerPool and FuncQueue, the Redis poller,
+    /// `/metrics`, `/healthz`, `/readyz`, leader election.
+    Run(Box<crate::cli_run::RunArgs>),
+    /// Print the CustomResourceDefinitions (FuncQueue, FuncWorkerPool) as YAML.
+    Crd,
+    /// Plan capacity: pods needed for M scheduled executions of T ms per period.
+    Capacity(CapacityArgs),
+    /// Compare funcscale's policy with KEDA-style and HPA-style scaling on the standard load
+    /// traces (steady, bursty, diurnal, cron-spiky) in the built-in simulator.
+    Simulate(SimulateArgs),
+}
+
+/// Arguments of `simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Most pods any policy may run.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(i32).range(1..=10000))]
+    pub max_replicas: i32,
+    /// Seconds a new pod needs before it takes tasks.
+    #[arg(long, default_value_t = 5)]
+    pub pod_start_s: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `simulate` and return what to print.
+pub fn simulate(args: &SimulateArgs) -> String {
+    use crate::policy::PolicyConfig;
+    use crate::sim::{self, Funcscale, HpaCpu, Keda, Scaler, SimConfig};
+    let cfg = SimConfig {
+        pod_start_s: args.pod_start_s,
+        ..SimConfig::default()
+    };
+    let mut reports = vec![];
+    for trace in sim::standard_traces() {
+        let policy = PolicyConfig {
+            min_replicas: 0,
+            max_replicas: args.max_replicas,
+            ..PolicyConfig::default()
+        };
+        let scalers: Vec<Box<dyn Scaler>> = vec![
+            Box::new(Funcscale::new(policy)),
+            Box::new(Keda::new(args.max_replicas)),
+            Box::new(HpaCpu::new(args.max_replicas)),
+        ];
+        for mut s in scalers {
+            reports.push(sim::simulate(&trace, s.as_mut(), &cfg));
+        }
+    }
+    if args.json {
+        return format!(
+            "{}\n",
+            serde_json::to_string_pretty(&reports).expect("JSON")
+        );
+    }
+    let mut out = format!(
+        "{:<11} {:<10} {:>11} {:>9} {:>10} {:>6} {:>7}\n",
+        "trace", "scaler", "pod-seconds", "p95 wait", "mean wait", "peak", "scales"
+    );
+    for r in &reports {
+        out.push_str(&format!(
+            "{:<11} {:<10} {:>11} {:>8}s {:>9}s {:>6} {:>7}\n",
+            r.trace,
+            r.scaler,
+            r.pod_seconds,
+            r.p95_wait_s,
+            r.mean_wait_s,
+            r.peak_pods,
+            r.scale_events
+        ));
+    }
+    out
+}
+
+/// Arguments of `capacity`.
+#[derive(Args, Debug)]
+pub struct CapacityArgs {
+    /// Scheduled executions per period (M); with --table a comma-separated list.
+    #[arg(
+        long,
+        value_name = "M",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub monitors: Vec<u64>,
+    /// Task time in milliseconds (T); with --table a comma-separated list.
+    #[arg(
+        long = "task-ms",
+        value_name = "MS",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub task_ms: Vec<u64>,
+    /// Processes per pod (c).
+    #[arg(long, default_value_t = u64::from(DEFAULT_PROCESSES), allow_negative_numbers = true)]
+    pub processes: u64,
+    /// Period in milliseconds (P).
+    #[arg(long = "period-ms", default_value_t = DEFAULT_PERIOD_MS, allow_negative_numbers = true)]
+    pub period_ms: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a planning table over several M and T (defaults: M = 1000..100000, T = 100..5000 ms).
+    #[arg(long)]
+    pub table: bool,
+}
+
+/// A usage error: the message names the flag; the binary exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Run `capacity` and return what to print.
+pub fn capacity(args: &CapacityArgs) -> Result<String, UsageError> {
+    let err = |e: capacity::CapacityError| UsageError(e.to_string());
+    if args.table {
+        let monitors = if args.monitors.is_empty() {
+            TABLE_MONITORS.to_vec()
+        } else {
+            args.monitors.clone()
+        };
+        let task_ms = if args.task_ms.is_empty() {
+            TABLE_TASK_MS.to_vec()
+        } else {
+            args.task_ms.clone()
+        };
+        let rows =
+            capacity::table(&monitors, &task_ms, args.processes, args.period_ms).map_err(err)?;
+        if args.json {
+            let v = serde_json::json!({
+                "processes": args.processes,
+                "periodMs": args.period_ms,
+                "baselineTaskMs": capacity::BASELINE_TASK_MS,
+                "monitors": monitors,
+                "rows": rows,
+            });
+            return Ok(format!(
+                "{}\n",
+                serde_json::to_string_pretty(&v).expect("JSON")
+            ));
+        }
+        return Ok(capacity::render_table(
+            &monitors,
+            &rows,
+            args.processes,
+            args.period_ms,
+        ));
+    }
+    let one = |v: &[u64], flag: &str| match v {
+        [x] => Ok(*x),
+        [] => Err(UsageError(format!("{flag} is required (or use --table)"))),
+        _ => Err(UsageError(format!(
+            "{flag} takes one value without --table"
+        ))),
+    };
+    let m = one(&args.monitors, "--monitors")?;
+    let t = one(&args.task_ms, "--task-ms")?;
+    let p = capacity::plan(m, t, args.processes, args.period_ms).map_err(err)?;
+    if args.json {
+        Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&p).expect("JSON")
+        ))
+    } else {
+        Ok(capacity::render_plan(&p))
+    }
+}

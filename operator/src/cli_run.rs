@@ -1,0 +1,465 @@
+//! `funcscale-operator run`: wiring only — flags, HTTP endpoints, API connection, leader
+//! election, the Redis poll loop and the two controllers, graceful stop on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, CustomResourceExt, Resource};
+use tokio::sync::watch;
+
+use crate::context::{Config, Context, default_worker_image, system_clock};
+use crate::crd::{FuncQueue, FuncWorkerPool};
+use crate::leader::LeaseLock;
+use crate::redis_metrics::RedisEndpoint;
+use crate::telemetry::{Health, LogFormat, Metrics};
+use crate::{http, pool, queue, telemetry};
+
+/// Arguments of `run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Redis of queues that do not name their own (`spec.redis`).
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis_url: String,
+    /// Secret `NAME/KEY` in each pool's namespace with the default Redis URL for the worker
+    /// pods (needed when `--redis-url` carries a password: it is never put in a pod spec).
+    #[arg(long, env = "FUNCSCALE_WORKER_REDIS_SECRET", value_parser = parse_secret_ref)]
+    pub worker_redis_secret: Option<crate::crd::SecretKeyRef>,
+    /// Worker image for pools that set none.
+    #[arg(long, env = "FUNCSCALE_WORKER_IMAGE", default_value_t = default_worker_image())]
+    pub worker_image: String,
+    /// How often Redis is polled, e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Watch only this namespace (a Role instead of a ClusterRole suffices).
+    #[arg(long, env = "FUNCSCALE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Redis key prefix shared with the workers.
+    #[arg(long, default_value = funcscale_worker::protocol::DEFAULT_PREFIX)]
+    pub key_prefix: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "funcscale-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: `--namespace`, else `POD_NAMESPACE`, else `default`).
+    #[arg(
+        long = "leader-election-namespace",
+        alias = "lease-namespace",
+        env = "POD_NAMESPACE"
+    )]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: `POD_NAME`, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration: how long a dead leader blocks a standby.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Run without leader election (a single replica).
+    #[arg(long)]
+    pub no_leader_election: bool,
+}
+
+/// `NAME/KEY`.
+pub fn parse_secret_ref(s: &str) -> Result<crate::crd::SecretKeyRef, String> {
+    match s.split_once('/') {
+        Some((name, key)) if !name.is_empty() && !key.is_empty() => Ok(crate::crd::SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        }),
+        _ => Err(format!("expected NAME/KEY, got {s}")),
+    }
+}
+
+/// `500ms`, `2s`, `1m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s} (e.g. 500ms, 1s, 1m)"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("duration must be positive: {s}"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+/// Run on a fresh Tokio runtime (for a synchronous `main`).
+pub fn block_on(args: RunArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+/// A clonable "stop now" signal.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+    fn stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+    /// Sleep; true when stopped meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.clone().wait() => true,
+            _ = tokio::time::sleep(d) => self.stopped(),
+        }
+    }
+}
+
+fn spawn_signal_handler(tx: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+}
+
+/// Run the operator until SIGTERM (Ok) or lost leadership (Err).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format);
+    install_crypto_provider();
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+    spawn_signal_handler(stop_tx.clone());
+
+    let listener = http::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics /healthz /readyz");
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        stop.clone().wait(),
+    ));
+
+    // 1. the API server, and our CRDs established
+    let mut delay = Duration::from_secs(1);
+    let client = loop {
+        match connect(args.namespace.as_deref()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                let why = explain(&e);
+                tracing::error!(error = %why, retry_in = ?delay, "Kubernetes API not usable yet; /readyz reports not ready");
+                health.set_api(false, &format!("Kubernetes API: {why}"));
+                if stop.sleep(delay).await {
+                    return finish(http_task).await;
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    health.set_api(true, "");
+    tracing::info!("Kubernetes API reachable, CRDs established");
+
+    // 2. leadership
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "funcscale-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let lock = (!args.no_leader_election).then(|| {
+        LeaseLock::new(
+            client.clone(),
+            &lease_ns,
+            &args.lease_name,
+            &identity,
+            args.lease_duration,
+        )
+    });
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    if let Some(lock) = &lock {
+        // a standby is "ready": it has nothing to watch until it leads
+        health.set_watches(true, "");
+        let clock = system_clock();
+        let mut said = false;
+        loop {
+            match lock.try_acquire_or_renew(clock()).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    if !said {
+                        let holder = lock.holder().await.ok().flatten().unwrap_or_default();
+                        tracing::info!(lease = %format!("{lease_ns}/{}", args.lease_name), holder, "standby: another replica leads");
+                        said = true;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            }
+            if stop.sleep(lock.duration() / 3).await {
+                return finish(http_task).await;
+            }
+        }
+        tracing::info!(identity, "leading");
+        metrics.leader.set(1);
+        health.set_watches(false, "starting watches");
+        tokio::spawn(renew(lock.clone(), stop.clone(), lost_tx, metrics.clone()));
+    } else {
+        metrics.leader.set(1);
+    }
+
+    // 3. controllers, poller
+    let wc = watcher::Config::default().any_semantic();
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=funcscale-operator");
+    let ns = args.namespace.as_deref();
+    let pools_api: Api<FuncWorkerPool> = api(&client, ns);
+    let queues_api: Api<FuncQueue> = api(&client, ns);
+    let pool_ctrl = Controller::new(pools_api, wc.clone());
+    let pool_store = pool_ctrl.store();
+    let queue_ctrl = Controller::new(queues_api.clone(), wc.clone());
+    let queue_store = queue_ctrl.store();
+    let config = Config {
+        worker_image: args.worker_image.clone(),
+        default_redis: RedisEndpoint::new(args.redis_url.clone()),
+        worker_redis_secret: args.worker_redis_secret.clone(),
+        keys: funcscale_worker::protocol::Keys::new(args.key_prefix.clone()),
+        ..Config::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        queue_store.clone(),
+        pool_store.clone(),
+        system_clock(),
+    ));
+    let (trigger_tx, trigger_rx) =
+        futures::channel::mpsc::channel::<ObjectRef<FuncWorkerPool>>(4096);
+    let pools = pool_ctrl
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned)
+        .watches(queues_api, wc, pool::queue_to_pools(pool_store.clone()))
+        .reconcile_on(trigger_rx)
+        .graceful_shutdown_on(stop.clone().wait())
+        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "pool controller");
+            }
+        });
+    let queues = queue_ctrl
+        .graceful_shutdown_on(stop.clone().wait())
+        .run(queue::reconcile, queue::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "queue controller");
+            }
+        });
+    {
+        let health = health.clone();
+        let (p, q) = (pool_store.clone(), queue_store.clone());
+        tokio::spawn(async move {
+            let _ = p.wait_until_ready().await;
+            let _ = q.wait_until_ready().await;
+            health.set_watches(true, "");
+            tracing::info!("watches ready");
+        });
+    }
+    let poll = tokio::spawn(crate::poll_loop::run(
+        ctx.clone(),
+        args.poll_interval,
+        health.clone(),
+        trigger_tx,
+        stop.clone().wait(),
+    ));
+
+    let lost = async move {
+        // the renew task drops its sender when it stops on SIGTERM: that is not a loss
+        if lost_rx.wait_for(|l| *l).await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    };
+    let mut lost_leadership = false;
+    tokio::select! {
+        _ = futures::future::join(pools, queues) => {}
+        _ = lost => {
+            lost_leadership = true;
+            let _ = stop_tx.send(true);
+        }
+    }
+    let _ = poll.await;
+    if let Some(lock) = &lock
+        && !lost_leadership
+    {
+        match lock.release().await {
+            Ok(()) => tracing::info!("lease released"),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease not released; a standby takes over when it expires")
+            }
+        }
+    }
+    metrics.leader.set(0);
+    let r = finish(http_task).await;
+    if lost_leadership {
+        anyhow::bail!("lost the leader lease; exiting so a fresh start becomes a standby");
+    }
+    r
+}
+
+/// Both rustls providers (ring via kube, aws-lc-rs via redis) are compiled in, so rustls
+/// cannot choose one by itself: pick ring once per process, before any TLS connection.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The error and its root cause, without the repetition of kube's nested messages.
+fn explain(e: &anyhow::Error) -> String {
+    let root = e.root_cause().to_string();
+    let top = e.to_string();
+    if top == root {
+        top
+    } else {
+        format!("{top}: {root}")
+    }
+}
+
+async fn finish(http_task: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Build a client and check both CRDs are established (falls back to listing the resources
+/// when reading CRDs is not allowed, as in a namespaced install).
+async fn connect(ns: Option<&str>) -> anyhow::Result<Client> {
+    let client = Client::try_default().await.context(
+        "cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)",
+    )?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [FuncQueue::crd_name(), FuncWorkerPool::crd_name()] {
+        match crds.get_opt(name).await {
+            Ok(Some(crd)) => {
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                anyhow::ensure!(established, "CRD {name} is not established yet");
+            }
+            Ok(None) => anyhow::bail!("CRD {name} is not installed (kubectl apply -f crds/)"),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                // namespaced install: no right to read CRDs; a list proves the resource is served
+                let lp = ListParams::default().limit(1);
+                api::<FuncQueue>(&client, ns)
+                    .list_metadata(&lp)
+                    .await
+                    .context("FuncQueues not served")?;
+                api::<FuncWorkerPool>(&client, ns)
+                    .list_metadata(&lp)
+                    .await
+                    .context("FuncWorkerPools not served")?;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read CRD {name}"))),
+        }
+    }
+    Ok(client)
+}
+
+/// Renew the lease every `duration / 3`; signal `lost` when it could not be renewed for a
+/// whole lease duration (another replica may lead by then).
+async fn renew(lock: LeaseLock, stop: Stop, lost: watch::Sender<bool>, metrics: Metrics) {
+    let clock = system_clock();
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        if stop.sleep(lock.duration() / 3).await {
+            return;
+        }
+        match lock.try_acquire_or_renew(clock()).await {
+            Ok(true) => last_ok = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::error!("the lease was taken by another replica");
+                metrics.leader.set(0);
+                let _ = lost.send(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the lease");
+                if last_ok.elapsed() >= lock.duration() {
+                    metrics.leader.set(0);
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,567 @@
+//! The custom resources: `FuncQueue` and `FuncWorkerPool` (group `funcscale.dev`, `v1alpha1`).
+//!
+//! Doc comments on spec fields are what users read in `kubectl explain`, so they
+//! are written for users. Everything the API server can check is in the schema:
+//! OpenAPI bounds and patterns, defaults, and CEL rules (`x-kubernetes-validations`).
+#![allow(
+    clippy::duplicated_attributes,
+    reason = "kube's printcolumn(...) attributes repeat the same keys by design"
+)]
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of both resources.
+pub const GROUP: &str = "funcscale.dev";
+/// API version of both resources.
+pub const VERSION: &str = "v1alpha1";
+/// A DNS-1123 label: what queue names must look like.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+// ---------------------------------------------------------------------------------------------
+// FuncQueue
+// ---------------------------------------------------------------------------------------------
+
+/// A work queue in Redis: where tasks wait until a worker pool runs them.
+///
+/// The queue's name is the resource's name. By default its tasks live in the Redis list
+/// `funcscale:q:<name>`; set `key` and `format` to adopt an existing Celery, RQ or Sidekiq queue.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "funcscale.dev",
+    version = "v1alpha1",
+    kind = "FuncQueue",
+    plural = "funcqueues",
+    shortname = "fq",
+    category = "funcscale",
+    namespaced,
+    status = "FuncQueueStatus",
+    doc = "A function-task queue in Redis, with its cron schedules and measured load.",
+    printcolumn(name = "Format", type_ = "string", json_path = ".spec.format"),
+    printcolumn(name = "Depth", type_ = "integer", json_path = ".status.depth"),
+    printcolumn(
+        name = "Oldest",
+        type_ = "number",
+        json_path = ".status.oldestTaskAgeSeconds",
+        description = "age of the oldest waiting task in seconds"
+    ),
+    printcolumn(
+        name = "TaskMs",
+        type_ = "number",
+        json_path = ".status.taskTimeMs",
+        description = "measured task time in ms"
+    ),
+    printcolumn(
+        name = "Sched/min",
+        type_ = "integer",
+        json_path = ".status.scheduledPerPeriod",
+        description = "scheduled executions per period"
+    ),
+    printcolumn(name = "Pools", type_ = "string", json_path = ".status.consumers"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FuncQueueSpec {
+    /// Redis list that holds the waiting tasks. Defaults to `funcscale:q:<queue name>`.
+    /// Set it to adopt an existing queue, e.g. `celery` for Celery's default queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub key: Option<String>,
+
+    /// Who writes the tasks, which decides how the depth is read:
+    /// `Funcscale` (default), `Celery` (the list plus its priority sub-lists),
+    /// `Rq` (the `rq:queue:<name>` list) or `Sidekiq` (the `queue:<name>` list).
+    #[serde(default)]
+    pub format: QueueFormat,
+
+    /// Redis connection for this queue. Without it the operator's default connection is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConnection>,
+
+    /// Expected time one task takes, in milliseconds. Used to size pools until
+    /// workers have measured the real time.
+    #[serde(default = "default_task_time_ms")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub task_time_ms: u64,
+
+    /// Cron schedules whose tasks the beat enqueues into this queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(
+        validation = Rule::new("self.all(a, self.exists_one(b, a.name == b.name))").message("schedule names must be unique within a queue")
+    )]
+    pub schedules: Vec<Schedule>,
+
+    /// How many times a failing task is retried before it goes to the dead-letter list.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_retries: u32,
+}
+
+fn default_task_time_ms() -> u64 {
+    500
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+/// Which system writes the queue, and so how its depth is read.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum QueueFormat {
+    /// funcscale's own queue (`funcscale:q:<name>` unless `key` is set).
+    #[default]
+    Funcscale,
+    /// A Celery queue on the Redis broker: the list plus its priority sub-lists.
+    Celery,
+    /// An RQ queue (`rq:queue:<name>` unless `key` is set).
+    Rq,
+    /// A Sidekiq queue (`queue:<name>` unless `key` is set).
+    Sidekiq,
+}
+
+/// A cron schedule: the beat enqueues `function` into the queue at every tick.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Name of the schedule, unique within the queue.
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Cron expression: five fields (minute hour day month weekday) or six with seconds first,
+    /// e.g. `*/5 * * * *` or `*/10 * * * * *`.
+    #[schemars(length(min = 9, max = 128))]
+    #[x_kube(
+        validation = Rule::new("self.split(' ').filter(f, f != '').size() in [5, 6]").message("cron must have 5 fields (minute hour day month weekday) or 6 (seconds first)")
+    )]
+    pub cron: String,
+    /// Function name the task calls.
+    #[schemars(length(min = 1, max = 253))]
+    pub function: String,
+    /// Positional arguments passed to the function (a JSON array).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_json_array")]
+    pub args: Vec<serde_json::Value>,
+}
+
+/// Where a queue's Redis is. A password never appears inline: put the whole URL in a
+/// Secret (`urlSecretRef`), or give the URL without password plus `passwordSecretRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.url) && has(self.urlSecretRef))").message("set either url or urlSecretRef, not both"),
+    validation = Rule::new("!has(self.passwordSecretRef) || has(self.url)").message("passwordSecretRef needs url (the URL without its password)")
+)]
+pub struct RedisConnection {
+    /// Redis URL without a password, e.g. `redis://redis.queues:6379/0` or
+    /// `rediss://user@redis.example:6380/2` for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^rediss?://"))]
+    #[x_kube(
+        validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("the Redis URL carries a password: put it in a Secret and use urlSecretRef or passwordSecretRef")
+    )]
+    pub url: Option<String>,
+    /// The whole Redis URL (password included) from a key of a Secret in the queue's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// The password from a key of a Secret in the queue's namespace, used with `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What the operator last measured for a queue.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FuncQueueStatus {
+    /// Tasks waiting in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u64>,
+    /// Age in seconds of the oldest waiting task (when the queue format records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_task_age_seconds: Option<f64>,
+    /// Tasks enqueued per second, averaged over the last polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<f64>,
+    /// Tasks finished per second, averaged over the last polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_rate: Option<f64>,
+    /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_time_ms: Option<f64>,
+    /// Where `taskTimeMs` comes from: `Measured` or `Hint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_time_source: Option<String>,
+    /// Scheduled executions per period (one minute): `spec.schedules` plus the
+    /// dynamically registered schedules in Redis (the "monitors").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_per_period: Option<u64>,
+    /// Worker pools that serve this queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
+    /// When the operator last read this queue from Redis (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_poll_time: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `MetricsAvailable`, `Served` (false when no pool serves the queue).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// FuncWorkerPool
+// ---------------------------------------------------------------------------------------------
+
+/// A pool of worker pods serving one or more queues, or the single beat pod.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "funcscale.dev",
+    version = "v1alpha1",
+    kind = "FuncWorkerPool",
+    plural = "funcworkerpools",
+    shortname = "fwp",
+    category = "funcscale",
+    namespaced,
+    status = "FuncWorkerPoolStatus",
+    doc = "A pool of worker pods that runs the tasks of its queues, sized from the work waiting; or the single beat pod.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
+    printcolumn(name = "Queues", type_ = "string", json_path = ".spec.queues"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "TaskMs",
+        type_ = "number",
+        json_path = ".status.decision.taskTimeMs",
+        priority = 1
+    ),
+    printcolumn(name = "Rule", type_ = "string", json_path = ".status.decision.rule"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.role != 'Beat' || !has(self.autoscaling)").message("a Beat pool runs exactly one replica: remove autoscaling").field_path(".autoscaling"),
+    validation = Rule::new("self.role != 'Beat' || !has(self.replicas) || self.replicas == 1").message("a Beat pool runs exactly one replica: replicas must be 1").field_path(".replicas"),
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set either replicas (fixed size, kubectl scale, HPA) or autoscaling, not both").field_path(".replicas"),
+    validation = Rule::new("self.role == 'Beat' || self.queues.size() > 0").message("a Worker pool needs at least one queue").field_path(".queues"),
+    validation = Rule::new("!has(self.limits) || !has(self.limits.softTimeLimitSeconds) || !has(self.limits.hardTimeLimitSeconds) || self.limits.softTimeLimitSeconds <= self.limits.hardTimeLimitSeconds").message("softTimeLimitSeconds must not exceed hardTimeLimitSeconds").field_path(".limits")
+)]
+pub struct FuncWorkerPoolSpec {
+    /// `Worker` (default) runs the tasks of `queues`; `Beat` enqueues the cron schedules and
+    /// always runs exactly one replica.
+    #[serde(default)]
+    pub role: PoolRole,
+
+    /// Names of the FuncQueues (in this namespace) this pool serves.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(regex(pattern = DNS_LABEL_PATTERN)))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a == b))").message("queue names must not repeat"))]
+    pub queues: Vec<String>,
+
+    /// In which order a worker takes tasks from its queues: `Fair` (round robin, one busy
+    /// queue cannot starve the others; default) or `Priority` (the order of `queues`).
+    #[serde(default)]
+    pub queue_order: QueueOrder,
+
+    /// Worker processes in each pod: how many tasks one pod runs at once.
+    #[serde(default = "default_processes_per_pod")]
+    #[schemars(range(min = 1, max = 256))]
+    pub processes_per_pod: u32,
+
+    /// Container image of the workers. Defaults to the operator's `--worker-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+
+    /// Command to run instead of `funcscale-worker run --queues ... --processes ...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+
+    /// Task handler for the default command: `builtin` (noop/sleep/fail, for trials), or
+    /// `exec:<program>` to run a program per task with the task as JSON on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub handler: Option<String>,
+
+    /// CPU and memory of each worker container, e.g. `requests: {cpu: "2.5", memory: 4Gi}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Limits for each worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ProcessLimits>,
+
+    /// Fixed number of pods. Leave it unset with `autoscaling`. Also what `kubectl scale`
+    /// and a HorizontalPodAutoscaler write through the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: Option<i32>,
+
+    /// Let funcscale size the pool from the work waiting in its queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// Fields merged into the generated pod template (labels, annotations, nodeSelector,
+    /// tolerations, affinity, serviceAccountName, env, ... — a partial PodTemplateSpec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_object")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+fn default_processes_per_pod() -> u32 {
+    5
+}
+
+/// Whether a pool runs tasks or the cron beat.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum PoolRole {
+    /// Runs the tasks of its queues.
+    #[default]
+    Worker,
+    /// Enqueues the cron schedules; exactly one replica.
+    Beat,
+}
+
+/// The order in which a worker takes tasks from its queues.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum QueueOrder {
+    /// Round robin between the queues.
+    #[default]
+    Fair,
+    /// Always the first non-empty queue in the listed order.
+    Priority,
+}
+
+/// Compute resources of a worker container (Kubernetes quantities).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Resources {
+    /// Minimum resources, e.g. `{cpu: "2.5", memory: 4Gi}`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requests: std::collections::BTreeMap<String, String>,
+    /// Maximum resources.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub limits: std::collections::BTreeMap<String, String>,
+}
+
+/// Per-process limits of a worker.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessLimits {
+    /// Replace a worker process after it has run this many tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a worker process once its memory exceeds this many MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_memory_per_child_mb: Option<u64>,
+    /// After this many seconds the task is told to finish (soft limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub soft_time_limit_seconds: Option<u32>,
+    /// After this many seconds the task is killed (hard limit). Pods get this much grace
+    /// on shutdown so running tasks can finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub hard_time_limit_seconds: Option<u32>,
+}
+
+/// How funcscale sizes an autoscaled pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas").field_path(".minReplicas")
+)]
+pub struct Autoscaling {
+    /// Fewest pods. 0 lets the pool scale to zero when its queues are idle.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// Seconds within which the backlog should be drained (queue-load sizing).
+    #[serde(default = "default_drain_target_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub drain_target_seconds: u32,
+    /// KEDA-compatible mode: waiting tasks per pod (pods = depth / targetDepthPerPod)
+    /// instead of the drain-time sizing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_depth_per_pod: Option<u64>,
+    /// With minReplicas 0: a pool at zero starts only when more than this many tasks wait.
+    #[serde(default)]
+    pub activation_depth: u64,
+    /// Period of the cron load in ms (the P of `pods = M × T / (c × P)`).
+    #[serde(default = "default_period_ms")]
+    #[schemars(range(min = 1000, max = 86_400_000))]
+    pub period_ms: u64,
+    /// Seconds a lower size must be recommended continuously before the pool shrinks.
+    #[serde(default = "default_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: u32,
+    /// Most pods added in one step (the step may also double the pool, whichever is more).
+    #[serde(default = "default_scale_up_step")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub scale_up_max_step: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_drain_target_seconds() -> u32 {
+    60
+}
+fn default_period_ms() -> u64 {
+    60_000
+}
+fn default_stabilization_seconds() -> u32 {
+    300
+}
+fn default_scale_up_step() -> i32 {
+    4
+}
+
+/// The pool as the operator last saw and sized it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FuncWorkerPoolStatus {
+    /// Pods of the pool's Deployment.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods the operator wants.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Label selector of the pool's pods (for the scale subresource and HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Why the pool has the size it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionStatus>,
+    /// Depth of each queue the pool serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueDepth>,
+    /// When the pool last changed size (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Scaling`, `MetricsAvailable`, `Conflict`, `SpecValid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The explanation of a sizing decision.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionStatus {
+    /// The rule that produced the number: `Fixed`, `Beat`, `CronLoad`, `QueueLoad`,
+    /// `TargetDepth`, `Min`, `Max`, `Idle`, `Stabilized`, `StepLimited`, `Held`, `BacklogGrowing`.
+    pub rule: String,
+    /// Human-readable explanation, e.g.
+    /// `formula: 10000 monitors × 500 ms / (5 × 60000 ms) = 17`.
+    pub message: String,
+    /// Task time in ms used for the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_time_ms: Option<f64>,
+    /// Tasks waiting across the pool's queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u64>,
+    /// Scheduled executions per period across the pool's queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_per_period: Option<u64>,
+}
+
+/// One queue's depth as seen by a pool.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Queue name.
+    pub name: String,
+    /// Tasks waiting.
+    pub depth: u64,
+}
+
+/// A condition, following the Kubernetes API conventions.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word saying why.
+    pub reason: String,
+    /// Human-readable details.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn any_json_array(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+fn any_json_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Both CRDs, as `kubectl apply` takes them (one YAML stream).
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in [FuncQueue::crd(), FuncWorkerPool::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serializes to YAML"));
+    }
+    out
+}

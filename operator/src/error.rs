@@ -1,0 +1,79 @@
+//! The operator's error type. `category()` is the only thing that goes into metric labels
+//! and Event reasons: a small fixed set, never an object name or a Debug string.
+
+/// Everything a reconcile or the metrics reader can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object's spec cannot be acted on (waits for a change).
+    #[error("invalid spec: {field}: {reason}")]
+    InvalidSpec {
+        /// JSON path of the field, e.g. `spec.queues[1]`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Redis could not be read.
+    #[error("Redis: {0}")]
+    Redis(String),
+    /// (De)serialization of an object failed.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// An object lacks a field every stored object has (name, namespace).
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    /// Leader election lost or could not be held.
+    #[error("leader election: {0}")]
+    Leadership(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Fixed, low-cardinality category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::Redis(_) => "redis",
+            Error::Serialization(_) => "serialization",
+            Error::MissingObjectKey(_) => "internal",
+            Error::Leadership(_) => "leadership",
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidSpec`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_are_fixed_strings() {
+        let conflict = Error::Kube(kube::Error::Api(
+            kube::core::Status::failure("conflict", "Conflict")
+                .with_code(409)
+                .boxed(),
+        ));
+        assert_eq!(conflict.category(), "conflict");
+        assert_eq!(
+            Error::invalid("spec.queues[0]", "no such queue").category(),
+            "invalid_spec"
+        );
+        assert_eq!(Error::Redis("refused".into()).category(), "redis");
+    }
+}

@@ -1,0 +1,20 @@
+//! funcscale operator: CRD types, the scaling policy, the capacity planner and the controllers.
+
+pub mod capacity;
+pub mod cli;
+pub mod cli_run;
+pub mod conditions;
+pub mod context;
+pub mod crd;
+pub mod crd_ext;
+pub mod cron_rate;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod policy;
+pub mod poll_loop;
+pub mod pool;
+pub mod queue;
+pub mod redis_metrics;
+pub mod sim;
+pub mod telemetry;

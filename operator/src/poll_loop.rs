@@ -1,0 +1,90 @@
+//! The Redis poll loop: every interval, read all queues, refresh the cache, and trigger
+//! reconciles of the pools whose queues changed (so a depth change reaches the Deployment
+//! within about one poll interval).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::reflector::ObjectRef;
+
+use crate::context::Context;
+use crate::crd::FuncWorkerPool;
+use crate::pool::pools_for_queue;
+use crate::redis_metrics::{PollReport, Poller, PollerConfig};
+use crate::telemetry::Health;
+
+/// One poll: prune deleted queues, read Redis, record metrics; returns the report and the
+/// pools to reconcile.
+pub async fn tick(
+    ctx: &Context,
+    poller: &mut Poller,
+) -> (PollReport, Vec<ObjectRef<FuncWorkerPool>>) {
+    let queues = ctx.queues.clone();
+    ctx.registry.retain(|id| {
+        queues
+            .get(&ObjectRef::new(&id.name).within(&id.namespace))
+            .is_some()
+    });
+    // forget the policy history and apply record of deleted pools
+    let live = |key: &String| {
+        key.split_once('/')
+            .is_some_and(|(ns, name)| ctx.pools.get(&ObjectRef::new(name).within(ns)).is_some())
+    };
+    ctx.histories
+        .lock()
+        .expect("history lock")
+        .retain(|k, _| live(k));
+    ctx.applied
+        .lock()
+        .expect("applied lock")
+        .retain(|k, _| live(k));
+    let started = std::time::Instant::now();
+    let report = poller.poll_once(ctx.now_ms()).await;
+    ctx.metrics
+        .redis_poll_duration
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .redis_poll_errors
+        .inc_by(report.errors.len() as u64);
+    let mut pools: Vec<ObjectRef<FuncWorkerPool>> = report
+        .changed
+        .iter()
+        .flat_map(|id| pools_for_queue(&ctx.pools, &id.namespace, &id.name))
+        .collect();
+    pools.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pools.dedup();
+    (report, pools)
+}
+
+/// Poll every `interval` until `stop` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    interval: Duration,
+    health: Arc<Health>,
+    mut trigger: futures::channel::mpsc::Sender<ObjectRef<FuncWorkerPool>>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut poller = Poller::new(
+        ctx.registry.clone(),
+        ctx.cache.clone(),
+        PollerConfig::default(),
+    );
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = every.tick() => {}
+        }
+        let (report, pools) = tick(&ctx, &mut poller).await;
+        match report.errors.first() {
+            None => health.set_redis(true, ""),
+            Some((endpoint, e)) => health.set_redis(false, &format!("Redis {endpoint}: {e}")),
+        }
+        for r in pools {
+            // a full channel only delays: the periodic resync reconciles anyway
+            let _ = trigger.try_send(r);
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! Build: the pool's desired Deployment (and a Beat pool's schedules ConfigMap) from plain
+//! data. No client, no clock, no Redis.
+//!
+//! Drain contract with the worker: Kubernetes sends SIGTERM, the worker stops taking tasks,
+//! finishes (or requeues) what it runs and exits. `terminationGracePeriodSeconds` is the hard
+//! time limit plus a margin, so no running task is killed by a scale-down; the worker is told
+//! the same budget (`--drain-timeout`). No preStop hook is needed: workers take no traffic.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use super::validate::Valid;
+use crate::context::Config;
+use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, QueueOrder, RedisConnection};
+use crate::crd_ext::{labels, schedules_configmap_name, selector_labels};
+use crate::error::{Error, Result};
+
+/// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
+pub const WORKER_HEALTH_PORT: i32 = 9090;
+/// Where a Beat pod finds its schedules.
+pub const SCHEDULES_DIR: &str = "/etc/funcscale";
+/// Seconds added to the hard time limit for the termination grace period.
+pub const GRACE_MARGIN_SECONDS: i64 = 30;
+/// Grace when the pool sets no time limit.
+pub const DEFAULT_DRAIN_SECONDS: i64 = 60;
+
+/// The objects a pool needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The Beat pool's schedules (applied first).
+    pub configmap: Option<ConfigMap>,
+    /// The Deployment.
+    pub deployment: Deployment,
+}
+
+/// Build everything for `pool`. `replicas`: `None` leaves the field to whoever owns it.
+pub fn build(
+    pool: &FuncWorkerPool,
+    ns: &str,
+    valid: &Valid,
+    replicas: Option<i32>,
+    config: &Config,
+) -> Result<Desired> {
+    let configmap = (pool.spec.role == PoolRole::Beat)
+        .then(|| schedules_configmap(pool, ns, &valid.queues))
+        .transpose()?;
+    let hash = configmap
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("schedules.yaml"))
+        .map(|s| format!("{:016x}", fnv1a(s.as_bytes())));
+    let deployment = deployment(pool, ns, valid, replicas, config, hash)?;
+    Ok(Desired {
+        configmap,
+        deployment,
+    })
+}
+
+/// A hash of the desired objects, to tell whether anything needs applying.
+pub fn fingerprint(d: &Desired) -> Result<u64> {
+    let mut bytes = serde_json::to_vec(&d.deployment)?;
+    if let Some(cm) = &d.configmap {
+        bytes.extend(serde_json::to_vec(cm)?);
+    }
+    Ok(fnv1a(&bytes))
+}
+
+fn owner(
+    pool: &FuncWorkerPool,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pool.controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("metadata.uid"))
+}
+
+/// The Beat pool's ConfigMap: the namespace's scheduled FuncQueues as a multi-document YAML
+/// stream of manifests (what `funcscale-worker beat --schedules-file` reads).
+pub fn schedules_configmap(
+    pool: &FuncWorkerPool,
+    ns: &str,
+    queues: &[std::sync::Arc<FuncQueue>],
+) -> Result<ConfigMap> {
+    let mut yaml = String::new();
+    for q in queues {
+        let doc = serde_json::json!({
+            "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+            "kind": "FuncQueue",
+            "metadata": { "name": q.name_any(), "namespace": ns },
+            "spec": q.spec,
+        });
+        yaml.push_str("---\n");
+        yaml.push_str(
+            &serde_yaml::to_string(&doc)
+                .map_err(|e| Error::invalid("spec.schedules", e.to_string()))?,
+        );
+    }
+    let name = pool.name_any();
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(schedules_configmap_name(&name)),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels(pool, &name)),
+            owner_references: Some(vec![owner(pool)?]),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("schedules.yaml".to_string(), yaml)])),
+        ..Default::default()
+    })
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Redis environment of the pods: `FUNCSCALE_REDIS_URL` (value, or from the Secret) and
+/// `FUNCSCALE_REDIS_PASSWORD` when the password is a separate Secret key.
+pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<EnvVar>> {
+    let mut out = match conn {
+        Some(RedisConnection {
+            url_secret_ref: Some(s),
+            ..
+        }) => vec![env_secret("FUNCSCALE_REDIS_URL", &s.name, &s.key)],
+        Some(RedisConnection {
+            url: Some(url),
+            password_secret_ref,
+            ..
+        }) => {
+            let mut v = vec![env("FUNCSCALE_REDIS_URL", url.clone())];
+            if let Some(p) = password_secret_ref {
+                v.push(env_secret("FUNCSCALE_REDIS_PASSWORD", &p.name, &p.key));
+            }
+            v
+        }
+        _ => match &config.worker_redis_secret {
+            Some(s) => vec![env_secret("FUNCSCALE_REDIS_URL", &s.name, &s.key)],
+            None if config.default_redis.has_password() => {
+                return Err(Error::invalid(
+                    "spec.queues",
+                    "the queues use the operator's default Redis, whose URL carries a password: it is never \
+                     written into a pod spec; start the operator with --worker-redis-secret NAME/KEY (a Secret \
+                     in the pool's namespace) or give the queues spec.redis",
+                ));
+            }
+            None => vec![env("FUNCSCALE_REDIS_URL", config.default_redis.url())],
+        },
+    };
+    out.push(env("FUNCSCALE_PREFIX", config.keys.prefix()));
+    Ok(out)
+}
+
+/// Seconds a pod gets to drain: the hard time limit (else soft, else 60 s).
+pub fn drain_seconds(pool: &FuncWorkerPool) -> i64 {
+    let l = pool.spec.limits.as_ref();
+    l.and_then(|l| l.hard_time_limit_seconds.or(l.soft_time_limit_seconds))
+        .map(i64::from)
+        .unwrap_or(DEFAULT_DRAIN_SECONDS)
+}
+
+/// The container command.
+pub fn command(pool: &FuncWorkerPool) -> Vec<String> {
+    if !pool.spec.command.is_empty() {
+        return pool.spec.command.clone();
+    }
+    let mut c: Vec<String> = match pool.spec.role {
+        PoolRole::Beat => vec![
+            "funcscale-worker".into(),
+            "beat".into(),
+            "--schedules-file".into(),
+            format!("{SCHEDULES_DIR}/schedules.yaml"),
+        ],
+        PoolRole::Worker => {
+            let order = match pool.spec.queue_order {
+                QueueOrder::Fair => "fair",
+                QueueOrder::Priority => "priority",
+            };
+            vec![
+                "funcscale-worker".into(),
+                "run".into(),
+                "--queues".into(),
+                pool.spec.queues.join(","),
+                "--processes".into(),
+                pool.spec.processes_per_pod.to_string(),
+                "--order".into(),
+                order.into(),
+            ]
+        }
+    };
+    if pool.spec.role == PoolRole::Worker {
+        if let Some(h) = &pool.spec.handler {
+            c.extend(["--handler".into(), h.clone()]);
+        }
+        if let Some(l) = &pool.spec.limits {
+            let flags = [
+                ("--max-tasks-per-child", l.max_tasks_per_child),
+                ("--max-memory-per-child-mb", l.max_memory_per_child_mb),
+                (
+                    "--soft-time-limit",
+                    l.soft_time_limit_seconds.map(u64::from),
+                ),
+                (
+                    "--hard-time-limit",
+                    l.hard_time_limit_seconds.map(u64::from),
+                ),
+            ];
+            for (flag, v) in flags {
+                if let Some(v) = v {
+                    c.extend([flag.to_string(), v.to_string()]);
+                }
+            }
+        }
+        c.extend(["--drain-timeout".into(), drain_seconds(pool).to_string()]);
+    }
+    c
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("health".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn deployment(
+    pool: &FuncWorkerPool,
+    ns: &str,
+    valid: &Valid,
+    replicas: Option<i32>,
+    config: &Config,
+    schedules_hash: Option<String>,
+) -> Result<Deployment> {
+    let name = pool.name_any();
+    let labels = labels(pool, &name);
+    let beat = pool.spec.role == PoolRole::Beat;
+    let mut env = vec![
+        env("FUNCSCALE_POOL", name.clone()),
+        EnvVar {
+            name: "FUNCSCALE_WORKER_ID".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    env.extend(redis_env(valid.redis.as_ref(), config)?);
+    let resources = pool.spec.resources.as_ref().map(|r| {
+        let q = |m: &BTreeMap<String, String>| {
+            (!m.is_empty()).then(|| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                    .collect()
+            })
+        };
+        ResourceRequirements {
+            requests: q(&r.requests),
+            limits: q(&r.limits),
+            ..Default::default()
+        }
+    });
+    let container = Container {
+        name: if beat { "beat".into() } else { "worker".into() },
+        image: Some(
+            pool.spec
+                .image
+                .clone()
+                .unwrap_or_else(|| config.worker_image.clone()),
+        ),
+        command: Some(command(pool)),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("health".into()),
+            container_port: WORKER_HEALTH_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources,
+        volume_mounts: beat.then(|| {
+            vec![VolumeMount {
+                name: "schedules".into(),
+                mount_path: SCHEDULES_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    };
+    let mut annotations = BTreeMap::new();
+    if let Some(h) = schedules_hash {
+        annotations.insert("funcscale.dev/schedules-hash".to_string(), h);
+    }
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            termination_grace_period_seconds: Some(drain_seconds(pool) + GRACE_MARGIN_SECONDS),
+            volumes: beat.then(|| {
+                vec![Volume {
+                    name: "schedules".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: schedules_configmap_name(&name),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+    };
+    let template = merge_pod_template(template, pool.spec.pod_template.as_ref())?;
+    let strategy = if beat {
+        DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        }
+    } else {
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::String("25%".into())),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        }
+    };
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(pool)?]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            },
+            strategy: Some(strategy),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Merge the pool's partial `podTemplate` over the generated template: objects merge key by
+/// key, lists of named items (containers, env, volumes, ...) merge by `name`, other lists
+/// and scalars are replaced. The selector labels cannot be overridden.
+pub fn merge_pod_template(
+    base: PodTemplateSpec,
+    overlay: Option<&serde_json::Value>,
+) -> Result<PodTemplateSpec> {
+    let Some(overlay) = overlay else {
+        return Ok(base);
+    };
+    let selector = base
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let mut v = serde_json::to_value(&base)?;
+    merge(&mut v, overlay);
+    let mut out: PodTemplateSpec =
+        serde_json::from_value(v).map_err(|e| Error::invalid("spec.podTemplate", e.to_string()))?;
+    let meta = out.metadata.get_or_insert_with(Default::default);
+    let l = meta.labels.get_or_insert_with(Default::default);
+    for (k, v) in selector {
+        if k == "app.kubernetes.io/name" || k == crate::crd_ext::POOL_LABEL {
+            l.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    use serde_json::Value;
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, ov) in o {
+                match b.get_mut(k) {
+                    Some(bv) => merge(bv, ov),
+                    None => {
+                        b.insert(k.clone(), ov.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) if named(b) && named(o) => {
+            for item in o {
+                let name = item.get("name").cloned();
+                match b.iter_mut().find(|x| x.get("name") == name.as_ref()) {
+                    Some(existing) => merge(existing, item),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+fn named(items: &[serde_json::Value]) -> bool {
+    items
+        .iter()
+        .all(|i| i.get("name").is_some_and(|n| n.is_string()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::FuncWorkerPoolSpec;
+
+    fn pool() -> FuncWorkerPool {
+        let mut p = FuncWorkerPool::new(
+            "w",
+            FuncWorkerPoolSpec {
+                queues: vec!["q".into()],
+                processes_per_pod: 5,
+                ..Default::default()
+            },
+        );
+        p.metadata.uid = Some("u".into());
+        p
+    }
+
+    fn valid() -> Valid {
+        Valid {
+            queues: vec![],
+            redis: None,
+            redis_identity: "default".into(),
+            beat_conflict: None,
+        }
+    }
+
+    /// The rendered container (command + env values) as the worker's own clap CLI sees it.
+    fn parse_with_worker_cli(d: &Deployment) -> Result<funcscale_worker::cli::Cli, clap::Error> {
+        use clap::Parser as _;
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let cmd = c.command.clone().unwrap();
+        // env vars the worker's CLI reads: only those the pod sets count, so a misnamed one
+        // (FUNCSCALE_KEY_PREFIX) leaves the default and fails the prefix check below
+        let env: Vec<(String, String)> = c
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        // clap reads env through std::env; emulate by passing the values as flags instead
+        let mut argv = cmd.clone();
+        for (k, v) in env {
+            match k.as_str() {
+                "FUNCSCALE_PREFIX" => argv.extend(["--prefix".into(), v]),
+                "FUNCSCALE_REDIS_URL" => argv.extend(["--redis-url".into(), v]),
+                _ => {}
+            }
+        }
+        funcscale_worker::cli::Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn worker_command_and_env_parse_with_the_worker_cli() {
+        let mut p = pool();
+        p.spec.queues = vec!["a".into(), "b".into()];
+        p.spec.queue_order = crate::crd::QueueOrder::Priority;
+        p.spec.handler = Some("builtin".into());
+        p.spec.limits = Some(crate::crd::ProcessLimits {
+            max_tasks_per_child: Some(100),
+            max_memory_per_child_mb: Some(512),
+            soft_time_limit_seconds: Some(50),
+            hard_time_limit_seconds: Some(60),
+        });
+        let config = Config {
+            keys: funcscale_worker::protocol::Keys::new("scen-prefix"),
+            ..Config::default()
+        };
+        let d = build(&p, "ns", &valid(), Some(1), &config)
+            .unwrap()
+            .deployment;
+        let cli = parse_with_worker_cli(&d).unwrap_or_else(|e| panic!("worker rejects: {e}"));
+        assert_eq!(
+            cli.redis.prefix, "scen-prefix",
+            "FUNCSCALE_PREFIX must be set"
+        );
+        match cli.command {
+            funcscale_worker::cli::Command::Run(r) => {
+                assert_eq!(r.queues, vec!["a".to_string(), "b".to_string()]);
+                assert_eq!(r.processes, 5);
+                assert_eq!(format!("{:?}", r.order), "Priority");
+                assert_eq!(r.hard_time_limit, Some(std::time::Duration::from_secs(60)));
+                assert_eq!(r.soft_time_limit, Some(std::time::Duration::from_secs(50)));
+                assert_eq!(r.max_tasks_per_child, Some(100));
+                assert_eq!(r.max_memory_per_child_mb, Some(512));
+                assert_eq!(r.drain_timeout, std::time::Duration::from_secs(60));
+            }
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn beat_command_and_env_parse_with_the_worker_cli() {
+        let mut p = pool();
+        p.spec.role = PoolRole::Beat;
+        p.spec.replicas = Some(1);
+        let config = Config {
+            keys: funcscale_worker::protocol::Keys::new("scen-beat"),
+            ..Config::default()
+        };
+        let d = build(&p, "ns", &valid(), Some(1), &config)
+            .unwrap()
+            .deployment;
+        let cli = parse_with_worker_cli(&d).unwrap_or_else(|e| panic!("worker rejects: {e}"));
+        assert_eq!(cli.redis.prefix, "scen-beat");
+        match cli.command {
+            funcscale_worker::cli::Command::Beat(b) => assert_eq!(
+                b.schedules_file.as_deref(),
+                Some(std::path::Path::new("/etc/funcscale/schedules.yaml"))
+            ),
+            other => panic!("expected beat, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pod_template_merges_by_name_and_keeps_the_selector() {
+        let mut p = pool();
+        p.spec.pod_template = Some(serde_json::json!({
+            "metadata": {"labels": {"team": "a", "funcscale.dev/pool": "hijack"}},
+            "spec": {
+                "serviceAccountName": "jobs",
+                "containers": [
+                    {"name": "worker", "env": [{"name": "FUNCSCALE_PREFIX", "value": "x"}]},
+                    {"name": "sidecar", "image": "busybox"}
+                ]
+            }
+        }));
+        let d = build(&p, "ns", &valid(), Some(2), &Config::default())
+            .unwrap()
+            .deployment;
+        let t = d.spec.unwrap().template;
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["funcscale.dev/pool"], "w");
+        let spec = t.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("jobs"));
+        assert_eq!(spec.containers.len(), 2);
+        let env = spec.containers[0].env.clone().unwrap();
+        assert_eq!(
+            env.iter()
+                .find(|e| e.name == "FUNCSCALE_PREFIX")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("x")
+        );
+        assert!(env.iter().any(|e| e.name == "FUNCSCALE_REDIS_URL"));
+    }
+
+    #[test]
+    fn invalid_pod_template_is_a_spec_error() {
+        let mut p = pool();
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": "nope"}}));
+        let e = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap_err();
+        assert_eq!(e.category(), "invalid_spec");
+    }
+
+    #[test]
+    fn unmanaged_replicas_are_absent_from_the_apply_body() {
+        let d = build(&pool(), "ns", &valid(), None, &Config::default())
+            .unwrap()
+            .deployment;
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v["spec"].get("replicas").is_none(), "{v}");
+    }
+
+    #[test]
+    fn url_secret_and_password_secret_env() {
+        use crate::crd::{RedisConnection, SecretKeyRef};
+        let c = Config::default();
+        let r = |n: &str| SecretKeyRef {
+            name: n.into(),
+            key: "k".into(),
+        };
+        let e = redis_env(
+            Some(&RedisConnection {
+                url_secret_ref: Some(r("s")),
+                ..Default::default()
+            }),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            e[0].value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s"
+        );
+        let e = redis_env(
+            Some(&RedisConnection {
+                url: Some("rediss://u@h:6380/1".into()),
+                password_secret_ref: Some(r("p")),
+                ..Default::default()
+            }),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(e[0].value.as_deref(), Some("rediss://u@h:6380/1"));
+        assert_eq!(e[1].name, "FUNCSCALE_REDIS_PASSWORD");
+
+        // the default URL with a password never lands in a pod spec
+        let mut c = Config {
+            default_redis: crate::redis_metrics::RedisEndpoint::new("redis://:pw@r:6379/0"),
+            ..Config::default()
+        };
+        assert_eq!(redis_env(None, &c).unwrap_err().category(), "invalid_spec");
+        c.worker_redis_secret = Some(r("redis-url"));
+        let e = redis_env(None, &c).unwrap();
+        assert_eq!(
+            e[0].value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "redis-url"
+        );
+        assert!(e[0].value.is_none());
+    }
+}

@@ -1,0 +1,120 @@
+//! Dereference: fetch what a pool points at — its queues (from the reflector store), the
+//! Secrets those queues reference, its current Deployment, and other Beat pools.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::context::Context;
+use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, SecretKeyRef};
+use crate::error::Result;
+
+/// What a pool points at, as read now.
+#[derive(Clone, Debug, Default)]
+pub struct Dereferenced {
+    /// `spec.queues` in order, with the queue when it exists.
+    pub queues: Vec<(String, Option<Arc<FuncQueue>>)>,
+    /// All queues of the pool's namespace (a Beat pool serves their schedules).
+    pub namespace_queues: Vec<Arc<FuncQueue>>,
+    /// Secret references that cannot be resolved: (field path, reason).
+    pub missing_secrets: Vec<(String, String)>,
+    /// The pool's Deployment, if it exists.
+    pub deployment: Option<Deployment>,
+    /// Other Beat pools (all namespaces) with the Redis identity each uses, for the
+    /// one-beat-per-Redis rule.
+    pub other_beats: Vec<(Arc<FuncWorkerPool>, String)>,
+}
+
+/// Read everything `pool` depends on.
+pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Result<Dereferenced> {
+    let name = pool.name_any();
+    let queues: Vec<(String, Option<Arc<FuncQueue>>)> = pool
+        .spec
+        .queues
+        .iter()
+        .map(|q| (q.clone(), ctx.queues.get(&ObjectRef::new(q).within(ns))))
+        .collect();
+    let mut namespace_queues: Vec<Arc<FuncQueue>> = ctx
+        .queues
+        .state()
+        .into_iter()
+        .filter(|q| q.namespace().as_deref() == Some(ns))
+        .collect();
+    namespace_queues.sort_by_key(|q| q.name_any());
+
+    // the queues whose connection the pool's pods use: its own, or for a Beat all scheduled ones
+    let used: Vec<Arc<FuncQueue>> = match pool.spec.role {
+        PoolRole::Worker => queues.iter().filter_map(|(_, q)| q.clone()).collect(),
+        PoolRole::Beat => namespace_queues
+            .iter()
+            .filter(|q| !q.spec.schedules.is_empty())
+            .cloned()
+            .collect(),
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut missing_secrets = Vec::new();
+    for q in &used {
+        let Some(conn) = &q.spec.redis else { continue };
+        for (field, r) in [
+            ("urlSecretRef", &conn.url_secret_ref),
+            ("passwordSecretRef", &conn.password_secret_ref),
+        ] {
+            if let Some(r) = r
+                && let Some(why) = check_secret(&secrets, r).await?
+            {
+                missing_secrets.push((
+                    format!("FuncQueue {}: spec.redis.{field}", q.name_any()),
+                    why,
+                ));
+            }
+        }
+    }
+
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&name)
+        .await?;
+    let other_beats = ctx
+        .pools
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.spec.role == PoolRole::Beat
+                && !(p.name_any() == name && p.namespace().as_deref() == Some(ns))
+        })
+        .map(|p| {
+            let pns = p.namespace().unwrap_or_default();
+            let qs: Vec<Arc<FuncQueue>> = ctx
+                .queues
+                .state()
+                .into_iter()
+                .filter(|q| q.namespace().as_deref() == Some(pns.as_str()))
+                .collect();
+            let id = super::validate::beat_identity(&pns, &qs);
+            (p, id)
+        })
+        .collect();
+    Ok(Dereferenced {
+        queues,
+        namespace_queues,
+        missing_secrets,
+        deployment,
+        other_beats,
+    })
+}
+
+async fn check_secret(api: &Api<Secret>, r: &SecretKeyRef) -> Result<Option<String>> {
+    Ok(match api.get_opt(&r.name).await? {
+        None => Some(format!("Secret {} not found", r.name)),
+        Some(s) => {
+            let has = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                || s.string_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&r.key));
+            (!has).then(|| format!("Secret {} has no key {}", r.name, r.key))
+        }
+    })
+}

@@ -1,0 +1,255 @@
+//! The FuncWorkerPool controller: dereference → validate → size → build → apply → status.
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod size;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::context::{Context, rfc3339};
+use crate::crd::{FuncQueue, FuncWorkerPool};
+use crate::error::{Error, Result};
+use crate::redis_metrics::QueueId;
+
+/// Reconcile one pool.
+pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["pool"])
+        .start_timer();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["pool"])
+        .inc();
+    let ns = pool
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = pool.name_any();
+    let key = format!("{ns}/{name}");
+    let api: Api<FuncWorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let now_ms = ctx.now_ms();
+    let now = rfc3339(now_ms);
+
+    let deref = dereference::dereference(&pool, &ns, &ctx).await?;
+    let valid = match validate::validate(&pool, &ns, &deref) {
+        Ok(v) => v,
+        Err(Error::InvalidSpec { field, reason }) => {
+            return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;
+        }
+        Err(e) => return Err(e),
+    };
+
+    let readings: Vec<(String, Option<crate::redis_metrics::Reading>)> = pool
+        .spec
+        .queues
+        .iter()
+        .map(|q| {
+            (
+                q.clone(),
+                ctx.cache.get(&QueueId::new(ns.clone(), q.clone())),
+            )
+        })
+        .collect();
+    let current = deref
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas);
+    let sizing = {
+        let mut histories = ctx.histories.lock().expect("history lock");
+        let history = histories.entry(key.clone()).or_default();
+        size::size(
+            &pool,
+            valid.beat_conflict.as_deref(),
+            &readings,
+            current,
+            now_ms,
+            history,
+        )
+    };
+
+    let desired = match build::build(&pool, &ns, &valid, sizing.replicas, &ctx.config) {
+        Ok(d) => d,
+        Err(Error::InvalidSpec { field, reason }) => {
+            return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let hash = build::fingerprint(&desired)?;
+    let unchanged = pool.spec.role == crate::crd::PoolRole::Worker
+        && deref.deployment.as_ref().is_some_and(|d| {
+            ctx.applied.lock().expect("applied lock").get(&key)
+                == Some(&(hash, d.metadata.generation))
+        });
+    let applied = match (unchanged, deref.deployment.clone()) {
+        (true, Some(d)) => d,
+        _ => {
+            let d = apply::apply(&ctx.client, &ns, &desired).await?;
+            ctx.applied
+                .lock()
+                .expect("applied lock")
+                .insert(key.clone(), (hash, d.metadata.generation));
+            d
+        }
+    };
+
+    if let (Some(from), Some(to)) = (current, sizing.replicas)
+        && from != to
+    {
+        let (reason, note) = if pool.spec.role == crate::crd::PoolRole::Beat && from > 1 {
+            (
+                "BeatRestored",
+                format!("restored {from} → {to}: a Beat pool runs exactly one replica"),
+            )
+        } else {
+            (
+                "Scaled",
+                format!("scaled {from} → {to}: {}", sizing.decision.message),
+            )
+        };
+        publish(&ctx, &pool, EventType::Normal, reason, note).await;
+    }
+    let prior_conflict = pool
+        .status
+        .as_ref()
+        .and_then(|s| crate::conditions::get(&s.conditions, "Conflict"))
+        .is_some_and(|c| c.status == "True");
+    if let Some(other) = &valid.beat_conflict
+        && !prior_conflict
+    {
+        publish(
+            &ctx,
+            &pool,
+            EventType::Warning,
+            "BeatConflict",
+            format!(
+                "Beat pool {other} already runs for this Redis; this one is held at 0 replicas"
+            ),
+        )
+        .await;
+    }
+
+    let st = status::reconciled(
+        &pool,
+        &name,
+        &sizing,
+        &applied,
+        valid.beat_conflict.as_deref(),
+        &now,
+    );
+    ctx.metrics
+        .pool_desired
+        .with_label_values(&[&ns, &name])
+        .set(i64::from(st.desired_replicas));
+    ctx.metrics
+        .pool_current
+        .with_label_values(&[&ns, &name])
+        .set(i64::from(st.replicas));
+    status::patch(&api, &pool, &name, st).await?;
+    ctx.backoff.succeeded(&format!("pool:{key}"));
+    timer.observe_duration();
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+async fn invalid(
+    api: &Api<FuncWorkerPool>,
+    pool: &FuncWorkerPool,
+    name: &str,
+    field: &str,
+    reason: &str,
+    now: &str,
+    ctx: &Context,
+) -> Result<Action> {
+    tracing::info!(
+        pool = name,
+        field,
+        reason,
+        "invalid spec: waiting for a change"
+    );
+    let st = status::invalid(pool, name, field, reason, now);
+    if status::patch(api, pool, name, st).await? {
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            "InvalidSpec",
+            format!("{field}: {reason}"),
+        )
+        .await;
+    }
+    ctx.backoff.succeeded(&format!(
+        "pool:{}/{name}",
+        pool.namespace().unwrap_or_default()
+    ));
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    pool: &FuncWorkerPool,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// Errors back off per object (1 s, 2 s, 4 s, ... 5 min); never a hot loop.
+pub fn error_policy(pool: Arc<FuncWorkerPool>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&["pool", err.category()])
+        .inc();
+    let key = format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    );
+    let delay = ctx.backoff.failed(&format!("pool:{key}"));
+    tracing::warn!(pool = %key, error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The pools that serve `queue` (same namespace, listed in `spec.queues`; Beat pools of the
+/// namespace too, since they carry its schedules).
+pub fn pools_for_queue(
+    pools: &Store<FuncWorkerPool>,
+    ns: &str,
+    queue: &str,
+) -> Vec<ObjectRef<FuncWorkerPool>> {
+    pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .filter(|p| {
+            p.spec.role == crate::crd::PoolRole::Beat || p.spec.queues.iter().any(|q| q == queue)
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Mapper for the pool controller's watch on queues.
+pub fn queue_to_pools(
+    pools: Store<FuncWorkerPool>,
+) -> impl Fn(FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
+    move |q: FuncQueue| pools_for_queue(&pools, &q.namespace().unwrap_or_default(), &q.name_any())
+}

@@ -1,0 +1,222 @@
+//! Validate: what the API server's schema cannot check — references to queues and
+//! Secrets, one Redis per pool, one Beat per Redis. Pure: takes the dereferenced objects.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use super::dereference::Dereferenced;
+use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, QueueFormat, RedisConnection};
+use crate::crd_ext::queue_redis_identity;
+use crate::error::{Error, Result};
+
+/// A pool that can be built.
+#[derive(Clone, Debug)]
+pub struct Valid {
+    /// Queues the pool's pods use: the served queues (Worker) or the scheduled queues of the
+    /// namespace (Beat).
+    pub queues: Vec<Arc<FuncQueue>>,
+    /// The one Redis connection of those queues (`None`: the operator default).
+    pub redis: Option<RedisConnection>,
+    /// Comparable identity of that Redis.
+    pub redis_identity: String,
+    /// For a Beat pool: the older Beat pool that already runs for the same Redis.
+    pub beat_conflict: Option<String>,
+}
+
+/// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.
+pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
+    namespace_queues
+        .iter()
+        .filter(|q| !q.spec.schedules.is_empty())
+        .map(|q| queue_redis_identity(q, ns))
+        .next()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Check `pool` against what it points at.
+pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced) -> Result<Valid> {
+    let queues: Vec<Arc<FuncQueue>> = match pool.spec.role {
+        PoolRole::Worker => {
+            if d.queues.is_empty() {
+                return Err(Error::invalid(
+                    "spec.queues",
+                    "a Worker pool needs at least one queue",
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, (name, q)) in d.queues.iter().enumerate() {
+                match q {
+                    Some(q) => out.push(q.clone()),
+                    None => {
+                        return Err(Error::invalid(
+                            format!("spec.queues[{i}]"),
+                            format!("FuncQueue {name} does not exist in namespace {ns}"),
+                        ));
+                    }
+                }
+            }
+            out
+        }
+        PoolRole::Beat => d
+            .namespace_queues
+            .iter()
+            .filter(|q| !q.spec.schedules.is_empty())
+            .cloned()
+            .collect(),
+    };
+    if pool.spec.role == PoolRole::Worker && pool.spec.command.is_empty() {
+        for (i, q) in queues.iter().enumerate() {
+            if q.spec.format != QueueFormat::Funcscale {
+                return Err(Error::invalid(
+                    format!("spec.queues[{i}]"),
+                    format!(
+                        "FuncQueue {} is a {:?} queue: funcscale-worker cannot run its tasks; set image and command to that system's worker",
+                        q.name_any(),
+                        q.spec.format
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some((field, why)) = d.missing_secrets.first() {
+        return Err(Error::invalid(field.clone(), why.clone()));
+    }
+    let mut identities: Vec<(String, String)> = queues
+        .iter()
+        .map(|q| (q.name_any(), queue_redis_identity(q, ns)))
+        .collect();
+    identities.dedup_by(|a, b| a.1 == b.1);
+    if identities.len() > 1 {
+        let list: Vec<String> = identities
+            .iter()
+            .map(|(q, id)| format!("{q} → {id}"))
+            .collect();
+        return Err(Error::invalid(
+            "spec.queues",
+            format!(
+                "the queues use different Redis connections ({}); a pool's pods use one",
+                list.join(", ")
+            ),
+        ));
+    }
+    let redis = queues.first().and_then(|q| q.spec.redis.clone());
+    let redis_identity = identities
+        .pop()
+        .map(|(_, id)| id)
+        .unwrap_or_else(|| "default".into());
+
+    let beat_conflict = if pool.spec.role == PoolRole::Beat {
+        let me = (pool.creation_timestamp(), ns.to_string(), pool.name_any());
+        d.other_beats
+            .iter()
+            .filter(|(_, id)| *id == redis_identity)
+            .map(|(p, _)| {
+                (
+                    p.creation_timestamp(),
+                    p.namespace().unwrap_or_default(),
+                    p.name_any(),
+                )
+            })
+            .filter(|other| older(other, &me))
+            .min_by(|a, b| {
+                if older(a, b) {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+            .map(|(_, pns, pname)| format!("{pns}/{pname}"))
+    } else {
+        None
+    };
+    Ok(Valid {
+        queues,
+        redis,
+        redis_identity,
+        beat_conflict,
+    })
+}
+
+type Age = (
+    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    String,
+    String,
+);
+
+/// Whether `a` was created before `b` (a missing timestamp counts as newest; ties by name).
+fn older(a: &Age, b: &Age) -> bool {
+    match (&a.0, &b.0) {
+        (Some(x), Some(y)) if x != y => x.0 < y.0,
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        _ => (&a.1, &a.2) < (&b.1, &b.2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{FuncQueueSpec, FuncWorkerPoolSpec};
+
+    fn q(name: &str, format: QueueFormat) -> Arc<FuncQueue> {
+        Arc::new(FuncQueue::new(
+            name,
+            FuncQueueSpec {
+                format,
+                ..Default::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn foreign_queues_need_their_own_worker_command() {
+        let mut pool = FuncWorkerPool::new(
+            "w",
+            FuncWorkerPoolSpec {
+                queues: vec!["c".into()],
+                ..Default::default()
+            },
+        );
+        let d = Dereferenced {
+            queues: vec![("c".into(), Some(q("c", QueueFormat::Celery)))],
+            ..Default::default()
+        };
+        let err = validate(&pool, "ns", &d).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("spec.queues[0]: FuncQueue c is a Celery queue"),
+            "{err}"
+        );
+        pool.spec.command = vec!["celery".into(), "-A".into(), "app".into(), "worker".into()];
+        assert!(validate(&pool, "ns", &d).is_ok());
+    }
+
+    #[test]
+    fn one_redis_per_pool() {
+        let mut other = FuncQueue::new("b", FuncQueueSpec::default());
+        other.spec.redis = Some(RedisConnection {
+            url: Some("redis://other:6379/0".into()),
+            ..Default::default()
+        });
+        let pool = FuncWorkerPool::new(
+            "w",
+            FuncWorkerPoolSpec {
+                queues: vec!["a".into(), "b".into()],
+                ..Default::default()
+            },
+        );
+        let d = Dereferenced {
+            queues: vec![
+                ("a".into(), Some(q("a", QueueFormat::Funcscale))),
+                ("b".into(), Some(Arc::new(other))),
+            ],
+            ..Default::default()
+        };
+        let err = validate(&pool, "ns", &d).unwrap_err();
+        assert!(
+            err.to_string().contains("different Redis connections"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,741 @@
+//! The Redis metrics reader: depth, oldest-task age, arrival and completion rates, measured
+//! task time (T) and scheduled executions per period (M) of every registered queue.
+//!
+//! All queues on one Redis instance are read in **one pipelined round trip** per poll
+//! ([`Poller::poll_once`]); instances are polled concurrently. Results land in a shared
+//! [`MetricsCache`] that the reconcilers read; [`Poller::poll_once`] returns the queues whose
+//! numbers changed so the caller can trigger the pools that serve them.
+//!
+//! Key names come from `funcscale_worker::protocol` only.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use funcscale_worker::protocol::{self, Envelope, Keys, QueueStats};
+use redis::Value;
+
+use crate::crd::{FuncQueue, QueueFormat};
+
+/// A queue: namespace and name of its `FuncQueue`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl QueueId {
+    /// New id.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Redis endpoint with its credentials. `Debug`/`Display` never show the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisEndpoint {
+    url: String,
+}
+
+impl RedisEndpoint {
+    /// From a full URL (may carry user and password, `rediss://` for TLS).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into() }
+    }
+
+    /// From a URL without password plus a password (inserted as the URL's password).
+    pub fn with_password(url: &str, password: &str) -> Self {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Self::new(url);
+        };
+        let enc = percent_encode(password);
+        let (user, host) = match rest.split_once('@') {
+            Some((user, host)) => (user.split(':').next().unwrap_or_default().to_string(), host),
+            None => (String::new(), rest),
+        };
+        Self::new(format!("{scheme}://{user}:{enc}@{host}"))
+    }
+
+    /// The URL with credentials, for connecting.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .is_some_and(|(user, _)| user.contains(':'))
+    }
+
+    /// The URL without the password, for logs and status.
+    pub fn redacted(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => self.url.clone(),
+            },
+            None => "<invalid url>".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How the oldest waiting task's age is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OldestTask {
+    /// funcscale envelope at the right end (`enqueued_at_ms`).
+    FuncscaleRight,
+    /// Sidekiq job JSON at the right end (`enqueued_at`, seconds or ms).
+    SidekiqRight,
+    /// The format records no enqueue time in the list (Celery, RQ).
+    Unknown,
+}
+
+/// What to read for one queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueTarget {
+    /// Where the queue lives.
+    pub endpoint: RedisEndpoint,
+    /// Lists whose lengths sum to the depth.
+    pub lists: Vec<String>,
+    /// How to read the oldest task (from `lists[0]`).
+    pub oldest: OldestTask,
+    /// Stats hash the workers publish.
+    pub stats_key: String,
+    /// Dynamic schedules' executions per period.
+    pub per_period_key: String,
+    /// Executions per period of the queue's `spec.schedules`.
+    pub static_per_period: u64,
+    /// `spec.taskTimeMs`, used until workers have measured T.
+    pub task_time_hint_ms: f64,
+}
+
+impl QueueTarget {
+    /// The target of a `FuncQueue`: list keys by format, stats and M keys by queue name.
+    pub fn for_queue(
+        q: &FuncQueue,
+        name: &str,
+        endpoint: RedisEndpoint,
+        keys: &Keys,
+        period_ms: u64,
+    ) -> Self {
+        let spec = &q.spec;
+        let (lists, oldest) = queue_lists(spec.format, spec.key.as_deref(), name, keys);
+        let static_per_period = spec
+            .schedules
+            .iter()
+            .filter_map(|s| crate::cron_rate::executions_per_period(&s.cron, period_ms))
+            .sum();
+        Self {
+            endpoint,
+            lists,
+            oldest,
+            stats_key: keys.stats(name),
+            per_period_key: keys.schedules_per_period(name),
+            static_per_period,
+            task_time_hint_ms: spec.task_time_ms as f64,
+        }
+    }
+}
+
+/// The Redis lists holding a queue's waiting tasks, by format (what that system calls depth).
+pub fn queue_lists(
+    format: QueueFormat,
+    key: Option<&str>,
+    name: &str,
+    keys: &Keys,
+) -> (Vec<String>, OldestTask) {
+    match format {
+        QueueFormat::Funcscale => (
+            vec![key.map_or_else(|| keys.queue(name), str::to_string)],
+            OldestTask::FuncscaleRight,
+        ),
+        QueueFormat::Celery => (
+            protocol::celery_queue_keys(key.unwrap_or(name)),
+            OldestTask::Unknown,
+        ),
+        QueueFormat::Rq => (
+            vec![key.map_or_else(|| protocol::rq_queue_key(name), str::to_string)],
+            OldestTask::Unknown,
+        ),
+        QueueFormat::Sidekiq => (
+            vec![key.map_or_else(|| protocol::sidekiq_queue_key(name), str::to_string)],
+            OldestTask::SidekiqRight,
+        ),
+    }
+}
+
+/// What the reader last measured for a queue.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct QueueMetrics {
+    /// Tasks waiting.
+    pub depth: u64,
+    /// Age of the oldest waiting task in seconds, when the format records it.
+    pub oldest_age_seconds: Option<f64>,
+    /// Tasks enqueued per second (over the last ~10 s).
+    pub arrival_rate: f64,
+    /// Tasks completed per second (over the last ~10 s).
+    pub completion_rate: f64,
+    /// Measured task time (ms), else the hint.
+    pub task_time_ms: f64,
+    /// Whether `task_time_ms` was measured by workers.
+    pub task_time_measured: bool,
+    /// Estimated tasks running now (completion rate × T, Little's law).
+    pub in_flight: u64,
+    /// Scheduled executions per period: static schedules + the dynamic registry.
+    pub scheduled_per_period: u64,
+    /// When the numbers were read (unix ms).
+    pub polled_at_ms: u64,
+}
+
+/// The last reading of a queue.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reading {
+    /// Read fine.
+    Ok(QueueMetrics),
+    /// Its Redis could not be read.
+    Unavailable {
+        /// Why.
+        error: String,
+        /// Since when (unix ms).
+        since_ms: u64,
+    },
+}
+
+/// Registered queues (written by the queue reconciler, read by the poller).
+#[derive(Clone, Default)]
+pub struct Registry(Arc<RwLock<BTreeMap<QueueId, QueueTarget>>>);
+
+impl Registry {
+    /// Register or update a queue. Returns whether it changed.
+    pub fn upsert(&self, id: QueueId, target: QueueTarget) -> bool {
+        let mut m = self.0.write().expect("registry lock");
+        if m.get(&id) == Some(&target) {
+            return false;
+        }
+        m.insert(id, target);
+        true
+    }
+    /// Forget a queue.
+    pub fn remove(&self, id: &QueueId) {
+        self.0.write().expect("registry lock").remove(id);
+    }
+    /// Keep only the queues for which `keep` is true.
+    pub fn retain(&self, mut keep: impl FnMut(&QueueId) -> bool) {
+        self.0
+            .write()
+            .expect("registry lock")
+            .retain(|k, _| keep(k));
+    }
+    /// Snapshot of all targets.
+    pub fn snapshot(&self) -> Vec<(QueueId, QueueTarget)> {
+        self.0
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    /// One target.
+    pub fn get(&self, id: &QueueId) -> Option<QueueTarget> {
+        self.0.read().expect("registry lock").get(id).cloned()
+    }
+    /// Number of registered queues.
+    pub fn len(&self) -> usize {
+        self.0.read().expect("registry lock").len()
+    }
+    /// Whether no queue is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Last readings, shared with the reconcilers.
+#[derive(Clone, Default)]
+pub struct MetricsCache(Arc<RwLock<HashMap<QueueId, Reading>>>);
+
+impl MetricsCache {
+    /// The last reading of a queue (`None`: not polled yet).
+    pub fn get(&self, id: &QueueId) -> Option<Reading> {
+        self.0.read().expect("cache lock").get(id).cloned()
+    }
+    /// Store a reading (tests and the poller).
+    pub fn set(&self, id: QueueId, r: Reading) {
+        self.0.write().expect("cache lock").insert(id, r);
+    }
+    fn retain(&self, keep: impl Fn(&QueueId) -> bool) {
+        self.0.write().expect("cache lock").retain(|k, _| keep(k));
+    }
+}
+
+/// Outcome of one poll.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    /// Queues whose metrics or availability changed.
+    pub changed: Vec<QueueId>,
+    /// Instances that could not be read, with the error.
+    pub errors: Vec<(RedisEndpoint, String)>,
+    /// Instances read fine.
+    pub ok_endpoints: usize,
+    /// Queues read.
+    pub queues: usize,
+}
+
+/// Poller configuration.
+#[derive(Clone, Debug)]
+pub struct PollerConfig {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one pipelined round trip.
+    pub response_timeout: Duration,
+    /// Window over which rates are averaged.
+    pub rate_window: Duration,
+    /// Most time between two attempts on a failing instance.
+    pub max_backoff: Duration,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            rate_window: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Conn {
+    manager: Option<redis::aio::ConnectionManager>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    samples: VecDeque<(u64, u64, u64)>, // (at ms, enqueued, completed)
+}
+
+impl Counters {
+    fn push(&mut self, at_ms: u64, enq: u64, comp: u64, window_ms: u64) -> (f64, f64) {
+        // a counter that went down was reset: start over
+        if let Some(&(_, e, c)) = self.samples.back()
+            && (enq < e || comp < c)
+        {
+            self.samples.clear();
+        }
+        self.samples.push_back((at_ms, enq, comp));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|s| at_ms.saturating_sub(s.0) > window_ms)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, e0, c0) = *self.samples.front().expect("just pushed");
+        let dt = at_ms.saturating_sub(t0) as f64 / 1000.0;
+        if dt <= 0.0 {
+            return (0.0, 0.0);
+        }
+        ((enq - e0) as f64 / dt, (comp - c0) as f64 / dt)
+    }
+}
+
+/// Polls every registered queue.
+pub struct Poller {
+    registry: Registry,
+    cache: MetricsCache,
+    config: PollerConfig,
+    conns: HashMap<RedisEndpoint, Conn>,
+    counters: HashMap<QueueId, Counters>,
+}
+
+const COMMANDS_PER_QUEUE_EXTRA: usize = 3; // LINDEX, HGETALL, GET
+
+impl Poller {
+    /// A poller reading the targets of `registry` into `cache`.
+    pub fn new(registry: Registry, cache: MetricsCache, config: PollerConfig) -> Self {
+        Self {
+            registry,
+            cache,
+            config,
+            conns: HashMap::new(),
+            counters: HashMap::new(),
+        }
+    }
+
+    /// Poll all registered queues once; `now_ms` is the wall clock (unix ms).
+    pub async fn poll_once(&mut self, now_ms: u64) -> PollReport {
+        let targets = self.registry.snapshot();
+        let mut by_endpoint: HashMap<RedisEndpoint, Vec<(QueueId, QueueTarget)>> = HashMap::new();
+        for (id, t) in targets {
+            by_endpoint
+                .entry(t.endpoint.clone())
+                .or_default()
+                .push((id, t));
+        }
+        // forget connections, counters and readings nobody needs any more
+        self.conns.retain(|e, _| by_endpoint.contains_key(e));
+        let live: std::collections::HashSet<QueueId> = by_endpoint
+            .values()
+            .flatten()
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.counters.retain(|id, _| live.contains(id));
+        self.cache.retain(|id| live.contains(id));
+
+        let config = self.config.clone();
+        let mut jobs = Vec::new();
+        for (endpoint, queues) in by_endpoint {
+            let conn = self.conns.remove(&endpoint).unwrap_or(Conn {
+                manager: None,
+                failures: 0,
+                next_attempt: None,
+                last_error: None,
+            });
+            let config = config.clone();
+            jobs.push(async move {
+                let mut conn = conn;
+                let result = read_endpoint(&endpoint, &mut conn, &queues, &config).await;
+                (endpoint, conn, queues, result)
+            });
+        }
+        let results = futures::future::join_all(jobs).await;
+
+        let mut report = PollReport::default();
+        let window_ms = self.config.rate_window.as_millis() as u64;
+        // one lock for the whole poll: readers see all queues of a poll at once
+        let mut cache = self.cache.0.write().expect("cache lock");
+        for (endpoint, mut conn, queues, result) in results {
+            report.queues += queues.len();
+            match result {
+                Ok(raws) => {
+                    conn.failures = 0;
+                    conn.next_attempt = None;
+                    conn.last_error = None;
+                    report.ok_endpoints += 1;
+                    for ((id, target), raw) in queues.into_iter().zip(raws) {
+                        let counters = self.counters.entry(id.clone()).or_default();
+                        let (arrival, completion) = counters.push(
+                            now_ms,
+                            raw.stats.enqueued,
+                            raw.stats.completed,
+                            window_ms,
+                        );
+                        let m = to_metrics(&target, &raw, arrival, completion, now_ms);
+                        let changed = match cache.get(&id) {
+                            Some(Reading::Ok(old)) => !same_numbers(old, &m),
+                            _ => true,
+                        };
+                        if changed {
+                            report.changed.push(id.clone());
+                        }
+                        cache.insert(id, Reading::Ok(m));
+                    }
+                }
+                Err(error) => {
+                    for (id, _) in queues {
+                        let since_ms = match cache.get(&id) {
+                            Some(Reading::Unavailable { since_ms, .. }) => *since_ms,
+                            _ => {
+                                report.changed.push(id.clone());
+                                now_ms
+                            }
+                        };
+                        cache.insert(
+                            id,
+                            Reading::Unavailable {
+                                error: error.clone(),
+                                since_ms,
+                            },
+                        );
+                    }
+                    report.errors.push((endpoint.clone(), error));
+                }
+            }
+            self.conns.insert(endpoint, conn);
+        }
+        drop(cache);
+        report.changed.sort();
+        report
+    }
+}
+
+fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
+    a.depth == b.depth
+        && a.scheduled_per_period == b.scheduled_per_period
+        && a.in_flight == b.in_flight
+        && a.task_time_measured == b.task_time_measured
+        && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
+        && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
+}
+
+struct Raw {
+    depth: u64,
+    oldest_ms: Option<u64>,
+    stats: QueueStats,
+    dynamic_per_period: u64,
+}
+
+fn to_metrics(
+    t: &QueueTarget,
+    raw: &Raw,
+    arrival: f64,
+    completion: f64,
+    now_ms: u64,
+) -> QueueMetrics {
+    let (task_time_ms, measured) = match raw.stats.ewma_ms {
+        Some(ms) if ms > 0.0 => (ms, true),
+        _ => (t.task_time_hint_ms, false),
+    };
+    QueueMetrics {
+        depth: raw.depth,
+        oldest_age_seconds: raw
+            .oldest_ms
+            .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
+        arrival_rate: arrival,
+        completion_rate: completion,
+        task_time_ms,
+        task_time_measured: measured,
+        in_flight: (completion * task_time_ms / 1000.0).round() as u64,
+        scheduled_per_period: t.static_per_period + raw.dynamic_per_period,
+        polled_at_ms: now_ms,
+    }
+}
+
+async fn read_endpoint(
+    endpoint: &RedisEndpoint,
+    conn: &mut Conn,
+    queues: &[(QueueId, QueueTarget)],
+    config: &PollerConfig,
+) -> Result<Vec<Raw>, String> {
+    if let Some(at) = conn.next_attempt
+        && Instant::now() < at
+    {
+        return Err(conn
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "waiting to retry".into()));
+    }
+    let result = async {
+        if conn.manager.is_none() {
+            conn.manager = Some(connect(endpoint, config).await?);
+        }
+        let manager = conn.manager.as_mut().expect("just connected");
+        let pipe = build_pipeline(queues);
+        let values: Vec<Value> =
+            tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
+                .await
+                .map_err(|_| format!("no answer within {:?}", config.response_timeout))?
+                .map_err(|e| e.to_string())?;
+        parse_pipeline(queues, values)
+    }
+    .await;
+    if let Err(e) = &result {
+        conn.failures = conn.failures.saturating_add(1);
+        let backoff = Duration::from_millis(500u64.saturating_mul(1 << conn.failures.min(10)))
+            .min(config.max_backoff);
+        conn.next_attempt = Some(Instant::now() + backoff);
+        conn.last_error = Some(e.clone());
+        tracing::warn!(redis = %endpoint, error = %e, failures = conn.failures, retry_in = ?backoff, "Redis poll failed");
+    }
+    result
+}
+
+async fn connect(
+    endpoint: &RedisEndpoint,
+    config: &PollerConfig,
+) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(endpoint.url())
+        .map_err(|e| format!("invalid Redis URL {endpoint}: {e}"))?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(1);
+    tokio::time::timeout(
+        config.connect_timeout + Duration::from_millis(500),
+        redis::aio::ConnectionManager::new_with_config(client, cfg),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to {endpoint}: timed out"))?
+    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
+}
+
+/// The pipeline reading all `queues`: per queue `LLEN` of each list, `LINDEX <list> -1`,
+/// `HGETALL <stats>`, `GET <per-period>`.
+fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
+    let n: usize = queues
+        .iter()
+        .map(|(_, t)| t.lists.len() + COMMANDS_PER_QUEUE_EXTRA)
+        .sum();
+    let mut pipe = redis::Pipeline::with_capacity(n);
+    for (_, t) in queues {
+        for l in &t.lists {
+            pipe.cmd("LLEN").arg(l);
+        }
+        pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1);
+        pipe.cmd("HGETALL").arg(&t.stats_key);
+        pipe.cmd("GET").arg(&t.per_period_key);
+    }
+    pipe
+}
+
+fn parse_pipeline(
+    queues: &[(QueueId, QueueTarget)],
+    values: Vec<Value>,
+) -> Result<Vec<Raw>, String> {
+    let mut it = values.into_iter();
+    let mut next = || it.next().ok_or_else(|| "short pipeline reply".to_string());
+    let mut out = Vec::with_capacity(queues.len());
+    for (id, t) in queues {
+        let mut depth = 0u64;
+        for _ in &t.lists {
+            depth += as_u64(&next()?)
+                .ok_or_else(|| format!("{id}: LLEN reply is not an integer (wrong key type?)"))?;
+        }
+        let oldest = next()?;
+        let oldest_ms = match (t.oldest, as_string(&oldest)) {
+            (OldestTask::FuncscaleRight, Some(s)) => {
+                Envelope::from_json(&s).ok().map(|e| e.enqueued_at_ms)
+            }
+            (OldestTask::SidekiqRight, Some(s)) => sidekiq_enqueued_ms(&s),
+            _ => None,
+        };
+        let stats = match next()? {
+            Value::Array(items) => {
+                let strs: Vec<String> = items.iter().filter_map(as_string).collect();
+                QueueStats::from_pairs(strs.chunks_exact(2).map(|p| (p[0].as_str(), p[1].as_str())))
+            }
+            Value::Map(pairs) => {
+                let strs: Vec<(String, String)> = pairs
+                    .iter()
+                    .filter_map(|(k, v)| Some((as_string(k)?, as_string(v)?)))
+                    .collect();
+                QueueStats::from_pairs(strs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }
+            _ => QueueStats::from_pairs([]),
+        };
+        let dynamic_per_period = as_string(&next()?)
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        out.push(Raw {
+            depth,
+            oldest_ms,
+            stats,
+            dynamic_per_period,
+        });
+    }
+    Ok(out)
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Nil => Some(0),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// Sidekiq's `enqueued_at`: float seconds (Sidekiq < 8) or integer ms (Sidekiq 8).
+fn sidekiq_enqueued_ms(job: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(job).ok()?;
+    let at = v
+        .get("enqueued_at")
+        .or_else(|| v.get("created_at"))?
+        .as_f64()?;
+    Some(if at > 1e11 {
+        at as u64
+    } else {
+        (at * 1000.0) as u64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_hides_password() {
+        let e = RedisEndpoint::with_password("rediss://app@redis.example:6380/2", "p@ss:w");
+        assert_eq!(e.url(), "rediss://app:p%40ss%3Aw@redis.example:6380/2");
+        assert_eq!(e.redacted(), "rediss://app:***@redis.example:6380/2");
+        assert_eq!(format!("{e:?}"), "rediss://app:***@redis.example:6380/2");
+        let e = RedisEndpoint::with_password("redis://redis:6379/0", "x");
+        assert_eq!(e.url(), "redis://:x@redis:6379/0");
+        assert!(e.has_password());
+        assert!(!RedisEndpoint::new("rediss://user@redis:6379/0").has_password());
+    }
+
+    #[test]
+    fn rates_over_the_window_and_counter_resets() {
+        let mut c = Counters::default();
+        assert_eq!(c.push(0, 100, 0, 10_000), (0.0, 0.0));
+        assert_eq!(c.push(1000, 110, 5, 10_000), (10.0, 5.0));
+        assert_eq!(c.push(2000, 130, 10, 10_000), (15.0, 5.0));
+        // reset: counters went down
+        assert_eq!(c.push(3000, 0, 0, 10_000), (0.0, 0.0));
+    }
+
+    #[test]
+    fn sidekiq_times() {
+        assert_eq!(
+            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000.5}"#),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000500}"#),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(sidekiq_enqueued_ms("nope"), None);
+    }
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics, readiness state and logging setup.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// The operator's metrics. Labels are bounded: controller, error category, and the
+/// namespace/name of queues and pools (one series per object the operator manages).
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Reconciles by controller.
+    pub reconciliations: IntCounterVec,
+    /// Failed reconciles by controller and error category.
+    pub failures: IntCounterVec,
+    /// Reconcile duration by controller.
+    pub reconcile_duration: HistogramVec,
+    /// Tasks waiting per queue.
+    pub queue_depth: IntGaugeVec,
+    /// Desired replicas per pool.
+    pub pool_desired: IntGaugeVec,
+    /// Current replicas (of the Deployment) per pool.
+    pub pool_current: IntGaugeVec,
+    /// Duration of one poll of all Redis instances.
+    pub redis_poll_duration: Histogram,
+    /// Failed polls of one Redis instance.
+    pub redis_poll_errors: IntCounter,
+    /// 1 while this replica holds the leader lease.
+    pub leader: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register all metrics.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciliations = IntCounterVec::new(
+            Opts::new(
+                "funcscale_reconciliations_total",
+                "Reconciles by controller",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "funcscale_reconcile_failures_total",
+                "Failed reconciles by controller and error category",
+            ),
+            &["controller", "category"],
+        )
+        .expect("valid metric");
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("funcscale_reconcile_duration_seconds", "Reconcile duration")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("funcscale_queue_depth", "Tasks waiting in the queue"),
+            &["namespace", "queue"],
+        )
+        .expect("valid metric");
+        let pool_desired = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_pool_desired_replicas",
+                "Replicas the operator wants for the pool",
+            ),
+            &["namespace", "pool"],
+        )
+        .expect("valid metric");
+        let pool_current = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_pool_replicas",
+                "Replicas of the pool's Deployment",
+            ),
+            &["namespace", "pool"],
+        )
+        .expect("valid metric");
+        let redis_poll_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "funcscale_redis_poll_duration_seconds",
+                "Duration of one poll of all queues",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let redis_poll_errors = IntCounter::new(
+            "funcscale_redis_poll_errors_total",
+            "Polls of a Redis instance that failed",
+        )
+        .expect("valid metric");
+        let leader = IntGauge::new(
+            "funcscale_leader",
+            "1 while this replica holds the leader lease",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(reconcile_duration.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(pool_desired.clone()),
+            Box::new(pool_current.clone()),
+            Box::new(redis_poll_duration.clone()),
+            Box::new(redis_poll_errors.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            reconcile_duration,
+            queue_depth,
+            pool_desired,
+            pool_current,
+            redis_poll_duration,
+            redis_poll_errors,
+            leader,
+        }
+    }
+
+    /// Text exposition of all metrics.
+    pub fn encode(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("metrics encode");
+        buf
+    }
+}
+
+/// What `/readyz` reports: the API is reachable and the CRDs established, the watches run,
+/// and every Redis instance answered the last poll.
+#[derive(Default)]
+pub struct Health {
+    api: AtomicBool,
+    watches: AtomicBool,
+    redis: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Health {
+    /// New state: nothing ready, with a reason.
+    pub fn new() -> Self {
+        let h = Self::default();
+        h.redis.store(true, Ordering::Relaxed); // no queue yet: nothing to fail
+        *h.reason.lock().expect("health lock") = "starting".into();
+        h
+    }
+    /// API server reachable and CRDs established.
+    pub fn set_api(&self, ok: bool, why: &str) {
+        self.api.store(ok, Ordering::Relaxed);
+        self.note(ok, why);
+    }
+    /// Controllers' watches running.
+    pub fn set_watches(&self, ok: bool, why: &str) {
+        self.watches.store(ok, Ordering::Relaxed);
+        self.note(ok, why);
+    }
+    /// Every Redis instance answered.
+    pub fn set_redis(&self, ok: bool, why: &str) {
+        self.redis.store(ok, Ordering::Relaxed);
+        self.note(ok, why);
+    }
+    fn note(&self, ok: bool, why: &str) {
+        if !ok {
+            *self.reason.lock().expect("health lock") = why.to_string();
+        }
+    }
+    /// Ready, or why not.
+    pub fn ready(&self) -> Result<(), String> {
+        let ok = self.api.load(Ordering::Relaxed)
+            && self.watches.load(Ordering::Relaxed)
+            && self.redis.load(Ordering::Relaxed);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.reason.lock().expect("health lock").clone())
+        }
+    }
+}
+
+/// Log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Install the tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,860 @@
+//! Reconcilers against an in-memory Kubernetes API (`kube-fake-client`): each test pins the
+//! API calls a reconcile makes and what ends up in the objects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use funcscale_operator::context::{Config, Context};
+use funcscale_operator::crd::*;
+use funcscale_operator::redis_metrics::{QueueId, QueueMetrics, Reading};
+use funcscale_operator::{pool, queue};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kube_fake_client::{ClientBuilder, interceptor};
+
+const NS: &str = "team";
+const T0: u64 = 1_800_000_000_000;
+
+type Ops = Arc<Mutex<Vec<String>>>;
+
+fn kind_of(v: &serde_json::Value) -> String {
+    v.get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+struct Env {
+    client: Client,
+    ctx: Arc<Context>,
+    ops: Ops,
+    clock: Arc<AtomicU64>,
+    queues_w: Writer<FuncQueue>,
+    pools_w: Writer<FuncWorkerPool>,
+}
+
+impl Env {
+    async fn new(conflict_on_patch: bool) -> Self {
+        Self::with_config(conflict_on_patch, Config::default()).await
+    }
+
+    async fn with_config(conflict_on_patch: bool, config: Config) -> Self {
+        let ops: Ops = Arc::default();
+        let (o1, o2, o3, o4) = (ops.clone(), ops.clone(), ops.clone(), ops.clone());
+        let funcs = interceptor::Funcs::new()
+            .create(move |c| {
+                o1.lock()
+                    .unwrap()
+                    .push(format!("create {}", kind_of(c.object)));
+                Ok(None)
+            })
+            .patch(move |c| {
+                if conflict_on_patch {
+                    return Err(kube_fake_client::Error::Conflict(
+                        "the object has been modified".into(),
+                    ));
+                }
+                o2.lock().unwrap().push(format!(
+                    "patch {:?} {} {}",
+                    c.patch_type,
+                    kind_of(c.patch),
+                    c.name
+                ));
+                Ok(None)
+            })
+            .patch_status(move |c| {
+                o3.lock().unwrap().push(format!("patch-status {}", c.name));
+                Ok(None)
+            })
+            .replace(move |c| {
+                o4.lock().unwrap().push(format!("replace {}", c.name));
+                Ok(None)
+            });
+        let client = ClientBuilder::new()
+            .with_resource::<FuncQueue>()
+            .with_resource::<FuncWorkerPool>()
+            .with_status_subresource::<Deployment>()
+            .with_interceptor_funcs(funcs)
+            .build()
+            .await
+            .unwrap();
+        let (queues, queues_w) = reflector::store();
+        let (pools, pools_w) = reflector::store();
+        let clock = Arc::new(AtomicU64::new(T0));
+        let c2 = clock.clone();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            config,
+            funcscale_operator::telemetry::Metrics::new(),
+            queues,
+            pools,
+            Arc::new(move || c2.load(Ordering::SeqCst)),
+        ));
+        Self {
+            client,
+            ctx,
+            ops,
+            clock,
+            queues_w,
+            pools_w,
+        }
+    }
+
+    fn take_ops(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ops.lock().unwrap())
+    }
+
+    async fn add_queue(&mut self, name: &str, spec: FuncQueueSpec) -> FuncQueue {
+        let api: Api<FuncQueue> = Api::namespaced(self.client.clone(), NS);
+        let q = api
+            .create(&PostParams::default(), &FuncQueue::new(name, spec))
+            .await
+            .unwrap();
+        self.queues_w
+            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.take_ops();
+        q
+    }
+
+    async fn add_pool(&mut self, name: &str, spec: FuncWorkerPoolSpec) -> FuncWorkerPool {
+        let api: Api<FuncWorkerPool> = Api::namespaced(self.client.clone(), NS);
+        let p = api
+            .create(&PostParams::default(), &FuncWorkerPool::new(name, spec))
+            .await
+            .unwrap();
+        self.pools_w
+            .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        self.take_ops();
+        p
+    }
+
+    async fn pool(&self, name: &str) -> FuncWorkerPool {
+        Api::<FuncWorkerPool>::namespaced(self.client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    async fn deployment(&self, name: &str) -> Option<Deployment> {
+        Api::<Deployment>::namespaced(self.client.clone(), NS)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn reconcile_pool(&self, name: &str) -> Result<Action, funcscale_operator::error::Error> {
+        let p = Arc::new(self.pool(name).await);
+        pool::reconcile(p, self.ctx.clone()).await
+    }
+
+    fn set_metrics(&self, queue: &str, depth: u64, task_ms: f64) {
+        self.ctx.cache.set(
+            QueueId::new(NS, queue),
+            Reading::Ok(QueueMetrics {
+                depth,
+                task_time_ms: task_ms,
+                task_time_measured: true,
+                polled_at_ms: self.clock.load(Ordering::SeqCst),
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn advance(&self, d: Duration) {
+        self.clock.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+fn autoscaled(queues: &[&str], min: i32, max: i32) -> FuncWorkerPoolSpec {
+    FuncWorkerPoolSpec {
+        queues: queues.iter().map(|s| s.to_string()).collect(),
+        processes_per_pod: 5,
+        autoscaling: Some(Autoscaling {
+            min_replicas: min,
+            max_replicas: max,
+            drain_target_seconds: 60,
+            period_ms: 60_000,
+            scale_down_stabilization_seconds: 300,
+            scale_up_max_step: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn replicas(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref().and_then(|s| s.replicas)
+}
+
+fn condition<'a>(p: &'a FuncWorkerPool, t: &str) -> &'a Condition {
+    p.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+fn queue_spec() -> FuncQueueSpec {
+    FuncQueueSpec {
+        task_time_ms: 500,
+        max_retries: 3,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_builds_the_deployment_with_ssa_and_writes_status() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q8", queue_spec()).await;
+    let mut spec = autoscaled(&["q8"], 1, 50);
+    spec.limits = Some(ProcessLimits {
+        hard_time_limit_seconds: Some(600),
+        ..Default::default()
+    });
+    spec.resources = Some(Resources {
+        requests: [("cpu".to_string(), "2.5".to_string())].into(),
+        ..Default::default()
+    });
+    spec.pod_template = Some(
+        serde_json::json!({"spec": {"nodeSelector": {"pool": "workers"},
+        "containers": [{"name": "worker", "env": [{"name": "EXTRA", "value": "1"}]}]}}),
+    );
+    let p = env.add_pool("worker-8", spec).await;
+    env.set_metrics("q8", 4200, 480.0);
+
+    let action = env.reconcile_pool("worker-8").await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(
+        env.take_ops(),
+        vec![
+            "patch ApplyPatch Deployment worker-8",
+            "patch-status worker-8"
+        ]
+    );
+
+    let d = env.deployment("worker-8").await.expect("deployment");
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("FuncWorkerPool", p.uid().unwrap().as_str(), Some(true))
+    );
+    let status = env.pool("worker-8").await.status.unwrap();
+    // 4200 tasks × 480 ms within 60 s on 5 processes per pod: 7 pods
+    assert_eq!(replicas(&d), Some(7));
+    assert_eq!(status.desired_replicas, 7);
+    assert_eq!(status.decision.as_ref().unwrap().depth, Some(4200));
+    assert_eq!(
+        status.queues,
+        vec![QueueDepth {
+            name: "q8".into(),
+            depth: 4200
+        }]
+    );
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/name=funcscale-worker,funcscale.dev/pool=worker-8")
+    );
+    assert_eq!(status.observed_generation, p.metadata.generation);
+
+    let spec = d.spec.unwrap();
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.termination_grace_period_seconds, Some(630));
+    assert_eq!(pod.node_selector.unwrap()["pool"], "workers");
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(funcscale_operator::context::default_worker_image().as_str())
+    );
+    let cmd = c.command.clone().unwrap().join(" ");
+    assert!(
+        cmd.starts_with("funcscale-worker run --queues q8 --processes 5"),
+        "{cmd}"
+    );
+    assert!(
+        cmd.contains("--hard-time-limit 600") && cmd.contains("--drain-timeout 600"),
+        "{cmd}"
+    );
+    let env_names: Vec<_> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(
+        env_names.contains(&"FUNCSCALE_REDIS_URL") && env_names.contains(&"EXTRA"),
+        "{env_names:?}"
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+        "2.5"
+    );
+    assert_eq!(
+        spec.strategy.unwrap().type_.as_deref(),
+        Some("RollingUpdate")
+    );
+    assert_eq!(
+        condition(&env.pool("worker-8").await, "MetricsAvailable").status,
+        "True"
+    );
+
+    // nothing changed: the second reconcile neither applies nor writes status
+    env.reconcile_pool("worker-8").await.unwrap();
+    assert_eq!(env.take_ops(), Vec::<String>::new());
+
+    // someone scales the autoscaled Deployment by hand: the operator's number is restored
+    Api::<Deployment>::namespaced(env.client.clone(), NS)
+        .patch(
+            "worker-8",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    env.take_ops();
+    env.reconcile_pool("worker-8").await.unwrap();
+    assert_eq!(env.take_ops()[0], "patch ApplyPatch Deployment worker-8");
+    assert_eq!(
+        replicas(&env.deployment("worker-8").await.unwrap()),
+        Some(7)
+    );
+}
+
+#[tokio::test]
+async fn scales_up_at_once_and_down_only_after_the_window() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool("w", autoscaled(&["q1"], 1, 50)).await;
+    env.set_metrics("q1", 0, 500.0);
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(1));
+    env.take_ops();
+
+    // backlog: 6000 × 500 ms / (5 × 60 s) = 10 pods
+    env.advance(Duration::from_secs(1));
+    env.set_metrics("q1", 6000, 500.0);
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(10));
+    let ops = env.take_ops();
+    assert!(ops.contains(&"create Event".to_string()), "{ops:?}");
+    let p = env.pool("w").await;
+    assert_eq!(condition(&p, "Scaling").reason, "ScalingUp");
+
+    // drained: stays at 10 within the 300 s window
+    env.advance(Duration::from_secs(60));
+    env.set_metrics("q1", 0, 500.0);
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(10));
+    assert_eq!(
+        env.pool("w").await.status.unwrap().decision.unwrap().rule,
+        "Stabilized"
+    );
+
+    // after the window: down to min
+    env.advance(Duration::from_secs(301));
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(1));
+    // a second "Scaled" event within minutes is a series update of the first (kube's Recorder)
+    let ops = env.take_ops();
+    assert!(ops.iter().any(|o| o.contains("Event")), "{ops:?}");
+}
+
+#[tokio::test]
+async fn redis_unavailable_holds_the_size() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool("w", autoscaled(&["q1"], 0, 50)).await;
+    env.set_metrics("q1", 6000, 500.0);
+    env.reconcile_pool("w").await.unwrap();
+    let before = replicas(&env.deployment("w").await.unwrap());
+    assert!(before.unwrap() > 0);
+    env.advance(Duration::from_secs(1000));
+    env.ctx.cache.set(
+        QueueId::new(NS, "q1"),
+        Reading::Unavailable {
+            error: "cannot connect to redis://x:6379: refused".into(),
+            since_ms: T0,
+        },
+    );
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), before);
+    let p = env.pool("w").await;
+    let c = condition(&p, "MetricsAvailable");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RedisUnavailable")
+    );
+    assert!(c.message.contains("refused"), "{}", c.message);
+    assert_eq!(p.status.unwrap().decision.unwrap().rule, "Held");
+}
+
+#[tokio::test]
+async fn beat_is_one_replica_recreate_and_restored_after_kubectl_scale() {
+    let mut env = Env::new(false).await;
+    let mut qs = queue_spec();
+    qs.schedules = vec![Schedule {
+        name: "tick".into(),
+        cron: "*/10 * * * * *".into(),
+        function: "f".into(),
+        args: vec![],
+    }];
+    env.add_queue("q1", qs).await;
+    env.add_pool(
+        "beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            processes_per_pod: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.reconcile_pool("beat").await.unwrap();
+    assert_eq!(
+        env.take_ops(),
+        vec![
+            "patch ApplyPatch ConfigMap beat-schedules",
+            "patch ApplyPatch Deployment beat",
+            "patch-status beat"
+        ]
+    );
+    let d = env.deployment("beat").await.unwrap();
+    assert_eq!(replicas(&d), Some(1));
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    let c = &spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        c.command.as_ref().unwrap().join(" "),
+        "funcscale-worker beat --schedules-file /etc/funcscale/schedules.yaml"
+    );
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.client.clone(), NS)
+        .get("beat-schedules")
+        .await
+        .unwrap();
+    let yaml = &cm.data.unwrap()["schedules.yaml"];
+    assert!(
+        yaml.contains("kind: FuncQueue") && yaml.contains("*/10 * * * * *"),
+        "{yaml}"
+    );
+
+    // someone runs `kubectl scale deployment beat --replicas=3`
+    Api::<Deployment>::namespaced(env.client.clone(), NS)
+        .patch(
+            "beat",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    env.take_ops();
+    env.reconcile_pool("beat").await.unwrap();
+    assert_eq!(replicas(&env.deployment("beat").await.unwrap()), Some(1));
+    let ops = env.take_ops();
+    assert!(
+        ops.contains(&"patch ApplyPatch Deployment beat".to_string())
+            && ops.contains(&"create Event".to_string()),
+        "{ops:?}"
+    );
+}
+
+#[tokio::test]
+async fn second_beat_for_the_same_redis_is_refused() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    let beat = || FuncWorkerPoolSpec {
+        role: PoolRole::Beat,
+        processes_per_pod: 1,
+        ..Default::default()
+    };
+    env.add_pool("beat-a", beat()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
+    env.add_pool("beat-b", beat()).await;
+
+    env.reconcile_pool("beat-b").await.unwrap();
+    assert_eq!(replicas(&env.deployment("beat-b").await.unwrap()), Some(0));
+    let b = env.pool("beat-b").await;
+    let c = condition(&b, "Conflict");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "BeatAlreadyRunning")
+    );
+    assert!(c.message.contains("team/beat-a"), "{}", c.message);
+    assert_eq!(condition(&b, "Ready").status, "False");
+
+    env.reconcile_pool("beat-a").await.unwrap();
+    assert_eq!(replicas(&env.deployment("beat-a").await.unwrap()), Some(1));
+    assert_eq!(
+        condition(&env.pool("beat-a").await, "Conflict").status,
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
+    let mut env = Env::new(false).await;
+    env.add_pool("w", autoscaled(&["missing"], 1, 5)).await;
+    let action = env.reconcile_pool("w").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let ops = env.take_ops();
+    assert!(
+        !ops.iter().any(|o| o.contains("Deployment")),
+        "no Deployment for an invalid pool: {ops:?}"
+    );
+    assert!(ops.contains(&"patch-status w".to_string()));
+    let p = env.pool("w").await;
+    let c = condition(&p, "SpecValid");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .starts_with("spec.queues[0]: FuncQueue missing does not exist"),
+        "{}",
+        c.message
+    );
+    assert!(env.deployment("w").await.is_none());
+
+    // a queue whose password Secret is missing
+    let mut qs = queue_spec();
+    qs.redis = Some(RedisConnection {
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: Some(SecretKeyRef {
+            name: "redis-auth".into(),
+            key: "password".into(),
+        }),
+        ..Default::default()
+    });
+    env.add_queue("q2", qs).await;
+    env.add_pool("w2", autoscaled(&["q2"], 1, 5)).await;
+    assert_eq!(
+        env.reconcile_pool("w2").await.unwrap(),
+        Action::await_change()
+    );
+    let p = env.pool("w2").await;
+    assert!(
+        condition(&p, "SpecValid")
+            .message
+            .contains("Secret redis-auth not found"),
+        "{:?}",
+        p.status
+    );
+
+    // once the Secret exists, the pool is built and its pods read the password from it
+    let mut s = Secret::default();
+    s.metadata.name = Some("redis-auth".into());
+    s.string_data = Some([("password".to_string(), "pw".to_string())].into());
+    s.data = Some(
+        [(
+            "password".to_string(),
+            k8s_openapi::ByteString(b"pw".to_vec()),
+        )]
+        .into(),
+    );
+    Api::<Secret>::namespaced(env.client.clone(), NS)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+    env.set_metrics("q2", 0, 500.0);
+    env.reconcile_pool("w2").await.unwrap();
+    let d = env.deployment("w2").await.unwrap();
+    let envs = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let pw = envs
+        .iter()
+        .find(|e| e.name == "FUNCSCALE_REDIS_PASSWORD")
+        .expect("password env");
+    assert_eq!(
+        pw.value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "redis-auth"
+    );
+    assert_eq!(condition(&env.pool("w2").await, "SpecValid").status, "True");
+}
+
+#[tokio::test]
+async fn fixed_replicas_are_used_exactly_and_unmanaged_replicas_are_left_alone() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool(
+        "fixed",
+        FuncWorkerPoolSpec {
+            queues: vec!["q1".into()],
+            processes_per_pod: 5,
+            replicas: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.reconcile_pool("fixed").await.unwrap();
+    assert_eq!(replicas(&env.deployment("fixed").await.unwrap()), Some(3));
+    assert_eq!(
+        env.pool("fixed")
+            .await
+            .status
+            .unwrap()
+            .decision
+            .unwrap()
+            .rule,
+        "Fixed"
+    );
+
+    // neither replicas nor autoscaling: the SSA body carries no replicas, an HPA on the
+    // Deployment (here: a merge patch) keeps its number
+    env.add_pool(
+        "free",
+        FuncWorkerPoolSpec {
+            queues: vec!["q1".into()],
+            processes_per_pod: 5,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.reconcile_pool("free").await.unwrap();
+    Api::<Deployment>::namespaced(env.client.clone(), NS)
+        .patch(
+            "free",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    env.reconcile_pool("free").await.unwrap();
+    assert_eq!(replicas(&env.deployment("free").await.unwrap()), Some(7));
+}
+
+#[tokio::test]
+async fn api_conflicts_back_off_per_object() {
+    let mut env = Env::new(true).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool("w", autoscaled(&["q1"], 1, 5)).await;
+    env.set_metrics("q1", 0, 500.0);
+    let p = Arc::new(env.pool("w").await);
+    let err = pool::reconcile(p.clone(), env.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "conflict", "{err}");
+    assert_eq!(
+        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
+    );
+    assert_eq!(
+        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        Action::requeue(Duration::from_secs(4))
+    );
+    let m = env.ctx.metrics.encode();
+    assert!(
+        m.contains(
+            r#"funcscale_reconcile_failures_total{category="conflict",controller="pool"} 3"#
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn queue_status_reports_metrics_consumers_and_unserved_queues() {
+    let mut env = Env::new(false).await;
+    let q = env.add_queue("lonely", queue_spec()).await;
+    env.ctx.cache.set(
+        QueueId::new(NS, "lonely"),
+        Reading::Ok(QueueMetrics {
+            depth: 12,
+            oldest_age_seconds: Some(3.25),
+            arrival_rate: 2.0,
+            task_time_ms: 480.0,
+            task_time_measured: true,
+            scheduled_per_period: 17,
+            polled_at_ms: T0,
+            ..Default::default()
+        }),
+    );
+    queue::reconcile(Arc::new(q), env.ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        env.ctx.registry.get(&QueueId::new(NS, "lonely")).is_some(),
+        "registered for polling"
+    );
+    let q = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
+        .get("lonely")
+        .await
+        .unwrap();
+    let st = q.status.clone().unwrap();
+    assert_eq!(
+        (
+            st.depth,
+            st.scheduled_per_period,
+            st.task_time_source.as_deref()
+        ),
+        (Some(12), Some(17), Some("Measured"))
+    );
+    let served = st.conditions.iter().find(|c| c.type_ == "Served").unwrap();
+    assert_eq!(
+        (served.status.as_str(), served.reason.as_str()),
+        ("False", "NoPool")
+    );
+
+    env.add_pool("w", autoscaled(&["lonely"], 1, 5)).await;
+    queue::reconcile(Arc::new(q), env.ctx.clone())
+        .await
+        .unwrap();
+    let st = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
+        .get("lonely")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.consumers, vec!["w".to_string()]);
+    assert_eq!(
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Served")
+            .unwrap()
+            .status,
+        "True"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_change_maps_to_every_pool_serving_it() {
+    let mut env = Env::new(false).await;
+    env.add_pool("a", autoscaled(&["q1", "q2"], 1, 5)).await;
+    env.add_pool("b", autoscaled(&["q2"], 1, 5)).await;
+    env.add_pool("c", autoscaled(&["q3"], 1, 5)).await;
+    let mut names: Vec<String> = pool::pools_for_queue(&env.ctx.pools, NS, "q2")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a", "b"]);
+    assert!(pool::pools_for_queue(&env.ctx.pools, "other", "q2").is_empty());
+}
+
+#[tokio::test]
+async fn lease_leader_election() {
+    use funcscale_operator::leader::LeaseLock;
+    let env = Env::new(false).await;
+    let a = LeaseLock::new(
+        env.client.clone(),
+        "ops",
+        "leader",
+        "a",
+        Duration::from_secs(15),
+    );
+    let b = LeaseLock::new(
+        env.client.clone(),
+        "ops",
+        "leader",
+        "b",
+        Duration::from_secs(15),
+    );
+    assert!(a.try_acquire_or_renew(T0).await.unwrap());
+    assert!(
+        !b.try_acquire_or_renew(T0 + 1000).await.unwrap(),
+        "held by a"
+    );
+    assert!(a.try_acquire_or_renew(T0 + 5000).await.unwrap(), "a renews");
+    assert!(
+        !b.try_acquire_or_renew(T0 + 19_000).await.unwrap(),
+        "a renewed at +5 s: valid until +20 s"
+    );
+    // a dies: b takes over once the lease has expired
+    assert!(b.try_acquire_or_renew(T0 + 20_001).await.unwrap());
+    assert_eq!(b.holder().await.unwrap().as_deref(), Some("b"));
+    assert!(!a.try_acquire_or_renew(T0 + 21_000).await.unwrap());
+    // graceful stop: b releases, a takes over at once
+    b.release().await.unwrap();
+    assert!(a.try_acquire_or_renew(T0 + 22_000).await.unwrap());
+}
+
+/// Real Redis → poll → trigger → reconcile → Deployment: one poll after the producers
+/// pushed, the pool has its new size.
+#[tokio::test]
+async fn a_depth_change_reaches_the_deployment_within_one_poll() {
+    use funcscale_operator::poll_loop;
+    use funcscale_operator::redis_metrics::{Poller, PollerConfig};
+    use funcscale_worker::protocol::{Envelope, Keys};
+    use redis::AsyncCommands;
+
+    let prefix = format!("e2e-{}-{}", std::process::id(), T0);
+    let keys = Keys::new(&prefix);
+    let config = Config {
+        keys: keys.clone(),
+        ..Config::default()
+    };
+    let mut env = Env::with_config(false, config).await;
+    let q = env.add_queue("q1", queue_spec()).await;
+    env.add_pool("w", autoscaled(&["q1"], 1, 50)).await;
+    queue::reconcile(Arc::new(q), env.ctx.clone())
+        .await
+        .unwrap(); // registers q1 for polling
+    let mut poller = Poller::new(
+        env.ctx.registry.clone(),
+        env.ctx.cache.clone(),
+        PollerConfig::default(),
+    );
+    let (_, pools) = poll_loop::tick(&env.ctx, &mut poller).await;
+    assert_eq!(
+        pools.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["w"]
+    );
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(1));
+
+    // producers push 6000 tasks of 500 ms (the hint): 6000 × 0.5 s / (5 × 60 s) = 10 pods
+    let mut con = redis::Client::open("redis://127.0.0.1:6379/0")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..6000 {
+        pipe.lpush(
+            keys.queue("q1"),
+            Envelope::new(format!("t{i}"), "f", "q1", T0).to_json(),
+        )
+        .ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
+    let started = std::time::Instant::now();
+    let (report, pools) = poll_loop::tick(&env.ctx, &mut poller).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    for p in pools {
+        env.reconcile_pool(&p.name).await.unwrap();
+    }
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(10));
+    println!(
+        "depth change → Deployment replicas in {:?} after the poll started",
+        started.elapsed()
+    );
+    let _: () = con.del(keys.queue("q1")).await.unwrap();
+}

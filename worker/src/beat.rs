@@ -1,0 +1,625 @@
+//! The beat: enqueues cron-triggered tasks, exactly one firing per tick across beats.
+//!
+//! - Schedules come from a multi-document YAML file of `FuncQueue` manifests (re-read when it
+//!   changes) and from the dynamic registry in Redis (re-read periodically).
+//! - A beat fires only while it holds the lease (`Keys::beat_lease`, value
+//!   `<holder> <token>`, token from `Keys::beat_fence`). It renews every TTL/3 and stops
+//!   firing as soon as the last successful renewal is older than TTL/2, so it has stopped
+//!   well before the lease can expire and another beat take it.
+//! - Each firing is one Lua script that checks the lease value is still the caller's (the
+//!   fencing token) and that the schedule's last fired tick is older, then records the tick
+//!   and enqueues — so a tick is enqueued at most once even across a failover.
+//! - After acquiring the lease a beat re-evaluates the last `TTL + 2 s` (ticks a crashed
+//!   holder may have missed; already fired ones are refused by the script). Older missed
+//!   ticks are skipped, or with `--missed catch-up-once` the latest missed tick of each
+//!   schedule is fired once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+use serde::Deserialize;
+
+use crate::cron::Cron;
+use crate::protocol::{self, Envelope, Keys};
+use crate::worker::{connection_manager, now_ms};
+
+/// What to do with ticks missed while no beat was running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Missed {
+    /// Drop them.
+    #[default]
+    Skip,
+    /// Fire the latest missed tick of each schedule once.
+    CatchUpOnce,
+}
+
+/// Settings of a beat.
+#[derive(Clone, Debug)]
+pub struct BeatConfig {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Key prefix.
+    pub keys: Keys,
+    /// YAML file of FuncQueue manifests.
+    pub schedules_file: Option<PathBuf>,
+    /// Read the dynamic registry in Redis.
+    pub registry: bool,
+    /// Lease holder name.
+    pub holder: String,
+    /// Lease time to live.
+    pub lease_ttl: Duration,
+    /// Missed-tick policy.
+    pub missed: Missed,
+    /// How often the file and the registry are re-read.
+    pub reload_interval: Duration,
+}
+
+impl Default for BeatConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            keys: Keys::default(),
+            schedules_file: None,
+            registry: true,
+            holder: crate::worker::default_worker_name(),
+            lease_ttl: Duration::from_secs(10),
+            missed: Missed::Skip,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One schedule the beat fires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Queue to enqueue into.
+    pub queue: String,
+    /// Field in `Keys::beat_last(queue)`: `file:<name>` or `reg:<id>`.
+    pub field: String,
+    /// Cron expression text.
+    pub cron: String,
+    /// Function.
+    pub func: String,
+    /// Positional arguments.
+    pub args: serde_json::Value,
+    /// Retries allowed.
+    pub max_retries: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    kind: Option<String>,
+    metadata: Option<Meta>,
+    #[serde(default)]
+    spec: Option<QueueSpec>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueSpec {
+    #[serde(default)]
+    schedules: Vec<FileSchedule>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct FileSchedule {
+    name: String,
+    cron: String,
+    function: String,
+    #[serde(default)]
+    args: Vec<serde_json::Value>,
+}
+
+/// Parse a multi-document YAML of FuncQueue manifests (other kinds are ignored).
+pub fn parse_schedules_yaml(text: &str) -> anyhow::Result<Vec<Schedule>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).context("YAML")?;
+        if value.is_null() {
+            continue;
+        }
+        let m: Manifest = serde_yaml::from_value(value).context("FuncQueue manifest")?;
+        if m.kind.as_deref() != Some("FuncQueue") {
+            continue;
+        }
+        let (Some(meta), Some(spec)) = (m.metadata, m.spec) else {
+            continue;
+        };
+        for s in spec.schedules {
+            Cron::parse(&s.cron)
+                .with_context(|| format!("queue {} schedule {}", meta.name, s.name))?;
+            out.push(Schedule {
+                queue: meta.name.clone(),
+                field: format!("file:{}", s.name),
+                cron: s.cron,
+                func: s.function,
+                args: serde_json::Value::Array(s.args),
+                max_retries: spec.max_retries.unwrap_or(3),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Schedules grouped by cron expression (tens of thousands of entries usually share a few).
+#[derive(Default)]
+struct Table {
+    groups: Vec<(Cron, Vec<Arc<Schedule>>)>,
+    len: usize,
+}
+
+impl Table {
+    fn new(schedules: Vec<Schedule>) -> Self {
+        let mut by_cron: HashMap<String, (Cron, Vec<Arc<Schedule>>)> = HashMap::new();
+        let len = schedules.len();
+        for s in schedules {
+            let entry = match by_cron.get_mut(&s.cron) {
+                Some(e) => e,
+                None => match Cron::parse(&s.cron) {
+                    Ok(c) => by_cron.entry(s.cron.clone()).or_insert((c, Vec::new())),
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue = %s.queue, schedule = %s.field, "skipping a schedule");
+                        continue;
+                    }
+                },
+            };
+            entry.1.push(Arc::new(s));
+        }
+        Self {
+            groups: by_cron.into_values().collect(),
+            len,
+        }
+    }
+
+    /// Schedules firing in `(from, to]`, with their ticks.
+    fn due(&self, from: i64, to: i64) -> Vec<(Arc<Schedule>, i64)> {
+        let mut out = Vec::new();
+        for t in (from + 1)..=to {
+            for (cron, list) in &self.groups {
+                if (cron.has_seconds() || t % 60 == 0) && cron.matches(t) {
+                    out.extend(list.iter().map(|s| (s.clone(), t)));
+                }
+            }
+        }
+        out
+    }
+}
+
+const ACQUIRE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local h, t = string.match(cur, '^(.*) (%d+)$')
+  if h == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(t)
+  end
+  return false
+end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t, 'PX', ARGV[2])
+return t
+"#;
+
+const RENEW_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// KEYS = lease, last-fired hash, queue, stats; ARGV[1] = lease value, then
+/// (field, tick, envelope) triples. Returns -1 when the lease is not the caller's.
+const FIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local n = 0
+for i = 2, #ARGV, 3 do
+  local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > last then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('LPUSH', KEYS[3], ARGV[i + 2])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[4], 'enqueued', n) end
+return n
+"#;
+
+/// The lease as held.
+struct Held {
+    value: String,
+    token: u64,
+    renewed: Instant,
+}
+
+/// Metrics of the beat.
+#[derive(Clone)]
+pub struct BeatMetrics {
+    /// The registry served on `/metrics`.
+    pub registry: prometheus::Registry,
+    /// Ticks enqueued.
+    pub fired: prometheus::IntCounter,
+    /// 1 while this beat holds the lease and may fire.
+    pub leader: prometheus::IntGauge,
+}
+
+impl BeatMetrics {
+    fn new() -> Self {
+        let registry = prometheus::Registry::new();
+        let fired = prometheus::IntCounter::new(
+            "funcscale_beat_ticks_fired_total",
+            "Schedule ticks enqueued",
+        )
+        .expect("valid metric");
+        let leader =
+            prometheus::IntGauge::new("funcscale_beat_leader", "1 while this beat holds the lease")
+                .expect("valid metric");
+        registry
+            .register(Box::new(fired.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(leader.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            fired,
+            leader,
+        }
+    }
+}
+
+impl From<BeatMetrics> for prometheus::Registry {
+    fn from(m: BeatMetrics) -> Self {
+        m.registry
+    }
+}
+
+/// The cron trigger.
+pub struct Beat {
+    config: BeatConfig,
+    redis: redis::aio::ConnectionManager,
+    metrics: BeatMetrics,
+    file: Table,
+    file_text: Option<String>,
+    registry: Table,
+    fired: u64,
+}
+
+impl Beat {
+    /// Connect and build a beat.
+    pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.redis_url.as_str()).context("redis URL")?;
+        let redis = connection_manager(&client).await?;
+        Ok(Self {
+            config,
+            redis,
+            metrics: BeatMetrics::new(),
+            file: Table::default(),
+            file_text: None,
+            registry: Table::default(),
+            fired: 0,
+        })
+    }
+
+    /// The beat's metrics.
+    pub fn metrics(&self) -> BeatMetrics {
+        self.metrics.clone()
+    }
+
+    /// Health for `/readyz` (Redis reachable).
+    pub fn health(&self) -> crate::metrics::Health {
+        crate::metrics::Health::new(self.redis.clone())
+    }
+
+    fn reload_file(&mut self) {
+        let Some(path) = &self.config.schedules_file else {
+            return;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) if Some(&text) != self.file_text.as_ref() => match parse_schedules_yaml(&text)
+            {
+                Ok(list) => {
+                    tracing::info!(path = %path.display(), schedules = list.len(), "schedules file loaded");
+                    self.file = Table::new(list);
+                    self.file_text = Some(text);
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "schedules file rejected; keeping the previous one")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot read the schedules file")
+            }
+        }
+    }
+
+    async fn reload_registry(&mut self) -> redis::RedisResult<()> {
+        if !self.config.registry {
+            return Ok(());
+        }
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        let queues: Vec<String> = con.smembers(keys.schedule_queues()).await?;
+        let mut list = Vec::new();
+        for q in queues {
+            for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {
+                list.push(Schedule {
+                    queue: q.clone(),
+                    field: format!("reg:{id}"),
+                    cron: e.cron,
+                    func: e.func,
+                    args: e.args,
+                    max_retries: 3,
+                });
+            }
+        }
+        if list.len() != self.registry.len {
+            tracing::info!(schedules = list.len(), "registry loaded");
+        }
+        self.registry = Table::new(list);
+        Ok(())
+    }
+
+    fn lease_ttl_ms(&self) -> u64 {
+        self.config.lease_ttl.as_millis() as u64
+    }
+
+    async fn try_acquire(&self) -> redis::RedisResult<Option<Held>> {
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        let before = Instant::now();
+        let token: Option<u64> = redis::Script::new(ACQUIRE_LUA)
+            .key(keys.beat_lease())
+            .key(keys.beat_fence())
+            .arg(&self.config.holder)
+            .arg(self.lease_ttl_ms())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(token.map(|token| Held {
+            value: format!("{} {token}", self.config.holder),
+            token,
+            renewed: before,
+        }))
+    }
+
+    /// Whether the lease is still safe to fire under: renewed within TTL/2.
+    fn may_fire(&self, held: &Held) -> bool {
+        held.renewed.elapsed() < self.config.lease_ttl / 2
+    }
+
+    /// Run until `shutdown` resolves; releases the lease on the way out.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let ttl = self.config.lease_ttl;
+        let mut held: Option<Held> = None;
+        let mut cursor: i64 = 0;
+        let mut last_reload: Option<Instant> = None;
+        let mut last_renew = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            if last_reload.is_none_or(|t| t.elapsed() >= self.config.reload_interval) {
+                self.reload_file();
+                if let Err(e) = self.reload_registry().await {
+                    tracing::warn!(error = %e, "reading the schedules registry failed");
+                }
+                last_reload = Some(Instant::now());
+            }
+            let now_s = (now_ms() / 1000) as i64;
+            self.metrics
+                .leader
+                .set(i64::from(held.as_ref().is_some_and(|h| self.may_fire(h))));
+            match &mut held {
+                None => match self.try_acquire().await {
+                    Ok(Some(h)) => {
+                        tracing::info!(holder = %self.config.holder, token = h.token, "beat lease acquired");
+                        let grace = ttl.as_secs() as i64 + 2;
+                        cursor = now_s - grace;
+                        if self.config.missed == Missed::CatchUpOnce
+                            && let Err(e) = self.catch_up(&h, now_s - grace).await
+                        {
+                            tracing::warn!(error = %e, "catching up missed ticks failed");
+                        }
+                        last_renew = h.renewed;
+                        held = Some(h);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "acquiring the beat lease failed"),
+                },
+                Some(h) => {
+                    if last_renew.elapsed() >= ttl / 3 {
+                        let before = Instant::now();
+                        let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW_LUA)
+                            .key(self.config.keys.beat_lease())
+                            .arg(&h.value)
+                            .arg(self.lease_ttl_ms())
+                            .invoke_async(&mut self.redis.clone())
+                            .await;
+                        last_renew = before;
+                        match renewed {
+                            Ok(1) => h.renewed = before,
+                            Ok(_) => {
+                                tracing::warn!(token = h.token, "beat lease lost");
+                                held = None;
+                                continue;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "renewing the beat lease failed"),
+                        }
+                    }
+                    let Some(h) = held.as_ref() else { continue };
+                    if !self.may_fire(h) {
+                        // Renewal overdue: another beat may take over; do not fire.
+                        continue;
+                    }
+                    if now_s > cursor {
+                        // Never look further back than the failover window (bounded work after a stall;
+                        // older ticks count as missed).
+                        let from = cursor.max(now_s - (ttl.as_secs() as i64 + 2));
+                        match self.fire(h, from, now_s).await {
+                            Ok(true) => cursor = now_s,
+                            Ok(false) => {
+                                tracing::warn!(token = h.token, "beat lease lost while firing");
+                                held = None;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "firing failed; will retry"),
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(h) = held {
+            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LUA)
+                .key(self.config.keys.beat_lease())
+                .arg(&h.value)
+                .invoke_async(&mut self.redis.clone())
+                .await;
+            tracing::info!(fired = self.fired, "beat lease released");
+        }
+        self.metrics.leader.set(0);
+        Ok(())
+    }
+
+    /// Fire the latest missed tick (before `before`) of every schedule that has fired before.
+    async fn catch_up(&mut self, held: &Held, before: i64) -> anyhow::Result<()> {
+        let mut con = self.redis.clone();
+        let mut lasts: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut due = Vec::new();
+        for table in [&self.file, &self.registry] {
+            for (cron, list) in &table.groups {
+                for s in list {
+                    if !lasts.contains_key(&s.queue) {
+                        let m: HashMap<String, i64> =
+                            con.hgetall(self.config.keys.beat_last(&s.queue)).await?;
+                        lasts.insert(s.queue.clone(), m);
+                    }
+                    let Some(last) = lasts.get(&s.queue).and_then(|m| m.get(&s.field)).copied()
+                    else {
+                        continue;
+                    };
+                    if let Some(t) = cron.latest_in(last, before, 7 * 86_400) {
+                        due.push((s.clone(), t));
+                    }
+                }
+            }
+        }
+        if !due.is_empty() {
+            tracing::info!(count = due.len(), "catching up missed ticks once");
+            self.enqueue_due(held, due).await?;
+        }
+        Ok(())
+    }
+
+    /// Fire everything due in `(from, to]`. Ok(false) when the lease turned out not to be ours.
+    async fn fire(&mut self, held: &Held, from: i64, to: i64) -> redis::RedisResult<bool> {
+        let mut due = self.file.due(from, to);
+        due.extend(self.registry.due(from, to));
+        if due.is_empty() {
+            return Ok(true);
+        }
+        self.enqueue_due(held, due).await
+    }
+
+    async fn enqueue_due(
+        &mut self,
+        held: &Held,
+        due: Vec<(Arc<Schedule>, i64)>,
+    ) -> redis::RedisResult<bool> {
+        let keys = &self.config.keys;
+        let mut by_queue: HashMap<&str, Vec<&(Arc<Schedule>, i64)>> = HashMap::new();
+        for d in &due {
+            by_queue.entry(d.0.queue.as_str()).or_default().push(d);
+        }
+        let script = redis::Script::new(FIRE_LUA);
+        let mut pipe = redis::pipe();
+        pipe.load_script(&script).ignore();
+        let now = now_ms();
+        for (queue, list) in by_queue {
+            for chunk in list.chunks(500) {
+                let mut inv = script.key(keys.beat_lease());
+                inv.key(keys.beat_last(queue))
+                    .key(keys.queue(queue))
+                    .key(keys.stats(queue))
+                    .arg(&held.value);
+                for (s, tick) in chunk.iter().map(|d| (&d.0, d.1)) {
+                    let mut env = Envelope::new(
+                        format!("{}/{}@{tick}", s.queue, s.field),
+                        &s.func,
+                        &s.queue,
+                        now,
+                    );
+                    env.args = s.args.clone();
+                    env.max_retries = s.max_retries;
+                    inv.arg(&s.field).arg(tick).arg(env.to_json());
+                }
+                pipe.invoke_script(&inv);
+            }
+        }
+        let results: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
+        if results.contains(&-1) {
+            return Ok(false);
+        }
+        let n: i64 = results.iter().sum();
+        self.fired += n as u64;
+        self.metrics.fired.inc_by(n as u64);
+        if n > 0 {
+            tracing::debug!(enqueued = n, "ticks fired");
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_funcqueue_yaml() {
+        let text = r#"
+apiVersion: funcscale.dev/v1alpha1
+kind: FuncQueue
+metadata: {name: q8}
+spec:
+  maxRetries: 1
+  schedules:
+    - {name: a, cron: "*/1 * * * *", function: f, args: [1, "x"]}
+    - {name: b, cron: "*/10 * * * * *", function: g}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other}
+---
+"#;
+        let s = parse_schedules_yaml(text).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].queue, "q8");
+        assert_eq!(s[0].field, "file:a");
+        assert_eq!(s[0].args, serde_json::json!([1, "x"]));
+        assert_eq!(s[0].max_retries, 1);
+        assert!(parse_schedules_yaml("kind: FuncQueue\nmetadata: {name: q}\nspec: {schedules: [{name: a, cron: bad, function: f}]}").is_err());
+        let t = Table::new(s);
+        // 60 s from an hour boundary: a fires once (at 60), b six times.
+        assert_eq!(t.due(3_600, 3_660).len(), 7);
+    }
+}

@@ -1,0 +1,865 @@
+//! Command-line interface of `funcscale-worker` (parsed in `main.rs`, executed here).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::beat::{Beat, BeatConfig, Missed};
+use crate::cron::Cron;
+use crate::handler::Handler;
+use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
+use crate::worker::{Order, Worker, WorkerConfig, connection_manager, default_worker_name, now_ms};
+
+/// funcscale worker, beat and producer tools.
+#[derive(Parser, Debug)]
+#[command(name = "funcscale-worker", version, about)]
+pub struct Cli {
+    /// Redis connection.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Redis connection arguments shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        global = true
+    )]
+    pub redis_url: String,
+    /// Key prefix.
+    #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
+    pub prefix: String,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one pod's worth of workers.
+    Run(RunArgs),
+    /// Enqueue tasks.
+    Enqueue(EnqueueArgs),
+    /// Manage the dynamic schedules registry.
+    Schedules {
+        /// Action.
+        #[command(subcommand)]
+        action: SchedulesAction,
+    },
+    /// Run the cron trigger.
+    Beat(BeatArgs),
+    /// Query task records and per-minute counts.
+    Tasks {
+        /// Action.
+        #[command(subcommand)]
+        action: TasksAction,
+    },
+    /// List, requeue or purge dead letters.
+    DeadLetters {
+        /// Action.
+        #[command(subcommand)]
+        action: DeadLettersAction,
+    },
+    /// Per-queue settings in Redis: record retention and destinations.
+    QueueConfig {
+        /// Action.
+        #[command(subcommand)]
+        action: QueueConfigAction,
+    },
+}
+
+/// `tasks` actions.
+#[derive(Subcommand, Debug)]
+pub enum TasksAction {
+    /// Records of a queue, newest first.
+    List {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+        /// Only this status.
+        #[arg(long, value_enum)]
+        status: Option<protocol::TaskStatus>,
+        /// Updated within this long ago (e.g. 1h), or at/after a unix time in ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Updated before this long ago (e.g. 10m), or at/before a unix time in ms.
+        #[arg(long)]
+        until: Option<String>,
+        /// Id starts with.
+        #[arg(long)]
+        id_prefix: Option<String>,
+        /// Function.
+        #[arg(long)]
+        func: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record (JSON).
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// Per-minute counts: submitted, started, completed, failed, retried, dead, executing.
+    Counts {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+        /// How far back.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters (`--id` repeated, `--id-prefix`, or `--all`).
+#[derive(Args, Debug, Clone)]
+pub struct DeadSelect {
+    /// Queue.
+    #[arg(long)]
+    pub queue: String,
+    /// Exact task ids.
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Ids starting with this.
+    #[arg(long, conflicts_with = "ids")]
+    pub id_prefix: Option<String>,
+    /// Every dead letter of the queue.
+    #[arg(long, conflicts_with_all = ["ids", "id_prefix"])]
+    pub all: bool,
+}
+
+impl DeadSelect {
+    /// The selector; `list` defaults to all, the others insist on a choice.
+    pub fn selector(&self, default_all: bool) -> anyhow::Result<crate::records::Selector> {
+        use crate::records::Selector;
+        Ok(if let Some(p) = &self.id_prefix {
+            Selector::Prefix(p.clone())
+        } else if !self.ids.is_empty() {
+            Selector::Ids(self.ids.clone())
+        } else if self.all || default_all {
+            Selector::All
+        } else {
+            anyhow::bail!("choose the dead letters: --id ID (repeatable), --id-prefix P or --all")
+        })
+    }
+}
+
+/// `dead-letters` actions.
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersAction {
+    /// List dead letters (newest first).
+    List {
+        /// Which.
+        #[command(flatten)]
+        select: DeadSelect,
+        /// One JSON envelope per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back into their queue: same id, attempt count reset.
+    Requeue {
+        /// Which.
+        #[command(flatten)]
+        select: DeadSelect,
+    },
+    /// Delete dead letters (asks for confirmation on a terminal).
+    Purge {
+        /// Which.
+        #[command(flatten)]
+        select: DeadSelect,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `queue-config` actions.
+#[derive(Subcommand, Debug)]
+pub enum QueueConfigAction {
+    /// Set (merge) settings of a queue.
+    Set {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+        /// Delete records older than this (since their last update).
+        #[arg(long, value_parser = parse_duration)]
+        record_max_age: Option<Duration>,
+        /// Keep at most this many records for the queue.
+        #[arg(long)]
+        record_max_count: Option<u64>,
+        /// Destination of results: `queue:NAME[/FUNC]` or `http(s)://URL`.
+        #[arg(long, value_parser = protocol::Destination::parse)]
+        on_success: Option<protocol::Destination>,
+        /// Destination of dead tasks with their error: `queue:NAME[/FUNC]` or `http(s)://URL`.
+        #[arg(long, value_parser = protocol::Destination::parse)]
+        on_failure: Option<protocol::Destination>,
+        /// Remove these settings first (record_max_age_ms, record_max_count, on_success, on_failure).
+        #[arg(long, value_delimiter = ',')]
+        clear: Vec<String>,
+    },
+    /// Show the settings of a queue.
+    Show {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+    },
+}
+
+/// `--since` / `--until`: a duration ago, or an absolute unix time in ms.
+pub fn parse_time(s: &str, now: u64) -> anyhow::Result<u64> {
+    if s.len() >= 12
+        && let Ok(ms) = s.parse::<u64>()
+    {
+        return Ok(ms);
+    }
+    let d = parse_duration(s).map_err(anyhow::Error::msg)?;
+    Ok(now.saturating_sub(d.as_millis() as u64))
+}
+
+fn fmt_ms(ms: Option<u64>) -> String {
+    ms.map(|m| {
+        let s = m / 1000;
+        let (h, mi, se) = ((s / 3600) % 24, (s / 60) % 60, s % 60);
+        format!("{h:02}:{mi:02}:{se:02}.{:03}", m % 1000)
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+/// Execute a `tasks` action (shared with the kubectl plugin).
+pub async fn tasks_command<C>(con: &mut C, keys: &Keys, action: TasksAction) -> anyhow::Result<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    use crate::records;
+    let now = now_ms();
+    match action {
+        TasksAction::List {
+            queue,
+            status,
+            since,
+            until,
+            id_prefix,
+            func,
+            limit,
+            json,
+        } => {
+            let q = records::TaskQuery {
+                queue,
+                status,
+                since_ms: since.as_deref().map(|s| parse_time(s, now)).transpose()?,
+                until_ms: until.as_deref().map(|s| parse_time(s, now)).transpose()?,
+                id_prefix,
+                func,
+                limit,
+            };
+            let list = records::list_tasks(con, keys, &q).await?;
+            if json {
+                for r in &list {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                println!(
+                    "{:<40} {:<10} {:<16} {:>3} {:>12} {:>9}  ERROR",
+                    "ID", "STATUS", "FUNC", "ATT", "UPDATED(UTC)", "MS"
+                );
+                for r in &list {
+                    println!(
+                        "{:<40} {:<10} {:<16} {:>3} {:>12} {:>9}  {}",
+                        r.id,
+                        r.status,
+                        r.func,
+                        r.attempt.unwrap_or(0),
+                        fmt_ms(Some(r.updated_ms)),
+                        r.duration_ms.map(|d| d.to_string()).unwrap_or("-".into()),
+                        r.error
+                            .as_deref()
+                            .unwrap_or("")
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    );
+                }
+            }
+            eprintln!("{} task(s)", list.len());
+        }
+        TasksAction::Show { id } => match records::show_task(con, keys, &id).await? {
+            Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
+            None => anyhow::bail!("no record of task {id:?} (never seen, or past retention)"),
+        },
+        TasksAction::Counts { queue, since, json } => {
+            let since_ms = now.saturating_sub(since.as_millis() as u64);
+            let buckets = records::counts(con, keys, &queue, since_ms, now).await?;
+            if !json {
+                println!(
+                    "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "MINUTE",
+                    "SUBMITTED",
+                    "STARTED",
+                    "COMPLETED",
+                    "FAILED",
+                    "RETRIED",
+                    "DEAD",
+                    "EXECUTING"
+                );
+            }
+            for b in &buckets {
+                if json {
+                    println!("{}", serde_json::to_string(b)?);
+                } else {
+                    println!(
+                        "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                        &fmt_ms(Some(b.minute_ms))[..5],
+                        b.submitted,
+                        b.started,
+                        b.completed,
+                        b.failed,
+                        b.retried,
+                        b.dead,
+                        b.executing.map(|e| e.to_string()).unwrap_or("-".into())
+                    );
+                }
+            }
+            let exec = records::executing(con, keys, &queue).await?;
+            eprintln!("executing now: {exec}");
+        }
+    }
+    Ok(())
+}
+
+/// Execute a `dead-letters` action (shared with the kubectl plugin). `purge` without `--yes`
+/// asks on stdin, and refuses when stdin is not a terminal.
+pub async fn dead_letters_command<C>(
+    con: &mut C,
+    keys: &Keys,
+    action: DeadLettersAction,
+) -> anyhow::Result<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    use crate::records;
+    use std::io::IsTerminal as _;
+    match action {
+        DeadLettersAction::List { select, json } => {
+            let sel = select.selector(true)?;
+            let list = records::dead_letters(con, keys, &select.queue, &sel).await?;
+            for (raw, env) in &list {
+                match (json, env) {
+                    (true, _) | (false, None) => println!("{raw}"),
+                    (false, Some(e)) => println!(
+                        "{:<40} {:<16} attempt {:>2}  {}",
+                        e.id,
+                        e.func,
+                        e.attempt,
+                        e.error.as_deref().unwrap_or("")
+                    ),
+                }
+            }
+            eprintln!("{} dead letter(s) in {}", list.len(), select.queue);
+        }
+        DeadLettersAction::Requeue { select } => {
+            let sel = select.selector(false)?;
+            let n = records::requeue_dead(con, keys, &select.queue, &sel).await?;
+            println!("requeued {n} dead letter(s) into {}", select.queue);
+        }
+        DeadLettersAction::Purge { select, yes } => {
+            let sel = select.selector(false)?;
+            if !yes {
+                let stdin = std::io::stdin();
+                anyhow::ensure!(
+                    stdin.is_terminal(),
+                    "refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+                );
+                let n = records::dead_letters(con, keys, &select.queue, &sel)
+                    .await?
+                    .len();
+                eprint!("purge {n} dead letter(s) of {}? [y/N] ", select.queue);
+                let mut line = String::new();
+                stdin.read_line(&mut line)?;
+                if !matches!(line.trim(), "y" | "Y" | "yes") {
+                    anyhow::bail!("not confirmed; nothing purged");
+                }
+            }
+            let n = records::purge_dead(con, keys, &select.queue, &sel).await?;
+            println!("purged {n} dead letter(s) of {}", select.queue);
+        }
+    }
+    Ok(())
+}
+
+/// Parse `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (may be fractional).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 30s, 2m)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// `run` arguments.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Queues to consume, comma-separated.
+    #[arg(long, env = "FUNCSCALE_QUEUES", value_delimiter = ',', required = true)]
+    pub queues: Vec<String>,
+    /// Concurrent executions (the pod's processes).
+    #[arg(long, env = "FUNCSCALE_PROCESSES", default_value_t = 5)]
+    pub processes: usize,
+    /// Order between queues.
+    #[arg(long, value_enum, default_value_t = Order::Fair)]
+    pub order: Order,
+    /// `builtin`, `exec:<command>` (a child per task), `pool:<command>` (a long-lived child
+    /// per process, JSON lines) or `http:<url>`.
+    #[arg(long, env = "FUNCSCALE_HANDLER", default_value = "builtin", value_parser = Handler::parse)]
+    pub handler: Handler,
+    /// Time given to running tasks on SIGTERM before they are put back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Default soft time limit per task (a task's own limit wins).
+    #[arg(long, value_parser = parse_duration)]
+    pub soft_time_limit: Option<Duration>,
+    /// Default hard time limit per task (a task's own limit wins).
+    #[arg(long, value_parser = parse_duration)]
+    pub hard_time_limit: Option<Duration>,
+    /// Resident memory limit of an `exec`/`pool` child in MiB; the child is killed and the attempt fails.
+    #[arg(long)]
+    pub max_memory_per_child_mb: Option<u64>,
+    /// Tasks after which a `pool` child is replaced.
+    #[arg(long)]
+    pub max_tasks_per_child: Option<u64>,
+    /// First retry delay (doubles per attempt, ±50% jitter).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Heartbeat age after which a worker's in-flight tasks are recovered.
+    #[arg(long, default_value_t = protocol::WORKER_TTL_MS)]
+    pub worker_ttl_ms: u64,
+    /// Worker name (default: host-pid-random).
+    #[arg(long, env = "FUNCSCALE_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FUNCSCALE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Write task records (`on`) or not (`off`; destinations still work).
+    #[arg(long, env = "FUNCSCALE_RECORDS", default_value = "on", value_parser = ["on", "off"])]
+    pub records: String,
+}
+
+/// `enqueue` arguments.
+#[derive(Args, Debug)]
+pub struct EnqueueArgs {
+    /// Queue.
+    #[arg(long)]
+    pub queue: String,
+    /// Function name.
+    #[arg(long)]
+    pub func: String,
+    /// Positional arguments (JSON array).
+    #[arg(long, default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments (JSON object).
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Task id (with --count, ids are `<id>-<n>`); default: random.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Number of tasks.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Retries after the first attempt.
+    #[arg(long, default_value_t = 3)]
+    pub max_retries: u32,
+    /// Soft time limit in seconds.
+    #[arg(long)]
+    pub soft_timeout: Option<u32>,
+    /// Hard time limit in seconds.
+    #[arg(long)]
+    pub hard_timeout: Option<u32>,
+    /// Trace id.
+    #[arg(long)]
+    pub trace_id: Option<String>,
+}
+
+/// `schedules` actions.
+#[derive(Subcommand, Debug)]
+pub enum SchedulesAction {
+    /// Add or replace schedules.
+    Add {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+        /// Schedule id (with --count, ids are `<id>-<n>`).
+        #[arg(long)]
+        id: String,
+        /// Cron expression (5 fields, or 6 with seconds first).
+        #[arg(long)]
+        cron: String,
+        /// Function name.
+        #[arg(long)]
+        func: String,
+        /// Positional arguments (JSON array).
+        #[arg(long, default_value = "[]")]
+        args: String,
+        /// Register this many schedules at once (load tests).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Remove schedules.
+    Remove {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+        /// Schedule ids.
+        #[arg(long = "id", required = true)]
+        ids: Vec<String>,
+        /// Treat the id as a prefix and remove `<id>-0 .. <id>-<count-1>`.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List schedules (one JSON object per line) and the executions per minute.
+    List {
+        /// Queue.
+        #[arg(long)]
+        queue: String,
+    },
+}
+
+/// `beat` arguments.
+#[derive(Args, Debug)]
+pub struct BeatArgs {
+    /// Multi-document YAML of FuncQueue manifests; re-read when it changes.
+    #[arg(long, env = "FUNCSCALE_SCHEDULES_FILE")]
+    pub schedules_file: Option<PathBuf>,
+    /// Do not read the dynamic schedules registry.
+    #[arg(long)]
+    pub no_registry: bool,
+    /// Lease time to live.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// What to do with ticks missed while no beat ran.
+    #[arg(long, value_enum, default_value_t = Missed::Skip)]
+    pub missed: Missed,
+    /// How often the file and the registry are re-read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Lease holder name (default: host-pid-random).
+    #[arg(long)]
+    pub holder: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FUNCSCALE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+fn json_arg(s: &str, what: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(s).with_context(|| format!("{what} must be JSON"))
+}
+
+/// Execute a parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let keys = Keys::new(cli.redis.prefix.clone());
+    match cli.command {
+        Command::Run(a) => {
+            let config = WorkerConfig {
+                redis_url: cli.redis.redis_url.clone(),
+                keys,
+                queues: a.queues,
+                processes: a.processes.max(1),
+                order: a.order,
+                name: a.name.unwrap_or_else(default_worker_name),
+                drain_timeout: a.drain_timeout,
+                worker_ttl_ms: a.worker_ttl_ms,
+                retry_base_ms: a.retry_base.as_millis() as u64,
+                retry_max_ms: a.retry_max.as_millis() as u64,
+                soft_time_limit: a.soft_time_limit,
+                hard_time_limit: a.hard_time_limit,
+                max_memory_per_child_kib: a.max_memory_per_child_mb.map(|m| m * 1024),
+                max_tasks_per_child: a.max_tasks_per_child,
+                records: a.records == "on",
+            };
+            let worker = Worker::builder()
+                .config(config)
+                .handler_kind(a.handler)
+                .build()
+                .await?;
+            let (addr, server) =
+                crate::metrics::serve(a.metrics_addr, worker.metrics(), worker.health())
+                    .await
+                    .with_context(|| format!("binding {}", a.metrics_addr))?;
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+            let r = worker.run(shutdown_signal()).await;
+            server.abort();
+            r
+        }
+        Command::Enqueue(a) => {
+            let args = json_arg(&a.args, "--args")?;
+            let kwargs = json_arg(&a.kwargs, "--kwargs")?;
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            let now = now_ms();
+            let mut batch = Vec::new();
+            let mut total = 0u64;
+            let mut len = 0;
+            for n in 0..a.count {
+                let id = match (&a.id, a.count) {
+                    (Some(id), 1) => id.clone(),
+                    (Some(id), _) => format!("{id}-{n}"),
+                    (None, _) => uuid::Uuid::new_v4().to_string(),
+                };
+                let mut env = Envelope::new(id, &a.func, &a.queue, now);
+                env.args = args.clone();
+                env.kwargs = kwargs.clone();
+                env.max_retries = a.max_retries;
+                env.soft_timeout_s = a.soft_timeout;
+                env.hard_timeout_s = a.hard_timeout;
+                env.trace_id = a.trace_id.clone();
+                batch.push(env);
+                if batch.len() == 50_000 {
+                    len = protocol::enqueue(&mut con, &keys, &a.queue, &batch).await?;
+                    total += batch.len() as u64;
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                len = protocol::enqueue(&mut con, &keys, &a.queue, &batch).await?;
+                total += batch.len() as u64;
+            }
+            println!(
+                "enqueued {total} task(s) into {}; queue length {len}",
+                a.queue
+            );
+            Ok(())
+        }
+        Command::Schedules { action } => {
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            match action {
+                SchedulesAction::Add {
+                    queue,
+                    id,
+                    cron,
+                    func,
+                    args,
+                    count,
+                } => {
+                    let per_minute = Cron::parse(&cron)?.per_minute();
+                    let entry = ScheduleEntry {
+                        cron,
+                        func,
+                        args: json_arg(&args, "--args")?,
+                    };
+                    let entries: Vec<_> = (0..count)
+                        .map(|n| {
+                            let id = if count == 1 {
+                                id.clone()
+                            } else {
+                                format!("{id}-{n}")
+                            };
+                            (id, entry.clone(), per_minute)
+                        })
+                        .collect();
+                    let len = protocol::schedules_add(&mut con, &keys, &queue, &entries).await?;
+                    let m: String = redis::cmd("GET")
+                        .arg(keys.schedules_per_period(&queue))
+                        .query_async(&mut con)
+                        .await?;
+                    println!(
+                        "added {count} schedule(s) to {queue}; registry size {len}; executions per minute {m}"
+                    );
+                }
+                SchedulesAction::Remove { queue, ids, count } => {
+                    let ids: Vec<String> = match count {
+                        Some(c) => ids
+                            .iter()
+                            .flat_map(|id| (0..c).map(move |n| format!("{id}-{n}")))
+                            .collect(),
+                        None => ids,
+                    };
+                    let n = protocol::schedules_remove(&mut con, &keys, &queue, &ids).await?;
+                    println!("removed {n} schedule(s) from {queue}");
+                }
+                SchedulesAction::List { queue } => {
+                    let list = protocol::schedules_list(&mut con, &keys, &queue).await?;
+                    for (id, e) in &list {
+                        println!(
+                            "{}",
+                            serde_json::json!({"id": id, "cron": e.cron, "func": e.func, "args": e.args})
+                        );
+                    }
+                    let m: Option<String> = redis::cmd("GET")
+                        .arg(keys.schedules_per_period(&queue))
+                        .query_async(&mut con)
+                        .await?;
+                    eprintln!(
+                        "{} schedule(s); executions per minute {}",
+                        list.len(),
+                        m.unwrap_or_else(|| "0".into())
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Tasks { action } => {
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            tasks_command(&mut con, &keys, action).await
+        }
+        Command::DeadLetters { action } => {
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            dead_letters_command(&mut con, &keys, action).await
+        }
+        Command::QueueConfig { action } => {
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            let queue = match action {
+                QueueConfigAction::Set {
+                    queue,
+                    record_max_age,
+                    record_max_count,
+                    on_success,
+                    on_failure,
+                    clear,
+                } => {
+                    let config = protocol::QueueConfig {
+                        record_max_age_ms: record_max_age.map(|d| d.as_millis() as u64),
+                        record_max_count,
+                        on_success,
+                        on_failure,
+                    };
+                    let clear: Vec<&str> = clear.iter().map(String::as_str).collect();
+                    protocol::queue_config_set(&mut con, &keys, &queue, &config, &clear).await?;
+                    queue
+                }
+                QueueConfigAction::Show { queue } => queue,
+            };
+            let c = protocol::queue_config_get(&mut con, &keys, &queue).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "queue": queue,
+                    "record_max_age_ms": c.record_max_age_ms.unwrap_or(protocol::RECORD_MAX_AGE_MS),
+                    "record_max_count": c.record_max_count.unwrap_or(protocol::RECORD_MAX_COUNT),
+                    "on_success": c.on_success.map(|d| d.to_text()),
+                    "on_failure": c.on_failure.map(|d| d.to_text()),
+                })
+            );
+            Ok(())
+        }
+        Command::Beat(a) => {
+            let config = BeatConfig {
+                redis_url: cli.redis.redis_url.clone(),
+                keys,
+                schedules_file: a.schedules_file,
+                registry: !a.no_registry,
+                holder: a.holder.unwrap_or_else(default_worker_name),
+                lease_ttl: a.lease_ttl,
+                missed: a.missed,
+                reload_interval: a.reload_interval,
+            };
+            let beat = Beat::new(config).await?;
+            let (addr, server) =
+                crate::metrics::serve(a.metrics_addr, beat.metrics(), beat.health())
+                    .await
+                    .with_context(|| format!("binding {}", a.metrics_addr))?;
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+            let r = beat.run(shutdown_signal()).await;
+            server.abort();
+            r
+        }
+    }
+}
+
+/// Install the log subscriber: `RUST_LOG` filter (default `info`), JSON when
+/// `FUNCSCALE_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FUNCSCALE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1_500));
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "fw",
+            "run",
+            "--queues",
+            "a,b",
+            "--processes",
+            "3",
+            "--handler",
+            "exec:cat",
+            "--order",
+            "priority",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.queues, ["a", "b"]);
+        assert!(matches!(r.handler, Handler::Exec(ref c) if c == "cat"));
+    }
+}

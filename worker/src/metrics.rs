@@ -1,0 +1,251 @@
+//! Prometheus metrics of a worker and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The worker's metrics. Labels are the queue and the function name (both bounded by what the
+/// deployment defines), never a task id.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// Attempts started.
+    pub started: IntCounterVec,
+    /// Attempts that succeeded.
+    pub succeeded: IntCounterVec,
+    /// Attempts that failed.
+    pub failed: IntCounterVec,
+    /// Failed attempts scheduled for a retry.
+    pub retried: IntCounterVec,
+    /// Tasks moved to the dead-letter list.
+    pub dead: IntCounterVec,
+    /// Task duration in seconds.
+    pub duration: HistogramVec,
+    /// Tasks running now.
+    pub inflight: IntGaugeVec,
+    /// Queue-wide counts of the last complete minute, from the per-minute buckets
+    /// (`kind` = submitted, started, completed, failed, retried, dead).
+    pub queue_last_minute: IntGaugeVec,
+    /// Queue-wide tasks running now (records in status `started`), all workers.
+    pub queue_executing: IntGaugeVec,
+    /// Tasks waiting in the queue.
+    pub queue_depth: IntGaugeVec,
+    /// Dead letters of the queue.
+    pub queue_dead_letters: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// New metrics in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["queue", "func"])
+                .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let started = counter(
+            "funcscale_worker_tasks_started_total",
+            "Task attempts started",
+        );
+        let succeeded = counter(
+            "funcscale_worker_tasks_succeeded_total",
+            "Task attempts that succeeded",
+        );
+        let failed = counter(
+            "funcscale_worker_tasks_failed_total",
+            "Task attempts that failed",
+        );
+        let retried = counter(
+            "funcscale_worker_tasks_retried_total",
+            "Failed attempts scheduled for a retry",
+        );
+        let dead = counter(
+            "funcscale_worker_tasks_dead_total",
+            "Tasks moved to the dead-letter list",
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "funcscale_worker_task_duration_seconds",
+                "Task attempt duration",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ]),
+            &["queue", "func"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new("funcscale_worker_tasks_inflight", "Tasks running now"),
+            &["queue"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(inflight.clone()))
+            .expect("unique metric");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let queue_last_minute = gauge(
+            "funcscale_queue_tasks_last_minute",
+            "Queue-wide task counts in the last complete minute",
+            &["queue", "kind"],
+        );
+        let queue_executing = gauge(
+            "funcscale_queue_tasks_executing",
+            "Queue-wide tasks running now (all workers)",
+            &["queue"],
+        );
+        let queue_depth = gauge(
+            "funcscale_queue_depth",
+            "Tasks waiting in the queue",
+            &["queue"],
+        );
+        let queue_dead_letters = gauge(
+            "funcscale_queue_dead_letters",
+            "Dead letters of the queue",
+            &["queue"],
+        );
+        Self {
+            registry,
+            queue_last_minute,
+            queue_executing,
+            queue_depth,
+            queue_dead_letters,
+            started,
+            succeeded,
+            failed,
+            retried,
+            dead,
+            duration,
+            inflight,
+        }
+    }
+}
+
+impl From<Metrics> for Registry {
+    fn from(m: Metrics) -> Self {
+        m.registry
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Readiness inputs: Redis must answer and the worker must not be draining.
+#[derive(Clone)]
+pub struct Health {
+    redis: redis::aio::ConnectionManager,
+    draining: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Health backed by `redis`.
+    pub fn new(redis: redis::aio::ConnectionManager) -> Self {
+        Self {
+            redis,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Mark the process as draining (readyz turns false).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining".into());
+        }
+        let mut con = self.redis.clone();
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("redis: {e}")),
+            Err(_) => Err("redis: timed out".into()),
+        }
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the returned task is aborted.
+/// Returns the bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: impl Into<Registry>,
+    health: Health,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let metrics: Registry = metrics.into();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        let health = health.clone();
+                        async move {
+                            let (status, body) = match req.uri().path() {
+                                "/metrics" => (200, render(&metrics)),
+                                "/healthz" => (200, "ok\n".to_string()),
+                                "/readyz" => match health.ready().await {
+                                    Ok(()) => (200, "ok\n".to_string()),
+                                    Err(e) => (503, format!("not ready: {e}\n")),
+                                },
+                                _ => (404, "not found\n".to_string()),
+                            };
+                            let resp = hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(body)))
+                                .expect("valid response");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}

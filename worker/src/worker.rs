@@ -1,0 +1,968 @@
+//! The worker runtime: `processes` execution slots over a set of queues, with reliable
+//! delivery, retries, dead letters, stats, heartbeats, recovery of dead workers' tasks and a
+//! graceful drain.
+//!
+//! # Delivery
+//! Each slot has its own in-flight list (`Keys::inflight("<worker>.<slot>")`). A free slot
+//! moves one task from the right of a queue into that list (one Lua script over the queues
+//! in fair or priority order, else a blocking `BLMOVE`), runs it, then in one script removes
+//! it from the in-flight list and — on failure — puts it in the delayed set (retry) or the
+//! dead-letter list. A slot only fetches when it is free, so a pod holds at most one task per
+//! process and the queue length is the true backlog.
+//!
+//! Slots heartbeat into `Keys::workers` (member = slot id). Any worker's reaper moves the
+//! in-flight tasks of slots whose heartbeat is older than the TTL back to the head of their
+//! queues, so a `kill -9` loses nothing (the task runs again: at-least-once).
+//!
+//! # Example
+//! ```no_run
+//! use funcscale_worker::worker::Worker;
+//! use funcscale_worker::handler::TaskError;
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let worker = Worker::builder()
+//!     .redis_url("redis://127.0.0.1:6379/0")
+//!     .queues(["emails"])
+//!     .processes(5)
+//!     .handler("send_email", |ctx| async move {
+//!         let to = ctx.envelope.args.get(0).and_then(|v| v.as_str()).ok_or_else(|| TaskError::permanent("no address"))?;
+//!         Ok(serde_json::json!({ "sent_to": to }))
+//!     })
+//!     .build()
+//!     .await?;
+//! // Runs until the future resolves (e.g. SIGTERM), then drains.
+//! worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+use crate::handler::{
+    self, Handler, HandlerFn, HttpClient, Limits, Outcome, TaskContext, TaskResult,
+};
+use crate::metrics::{Health, Metrics};
+use crate::protocol::{self, Envelope, Keys, STATS_HALF_LIFE_MS, WORKER_TTL_MS};
+
+/// Unix time in ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Order in which a slot looks at its queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Order {
+    /// Round robin: each fetch starts at the next queue, so a busy queue cannot starve another.
+    #[default]
+    Fair,
+    /// Always the first non-empty queue in the listed order.
+    Priority,
+}
+
+/// Settings of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Key prefix.
+    pub keys: Keys,
+    /// Queues to consume.
+    pub queues: Vec<String>,
+    /// Execution slots.
+    pub processes: usize,
+    /// Queue order.
+    pub order: Order,
+    /// Worker (pod) name; slots are `<name>.<i>`.
+    pub name: String,
+    /// Time given to in-flight tasks on shutdown before they are put back.
+    pub drain_timeout: Duration,
+    /// Heartbeat age after which another worker recovers a slot's tasks.
+    pub worker_ttl_ms: u64,
+    /// First retry delay; doubles per attempt, with ±50% jitter.
+    pub retry_base_ms: u64,
+    /// Maximum retry delay.
+    pub retry_max_ms: u64,
+    /// Default soft time limit (a task's own `soft_timeout_s` wins).
+    pub soft_time_limit: Option<Duration>,
+    /// Default hard time limit (a task's own `hard_timeout_s` wins).
+    pub hard_time_limit: Option<Duration>,
+    /// Memory limit of an `exec` or `pool` child in KiB.
+    pub max_memory_per_child_kib: Option<u64>,
+    /// Tasks after which a `pool` child is replaced.
+    pub max_tasks_per_child: Option<u64>,
+    /// Write task records (start and finish of each attempt) inside the fetch and ack scripts.
+    pub records: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            keys: Keys::default(),
+            queues: vec!["default".into()],
+            processes: 5,
+            order: Order::Fair,
+            name: default_worker_name(),
+            drain_timeout: Duration::from_secs(30),
+            worker_ttl_ms: WORKER_TTL_MS,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            soft_time_limit: None,
+            hard_time_limit: None,
+            max_memory_per_child_kib: None,
+            max_tasks_per_child: None,
+            records: true,
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<random>`: unique per process even when pods share a hostname.
+pub fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    config: WorkerConfig,
+    handler: Option<Handler>,
+    functions: HashMap<String, HandlerFn>,
+    metrics: Option<Metrics>,
+}
+
+impl WorkerBuilder {
+    /// Redis URL (default `redis://127.0.0.1:6379/0`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = url.into();
+        self
+    }
+    /// Key prefix (default `funcscale`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.keys = Keys::new(prefix);
+        self
+    }
+    /// Queues to consume.
+    pub fn queues<I: IntoIterator<Item = S>, S: Into<String>>(mut self, queues: I) -> Self {
+        self.config.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Execution slots (default 5).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.config.processes = n.max(1);
+        self
+    }
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Change the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut WorkerConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+    /// Use an `exec` or `http` handler (or the built-ins) instead of in-process functions.
+    pub fn handler_kind(mut self, handler: Handler) -> Self {
+        self.handler = Some(handler);
+        self
+    }
+    /// Register an in-process function (added to the built-ins `noop`, `sleep`, `fail`, `record`).
+    pub fn handler<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.functions.insert(name.into(), handler::handler_fn(f));
+        self
+    }
+    /// Use these metrics (e.g. to serve them yourself).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+    /// Connect to Redis and build the worker.
+    pub async fn build(self) -> anyhow::Result<Worker> {
+        let handler = match self.handler {
+            Some(Handler::Functions(mut m)) => {
+                m.extend(self.functions);
+                Handler::Functions(m)
+            }
+            Some(h) => h,
+            None => {
+                let mut m = handler::builtins();
+                m.extend(self.functions);
+                Handler::Functions(m)
+            }
+        };
+        anyhow::ensure!(!self.config.queues.is_empty(), "no queues to consume");
+        let client = redis::Client::open(self.config.redis_url.as_str()).context("redis URL")?;
+        let redis = connection_manager(&client).await?;
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                config: self.config,
+                handler,
+                client,
+                redis: redis.clone(),
+                metrics: self.metrics.unwrap_or_default(),
+                http: handler::http_client(),
+                scripts: Scripts::new(),
+            }),
+            health: Health::new(redis),
+        })
+    }
+}
+
+/// A connection manager with timeouts suited to bulk scripts.
+pub async fn connection_manager(
+    client: &redis::Client,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_connection_manager_with_config(cfg)
+        .await
+        .context("connecting to Redis")
+}
+
+/// Lua scripts of the worker (all keys come from [`Keys`]).
+struct Scripts {
+    fetch: redis::Script,
+    finish: redis::Script,
+    requeue: redis::Script,
+    promote: redis::Script,
+    record: redis::Script,
+    started: redis::Script,
+}
+
+/// KEYS[1] = in-flight list, KEYS[2..] = queues in the order to try; ARGV = prefix, slot,
+/// now ms, records (`1`|`0`). Returns {task, index}; records the attempt as started.
+const FETCH_LUA: &str = r#"
+for i = 2, #KEYS do
+  local v = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+  if v then
+    if ARGV[4] == '1' then fs_started(ARGV[1], v, ARGV[2], tonumber(ARGV[3])) end
+    return {v, i - 1}
+  end
+end
+return false
+"#;
+
+/// Records a task taken by a blocking move as started. ARGV = prefix, task, slot, now ms.
+const STARTED_LUA: &str = r#"
+fs_started(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return 1
+"#;
+
+/// KEYS[1] = in-flight, KEYS[2] = target (delayed zset | dead list | unused), KEYS[3] = stats;
+/// ARGV = task, mode (ack|retry|dead), new task text, due ms, prefix, queue, id (empty: no
+/// record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
+/// ms, started ms, payload JSON (result or error), error text. Does nothing when the task is
+/// no longer in flight (a reaper already put it back), so a late finish never duplicates it.
+/// The record, the count and the destination (queue or outbox) are written in the same script.
+const FINISH_LUA: &str = r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local mode = ARGV[2]
+if mode == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'retried', 1)
+elseif mode == 'dead' then
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'dead', 1)
+end
+local P, q, id, func, now = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+if id ~= '' then
+  local cfg = fs_cfg(P, q)
+  if ARGV[10] == '1' then
+    local status = ({ack = 'succeeded', retry = 'retrying', dead = 'dead'})[mode]
+    fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
+      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg)
+  end
+  if mode == 'ack' then
+    fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
+  elseif mode == 'dead' then
+    fs_dest(P, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
+  end
+end
+return 1
+"#;
+
+/// KEYS[1] = in-flight, KEYS[2] = queue; ARGV = task, prefix, now ms, records (`1`|`0`).
+/// Back to the head (next out); the record says queued again.
+const REQUEUE_LUA: &str = r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+if ARGV[4] == '1' then
+  local ok, e = pcall(cjson.decode, ARGV[1])
+  if ok and type(e) == 'table' and type(e.id) == 'string' and type(e.queue) == 'string' then
+    fs_rec(ARGV[2], e.queue, e.id, tostring(e.func), 'queued', tonumber(ARGV[3]), {})
+    redis.call('HINCRBY', ARGV[2] .. ':counts:' .. e.queue .. ':' .. math.floor(tonumber(ARGV[3]) / 60000), 'submitted', -1)
+  end
+end
+return 1
+"#;
+
+/// KEYS[1] = delayed, KEYS[2] = queue, KEYS[3] = stats; ARGV = now ms, limit.
+const PROMOTE_LUA: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, v in ipairs(due) do
+  redis.call('ZREM', KEYS[1], v)
+  redis.call('LPUSH', KEYS[2], v)
+end
+if #due > 0 then redis.call('HINCRBY', KEYS[3], 'enqueued', #due) end
+return #due
+"#;
+
+/// KEYS[1] = workers zset, KEYS[2] = in-flight, KEYS[3] = worker hash; ARGV = slot, cutoff ms.
+/// Forgets a dead slot once its in-flight list is empty and its heartbeat is still old.
+const FORGET_LUA: &str = r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) > tonumber(ARGV[2]) then return 0 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"#;
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            fetch: redis::Script::new(&protocol::with_record_lib(FETCH_LUA)),
+            finish: redis::Script::new(&protocol::with_record_lib(FINISH_LUA)),
+            requeue: redis::Script::new(&protocol::with_record_lib(REQUEUE_LUA)),
+            promote: redis::Script::new(PROMOTE_LUA),
+            record: redis::Script::new(&protocol::record_duration_lua()),
+            started: redis::Script::new(&protocol::with_record_lib(STARTED_LUA)),
+        }
+    }
+}
+
+struct Inner {
+    config: WorkerConfig,
+    handler: Handler,
+    client: redis::Client,
+    redis: redis::aio::ConnectionManager,
+    metrics: Metrics,
+    http: HttpClient,
+    scripts: Scripts,
+}
+
+/// One pod's worth of workers.
+pub struct Worker {
+    inner: Arc<Inner>,
+    health: Health,
+}
+
+impl Worker {
+    /// A builder with the default configuration and the built-in functions.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder {
+            config: WorkerConfig::default(),
+            handler: None,
+            functions: HashMap::new(),
+            metrics: None,
+        }
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.inner.metrics.clone()
+    }
+
+    /// Health for `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.inner.config
+    }
+
+    /// Slot ids of this worker.
+    pub fn slots(&self) -> Vec<String> {
+        (0..self.inner.config.processes)
+            .map(|i| format!("{}.{i}", self.inner.config.name))
+            .collect()
+    }
+
+    /// Run until `shutdown` resolves, then drain: stop fetching, give running tasks
+    /// `drain_timeout` to finish, cancel and put back the rest, deregister.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let inner = self.inner.clone();
+        let slots = self.slots();
+        inner.heartbeat(&slots).await.context("first heartbeat")?;
+        // Tasks left in our in-flight lists by an earlier process with the same name.
+        inner.requeue_all(&slots).await?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let mut slot_tasks = tokio::task::JoinSet::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let inner = inner.clone();
+            let slot = slot.clone();
+            let stop = stop_rx.clone();
+            let cancel = cancel_rx.clone();
+            slot_tasks.spawn(async move { inner.slot_loop(i, slot, stop, cancel).await });
+        }
+        let background = {
+            let inner = inner.clone();
+            let slots = slots.clone();
+            tokio::spawn(async move { inner.background(slots).await })
+        };
+        tracing::info!(worker = %inner.config.name, queues = ?inner.config.queues, processes = slots.len(), "worker started");
+
+        tokio::select! {
+            _ = shutdown => {}
+            r = slot_tasks.join_next() => {
+                tracing::error!(result = ?r, "a slot stopped unexpectedly; draining");
+            }
+        }
+        tracing::info!(timeout = ?inner.config.drain_timeout, "draining");
+        self.health.set_draining();
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(inner.config.drain_timeout, async {
+            while slot_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout: cancelling running tasks and putting them back");
+            let _ = cancel_tx.send(true);
+            while slot_tasks.join_next().await.is_some() {}
+        }
+        background.abort();
+        // Anything still in flight (e.g. a blocking move that completed as we stopped) goes back.
+        inner.requeue_all(&slots).await?;
+        let mut con = inner.redis.clone();
+        let mut pipe = redis::pipe();
+        for s in &slots {
+            pipe.zrem(inner.config.keys.workers(), s).ignore();
+            pipe.del(inner.config.keys.worker(s)).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await?;
+        tracing::info!("drained");
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn heartbeat(&self, slots: &[String]) -> redis::RedisResult<()> {
+        let keys = &self.config.keys;
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for s in slots {
+            pipe.zadd(keys.workers(), s, now).ignore();
+            pipe.hset_multiple(
+                keys.worker(s),
+                &[
+                    ("pod", self.config.name.as_str()),
+                    ("queues", &self.config.queues.join(",")),
+                    ("processes", &self.config.processes.to_string()),
+                    ("heartbeat_ms", &now.to_string()),
+                ],
+            )
+            .ignore();
+            pipe.pexpire(keys.worker(s), (self.config.worker_ttl_ms * 4) as i64)
+                .ignore();
+        }
+        let mut con = self.redis.clone();
+        pipe.query_async(&mut con).await
+    }
+
+    /// Heartbeats, the reaper of dead slots and the mover of due retries.
+    async fn background(&self, slots: Vec<String>) {
+        let beat_every = Duration::from_millis((self.config.worker_ttl_ms / 5).max(100));
+        let mut beat = tokio::time::interval(beat_every);
+        let mut reap = tokio::time::interval(Duration::from_millis(
+            (self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200),
+        ));
+        let mut promote = tokio::time::interval(Duration::from_millis(250));
+        let mut trim = tokio::time::interval(Duration::from_secs(30));
+        let mut gauges = tokio::time::interval(Duration::from_secs(10));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outbox = tokio::time::interval(Duration::from_millis(200));
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        outbox.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        promote.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
+                _ = reap.tick() => if let Err(e) = reap_dead(&self.redis, &self.config.keys, self.config.worker_ttl_ms, &slots).await { tracing::warn!(error = %e, "reaper failed") },
+                _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
+                _ = gauges.tick() => if let Err(e) = self.refresh_queue_gauges().await { tracing::warn!(error = %e, "reading queue counts failed") },
+                _ = trim.tick() => if let Err(e) = self.trim_records().await { tracing::warn!(error = %e, "trimming task records failed") },
+                _ = outbox.tick() => if let Err(e) = crate::outbox::deliver_due(&self.redis, &self.config.keys, &self.http, 50).await { tracing::warn!(error = %e, "delivering to destinations failed") },
+            }
+        }
+    }
+
+    async fn promote_due(&self) -> redis::RedisResult<()> {
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        for q in &self.config.queues {
+            let _: u64 = self
+                .scripts
+                .promote
+                .key(keys.delayed(q))
+                .key(keys.queue(q))
+                .key(keys.stats(q))
+                .arg(now_ms())
+                .arg(1_000)
+                .invoke_async(&mut con)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Queue-wide gauges from Redis: last complete minute's counts, running, depth, dead.
+    async fn refresh_queue_gauges(&self) -> redis::RedisResult<()> {
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        let now = now_ms();
+        let m = &self.metrics;
+        for q in &self.config.queues {
+            let last = now.saturating_sub(60_000);
+            let b = crate::records::counts(&mut con, keys, q, last, last).await?;
+            if let Some(b) = b.first() {
+                for (kind, v) in [
+                    ("submitted", b.submitted),
+                    ("started", b.started),
+                    ("completed", b.completed),
+                    ("failed", b.failed),
+                    ("retried", b.retried),
+                    ("dead", b.dead),
+                ] {
+                    m.queue_last_minute
+                        .with_label_values(&[q.as_str(), kind])
+                        .set(v);
+                }
+            }
+            let (depth, dead, running): (i64, i64, i64) = redis::pipe()
+                .llen(keys.queue(q))
+                .llen(keys.dead(q))
+                .zcard(keys.tasks_status(q, protocol::TaskStatus::Started))
+                .query_async(&mut con)
+                .await?;
+            m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
+            m.queue_dead_letters
+                .with_label_values(&[q.as_str()])
+                .set(dead);
+            m.queue_executing
+                .with_label_values(&[q.as_str()])
+                .set(running);
+        }
+        Ok(())
+    }
+
+    /// Apply record retention to every queue (the scripts also trim a little on each write).
+    async fn trim_records(&self) -> redis::RedisResult<()> {
+        let mut con = self.redis.clone();
+        for q in &self.config.queues {
+            crate::records::trim(&mut con, &self.config.keys, q, now_ms()).await?;
+        }
+        Ok(())
+    }
+
+    async fn requeue_all(&self, slots: &[String]) -> redis::RedisResult<()> {
+        let mut con = self.redis.clone();
+        for s in slots {
+            requeue_inflight(&mut con, &self.config.keys, s).await?;
+        }
+        Ok(())
+    }
+
+    fn queue_order(&self, turn: usize) -> Vec<usize> {
+        let n = self.config.queues.len();
+        match self.config.order {
+            Order::Fair => (0..n).map(|k| (turn + k) % n).collect(),
+            Order::Priority => (0..n).collect(),
+        }
+    }
+
+    async fn slot_loop(
+        self: Arc<Self>,
+        index: usize,
+        slot: String,
+        mut stop: watch::Receiver<bool>,
+        cancel: watch::Receiver<bool>,
+    ) {
+        let keys = &self.config.keys;
+        let inflight = keys.inflight(&slot);
+        let mut turn = index;
+        let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
+        let mut con = self.redis.clone();
+        let multi = self.config.queues.len() > 1;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            turn = turn.wrapping_add(1);
+            let order = self.queue_order(turn);
+            let mut inv = self.scripts.fetch.key(&inflight);
+            for &i in &order {
+                inv.key(keys.queue(&self.config.queues[i]));
+            }
+            inv.arg(keys.prefix())
+                .arg(&slot)
+                .arg(now_ms())
+                .arg(if self.config.records { "1" } else { "0" });
+            let fetched: redis::RedisResult<Option<(String, usize)>> =
+                inv.invoke_async(&mut con).await;
+            let raw = match fetched {
+                Ok(Some((raw, _))) => raw,
+                Ok(None) => {
+                    // Nothing anywhere: block on one queue (rotating), briefly when there are others.
+                    if blocking.is_none() {
+                        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                        match self
+                            .client
+                            .get_multiplexed_async_connection_with_config(&cfg)
+                            .await
+                        {
+                            Ok(c) => blocking = Some(c),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "redis connection failed");
+                                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(bcon) = blocking.as_mut() else {
+                        continue;
+                    };
+                    let q = keys.queue(&self.config.queues[order[0]]);
+                    let wait = if multi { 0.2 } else { 1.0 };
+                    let moved: redis::RedisResult<Option<String>> = tokio::select! {
+                        r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
+                        // Stop waiting; a move that completes anyway is put back by the final sweep.
+                        _ = stop.changed() => return,
+                    };
+                    match moved {
+                        Ok(Some(raw)) => {
+                            // Only on an idle queue: the hot path records inside the fetch script.
+                            if self.config.records {
+                                let r: redis::RedisResult<i64> = self
+                                    .scripts
+                                    .started
+                                    .arg(keys.prefix())
+                                    .arg(&raw)
+                                    .arg(&slot)
+                                    .arg(now_ms())
+                                    .invoke_async(&mut con)
+                                    .await;
+                                if let Err(e) = r {
+                                    tracing::warn!(error = %e, "recording a start failed");
+                                }
+                            }
+                            raw
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "blocking fetch failed");
+                            blocking = None;
+                            tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed");
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                    continue;
+                }
+            };
+            if let Err(e) = self.execute(index, &inflight, raw, cancel.clone()).await {
+                // The task stays in flight; the reaper or our final sweep puts it back.
+                tracing::warn!(error = %e, "finishing a task failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    fn limits(&self, env: &Envelope) -> Limits {
+        Limits {
+            soft: env
+                .soft_timeout_s
+                .map(|s| Duration::from_secs(s.into()))
+                .or(self.config.soft_time_limit),
+            hard: env
+                .hard_timeout_s
+                .map(|s| Duration::from_secs(s.into()))
+                .or(self.config.hard_time_limit),
+            max_rss_kib: self.config.max_memory_per_child_kib,
+            max_tasks_per_child: self.config.max_tasks_per_child,
+        }
+    }
+
+    /// Backoff before retry `attempt` (1-based): base × 2^(attempt-1), capped, ±50% jitter.
+    fn backoff_ms(&self, attempt: u32) -> u64 {
+        let exp = self
+            .config
+            .retry_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(self.config.retry_max_ms);
+        capped / 2 + fastrand::u64(..=capped)
+    }
+
+    async fn execute(
+        &self,
+        slot: usize,
+        inflight: &str,
+        raw: String,
+        cancel: watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        let env = match Envelope::from_json(&raw) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "malformed task moved to the dead-letter list");
+                let q = self
+                    .config
+                    .queues
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("default");
+                let _: i64 = self
+                    .scripts
+                    .finish
+                    .key(inflight)
+                    .key(keys.dead(q))
+                    .key(keys.stats(q))
+                    .arg(&raw)
+                    .arg("dead")
+                    .arg(&raw)
+                    .arg(0)
+                    .arg(keys.prefix())
+                    .arg(q)
+                    .arg("")
+                    .invoke_async(&mut con)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let m = &self.metrics;
+        // Function names come from producers: unknown ones share one label value (bounded labels).
+        let func_label = if self.handler.knows(&env.func) {
+            env.func.as_str()
+        } else {
+            "_unknown"
+        };
+        let labels = [env.queue.as_str(), func_label];
+        m.started.with_label_values(&labels).inc();
+        let gauge = m.inflight.with_label_values(&[env.queue.as_str()]);
+        gauge.inc();
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let outcome = self
+            .handler
+            .run(
+                slot,
+                &env,
+                self.limits(&env),
+                self.redis.clone(),
+                &self.http,
+                cancel,
+            )
+            .await;
+        gauge.dec();
+        let elapsed = started.elapsed();
+        let ms = elapsed.as_millis() as u64;
+        m.duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        let stats = keys.stats(&env.queue);
+        let slot_name = format!("{}.{slot}", self.config.name);
+        // ARGV 5.. of the finish script: what the record and the destinations need.
+        let record_args = |inv: &mut redis::ScriptInvocation, payload: String, error: &str| {
+            inv.arg(keys.prefix())
+                .arg(&env.queue)
+                .arg(&env.id)
+                .arg(&env.func)
+                .arg(now_ms())
+                .arg(if self.config.records { "1" } else { "0" })
+                .arg(env.attempt)
+                .arg(&slot_name)
+                .arg(ms)
+                .arg(started_ms)
+                .arg(payload)
+                .arg(error);
+        };
+        let mut pipe = redis::pipe();
+        match outcome {
+            Outcome::Done(result) => {
+                m.succeeded.with_label_values(&labels).inc();
+                let mut inv = self.scripts.finish.key(inflight);
+                inv.key(&stats)
+                    .key(&stats)
+                    .arg(&raw)
+                    .arg("ack")
+                    .arg("")
+                    .arg(0);
+                record_args(&mut inv, result.to_string(), "");
+                pipe.invoke_script(&inv);
+                pipe.invoke_script(
+                    self.scripts
+                        .record
+                        .key(&stats)
+                        .arg(ms)
+                        .arg(now_ms())
+                        .arg(STATS_HALF_LIFE_MS)
+                        .arg("completed"),
+                );
+            }
+            Outcome::Failed(err) => {
+                m.failed.with_label_values(&labels).inc();
+                let mut next = env.clone();
+                next.error = Some(err.message.clone());
+                let error_json = serde_json::Value::String(err.message.clone()).to_string();
+                if err.retryable && env.attempt < env.max_retries {
+                    m.retried.with_label_values(&labels).inc();
+                    next.attempt += 1;
+                    let due = now_ms() + self.backoff_ms(next.attempt);
+                    tracing::info!(id = %env.id, func = %env.func, attempt = next.attempt, error = %err.message, "task failed; retrying");
+                    let mut inv = self.scripts.finish.key(inflight);
+                    inv.key(keys.delayed(&env.queue))
+                        .key(&stats)
+                        .arg(&raw)
+                        .arg("retry")
+                        .arg(next.to_json())
+                        .arg(due);
+                    record_args(&mut inv, error_json.clone(), &err.message);
+                    pipe.invoke_script(&inv);
+                } else {
+                    m.dead.with_label_values(&labels).inc();
+                    tracing::warn!(id = %env.id, func = %env.func, error = %err.message, "task failed for good; dead-lettered");
+                    let mut inv = self.scripts.finish.key(inflight);
+                    inv.key(keys.dead(&env.queue))
+                        .key(&stats)
+                        .arg(&raw)
+                        .arg("dead")
+                        .arg(next.to_json())
+                        .arg(0);
+                    record_args(&mut inv, error_json.clone(), &err.message);
+                    pipe.invoke_script(&inv);
+                }
+                pipe.invoke_script(
+                    self.scripts
+                        .record
+                        .key(&stats)
+                        .arg(ms)
+                        .arg(now_ms())
+                        .arg(STATS_HALF_LIFE_MS)
+                        .arg("failed"),
+                );
+            }
+            Outcome::Cancelled => {
+                let _: i64 = self
+                    .scripts
+                    .requeue
+                    .key(inflight)
+                    .key(keys.queue(&env.queue))
+                    .arg(&raw)
+                    .arg(keys.prefix())
+                    .arg(now_ms())
+                    .arg(if self.config.records { "1" } else { "0" })
+                    .invoke_async(&mut con)
+                    .await?;
+                return Ok(());
+            }
+        }
+        match pipe.query_async::<()>(&mut con).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Script cache flushed: load and try once more.
+                let mut load = redis::pipe();
+                load.load_script(&self.scripts.finish)
+                    .load_script(&self.scripts.record);
+                let _: () = load.query_async(&mut con).await?;
+                pipe.query_async::<()>(&mut con).await
+            }
+            r => r,
+        }
+    }
+}
+
+/// Put every task of a slot's in-flight list back at the head of its queue.
+async fn requeue_inflight(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    slot: &str,
+) -> redis::RedisResult<u64> {
+    let inflight = keys.inflight(slot);
+    let items: Vec<String> = con.lrange(&inflight, 0, -1).await?;
+    let script = redis::Script::new(&protocol::with_record_lib(REQUEUE_LUA));
+    let mut moved = 0;
+    for raw in items {
+        let target = match Envelope::from_json(&raw) {
+            Ok(env) => keys.queue(&env.queue),
+            Err(_) => keys.dead("_malformed"),
+        };
+        let n: u64 = script
+            .key(&inflight)
+            .key(target)
+            .arg(&raw)
+            .arg(keys.prefix())
+            .arg(now_ms())
+            .arg("1")
+            .invoke_async(con)
+            .await?;
+        moved += n;
+    }
+    if moved > 0 {
+        tracing::info!(slot, moved, "put in-flight tasks back");
+    }
+    Ok(moved)
+}
+
+/// Recover the in-flight tasks of slots whose heartbeat is older than `ttl_ms` (never one of
+/// `own`), then forget those slots. Safe to run from several workers at once. Returns the
+/// number of tasks put back.
+pub async fn reap_dead(
+    con: &redis::aio::ConnectionManager,
+    keys: &Keys,
+    ttl_ms: u64,
+    own: &[String],
+) -> redis::RedisResult<u64> {
+    let mut con = con.clone();
+    let cutoff = now_ms().saturating_sub(ttl_ms);
+    let dead: Vec<String> = con
+        .zrangebyscore_limit(keys.workers(), "-inf", cutoff, 0, 1_000)
+        .await?;
+    let forget = redis::Script::new(FORGET_LUA);
+    let mut total = 0;
+    for slot in dead.iter().filter(|s| !own.contains(s)) {
+        let n = requeue_inflight(&mut con, keys, slot).await?;
+        total += n;
+        if n > 0 {
+            tracing::warn!(slot, recovered = n, "recovered tasks of a dead worker");
+        }
+        let _: i64 = forget
+            .key(keys.workers())
+            .key(keys.inflight(slot))
+            .key(keys.worker(slot))
+            .arg(slot)
+            .arg(cutoff)
+            .invoke_async(&mut con)
+            .await?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,390 @@
+//! The beat against the real Redis: one firing beat among two, failover without a duplicate
+//! or a lost tick, the registry at tens of thousands of entries, the missed-tick policy.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{REDIS_URL, Space, wait_until};
+use funcscale_worker::beat::{Beat, BeatConfig, Missed};
+use funcscale_worker::protocol::{self, Envelope, ScheduleEntry};
+use funcscale_worker::worker::now_ms;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+fn yaml_file(s: &Space, body: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.yaml", s.prefix));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn config(s: &Space, holder: &str, file: Option<PathBuf>) -> BeatConfig {
+    BeatConfig {
+        redis_url: REDIS_URL.into(),
+        keys: s.keys.clone(),
+        schedules_file: file,
+        registry: true,
+        holder: holder.into(),
+        lease_ttl: Duration::from_secs(2),
+        missed: Missed::Skip,
+        reload_interval: Duration::from_millis(500),
+    }
+}
+
+struct Running {
+    metrics: funcscale_worker::beat::BeatMetrics,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(cfg: BeatConfig) -> Running {
+    let beat = Beat::new(cfg).await.unwrap();
+    let metrics = beat.metrics();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(beat.run(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        metrics,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+    /// A crash: no lease release.
+    fn crash(self) {
+        self.task.abort();
+    }
+}
+
+/// (schedule field, tick) of every task in `queue`; panics on a duplicate.
+async fn fired(s: &Space, queue: &str) -> Vec<(String, i64)> {
+    let mut con = s.con().await;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(s.keys.queue(queue))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for r in &raw {
+        let e = Envelope::from_json(r).unwrap();
+        let (sched, tick) = e.id.rsplit_once('@').unwrap();
+        assert!(
+            seen.insert((sched.to_string(), tick.parse::<i64>().unwrap())),
+            "tick fired twice: {}",
+            e.id
+        );
+    }
+    seen.into_iter().collect()
+}
+
+const EVERY_SECOND: &str = r#"
+apiVersion: funcscale.dev/v1alpha1
+kind: FuncQueue
+metadata: {name: q}
+spec:
+  schedules:
+    - {name: tick, cron: "* * * * * *", function: noop}
+"#;
+
+fn assert_contiguous(ticks: &[(String, i64)]) {
+    let t: Vec<i64> = ticks.iter().map(|x| x.1).collect();
+    for w in t.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "a tick was lost between {} and {}: {t:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_beats_one_fires() {
+    let s = Space::new("beat2");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let a = start(config(&s, "a", Some(file.clone()))).await;
+    let b = start(config(&s, "b", Some(file.clone()))).await;
+    let started = (now_ms() / 1000) as i64;
+    wait_until(
+        "ticks for 4 s with both beats running",
+        Duration::from_secs(15),
+        || async {
+            fired(&s, "q")
+                .await
+                .last()
+                .is_some_and(|t| t.1 >= started + 4)
+        },
+    )
+    .await;
+    let ticks = fired(&s, "q").await;
+    assert_contiguous(&ticks);
+    // Only one lease was ever granted: the other beat waited.
+    assert_eq!(s.int(&["GET", &s.keys.beat_fence()]).await, 1);
+    let mut con = s.con().await;
+    let holder: String = redis::cmd("GET")
+        .arg(s.keys.beat_lease())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(holder == "a 1" || holder == "b 1", "{holder}");
+    assert_eq!(s.stat("q", "enqueued").await as usize, ticks.len());
+    // Exactly one reports itself leader, and it is the one that fired.
+    assert_eq!(a.metrics.leader.get() + b.metrics.leader.get(), 1);
+    assert_eq!(
+        (a.metrics.fired.get() + b.metrics.fired.get()) as usize,
+        ticks.len()
+    );
+    assert!(a.metrics.fired.get() == 0 || b.metrics.fired.get() == 0);
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_without_duplicate_or_lost_tick() {
+    let s = Space::new("failover");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let a = start(config(&s, "a", Some(file.clone()))).await;
+    wait_until("a fires", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.queue("q")]).await >= 3
+    })
+    .await;
+    let b = start(config(&s, "b", Some(file.clone()))).await;
+    // a crashes without releasing; b takes over once the lease expires.
+    a.crash();
+    let crashed_at = (now_ms() / 1000) as i64;
+    let mut con = s.con().await;
+    wait_until(
+        "b holds the lease and fires past the crash",
+        Duration::from_secs(15),
+        || async {
+            let ticks = fired(&s, "q").await;
+            ticks.last().is_some_and(|t| t.1 >= crashed_at + 4)
+        },
+    )
+    .await;
+    let holder: String = redis::cmd("GET")
+        .arg(s.keys.beat_lease())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(holder, "b 2");
+    let ticks = fired(&s, "q").await; // panics on a duplicate
+    assert_contiguous(&ticks); // ticks during the failover gap were fired by b
+    b.stop().await;
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_of_tens_of_thousands() {
+    let s = Space::new("registry");
+    let mut con = s.con().await;
+    let entry = |cron: &str| ScheduleEntry {
+        cron: cron.into(),
+        func: "noop".into(),
+        args: json!([]),
+    };
+    // 20,000 monitors every minute: M = 20,000.
+    let monitors: Vec<_> = (0..20_000)
+        .map(|i| (format!("m{i}"), entry("*/1 * * * *"), 1.0))
+        .collect();
+    protocol::schedules_add(&mut con, &s.keys, "mon", &monitors)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.int(&["GET", &s.keys.schedules_per_period("mon")]).await,
+        20_000
+    );
+    // Replacing entries does not double count; removing subtracts.
+    protocol::schedules_add(&mut con, &s.keys, "mon", &monitors[..100])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.int(&["GET", &s.keys.schedules_per_period("mon")]).await,
+        20_000
+    );
+    let gone: Vec<String> = (0..5_000).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        protocol::schedules_remove(&mut con, &s.keys, "mon", &gone)
+            .await
+            .unwrap(),
+        5_000
+    );
+    assert_eq!(
+        s.int(&["GET", &s.keys.schedules_per_period("mon")]).await,
+        15_000
+    );
+    assert_eq!(
+        protocol::schedules_list(&mut con, &s.keys, "mon")
+            .await
+            .unwrap()
+            .len(),
+        15_000
+    );
+    protocol::schedules_remove(
+        &mut con,
+        &s.keys,
+        "mon",
+        &(5_000..20_000).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.int(&["GET", &s.keys.schedules_per_period("mon")]).await,
+        0
+    );
+
+    // The beat fires a 20,000-entry registry within one tick: every 3 s here, to keep it short.
+    let fast: Vec<_> = (0..20_000)
+        .map(|i| (format!("f{i}"), entry("*/3 * * * * *"), 20.0))
+        .collect();
+    protocol::schedules_add(&mut con, &s.keys, "fast", &fast)
+        .await
+        .unwrap();
+    let beat = start(config(&s, "a", None)).await;
+    wait_until(
+        "one full tick of 20,000",
+        Duration::from_secs(20),
+        || async { s.int(&["LLEN", &s.keys.queue("fast")]).await >= 20_000 },
+    )
+    .await;
+    beat.stop().await;
+    let n = s.int(&["LLEN", &s.keys.queue("fast")]).await;
+    assert_eq!(n % 20_000, 0, "ticks are enqueued whole");
+    assert_eq!(s.stat("fast", "enqueued").await, n);
+    let ticks = fired(&s, "fast").await; // no duplicates
+    assert_eq!(ticks.len() as i64, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_ticks_skip_or_catch_up_once() {
+    for missed in [Missed::Skip, Missed::CatchUpOnce] {
+        let s = Space::new("missed");
+        let file = yaml_file(
+            &s,
+            r#"
+kind: FuncQueue
+metadata: {name: q}
+spec:
+  schedules:
+    - {name: minutely, cron: "* * * * *", function: noop}
+    - {name: marker, cron: "* * * * * *", function: noop}
+"#,
+        );
+        // minutely last fired 10 minutes ago: about ten ticks were missed.
+        let now = (now_ms() / 1000) as i64;
+        let last = now - now % 60 - 600;
+        let mut con = s.con().await;
+        let _: () = redis::cmd("HSET")
+            .arg(s.keys.beat_last("q"))
+            .arg("file:minutely")
+            .arg(last)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let mut cfg = config(&s, "a", Some(file.clone()));
+        cfg.missed = missed;
+        let beat = start(cfg).await;
+        // The marker proves the beat has been evaluating for a few seconds.
+        wait_until("marker fired 3 times", Duration::from_secs(15), || async {
+            fired(&s, "q")
+                .await
+                .iter()
+                .filter(|t| t.0.ends_with("marker"))
+                .count()
+                >= 3
+        })
+        .await;
+        beat.stop().await;
+        let old: Vec<i64> = fired(&s, "q")
+            .await
+            .into_iter()
+            .filter(|t| t.0.ends_with("minutely") && t.1 <= now - 4)
+            .map(|t| t.1)
+            .collect();
+        match missed {
+            Missed::Skip => assert!(old.is_empty(), "skip fired {old:?}"),
+            Missed::CatchUpOnce => {
+                assert_eq!(old.len(), 1, "catch-up-once fired {old:?}");
+                assert!(old[0] > last && old[0] % 60 == 0);
+            }
+        }
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_that_lost_its_lease_stops_firing() {
+    let s = Space::new("fence");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let a = start(config(&s, "a", Some(file.clone()))).await;
+    wait_until("a fires", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.queue("q")]).await >= 2
+    })
+    .await;
+    // Another holder takes the lease (as after an expiry): a's next firing is refused by the
+    // fencing check and its renewal fails, so nothing more is enqueued while it is held.
+    let mut con = s.con().await;
+    let _: () = redis::cmd("SET")
+        .arg(s.keys.beat_lease())
+        .arg("intruder 99")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let taken_at = now_ms();
+    let deadline = std::time::Instant::now() + Duration::from_millis(2_500);
+    while std::time::Instant::now() < deadline {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(s.keys.queue("q"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        for r in raw {
+            let e = Envelope::from_json(&r).unwrap();
+            assert!(
+                e.enqueued_at_ms <= taken_at,
+                "fired under a foreign lease: {}",
+                e.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // When the other holder goes away, a acquires a new token and resumes.
+    let _: () = redis::cmd("DEL")
+        .arg(s.keys.beat_lease())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_until("a holds a new token", Duration::from_secs(5), || async {
+        let mut con = s.con().await;
+        let v: Option<String> = redis::cmd("GET")
+            .arg(s.keys.beat_lease())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        v.as_deref() == Some("a 2")
+    })
+    .await;
+    let before = fired(&s, "q").await.len();
+    wait_until("a fires again", Duration::from_secs(5), || async {
+        fired(&s, "q").await.len() > before
+    })
+    .await;
+    a.stop().await;
+    let _ = std::fs::remove_file(file);
+}

@@ -1,0 +1,203 @@
+//! Benchmarks of task records (ignored by default; run in release):
+//!
+//! ```sh
+//! cargo nextest run --release -p funcscale-worker --run-ignored only --no-capture -E 'binary(bench_records)'
+//! ```
+//!
+//! - `query_latency_at_100k_records`: 100,000 tasks through a worker (10% dead), then each
+//!   `tasks list` filter timed (median of 20).
+//! - `throughput_records_on_vs_off`: no-op tasks/s through an in-process worker with
+//!   `--processes 1` and `5`, records on and off.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{REDIS_URL, Space, wait_until};
+use funcscale_worker::protocol::{self, Envelope, QueueConfig, TaskStatus};
+use funcscale_worker::records::{self, TaskQuery};
+use funcscale_worker::worker::{Worker, now_ms};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+async fn drain(s: &Space, queue: &str, processes: usize, records: bool, n: i64) -> f64 {
+    let worker = Worker::builder()
+        .redis_url(REDIS_URL)
+        .prefix(s.prefix.clone())
+        .queues([queue])
+        .processes(processes)
+        .configure(|c| c.records = records)
+        .build()
+        .await
+        .unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let start = Instant::now();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    wait_until("drained", Duration::from_secs(600), || async {
+        s.stat(queue, "completed").await + s.stat(queue, "dead").await >= n
+    })
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    n as f64 / secs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+#[ignore = "benchmark"]
+async fn query_latency_at_100k_records() {
+    const N: usize = 100_000;
+    let s = Space::new("bench-query");
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            record_max_count: Some(200_000),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let envs: Vec<Envelope> = (0..N)
+        .map(|i| {
+            let func = if i % 10 == 0 { "fail" } else { "noop" };
+            let mut e = s.env(
+                &format!("trace-{:05}-{}", i / 10, i % 10),
+                func,
+                "q",
+                json!(["x"]),
+            );
+            e.max_retries = 0;
+            e
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in envs.chunks(10_000) {
+        s.enqueue("q", chunk).await;
+    }
+    let enq = N as f64 / t.elapsed().as_secs_f64();
+    let rate = drain(&s, "q", 8, true, N as i64).await;
+    println!(
+        "enqueue with records: {enq:.0} tasks/s; drain with records (8 slots): {rate:.0} tasks/s"
+    );
+    assert_eq!(s.int(&["ZCARD", &s.keys.tasks("q")]).await, N as i64);
+    let now = now_ms();
+    let base = TaskQuery {
+        queue: "q".into(),
+        limit: 50,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, TaskQuery)> = vec![
+        ("newest 50 (no filter)", base.clone()),
+        (
+            "--status dead, 50",
+            TaskQuery {
+                status: Some(TaskStatus::Dead),
+                ..base.clone()
+            },
+        ),
+        (
+            "--func fail, 50",
+            TaskQuery {
+                func: Some("fail".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "--since 10m --until 0s, 50",
+            TaskQuery {
+                since_ms: Some(now - 600_000),
+                until_ms: Some(now),
+                ..base.clone()
+            },
+        ),
+        (
+            "--id-prefix trace-04242- (10 hits)",
+            TaskQuery {
+                id_prefix: Some("trace-04242-".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "--id-prefix trace-042 (1,000 hits), 50",
+            TaskQuery {
+                id_prefix: Some("trace-042".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "--id-prefix trace-0 --status dead (5,000 scanned), 50",
+            TaskQuery {
+                id_prefix: Some("trace-0".into()),
+                status: Some(TaskStatus::Dead),
+                ..base.clone()
+            },
+        ),
+        (
+            "--status succeeded --func fail (0 hits: 90,000 scanned)",
+            TaskQuery {
+                status: Some(TaskStatus::Succeeded),
+                func: Some("fail".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "newest 1,000",
+            TaskQuery {
+                limit: 1_000,
+                ..base.clone()
+            },
+        ),
+    ];
+    println!("query latency over {N} records (median of 20 / max):");
+    for (name, q) in cases {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        let runs = if name.contains("0 hits") { 5 } else { 20 };
+        for _ in 0..runs {
+            let t = Instant::now();
+            hits = records::list_tasks(&mut con, &s.keys, &q)
+                .await
+                .unwrap()
+                .len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "  {name:<58} {:>8.2} ms  max {:>8.2} ms  ({hits} rows)",
+            times[runs / 2].as_secs_f64() * 1e3,
+            times[runs - 1].as_secs_f64() * 1e3
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+#[ignore = "benchmark"]
+async fn throughput_records_on_vs_off() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    println!("no-op tasks/s through an in-process worker, N={n}:");
+    for processes in [1, 5] {
+        for records in [false, true, false, true] {
+            let s = Space::new("bench-tput");
+            let envs: Vec<Envelope> = (0..n)
+                .map(|i| s.env(&format!("t{i}"), "noop", "q", json!([])))
+                .collect();
+            for chunk in envs.chunks(10_000) {
+                s.enqueue("q", chunk).await;
+            }
+            let rate = drain(&s, "q", processes, records, n as i64).await;
+            println!(
+                "  processes={processes} records={:<3} {rate:>8.0} tasks/s",
+                if records { "on" } else { "off" }
+            );
+        }
+    }
+}

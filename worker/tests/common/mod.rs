@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: a unique key prefix per test on the real Redis,
+//! condition polling with a deadline, and cleanup.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use funcscale_worker::protocol::{self, Envelope, Keys};
+use funcscale_worker::worker::now_ms;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// A unique prefix and its keys; deletes every key under the prefix when dropped.
+pub struct Space {
+    pub prefix: String,
+    pub keys: Keys,
+}
+
+impl Space {
+    pub fn new(name: &str) -> Self {
+        let prefix = format!("test-{name}-{}", uuid::Uuid::new_v4().simple());
+        Self {
+            keys: Keys::new(prefix.clone()),
+            prefix,
+        }
+    }
+
+    pub async fn con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn enqueue(&self, queue: &str, envs: &[Envelope]) {
+        let mut con = self.con().await;
+        protocol::enqueue(&mut con, &self.keys, queue, envs)
+            .await
+            .unwrap();
+    }
+
+    pub fn env(&self, id: &str, func: &str, queue: &str, args: serde_json::Value) -> Envelope {
+        let mut e = Envelope::new(id, func, queue, now_ms());
+        e.args = args;
+        e
+    }
+
+    pub async fn int(&self, cmd: &[&str]) -> i64 {
+        let mut con = self.con().await;
+        let mut c = redis::cmd(cmd[0]);
+        for a in &cmd[1..] {
+            c.arg(*a);
+        }
+        let v: Option<i64> = c.query_async(&mut con).await.unwrap();
+        v.unwrap_or(0)
+    }
+
+    pub async fn stat(&self, queue: &str, field: &str) -> i64 {
+        self.int(&["HGET", &self.keys.stats(queue), field]).await
+    }
+
+    /// A key of the test's own (for side effects) under the prefix.
+    pub fn own(&self, name: &str) -> String {
+        format!("{}:test:{name}", self.prefix)
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(REDIS_URL) else {
+            return;
+        };
+        let Ok(mut con) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut con)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut con);
+        }
+    }
+}
+
+/// Poll `f` every 20 ms until it returns true or `timeout` passes (then panic with `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,372 @@
+//! Real `funcscale-worker` processes: drain on SIGTERM, and a chaos run with SIGKILLs.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{REDIS_URL, Space, wait_until};
+use funcscale_worker::protocol::Envelope;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+fn spawn_worker(s: &Space, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_funcscale-worker"))
+        .env("FUNCSCALE_REDIS_URL", REDIS_URL)
+        .env("FUNCSCALE_PREFIX", &s.prefix)
+        .env("RUST_LOG", "warn")
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker binary starts")
+}
+
+fn signal(child: &Child, sig: Signal) {
+    let _ = kill(Pid::from_raw(child.id().expect("running") as i32), sig);
+}
+
+async fn inflight_total(s: &Space) -> i64 {
+    let mut con = s.con().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:inflight:*", s.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for k in keys {
+        n += s.int(&["LLEN", &k]).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_running_tasks_and_takes_no_more() {
+    let s = Space::new("drain");
+    let envs: Vec<Envelope> = (0..12)
+        .map(|i| s.env(&format!("d{i}"), "sleep", "q", json!([1_500])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    let mut child = spawn_worker(
+        &s,
+        &[
+            "--queues",
+            "q",
+            "--processes",
+            "2",
+            "--drain-timeout",
+            "10s",
+        ],
+    );
+    wait_until("two tasks running", Duration::from_secs(10), || async {
+        inflight_total(&s).await == 2
+    })
+    .await;
+    signal(&child, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // The two running tasks finished; nothing else was taken; nothing is left in flight.
+    assert_eq!(s.stat("q", "completed").await, 2);
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 10);
+    assert_eq!(inflight_total(&s).await, 0);
+    assert_eq!(s.int(&["ZCARD", &s.keys.workers()]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_puts_back_what_cannot_finish_in_time() {
+    let s = Space::new("drain-timeout");
+    let envs: Vec<Envelope> = (0..3)
+        .map(|i| s.env(&format!("l{i}"), "sleep", "q", json!([60_000])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    let mut child = spawn_worker(
+        &s,
+        &[
+            "--queues",
+            "q",
+            "--processes",
+            "3",
+            "--drain-timeout",
+            "500ms",
+        ],
+    );
+    wait_until("three tasks running", Duration::from_secs(10), || async {
+        inflight_total(&s).await == 3
+    })
+    .await;
+    let started = Instant::now();
+    signal(&child, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        s.int(&["LLEN", &s.keys.queue("q")]).await,
+        3,
+        "all three are back in the queue"
+    );
+    assert_eq!(inflight_total(&s).await, 0);
+    assert_eq!(
+        s.stat("q", "completed").await + s.stat("q", "failed").await,
+        0
+    );
+    // Put back at the head, unchanged: the next worker gets the same envelopes.
+    let mut con = s.con().await;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(s.keys.queue("q"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for r in raw {
+        assert_eq!(Envelope::from_json(&r).unwrap().attempt, 0);
+    }
+}
+
+/// 10,000 tasks, three worker processes of five slots, one of them SIGKILLed at random every
+/// ~600 ms and restarted. Every task's own side effect (its id in a Redis set written by the
+/// `record` built-in) must appear: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigkill_loses_no_task() {
+    const N: usize = 10_000;
+    let s = Space::new("chaos");
+    let set = s.own("done");
+    let runs = s.own("runs");
+    let envs: Vec<Envelope> = (0..N)
+        .map(|i| s.env(&format!("c{i}"), "record", "q", json!([set, 2, runs])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    let args = [
+        "--queues",
+        "q",
+        "--processes",
+        "5",
+        "--worker-ttl-ms",
+        "1500",
+        "--drain-timeout",
+        "5s",
+    ];
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&s, &args)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kills = 0;
+    loop {
+        let done = s.int(&["SCARD", &set]).await as usize;
+        if done == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {N} tasks done after 60 s ({kills} kills)"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Keep killing while there is work left, but stop a few seconds before the end so
+        // the last recoveries can run.
+        if done < N * 9 / 10 {
+            let i = fastrand::usize(..workers.len());
+            signal(&workers[i], Signal::SIGKILL);
+            let _ = workers[i].wait().await;
+            kills += 1;
+            workers[i] = spawn_worker(&s, &args);
+        }
+    }
+    assert!(
+        kills >= 3,
+        "the run was too short to kill anything ({kills} kills)"
+    );
+    for w in &workers {
+        signal(w, Signal::SIGTERM);
+    }
+    for w in &mut workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.wait()).await;
+    }
+    assert_eq!(s.int(&["SCARD", &set]).await as usize, N);
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 0);
+    let executions = s.int(&["LLEN", &runs]).await;
+    eprintln!(
+        "chaos: {kills} kills, {executions} executions for {N} tasks ({} re-runs of interrupted tasks)",
+        executions - N as i64
+    );
+    assert!(
+        executions > N as i64,
+        "some killed tasks must have been recovered and run again"
+    );
+}
+
+async fn cli(s: &Space, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_funcscale-worker"))
+        .env("FUNCSCALE_REDIS_URL", REDIS_URL)
+        .env("FUNCSCALE_PREFIX", &s.prefix)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_schedules_commands() {
+    let s = Space::new("cli");
+    cli(
+        &s,
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--func",
+            "f",
+            "--args",
+            "[1,\"a\"]",
+            "--kwargs",
+            "{\"k\":2}",
+            "--id",
+            "job",
+            "--count",
+            "1000",
+        ],
+    )
+    .await;
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 1_000);
+    assert_eq!(s.stat("q", "enqueued").await, 1_000);
+    let mut con = s.con().await;
+    let oldest: String = redis::cmd("LINDEX")
+        .arg(s.keys.queue("q"))
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let e = Envelope::from_json(&oldest).unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.args.clone(), e.kwargs.clone()),
+        ("job-0", json!([1, "a"]), json!({"k": 2}))
+    );
+
+    // Tens of thousands of monitors in one command, pipelined.
+    let started = Instant::now();
+    cli(
+        &s,
+        &[
+            "schedules",
+            "add",
+            "--queue",
+            "m",
+            "--id",
+            "mon",
+            "--cron",
+            "*/1 * * * *",
+            "--func",
+            "check",
+            "--count",
+            "30000",
+        ],
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(s.int(&["HLEN", &s.keys.schedules("m")]).await, 30_000);
+    assert_eq!(
+        s.int(&["GET", &s.keys.schedules_per_period("m")]).await,
+        30_000
+    );
+    cli(
+        &s,
+        &[
+            "schedules",
+            "add",
+            "--queue",
+            "m",
+            "--id",
+            "slow",
+            "--cron",
+            "*/5 * * * *",
+            "--func",
+            "check",
+        ],
+    )
+    .await;
+    let m: String = redis::cmd("GET")
+        .arg(s.keys.schedules_per_period("m"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(m, "30000.2");
+    let listed = cli(&s, &["schedules", "list", "--queue", "m"]).await;
+    assert_eq!(listed.lines().count(), 30_001);
+    cli(
+        &s,
+        &[
+            "schedules",
+            "remove",
+            "--queue",
+            "m",
+            "--id",
+            "mon",
+            "--count",
+            "30000",
+        ],
+    )
+    .await;
+    cli(&s, &["schedules", "remove", "--queue", "m", "--id", "slow"]).await;
+    assert_eq!(s.int(&["GET", &s.keys.schedules_per_period("m")]).await, 0);
+    assert_eq!(
+        s.int(&["SISMEMBER", &s.keys.schedule_queues(), "m"]).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_fires_and_releases_its_lease_on_sigterm() {
+    let s = Space::new("beat-proc");
+    let file = std::env::temp_dir().join(format!("{}.yaml", s.prefix));
+    std::fs::write(
+        &file,
+        "apiVersion: funcscale.dev/v1alpha1\nkind: FuncQueue\nmetadata: {name: q}\nspec:\n  schedules:\n    - {name: s, cron: \"* * * * * *\", function: noop}\n",
+    )
+    .unwrap();
+    let mut beat = Command::new(env!("CARGO_BIN_EXE_funcscale-worker"))
+        .env("FUNCSCALE_REDIS_URL", REDIS_URL)
+        .env("FUNCSCALE_PREFIX", &s.prefix)
+        .env("RUST_LOG", "warn")
+        .args([
+            "beat",
+            "--schedules-file",
+            file.to_str().unwrap(),
+            "--lease-ttl",
+            "3s",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("the beat fires", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.queue("q")]).await >= 2
+    })
+    .await;
+    assert_eq!(s.int(&["EXISTS", &s.keys.beat_lease()]).await, 1);
+    signal(&beat, Signal::SIGTERM);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), beat.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        s.int(&["EXISTS", &s.keys.beat_lease()]).await,
+        0,
+        "released, so a successor starts at once"
+    );
+    let _ = std::fs::remove_file(file);
+}

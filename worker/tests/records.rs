@@ -1,0 +1,720 @@
+//! Task records, queries, retention, dead-letter tools, destinations and per-minute counts,
+//! against the real Redis (and a real local HTTP receiver for URL destinations).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{REDIS_URL, Space, wait_until};
+use funcscale_worker::handler::TaskError;
+use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskStatus};
+use funcscale_worker::records::{self, Selector, TaskQuery};
+use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(b: WorkerBuilder) -> Self {
+        let worker = b.build().await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn builder(s: &Space, queues: &[&str], processes: usize) -> WorkerBuilder {
+    Worker::builder()
+        .redis_url(REDIS_URL)
+        .prefix(s.prefix.clone())
+        .queues(queues.iter().copied())
+        .processes(processes)
+        .configure(|c| {
+            c.retry_base_ms = 10;
+            c.retry_max_ms = 20;
+        })
+}
+
+fn query(queue: &str) -> TaskQuery {
+    TaskQuery {
+        queue: queue.into(),
+        limit: 1_000,
+        ..Default::default()
+    }
+}
+
+async fn list(s: &Space, q: &TaskQuery) -> Vec<protocol::TaskRecord> {
+    let mut con = s.con().await;
+    records::list_tasks(&mut con, &s.keys, q).await.unwrap()
+}
+
+fn ids(v: &[protocol::TaskRecord]) -> Vec<String> {
+    let mut ids: Vec<String> = v.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_every_transition_and_each_filter_finds_them() {
+    let s = Space::new("rec-filters");
+    let t0 = now_ms();
+    let mut envs = Vec::new();
+    for i in 0..10 {
+        envs.push(s.env(&format!("trace-a-{i}"), "noop", "q", json!([])));
+        envs.push(s.env(&format!("trace-b-{i}"), "noop", "q", json!([])));
+    }
+    for i in 0..3 {
+        let mut e = s.env(&format!("trace-a-bad{i}"), "fail", "q", json!(["boom"]));
+        e.max_retries = 1;
+        envs.push(e);
+    }
+    s.enqueue("q", &envs).await;
+    // Queued: all 23 recorded before any worker runs.
+    let queued = list(
+        &s,
+        &TaskQuery {
+            status: Some(TaskStatus::Queued),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(queued.len(), 23);
+    assert!(queued.iter().all(|r| r.enqueued_ms.is_some()));
+    let w = Running::start(builder(&s, &["q"], 3)).await;
+    wait_until("20 succeeded, 3 dead", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 20
+            && s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Dead)])
+                .await
+                == 3
+    })
+    .await;
+    w.stop().await;
+    let t1 = now_ms();
+
+    // Status.
+    let dead = list(
+        &s,
+        &TaskQuery {
+            status: Some(TaskStatus::Dead),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(ids(&dead), ["trace-a-bad0", "trace-a-bad1", "trace-a-bad2"]);
+    for r in &dead {
+        assert_eq!(r.error.as_deref(), Some("boom"));
+        assert_eq!(r.attempt, Some(1), "the second attempt died");
+        assert!(
+            r.worker.as_deref().is_some_and(|w| w.contains('.')),
+            "slot recorded"
+        );
+        assert!(r.finished_ms.is_some() && r.started_ms.is_some() && r.duration_ms.is_some());
+    }
+    for st in [
+        TaskStatus::Queued,
+        TaskStatus::Started,
+        TaskStatus::Retrying,
+    ] {
+        let l = list(
+            &s,
+            &TaskQuery {
+                status: Some(st),
+                ..query("q")
+            },
+        )
+        .await;
+        assert!(l.is_empty(), "{st:?}: {l:?}");
+    }
+    // Id prefix (lexicographic index), alone and with a status.
+    let a = list(
+        &s,
+        &TaskQuery {
+            id_prefix: Some("trace-a-".into()),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(a.len(), 13);
+    let a_ok = list(
+        &s,
+        &TaskQuery {
+            id_prefix: Some("trace-a-".into()),
+            status: Some(TaskStatus::Succeeded),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(a_ok.len(), 10);
+    // Function.
+    let f = list(
+        &s,
+        &TaskQuery {
+            func: Some("fail".into()),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(ids(&f), ids(&dead));
+    // Time window and limit, newest first.
+    let all = list(
+        &s,
+        &TaskQuery {
+            since_ms: Some(t0),
+            until_ms: Some(t1),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 23);
+    assert!(all.windows(2).all(|w| w[0].updated_ms >= w[1].updated_ms));
+    let none = list(
+        &s,
+        &TaskQuery {
+            since_ms: Some(t1 + 1),
+            ..query("q")
+        },
+    )
+    .await;
+    assert!(none.is_empty());
+    let two = list(
+        &s,
+        &TaskQuery {
+            limit: 2,
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(ids(&two), ids(&all[..2]));
+    // Show.
+    let mut con = s.con().await;
+    let r = records::show_task(&mut con, &s.keys, "trace-b-3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.func.as_str(), r.queue.as_str()),
+        ("succeeded", "noop", "q")
+    );
+    assert_eq!(r.error, None);
+    // Per-minute counts: everything happened within the last two minutes.
+    let buckets = records::counts(&mut con, &s.keys, "q", t0, now_ms())
+        .await
+        .unwrap();
+    let sum = |f: fn(&records::CountBucket) -> i64| buckets.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|b| b.submitted), 23);
+    assert_eq!(sum(|b| b.completed), 20);
+    assert_eq!(sum(|b| b.dead), 3);
+    assert_eq!(sum(|b| b.retried), 3);
+    assert_eq!(sum(|b| b.failed), 6);
+    assert_eq!(sum(|b| b.started), 26);
+    assert_eq!(records::executing(&mut con, &s.keys, "q").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_and_by_age() {
+    let s = Space::new("rec-retention");
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            record_max_count: Some(50),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let envs: Vec<Envelope> = (0..200)
+        .map(|i| s.env(&format!("r{i:03}"), "noop", "q", json!([])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    assert_eq!(s.int(&["ZCARD", &s.keys.tasks("q")]).await, 50);
+    assert_eq!(s.int(&["ZCARD", &s.keys.tasks_ids("q")]).await, 50);
+    assert_eq!(
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Queued)])
+            .await,
+        50
+    );
+    assert_eq!(
+        s.int(&["EXISTS", &s.keys.task("r000")]).await,
+        0,
+        "oldest gone"
+    );
+    assert_eq!(
+        s.int(&["EXISTS", &s.keys.task("r199")]).await,
+        1,
+        "newest kept"
+    );
+
+    // By age: records older than 300 ms go.
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            record_max_age_ms: Some(300),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let now = now_ms();
+    assert_eq!(records::trim(&mut con, &s.keys, "q", now).await.unwrap(), 0);
+    assert_eq!(
+        records::trim(&mut con, &s.keys, "q", now + 1_000)
+            .await
+            .unwrap(),
+        50
+    );
+    for key in [
+        s.keys.tasks("q"),
+        s.keys.tasks_ids("q"),
+        s.keys.tasks_func("q", "noop"),
+        s.keys.tasks_status("q", TaskStatus::Queued),
+    ] {
+        assert_eq!(s.int(&["ZCARD", &key]).await, 0, "{key}");
+    }
+    assert_eq!(s.int(&["EXISTS", &s.keys.task("r199")]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
+    let s = Space::new("rec-dead");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let f2 = fixed.clone();
+    let b = builder(&s, &["q"], 2).handler("charge", move |_ctx| {
+        let fixed = f2.clone();
+        async move {
+            if fixed.load(Ordering::SeqCst) {
+                Ok(json!("charged"))
+            } else {
+                Err(TaskError::new("card declined"))
+            }
+        }
+    });
+    let w = Running::start(b).await;
+    let mut e = s.env("order-42-a", "charge", "q", json!([]));
+    e.max_retries = 2;
+    let other = s.env("order-43-a", "noop", "q", json!([]));
+    s.enqueue("q", &[e, other]).await;
+    wait_until("dead-lettered", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.dead("q")]).await == 1
+    })
+    .await;
+    let mut con = s.con().await;
+    let found = records::dead_letters(&mut con, &s.keys, "q", &Selector::Prefix("order-42".into()))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let env = found[0].1.clone().unwrap();
+    assert_eq!((env.id.as_str(), env.attempt), ("order-42-a", 2));
+    assert_eq!(env.error.as_deref(), Some("card declined"));
+    let rec = list(
+        &s,
+        &TaskQuery {
+            id_prefix: Some("order-42".into()),
+            status: Some(TaskStatus::Dead),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(ids(&rec), ["order-42-a"]);
+
+    fixed.store(true, Ordering::SeqCst);
+    let n = records::requeue_dead(&mut con, &s.keys, "q", &Selector::Prefix("order-42".into()))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    wait_until(
+        "the requeued task succeeds",
+        Duration::from_secs(10),
+        || async {
+            let mut con = s.con().await;
+            records::show_task(&mut con, &s.keys, "order-42-a")
+                .await
+                .unwrap()
+                .is_some_and(|r| r.status == "succeeded")
+        },
+    )
+    .await;
+    let r = records::show_task(&mut con, &s.keys, "order-42-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.attempt, Some(0), "attempt count reset, same id");
+    assert_eq!(r.error, None);
+    assert_eq!(s.int(&["LLEN", &s.keys.dead("q")]).await, 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_id_and_all_and_the_cli_refuses_without_a_terminal() {
+    let s = Space::new("rec-purge");
+    let mut envs = Vec::new();
+    for i in 0..5 {
+        let mut e = s.env(&format!("p{i}"), "fail", "q", json!(["x"]));
+        e.max_retries = 0;
+        envs.push(e);
+    }
+    s.enqueue("q", &envs).await;
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    wait_until("5 dead", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.dead("q")]).await == 5
+    })
+    .await;
+    w.stop().await;
+    let bin = env!("CARGO_BIN_EXE_funcscale-worker");
+    let out = std::process::Command::new(bin)
+        .args([
+            "--prefix",
+            &s.prefix,
+            "dead-letters",
+            "purge",
+            "--queue",
+            "q",
+            "--all",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdin is not a terminal; pass --yes"), "{err}");
+    assert_eq!(s.int(&["LLEN", &s.keys.dead("q")]).await, 5);
+    let out = std::process::Command::new(bin)
+        .args([
+            "--prefix",
+            &s.prefix,
+            "dead-letters",
+            "purge",
+            "--queue",
+            "q",
+            "--id",
+            "p1",
+            "--id",
+            "p3",
+            "--yes",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.int(&["LLEN", &s.keys.dead("q")]).await, 3);
+    let mut con = s.con().await;
+    let left = records::dead_letters(&mut con, &s.keys, "q", &Selector::All)
+        .await
+        .unwrap();
+    let mut left: Vec<String> = left.into_iter().map(|(_, e)| e.unwrap().id).collect();
+    left.sort();
+    assert_eq!(left, ["p0", "p2", "p4"]);
+    assert_eq!(
+        records::purge_dead(&mut con, &s.keys, "q", &Selector::All)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(s.int(&["LLEN", &s.keys.dead("q")]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_destinations_chain_results_and_failures() {
+    let s = Space::new("rec-dest-q");
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "orders",
+        &QueueConfig {
+            on_success: Some(Destination::parse("queue:results/collect").unwrap()),
+            on_failure: Some(Destination::parse("queue:compensate").unwrap()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let got = s.own("got");
+    let got2 = got.clone();
+    let b = builder(&s, &["orders", "results", "compensate"], 2)
+        .handler("charge", |ctx| async move {
+            let n = ctx.envelope.args[0].as_i64().unwrap();
+            if n < 0 {
+                Err(TaskError::permanent("negative amount"))
+            } else {
+                Ok(json!({"charged": n}))
+            }
+        })
+        .handler("collect", move |ctx| {
+            let got = got2.clone();
+            async move {
+                let mut con = redis::Client::open(REDIS_URL)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let _: () = redis::cmd("RPUSH")
+                    .arg(&got)
+                    .arg(serde_json::to_string(&ctx.envelope).unwrap())
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                Ok(json!(null))
+            }
+        })
+        .handler("on_failure", {
+            let got = s.own("comp");
+            move |ctx| {
+                let got = got.clone();
+                async move {
+                    let mut con = redis::Client::open(REDIS_URL)
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap();
+                    let _: () = redis::cmd("RPUSH")
+                        .arg(&got)
+                        .arg(serde_json::to_string(&ctx.envelope).unwrap())
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    Ok(json!(null))
+                }
+            }
+        });
+    let w = Running::start(b).await;
+    s.enqueue(
+        "orders",
+        &[
+            s.env("ord-1", "charge", "orders", json!([7])),
+            s.env("ord-2", "charge", "orders", json!([-1])),
+        ],
+    )
+    .await;
+    wait_until(
+        "result collected and failure compensated",
+        Duration::from_secs(10),
+        || async {
+            s.int(&["LLEN", &got]).await == 1 && s.int(&["LLEN", &s.own("comp")]).await == 1
+        },
+    )
+    .await;
+    w.stop().await;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(&got)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let e = Envelope::from_json(&raw[0]).unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.func.as_str(), e.queue.as_str()),
+        ("ord-1:success", "collect", "results")
+    );
+    assert_eq!(e.kwargs["event"], "success");
+    assert_eq!(e.kwargs["result"], json!({"charged": 7}));
+    assert_eq!(e.kwargs["task"]["id"], "ord-1");
+    assert_eq!(e.kwargs["task"]["args"], json!([7]));
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(s.own("comp"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let e = Envelope::from_json(&raw[0]).unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.func.as_str()),
+        ("ord-2:failure", "on_failure")
+    );
+    assert_eq!(e.kwargs["error"], "negative amount");
+    assert_eq!(e.kwargs["task"]["id"], "ord-2");
+    // The chained tasks have records too: a prefix query on the upstream id finds the chain.
+    let chain = list(
+        &s,
+        &TaskQuery {
+            id_prefix: Some("ord-1".into()),
+            ..query("results")
+        },
+    )
+    .await;
+    assert_eq!(ids(&chain), ["ord-1:success"]);
+    assert_eq!(chain[0].status, "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_destinations_are_delivered_at_least_once_with_retries() {
+    use http_body_util::{BodyExt, Full};
+    let s = Space::new("rec-dest-url");
+    let received = Arc::new(std::sync::Mutex::new(
+        Vec::<(String, serde_json::Value)>::new(),
+    ));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (rec, calls2) = (received.clone(), calls.clone());
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (rec, calls) = (rec.clone(), calls2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (rec, calls) = (rec.clone(), calls.clone());
+                        async move {
+                            let id = req.headers()["x-funcscale-delivery-id"]
+                                .to_str()
+                                .unwrap()
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            // The very first delivery fails: the outbox must retry it.
+                            let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                                503
+                            } else {
+                                200
+                            };
+                            if status == 200 {
+                                rec.lock()
+                                    .unwrap()
+                                    .push((id, serde_json::from_slice(&body).unwrap()));
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let mut con = s.con().await;
+    let url = format!("http://{addr}/hook");
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            on_success: Some(Destination::Url(url.clone())),
+            on_failure: Some(Destination::Url(url.clone())),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut bad = s.env("u-2", "fail", "q", json!(["nope"]));
+    bad.max_retries = 0;
+    s.enqueue("q", &[s.env("u-1", "noop", "q", json!([])), bad])
+        .await;
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    wait_until("both delivered", Duration::from_secs(15), || async {
+        received.lock().unwrap().len() == 2
+    })
+    .await;
+    wait_until("outbox empty", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &s.keys.outbox()]).await == 0
+    })
+    .await;
+    w.stop().await;
+    server.abort();
+    let mut got = received.lock().unwrap().clone();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[0].0, "u-1:success");
+    assert_eq!(got[0].1["event"], "success");
+    assert_eq!(got[0].1["task"]["id"], "u-1");
+    assert_eq!(got[0].1["result"], json!(null));
+    assert_eq!(got[1].0, "u-2:failure");
+    assert_eq!(got[1].1["error"], "nope");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "one failed delivery, retried"
+    );
+    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 0);
+}
+
+#[tokio::test]
+async fn record_keys_written_by_lua_match_the_rust_key_names() {
+    let s = Space::new("rec-keys");
+    s.enqueue("q", &[s.env("k1", "f", "q", json!([]))]).await;
+    for key in [
+        s.keys.task("k1"),
+        s.keys.tasks("q"),
+        s.keys.tasks_ids("q"),
+        s.keys.tasks_func("q", "f"),
+        s.keys.tasks_status("q", TaskStatus::Queued),
+        s.keys.counts("q", now_ms() / 60_000),
+    ] {
+        assert_eq!(s.int(&["EXISTS", &key]).await, 1, "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_counts_are_exported_as_prometheus_gauges() {
+    use prometheus::Encoder as _;
+    let s = Space::new("rec-prom");
+    let envs: Vec<Envelope> = (0..7)
+        .map(|i| s.env(&format!("m{i}"), "sleep", "q", json!([60_000])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    let metrics = funcscale_worker::metrics::Metrics::new();
+    let w = Running::start(
+        builder(&s, &["q"], 2)
+            .metrics(metrics.clone())
+            .configure(|c| c.drain_timeout = Duration::from_millis(100)),
+    )
+    .await;
+    let text = || {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&metrics.registry.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    wait_until(
+        "gauges show the backlog",
+        Duration::from_secs(25),
+        || async {
+            let t = text();
+            t.contains("funcscale_queue_depth{queue=\"q\"} 5")
+                && t.contains("funcscale_queue_tasks_executing{queue=\"q\"} 2")
+        },
+    )
+    .await;
+    assert!(text().contains("funcscale_queue_dead_letters{queue=\"q\"} 0"));
+    w.stop().await;
+}

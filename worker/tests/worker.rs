@@ -1,0 +1,629 @@
+//! Worker runtime against the real Redis: delivery and ack, recovery of a dead worker's
+//! tasks, retries with backoff and dead letters, time limits, fairness, handlers, metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{REDIS_URL, Space, wait_until};
+use funcscale_worker::handler::{Handler, TaskError};
+use funcscale_worker::protocol::{Envelope, QueueStats};
+use funcscale_worker::worker::{Order, Worker, WorkerBuilder, now_ms};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// A running in-process worker; `stop` drains it.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(b: WorkerBuilder) -> Self {
+        let worker = b.build().await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn builder(s: &Space, queues: &[&str], processes: usize) -> WorkerBuilder {
+    Worker::builder()
+        .redis_url(REDIS_URL)
+        .prefix(s.prefix.clone())
+        .queues(queues.iter().copied())
+        .processes(processes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_and_acknowledges() {
+    let s = Space::new("deliver");
+    let set = s.own("done");
+    let envs: Vec<Envelope> = (0..200)
+        .map(|i| s.env(&format!("t{i}"), "record", "q", json!([set])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    assert_eq!(s.stat("q", "enqueued").await, 200);
+    let w = Running::start(builder(&s, &["q"], 3)).await;
+    wait_until(
+        "200 tasks recorded and acknowledged",
+        Duration::from_secs(20),
+        || async { s.int(&["SCARD", &set]).await == 200 && s.stat("q", "completed").await == 200 },
+    )
+    .await;
+    // Nothing left waiting or in flight, and the stats hash parses.
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 0);
+    let mut con = s.con().await;
+    let inflight: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:inflight:*", s.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for k in inflight {
+        assert_eq!(s.int(&["LLEN", &k]).await, 0, "{k}");
+    }
+    let pairs: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(s.keys.stats("q"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let stats = QueueStats::from_pairs(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    assert_eq!(stats.completed, 200);
+    assert!(stats.ewma_ms.is_some() && stats.percentile_ms(0.5).is_some());
+    // Three live slots heartbeat into the workers set.
+    assert_eq!(s.int(&["ZCARD", &s.keys.workers()]).await, 3);
+    w.stop().await;
+    assert_eq!(
+        s.int(&["ZCARD", &s.keys.workers()]).await,
+        0,
+        "slots deregister on drain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_tasks_of_a_dead_worker() {
+    let s = Space::new("recover");
+    let set = s.own("done");
+    // A worker slot that died 10 s ago with three tasks in flight.
+    let mut con = s.con().await;
+    let ghost = "ghost-1.0";
+    let _: () = redis::cmd("ZADD")
+        .arg(s.keys.workers())
+        .arg(now_ms() - 10_000)
+        .arg(ghost)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let e = s.env(&format!("lost{i}"), "record", "q", json!([set]));
+        let _: () = redis::cmd("LPUSH")
+            .arg(s.keys.inflight(ghost))
+            .arg(e.to_json())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let w = Running::start(builder(&s, &["q"], 2).configure(|c| c.worker_ttl_ms = 1_000)).await;
+    wait_until(
+        "the dead worker's tasks ran",
+        Duration::from_secs(10),
+        || async { s.int(&["SCARD", &set]).await == 3 },
+    )
+    .await;
+    assert_eq!(s.int(&["LLEN", &s.keys.inflight(ghost)]).await, 0);
+    wait_until(
+        "the dead slot is forgotten",
+        Duration::from_secs(5),
+        || async { s.int(&["ZSCORE", &s.keys.workers(), ghost]).await == 0 },
+    )
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_backoff_then_dead_letters() {
+    let s = Space::new("retry");
+    let mut e = s.env("f1", "fail", "q", json!(["boom"]));
+    e.max_retries = 2;
+    s.enqueue("q", &[e]).await;
+    let started = Instant::now();
+    let w = Running::start(builder(&s, &["q"], 1).configure(|c| c.retry_base_ms = 200)).await;
+    wait_until("dead letter", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.dead("q")]).await == 1
+    })
+    .await;
+    // Backoff: >= 100 ms (200 ± 50%) then >= 200 ms (400 ± 50%).
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut con = s.con().await;
+    let raw: String = redis::cmd("LINDEX")
+        .arg(s.keys.dead("q"))
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let dead = Envelope::from_json(&raw).unwrap();
+    assert_eq!(
+        (dead.id.as_str(), dead.attempt, dead.error.as_deref()),
+        ("f1", 2, Some("boom"))
+    );
+    assert_eq!(s.stat("q", "failed").await, 3);
+    assert_eq!(s.stat("q", "retried").await, 2);
+    assert_eq!(s.stat("q", "dead").await, 1);
+    assert_eq!(
+        s.stat("q", "enqueued").await,
+        3,
+        "retries count as arrivals"
+    );
+    assert_eq!(s.int(&["ZCARD", &s.keys.delayed("q")]).await, 0);
+    // An unknown function is not retried.
+    s.enqueue("q", &[s.env("u1", "nope", "q", json!([]))]).await;
+    wait_until(
+        "unknown function dead-lettered",
+        Duration::from_secs(5),
+        || async { s.int(&["LLEN", &s.keys.dead("q")]).await == 2 },
+    )
+    .await;
+    assert_eq!(s.stat("q", "retried").await, 2);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_and_hard_time_limits() {
+    let s = Space::new("limits");
+    let told = s.own("told");
+    let told2 = told.clone();
+    let w = Running::start(builder(&s, &["q"], 2).handler("patient", move |mut ctx| {
+        let told = told2.clone();
+        async move {
+            // Works until told that the soft limit passed, then wraps up cleanly.
+            ctx.soft_limit().await;
+            let mut con = ctx.redis();
+            let _: i64 = redis::cmd("SADD")
+                .arg(&told)
+                .arg(&ctx.envelope.id)
+                .query_async(&mut con)
+                .await?;
+            Ok::<_, TaskError>(json!("wrapped up"))
+        }
+    }))
+    .await;
+    let mut soft = s.env("soft", "patient", "q", json!([]));
+    soft.soft_timeout_s = Some(1);
+    let mut hard = s.env("hard", "sleep", "q", json!([60_000]));
+    hard.hard_timeout_s = Some(1);
+    hard.max_retries = 0;
+    let started = Instant::now();
+    s.enqueue("q", &[soft, hard]).await;
+    wait_until(
+        "soft limit observed and hard limit enforced",
+        Duration::from_secs(8),
+        || async {
+            s.int(&["SISMEMBER", &told, "soft"]).await == 1
+                && s.int(&["LLEN", &s.keys.dead("q")]).await == 1
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut con = s.con().await;
+    let raw: String = redis::cmd("LINDEX")
+        .arg(s.keys.dead("q"))
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        Envelope::from_json(&raw)
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("hard time limit")
+    );
+    wait_until("soft task completed", Duration::from_secs(5), || async {
+        s.stat("q", "completed").await == 1
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_order_does_not_starve_a_queue() {
+    let s = Space::new("fair");
+    let set = s.own("b");
+    let busy: Vec<Envelope> = (0..2_000)
+        .map(|i| s.env(&format!("a{i}"), "sleep", "a", json!([1])))
+        .collect();
+    s.enqueue("a", &busy).await;
+    let few: Vec<Envelope> = (0..20)
+        .map(|i| s.env(&format!("b{i}"), "record", "b", json!([set])))
+        .collect();
+    s.enqueue("b", &few).await;
+    let w = Running::start(builder(&s, &["a", "b"], 1)).await;
+    wait_until("queue b served", Duration::from_secs(20), || async {
+        s.int(&["SCARD", &set]).await == 20
+    })
+    .await;
+    let a_done = s.stat("a", "completed").await;
+    // Alternating fetches: about 20 of a for 20 of b, far from the 2,000 waiting.
+    assert!(a_done <= 60, "a completed {a_done} before b's 20");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_order_serves_the_first_queue_first() {
+    let s = Space::new("prio");
+    let set = s.own("low");
+    s.enqueue(
+        "high",
+        &(0..50)
+            .map(|i| s.env(&format!("h{i}"), "noop", "high", json!([])))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    s.enqueue("low", &[s.env("l0", "record", "low", json!([set]))])
+        .await;
+    let w =
+        Running::start(builder(&s, &["high", "low"], 1).configure(|c| c.order = Order::Priority))
+            .await;
+    wait_until("low served", Duration::from_secs(10), || async {
+        s.int(&["SCARD", &set]).await == 1
+    })
+    .await;
+    assert_eq!(s.stat("high", "completed").await, 50);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_handler_runs_real_processes() {
+    let s = Space::new("exec");
+    let dir = std::env::temp_dir().join(&s.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("ids");
+    // Any language: a shell handler that reads the envelope on stdin, records the task id,
+    // fails for func "bad" and prints a JSON result.
+    let script = dir.join("handler.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nbody=$(cat)\ncase \"$body\" in *'\"func\":\"bad\"'*) echo 'bad input' >&2; exit 3;; esac\necho \"$FUNCSCALE_TASK_ID\" >> {}\necho '{{\"ok\": true}}'\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let handler = Handler::parse(&format!("exec:sh {}", script.display())).unwrap();
+    let w = Running::start(
+        builder(&s, &["q"], 3)
+            .handler_kind(handler)
+            .configure(|c| c.hard_time_limit = Some(Duration::from_secs(30))),
+    )
+    .await;
+    let mut envs: Vec<Envelope> = (0..20)
+        .map(|i| s.env(&format!("x{i}"), "good", "q", json!([i])))
+        .collect();
+    let mut bad = s.env("bad1", "bad", "q", json!([]));
+    bad.max_retries = 0;
+    envs.push(bad);
+    s.enqueue("q", &envs).await;
+    wait_until(
+        "20 executions and one dead letter",
+        Duration::from_secs(20),
+        || async {
+            s.stat("q", "completed").await == 20 && s.int(&["LLEN", &s.keys.dead("q")]).await == 1
+        },
+    )
+    .await;
+    let ids = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(ids.lines().count(), 20);
+    let mut con = s.con().await;
+    let raw: String = redis::cmd("LINDEX")
+        .arg(s.keys.dead("q"))
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let err = Envelope::from_json(&raw).unwrap().error.unwrap();
+    assert!(err.contains("bad input") && err.contains('3'), "{err}");
+    w.stop().await;
+
+    // Hard limit kills the child.
+    let s2 = Space::new("exec-hard");
+    let w = Running::start(
+        builder(&s2, &["q"], 1).handler_kind(Handler::parse("exec:sleep 30").unwrap()),
+    )
+    .await;
+    let mut slow = s2.env("slow", "slow", "q", json!([]));
+    slow.hard_timeout_s = Some(1);
+    slow.max_retries = 0;
+    let started = Instant::now();
+    s2.enqueue("q", &[slow]).await;
+    wait_until(
+        "killed at the hard limit",
+        Duration::from_secs(6),
+        || async { s2.int(&["LLEN", &s2.keys.dead("q")]).await == 1 },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    w.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handler_posts_to_a_real_server() {
+    use http_body_util::{BodyExt, Full};
+    let s = Space::new("http");
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Envelope>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rec = received.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let rec = rec.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let env =
+                                Envelope::from_json(std::str::from_utf8(&body).unwrap()).unwrap();
+                            let status = if env.func == "broken" { 500 } else { 200 };
+                            rec.lock().unwrap().push(env);
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(bytes::Bytes::from_static(b"{\"done\":1}")))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let handler = Handler::parse(&format!("http://{addr}/run")).unwrap();
+    let w = Running::start(builder(&s, &["q"], 4).handler_kind(handler)).await;
+    let mut envs: Vec<Envelope> = (0..30)
+        .map(|i| s.env(&format!("h{i}"), "hello", "q", json!([i])))
+        .collect();
+    let mut broken = s.env("b1", "broken", "q", json!([]));
+    broken.max_retries = 0;
+    envs.push(broken);
+    s.enqueue("q", &envs).await;
+    wait_until(
+        "30 posted and acknowledged, one dead",
+        Duration::from_secs(15),
+        || async {
+            s.stat("q", "completed").await == 30 && s.int(&["LLEN", &s.keys.dead("q")]).await == 1
+        },
+    )
+    .await;
+    let mut ids: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.func == "hello")
+        .map(|e| e.id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30);
+    w.stop().await;
+    server.abort();
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let s = Space::new("metrics");
+    let worker = builder(&s, &["q"], 1).build().await.unwrap();
+    let (addr, server) = funcscale_worker::metrics::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        worker.metrics(),
+        worker.health(),
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    s.enqueue("q", &[s.env("m1", "noop", "q", json!([]))]).await;
+    wait_until("task done", Duration::from_secs(5), || async {
+        s.stat("q", "completed").await == 1
+    })
+    .await;
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("funcscale_worker_tasks_succeeded_total{func=\"noop\",queue=\"q\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("funcscale_worker_task_duration_seconds_bucket"));
+    assert!(body.contains("funcscale_worker_tasks_inflight"));
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    server.abort();
+
+    // readyz turns false when Redis goes away: a private redis-server we then kill.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut redis_child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut manager = None;
+    for _ in 0..100 {
+        if let Ok(c) = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_manager()
+            .await
+        {
+            manager = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = funcscale_worker::metrics::Health::new(manager.expect("private redis-server up"));
+    let (addr, server) = funcscale_worker::metrics::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        funcscale_worker::metrics::Metrics::new(),
+        health,
+    )
+    .await
+    .unwrap();
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    redis_child.kill().await.unwrap();
+    wait_until(
+        "readyz reports Redis down",
+        Duration::from_secs(10),
+        || async { http_get(addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    assert_eq!(
+        http_get(addr, "/healthz").await.0,
+        200,
+        "liveness does not depend on Redis"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_children_are_replaced_after_max_tasks_and_memory() {
+    let s = Space::new("pool");
+    let dir = std::env::temp_dir().join(&s.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let script = dir.join("child.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"import json, os, signal, sys, time
+told = False
+def on_soft(*_):
+    global told
+    told = True
+signal.signal(signal.SIGUSR1, on_soft)
+for line in sys.stdin:
+    env = json.loads(line)
+    f = env["func"]
+    if f == "pid":
+        with open({log:?}, "a") as out: out.write(f"{{os.getpid()}}\n")
+        print(json.dumps({{"ok": True, "result": os.getpid()}}), flush=True)
+    elif f == "grow":
+        hog = b"x" * (300 * 1024 * 1024)
+        time.sleep(30)
+    elif f == "soft":
+        while not told: time.sleep(0.01)
+        with open({log:?}, "a") as out: out.write("told\n")
+        print(json.dumps({{"ok": True, "result": "wrapped up"}}), flush=True)
+    else:
+        print("noise on stdout", flush=True)
+        print(json.dumps({{"ok": False, "error": "no such function " + f}}), flush=True)
+"#,
+            log = log.display().to_string()
+        ),
+    )
+    .unwrap();
+    let handler = Handler::parse(&format!("pool:python3 -u {}", script.display())).unwrap();
+    let w = Running::start(builder(&s, &["q"], 1).handler_kind(handler).configure(|c| {
+        c.max_tasks_per_child = Some(3);
+        c.max_memory_per_child_kib = Some(100 * 1024);
+    }))
+    .await;
+    let mut envs: Vec<Envelope> = (0..9)
+        .map(|i| s.env(&format!("p{i}"), "pid", "q", json!([])))
+        .collect();
+    let mut grow = s.env("g", "grow", "q", json!([]));
+    grow.max_retries = 0;
+    let mut soft = s.env("s", "soft", "q", json!([]));
+    soft.soft_timeout_s = Some(1);
+    let mut other = s.env("o", "other", "q", json!([]));
+    other.max_retries = 0;
+    envs.extend([grow, soft, other]);
+    s.enqueue("q", &envs).await;
+    wait_until(
+        "10 completed and 2 dead",
+        Duration::from_secs(30),
+        || async {
+            s.stat("q", "completed").await == 10 && s.int(&["LLEN", &s.keys.dead("q")]).await == 2
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut pids: Vec<&str> = text.lines().filter(|l| *l != "told").collect();
+    assert_eq!(pids.len(), 9);
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "a child per 3 tasks: {text}");
+    assert!(text.contains("told"), "the soft limit reached the child");
+    let mut con = s.con().await;
+    let dead: Vec<String> = redis::cmd("LRANGE")
+        .arg(s.keys.dead("q"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let errors: Vec<String> = dead
+        .iter()
+        .map(|r| Envelope::from_json(r).unwrap().error.unwrap())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("memory limit")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("no such function other")),
+        "{errors:?}"
+    );
+    w.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -142,6 +142,16 @@ impl History {
     fn highest(&self) -> Option<i32> {
         self.recommendations.iter().map(|(_, r)| *r).max()
     }
+
+    /// When the highest recommendation inside the window leaves it (ms), i.e. when a
+    /// scale-down held by the stabilization window can next go further. `None` if nothing is
+    /// remembered.
+    pub fn hold_ends_ms(&self, window_ms: u64) -> Option<u64> {
+        // newer, higher values pop older lower ones, so the front is the highest
+        self.recommendations
+            .front()
+            .map(|(t, _)| t.saturating_add(window_ms).saturating_add(1))
+    }
 }
 
 /// The rule that produced a size.
@@ -560,6 +570,8 @@ mod tests {
                 "t={t}: {}",
                 d.message
             );
+            // the hold says when it ends, so an idle pool can come back by itself
+            assert_eq!(h.hold_ends_ms(10_000), Some(10_001), "t={t}");
         }
         let d = decide(&c, &input(10_001, 10, Some(quiet)), &mut h);
         assert_eq!((d.desired, d.rule), (1, Rule::QueueLoad), "{}", d.message);

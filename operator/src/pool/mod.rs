@@ -65,17 +65,25 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         .as_ref()
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas);
-    let sizing = {
+    let (sizing, hold_ends_ms) = {
         let mut histories = ctx.histories.lock().expect("history lock");
         let history = histories.entry(key.clone()).or_default();
-        size::size(
+        let sizing = size::size(
             &pool,
             valid.beat_conflict.as_deref(),
             &readings,
             current,
             now_ms,
             history,
-        )
+        );
+        let window_ms = pool
+            .spec
+            .autoscaling
+            .as_ref()
+            .map(|a| crate::policy::PolicyConfig::from_autoscaling(a, pool.spec.processes_per_pod))
+            .map(|c| c.scale_down_stabilization_ms);
+        let ends = window_ms.and_then(|w| history.hold_ends_ms(w));
+        (sizing, ends)
     };
 
     let desired = match build::build(&pool, &ns, &valid, sizing.replicas, &ctx.config) {
@@ -158,7 +166,30 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     status::patch(&api, &pool, &name, st).await?;
     ctx.backoff.succeeded(&format!("pool:{key}"));
     timer.observe_duration();
-    Ok(Action::requeue(ctx.config.resync))
+    Ok(Action::requeue(next_reconcile(
+        &sizing,
+        hold_ends_ms,
+        now_ms,
+        ctx.config.resync,
+    )))
+}
+
+/// When to look at the pool again without a trigger. Idle queues produce no poll-loop
+/// trigger, so a scale-down held by the stabilization window must come back by itself when
+/// the window lets it go further, or the pool would linger until the periodic resync.
+fn next_reconcile(
+    sizing: &size::Sizing,
+    hold_ends_ms: Option<u64>,
+    now_ms: u64,
+    resync: std::time::Duration,
+) -> std::time::Duration {
+    match (sizing.decision.rule, hold_ends_ms) {
+        (crate::policy::Rule::Stabilized, Some(at)) => {
+            let wait = std::time::Duration::from_millis(at.saturating_sub(now_ms));
+            wait.clamp(std::time::Duration::from_millis(200), resync)
+        }
+        _ => resync,
+    }
 }
 
 async fn invalid(
@@ -252,4 +283,45 @@ pub fn queue_to_pools(
     pools: Store<FuncWorkerPool>,
 ) -> impl Fn(FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
     move |q: FuncQueue| pools_for_queue(&pools, &q.namespace().unwrap_or_default(), &q.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::next_reconcile;
+    use crate::policy::{Decision, Rule};
+    use crate::pool::size::{MetricsState, Sizing};
+
+    fn sizing(rule: Rule) -> Sizing {
+        Sizing {
+            replicas: Some(1),
+            decision: Decision {
+                rule,
+                ..Decision::fixed(1)
+            },
+            metrics: MetricsState::Available,
+            depths: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_held_scale_down_comes_back_when_the_window_ends() {
+        let resync = Duration::from_secs(60);
+        let held = sizing(Rule::Stabilized);
+        assert_eq!(
+            next_reconcile(&held, Some(13_001), 10_000, resync),
+            Duration::from_millis(3_001)
+        );
+        // never a busy loop, never later than the resync
+        assert_eq!(
+            next_reconcile(&held, Some(9_000), 10_000, resync),
+            Duration::from_millis(200)
+        );
+        assert_eq!(next_reconcile(&held, Some(999_999), 0, resync), resync);
+        assert_eq!(
+            next_reconcile(&sizing(Rule::QueueLoad), Some(13_001), 10_000, resync),
+            resync
+        );
+    }
 }

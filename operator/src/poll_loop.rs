@@ -13,31 +13,53 @@ use crate::pool::pools_for_queue;
 use crate::redis_metrics::{PollReport, Poller, PollerConfig};
 use crate::telemetry::Health;
 
-/// One poll: prune deleted queues, read Redis, record metrics; returns the report and the
-/// pools to reconcile.
+/// One poll: prune deleted queues and pools (and their metric series), read Redis, record
+/// metrics; returns the report and the pools to reconcile.
 pub async fn tick(
     ctx: &Context,
     poller: &mut Poller,
 ) -> (PollReport, Vec<ObjectRef<FuncWorkerPool>>) {
     let queues = ctx.queues.clone();
+    let mut gone_queues = Vec::new();
     ctx.registry.retain(|id| {
-        queues
+        let keep = queues
             .get(&ObjectRef::new(&id.name).within(&id.namespace))
-            .is_some()
+            .is_some();
+        if !keep {
+            gone_queues.push(id.clone());
+        }
+        keep
     });
-    // forget the policy history and apply record of deleted pools
+    // a deleted object's series would otherwise report its last value forever
+    for id in gone_queues {
+        let _ = ctx
+            .metrics
+            .queue_depth
+            .remove_label_values(&[&id.namespace, &id.name]);
+    }
+    // forget the policy history, apply record and series of deleted pools
     let live = |key: &String| {
         key.split_once('/')
             .is_some_and(|(ns, name)| ctx.pools.get(&ObjectRef::new(name).within(ns)).is_some())
     };
-    ctx.histories
-        .lock()
-        .expect("history lock")
-        .retain(|k, _| live(k));
+    let mut gone_pools = Vec::new();
+    ctx.histories.lock().expect("history lock").retain(|k, _| {
+        let keep = live(k);
+        if !keep {
+            gone_pools.push(k.clone());
+        }
+        keep
+    });
     ctx.applied
         .lock()
         .expect("applied lock")
         .retain(|k, _| live(k));
+    for key in gone_pools {
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = ctx.metrics.pool_desired.remove_label_values(&[ns, name]);
+            let _ = ctx.metrics.pool_current.remove_label_values(&[ns, name]);
+        }
+    }
     let started = std::time::Instant::now();
     let report = poller.poll_once(ctx.now_ms()).await;
     ctx.metrics

@@ -858,3 +858,57 @@ async fn a_depth_change_reaches_the_deployment_within_one_poll() {
     );
     let _: () = con.del(keys.queue("q1")).await.unwrap();
 }
+
+/// A deleted queue or pool leaves no metric series behind (it would report its last value
+/// forever and keep alerts firing).
+#[tokio::test]
+async fn deleted_objects_leave_no_metric_series() {
+    use funcscale_operator::poll_loop;
+    use funcscale_operator::redis_metrics::{Poller, PollerConfig};
+    use funcscale_worker::protocol::Keys;
+
+    let prefix = format!("series-{}-{}", std::process::id(), T0);
+    let config = Config {
+        keys: Keys::new(&prefix),
+        ..Config::default()
+    };
+    let mut env = Env::with_config(false, config).await;
+    let q = env.add_queue("gone-q", queue_spec()).await;
+    let p = env.add_pool("gone-w", autoscaled(&["gone-q"], 1, 5)).await;
+    let mut poller = Poller::new(
+        env.ctx.registry.clone(),
+        env.ctx.cache.clone(),
+        PollerConfig::default(),
+    );
+    queue::reconcile(Arc::new(q.clone()), env.ctx.clone())
+        .await
+        .unwrap();
+    poll_loop::tick(&env.ctx, &mut poller).await;
+    queue::reconcile(Arc::new(q.clone()), env.ctx.clone())
+        .await
+        .unwrap();
+    env.reconcile_pool("gone-w").await.unwrap();
+    let text = env.ctx.metrics.encode();
+    for series in [
+        "funcscale_queue_depth{name=\"gone-q\"",
+        "funcscale_pool_desired_replicas{name=\"gone-w\"",
+    ] {
+        let metric = series.split('{').next().unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(metric) && l.contains("gone-")),
+            "{series} missing before the delete:\n{text}"
+        );
+    }
+
+    env.queues_w.apply_watcher_event(&watcher::Event::Delete(q));
+    env.pools_w.apply_watcher_event(&watcher::Event::Delete(p));
+    poll_loop::tick(&env.ctx, &mut poller).await;
+    let text = env.ctx.metrics.encode();
+    assert!(
+        !text
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("\"gone-")),
+        "series of deleted objects remain:\n{text}"
+    );
+}

@@ -191,7 +191,9 @@ fn size_and_build_1000_pools() {
                 queues: vec![(format!("q{i}"), Some(queues[i].clone()))],
                 ..Default::default()
             };
-            let valid = validate::validate(p, "bench", &d).unwrap();
+            let valid =
+                validate::validate(p, "bench", &d, &funcscale_worker::protocol::Keys::default())
+                    .unwrap();
             let readings = vec![(
                 format!("q{i}"),
                 Some(Reading::Ok(QueueMetrics {

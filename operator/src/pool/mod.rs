@@ -41,7 +41,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     let now = rfc3339(now_ms);
 
     let deref = dereference::dereference(&pool, &ns, &ctx).await?;
-    let valid = match validate::validate(&pool, &ns, &deref) {
+    let valid = match validate::validate(&pool, &ns, &deref, &ctx.config.keys) {
         Ok(v) => v,
         Err(Error::InvalidSpec { field, reason }) => {
             return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;

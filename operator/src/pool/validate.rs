@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use funcscale_worker::protocol::Keys;
 use kube::ResourceExt;
 
 use super::dereference::Dereferenced;
@@ -34,8 +35,8 @@ pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
-/// Check `pool` against what it points at.
-pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced) -> Result<Valid> {
+/// Check `pool` against what it points at. `keys`: the key layout the worker pods use.
+pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) -> Result<Valid> {
     let queues: Vec<Arc<FuncQueue>> = match pool.spec.role {
         PoolRole::Worker => {
             if d.queues.is_empty() {
@@ -74,6 +75,21 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced) -> Result<Val
                         "FuncQueue {} is a {:?} queue: funcscale-worker cannot run its tasks; set image and command to that system's worker",
                         q.name_any(),
                         q.spec.format
+                    ),
+                ));
+            }
+            // funcscale-worker takes tasks from the protocol's list; a FuncQueue whose `key`
+            // names another list would be measured by the operator but never served
+            let name = q.name_any();
+            if let Some(key) = q.spec.key.as_deref()
+                && key != keys.queue(&name)
+            {
+                return Err(Error::invalid(
+                    format!("spec.queues[{i}]"),
+                    format!(
+                        "FuncQueue {name} sets spec.key {key:?}, but funcscale-worker takes its tasks from {:?}; remove spec.key (producers push to {:?}) or set image and command to the worker that reads {key:?}",
+                        keys.queue(&name),
+                        keys.queue(&name)
                     ),
                 ));
             }
@@ -182,14 +198,14 @@ mod tests {
             queues: vec![("c".into(), Some(q("c", QueueFormat::Celery)))],
             ..Default::default()
         };
-        let err = validate(&pool, "ns", &d).unwrap_err();
+        let err = validate(&pool, "ns", &d, &Keys::default()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("spec.queues[0]: FuncQueue c is a Celery queue"),
             "{err}"
         );
         pool.spec.command = vec!["celery".into(), "-A".into(), "app".into(), "worker".into()];
-        assert!(validate(&pool, "ns", &d).is_ok());
+        assert!(validate(&pool, "ns", &d, &Keys::default()).is_ok());
     }
 
     #[test]
@@ -213,10 +229,42 @@ mod tests {
             ],
             ..Default::default()
         };
-        let err = validate(&pool, "ns", &d).unwrap_err();
+        let err = validate(&pool, "ns", &d, &Keys::default()).unwrap_err();
         assert!(
             err.to_string().contains("different Redis connections"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_custom_key_is_refused_unless_the_pool_brings_its_worker() {
+        let keys = Keys::new("fs");
+        let mut pool = FuncWorkerPool::new(
+            "w",
+            FuncWorkerPoolSpec {
+                queues: vec!["a".into()],
+                ..Default::default()
+            },
+        );
+        let with_key = |key: &str| {
+            let mut spec = FuncQueueSpec::default();
+            spec.key = Some(key.into());
+            Dereferenced {
+                queues: vec![("a".into(), Some(Arc::new(FuncQueue::new("a", spec))))],
+                ..Default::default()
+            }
+        };
+        let err = validate(&pool, "ns", &with_key("legacy:jobs"), &keys).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "spec.queues[0]: FuncQueue a sets spec.key \"legacy:jobs\", but funcscale-worker takes its tasks from \"fs:q:a\""
+            ),
+            "{err}"
+        );
+        // spelling out the default is harmless
+        assert!(validate(&pool, "ns", &with_key("fs:q:a"), &keys).is_ok());
+        // a pool with its own worker command reads whatever it reads
+        pool.spec.command = vec!["my-worker".into()];
+        assert!(validate(&pool, "ns", &with_key("legacy:jobs"), &keys).is_ok());
     }
 }

@@ -247,8 +247,10 @@ mod tests {
             },
         );
         let with_key = |key: &str| {
-            let mut spec = FuncQueueSpec::default();
-            spec.key = Some(key.into());
+            let spec = FuncQueueSpec {
+                key: Some(key.into()),
+                ..Default::default()
+            };
             Dereferenced {
                 queues: vec![("a".into(), Some(Arc::new(FuncQueue::new("a", spec))))],
                 ..Default::default()

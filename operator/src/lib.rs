@@ -4,6 +4,7 @@ pub mod capacity;
 pub mod cli;
 pub mod cli_run;
 pub mod conditions;
+pub mod connection;
 pub mod context;
 pub mod crd;
 pub mod crd_ext;

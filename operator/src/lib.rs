@@ -12,6 +12,7 @@ pub mod cron_rate;
 pub mod error;
 pub mod http;
 pub mod leader;
+pub mod plugin;
 pub mod policy;
 pub mod poll_loop;
 pub mod pool;

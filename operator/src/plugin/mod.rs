@@ -31,7 +31,6 @@ use resolve::{KubeArgs, Route, UrlFlag, route};
     name = "kubectl-funcscale",
     bin_name = "kubectl funcscale",
     version,
-    about,
     after_help = "Redis: each queue is read through its FuncQueue's spec.redis (Secrets read \
                   through the API). --redis-url on the command line overrides that for every \
                   queue (e.g. through kubectl port-forward); --redis-url / FUNCSCALE_REDIS_URL \

@@ -418,6 +418,26 @@ async fn tasks_and_dead_letters_use_the_queues_connection_and_the_contexts_names
     assert!(text.starts_with("order-1-bad "), "{text}");
     assert!(text.contains("failed on purpose"), "{text}");
 
+    // `tasks show` names no queue: the record is found through the namespace's FuncQueues
+    let out = f
+        .plugin_with(&kubeconfig, &["tasks", "show", "order-1-bad"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&record["id"], &record["status"]),
+        (&json!("order-1-bad"), &json!("dead"))
+    );
+    let out = f
+        .plugin_with(&kubeconfig, &["tasks", "show", "order-404"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no record of task \"order-404\""),
+        "{}",
+        stderr(&out)
+    );
+
     // -n overrides the context's namespace: nothing named q8 in `default`
     let out = f
         .plugin_with(

@@ -204,6 +204,9 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Tasks {
+            action: TasksAction::Show { id },
+        } if !flag.explicit => show_task(&cli.kube, &flag, &keys, id, cli.verbose).await,
         Command::Tasks { action } => {
             let queue = match &action {
                 TasksAction::List { queue, .. } | TasksAction::Counts { queue, .. } => {
@@ -236,6 +239,93 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
     }
 }
 
+/// `tasks show ID` names no queue: look for the record in the Redis of every FuncQueue of the
+/// namespace (each connection once), and in `FUNCSCALE_REDIS_URL`'s.
+async fn show_task(
+    kube: &KubeArgs,
+    flag: &UrlFlag,
+    keys: &Keys,
+    id: String,
+    verbose: bool,
+) -> Result<(), Failure> {
+    let (client, ns) = kube_client(kube).await?;
+    let queues = Api::<FuncQueue>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map_err(|e| {
+            Failure::Failed(anyhow::anyhow!(
+                "listing FuncQueues in namespace {ns}: {e}; pass --redis-url to read Redis directly"
+            ))
+        })?;
+    let mut endpoints: Vec<(RedisEndpoint, String)> = Vec::new();
+    let mut problems = Vec::new();
+    for q in &queues.items {
+        let name = q.metadata.name.clone().unwrap_or_default();
+        let found = match route(flag, Some(q), &name, &ns) {
+            Ok(Route::Url { url, why }) => Ok((RedisEndpoint::new(url), why)),
+            Ok(Route::Queue(source)) => {
+                crate::connection::resolve(client.clone(), &q.spec, &ns, &RedisEndpoint::new(""))
+                    .await
+                    .map(|ep| (ep, format!("FuncQueue {ns}/{name} {source}")))
+                    .map_err(|e| format!("FuncQueue {name}: {}", status::resolve_error(&e)))
+            }
+            Err(_) => continue, // no spec.redis and no URL: nothing of its own to search
+        };
+        match found {
+            Ok((ep, why)) if !endpoints.iter().any(|(e, _)| e == &ep) => endpoints.push((ep, why)),
+            Ok(_) => {}
+            Err(p) => problems.push(p),
+        }
+    }
+    if let Some(url) = &flag.url {
+        let ep = RedisEndpoint::new(url.clone());
+        if !endpoints.iter().any(|(e, _)| e == &ep) {
+            endpoints.push((ep, "FUNCSCALE_REDIS_URL".into()));
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(Failure::Usage(format!(
+            "tasks show: no FuncQueue in namespace {ns} has a Redis to search{}; pass --redis-url",
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        )));
+    }
+    for (ep, why) in &endpoints {
+        if verbose {
+            eprintln!("looking for task {id:?} in Redis at {ep} ({why})");
+        }
+        let mut con = match connect(ep.url(), Duration::from_secs(5)).await {
+            Ok(con) => con,
+            Err(e) => {
+                problems.push(format!("cannot reach Redis at {ep} ({why}): {e}"));
+                continue;
+            }
+        };
+        match funcscale_worker::records::show_task(&mut con, keys, &id).await {
+            Ok(Some(_)) => {
+                return tasks_command(&mut con, keys, TasksAction::Show { id })
+                    .await
+                    .map_err(Failure::Failed);
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("reading Redis at {ep} ({why}): {e}")),
+        }
+    }
+    Err(Failure::Failed(anyhow::anyhow!(
+        "no record of task {id:?} in the Redis of the FuncQueues of namespace {ns} ({} \
+         connection(s) searched: never seen, or past retention){}",
+        endpoints.len(),
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", problems.join("; "))
+        }
+    )))
+}
+
 /// A client from the kubeconfig, and the namespace to use.
 async fn kube_client(args: &KubeArgs) -> Result<(Client, String), Failure> {
     let config = resolve::kube_config(args).await?;
@@ -258,19 +348,11 @@ async fn queue_connection(
             RedisEndpoint::new(flag.url.clone().unwrap_or_default()),
             "--redis-url".to_string(),
         ),
-        None => match &flag.url {
-            Some(url) => (
-                RedisEndpoint::new(url.clone()),
-                "FUNCSCALE_REDIS_URL".into(),
-            ),
-            None => {
-                return Err(Failure::Usage(
-                    "tasks show has no --queue to find the Redis by: pass --redis-url (or set \
-                     FUNCSCALE_REDIS_URL)"
-                        .into(),
-                ));
-            }
-        },
+        None => {
+            return Err(Failure::Usage(
+                "tasks show without a queue: pass --redis-url".into(),
+            ));
+        }
         Some(name) => {
             let (client, ns) = kube_client(kube).await?;
             let api: Api<FuncQueue> = Api::namespaced(client.clone(), &ns);

@@ -263,12 +263,10 @@ async fn show_task(
         let name = q.metadata.name.clone().unwrap_or_default();
         let found = match route(flag, Some(q), &name, &ns) {
             Ok(Route::Url { url, why }) => Ok((RedisEndpoint::new(url), why)),
-            Ok(Route::Queue(source)) => {
-                crate::connection::resolve(client.clone(), &q.spec, &ns, &RedisEndpoint::new(""))
-                    .await
-                    .map(|ep| (ep, format!("FuncQueue {ns}/{name} {source}")))
-                    .map_err(|e| format!("FuncQueue {name}: {}", status::resolve_error(&e)))
-            }
+            Ok(Route::Queue(source)) => own_endpoint(client.clone(), q, &ns)
+                .await
+                .map(|ep| (ep, format!("FuncQueue {ns}/{name} {source}")))
+                .map_err(|e| format!("FuncQueue {name}: {e}")),
             Err(_) => continue, // no spec.redis and no URL: nothing of its own to search
         };
         match found {
@@ -326,6 +324,20 @@ async fn show_task(
     )))
 }
 
+/// The endpoint of a queue routed to its own `spec.redis` ([`Route::Queue`]): Secrets read
+/// through the API; the error is `field: reason`.
+pub(crate) async fn own_endpoint(
+    client: Client,
+    q: &FuncQueue,
+    ns: &str,
+) -> Result<RedisEndpoint, String> {
+    // `route` sends a queue without spec.redis to a URL, so the default is never used here
+    let no_default = RedisEndpoint::new("");
+    crate::connection::resolve(client, &q.spec, ns, &no_default)
+        .await
+        .map_err(|e| status::resolve_error(&e))
+}
+
 /// A client from the kubeconfig, and the namespace to use.
 async fn kube_client(args: &KubeArgs) -> Result<(Client, String), Failure> {
     let config = resolve::kube_config(args).await?;
@@ -379,16 +391,17 @@ async fn queue_connection(
                 }
                 Route::Queue(source) => {
                     let why = format!("FuncQueue {ns}/{name} {source}");
-                    let spec = &q.as_ref().map(|q| q.spec.clone()).unwrap_or_default();
-                    let ep = crate::connection::resolve(client, spec, &ns, &RedisEndpoint::new(""))
-                        .await
-                        .map_err(|e| {
-                            Failure::Failed(anyhow::anyhow!(
-                                "FuncQueue {name} in namespace {ns}: {}; pass --redis-url to \
-                                 read Redis directly",
-                                status::resolve_error(&e)
-                            ))
-                        })?;
+                    let q = q.as_ref().ok_or_else(|| {
+                        Failure::Failed(anyhow::anyhow!(
+                            "internal: FuncQueue {name} routed to its spec.redis but not read"
+                        ))
+                    })?;
+                    let ep = own_endpoint(client, q, &ns).await.map_err(|e| {
+                        Failure::Failed(anyhow::anyhow!(
+                            "FuncQueue {name} in namespace {ns}: {e}; pass --redis-url to read \
+                             Redis directly"
+                        ))
+                    })?;
                     (ep, why)
                 }
             }

@@ -12,7 +12,7 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 
 use super::resolve::{Route, UrlFlag, route};
-use super::{Failure, connect};
+use super::{Failure, connect, own_endpoint};
 use crate::connection;
 use crate::crd::{Condition, FuncQueue, FuncWorkerPool, PoolRole, QueueFormat};
 use crate::error::Error;
@@ -166,9 +166,7 @@ pub async fn gather(
             }
             Ok(Route::Queue(source)) => {
                 view.redis.source = source.to_string();
-                match connection::resolve(client.clone(), &q.spec, &ns, &RedisEndpoint::new(""))
-                    .await
-                {
+                match own_endpoint(client.clone(), q, &ns).await {
                     Ok(ep) => {
                         view.redis.endpoint = Some(ep.redacted());
                         by_endpoint
@@ -177,7 +175,7 @@ pub async fn gather(
                             .1
                             .push(status.queues.len());
                     }
-                    Err(e) => view.redis.error = Some(resolve_error(&e)),
+                    Err(e) => view.redis.error = Some(e),
                 }
             }
         }

@@ -512,6 +512,19 @@ async fn a_missing_queue_is_a_usage_error_unless_a_url_is_given() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--id"), "{}", stderr(&out));
     let out = f
+        .plugin(&[
+            "dead-letters",
+            "purge",
+            "--queue",
+            "q9",
+            "--all",
+            "-n",
+            &f.ns,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "stdin is not a terminal");
+    assert!(stderr(&out).contains("pass --yes"), "{}", stderr(&out));
+    let out = f
         .plugin(&["tasks", "list", "--queue", "q9", "--redis-url", "nonsense"])
         .await;
     assert_eq!(out.status.code(), Some(2));

@@ -230,6 +230,14 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
                     select
                 }
             };
+            if let DeadLettersAction::Purge { yes: false, .. } = &action
+                && !std::io::IsTerminal::is_terminal(&std::io::stdin())
+            {
+                return Err(Failure::Usage(
+                    "refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+                        .into(),
+                ));
+            }
             let queue = select.queue.clone();
             let mut con = queue_connection(&cli.kube, &flag, Some(&queue), cli.verbose).await?;
             dead_letters_command(&mut con, &keys, action)

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -14,7 +13,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::conditions::{self, new};
 use crate::context::{Context, rfc3339};
-use crate::crd::{FuncQueue, PoolRole, SecretKeyRef};
+use crate::crd::{FuncQueue, PoolRole};
 use crate::error::{Error, Result};
 use crate::redis_metrics::{QueueId, QueueTarget, Reading, RedisEndpoint};
 
@@ -23,47 +22,7 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
 pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEndpoint> {
-    let Some(conn) = &q.spec.redis else {
-        return Ok(ctx.config.default_redis.clone());
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(r) = &conn.url_secret_ref {
-        return Ok(RedisEndpoint::new(
-            secret_value(&secrets, r, "spec.redis.urlSecretRef")
-                .await?
-                .trim(),
-        ));
-    }
-    match (&conn.url, &conn.password_secret_ref) {
-        (Some(url), Some(r)) => {
-            let pw = secret_value(&secrets, r, "spec.redis.passwordSecretRef").await?;
-            Ok(RedisEndpoint::with_password(
-                url,
-                pw.trim_end_matches(['\n', '\r']),
-            ))
-        }
-        (Some(url), None) => Ok(RedisEndpoint::new(url.clone())),
-        (None, _) => Ok(ctx.config.default_redis.clone()),
-    }
-}
-
-async fn secret_value(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Result<String> {
-    let s = api
-        .get_opt(&r.name)
-        .await?
-        .ok_or_else(|| Error::invalid(field, format!("Secret {} not found", r.name)))?;
-    if let Some(v) = s.data.as_ref().and_then(|d| d.get(&r.key)) {
-        return String::from_utf8(v.0.clone()).map_err(|_| {
-            Error::invalid(
-                field,
-                format!("Secret {} key {} is not UTF-8", r.name, r.key),
-            )
-        });
-    }
-    s.string_data
-        .as_ref()
-        .and_then(|d| d.get(&r.key).cloned())
-        .ok_or_else(|| Error::invalid(field, format!("Secret {} has no key {}", r.name, r.key)))
+    crate::connection::resolve(ctx.client.clone(), &q.spec, ns, &ctx.config.default_redis).await
 }
 
 /// Reconcile one queue.

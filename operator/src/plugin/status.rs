@@ -1,0 +1,553 @@
+//! `kubectl funcscale status`: pools and queues from the cluster (their `.status`, written by
+//! the operator), plus live figures per queue from that queue's Redis. Gathering does the I/O;
+//! the views and the table are plain data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use funcscale_worker::protocol::Keys;
+use funcscale_worker::records::{self, QueueOverview};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use super::resolve::{Route, UrlFlag, route};
+use super::{Failure, connect, own_endpoint};
+use crate::connection;
+use crate::crd::{Condition, FuncQueue, FuncWorkerPool, PoolRole, QueueFormat};
+use crate::error::Error;
+use crate::redis_metrics::{RedisEndpoint, queue_lists};
+
+/// Everything `status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The namespace, or `None` with `--all-namespaces`.
+    pub namespace: Option<String>,
+    /// Worker pools, by namespace and name.
+    pub pools: Vec<PoolView>,
+    /// Queues, by namespace and name.
+    pub queues: Vec<QueueView>,
+}
+
+/// One FuncWorkerPool.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    pub namespace: String,
+    pub name: String,
+    pub role: String,
+    pub queues: Vec<String>,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub desired_replicas: i32,
+    /// The sizing rule (`status.decision.rule`).
+    pub rule: Option<String>,
+    /// Why the pool has this size (`status.decision.message`).
+    pub why: Option<String>,
+    /// The `Ready` condition.
+    pub ready: Option<ConditionView>,
+}
+
+/// A condition, shortened.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionView {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+impl From<&Condition> for ConditionView {
+    fn from(c: &Condition) -> Self {
+        Self {
+            type_: c.type_.clone(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }
+    }
+}
+
+/// One FuncQueue: the operator's figures and the live ones.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueView {
+    pub namespace: String,
+    pub name: String,
+    /// From `.status` (the operator's last poll).
+    pub depth: Option<u64>,
+    pub oldest_task_age_seconds: Option<f64>,
+    pub arrivals_per_minute: Option<f64>,
+    pub completions_per_minute: Option<f64>,
+    pub task_time_ms: Option<f64>,
+    pub consumers: Vec<String>,
+    /// Conditions whose status is `False`.
+    pub problems: Vec<ConditionView>,
+    /// Read now from the queue's Redis.
+    pub redis: RedisView,
+}
+
+/// Live figures of a queue and where they were read.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisView {
+    /// The endpoint, password redacted.
+    pub endpoint: Option<String>,
+    /// Where the connection came from.
+    pub source: String,
+    /// Waiting, delayed, running, dead letters, totals.
+    pub live: Option<QueueOverview>,
+    /// Why there are no live figures.
+    pub error: Option<String>,
+}
+
+/// Read pools and queues (`namespace` `None`: all namespaces), then each queue's Redis.
+pub async fn gather(
+    client: Client,
+    namespace: Option<&str>,
+    flag: &UrlFlag,
+    keys: &Keys,
+) -> Result<Status, Failure> {
+    let (pools_api, queues_api): (Api<FuncWorkerPool>, Api<FuncQueue>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let where_ = namespace.map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
+    let pools = pools_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| list_error("FuncWorkerPools", &where_, e))?;
+    let queues = queues_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| list_error("FuncQueues", &where_, e))?;
+
+    let mut status = Status {
+        namespace: namespace.map(str::to_string),
+        pools: pools.items.iter().map(pool_view).collect(),
+        queues: Vec::new(),
+    };
+    status
+        .pools
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    // resolve every queue's connection, then read each endpoint once
+    let mut by_endpoint: BTreeMap<String, (RedisEndpoint, Vec<usize>)> = BTreeMap::new();
+    let mut items: Vec<&FuncQueue> = queues.items.iter().collect();
+    items.sort_by_key(|q| (q.namespace().unwrap_or_default(), q.name_any()));
+    for q in &items {
+        let ns = q.namespace().unwrap_or_default();
+        let name = q.name_any();
+        let mut view = queue_view(q);
+        match route(flag, Some(q), &name, &ns) {
+            Err(_) if connection::source(&q.spec) == connection::Source::Default => {
+                view.redis.error = Some(
+                    "no spec.redis (the operator's default Redis): pass --redis-url or set \
+                     FUNCSCALE_REDIS_URL"
+                        .into(),
+                )
+            }
+            Err(msg) => view.redis.error = Some(msg),
+            Ok(Route::Url { url, why }) => {
+                view.redis.source = why;
+                let ep = RedisEndpoint::new(url);
+                view.redis.endpoint = Some(ep.redacted());
+                by_endpoint
+                    .entry(url.to_string())
+                    .or_insert_with(|| (ep, vec![]))
+                    .1
+                    .push(status.queues.len());
+            }
+            Ok(Route::Queue(source)) => {
+                view.redis.source = source.to_string();
+                match own_endpoint(client.clone(), q, &ns).await {
+                    Ok(ep) => {
+                        view.redis.endpoint = Some(ep.redacted());
+                        by_endpoint
+                            .entry(ep.url().to_string())
+                            .or_insert_with(|| (ep, vec![]))
+                            .1
+                            .push(status.queues.len());
+                    }
+                    Err(e) => view.redis.error = Some(e),
+                }
+            }
+        }
+        status.queues.push(view);
+    }
+
+    let now = funcscale_worker::worker::now_ms();
+    for (ep, idx) in by_endpoint.into_values() {
+        let mut con = match connect(ep.url(), Duration::from_secs(3)).await {
+            Ok(con) => con,
+            Err(e) => {
+                for i in idx {
+                    status.queues[i].redis.error = Some(format!("cannot reach {ep}: {e}"));
+                }
+                continue;
+            }
+        };
+        for i in idx {
+            let q = items[i];
+            let name = q.name_any();
+            let read = live(
+                &mut con,
+                keys,
+                &name,
+                q.spec.format,
+                q.spec.key.as_deref(),
+                now,
+            );
+            match read.await {
+                Ok(o) => status.queues[i].redis.live = Some(o),
+                Err(e) => status.queues[i].redis.error = Some(format!("reading {ep}: {e}")),
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// The queue's overview; the depth read from the queue's own lists when `spec.key` or
+/// `spec.format` put it elsewhere than funcscale's default list.
+async fn live<C>(
+    con: &mut C,
+    keys: &Keys,
+    name: &str,
+    format: QueueFormat,
+    key: Option<&str>,
+    now: u64,
+) -> redis::RedisResult<QueueOverview>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut o = records::queue_overview(con, keys, name, now).await?;
+    let (lists, _) = queue_lists(format, key, name, keys);
+    if lists != [keys.queue(name)] {
+        let mut pipe = redis::pipe();
+        for l in &lists {
+            pipe.llen(l);
+        }
+        let lens: Vec<u64> = pipe.query_async(con).await?;
+        o.depth = lens.iter().sum();
+    }
+    Ok(o)
+}
+
+fn list_error(what: &str, where_: &str, e: kube::Error) -> Failure {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => Failure::Failed(anyhow::anyhow!(
+            "listing {what} in {where_}: the API does not serve them: are the funcscale CRDs \
+             installed? ({e})"
+        )),
+        _ => Failure::Failed(anyhow::anyhow!("listing {what} in {where_}: {e}")),
+    }
+}
+
+/// A resolution error as a note: `field: reason` for a spec problem.
+pub(super) fn resolve_error(e: &Error) -> String {
+    match e {
+        Error::InvalidSpec { field, reason } => format!("{field}: {reason}"),
+        other => format!("resolving spec.redis: {other}"),
+    }
+}
+
+fn pool_view(p: &FuncWorkerPool) -> PoolView {
+    let st = p.status.clone().unwrap_or_default();
+    PoolView {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        role: match p.spec.role {
+            PoolRole::Worker => "Worker",
+            PoolRole::Beat => "Beat",
+        }
+        .into(),
+        queues: p.spec.queues.clone(),
+        replicas: st.replicas,
+        ready_replicas: st.ready_replicas,
+        desired_replicas: st.desired_replicas,
+        rule: st.decision.as_ref().map(|d| d.rule.clone()),
+        why: st.decision.as_ref().map(|d| d.message.clone()),
+        ready: st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(ConditionView::from),
+    }
+}
+
+fn queue_view(q: &FuncQueue) -> QueueView {
+    let st = q.status.clone().unwrap_or_default();
+    QueueView {
+        namespace: q.namespace().unwrap_or_default(),
+        name: q.name_any(),
+        depth: st.depth,
+        oldest_task_age_seconds: st.oldest_task_age_seconds,
+        arrivals_per_minute: st.arrival_rate.map(|r| r * 60.0),
+        completions_per_minute: st.completion_rate.map(|r| r * 60.0),
+        task_time_ms: st.task_time_ms,
+        consumers: st.consumers.clone(),
+        problems: st
+            .conditions
+            .iter()
+            .filter(|c| c.status == "False")
+            .map(ConditionView::from)
+            .collect(),
+        redis: RedisView::default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        if v.fract() == 0.0 || v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    })
+}
+
+fn age(secs: Option<f64>) -> String {
+    secs.map_or("-".into(), |s| {
+        let s = s.max(0.0) as u64;
+        match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m{}s", s / 60, s % 60),
+            _ => format!("{}h{}m", s / 3600, (s / 60) % 60),
+        }
+    })
+}
+
+/// Columns padded to the widest cell, two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                let pad = widths[c] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The human-readable report.
+pub fn render(s: &Status) -> String {
+    let all = s.namespace.is_none();
+    let mut out = String::new();
+    if !s.pools.is_empty() {
+        let mut rows = vec![];
+        let mut head = vec![
+            "POOL", "ROLE", "QUEUES", "REPLICAS", "READY", "DESIRED", "STATE", "RULE", "WHY",
+        ];
+        if all {
+            head.insert(0, "NAMESPACE");
+        }
+        rows.push(head.into_iter().map(String::from).collect());
+        for p in &s.pools {
+            let state = match &p.ready {
+                Some(c) if c.status == "True" => "Ready".to_string(),
+                Some(c) => format!("NotReady({})", c.reason),
+                None => "-".to_string(),
+            };
+            let mut row = vec![
+                p.name.clone(),
+                p.role.clone(),
+                if p.queues.is_empty() {
+                    "-".into()
+                } else {
+                    p.queues.join(",")
+                },
+                p.replicas.to_string(),
+                p.ready_replicas.to_string(),
+                p.desired_replicas.to_string(),
+                state,
+                opt(p.rule.as_deref()),
+                opt(p.why.as_deref()),
+            ];
+            if all {
+                row.insert(0, p.namespace.clone());
+            }
+            rows.push(row);
+        }
+        out.push_str(&table(&rows));
+    }
+    if !s.queues.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let mut rows = vec![];
+        let mut head = vec![
+            "QUEUE", "DEPTH", "OLDEST", "IN/MIN", "OUT/MIN", "TASK-MS", "POOLS", "WAITING",
+            "DELAYED", "RUNNING", "DEAD", "NOTES",
+        ];
+        if all {
+            head.insert(0, "NAMESPACE");
+        }
+        rows.push(head.into_iter().map(String::from).collect());
+        for q in &s.queues {
+            let live = q.redis.live.as_ref();
+            let mut notes: Vec<String> = q
+                .problems
+                .iter()
+                .map(|c| format!("{}=False({})", c.type_, c.reason))
+                .collect();
+            if let Some(e) = &q.redis.error {
+                notes.push(format!("redis: {e}"));
+            }
+            let mut row = vec![
+                q.name.clone(),
+                opt(q.depth),
+                age(q.oldest_task_age_seconds),
+                num(q.arrivals_per_minute),
+                num(q.completions_per_minute),
+                num(q.task_time_ms),
+                if q.consumers.is_empty() {
+                    "-".into()
+                } else {
+                    q.consumers.join(",")
+                },
+                opt(live.map(|o| o.depth)),
+                opt(live.map(|o| o.delayed)),
+                opt(live.map(|o| o.executing)),
+                opt(live.map(|o| o.dead_letters)),
+                notes.join("; "),
+            ];
+            if all {
+                row.insert(0, q.namespace.clone());
+            }
+            rows.push(row);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_why_live_figures_and_notes() {
+        let s = Status {
+            namespace: Some("prod".into()),
+            pools: vec![PoolView {
+                namespace: "prod".into(),
+                name: "worker-8".into(),
+                role: "Worker".into(),
+                queues: vec!["q8".into()],
+                replicas: 2,
+                ready_replicas: 1,
+                desired_replicas: 17,
+                rule: Some("CronLoad".into()),
+                why: Some("formula: 10000 monitors × 500 ms / (5 × 60000 ms) = 17".into()),
+                ready: Some(ConditionView {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: "Scaling".into(),
+                    message: String::new(),
+                }),
+            }],
+            queues: vec![
+                QueueView {
+                    namespace: "prod".into(),
+                    name: "q8".into(),
+                    depth: Some(40),
+                    oldest_task_age_seconds: Some(75.0),
+                    arrivals_per_minute: Some(12.5),
+                    task_time_ms: Some(500.0),
+                    consumers: vec!["worker-8".into()],
+                    redis: RedisView {
+                        live: Some(QueueOverview {
+                            depth: 41,
+                            dead_letters: 3,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                QueueView {
+                    namespace: "prod".into(),
+                    name: "q9".into(),
+                    problems: vec![ConditionView {
+                        type_: "Served".into(),
+                        status: "False".into(),
+                        reason: "NoPool".into(),
+                        message: String::new(),
+                    }],
+                    redis: RedisView {
+                        error: Some("cannot reach redis://r:6379/0: refused".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ],
+        };
+        let out = render(&s);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6, "{out}");
+        assert!(lines[0].starts_with("POOL "), "{out}");
+        let pool: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &pool[..8],
+            [
+                "worker-8",
+                "Worker",
+                "q8",
+                "2",
+                "1",
+                "17",
+                "NotReady(Scaling)",
+                "CronLoad"
+            ]
+        );
+        assert!(lines[1].ends_with("formula: 10000 monitors × 500 ms / (5 × 60000 ms) = 17"));
+        assert_eq!(lines[2], "");
+        assert!(lines[3].starts_with("QUEUE "), "{out}");
+        let q8: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            q8,
+            [
+                "q8", "40", "1m15s", "12.5", "-", "500", "worker-8", "41", "0", "0", "3"
+            ]
+        );
+        assert!(
+            lines[5]
+                .ends_with("Served=False(NoPool); redis: cannot reach redis://r:6379/0: refused"),
+            "{out}"
+        );
+        // the columns line up: DEAD in the header starts where q8's dead letters are
+        assert_eq!(lines[3].find("DEAD"), lines[4].rfind('3'), "{out}");
+    }
+}

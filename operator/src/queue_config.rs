@@ -214,18 +214,26 @@ async fn check_destination(
         });
     }
     if target.spec.redis != q.spec.redis {
-        let same = match crate::queue::endpoint(&target, ns, ctx).await {
-            Ok(e) => &e == endpoint,
-            Err(_) => false,
-        };
-        if !same {
-            return Err(Problem {
-                reason: "DifferentRedis",
-                message: format!(
-                    "FuncQueue {dq} is in another Redis than this queue ({}): workers can only enqueue into a queue in the same Redis",
-                    endpoint.redacted()
-                ),
-            });
+        match crate::queue::endpoint(&target, ns, ctx).await {
+            Ok(e) if &e == endpoint => {}
+            Ok(e) => {
+                return Err(Problem {
+                    reason: "DifferentRedis",
+                    message: format!(
+                        "FuncQueue {dq} is in another Redis ({}) than this queue ({}): workers can only enqueue into a queue in the same Redis",
+                        e.redacted(),
+                        endpoint.redacted()
+                    ),
+                });
+            }
+            Err(err) => {
+                return Err(Problem {
+                    reason: "DifferentRedis",
+                    message: format!(
+                        "cannot tell whether FuncQueue {dq} is in the same Redis as this queue: {err}"
+                    ),
+                });
+            }
         }
     }
     Ok(dest)

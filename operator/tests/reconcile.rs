@@ -1208,3 +1208,83 @@ async fn a_redis_failure_writing_the_settings_is_a_condition_and_a_backoff() {
     let action = env.reconcile_queue("offline").await;
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
 }
+
+/// Closed loop with the real worker runtime: what the reconcile writes is what a worker
+/// routes by. A task that succeeds in `orders` is followed by a task in `results`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
+    use funcscale_worker::protocol::{self, Envelope};
+    use funcscale_worker::worker::Worker;
+
+    let (mut env, keys) = env_with_prefix("loop").await;
+    env.add_queue("results", queue_spec()).await;
+    env.add_queue(
+        "orders",
+        FuncQueueSpec {
+            on_success: to_queue("results", None),
+            ..queue_spec()
+        },
+    )
+    .await;
+    env.reconcile_queue("orders").await;
+
+    let worker = Worker::builder()
+        .redis_url("redis://127.0.0.1:6379/0")
+        .prefix(keys.prefix())
+        .queues(["orders"])
+        .processes(1)
+        .build()
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut con = redis_con().await;
+    protocol::enqueue(
+        &mut con,
+        &keys,
+        "orders",
+        &[Envelope::new("ord-1", "noop", "orders", T0)],
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let routed: Envelope = loop {
+        let raw: Option<String> = redis::cmd("LINDEX")
+            .arg(keys.queue("results"))
+            .arg(0)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if let Some(raw) = raw {
+            break Envelope::from_json(&raw).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task reached results"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        (routed.func.as_str(), routed.queue.as_str()),
+        ("on_success", "results")
+    );
+    assert_eq!(routed.kwargs["event"], "success");
+    assert_eq!(routed.kwargs["task"]["id"], "ord-1");
+
+    let leftovers: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", keys.prefix()))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !leftovers.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&leftovers)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}

@@ -34,6 +34,9 @@ pub struct Config {
     pub period_ms: u64,
     /// How often a healthy object is reconciled anyway.
     pub resync: Duration,
+    /// Unchanged queue settings (retention, destinations) are written to Redis again after
+    /// this long, in case Redis lost them (flushed, restarted without persistence).
+    pub queue_config_refresh: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             keys: Keys::default(),
             period_ms: crate::policy::DEFAULT_PERIOD_MS,
             resync: Duration::from_secs(60),
+            queue_config_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Context {
     /// produced. Unchanged hash and generation mean nothing to apply (saves a PATCH per
     /// poll-triggered reconcile); any edit by someone else bumps the generation.
     pub applied: Mutex<HashMap<String, (u64, Option<i64>)>>,
+    /// Per queue: the settings last written to its Redis; one connection per endpoint.
+    pub queue_configs: crate::queue_config::QueueConfigs,
     /// Wall clock.
     pub clock: Clock,
 }
@@ -155,6 +161,7 @@ impl Context {
             histories: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
             applied: Mutex::new(HashMap::new()),
+            queue_configs: Default::default(),
             clock,
         }
     }

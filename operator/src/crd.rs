@@ -100,6 +100,72 @@ pub struct FuncQueueSpec {
     #[serde(default = "default_max_retries")]
     #[schemars(range(min = 0, max = 100))]
     pub max_retries: u32,
+
+    /// Where the result of every task that succeeds is sent: a task enqueued into another
+    /// FuncQueue (atomically with the completion), or a POST to a URL (retried until
+    /// delivered: at least once). Unset: results are only kept in the task records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<TaskDestination>,
+
+    /// Where a task goes once it has failed for good (after `maxRetries`, when it enters the
+    /// dead-letter list), with its error: a task enqueued into another FuncQueue, or a POST
+    /// to a URL (retried until delivered: at least once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<TaskDestination>,
+
+    /// How long the task records of this queue (state, times, worker, error) are kept.
+    /// Unset fields use the workers' defaults: 24 hours and 100000 records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<RecordRetention>,
+}
+
+/// Where a queue sends the outcome of a task: `queue` (with an optional `function`) or `url`.
+///
+/// A queue destination gets a new task calling `function` with keyword arguments
+/// `event` (`success` or `failure`), `task` (the finished task) and `result` or `error`.
+/// A URL destination receives the same JSON object as the body of a POST.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+// `function` is a CEL reserved word (Kubernetes wants it escaped as `__function__`, which
+// kube's CEL validator does not do), so "function only with queue" is checked by the reconcile.
+#[x_kube(
+    validation = Rule::new("has(self.queue) != has(self.url)").message("a destination is either a queue (queue, optional function) or a url: set exactly one of queue and url")
+)]
+pub struct TaskDestination {
+    /// Name of a FuncQueue in the same namespace that receives a new task. It must use the
+    /// same Redis as this queue and its default key (no `key`, format `Funcscale`): workers
+    /// enqueue into it in the same Redis transaction as the completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN))]
+    pub queue: Option<String>,
+    /// Function the new task calls (only with `queue`). Defaults to `on_success` for
+    /// `onSuccess` and `on_failure` for `onFailure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub function: Option<String>,
+    /// HTTP(S) URL that receives the task as a JSON POST. Deliveries go through an outbox in
+    /// Redis, written atomically with the task's completion, and the workers retry them with
+    /// backoff until the server answers 2xx (after 12 failed attempts a delivery is parked
+    /// in the outbox's dead list). At least once: a receiver may see an event twice and
+    /// deduplicates on the `x-funcscale-delivery-id` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https?://"), length(max = 2048))]
+    pub url: Option<String>,
+}
+
+/// Retention of a queue's task records: a record goes when it is older than `maxAgeSeconds`
+/// or when the queue has more than `maxCount` records (oldest first).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordRetention {
+    /// Seconds a record is kept after its last change (at least 60). Default 86400 (24 hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60))]
+    pub max_age_seconds: Option<u64>,
+    /// Most records kept for the queue (at least 1). Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_count: Option<u64>,
 }
 
 fn default_task_time_ms() -> u64 {
@@ -220,7 +286,10 @@ pub struct FuncQueueStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `MetricsAvailable`, `Served` (false when no pool serves the queue).
+    /// `Ready`, `MetricsAvailable`, `Served` (false when no pool serves the queue),
+    /// `DestinationsReady` (whether `onSuccess` / `onFailure` can be delivered; its message
+    /// says where results and failures go), `ConfigApplied` (whether retention and
+    /// destinations are written to the queue's Redis).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

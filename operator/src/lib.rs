@@ -17,6 +17,7 @@ pub mod policy;
 pub mod poll_loop;
 pub mod pool;
 pub mod queue;
+pub mod queue_config;
 pub mod redis_metrics;
 pub mod sim;
 pub mod telemetry;

@@ -1,7 +1,8 @@
 //! The FuncQueue controller: resolves the queue's Redis connection (Secrets included),
 //! registers it with the metrics poller, and writes the queue's status from the last
 //! reading: depth, oldest age, rates, T, M, consuming pools, and `Served=False` when no pool
-//! serves it.
+//! serves it. It also writes the queue's settings for the workers (retention, destinations:
+//! [`crate::queue_config`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,9 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
 
     let action = match endpoint(&q, &ns, &ctx).await {
         Ok(ep) => {
+            // retention and destinations for the workers; a Redis failure retries sooner
+            let config_retry =
+                crate::queue_config::reconcile_config(&q, &ns, &ep, &mut st, &now, &ctx).await;
             ctx.registry.upsert(
                 id.clone(),
                 QueueTarget::for_queue(&q, &name, ep, &ctx.config.keys, ctx.config.period_ms),
@@ -160,11 +164,22 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
                     );
                 }
             }
-            Action::requeue(STATUS_INTERVAL)
+            Action::requeue(config_retry.map_or(STATUS_INTERVAL, |d| d.min(STATUS_INTERVAL)))
         }
         Err(Error::InvalidSpec { field, reason }) => {
             ctx.registry.remove(&id);
             let msg = format!("{field}: {reason}");
+            conditions::set(
+                &mut st.conditions,
+                new(
+                    crate::queue_config::CONFIG_APPLIED,
+                    false,
+                    "InvalidSpec",
+                    msg.clone(),
+                    g,
+                ),
+                &now,
+            );
             conditions::set(
                 &mut st.conditions,
                 new("MetricsAvailable", false, "InvalidSpec", msg.clone(), g),

@@ -582,7 +582,8 @@ async fn read_endpoint(
     result
 }
 
-async fn connect(
+/// Connect to `endpoint` (TLS, user and password from its URL) with the poller's timeouts.
+pub(crate) async fn connect(
     endpoint: &RedisEndpoint,
     config: &PollerConfig,
 ) -> Result<redis::aio::ConnectionManager, String> {

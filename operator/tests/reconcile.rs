@@ -912,3 +912,433 @@ async fn deleted_objects_leave_no_metric_series() {
         "series of deleted objects remain:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Queue settings for the workers (retention, onSuccess / onFailure) written to Redis
+// ---------------------------------------------------------------------------------------------
+
+/// An env whose key prefix is this test's own, so tests share the real Redis in parallel.
+async fn env_with_prefix(test: &str) -> (Env, funcscale_worker::protocol::Keys) {
+    let keys = funcscale_worker::protocol::Keys::new(format!("qcfg-{}-{test}", std::process::id()));
+    let config = Config {
+        keys: keys.clone(),
+        ..Config::default()
+    };
+    (Env::with_config(false, config).await, keys)
+}
+
+async fn redis_con() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379/0")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn stored_config(
+    keys: &funcscale_worker::protocol::Keys,
+    queue: &str,
+) -> funcscale_worker::protocol::QueueConfig {
+    funcscale_worker::protocol::queue_config_get(&mut redis_con().await, keys, queue)
+        .await
+        .unwrap()
+}
+
+impl Env {
+    /// Replace the queue's spec (as `kubectl apply` would) and let the store see it.
+    async fn set_queue_spec(&mut self, name: &str, spec: FuncQueueSpec) -> FuncQueue {
+        let api: Api<FuncQueue> = Api::namespaced(self.client.clone(), NS);
+        let mut q = api.get(name).await.unwrap();
+        q.spec = spec;
+        let q = api.replace(name, &PostParams::default(), &q).await.unwrap();
+        self.queues_w
+            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.take_ops();
+        q
+    }
+
+    async fn reconcile_queue(&self, name: &str) -> Action {
+        let q = Api::<FuncQueue>::namespaced(self.client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap();
+        queue::reconcile(Arc::new(q), self.ctx.clone())
+            .await
+            .unwrap()
+    }
+
+    async fn queue_condition(&self, name: &str, t: &str) -> Option<Condition> {
+        Api::<FuncQueue>::namespaced(self.client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == t)
+    }
+}
+
+fn to_queue(queue: &str, function: Option<&str>) -> Option<TaskDestination> {
+    Some(TaskDestination {
+        queue: Some(queue.into()),
+        function: function.map(Into::into),
+        url: None,
+    })
+}
+
+fn to_url(url: &str) -> Option<TaskDestination> {
+    Some(TaskDestination {
+        url: Some(url.into()),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn queue_settings_are_written_cleared_and_rewritten_only_on_change_or_refresh() {
+    use funcscale_worker::protocol::{Destination, QueueConfig};
+    use redis::AsyncCommands;
+
+    let (mut env, keys) = env_with_prefix("write").await;
+    env.add_queue("results", queue_spec()).await;
+    let spec = FuncQueueSpec {
+        on_success: to_queue("results", Some("store")),
+        on_failure: to_url("https://hooks.example.com/failed"),
+        records: Some(RecordRetention {
+            max_age_seconds: Some(3600),
+            max_count: Some(10),
+        }),
+        ..queue_spec()
+    };
+    env.add_queue("orders", spec.clone()).await;
+
+    env.reconcile_queue("orders").await;
+    assert_eq!(
+        stored_config(&keys, "orders").await,
+        QueueConfig {
+            record_max_age_ms: Some(3_600_000),
+            record_max_count: Some(10),
+            on_success: Some(Destination::Queue {
+                queue: "results".into(),
+                func: Some("store".into())
+            }),
+            on_failure: Some(Destination::Url("https://hooks.example.com/failed".into())),
+        }
+    );
+    let ready = env
+        .queue_condition("orders", "DestinationsReady")
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Valid")
+    );
+    assert!(
+        ready
+            .message
+            .contains("onSuccess → queue results (function store)")
+            && ready
+                .message
+                .contains("onFailure → POST https://hooks.example.com/failed"),
+        "{}",
+        ready.message
+    );
+    let applied = env
+        .queue_condition("orders", "ConfigApplied")
+        .await
+        .unwrap();
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("True", "Applied")
+    );
+
+    // removing fields from the YAML removes them from Redis
+    env.set_queue_spec(
+        "orders",
+        FuncQueueSpec {
+            on_success: None,
+            records: Some(RecordRetention {
+                max_age_seconds: Some(3600),
+                max_count: None,
+            }),
+            ..spec.clone()
+        },
+    )
+    .await;
+    env.reconcile_queue("orders").await;
+    let stored = stored_config(&keys, "orders").await;
+    assert_eq!(
+        (stored.on_success, stored.record_max_count),
+        (None, None),
+        "cleared"
+    );
+    assert_eq!(stored.record_max_age_ms, Some(3_600_000));
+    assert!(stored.on_failure.is_some());
+
+    // unchanged spec: no write on the status refreshes, even when Redis differs ...
+    let mut con = redis_con().await;
+    let _: () = con
+        .hset(keys.queue_config("orders"), "record_max_age_ms", 1)
+        .await
+        .unwrap();
+    env.advance(Duration::from_secs(10));
+    env.reconcile_queue("orders").await;
+    assert_eq!(
+        stored_config(&keys, "orders").await.record_max_age_ms,
+        Some(1),
+        "not rewritten before the refresh interval"
+    );
+    // ... until the refresh interval has passed (Redis flushed, edited by hand)
+    env.advance(env.ctx.config.queue_config_refresh);
+    env.reconcile_queue("orders").await;
+    assert_eq!(
+        stored_config(&keys, "orders").await.record_max_age_ms,
+        Some(3_600_000),
+        "rewritten after the refresh interval"
+    );
+    // a queue without any setting clears them all
+    env.set_queue_spec("orders", queue_spec()).await;
+    env.reconcile_queue("orders").await;
+    assert_eq!(stored_config(&keys, "orders").await, QueueConfig::default());
+    assert!(
+        env.queue_condition("orders", "DestinationsReady")
+            .await
+            .is_none(),
+        "no destinations, no condition"
+    );
+    let _: () = con.del(keys.queue_config("orders")).await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_destinations_are_a_false_condition_and_the_rest_is_still_written() {
+    use funcscale_worker::protocol::Destination;
+    use redis::AsyncCommands;
+
+    let (mut env, keys) = env_with_prefix("unreachable").await;
+    env.add_queue(
+        "adopted",
+        FuncQueueSpec {
+            key: Some("legacy:jobs".into()),
+            ..queue_spec()
+        },
+    )
+    .await;
+    env.add_queue(
+        "elsewhere",
+        FuncQueueSpec {
+            redis: Some(RedisConnection {
+                url: Some("redis://127.0.0.1:6379/3".into()),
+                ..Default::default()
+            }),
+            ..queue_spec()
+        },
+    )
+    .await;
+    let spec = FuncQueueSpec {
+        on_success: to_queue("missing", None),
+        on_failure: to_queue("adopted", None),
+        records: Some(RecordRetention {
+            max_age_seconds: None,
+            max_count: Some(5),
+        }),
+        ..queue_spec()
+    };
+    env.add_queue("src", spec.clone()).await;
+
+    env.reconcile_queue("src").await;
+    let c = env
+        .queue_condition("src", "DestinationsReady")
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "QueueNotFound")
+    );
+    assert!(
+        c.message.contains("FuncQueue missing not found")
+            && c.message.contains("custom key \"legacy:jobs\""),
+        "{}",
+        c.message
+    );
+    assert!(
+        env.take_ops().contains(&"create Event".to_string()),
+        "an Event when the condition turns False"
+    );
+    let stored = stored_config(&keys, "src").await;
+    assert_eq!(
+        (
+            stored.on_success,
+            stored.on_failure,
+            stored.record_max_count
+        ),
+        (None, None, Some(5)),
+        "unreachable destinations are not written, retention is"
+    );
+
+    // the missing queue appears: only the custom key is left
+    env.add_queue("missing", queue_spec()).await;
+    env.reconcile_queue("src").await;
+    let c = env
+        .queue_condition("src", "DestinationsReady")
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "CustomKey")
+    );
+    assert!(
+        !env.take_ops().contains(&"create Event".to_string()),
+        "no second Event while it stays False"
+    );
+    assert_eq!(
+        stored_config(&keys, "src").await.on_success,
+        Some(Destination::Queue {
+            queue: "missing".into(),
+            func: None
+        })
+    );
+
+    // another Redis cannot be reached either
+    env.set_queue_spec(
+        "src",
+        FuncQueueSpec {
+            on_failure: to_queue("elsewhere", None),
+            ..spec
+        },
+    )
+    .await;
+    env.reconcile_queue("src").await;
+    let c = env
+        .queue_condition("src", "DestinationsReady")
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "DifferentRedis")
+    );
+    assert_eq!(stored_config(&keys, "src").await.on_failure, None);
+    let _: () = redis_con()
+        .await
+        .del(keys.queue_config("src"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_failure_writing_the_settings_is_a_condition_and_a_backoff() {
+    let (mut env, _keys) = env_with_prefix("down").await;
+    env.add_queue(
+        "offline",
+        FuncQueueSpec {
+            redis: Some(RedisConnection {
+                url: Some("redis://127.0.0.1:1/0".into()),
+                ..Default::default()
+            }),
+            records: Some(RecordRetention {
+                max_age_seconds: Some(600),
+                max_count: None,
+            }),
+            ..queue_spec()
+        },
+    )
+    .await;
+    let action = env.reconcile_queue("offline").await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)), "backoff");
+    let c = env
+        .queue_condition("offline", "ConfigApplied")
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RedisUnavailable")
+    );
+    // within the backoff: no new attempt, the next reconcile comes when it ends
+    env.advance(Duration::from_millis(400));
+    let action = env.reconcile_queue("offline").await;
+    assert_eq!(action, Action::requeue(Duration::from_millis(600)));
+    // after it: a new attempt, a longer backoff
+    env.advance(Duration::from_millis(600));
+    let action = env.reconcile_queue("offline").await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+}
+
+/// Closed loop with the real worker runtime: what the reconcile writes is what a worker
+/// routes by. A task that succeeds in `orders` is followed by a task in `results`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
+    use funcscale_worker::protocol::{self, Envelope};
+    use funcscale_worker::worker::Worker;
+
+    let (mut env, keys) = env_with_prefix("loop").await;
+    env.add_queue("results", queue_spec()).await;
+    env.add_queue(
+        "orders",
+        FuncQueueSpec {
+            on_success: to_queue("results", None),
+            ..queue_spec()
+        },
+    )
+    .await;
+    env.reconcile_queue("orders").await;
+
+    let worker = Worker::builder()
+        .redis_url("redis://127.0.0.1:6379/0")
+        .prefix(keys.prefix())
+        .queues(["orders"])
+        .processes(1)
+        .build()
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut con = redis_con().await;
+    protocol::enqueue(
+        &mut con,
+        &keys,
+        "orders",
+        &[Envelope::new("ord-1", "noop", "orders", T0)],
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let routed: Envelope = loop {
+        let raw: Option<String> = redis::cmd("LINDEX")
+            .arg(keys.queue("results"))
+            .arg(0)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if let Some(raw) = raw {
+            break Envelope::from_json(&raw).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task reached results"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        (routed.func.as_str(), routed.queue.as_str()),
+        ("on_success", "results")
+    );
+    assert_eq!(routed.kwargs["event"], "success");
+    assert_eq!(routed.kwargs["task"]["id"], "ord-1");
+
+    let leftovers: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", keys.prefix()))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !leftovers.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&leftovers)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}

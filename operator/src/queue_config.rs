@@ -1,0 +1,509 @@
+//! The settings a FuncQueue gives its workers through Redis: record retention and the
+//! `onSuccess` / `onFailure` destinations (the hash `Keys::queue_config`, read by the
+//! workers' scripts on every write).
+//!
+//! The FuncQueue reconcile calls [`reconcile_config`]: it validates the destinations
+//! (*validate*: the destination FuncQueue exists and the workers can reach it — same Redis,
+//! default key, funcscale format), builds the hash (*build*, pure: [`desired_config`]),
+//! writes it when it differs from what was last written to that endpoint or when
+//! `Config::queue_config_refresh` has passed (*apply*), and sets the `DestinationsReady`
+//! and `ConfigApplied` conditions (*status*). A Redis failure is a condition and a backoff,
+//! never a failed reconcile.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use funcscale_worker::protocol::{self, Destination, Keys, QueueConfig};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use crate::conditions::{self, new};
+use crate::context::Context;
+use crate::crd::{FuncQueue, FuncQueueSpec, FuncQueueStatus, QueueFormat, TaskDestination};
+use crate::redis_metrics::{PollerConfig, RedisEndpoint};
+
+/// Condition type: whether `onSuccess` / `onFailure` can be delivered.
+pub const DESTINATIONS_READY: &str = "DestinationsReady";
+/// Condition type: whether the settings are written to the queue's Redis.
+pub const CONFIG_APPLIED: &str = "ConfigApplied";
+
+/// What the operator last wrote for one queue, and its failures.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    /// Endpoint, settings and time (unix ms) of the last successful write.
+    last: Option<(RedisEndpoint, QueueConfig, u64)>,
+    /// No write before this time (unix ms): backing off after a failure.
+    retry_at_ms: u64,
+}
+
+/// Per-queue memory of the writes and one Redis connection per endpoint (in the `Context`).
+#[derive(Default)]
+pub struct QueueConfigs {
+    written: Mutex<HashMap<String, Written>>,
+    conns: Mutex<HashMap<RedisEndpoint, redis::aio::ConnectionManager>>,
+}
+
+impl QueueConfigs {
+    /// Forget queues that are gone (not in `live`, `namespace/name`) and connections that
+    /// no remembered queue uses.
+    fn prune(&self, live: &HashSet<String>) {
+        let mut written = self.written.lock().expect("queue config lock");
+        written.retain(|k, _| live.contains(k));
+        let used: HashSet<RedisEndpoint> = written
+            .values()
+            .filter_map(|w| w.last.as_ref().map(|(e, _, _)| e.clone()))
+            .collect();
+        drop(written);
+        self.conns
+            .lock()
+            .expect("queue config lock")
+            .retain(|e, _| used.contains(e));
+    }
+
+    async fn connection(
+        &self,
+        endpoint: &RedisEndpoint,
+    ) -> Result<redis::aio::ConnectionManager, String> {
+        if let Some(c) = self.conns.lock().expect("queue config lock").get(endpoint) {
+            return Ok(c.clone());
+        }
+        let c = crate::redis_metrics::connect(endpoint, &PollerConfig::default()).await?;
+        self.conns
+            .lock()
+            .expect("queue config lock")
+            .insert(endpoint.clone(), c.clone());
+        Ok(c)
+    }
+
+    fn drop_connection(&self, endpoint: &RedisEndpoint) {
+        self.conns
+            .lock()
+            .expect("queue config lock")
+            .remove(endpoint);
+    }
+}
+
+/// Whether the settings must be written now: never written (or forgotten after an operator
+/// restart), another endpoint or other settings than last time, or the last write is older
+/// than `refresh` (Redis may have been flushed). Not while backing off after a failure.
+fn due(
+    w: Option<&Written>,
+    endpoint: &RedisEndpoint,
+    config: &QueueConfig,
+    now_ms: u64,
+    refresh: Duration,
+) -> bool {
+    let Some(w) = w else { return true };
+    if now_ms < w.retry_at_ms {
+        return false;
+    }
+    match &w.last {
+        None => true,
+        Some((e, c, at)) => {
+            e != endpoint || c != config || now_ms.saturating_sub(*at) >= refresh.as_millis() as u64
+        }
+    }
+}
+
+/// The worker's form of a destination, or why it cannot be one (for specs the API server
+/// did not validate, e.g. with an older CRD installed).
+pub fn to_destination(d: &TaskDestination) -> Result<Destination, String> {
+    match (&d.queue, &d.url) {
+        (Some(q), None) => {
+            if q.is_empty() || q.contains('/') {
+                return Err(format!("{q:?} is not a FuncQueue name"));
+            }
+            Ok(Destination::Queue {
+                queue: q.clone(),
+                func: d.function.clone().filter(|f| !f.is_empty()),
+            })
+        }
+        (None, Some(_)) if d.function.is_some() => Err(
+            "function goes with queue: a url destination receives the task as the JSON body of a POST"
+                .into(),
+        ),
+        (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            Ok(Destination::Url(u.clone()))
+        }
+        (None, Some(u)) => Err(format!("url {u:?} is not an http:// or https:// URL")),
+        (Some(_), Some(_)) => Err("set either queue or url, not both".into()),
+        (None, None) => Err("set queue or url".into()),
+    }
+}
+
+/// The settings of `spec`, with the destinations that passed validation (`routable`:
+/// `(onSuccess, onFailure)`). Pure.
+pub fn desired_config(
+    spec: &FuncQueueSpec,
+    routable: (Option<Destination>, Option<Destination>),
+) -> QueueConfig {
+    let records = spec.records.clone().unwrap_or_default();
+    QueueConfig {
+        record_max_age_ms: records.max_age_seconds.map(|s| s.saturating_mul(1000)),
+        record_max_count: records.max_count,
+        on_success: routable.0,
+        on_failure: routable.1,
+    }
+}
+
+/// The fields of the hash `config` does not set: they are deleted, so a setting removed
+/// from the spec is removed from Redis too.
+pub fn cleared_fields(config: &QueueConfig) -> Vec<&'static str> {
+    let all = QueueConfig {
+        record_max_age_ms: Some(0),
+        record_max_count: Some(0),
+        on_success: Some(Destination::Url(String::new())),
+        on_failure: Some(Destination::Url(String::new())),
+    };
+    let set: HashSet<&str> = config.to_pairs().into_iter().map(|(k, _)| k).collect();
+    all.to_pairs()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !set.contains(k))
+        .collect()
+}
+
+/// Why a destination cannot be used.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// One destination of `q` checked: the worker's form when it can be delivered.
+async fn check_destination(
+    q: &FuncQueue,
+    ns: &str,
+    endpoint: &RedisEndpoint,
+    d: &TaskDestination,
+    ctx: &Context,
+) -> Result<Destination, Problem> {
+    let dest = to_destination(d).map_err(|m| Problem {
+        reason: "InvalidDestination",
+        message: m,
+    })?;
+    let Destination::Queue { queue: dq, .. } = &dest else {
+        return Ok(dest);
+    };
+    let Some(target) = ctx.queues.get(&ObjectRef::new(dq).within(ns)) else {
+        return Err(Problem {
+            reason: "QueueNotFound",
+            message: format!("FuncQueue {dq} not found in namespace {ns}"),
+        });
+    };
+    let keys: &Keys = &ctx.config.keys;
+    if target.spec.format != QueueFormat::Funcscale {
+        return Err(Problem {
+            reason: "ForeignFormat",
+            message: format!(
+                "FuncQueue {dq} has format {:?}: workers enqueue funcscale tasks, only into a queue of format Funcscale",
+                target.spec.format
+            ),
+        });
+    }
+    if let Some(key) = target.spec.key.as_deref()
+        && key != keys.queue(dq)
+    {
+        return Err(Problem {
+            reason: "CustomKey",
+            message: format!(
+                "FuncQueue {dq} uses the custom key {key:?}: workers can only enqueue into a queue's default key ({}) in the same Redis",
+                keys.queue(dq)
+            ),
+        });
+    }
+    if target.spec.redis != q.spec.redis {
+        match crate::queue::endpoint(&target, ns, ctx).await {
+            Ok(e) if &e == endpoint => {}
+            Ok(e) => {
+                return Err(Problem {
+                    reason: "DifferentRedis",
+                    message: format!(
+                        "FuncQueue {dq} is in another Redis ({}) than this queue ({}): workers can only enqueue into a queue in the same Redis",
+                        e.redacted(),
+                        endpoint.redacted()
+                    ),
+                });
+            }
+            Err(err) => {
+                return Err(Problem {
+                    reason: "DifferentRedis",
+                    message: format!(
+                        "cannot tell whether FuncQueue {dq} is in the same Redis as this queue: {err}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(dest)
+}
+
+fn describe(kind: &str, d: &Destination) -> String {
+    match d {
+        Destination::Queue { queue, func } => format!(
+            "{kind} → queue {queue} (function {})",
+            func.clone()
+                .unwrap_or_else(|| format!("on_{}", kind.trim_start_matches("on").to_lowercase()))
+        ),
+        Destination::Url(u) => format!("{kind} → POST {u}"),
+    }
+}
+
+/// Validate the destinations of `q`, write its settings to `endpoint` when due, and set the
+/// `DestinationsReady` and `ConfigApplied` conditions in `st`. Returns the delay before the
+/// next attempt when the write failed (the caller requeues no later than that).
+pub async fn reconcile_config(
+    q: &FuncQueue,
+    ns: &str,
+    endpoint: &RedisEndpoint,
+    st: &mut FuncQueueStatus,
+    now: &str,
+    ctx: &Context,
+) -> Option<Duration> {
+    let name = q.name_any();
+    let g = q.metadata.generation;
+
+    // validate: each destination the workers can deliver to, or why not
+    let mut routable: [Option<Destination>; 2] = [None, None];
+    let mut described = vec![];
+    let mut problems = vec![];
+    for (i, (kind, d)) in [
+        ("onSuccess", &q.spec.on_success),
+        ("onFailure", &q.spec.on_failure),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(d) = d else { continue };
+        match check_destination(q, ns, endpoint, d, ctx).await {
+            Ok(dest) => {
+                described.push(describe(kind, &dest));
+                routable[i] = Some(dest);
+            }
+            Err(p) => problems.push((kind, p)),
+        }
+    }
+    if q.spec.on_success.is_none() && q.spec.on_failure.is_none() {
+        conditions::remove(&mut st.conditions, DESTINATIONS_READY);
+    } else if problems.is_empty() {
+        conditions::set(
+            &mut st.conditions,
+            new(DESTINATIONS_READY, true, "Valid", described.join("; "), g),
+            now,
+        );
+    } else {
+        let mut msg: Vec<String> = problems
+            .iter()
+            .map(|(kind, p)| format!("{kind}: {} (not routed until fixed)", p.message))
+            .collect();
+        msg.extend(described);
+        let reason = problems[0].1.reason;
+        let msg = msg.join("; ");
+        let was_false = q
+            .status
+            .as_ref()
+            .and_then(|s| conditions::get(&s.conditions, DESTINATIONS_READY))
+            .is_some_and(|c| c.status == "False");
+        if !was_false {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(msg.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &q.object_ref(&())).await {
+                tracing::warn!(error = %e, "cannot publish event");
+            }
+        }
+        conditions::set(
+            &mut st.conditions,
+            new(DESTINATIONS_READY, false, reason, msg, g),
+            now,
+        );
+    }
+
+    // build + apply
+    let [on_success, on_failure] = routable;
+    let config = desired_config(&q.spec, (on_success, on_failure));
+    let key = format!("{ns}/{name}");
+    let now_ms = ctx.now_ms();
+    let refresh = ctx.config.queue_config_refresh;
+    let state = ctx
+        .queue_configs
+        .written
+        .lock()
+        .expect("queue config lock")
+        .get(&key)
+        .cloned();
+    if !due(state.as_ref(), endpoint, &config, now_ms, refresh) {
+        return state
+            .filter(|w| w.retry_at_ms > now_ms)
+            .map(|w| Duration::from_millis(w.retry_at_ms - now_ms));
+    }
+    let backoff_key = format!("queue-config:{key}");
+    match write(ctx, endpoint, &name, &config).await {
+        Ok(()) => {
+            ctx.backoff.succeeded(&backoff_key);
+            ctx.queue_configs
+                .written
+                .lock()
+                .expect("queue config lock")
+                .insert(
+                    key.clone(),
+                    Written {
+                        last: Some((endpoint.clone(), config, now_ms)),
+                        retry_at_ms: 0,
+                    },
+                );
+            let live: HashSet<String> = ctx
+                .queues
+                .state()
+                .iter()
+                .filter_map(|o| Some(format!("{}/{}", o.namespace()?, o.name_any())))
+                .chain([key])
+                .collect();
+            ctx.queue_configs.prune(&live);
+            conditions::set(
+                &mut st.conditions,
+                new(
+                    CONFIG_APPLIED,
+                    true,
+                    "Applied",
+                    format!(
+                        "retention and destinations written to {} (hash {})",
+                        endpoint.redacted(),
+                        ctx.config.keys.queue_config(&name)
+                    ),
+                    g,
+                ),
+                now,
+            );
+            None
+        }
+        Err(e) => {
+            ctx.queue_configs.drop_connection(endpoint);
+            let delay = ctx.backoff.failed(&backoff_key);
+            let mut written = ctx.queue_configs.written.lock().expect("queue config lock");
+            let w = written.entry(key.clone()).or_default();
+            w.retry_at_ms = now_ms.saturating_add(delay.as_millis() as u64);
+            drop(written);
+            tracing::warn!(queue = %key, redis = %endpoint, error = %e, retry_in = ?delay, "cannot write the queue's settings to Redis");
+            conditions::set(
+                &mut st.conditions,
+                new(
+                    CONFIG_APPLIED,
+                    false,
+                    "RedisUnavailable",
+                    format!("cannot write retention and destinations: {e}"),
+                    g,
+                ),
+                now,
+            );
+            Some(delay)
+        }
+    }
+}
+
+async fn write(
+    ctx: &Context,
+    endpoint: &RedisEndpoint,
+    queue: &str,
+    config: &QueueConfig,
+) -> Result<(), String> {
+    let mut con = ctx.queue_configs.connection(endpoint).await?;
+    let clear = cleared_fields(config);
+    let timeout = PollerConfig::default().response_timeout;
+    tokio::time::timeout(
+        timeout,
+        protocol::queue_config_set(&mut con, &ctx.config.keys, queue, config, &clear),
+    )
+    .await
+    .map_err(|_| format!("no answer from {endpoint} within {timeout:?}"))?
+    .map_err(|e| format!("{endpoint}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RecordRetention;
+
+    fn dest(queue: Option<&str>, function: Option<&str>, url: Option<&str>) -> TaskDestination {
+        TaskDestination {
+            queue: queue.map(Into::into),
+            function: function.map(Into::into),
+            url: url.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn destinations_convert_or_say_why_not() {
+        assert_eq!(
+            to_destination(&dest(Some("results"), Some("store"), None)).unwrap(),
+            Destination::Queue {
+                queue: "results".into(),
+                func: Some("store".into())
+            }
+        );
+        assert_eq!(
+            to_destination(&dest(None, None, Some("https://h.example/x"))).unwrap(),
+            Destination::Url("https://h.example/x".into())
+        );
+        assert!(to_destination(&dest(Some("a"), None, Some("https://h"))).is_err());
+        assert!(to_destination(&dest(None, None, None)).is_err());
+        assert!(to_destination(&dest(None, None, Some("ftp://h"))).is_err());
+        assert!(to_destination(&dest(None, Some("f"), Some("https://h"))).is_err());
+    }
+
+    #[test]
+    fn config_from_spec_and_the_fields_to_clear() {
+        let spec = FuncQueueSpec {
+            records: Some(RecordRetention {
+                max_age_seconds: Some(3600),
+                max_count: None,
+            }),
+            ..Default::default()
+        };
+        let c = desired_config(&spec, (None, Some(Destination::Url("https://h".into()))));
+        assert_eq!(c.record_max_age_ms, Some(3_600_000));
+        assert_eq!(c.record_max_count, None);
+        assert_eq!(
+            cleared_fields(&c),
+            vec!["record_max_count", "on_success"],
+            "every field the spec does not set is cleared"
+        );
+        assert_eq!(cleared_fields(&QueueConfig::default()).len(), 4);
+    }
+
+    #[test]
+    fn written_again_only_on_change_refresh_or_after_backoff() {
+        let e = RedisEndpoint::new("redis://a:6379/0");
+        let c = QueueConfig {
+            record_max_count: Some(5),
+            ..Default::default()
+        };
+        let refresh = Duration::from_secs(300);
+        assert!(due(None, &e, &c, 0, refresh), "never written");
+        let w = Written {
+            last: Some((e.clone(), c.clone(), 1_000)),
+            retry_at_ms: 0,
+        };
+        assert!(!due(Some(&w), &e, &c, 2_000, refresh), "unchanged");
+        assert!(due(Some(&w), &e, &c, 301_000, refresh), "refresh interval");
+        assert!(due(
+            Some(&w),
+            &RedisEndpoint::new("redis://b:6379/0"),
+            &c,
+            2_000,
+            refresh
+        ));
+        assert!(due(Some(&w), &e, &QueueConfig::default(), 2_000, refresh));
+        let failing = Written {
+            last: None,
+            retry_at_ms: 5_000,
+        };
+        assert!(!due(Some(&failing), &e, &c, 4_999, refresh), "backing off");
+        assert!(due(Some(&failing), &e, &c, 5_000, refresh));
+    }
+}

@@ -68,18 +68,13 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         .and_then(|s| conditions::get(&s.conditions, "Served"))
         .is_some_and(|c| c.status == "False");
     if !served && !was_unserved {
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: "NotServed".into(),
-            note: Some(format!(
-                "no FuncWorkerPool in {ns} lists queue {name}: its tasks will wait"
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &q.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish event");
-        }
+        warn(
+            &ctx,
+            &q,
+            "NotServed",
+            format!("no FuncWorkerPool in {ns} lists queue {name}: its tasks will wait"),
+        )
+        .await;
     }
     conditions::set(
         &mut st.conditions,
@@ -216,6 +211,20 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     ctx.backoff.succeeded(&format!("queue:{ns}/{name}"));
     timer.observe_duration();
     Ok(action)
+}
+
+/// Publish a Warning Event about `q` (a failure to publish is logged, never fatal).
+pub(crate) async fn warn(ctx: &Context, q: &FuncQueue, reason: &str, note: String) {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &q.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
 }
 
 fn round1(x: f64) -> f64 {

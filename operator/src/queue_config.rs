@@ -15,9 +15,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use funcscale_worker::protocol::{self, Destination, Keys, QueueConfig};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use crate::conditions::{self, new};
 use crate::context::Context;
@@ -306,16 +305,7 @@ pub async fn reconcile_config(
             .and_then(|s| conditions::get(&s.conditions, DESTINATIONS_READY))
             .is_some_and(|c| c.status == "False");
         if !was_false {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(msg.clone()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&ev, &q.object_ref(&())).await {
-                tracing::warn!(error = %e, "cannot publish event");
-            }
+            crate::queue::warn(ctx, q, reason, msg.clone()).await;
         }
         conditions::set(
             &mut st.conditions,

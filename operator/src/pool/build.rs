@@ -12,9 +12,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -314,14 +315,23 @@ fn deployment(
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources,
-        volume_mounts: beat.then(|| {
-            vec![VolumeMount {
-                name: "schedules".into(),
-                mount_path: SCHEDULES_DIR.into(),
-                read_only: Some(true),
+        volume_mounts: Some({
+            let mut v = vec![VolumeMount {
+                name: TMP_VOLUME.into(),
+                mount_path: "/tmp".into(),
                 ..Default::default()
-            }]
+            }];
+            if beat {
+                v.push(VolumeMount {
+                    name: "schedules".into(),
+                    mount_path: SCHEDULES_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
+            v
         }),
+        security_context: Some(restricted_container()),
         ..Default::default()
     };
     let mut annotations = BTreeMap::new();
@@ -337,15 +347,32 @@ fn deployment(
         spec: Some(PodSpec {
             containers: vec![container],
             termination_grace_period_seconds: Some(drain_seconds(pool) + GRACE_MARGIN_SECONDS),
-            volumes: beat.then(|| {
-                vec![Volume {
-                    name: "schedules".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: schedules_configmap_name(&name),
-                        ..Default::default()
-                    }),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            volumes: Some({
+                // the root filesystem is read-only: handlers (exec:, pool:) get a writable /tmp
+                let mut v = vec![Volume {
+                    name: TMP_VOLUME.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
                     ..Default::default()
-                }]
+                }];
+                if beat {
+                    v.push(Volume {
+                        name: "schedules".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: schedules_configmap_name(&name),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+                v
             }),
             ..Default::default()
         }),
@@ -385,6 +412,29 @@ fn deployment(
         }),
         status: None,
     })
+}
+
+/// The writable scratch volume of worker and beat pods (mounted at `/tmp`).
+const TMP_VOLUME: &str = "tmp";
+
+/// The container side of the `restricted` Pod Security Standard, plus a read-only root
+/// filesystem. The worker image runs as UID 65532; an image that needs root (some foreign
+/// workers) can lift it through `spec.podTemplate` (objects merge key by key).
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
 }
 
 /// Merge the pool's partial `podTemplate` over the generated template: objects merge key by
@@ -552,6 +602,75 @@ mod tests {
             }
             other => panic!("expected run, got {other:?}"),
         }
+    }
+
+    /// What the `restricted` Pod Security Standard (v1.30+) checks, on worker and beat pods.
+    #[test]
+    fn pods_meet_the_restricted_pod_security_standard() {
+        for role in [PoolRole::Worker, PoolRole::Beat] {
+            let mut p = pool();
+            p.spec.role = role;
+            p.spec.replicas = Some(1);
+            let d = build(&p, "ns", &valid(), Some(1), &Config::default())
+                .unwrap()
+                .deployment;
+            let spec = d.spec.unwrap().template.spec.unwrap();
+            let psc = spec.security_context.clone().unwrap_or_default();
+            assert_eq!(psc.run_as_non_root, Some(true), "{role:?}");
+            assert_eq!(
+                psc.seccomp_profile.map(|s| s.type_).as_deref(),
+                Some("RuntimeDefault")
+            );
+            assert!(spec.host_network.is_none() && spec.host_pid.is_none());
+            for c in &spec.containers {
+                let sc = c.security_context.clone().unwrap();
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{role:?}");
+                assert_eq!(
+                    sc.capabilities.and_then(|c| c.drop),
+                    Some(vec!["ALL".to_string()])
+                );
+                assert_eq!(sc.privileged, None);
+                assert_eq!(sc.read_only_root_filesystem, Some(true));
+                // a read-only root needs a writable /tmp for exec:/pool: handlers
+                let tmp = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| m.mount_path == "/tmp")
+                    .unwrap_or_else(|| panic!("{role:?}: no /tmp mount"));
+                assert!(
+                    spec.volumes
+                        .iter()
+                        .flatten()
+                        .any(|v| v.name == tmp.name && v.empty_dir.is_some())
+                );
+            }
+            for v in spec.volumes.iter().flatten() {
+                assert!(v.host_path.is_none(), "restricted forbids hostPath");
+            }
+        }
+        // a pool that must run as root lifts it through its pod template
+        let mut p = pool();
+        p.spec.pod_template = Some(serde_json::json!({
+            "spec": {"securityContext": {"runAsNonRoot": false}}
+        }));
+        let d = build(&p, "ns", &valid(), Some(1), &Config::default())
+            .unwrap()
+            .deployment;
+        let psc = d
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .security_context
+            .unwrap();
+        assert_eq!(psc.run_as_non_root, Some(false));
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault"),
+            "the rest of the context stays"
+        );
     }
 
     #[test]

@@ -202,6 +202,10 @@ main() {
     || fail "docs/crd-reference.md is stale: run 'charts/ci-check.sh render' (make docs) and commit"
   echo "  fresh: $CHART/crds/, manifests/install.yaml, manifests/monitoring.yaml, docs/crd-reference.md"
 
+  step "operator RBAC: the chart grants exactly operator/rbac.yaml (cluster-wide and one-namespace mode)"
+  render --set watchNamespaces={team-a} >"$work/one-namespace.yaml"
+  "$VENV/bin/python" charts/check-rbac.py operator/rbac.yaml manifests/install.yaml "$work/one-namespace.yaml"
+
   step "manifests/install.yaml, monitoring.yaml and kustomize output validate (Kubernetes $K8S_OLDEST and $newest)"
   validate manifests/install.yaml "$K8S_OLDEST"
   validate manifests/install.yaml "$newest"

@@ -66,7 +66,7 @@ app.kubernetes.io/component: operator
   verbs: [get, patch]
 # owner references with blockOwnerDeletion on clusters that enforce OwnerReferencesPermissionEnforcement
 - apiGroups: [funcscale.dev]
-  resources: [funcqueues/finalizers, funcworkerpools/finalizers]
+  resources: [funcworkerpools/finalizers]
   verbs: [update]
 # the pools' Deployments (server-side apply; deletion is the garbage collector's, via owner references)
 - apiGroups: [apps]
@@ -80,10 +80,7 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on pools and queues (scaling decisions, errors)
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
+# Events on pools and queues (scaling decisions, errors; kube's Recorder uses events.k8s.io/v1)
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -868,6 +868,64 @@ redis.call('HINCRBY', KEYS[2], 'enqueued', n)
 return redis.call('LLEN', KEYS[1])
 "#;
 
+/// Lua: fire beat ticks under the lease. KEYS = lease, last-fired hash, queue, stats; ARGV =
+/// lease value, prefix, queue, now ms, then (field, tick, envelope JSON, id, func) quintuples.
+/// A tick newer than the schedule's last fired one is pushed, counted and recorded (status
+/// `queued`) exactly as [`enqueue`] does. Returns -1 when the lease is not the caller's.
+const BEAT_FIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local P, q, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local n = 0
+for i = 5, #ARGV, 5 do
+  local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > last then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('LPUSH', KEYS[3], ARGV[i + 2])
+    fs_rec(P, q, ARGV[i + 3], ARGV[i + 4], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, nil, true)
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[4], 'enqueued', n)
+  fs_count(P, q, now, 'submitted', n)
+  fs_trim(P, q, now, fs_cfg(P, q), 2 * n)
+end
+return n
+"#;
+
+/// The beat's firing script ([`BEAT_FIRE_LUA`] with the record functions).
+pub fn beat_fire_script() -> redis::Script {
+    redis::Script::new(&with_record_lib(BEAT_FIRE_LUA))
+}
+
+/// One call of [`beat_fire_script`] for `queue`: `ticks` are (schedule field, tick, envelope).
+/// Returns -1 when `lease_value` no longer holds the lease, else the number of ticks enqueued.
+pub fn beat_fire_invocation<'a, 'b>(
+    script: &'a redis::Script,
+    keys: &Keys,
+    lease_value: &str,
+    queue: &str,
+    now_ms: u64,
+    ticks: impl IntoIterator<Item = (&'b str, i64, &'b Envelope)>,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.key(keys.beat_lease());
+    inv.key(keys.beat_last(queue))
+        .key(keys.queue(queue))
+        .key(keys.stats(queue))
+        .arg(lease_value)
+        .arg(keys.prefix())
+        .arg(queue)
+        .arg(now_ms);
+    for (field, tick, env) in ticks {
+        inv.arg(field)
+            .arg(tick)
+            .arg(env.to_json())
+            .arg(&env.id)
+            .arg(&env.func);
+    }
+    inv
+}
+
 /// Enqueue envelopes (all for the same `queue`): `LPUSH`, `HINCRBY enqueued` and the `queued`
 /// records in one atomic script call per chunk of 500. Returns the queue length afterwards.
 pub async fn enqueue<C>(

@@ -410,7 +410,8 @@ pub struct CountBucket {
     pub retried: i64,
     /// Tasks dead-lettered.
     pub dead: i64,
-    /// Tasks running at the last write in the minute (None: nothing happened).
+    /// Tasks running at the minute's last sample (workers sample every 10 s; None: no worker
+    /// sampled that minute).
     pub executing: Option<i64>,
 }
 

@@ -293,7 +293,7 @@ if id ~= '' then
   if ARGV[10] == '1' then
     local status = ({ack = 'succeeded', retry = 'retrying', dead = 'dead'})[mode]
     fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
-      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg)
+      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg, false, {'started'})
   end
   if mode == 'ack' then
     fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
@@ -533,7 +533,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Queue-wide gauges from Redis: last complete minute's counts, running, depth, dead.
+    /// Queue-wide gauges from Redis: last complete minute's counts, running, depth, dead. Also
+    /// samples the running tasks into the current minute's counts (`executing`).
     async fn refresh_queue_gauges(&self) -> redis::RedisResult<()> {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
@@ -556,24 +557,25 @@ impl Inner {
                         .set(v);
                 }
             }
-            let (depth, dead, running): (i64, i64, i64) = redis::pipe()
+            let (depth, dead): (i64, i64) = redis::pipe()
                 .llen(keys.queue(q))
                 .llen(keys.dead(q))
-                .zcard(keys.tasks_status(q, protocol::TaskStatus::Started))
                 .query_async(&mut con)
                 .await?;
+            let running = protocol::sample_executing(&mut con, keys, q, now).await?;
             m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
             m.queue_dead_letters
                 .with_label_values(&[q.as_str()])
                 .set(dead);
             m.queue_executing
                 .with_label_values(&[q.as_str()])
-                .set(running);
+                .set(running as i64);
         }
         Ok(())
     }
 
-    /// Apply record retention to every queue (the scripts also trim a little on each write).
+    /// Apply record retention to every queue (the scripts also trim on every
+    /// `RECORD_TRIM_EVERY`th write).
     async fn trim_records(&self) -> redis::RedisResult<()> {
         let mut con = self.redis.clone();
         for q in &self.config.queues {

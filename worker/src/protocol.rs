@@ -29,8 +29,9 @@
 //! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
 //!
 //! The Lua of [`RECORD_LUA_LIB`] writes the record keys inside the scripts the worker already
-//! runs (enqueue, fetch, finish), so recording adds no round trip; its key spelling is checked
-//! against [`Keys`] by the tests.
+//! runs (enqueue, finish), so recording adds no round trip for a short task; an attempt that
+//! runs longer than `worker::RECORD_START_AFTER` gets its `started` record from one more
+//! script call. Its key spelling is checked against [`Keys`] by the tests.
 //!
 //! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
 
@@ -191,7 +192,8 @@ impl Keys {
 pub enum TaskStatus {
     /// Waiting in the queue.
     Queued,
-    /// Running.
+    /// Running (recorded once the attempt has run for `worker::RECORD_START_AFTER`; a shorter
+    /// attempt goes from queued or retrying straight to its outcome).
     Started,
     /// Finished successfully.
     Succeeded,
@@ -403,7 +405,9 @@ pub struct OutboxItem {
 ///   (`extra` = flat field/value list), move it between the status indexes, update the time,
 ///   function and id indexes, count the transition in the minute bucket, and trim retention
 ///   every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual previous statuses)
-///   lets it skip reading the hash: 6 commands for a start or a finish.
+///   lets it skip reading the hash: 6 commands for a start or a finish. Returns the previous
+///   status (nil for a new record).
+/// - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
 /// - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
 pub const RECORD_LUA_LIB: &str = r#"
 local function fs_cfg(P, q)
@@ -443,14 +447,15 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
   -- (every write moves the id between them; trimming removes both). So when the caller knows
   -- the usual previous status (`prev`), taking the id out of that index proves the record
   -- exists in this queue with that status, and the hash need not be read.
-  local known = false
+  local was = nil
   if prev then
     for _, p in ipairs(prev) do
-      if redis.call('ZREM', base .. ':s:' .. p, id) == 1 then known = true break end
+      if redis.call('ZREM', base .. ':s:' .. p, id) == 1 then was = p break end
     end
   end
-  if not known then
+  if not was then
     local old = redis.call('HMGET', h, 'status', 'queue')
+    was = old[1]
     if not old[1] then
       redis.call('HSET', h, 'created_ms', now, 'id', id, 'queue', q, 'func', func)
       redis.call('ZADD', base .. ':ids', 0, id)
@@ -465,13 +470,14 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
   redis.call('ZADD', base .. ':s:' .. status, now, id)
   redis.call('ZADD', base .. ':f:' .. func, now, id)
   -- bulk (enqueue of many): the caller counts and trims once for all
-  if bulk then return end
+  if bulk then return was end
   local _, v = fs_count(P, q, now, fs_count_field[status], 1)
   if status == 'retrying' or status == 'dead' then fs_count(P, q, now, 'failed', 1) end
   -- Retention, amortised: every __TRIM_EVERY__th write of a status in a minute (the count
   -- just taken) trims up to 2 × __TRIM_EVERY__ records, the same bound per write as trimming
   -- 2 on every write, without reading the config and the time index on every write.
   if v % __TRIM_EVERY__ == 0 then fs_trim(P, q, now, cfg or fs_cfg(P, q), 2 * __TRIM_EVERY__) end
+  return was
 end
 local function fs_started(P, raw, slot, now)
   local ok, e = pcall(cjson.decode, raw)

@@ -457,7 +457,8 @@ where
     Ok(out)
 }
 
-/// Tasks of `queue` running now (records in status `started`).
+/// Tasks of `queue` running now (records in status `started`: attempts running for longer
+/// than `worker::RECORD_START_AFTER`).
 pub async fn executing<C>(con: &mut C, keys: &Keys, queue: &str) -> redis::RedisResult<u64>
 where
     C: redis::aio::ConnectionLike + Send,

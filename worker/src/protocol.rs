@@ -23,7 +23,7 @@
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms) |
 //! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function, scored by last update (ms) |
 //! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) |
-//! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`; `executing` is sampled by the workers every 10 s); expires after [`COUNTS_RETENTION_MS`] |
+//! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see `records::counts`); expires after [`COUNTS_RETENTION_MS`] |
 //! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations |
 //! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
 //! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
@@ -436,7 +436,12 @@ end
 local function fs_count(P, q, now, field, n)
   local b = P .. ':counts:' .. q .. ':' .. math.floor(now / 60000)
   local v = redis.call('HINCRBY', b, field, n)
-  if v == n then redis.call('PEXPIRE', b, __COUNTS_TTL__) end
+  -- a new field: (re)arm the expiry, and mark the format (records::counts reads `started`
+  -- of format 2 as the started records plus the outcomes of attempts that had none)
+  if v == n then
+    redis.call('PEXPIRE', b, __COUNTS_TTL__)
+    redis.call('HSET', b, 'fmt', 2)
+  end
   return b, v
 end
 local fs_count_field = {queued = 'submitted', started = 'started', succeeded = 'completed', retrying = 'retried', dead = 'dead'}

@@ -280,8 +280,7 @@ return 1
 /// ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a
 /// hint, which status the record most likely has). Does nothing when the task is no longer in
 /// flight (a reaper already put it back), so a late finish never duplicates it. The record,
-/// the count and the destination (queue or outbox) are written in the same script; an attempt
-/// that ended before its `started` record was written has its start counted here.
+/// the count and the destination (queue or outbox) are written in the same script.
 const FINISH_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local mode = ARGV[2]
@@ -301,7 +300,9 @@ if id ~= '' then
     if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} end
     local was = fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
       'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg, false, prev)
-    if was ~= 'started' then fs_count(P, q, tonumber(ARGV[14]), 'started', 1) end
+    -- counts: a started record counted its own start; 'long' lets the reader tell those
+    -- apart from the short attempts whose start is counted by their outcome (records::counts)
+    if was == 'started' then fs_count(P, q, now, 'long', 1) end
   end
   if mode == 'ack' then
     fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)

@@ -813,3 +813,50 @@ async fn a_running_task_is_found_as_started_by_every_filter() {
         .unwrap();
     assert_eq!(buckets.iter().map(|b| b.started).sum::<i64>(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_start_is_counted_once_whether_or_not_it_was_recorded() {
+    let s = Space::new("rec-start-counts");
+    let mut con = s.con().await;
+    let t0 = now_ms();
+    s.enqueue(
+        "q",
+        &[
+            s.env("short", "noop", "q", json!([])),
+            s.env("long", "sleep", "q", json!([1_500])),
+        ],
+    )
+    .await;
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    // The long attempt gets its started record while it runs, the short one never does.
+    wait_until(
+        "the long task is recorded as started",
+        Duration::from_secs(10),
+        || async {
+            records::show_task(&mut s.con().await, &s.keys, "long")
+                .await
+                .unwrap()
+                .is_some_and(|r| r.status == "started")
+        },
+    )
+    .await;
+    wait_until("both done", Duration::from_secs(15), || async {
+        s.stat("q", "completed").await == 2
+    })
+    .await;
+    w.stop().await;
+    let buckets = records::counts(&mut con, &s.keys, "q", t0, now_ms())
+        .await
+        .unwrap();
+    let sum = |f: fn(&records::CountBucket) -> i64| buckets.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|b| b.started), 2);
+    assert_eq!(sum(|b| b.completed), 2);
+    for id in ["short", "long"] {
+        let r = records::show_task(&mut con, &s.keys, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, "succeeded");
+        assert!(r.started_ms.is_some() && r.worker.is_some() && r.duration_ms.is_some());
+    }
+}

@@ -225,23 +225,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// KEYS = lease, last-fired hash, queue, stats; ARGV[1] = lease value, then
-/// (field, tick, envelope) triples. Returns -1 when the lease is not the caller's.
-const FIRE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local n = 0
-for i = 2, #ARGV, 3 do
-  local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > last then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    redis.call('LPUSH', KEYS[3], ARGV[i + 2])
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', KEYS[4], 'enqueued', n) end
-return n
-"#;
-
 /// The lease as held.
 struct Held {
     value: String,
@@ -551,29 +534,38 @@ impl Beat {
         for d in &due {
             by_queue.entry(d.0.queue.as_str()).or_default().push(d);
         }
-        let script = redis::Script::new(FIRE_LUA);
+        let script = protocol::beat_fire_script();
         let mut pipe = redis::pipe();
         pipe.load_script(&script).ignore();
         let now = now_ms();
         for (queue, list) in by_queue {
             for chunk in list.chunks(500) {
-                let mut inv = script.key(keys.beat_lease());
-                inv.key(keys.beat_last(queue))
-                    .key(keys.queue(queue))
-                    .key(keys.stats(queue))
-                    .arg(&held.value);
-                for (s, tick) in chunk.iter().map(|d| (&d.0, d.1)) {
-                    let mut env = Envelope::new(
-                        format!("{}/{}@{tick}", s.queue, s.field),
-                        &s.func,
-                        &s.queue,
-                        now,
-                    );
-                    env.args = s.args.clone();
-                    env.max_retries = s.max_retries;
-                    inv.arg(&s.field).arg(tick).arg(env.to_json());
-                }
-                pipe.invoke_script(&inv);
+                let envs: Vec<Envelope> = chunk
+                    .iter()
+                    .map(|(s, tick)| {
+                        let mut env = Envelope::new(
+                            format!("{}/{}@{tick}", s.queue, s.field),
+                            &s.func,
+                            &s.queue,
+                            now,
+                        );
+                        env.args = s.args.clone();
+                        env.max_retries = s.max_retries;
+                        env
+                    })
+                    .collect();
+                let ticks = chunk
+                    .iter()
+                    .zip(&envs)
+                    .map(|((s, tick), env)| (s.field.as_str(), *tick, env));
+                pipe.invoke_script(&protocol::beat_fire_invocation(
+                    &script,
+                    keys,
+                    &held.value,
+                    queue,
+                    now,
+                    ticks,
+                ));
             }
         }
         let results: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;

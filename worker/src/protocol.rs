@@ -23,14 +23,15 @@
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms) |
 //! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function, scored by last update (ms) |
 //! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) |
-//! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `executing`); expires after [`COUNTS_RETENTION_MS`] |
+//! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see `records::counts`); expires after [`COUNTS_RETENTION_MS`] |
 //! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations |
 //! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
 //! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
 //!
 //! The Lua of [`RECORD_LUA_LIB`] writes the record keys inside the scripts the worker already
-//! runs (enqueue, fetch, finish), so recording adds no round trip; its key spelling is checked
-//! against [`Keys`] by the tests.
+//! runs (enqueue, finish), so recording adds no round trip for a short task; an attempt that
+//! runs longer than `worker::RECORD_START_AFTER` gets its `started` record from one more
+//! script call. Its key spelling is checked against [`Keys`] by the tests.
 //!
 //! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
 
@@ -191,7 +192,8 @@ impl Keys {
 pub enum TaskStatus {
     /// Waiting in the queue.
     Queued,
-    /// Running.
+    /// Running (recorded once the attempt has run for `worker::RECORD_START_AFTER`; a shorter
+    /// attempt goes from queued or retrying straight to its outcome).
     Started,
     /// Finished successfully.
     Succeeded,
@@ -232,6 +234,9 @@ impl TaskStatus {
 pub const RECORD_MAX_AGE_MS: u64 = 24 * 3_600_000;
 /// Default retention of task records by count, per queue.
 pub const RECORD_MAX_COUNT: u64 = 100_000;
+/// A worker's record write trims retention on every this-many-th write of a status (per
+/// queue and minute), by up to twice as many records: as bounded as trimming 2 per write.
+pub const RECORD_TRIM_EVERY: u64 = 16;
 /// How long the per-minute count buckets are kept.
 pub const COUNTS_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Attempts of a delivery to a URL destination before it goes to `Keys::outbox_dead`.
@@ -396,9 +401,13 @@ pub struct OutboxItem {
 /// Lua functions shared by the scripts that write task records, counts and destinations.
 /// Prepended to a script's body. `P` is the key prefix; keys spelled as in [`Keys`].
 ///
-/// - `fs_rec(P, q, id, func, status, now, extra)`: upsert the record hash (`extra` = flat
-///   field/value list), move it between the status indexes, update the time, function and
-///   id indexes, count the transition in the minute bucket, and trim retention a little.
+/// - `fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)`: upsert the record hash
+///   (`extra` = flat field/value list), move it between the status indexes, update the time,
+///   function and id indexes, count the transition in the minute bucket, and trim retention
+///   every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual previous statuses)
+///   lets it skip reading the hash: 6 commands for a start or a finish. Returns the previous
+///   status (nil for a new record).
+/// - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
 /// - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
 pub const RECORD_LUA_LIB: &str = r#"
 local function fs_cfg(P, q)
@@ -426,34 +435,60 @@ local function fs_trim(P, q, now, cfg, budget)
 end
 local function fs_count(P, q, now, field, n)
   local b = P .. ':counts:' .. q .. ':' .. math.floor(now / 60000)
-  if redis.call('HINCRBY', b, field, n) == n then redis.call('PEXPIRE', b, __COUNTS_TTL__) end
-  return b
+  local v = redis.call('HINCRBY', b, field, n)
+  -- a new field: (re)arm the expiry, and mark the format (records::counts reads `started`
+  -- of format 2 as the started records plus the outcomes of attempts that had none)
+  if v == n then
+    redis.call('PEXPIRE', b, __COUNTS_TTL__)
+    redis.call('HSET', b, 'fmt', 2)
+  end
+  return b, v
 end
 local fs_count_field = {queued = 'submitted', started = 'started', succeeded = 'completed', retrying = 'retried', dead = 'dead'}
-local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk)
+local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
   local h = P .. ':task:' .. id
   local base = P .. ':tasks:' .. q
-  local old = redis.call('HMGET', h, 'status', 'queue')
-  if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end
-  if not old[1] then
-    redis.call('HSET', h, 'created_ms', now)
-    redis.call('ZADD', base .. ':ids', 0, id)
+  -- A status index of a queue holds exactly the ids whose record has that status and queue
+  -- (every write moves the id between them; trimming removes both). So when the caller knows
+  -- the usual previous status (`prev`), taking the id out of that index proves the record
+  -- exists in this queue with that status, and the hash need not be read.
+  local was = nil
+  if prev then
+    for _, p in ipairs(prev) do
+      if redis.call('ZREM', base .. ':s:' .. p, id) == 1 then was = p break end
+    end
   end
-  redis.call('HSET', h, 'id', id, 'queue', q, 'func', func, 'status', status, 'updated_ms', now, unpack(extra))
+  if not was then
+    local old = redis.call('HMGET', h, 'status', 'queue')
+    was = old[1]
+    if not old[1] then
+      redis.call('HSET', h, 'created_ms', now, 'id', id, 'queue', q, 'func', func)
+      redis.call('ZADD', base .. ':ids', 0, id)
+    elseif old[2] ~= q or status == 'queued' then
+      -- a (re)enqueue may reuse an id for another function or queue: rewrite what it is
+      redis.call('HSET', h, 'id', id, 'queue', q, 'func', func)
+    end
+    if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end
+  end
+  redis.call('HSET', h, 'status', status, 'updated_ms', now, unpack(extra))
   redis.call('ZADD', base, now, id)
   redis.call('ZADD', base .. ':s:' .. status, now, id)
   redis.call('ZADD', base .. ':f:' .. func, now, id)
   -- bulk (enqueue of many): the caller counts and trims once for all
-  if bulk then return end
-  local b = fs_count(P, q, now, fs_count_field[status], 1)
+  if bulk then return was end
+  local _, v = fs_count(P, q, now, fs_count_field[status], 1)
   if status == 'retrying' or status == 'dead' then fs_count(P, q, now, 'failed', 1) end
-  redis.call('HSET', b, 'executing', redis.call('ZCARD', base .. ':s:started'))
-  fs_trim(P, q, now, cfg or fs_cfg(P, q), 2)
+  -- Retention, amortised: every __TRIM_EVERY__th write of a status in a minute (the count
+  -- just taken) trims up to 2 × __TRIM_EVERY__ records, the same bound per write as trimming
+  -- 2 on every write, without reading the config and the time index on every write.
+  if v % __TRIM_EVERY__ == 0 then fs_trim(P, q, now, cfg or fs_cfg(P, q), 2 * __TRIM_EVERY__) end
+  return was
 end
 local function fs_started(P, raw, slot, now)
   local ok, e = pcall(cjson.decode, raw)
   if not ok or type(e) ~= 'table' or type(e.id) ~= 'string' or type(e.queue) ~= 'string' then return end
-  fs_rec(P, e.queue, e.id, tostring(e.func), 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now})
+  fs_rec(P, e.queue, e.id, tostring(e.func), 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now},
+    nil, false, {'queued', 'retrying'})
 end
 local function fs_dest(P, d, kind, raw, field, payload, id, now)
   if not d or d == '' then return end
@@ -482,7 +517,8 @@ pub fn with_record_lib(body: &str) -> String {
     let lib = RECORD_LUA_LIB
         .replace("__MAX_AGE__", &RECORD_MAX_AGE_MS.to_string())
         .replace("__MAX_COUNT__", &RECORD_MAX_COUNT.to_string())
-        .replace("__COUNTS_TTL__", &COUNTS_RETENTION_MS.to_string());
+        .replace("__COUNTS_TTL__", &COUNTS_RETENTION_MS.to_string())
+        .replace("__TRIM_EVERY__", &RECORD_TRIM_EVERY.to_string());
     format!(
         "{lib}
 {body}"
@@ -867,6 +903,93 @@ fs_trim(P, q, now, cfg, 2 * n)
 redis.call('HINCRBY', KEYS[2], 'enqueued', n)
 return redis.call('LLEN', KEYS[1])
 "#;
+
+/// Lua: sample the running tasks of a queue into a minute's counts. KEYS[1] = the `started`
+/// status index, KEYS[2] = the counts hash; ARGV[1] = its TTL (ms). Returns the count.
+const SAMPLE_EXECUTING_LUA: &str = r#"
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('HSET', KEYS[2], 'executing', n)
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return n
+"#;
+
+/// The tasks of `queue` running now (records in status `started`), also written as the
+/// `executing` count of the minute of `now_ms`. Workers call it every few seconds; the task
+/// writes themselves do not keep that field (it would cost two commands per write).
+pub async fn sample_executing<C>(
+    con: &mut C,
+    keys: &Keys,
+    queue: &str,
+    now_ms: u64,
+) -> redis::RedisResult<u64>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    redis::Script::new(SAMPLE_EXECUTING_LUA)
+        .key(keys.tasks_status(queue, TaskStatus::Started))
+        .key(keys.counts(queue, now_ms / 60_000))
+        .arg(COUNTS_RETENTION_MS)
+        .invoke_async(con)
+        .await
+}
+
+/// Lua: fire beat ticks under the lease. KEYS = lease, last-fired hash, queue, stats; ARGV =
+/// lease value, prefix, queue, now ms, then (field, tick, envelope JSON, id, func) quintuples.
+/// A tick newer than the schedule's last fired one is pushed, counted and recorded (status
+/// `queued`) exactly as [`enqueue`] does. Returns -1 when the lease is not the caller's.
+const BEAT_FIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local P, q, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local n = 0
+for i = 5, #ARGV, 5 do
+  local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > last then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('LPUSH', KEYS[3], ARGV[i + 2])
+    fs_rec(P, q, ARGV[i + 3], ARGV[i + 4], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, nil, true)
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[4], 'enqueued', n)
+  fs_count(P, q, now, 'submitted', n)
+  fs_trim(P, q, now, fs_cfg(P, q), 2 * n)
+end
+return n
+"#;
+
+/// The beat's firing script ([`BEAT_FIRE_LUA`] with the record functions).
+pub fn beat_fire_script() -> redis::Script {
+    redis::Script::new(&with_record_lib(BEAT_FIRE_LUA))
+}
+
+/// One call of [`beat_fire_script`] for `queue`: `ticks` are (schedule field, tick, envelope).
+/// Returns -1 when `lease_value` no longer holds the lease, else the number of ticks enqueued.
+pub fn beat_fire_invocation<'a, 'b>(
+    script: &'a redis::Script,
+    keys: &Keys,
+    lease_value: &str,
+    queue: &str,
+    now_ms: u64,
+    ticks: impl IntoIterator<Item = (&'b str, i64, &'b Envelope)>,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.key(keys.beat_lease());
+    inv.key(keys.beat_last(queue))
+        .key(keys.queue(queue))
+        .key(keys.stats(queue))
+        .arg(lease_value)
+        .arg(keys.prefix())
+        .arg(queue)
+        .arg(now_ms);
+    for (field, tick, env) in ticks {
+        inv.arg(field)
+            .arg(tick)
+            .arg(env.to_json())
+            .arg(&env.id)
+            .arg(&env.func);
+    }
+    inv
+}
 
 /// Enqueue envelopes (all for the same `queue`): `LPUSH`, `HINCRBY enqueued` and the `queued`
 /// records in one atomic script call per chunk of 500. Returns the queue length afterwards.

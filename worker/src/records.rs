@@ -400,7 +400,8 @@ pub struct CountBucket {
     pub minute_ms: u64,
     /// Tasks enqueued (producers, destinations, dead-letter requeues).
     pub submitted: i64,
-    /// Attempts started.
+    /// Attempts started (one that ran under `worker::RECORD_START_AFTER` is counted in the
+    /// minute it ended, a cancelled one of those not at all).
     pub started: i64,
     /// Tasks finished successfully.
     pub completed: i64,
@@ -410,7 +411,8 @@ pub struct CountBucket {
     pub retried: i64,
     /// Tasks dead-lettered.
     pub dead: i64,
-    /// Tasks running at the last write in the minute (None: nothing happened).
+    /// Tasks running at the minute's last sample (workers sample every 10 s; None: no worker
+    /// sampled that minute).
     pub executing: Option<i64>,
 }
 
@@ -438,6 +440,12 @@ where
                 minute_ms: m * 60_000,
                 ..Default::default()
             };
+            // In buckets of this format (`fmt` 2), stored `started` counts the started records
+            // (attempts running over RECORD_START_AFTER, in the minute they started); a shorter
+            // attempt's start is derived from its outcome (completed, retried or dead) minus the
+            // outcomes of the long ones (`long`), in the minute it ended: one counter less to
+            // write per short attempt. Older buckets counted every start in `started`.
+            let (mut long, mut derived) = (0, false);
             for (k, v) in row {
                 match k.as_str() {
                     "submitted" => b.submitted = v,
@@ -447,8 +455,13 @@ where
                     "retried" => b.retried = v,
                     "dead" => b.dead = v,
                     "executing" => b.executing = Some(v),
+                    "long" => long = v,
+                    "fmt" => derived = v >= 2,
                     _ => {}
                 }
+            }
+            if derived {
+                b.started += b.completed + b.retried + b.dead - long;
             }
             out.push(b);
         }
@@ -456,7 +469,8 @@ where
     Ok(out)
 }
 
-/// Tasks of `queue` running now (records in status `started`).
+/// Tasks of `queue` running now (records in status `started`: attempts running for longer
+/// than `worker::RECORD_START_AFTER`).
 pub async fn executing<C>(con: &mut C, keys: &Keys, queue: &str) -> redis::RedisResult<u64>
 where
     C: redis::aio::ConnectionLike + Send,

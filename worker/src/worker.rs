@@ -99,7 +99,8 @@ pub struct WorkerConfig {
     pub max_memory_per_child_kib: Option<u64>,
     /// Tasks after which a `pool` child is replaced.
     pub max_tasks_per_child: Option<u64>,
-    /// Write task records (start and finish of each attempt) inside the fetch and ack scripts.
+    /// Write task records: the finish of each attempt inside the ack script, its start once it
+    /// has run for [`RECORD_START_AFTER`].
     pub records: bool,
 }
 
@@ -252,21 +253,23 @@ struct Scripts {
     started: redis::Script,
 }
 
-/// KEYS[1] = in-flight list, KEYS[2..] = queues in the order to try; ARGV = prefix, slot,
-/// now ms, records (`1`|`0`). Returns {task, index}; records the attempt as started.
+/// KEYS[1] = in-flight list, KEYS[2..] = queues in the order to try. Returns {task, index}.
 const FETCH_LUA: &str = r#"
 for i = 2, #KEYS do
   local v = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
-  if v then
-    if ARGV[4] == '1' then fs_started(ARGV[1], v, ARGV[2], tonumber(ARGV[3])) end
-    return {v, i - 1}
-  end
+  if v then return {v, i - 1} end
 end
 return false
 "#;
 
-/// Records a task taken by a blocking move as started. ARGV = prefix, task, slot, now ms.
+/// A task runs this long before its record says `started` (see [`Inner::execute`]).
+pub const RECORD_START_AFTER: Duration = Duration::from_millis(100);
+
+/// Records an attempt as started, if it is still in flight (a finish that got there first
+/// has written the final record). KEYS[1] = in-flight list; ARGV = prefix, task, slot,
+/// started ms. Returns 1 when recorded.
 const STARTED_LUA: &str = r#"
+if not redis.call('LPOS', KEYS[1], ARGV[2]) then return 0 end
 fs_started(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 return 1
 "#;
@@ -274,9 +277,10 @@ return 1
 /// KEYS[1] = in-flight, KEYS[2] = target (delayed zset | dead list | unused), KEYS[3] = stats;
 /// ARGV = task, mode (ack|retry|dead), new task text, due ms, prefix, queue, id (empty: no
 /// record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
-/// ms, started ms, payload JSON (result or error), error text. Does nothing when the task is
-/// no longer in flight (a reaper already put it back), so a late finish never duplicates it.
-/// The record, the count and the destination (queue or outbox) are written in the same script.
+/// ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a
+/// hint, which status the record most likely has). Does nothing when the task is no longer in
+/// flight (a reaper already put it back), so a late finish never duplicates it. The record,
+/// the count and the destination (queue or outbox) are written in the same script.
 const FINISH_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local mode = ARGV[2]
@@ -292,8 +296,13 @@ if id ~= '' then
   local cfg = fs_cfg(P, q)
   if ARGV[10] == '1' then
     local status = ({ack = 'succeeded', retry = 'retrying', dead = 'dead'})[mode]
-    fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
-      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg)
+    local prev = {'queued', 'retrying', 'started'}
+    if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} end
+    local was = fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
+      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg, false, prev)
+    -- counts: a started record counted its own start; 'long' lets the reader tell those
+    -- apart from the short attempts whose start is counted by their outcome (records::counts)
+    if was == 'started' then fs_count(P, q, now, 'long', 1) end
   end
   if mode == 'ack' then
     fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
@@ -344,7 +353,7 @@ return 1
 impl Scripts {
     fn new() -> Self {
         Self {
-            fetch: redis::Script::new(&protocol::with_record_lib(FETCH_LUA)),
+            fetch: redis::Script::new(FETCH_LUA),
             finish: redis::Script::new(&protocol::with_record_lib(FINISH_LUA)),
             requeue: redis::Script::new(&protocol::with_record_lib(REQUEUE_LUA)),
             promote: redis::Script::new(PROMOTE_LUA),
@@ -533,7 +542,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Queue-wide gauges from Redis: last complete minute's counts, running, depth, dead.
+    /// Queue-wide gauges from Redis: last complete minute's counts, running, depth, dead. Also
+    /// samples the running tasks into the current minute's counts (`executing`).
     async fn refresh_queue_gauges(&self) -> redis::RedisResult<()> {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
@@ -556,24 +566,25 @@ impl Inner {
                         .set(v);
                 }
             }
-            let (depth, dead, running): (i64, i64, i64) = redis::pipe()
+            let (depth, dead): (i64, i64) = redis::pipe()
                 .llen(keys.queue(q))
                 .llen(keys.dead(q))
-                .zcard(keys.tasks_status(q, protocol::TaskStatus::Started))
                 .query_async(&mut con)
                 .await?;
+            let running = protocol::sample_executing(&mut con, keys, q, now).await?;
             m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
             m.queue_dead_letters
                 .with_label_values(&[q.as_str()])
                 .set(dead);
             m.queue_executing
                 .with_label_values(&[q.as_str()])
-                .set(running);
+                .set(running as i64);
         }
         Ok(())
     }
 
-    /// Apply record retention to every queue (the scripts also trim a little on each write).
+    /// Apply record retention to every queue (the scripts also trim on every
+    /// `RECORD_TRIM_EVERY`th write).
     async fn trim_records(&self) -> redis::RedisResult<()> {
         let mut con = self.redis.clone();
         for q in &self.config.queues {
@@ -621,10 +632,6 @@ impl Inner {
             for &i in &order {
                 inv.key(keys.queue(&self.config.queues[i]));
             }
-            inv.arg(keys.prefix())
-                .arg(&slot)
-                .arg(now_ms())
-                .arg(if self.config.records { "1" } else { "0" });
             let fetched: redis::RedisResult<Option<(String, usize)>> =
                 inv.invoke_async(&mut con).await;
             let raw = match fetched {
@@ -657,24 +664,7 @@ impl Inner {
                         _ = stop.changed() => return,
                     };
                     match moved {
-                        Ok(Some(raw)) => {
-                            // Only on an idle queue: the hot path records inside the fetch script.
-                            if self.config.records {
-                                let r: redis::RedisResult<i64> = self
-                                    .scripts
-                                    .started
-                                    .arg(keys.prefix())
-                                    .arg(&raw)
-                                    .arg(&slot)
-                                    .arg(now_ms())
-                                    .invoke_async(&mut con)
-                                    .await;
-                                if let Err(e) = r {
-                                    tracing::warn!(error = %e, "recording a start failed");
-                                }
-                            }
-                            raw
-                        }
+                        Ok(Some(raw)) => raw,
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "blocking fetch failed");
@@ -773,17 +763,57 @@ impl Inner {
         gauge.inc();
         let started = Instant::now();
         let started_ms = now_ms();
-        let outcome = self
-            .handler
-            .run(
-                slot,
-                &env,
-                self.limits(&env),
-                self.redis.clone(),
-                &self.http,
-                cancel,
-            )
-            .await;
+        let slot_name = format!("{}.{slot}", self.config.name);
+        let run = self.handler.run(
+            slot,
+            &env,
+            self.limits(&env),
+            self.redis.clone(),
+            &self.http,
+            cancel,
+        );
+        // The `started` record is written only once the attempt has run for
+        // RECORD_START_AFTER, concurrently with the task. Most tasks end sooner: their finish
+        // script writes the whole attempt (worker, started_ms, duration) and counts the start,
+        // so a short task costs one record write instead of two. Hence `tasks list --status
+        // started` and the executing counts show the attempts running longer than that (a
+        // shorter one is only ever seen as `started` by a reader racing it). Either order of
+        // the two writes is correct: the started script writes nothing once the task has left
+        // the in-flight list, and the finish moves the record from whichever status it has.
+        let (outcome, start_recorded) = if self.config.records {
+            let record_start = async {
+                tokio::time::sleep(RECORD_START_AFTER).await;
+                let r: redis::RedisResult<i64> = self
+                    .scripts
+                    .started
+                    .key(inflight)
+                    .arg(keys.prefix())
+                    .arg(&raw)
+                    .arg(&slot_name)
+                    .arg(started_ms)
+                    .invoke_async(&mut self.redis.clone())
+                    .await;
+                match r {
+                    Ok(n) => n == 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording a start failed");
+                        false
+                    }
+                }
+            };
+            tokio::pin!(run);
+            tokio::pin!(record_start);
+            let mut recorded = None;
+            let outcome = loop {
+                tokio::select! {
+                    o = &mut run => break o,
+                    r = &mut record_start, if recorded.is_none() => recorded = Some(r),
+                }
+            };
+            (outcome, recorded.unwrap_or(false))
+        } else {
+            (run.await, false)
+        };
         gauge.dec();
         let elapsed = started.elapsed();
         let ms = elapsed.as_millis() as u64;
@@ -791,7 +821,6 @@ impl Inner {
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64());
         let stats = keys.stats(&env.queue);
-        let slot_name = format!("{}.{slot}", self.config.name);
         // ARGV 5.. of the finish script: what the record and the destinations need.
         let record_args = |inv: &mut redis::ScriptInvocation, payload: String, error: &str| {
             inv.arg(keys.prefix())
@@ -805,7 +834,8 @@ impl Inner {
                 .arg(ms)
                 .arg(started_ms)
                 .arg(payload)
-                .arg(error);
+                .arg(error)
+                .arg(if start_recorded { "1" } else { "0" });
         };
         let mut pipe = redis::pipe();
         match outcome {

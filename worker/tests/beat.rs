@@ -388,3 +388,51 @@ async fn a_beat_that_lost_its_lease_stops_firing() {
     a.stop().await;
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fired_ticks_have_queued_records_like_any_enqueue() {
+    use funcscale_worker::protocol::TaskStatus;
+    use funcscale_worker::records::{self, TaskQuery};
+    let s = Space::new("beat-records");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let a = start(config(&s, "a", Some(file.clone()))).await;
+    wait_until("two ticks fired", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.queue("q")]).await >= 2
+    })
+    .await;
+    a.stop().await;
+    let _ = std::fs::remove_file(file);
+    let ticks = fired(&s, "q").await;
+    let mut con = s.con().await;
+    let queued = records::list_tasks(
+        &mut con,
+        &s.keys,
+        &TaskQuery {
+            queue: "q".into(),
+            status: Some(TaskStatus::Queued),
+            func: Some("noop".into()),
+            id_prefix: Some("q/".into()),
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut ids: Vec<String> = queued.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<String> = ticks.iter().map(|(f, t)| format!("{f}@{t}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "every fired tick has a queued record");
+    for r in &queued {
+        assert_eq!(r.attempt, Some(0));
+        assert!(r.enqueued_ms.is_some() && r.created_ms.is_some());
+    }
+    let now = now_ms();
+    let submitted: i64 = records::counts(&mut con, &s.keys, "q", now - 120_000, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.submitted)
+        .sum();
+    assert_eq!(submitted as usize, ticks.len());
+}

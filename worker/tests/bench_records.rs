@@ -7,7 +7,8 @@
 //! - `query_latency_at_100k_records`: 100,000 tasks through a worker (10% dead), then each
 //!   `tasks list` filter timed (median of 20).
 //! - `throughput_records_on_vs_off`: no-op tasks/s through an in-process worker with
-//!   `--processes 1` and `5`, records on and off.
+//!   `--processes 1` and `5`, records off and on in alternating rounds; prints a table of the
+//!   medians and the on/off ratio (`N` tasks per round, `ROUNDS` per side).
 
 mod common;
 
@@ -176,28 +177,85 @@ async fn query_latency_at_100k_records() {
     }
 }
 
+/// Median of `v` (sorted in place; mean of the middle two when even).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One timed drain of `n` fresh no-op tasks (enqueued, with their `queued` records, before
+/// the clock starts).
+async fn round(processes: usize, records: bool, n: usize) -> f64 {
+    let s = Space::new("bench-tput");
+    let envs: Vec<Envelope> = (0..n)
+        .map(|i| s.env(&format!("t{i}"), "noop", "q", json!([])))
+        .collect();
+    for chunk in envs.chunks(10_000) {
+        s.enqueue("q", chunk).await;
+    }
+    drain(&s, "q", processes, records, n as i64).await
+}
+
+/// Records off and on alternate round by round (off, on, off, on, ...), so a slow phase of a
+/// shared machine hits both sides alike; the table shows the medians and their ratio.
+/// `N` (tasks per round, default 20,000: over a second even at the fastest rate seen) and
+/// `ROUNDS` (per side, default 5) tune it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "benchmark"]
 async fn throughput_records_on_vs_off() {
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    println!("no-op tasks/s through an in-process worker, N={n}:");
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env("N", 20_000);
+    let rounds = env("ROUNDS", 5).max(1);
+    println!(
+        "no-op tasks/s through an in-process worker, {n} tasks per round, {rounds} rounds per side:"
+    );
+    let mut rows = Vec::new();
     for processes in [1, 5] {
-        for records in [false, true, false, true] {
-            let s = Space::new("bench-tput");
-            let envs: Vec<Envelope> = (0..n)
-                .map(|i| s.env(&format!("t{i}"), "noop", "q", json!([])))
-                .collect();
-            for chunk in envs.chunks(10_000) {
-                s.enqueue("q", chunk).await;
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            for records in [false, true] {
+                let rate = round(processes, records, n).await;
+                println!(
+                    "  round {r}: processes={processes} records={:<3} {rate:>8.0} tasks/s",
+                    if records { "on" } else { "off" }
+                );
+                if records {
+                    on.push(rate)
+                } else {
+                    off.push(rate)
+                }
             }
-            let rate = drain(&s, "q", processes, records, n as i64).await;
-            println!(
-                "  processes={processes} records={:<3} {rate:>8.0} tasks/s",
-                if records { "on" } else { "off" }
-            );
         }
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (fo, fn_) = (fmt(&off), fmt(&on));
+        let (mo, mn) = (median(&mut off), median(&mut on));
+        rows.push((processes, mo, mn, fo, fn_));
+    }
+    println!();
+    println!(
+        "| processes | records off (median) | records on (median) | on/off | cost | off rounds | on rounds |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for (p, mo, mn, fo, fn_) in &rows {
+        println!(
+            "| {p} | {mo:.0} | {mn:.0} | {:.3} | {:.1} % | {fo} | {fn_} |",
+            mn / mo,
+            (1.0 - mn / mo) * 100.0
+        );
     }
 }

@@ -718,3 +718,145 @@ async fn queue_counts_are_exported_as_prometheus_gauges() {
     assert!(text().contains("funcscale_queue_dead_letters{queue=\"q\"} 0"));
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_found_as_started_by_every_filter() {
+    let s = Space::new("rec-running");
+    let mut con = s.con().await;
+    // A: taken by the fetch script (queue not empty at start); B: by the blocking move.
+    s.enqueue("q", &[s.env("run-a", "sleep", "q", json!([60_000]))])
+        .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let t1 = now_ms();
+    let w = Running::start(
+        builder(&s, &["q"], 2).configure(|c| c.drain_timeout = Duration::from_millis(100)),
+    )
+    .await;
+    let started = || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Started)])
+            .await
+    };
+    wait_until("A runs", Duration::from_secs(10), || async {
+        started().await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the idle slot now blocks
+    s.enqueue("q", &[s.env("run-b", "sleep", "q", json!([60_000]))])
+        .await;
+    wait_until("B runs", Duration::from_secs(10), || async {
+        started().await == 2
+    })
+    .await;
+    assert_eq!(records::executing(&mut con, &s.keys, "q").await.unwrap(), 2);
+    // Every filter, alone and together, finds both running tasks; the time window starts
+    // after A was enqueued, so A is found by its start.
+    let filters = [
+        TaskQuery {
+            status: Some(TaskStatus::Started),
+            ..query("q")
+        },
+        TaskQuery {
+            func: Some("sleep".into()),
+            since_ms: Some(t1),
+            ..query("q")
+        },
+        TaskQuery {
+            since_ms: Some(t1),
+            until_ms: Some(now_ms()),
+            ..query("q")
+        },
+        TaskQuery {
+            id_prefix: Some("run-".into()),
+            status: Some(TaskStatus::Started),
+            func: Some("sleep".into()),
+            since_ms: Some(t1),
+            ..query("q")
+        },
+    ];
+    for q in &filters {
+        let l = list(&s, q).await;
+        assert_eq!(ids(&l), ["run-a", "run-b"], "{q:?}");
+        for r in &l {
+            assert_eq!(r.status, "started");
+            assert!(r.started_ms.is_some_and(|t| t >= t1), "{r:?}");
+            assert!(r.worker.as_deref().is_some_and(|w| w.contains('.')));
+            assert_eq!(r.attempt, Some(0));
+        }
+    }
+    for st in [TaskStatus::Queued, TaskStatus::Succeeded] {
+        let l = list(
+            &s,
+            &TaskQuery {
+                status: Some(st),
+                ..query("q")
+            },
+        )
+        .await;
+        assert!(l.is_empty(), "{st:?}: {l:?}");
+    }
+    // Stopping cancels both: back in the queue, recorded as queued, nothing running.
+    w.stop().await;
+    let queued = list(
+        &s,
+        &TaskQuery {
+            status: Some(TaskStatus::Queued),
+            func: Some("sleep".into()),
+            ..query("q")
+        },
+    )
+    .await;
+    assert_eq!(ids(&queued), ["run-a", "run-b"]);
+    assert_eq!(records::executing(&mut con, &s.keys, "q").await.unwrap(), 0);
+    let now = now_ms();
+    let buckets = records::counts(&mut con, &s.keys, "q", now - 120_000, now)
+        .await
+        .unwrap();
+    assert_eq!(buckets.iter().map(|b| b.started).sum::<i64>(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_start_is_counted_once_whether_or_not_it_was_recorded() {
+    let s = Space::new("rec-start-counts");
+    let mut con = s.con().await;
+    let t0 = now_ms();
+    s.enqueue(
+        "q",
+        &[
+            s.env("short", "noop", "q", json!([])),
+            s.env("long", "sleep", "q", json!([1_500])),
+        ],
+    )
+    .await;
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    // The long attempt gets its started record while it runs, the short one never does.
+    wait_until(
+        "the long task is recorded as started",
+        Duration::from_secs(10),
+        || async {
+            records::show_task(&mut s.con().await, &s.keys, "long")
+                .await
+                .unwrap()
+                .is_some_and(|r| r.status == "started")
+        },
+    )
+    .await;
+    wait_until("both done", Duration::from_secs(15), || async {
+        s.stat("q", "completed").await == 2
+    })
+    .await;
+    w.stop().await;
+    let buckets = records::counts(&mut con, &s.keys, "q", t0, now_ms())
+        .await
+        .unwrap();
+    let sum = |f: fn(&records::CountBucket) -> i64| buckets.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|b| b.started), 2);
+    assert_eq!(sum(|b| b.completed), 2);
+    for id in ["short", "long"] {
+        let r = records::show_task(&mut con, &s.keys, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, "succeeded");
+        assert!(r.started_ms.is_some() && r.worker.is_some() && r.duration_ms.is_some());
+    }
+}

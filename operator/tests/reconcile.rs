@@ -34,6 +34,8 @@ struct Env {
     client: Client,
     ctx: Arc<Context>,
     ops: Ops,
+    /// `reason: note` of every Event created.
+    events: Ops,
     clock: Arc<AtomicU64>,
     queues_w: Writer<FuncQueue>,
     pools_w: Writer<FuncWorkerPool>,
@@ -46,12 +48,19 @@ impl Env {
 
     async fn with_config(conflict_on_patch: bool, config: Config) -> Self {
         let ops: Ops = Arc::default();
+        let events: Ops = Arc::default();
         let (o1, o2, o3, o4) = (ops.clone(), ops.clone(), ops.clone(), ops.clone());
+        let e1 = events.clone();
         let funcs = interceptor::Funcs::new()
             .create(move |c| {
-                o1.lock()
-                    .unwrap()
-                    .push(format!("create {}", kind_of(c.object)));
+                let kind = kind_of(c.object);
+                if kind == "Event" {
+                    let text = |k: &str| c.object.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                    e1.lock()
+                        .unwrap()
+                        .push(format!("{}: {}", text("reason"), text("note")));
+                }
+                o1.lock().unwrap().push(format!("create {kind}"));
                 Ok(None)
             })
             .patch(move |c| {
@@ -100,6 +109,7 @@ impl Env {
             client,
             ctx,
             ops,
+            events,
             clock,
             queues_w,
             pools_w,
@@ -356,6 +366,14 @@ async fn scales_up_at_once_and_down_only_after_the_window() {
     assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(10));
     let ops = env.take_ops();
     assert!(ops.contains(&"create Event".to_string()), "{ops:?}");
+    // the Event says what changed and why, with the numbers
+    let events = std::mem::take(&mut *env.events.lock().unwrap());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].starts_with("Scaled: scaled 1 → 10: backlog 6000")
+            && events[0].contains("T 500 ms"),
+        "{events:?}"
+    );
     let p = env.pool("w").await;
     assert_eq!(condition(&p, "Scaling").reason, "ScalingUp");
 

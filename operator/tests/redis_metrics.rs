@@ -469,3 +469,164 @@ async fn tls_url_uses_rustls_and_fails_cleanly_against_plain_text() {
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert!(matches!(cache.get(&id), Some(Reading::Unavailable { .. })));
 }
+
+/// A TCP proxy that counts request/response turns: a turn starts when the client writes after
+/// Redis has answered (or for the first time). A pipeline is one turn however it is split.
+struct TurnCounter {
+    port: u16,
+    turns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TurnCounter {
+    async fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (t, n) = (turns.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                n.fetch_add(1, Ordering::SeqCst);
+                let turns = t.clone();
+                conns.spawn(async move {
+                    let outbound = tokio::net::TcpStream::connect("127.0.0.1:6379")
+                        .await
+                        .unwrap();
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let answered = Arc::new(AtomicBool::new(true));
+                    let a2 = answered.clone();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = ci.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if answered.swap(false, Ordering::SeqCst) {
+                                turns.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if so.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = si.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            a2.store(true, Ordering::SeqCst);
+                            if co.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self {
+            port,
+            turns,
+            connections,
+            task,
+        }
+    }
+    fn turns(&self) -> usize {
+        self.turns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TurnCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The poll reads every queue of one Redis, whatever its format, in ONE pipelined round trip
+/// on one long-lived connection (not a connection or a command round trip per queue).
+#[tokio::test]
+async fn one_pipelined_round_trip_per_redis_per_poll() {
+    let keys = Keys::new(unique("turns"));
+    let proxy = TurnCounter::start().await;
+    let endpoint = RedisEndpoint::new(format!("redis://127.0.0.1:{}/0", proxy.port));
+    let registry = Registry::default();
+    let cache = MetricsCache::default();
+    let formats = [
+        QueueFormat::Funcscale,
+        QueueFormat::Celery,
+        QueueFormat::Rq,
+        QueueFormat::Sidekiq,
+    ];
+    let mut c = con().await;
+    for i in 0..400 {
+        let name = format!("q{i}");
+        let format = formats[i % formats.len()];
+        let key =
+            (format != QueueFormat::Funcscale).then(|| format!("{}:foreign:{name}", keys.prefix()));
+        let mut q = queue(&name, format, key);
+        if i % 7 == 0 {
+            q.spec.schedules = vec![Schedule {
+                name: "tick".into(),
+                cron: "* * * * *".into(),
+                function: "f".into(),
+                ..Default::default()
+            }];
+        }
+        registry.upsert(
+            QueueId::new("ns", &name),
+            QueueTarget::for_queue(&q, &name, endpoint.clone(), &keys, 60_000),
+        );
+    }
+    let _: () = c
+        .lpush(
+            keys.queue("q0"),
+            Envelope::new("a", "f", "q0", now_ms()).to_json(),
+        )
+        .await
+        .unwrap();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+
+    // the first poll connects (handshake turns); count the polls after it
+    assert!(poller.poll_once(now_ms()).await.errors.is_empty());
+    for _ in 0..3 {
+        let before = proxy.turns();
+        let report = poller.poll_once(now_ms()).await;
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert_eq!(
+            proxy.turns() - before,
+            1,
+            "one poll of 400 queues must be one round trip"
+        );
+    }
+    assert_eq!(
+        proxy.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection, kept across polls"
+    );
+    assert_eq!(ok(&cache, &QueueId::new("ns", "q0")).depth, 1);
+    assert_eq!(ok(&cache, &QueueId::new("ns", "q399")).depth, 0);
+
+    // the counter sees sequential commands as separate turns (so the 1 above means something)
+    let mut direct = redis::Client::open(format!("redis://127.0.0.1:{}/0", proxy.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = proxy.turns();
+    for _ in 0..3 {
+        let _: i64 = direct.llen(keys.queue("q0")).await.unwrap();
+    }
+    assert_eq!(proxy.turns() - before, 3);
+    let _: () = c.del(keys.queue("q0")).await.unwrap();
+}

@@ -630,3 +630,181 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
     assert_eq!(proxy.turns() - before, 3);
     let _: () = c.del(keys.queue("q0")).await.unwrap();
 }
+
+/// TLS end to end: a Redis that serves only TLS, with a certificate from a private CA. As
+/// docs/operations.md tells users, `SSL_CERT_FILE` points the process at the CA; the poll
+/// then reads the queue over `rediss://`. The environment variable must be set before the
+/// process starts (and this crate forbids `unsafe`, so no `set_var`): the test runs its half
+/// that polls in a child process of this test binary.
+#[tokio::test]
+async fn tls_with_a_private_ca_reads_the_queue() {
+    use std::process::{Command, Stdio};
+
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=funcscale test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &p("server.crt"),
+            "--tls-key-file",
+            &p("server.key"),
+            "--tls-ca-cert-file",
+            &p("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &p(""),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TLS redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tls_child_polls_over_rediss",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env("SSL_CERT_FILE", p("ca.crt"))
+        .env("FUNCSCALE_TEST_TLS_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && out.contains("1 passed"),
+        "child: {out}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+}
+
+/// The child half of `tls_with_a_private_ca_reads_the_queue` (needs its environment).
+#[tokio::test]
+#[ignore = "run by tls_with_a_private_ca_reads_the_queue in a child process"]
+async fn tls_child_polls_over_rediss() {
+    funcscale_operator::cli_run::install_crypto_provider();
+    let port = std::env::var("FUNCSCALE_TEST_TLS_PORT").expect("run by the parent test");
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let keys = Keys::new(unique("tls-ok"));
+    // a producer over TLS too
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TLS connection with the private CA");
+    for id in ["a", "b", "c"] {
+        let _: () = c
+            .lpush(
+                keys.queue("q"),
+                Envelope::new(id, "f", "q", now_ms()).to_json(),
+            )
+            .await
+            .unwrap();
+    }
+    let registry = Registry::default();
+    let cache = MetricsCache::default();
+    let id = QueueId::new("ns", "q");
+    registry.upsert(
+        id.clone(),
+        QueueTarget::for_queue(
+            &queue("q", QueueFormat::Funcscale, None),
+            "q",
+            RedisEndpoint::new(url.clone()),
+            &keys,
+            60_000,
+        ),
+    );
+    let report = Poller::new(registry, cache.clone(), PollerConfig::default())
+        .poll_once(now_ms())
+        .await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(ok(&cache, &id).depth, 3);
+}

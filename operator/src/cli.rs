@@ -100,7 +100,8 @@ pub struct CapacityArgs {
         long,
         value_name = "M",
         value_delimiter = ',',
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = count
     )]
     pub monitors: Vec<u64>,
     /// Task time in milliseconds (T); with --table a comma-separated list.
@@ -108,14 +109,15 @@ pub struct CapacityArgs {
         long = "task-ms",
         value_name = "MS",
         value_delimiter = ',',
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = count
     )]
     pub task_ms: Vec<u64>,
     /// Processes per pod (c).
-    #[arg(long, default_value_t = u64::from(DEFAULT_PROCESSES), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = u64::from(DEFAULT_PROCESSES), allow_negative_numbers = true, value_parser = count)]
     pub processes: u64,
     /// Period in milliseconds (P).
-    #[arg(long = "period-ms", default_value_t = DEFAULT_PERIOD_MS, allow_negative_numbers = true)]
+    #[arg(long = "period-ms", default_value_t = DEFAULT_PERIOD_MS, allow_negative_numbers = true, value_parser = count)]
     pub period_ms: u64,
     /// Print JSON.
     #[arg(long)]
@@ -123,6 +125,17 @@ pub struct CapacityArgs {
     /// Print a planning table over several M and T (defaults: M = 1000..100000, T = 100..5000 ms).
     #[arg(long)]
     pub table: bool,
+}
+
+/// A whole number >= 0, with a message that says so (clap's own says "invalid digit").
+fn count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err(format!(
+            "{n} is negative: a count of at least 0 is expected"
+        )),
+        Ok(n) => u64::try_from(n).map_err(|_| format!("{n} is too large")),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
 }
 
 /// A usage error: the message names the flag; the binary exits with code 2.
@@ -183,5 +196,59 @@ pub fn capacity(args: &CapacityArgs) -> Result<String, UsageError> {
         ))
     } else {
         Ok(capacity::render_plan(&p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    fn parse_err(args: &[&str]) -> String {
+        let argv = std::iter::once("funcscale-operator").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn capacity_flags_say_what_is_wrong_and_name_the_flag() {
+        let e = parse_err(&["capacity", "--monitors", "-5", "--task-ms", "500"]);
+        assert!(
+            e.contains("--monitors") && e.contains("-5 is negative"),
+            "{e}"
+        );
+        let e = parse_err(&[
+            "capacity",
+            "--monitors",
+            "10",
+            "--task-ms",
+            "1,x",
+            "--table",
+        ]);
+        assert!(
+            e.contains("--task-ms") && e.contains("\"x\" is not a whole number"),
+            "{e}"
+        );
+        let e = parse_err(&[
+            "capacity",
+            "--monitors",
+            "10",
+            "--task-ms",
+            "5",
+            "--processes",
+            "-1",
+        ]);
+        assert!(e.contains("--processes") && e.contains("negative"), "{e}");
+        assert!(
+            Cli::try_parse_from([
+                "funcscale-operator",
+                "capacity",
+                "--monitors",
+                "10000",
+                "--task-ms",
+                "500"
+            ])
+            .is_ok()
+        );
     }
 }

@@ -74,13 +74,15 @@ e2e-cluster: build
 	@test -n "$$FUNCSCALE_E2E_REDIS_URL" || { echo "e2e-cluster: set FUNCSCALE_E2E_REDIS_URL (reachable from pods and from here)"; exit 1; }
 	FUNCSCALE_E2E_CLUSTER=1 $(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios
 
-## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, the
+## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, task
+##   records (cost: throughput on/off; query latency over 100,000 records), the
 ##   policy simulator (funcscale vs KEDA-style vs HPA-style), and the reaction latency
 ##   (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's defaults
 bench: redis
 	$(CARGO) build --release --workspace --bins
 	e2e/bench/worker_bench.sh
 	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture
+	$(CARGO) nextest run -p funcscale-worker --cargo-profile release --test bench_records --run-ignored only --no-capture
 	$(CARGO) run -q --release -p funcscale-operator -- simulate
 	$(CARGO) build --workspace --bins
 	FUNCSCALE_E2E_LATENCY_TRIALS=$${TRIALS:-10} $(CARGO) nextest run -p funcscale-e2e --test scenarios \

@@ -627,3 +627,29 @@ for line in sys.stdin:
     w.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Prefetch is one task per free process: while its 3 processes are busy, the worker takes
+/// nothing more, so the rest stays in the queue where the operator (and other pods) see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_at_most_one_task_per_free_process() {
+    let s = Space::new("prefetch");
+    let envs: Vec<Envelope> = (0..20)
+        .map(|i| s.env(&format!("t{i}"), "sleep", "q", json!([2000])))
+        .collect();
+    s.enqueue("q", &envs).await;
+    let queue = s.keys.queue("q");
+    let w = Running::start(builder(&s, &["q"], 3)).await;
+    wait_until("3 tasks taken", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &queue]).await <= 17
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(
+            s.int(&["LLEN", &queue]).await,
+            17,
+            "a busy worker must not take more than one task per process"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    w.stop().await;
+}

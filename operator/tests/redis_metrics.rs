@@ -45,6 +45,27 @@ fn queue(name: &str, format: QueueFormat, key: Option<String>) -> FuncQueue {
     q
 }
 
+/// A registry with one funcscale queue `ns/name` on `endpoint`, and its cache.
+fn one_queue(
+    name: &str,
+    endpoint: RedisEndpoint,
+    keys: &Keys,
+) -> (Registry, MetricsCache, QueueId) {
+    let registry = Registry::default();
+    let id = QueueId::new("ns", name);
+    registry.upsert(
+        id.clone(),
+        QueueTarget::for_queue(
+            &queue(name, QueueFormat::Funcscale, None),
+            name,
+            endpoint,
+            keys,
+            60_000,
+        ),
+    );
+    (registry, MetricsCache::default(), id)
+}
+
 fn ok(cache: &MetricsCache, id: &QueueId) -> funcscale_operator::redis_metrics::QueueMetrics {
     match cache.get(id) {
         Some(Reading::Ok(m)) => m,
@@ -113,19 +134,7 @@ async fn funcscale_queue_depth_age_rates_task_time_and_schedules() {
 #[tokio::test]
 async fn hint_is_used_until_measured() {
     let keys = Keys::new(unique("hint"));
-    let registry = Registry::default();
-    let cache = MetricsCache::default();
-    let id = QueueId::new("ns", "empty");
-    registry.upsert(
-        id.clone(),
-        QueueTarget::for_queue(
-            &queue("empty", QueueFormat::Funcscale, None),
-            "empty",
-            RedisEndpoint::new(URL),
-            &keys,
-            60_000,
-        ),
-    );
+    let (registry, cache, id) = one_queue("empty", RedisEndpoint::new(URL), &keys);
     Poller::new(registry, cache.clone(), PollerConfig::default())
         .poll_once(now_ms())
         .await;
@@ -288,19 +297,7 @@ async fn outage_reports_unavailable_then_recovers_without_restart() {
 
     let proxy = Proxy::start(0).await;
     let endpoint = RedisEndpoint::new(format!("redis://127.0.0.1:{}/0", proxy.port));
-    let registry = Registry::default();
-    let cache = MetricsCache::default();
-    let id = QueueId::new("ns", "q");
-    registry.upsert(
-        id.clone(),
-        QueueTarget::for_queue(
-            &queue("q", QueueFormat::Funcscale, None),
-            "q",
-            endpoint,
-            &keys,
-            60_000,
-        ),
-    );
+    let (registry, cache, id) = one_queue("q", endpoint, &keys);
     let cfg = PollerConfig {
         connect_timeout: Duration::from_millis(300),
         response_timeout: Duration::from_millis(500),
@@ -444,20 +441,8 @@ async fn password_and_username_connections() {
 #[tokio::test]
 async fn tls_url_uses_rustls_and_fails_cleanly_against_plain_text() {
     funcscale_operator::cli_run::install_crypto_provider();
-    let registry = Registry::default();
-    let cache = MetricsCache::default();
-    let id = QueueId::new("ns", "q");
     let endpoint = RedisEndpoint::new("rediss://127.0.0.1:6379/0");
-    registry.upsert(
-        id.clone(),
-        QueueTarget::for_queue(
-            &queue("q", QueueFormat::Funcscale, None),
-            "q",
-            endpoint,
-            &Keys::new(unique("tls")),
-            60_000,
-        ),
-    );
+    let (registry, cache, id) = one_queue("q", endpoint, &Keys::new(unique("tls")));
     let cfg = PollerConfig {
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
@@ -789,19 +774,7 @@ async fn tls_child_polls_over_rediss() {
             .await
             .unwrap();
     }
-    let registry = Registry::default();
-    let cache = MetricsCache::default();
-    let id = QueueId::new("ns", "q");
-    registry.upsert(
-        id.clone(),
-        QueueTarget::for_queue(
-            &queue("q", QueueFormat::Funcscale, None),
-            "q",
-            RedisEndpoint::new(url.clone()),
-            &keys,
-            60_000,
-        ),
-    );
+    let (registry, cache, id) = one_queue("q", RedisEndpoint::new(url.clone()), &keys);
     let report = Poller::new(registry, cache.clone(), PollerConfig::default())
         .poll_once(now_ms())
         .await;

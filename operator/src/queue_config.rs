@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use funcscale_worker::protocol::{self, Destination, Keys, QueueConfig};
-use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::conditions::{self, new};
 use crate::context::Context;

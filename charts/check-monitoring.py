@@ -3,30 +3,21 @@
 
 - ServiceMonitor, PodMonitor and PrometheusRule against the prometheus-operator API models
   (cloudcoil-models-prometheus-operator), unknown fields rejected — kubernetes-validate skips them;
-- every PromQL expression (alerts and dashboard panels) parses (promql-parser);
-- every funcscale metric named is one the operator or the workers export (METRICS below, the
-  contract with operator/ and worker/).
+- every PromQL expression (alerts and dashboard panels) parses (promql-parser).
+
+That every metric named is one the operator or the workers really export is checked by
+operator/tests/monitoring.rs, against the names the binaries register (no list kept here).
 
     helm template ... | charts/check-monitoring.py
 """
 
 import json
-import re
 import sys
 
 import promql_parser
 import yaml
 from cloudcoil.models.prometheus_operator import v1
 
-# The metric names of the operator's and workers' interface; histograms add _bucket/_sum/_count.
-METRICS = {
-    "funcscale_queue_depth", "funcscale_queue_oldest_task_age_seconds",
-    "funcscale_pool_desired_replicas", "funcscale_pool_replicas", "funcscale_metrics_available",
-    "funcscale_beat_running", "funcscale_redis_poll_errors_total",
-    "funcscale_redis_poll_duration_seconds", "funcscale_reconcile_errors_total", "funcscale_leader",
-    "funcscale_worker_tasks_total", "funcscale_worker_task_duration_seconds",
-    "funcscale_worker_in_flight",
-}
 MODELS = {"ServiceMonitor": v1.ServiceMonitor, "PodMonitor": v1.PodMonitor, "PrometheusRule": v1.PrometheusRule}
 # Grafana template variables, replaced by something PromQL parses
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*", "$queue": ".*", "$pool": ".*"}
@@ -56,10 +47,6 @@ def check_expr(expr, where):
         promql_parser.parse(expr)
     except ValueError as e:
         fail(f"{where}: PromQL does not parse ({e}): {expr}")
-    for name in re.findall(r"\bfuncscale_[a-z_]+", expr):
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        if name not in METRICS and base not in METRICS:
-            fail(f"{where}: unknown metric {name} (not in the operator/worker interface)")
 
 
 def main():

@@ -32,10 +32,11 @@ pub async fn tick(
     });
     // a deleted object's series would otherwise report its last value forever
     for id in gone_queues {
-        let _ = ctx
-            .metrics
-            .queue_depth
-            .remove_label_values(&[&id.namespace, &id.name]);
+        let labels = [id.namespace.as_str(), id.name.as_str()];
+        let m = &ctx.metrics;
+        let _ = m.queue_depth.remove_label_values(&labels);
+        let _ = m.queue_oldest_age.remove_label_values(&labels);
+        let _ = m.queue_metrics_available.remove_label_values(&labels);
     }
     // forget the policy history, apply record and series of deleted pools
     let live = |key: &String| {
@@ -58,6 +59,7 @@ pub async fn tick(
         if let Some((ns, name)) = key.split_once('/') {
             let _ = ctx.metrics.pool_desired.remove_label_values(&[ns, name]);
             let _ = ctx.metrics.pool_current.remove_label_values(&[ns, name]);
+            let _ = ctx.metrics.beat_ready.remove_label_values(&[ns, name]);
         }
     }
     let started = std::time::Instant::now();

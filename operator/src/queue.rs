@@ -122,6 +122,17 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
                         .queue_depth
                         .with_label_values(&[&ns, &name])
                         .set(m.depth as i64);
+                    // an empty queue waits for nothing: 0 (the age alert resolves); a format
+                    // that records no enqueue time has no age to report: no series, not 0
+                    let age = &ctx.metrics.queue_oldest_age;
+                    match (m.oldest_age_seconds, m.depth) {
+                        (Some(s), _) => age.with_label_values(&[&ns, &name]).set(s),
+                        (None, 0) => age.with_label_values(&[&ns, &name]).set(0.0),
+                        (None, _) => {
+                            let _ = age.remove_label_values(&[&ns, &name]);
+                        }
+                    }
+                    metrics_available(&ctx, &ns, &name, true);
                     conditions::set(
                         &mut st.conditions,
                         new("MetricsAvailable", true, "Polled", "", g),
@@ -134,6 +145,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
                     );
                 }
                 Some(Reading::Unavailable { error, .. }) => {
+                    metrics_available(&ctx, &ns, &name, false);
                     conditions::set(
                         &mut st.conditions,
                         new(
@@ -152,6 +164,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
                     );
                 }
                 None => {
+                    metrics_available(&ctx, &ns, &name, false);
                     conditions::set(
                         &mut st.conditions,
                         new("MetricsAvailable", false, "Pending", "not polled yet", g),
@@ -163,6 +176,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         }
         Err(Error::InvalidSpec { field, reason }) => {
             ctx.registry.remove(&id);
+            metrics_available(&ctx, &ns, &name, false);
             let msg = format!("{field}: {reason}");
             conditions::set(
                 &mut st.conditions,
@@ -225,6 +239,14 @@ pub(crate) async fn warn(ctx: &Context, q: &FuncQueue, reason: &str, note: Strin
     if let Err(e) = ctx.recorder.publish(&ev, &q.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish event");
     }
+}
+
+/// `funcscale_queue_metrics_available`: follows the queue's `MetricsAvailable` condition.
+fn metrics_available(ctx: &Context, ns: &str, name: &str, available: bool) {
+    ctx.metrics
+        .queue_metrics_available
+        .with_label_values(&[ns, name])
+        .set(i64::from(available));
 }
 
 fn round1(x: f64) -> f64 {

@@ -3,9 +3,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// The operator's metrics. Labels are bounded: controller, error category, and the
@@ -22,16 +23,25 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     /// Tasks waiting per queue.
     pub queue_depth: IntGaugeVec,
+    /// Age of the oldest waiting task per queue (0 when none waits; no series when the queue's
+    /// format records no enqueue time).
+    pub queue_oldest_age: GaugeVec,
+    /// 1 while the queue's last Redis reading succeeded (its `MetricsAvailable` condition).
+    pub queue_metrics_available: IntGaugeVec,
     /// Desired replicas per pool.
     pub pool_desired: IntGaugeVec,
     /// Current replicas (of the Deployment) per pool.
     pub pool_current: IntGaugeVec,
+    /// Ready replicas of a Beat pool's Deployment (0: no beat fires its schedules).
+    pub beat_ready: IntGaugeVec,
     /// Duration of one poll of all Redis instances.
     pub redis_poll_duration: Histogram,
     /// Failed polls of one Redis instance.
     pub redis_poll_errors: IntCounter,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
+    /// The names of all registered metrics (see [`Metrics::names`]).
+    names: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -73,6 +83,23 @@ impl Metrics {
             &["namespace", "queue"],
         )
         .expect("valid metric");
+        let queue_oldest_age = GaugeVec::new(
+            Opts::new(
+                "funcscale_queue_oldest_task_age_seconds",
+                "Age of the oldest task waiting in the queue (0 when none waits)",
+            ),
+            &["namespace", "queue"],
+        )
+        .expect("valid metric");
+        let queue_metrics_available = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_queue_metrics_available",
+                "1 when the queue's last Redis reading succeeded, 0 when it could not be read \
+                 (its pools are held at their size)",
+            ),
+            &["namespace", "queue"],
+        )
+        .expect("valid metric");
         let pool_desired = IntGaugeVec::new(
             Opts::new(
                 "funcscale_pool_desired_replicas",
@@ -85,6 +112,14 @@ impl Metrics {
             Opts::new(
                 "funcscale_pool_replicas",
                 "Replicas of the pool's Deployment",
+            ),
+            &["namespace", "pool"],
+        )
+        .expect("valid metric");
+        let beat_ready = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_beat_ready_replicas",
+                "Ready replicas of the Beat pool's Deployment (0: schedules are not enqueued)",
             ),
             &["namespace", "pool"],
         )
@@ -109,17 +144,22 @@ impl Metrics {
             "1 while this replica holds the leader lease",
         )
         .expect("valid metric");
+        let mut names = Vec::new();
         for c in [
-            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciliations.clone()) as Box<dyn Collector>,
             Box::new(failures.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(queue_oldest_age.clone()),
+            Box::new(queue_metrics_available.clone()),
             Box::new(pool_desired.clone()),
             Box::new(pool_current.clone()),
+            Box::new(beat_ready.clone()),
             Box::new(redis_poll_duration.clone()),
             Box::new(redis_poll_errors.clone()),
             Box::new(leader.clone()),
         ] {
+            names.extend(funcscale_worker::metrics::series_names(c.as_ref()));
             registry.register(c).expect("metric registered once");
         }
         Self {
@@ -128,12 +168,23 @@ impl Metrics {
             failures,
             reconcile_duration,
             queue_depth,
+            queue_oldest_age,
+            queue_metrics_available,
             pool_desired,
             pool_current,
+            beat_ready,
             redis_poll_duration,
             redis_poll_errors,
             leader,
+            names,
         }
+    }
+
+    /// The names of all metrics this registry exports, histograms with their `_bucket`, `_sum`
+    /// and `_count` series, read from the registered collectors. Alerts, dashboards and docs
+    /// are checked against these (`operator/tests/monitoring.rs`).
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
     }
 
     /// Text exposition of all metrics.

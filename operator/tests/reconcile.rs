@@ -893,6 +893,16 @@ async fn deleted_objects_leave_no_metric_series() {
     let mut env = Env::with_config(false, config).await;
     let q = env.add_queue("gone-q", queue_spec()).await;
     let p = env.add_pool("gone-w", autoscaled(&["gone-q"], 1, 5)).await;
+    let b = env
+        .add_pool(
+            "gone-b",
+            FuncWorkerPoolSpec {
+                role: PoolRole::Beat,
+                processes_per_pod: 1,
+                ..Default::default()
+            },
+        )
+        .await;
     let mut poller = Poller::new(
         env.ctx.registry.clone(),
         env.ctx.cache.clone(),
@@ -906,10 +916,14 @@ async fn deleted_objects_leave_no_metric_series() {
         .await
         .unwrap();
     env.reconcile_pool("gone-w").await.unwrap();
+    env.reconcile_pool("gone-b").await.unwrap();
     let text = env.ctx.metrics.encode();
     for series in [
         "funcscale_queue_depth{name=\"gone-q\"",
+        "funcscale_queue_oldest_task_age_seconds{name=\"gone-q\"",
+        "funcscale_queue_metrics_available{name=\"gone-q\"",
         "funcscale_pool_desired_replicas{name=\"gone-w\"",
+        "funcscale_beat_ready_replicas{name=\"gone-b\"",
     ] {
         let metric = series.split('{').next().unwrap();
         assert!(
@@ -921,6 +935,7 @@ async fn deleted_objects_leave_no_metric_series() {
 
     env.queues_w.apply_watcher_event(&watcher::Event::Delete(q));
     env.pools_w.apply_watcher_event(&watcher::Event::Delete(p));
+    env.pools_w.apply_watcher_event(&watcher::Event::Delete(b));
     poll_loop::tick(&env.ctx, &mut poller).await;
     let text = env.ctx.metrics.encode();
     assert!(
@@ -928,6 +943,110 @@ async fn deleted_objects_leave_no_metric_series() {
             .lines()
             .any(|l| !l.starts_with('#') && l.contains("\"gone-")),
         "series of deleted objects remain:\n{text}"
+    );
+}
+
+/// The value of the operator's series `metric` for `labels` (`namespace="team",queue="q"`), if
+/// it is exported.
+fn series(env: &Env, metric: &str, labels: &str) -> Option<f64> {
+    let text = env.ctx.metrics.encode();
+    let prefix = format!("{metric}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().unwrap())
+}
+
+/// The queue gauges the alerts read follow the last Redis reading: oldest age 0 when nothing
+/// waits (the alert resolves), no age series when the format records no enqueue time, and
+/// metrics-available mirrors the MetricsAvailable condition.
+#[tokio::test]
+async fn queue_gauges_follow_the_reading() {
+    let prefix = format!("qgauges-{}-{}", std::process::id(), T0);
+    let config = Config {
+        keys: funcscale_worker::protocol::Keys::new(&prefix),
+        ..Config::default()
+    };
+    let mut env = Env::with_config(false, config).await;
+    let q = Arc::new(env.add_queue("q", queue_spec()).await);
+    let labels = "namespace=\"team\",queue=\"q\"";
+    let age = "funcscale_queue_oldest_task_age_seconds";
+    let available = "funcscale_queue_metrics_available";
+    let reading = |depth, oldest| {
+        Reading::Ok(QueueMetrics {
+            depth,
+            oldest_age_seconds: oldest,
+            ..Default::default()
+        })
+    };
+
+    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    assert_eq!(series(&env, available, labels), Some(0.0), "not polled yet");
+
+    env.ctx
+        .cache
+        .set(QueueId::new(NS, "q"), reading(7, Some(420.5)));
+    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    assert_eq!(series(&env, age, labels), Some(420.5));
+    assert_eq!(series(&env, available, labels), Some(1.0));
+    assert_eq!(series(&env, "funcscale_queue_depth", labels), Some(7.0));
+
+    env.ctx.cache.set(QueueId::new(NS, "q"), reading(0, None));
+    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    assert_eq!(series(&env, age, labels), Some(0.0), "empty queue");
+
+    env.ctx.cache.set(QueueId::new(NS, "q"), reading(3, None));
+    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    assert_eq!(series(&env, age, labels), None, "age unknown: no series");
+
+    env.ctx.cache.set(
+        QueueId::new(NS, "q"),
+        Reading::Unavailable {
+            error: "connection refused".into(),
+            since_ms: T0,
+        },
+    );
+    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    assert_eq!(series(&env, available, labels), Some(0.0), "Redis down");
+}
+
+/// `funcscale_beat_ready_replicas` (FuncscaleBeatNotRunning) is the Beat Deployment's ready
+/// replicas; worker pools export none.
+#[tokio::test]
+async fn beat_ready_replicas_follow_the_deployment() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool(
+        "beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            processes_per_pod: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.add_pool("w", autoscaled(&["q1"], 1, 5)).await;
+    env.set_metrics("q1", 0, 100.0);
+    env.reconcile_pool("beat").await.unwrap();
+    env.reconcile_pool("w").await.unwrap();
+    let beat = "funcscale_beat_ready_replicas";
+    assert_eq!(
+        series(&env, beat, "namespace=\"team\",pool=\"beat\""),
+        Some(0.0)
+    );
+    assert_eq!(series(&env, beat, "namespace=\"team\",pool=\"w\""), None);
+
+    Api::<Deployment>::namespaced(env.client.clone(), NS)
+        .patch_status(
+            "beat",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"replicas": 1, "readyReplicas": 1}})),
+        )
+        .await
+        .unwrap();
+    env.reconcile_pool("beat").await.unwrap();
+    assert_eq!(
+        series(&env, beat, "namespace=\"team\",pool=\"beat\""),
+        Some(1.0)
     );
 }
 

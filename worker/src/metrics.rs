@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -41,6 +43,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Dead letters of the queue.
     pub queue_dead_letters: IntGaugeVec,
+    /// The names of all registered metrics (see [`Metrics::names`]).
+    names: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -51,15 +55,16 @@ impl Default for Metrics {
 
 impl Metrics {
     /// New metrics in a fresh registry.
+    ///
+    /// The queue-wide gauges are named `funcscale_worker_queue_*`: every worker pod reports the
+    /// same values read from Redis, and the operator owns `funcscale_queue_*` (with a
+    /// `namespace` label per queue), so the two never mix in one query.
     pub fn new() -> Self {
-        let registry = Registry::new();
         let counter = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["queue", "func"])
-                .expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            IntCounterVec::new(Opts::new(name, help), &["queue", "func"]).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
         let started = counter(
             "funcscale_worker_tasks_started_total",
@@ -93,44 +98,49 @@ impl Metrics {
             &["queue", "func"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("unique metric");
-        let inflight = IntGaugeVec::new(
-            Opts::new("funcscale_worker_tasks_inflight", "Tasks running now"),
+        let inflight = gauge(
+            "funcscale_worker_tasks_inflight",
+            "Tasks running now",
             &["queue"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(inflight.clone()))
-            .expect("unique metric");
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        );
         let queue_last_minute = gauge(
-            "funcscale_queue_tasks_last_minute",
+            "funcscale_worker_queue_tasks_last_minute",
             "Queue-wide task counts in the last complete minute",
             &["queue", "kind"],
         );
         let queue_executing = gauge(
-            "funcscale_queue_tasks_executing",
+            "funcscale_worker_queue_tasks_executing",
             "Queue-wide tasks running now (all workers)",
             &["queue"],
         );
         let queue_depth = gauge(
-            "funcscale_queue_depth",
-            "Tasks waiting in the queue",
+            "funcscale_worker_queue_depth",
+            "Tasks waiting in the queue (the same value on every worker)",
             &["queue"],
         );
         let queue_dead_letters = gauge(
-            "funcscale_queue_dead_letters",
+            "funcscale_worker_queue_dead_letters",
             "Dead letters of the queue",
             &["queue"],
         );
+        let registry = Registry::new();
+        let mut names = Vec::new();
+        for c in [
+            Box::new(started.clone()) as Box<dyn Collector>,
+            Box::new(succeeded.clone()),
+            Box::new(failed.clone()),
+            Box::new(retried.clone()),
+            Box::new(dead.clone()),
+            Box::new(duration.clone()),
+            Box::new(inflight.clone()),
+            Box::new(queue_last_minute.clone()),
+            Box::new(queue_executing.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(queue_dead_letters.clone()),
+        ] {
+            names.extend(series_names(c.as_ref()));
+            registry.register(c).expect("unique metric");
+        }
         Self {
             registry,
             queue_last_minute,
@@ -144,8 +154,32 @@ impl Metrics {
             dead,
             duration,
             inflight,
+            names,
         }
     }
+
+    /// The names of all metrics this registry exports, histograms with their `_bucket`,
+    /// `_sum` and `_count` series (from the registered collectors: [`series_names`]).
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+}
+
+/// The metric names `c` exports, with the series a histogram or summary adds to its name
+/// (`_bucket`, `_sum`, `_count`), read from the collector itself so that no list is kept by hand.
+pub fn series_names(c: &dyn Collector) -> Vec<String> {
+    c.collect()
+        .iter()
+        .flat_map(|family| {
+            let name = family.name();
+            let suffixes: &[&str] = match family.get_field_type() {
+                MetricType::HISTOGRAM => &["", "_bucket", "_sum", "_count"],
+                MetricType::SUMMARY => &["", "_sum", "_count"],
+                _ => &[""],
+            };
+            suffixes.iter().map(move |s| format!("{name}{s}"))
+        })
+        .collect()
 }
 
 impl From<Metrics> for Registry {

@@ -710,12 +710,12 @@ async fn queue_counts_are_exported_as_prometheus_gauges() {
         Duration::from_secs(25),
         || async {
             let t = text();
-            t.contains("funcscale_queue_depth{queue=\"q\"} 5")
-                && t.contains("funcscale_queue_tasks_executing{queue=\"q\"} 2")
+            t.contains("funcscale_worker_queue_depth{queue=\"q\"} 5")
+                && t.contains("funcscale_worker_queue_tasks_executing{queue=\"q\"} 2")
         },
     )
     .await;
-    assert!(text().contains("funcscale_queue_dead_letters{queue=\"q\"} 0"));
+    assert!(text().contains("funcscale_worker_queue_dead_letters{queue=\"q\"} 0"));
     w.stop().await;
 }
 

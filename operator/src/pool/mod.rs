@@ -163,6 +163,14 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         .pool_current
         .with_label_values(&[&ns, &name])
         .set(i64::from(st.replicas));
+    if pool.spec.role == crate::crd::PoolRole::Beat {
+        ctx.metrics
+            .beat_ready
+            .with_label_values(&[&ns, &name])
+            .set(i64::from(st.ready_replicas));
+    } else {
+        let _ = ctx.metrics.beat_ready.remove_label_values(&[&ns, &name]);
+    }
     status::patch(&api, &pool, &name, st).await?;
     ctx.backoff.succeeded(&format!("pool:{key}"));
     timer.observe_duration();

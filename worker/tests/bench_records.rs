@@ -140,7 +140,7 @@ async fn query_latency_at_100k_records() {
             },
         ),
         (
-            "--status succeeded --func fail (0 hits: 90,000 scanned)",
+            "--status succeeded --func fail (0 hits)",
             TaskQuery {
                 status: Some(TaskStatus::Succeeded),
                 func: Some("fail".into()),

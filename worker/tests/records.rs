@@ -959,3 +959,71 @@ async fn every_index_walk_agrees_with_a_full_read() {
     }
     assert_eq!(checked, 6 * 5 * 5 * 3 * 2);
 }
+
+/// Retention by count takes the oldest records across the status indexes (which together are
+/// the queue's time index), whatever their status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_takes_the_oldest_of_every_status() {
+    let s = Space::new("rec-retention-mixed");
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            record_max_count: Some(10),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let old: Vec<Envelope> = (0..8)
+        .map(|i| s.env(&format!("a{i}"), "noop", "q", json!([])))
+        .collect();
+    s.enqueue("q", &old).await;
+    let w = Running::start(builder(&s, &["q"], 1)).await;
+    wait_until("8 succeeded", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 8
+    })
+    .await;
+    w.stop().await;
+    let succeeded_at: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(s.keys.tasks_status("q", TaskStatus::Succeeded))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new: Vec<Envelope> = (0..8)
+        .map(|i| s.env(&format!("b{i}"), "noop", "q", json!([])))
+        .collect();
+    s.enqueue("q", &new).await;
+    assert_eq!(s.int(&["ZCARD", &s.keys.tasks_ids("q")]).await, 10);
+    assert_eq!(
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Queued)])
+            .await,
+        8,
+        "the newest, queued, are kept"
+    );
+    // The two newest succeeded records are kept, the six older ones are gone entirely.
+    for (i, (id, _)) in succeeded_at.iter().enumerate() {
+        let kept = i >= 6;
+        assert_eq!(
+            s.int(&["EXISTS", &s.keys.task(id)]).await == 1,
+            kept,
+            "{id}"
+        );
+        assert_eq!(
+            s.int(&["ZSCORE", &s.keys.tasks_func("q", "noop"), id])
+                .await
+                != 0,
+            kept,
+            "{id} in the function index"
+        );
+    }
+}

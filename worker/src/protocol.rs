@@ -237,7 +237,7 @@ pub const RECORD_MAX_AGE_MS: u64 = 24 * 3_600_000;
 pub const RECORD_MAX_COUNT: u64 = 100_000;
 /// A worker's record write trims retention on every this-many-th write of a status (per
 /// queue and minute), by up to twice as many records: as bounded as trimming 2 per write.
-pub const RECORD_TRIM_EVERY: u64 = 16;
+pub const RECORD_TRIM_EVERY: u64 = 32;
 /// How long the per-minute count buckets are kept.
 pub const COUNTS_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Attempts of a delivery to a URL destination before it goes to `Keys::outbox_dead`.
@@ -570,7 +570,8 @@ pub struct TaskRecord {
     pub enqueued_ms: Option<u64>,
     /// Last attempt started (ms).
     pub started_ms: Option<u64>,
-    /// Last attempt finished (ms).
+    /// Last attempt finished (ms): the update time of a record with an outcome status
+    /// (succeeded, retrying, dead); none once it is queued or started again.
     pub finished_ms: Option<u64>,
     /// Last update (ms).
     pub updated_ms: u64,
@@ -607,6 +608,11 @@ impl TaskRecord {
                 "trace_id" => r.trace_id = Some(v).filter(|e| !e.is_empty()),
                 _ => {}
             }
+        }
+        // An outcome is only ever written by the finish of an attempt, which does not store
+        // finished_ms: it is the update time (records of earlier versions stored it).
+        if matches!(r.status.as_str(), "succeeded" | "retrying" | "dead") {
+            r.finished_ms = Some(r.updated_ms);
         }
         Some(r)
     }

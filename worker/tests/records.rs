@@ -1027,3 +1027,53 @@ async fn retention_by_count_takes_the_oldest_of_every_status() {
         );
     }
 }
+
+/// A success after a failed attempt clears the record's error; a first-attempt success has
+/// none; both report when they finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_a_retry_clears_the_error() {
+    let s = Space::new("rec-retry-ok");
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let f2 = failed_once.clone();
+    let b = builder(&s, &["q"], 1).handler("flaky", move |_ctx| {
+        let first = !f2.swap(true, Ordering::SeqCst);
+        async move {
+            if first {
+                Err(TaskError::new("transient"))
+            } else {
+                Ok(json!("ok"))
+            }
+        }
+    });
+    let w = Running::start(b).await;
+    s.enqueue(
+        "q",
+        &[
+            s.env("flaky-1", "flaky", "q", json!([])),
+            s.env("plain-1", "noop", "q", json!([])),
+        ],
+    )
+    .await;
+    wait_until("both succeeded", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 2
+    })
+    .await;
+    w.stop().await;
+    let mut con = s.con().await;
+    for id in ["flaky-1", "plain-1"] {
+        let r = records::show_task(&mut con, &s.keys, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, "succeeded");
+        assert_eq!(r.error, None, "{id}");
+        assert_eq!(r.finished_ms, Some(r.updated_ms), "{id}");
+    }
+    let flaky = records::show_task(&mut con, &s.keys, "flaky-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(flaky.attempt, Some(1));
+}

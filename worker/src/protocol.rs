@@ -19,10 +19,10 @@
 //! | `funcscale:beat:fence` | string (int) | fencing token counter, incremented per lease acquisition |
 //! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
 //! | `funcscale:task:<id>` | hash | task record ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
-//! | `funcscale:tasks:<queue>` | zset | record ids of `queue`, scored by last update (ms): the time index and retention order |
-//! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms) |
-//! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function, scored by last update (ms) |
-//! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) |
+//! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |
+//! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function (a set: scored by when the record got that function, not updated on later writes) |
+//! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) and the record count |
+//! | `funcscale:tasks:<queue>` | zset | the per-queue time index of earlier versions: no longer written; `records::trim` deletes it |
 //! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see `records::counts`); expires after [`COUNTS_RETENTION_MS`] |
 //! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations |
 //! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
@@ -145,7 +145,8 @@ impl Keys {
         format!("{}:task:{id}", self.prefix)
     }
 
-    /// Record ids of `queue` by last update (ms).
+    /// The per-queue time index earlier versions wrote (no longer written; deleted by
+    /// `records::trim`), and the stem of the other record index keys.
     pub fn tasks(&self, queue: &str) -> String {
         format!("{}:tasks:{queue}", self.prefix)
     }
@@ -155,7 +156,7 @@ impl Keys {
         format!("{}:tasks:{queue}:s:{}", self.prefix, status.name())
     }
 
-    /// Record ids of `queue` running `func`, by last update (ms).
+    /// Record ids of `queue` running `func` (membership; scored by when the record got it).
     pub fn tasks_func(&self, queue: &str, func: &str) -> String {
         format!("{}:tasks:{queue}:f:{func}", self.prefix)
     }
@@ -236,7 +237,7 @@ pub const RECORD_MAX_AGE_MS: u64 = 24 * 3_600_000;
 pub const RECORD_MAX_COUNT: u64 = 100_000;
 /// A worker's record write trims retention on every this-many-th write of a status (per
 /// queue and minute), by up to twice as many records: as bounded as trimming 2 per write.
-pub const RECORD_TRIM_EVERY: u64 = 16;
+pub const RECORD_TRIM_EVERY: u64 = 32;
 /// How long the per-minute count buckets are kept.
 pub const COUNTS_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Attempts of a delivery to a URL destination before it goes to `Keys::outbox_dead`.
@@ -402,25 +403,44 @@ pub struct OutboxItem {
 /// Prepended to a script's body. `P` is the key prefix; keys spelled as in [`Keys`].
 ///
 /// - `fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)`: upsert the record hash
-///   (`extra` = flat field/value list), move it between the status indexes, update the time,
-///   function and id indexes, count the transition in the minute bucket, and trim retention
-///   every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual previous statuses)
-///   lets it skip reading the hash: 6 commands for a start or a finish. Returns the previous
+///   (`extra` = flat field/value list), move it between the status indexes (scored by last
+///   update: together the time index), add it to the id and function indexes when it is new
+///   or changes queue or function, count the transition in the minute bucket, and trim
+///   retention every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual
+///   previous statuses) lets it skip reading the hash: 4 commands for a start or a finish
+///   (`ZREM` old status, `HSET`, `ZADD` new status, `HINCRBY` count). Returns the previous
 ///   status (nil for a new record).
 /// - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
 /// - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
 pub const RECORD_LUA_LIB: &str = r#"
+local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 local function fs_cfg(P, q)
   local c = redis.call('HMGET', P .. ':queue-config:' .. q, 'record_max_age_ms', 'record_max_count', 'on_success', 'on_failure')
   return {age = tonumber(c[1]) or __MAX_AGE__, count = tonumber(c[2]) or __MAX_COUNT__, ok = c[3], ko = c[4]}
 end
+-- Retention: the status indexes together hold every record of the queue by last update, so
+-- the oldest records are the oldest heads of those zsets; the id index counts them all.
 local function fs_trim(P, q, now, cfg, budget)
   local base = P .. ':tasks:' .. q
-  local victims = redis.call('ZRANGEBYSCORE', base, '-inf', now - cfg.age, 'LIMIT', 0, budget)
-  local over = redis.call('ZCARD', base) - #victims - cfg.count
+  local victims, taken = {}, {}
+  for i, s in ipairs(fs_statuses) do
+    taken[i] = 0
+    if #victims < budget then
+      local ids = redis.call('ZRANGEBYSCORE', base .. ':s:' .. s, '-inf', now - cfg.age, 'LIMIT', 0, budget - #victims)
+      for _, id in ipairs(ids) do victims[#victims + 1] = id end
+      taken[i] = #ids
+    end
+  end
+  local over = redis.call('ZCARD', base .. ':ids') - #victims - cfg.count
   if over > 0 and #victims < budget then
-    local more = redis.call('ZRANGE', base, #victims, #victims + math.min(over, budget - #victims) - 1)
-    for _, id in ipairs(more) do victims[#victims + 1] = id end
+    local need = math.min(over, budget - #victims)
+    local cand = {}
+    for i, s in ipairs(fs_statuses) do
+      local r = redis.call('ZRANGE', base .. ':s:' .. s, taken[i], taken[i] + need - 1, 'WITHSCORES')
+      for j = 1, #r, 2 do cand[#cand + 1] = {tonumber(r[j + 1]), r[j]} end
+    end
+    table.sort(cand, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+    for j = 1, math.min(need, #cand) do victims[#victims + 1] = cand[j][2] end
   end
   for _, id in ipairs(victims) do
     local h = P .. ':task:' .. id
@@ -428,7 +448,6 @@ local function fs_trim(P, q, now, cfg, budget)
     if r[1] == q or not r[1] then redis.call('DEL', h) end
     if r[2] then redis.call('ZREM', base .. ':s:' .. r[2], id) end
     if r[3] then redis.call('ZREM', base .. ':f:' .. r[3], id) end
-    redis.call('ZREM', base, id)
     redis.call('ZREM', base .. ':ids', id)
   end
   return #victims
@@ -451,36 +470,41 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
   -- A status index of a queue holds exactly the ids whose record has that status and queue
   -- (every write moves the id between them; trimming removes both). So when the caller knows
   -- the usual previous status (`prev`), taking the id out of that index proves the record
-  -- exists in this queue with that status, and the hash need not be read.
+  -- exists in this queue with that status, and the hash need not be read; its function
+  -- (and so its function index entry) is then the one it already has.
   local was = nil
   if prev then
     for _, p in ipairs(prev) do
       if redis.call('ZREM', base .. ':s:' .. p, id) == 1 then was = p break end
     end
   end
+  local fields = {'status', status, 'updated_ms', now}
   if not was then
-    local old = redis.call('HMGET', h, 'status', 'queue')
+    local old = redis.call('HMGET', h, 'status', 'queue', 'func')
     was = old[1]
-    if not old[1] then
-      redis.call('HSET', h, 'created_ms', now, 'id', id, 'queue', q, 'func', func)
-      redis.call('ZADD', base .. ':ids', 0, id)
-    elseif old[2] ~= q or status == 'queued' then
-      -- a (re)enqueue may reuse an id for another function or queue: rewrite what it is
-      redis.call('HSET', h, 'id', id, 'queue', q, 'func', func)
+    if not old[1] or old[2] ~= q or status == 'queued' then
+      -- new, or a (re)enqueue that may reuse an id for another function or queue: (re)write
+      -- what it is; the id and function indexes are sets, written when that changes
+      local n = #fields
+      fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4], fields[n + 5], fields[n + 6] = 'id', id, 'queue', q, 'func', func
+      if not old[1] then
+        fields[n + 7], fields[n + 8] = 'created_ms', now
+      end
+      if old[2] ~= q then redis.call('ZADD', base .. ':ids', 0, id) end
+      if old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, now, id) end
     end
     if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end
   end
-  redis.call('HSET', h, 'status', status, 'updated_ms', now, unpack(extra))
-  redis.call('ZADD', base, now, id)
+  for _, v in ipairs(extra) do fields[#fields + 1] = v end
+  redis.call('HSET', h, unpack(fields))
   redis.call('ZADD', base .. ':s:' .. status, now, id)
-  redis.call('ZADD', base .. ':f:' .. func, now, id)
   -- bulk (enqueue of many): the caller counts and trims once for all
   if bulk then return was end
   local _, v = fs_count(P, q, now, fs_count_field[status], 1)
   if status == 'retrying' or status == 'dead' then fs_count(P, q, now, 'failed', 1) end
   -- Retention, amortised: every __TRIM_EVERY__th write of a status in a minute (the count
   -- just taken) trims up to 2 × __TRIM_EVERY__ records, the same bound per write as trimming
-  -- 2 on every write, without reading the config and the time index on every write.
+  -- 2 on every write, without reading the config and the indexes on every write.
   if v % __TRIM_EVERY__ == 0 then fs_trim(P, q, now, cfg or fs_cfg(P, q), 2 * __TRIM_EVERY__) end
   return was
 end
@@ -546,7 +570,8 @@ pub struct TaskRecord {
     pub enqueued_ms: Option<u64>,
     /// Last attempt started (ms).
     pub started_ms: Option<u64>,
-    /// Last attempt finished (ms).
+    /// Last attempt finished (ms): the update time of a record with an outcome status
+    /// (succeeded, retrying, dead); none once it is queued or started again.
     pub finished_ms: Option<u64>,
     /// Last update (ms).
     pub updated_ms: u64,
@@ -583,6 +608,11 @@ impl TaskRecord {
                 "trace_id" => r.trace_id = Some(v).filter(|e| !e.is_empty()),
                 _ => {}
             }
+        }
+        // An outcome is only ever written by the finish of an attempt, which does not store
+        // finished_ms: it is the update time (records of earlier versions stored it).
+        if matches!(r.status.as_str(), "succeeded" | "retrying" | "dead") {
+            r.finished_ms = Some(r.updated_ms);
         }
         Some(r)
     }

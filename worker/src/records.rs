@@ -3,8 +3,9 @@
 //! (`protocol::RECORD_LUA_LIB`).
 //!
 //! Queries use indexes, never a scan of all records: an id prefix reads the lexicographic
-//! index (`ZRANGEBYLEX`), a status or a function reads its own time-ordered zset, anything else
-//! the queue's time index; the other filters apply to the records fetched (pipelined).
+//! index (`ZRANGEBYLEX`), a function its own index, anything else the per-status zsets
+//! (time-ordered; with no status filter the newest of each are merged); the other filters
+//! apply on the server and again to the records fetched (see [`list_tasks`]).
 
 use serde::Serialize;
 
@@ -63,52 +64,77 @@ where
     Ok(out)
 }
 
-/// Walks one index on the server, keeping the ids present in every filter zset (O(1)
-/// `ZSCORE` each: no record is read). KEYS[1] = index, KEYS[2..] = filter zsets; ARGV = mode
-/// (`lex`: ZRANGEBYLEX min max; `rev`: ZREVRANGEBYSCORE max min), min, max, offset, batch,
-/// wanted matches, time min, time max, check time on KEYS[2] (`1`|`0`). Returns {ids, scores
-/// (of KEYS[2] in lex mode), consumed}: `consumed` index entries were looked at. ARGV[10] =
-/// id prefix to check (rev mode walking a smaller status or function index), or ''.
+/// Walks one index on the server. KEYS[1] = the index; ARGV[1] = mode.
+///
+/// - `rev` (a status index, newest first): ARGV = mode, max, min (scores), offset, batch,
+///   wanted, id prefix (or ''); KEYS[2] (optional) = a function index the ids must be in.
+///   Stops at `wanted` matches.
+/// - `lex` (the id index: ARGV[2..3] = ZRANGEBYLEX min max) or `rank` (a function index, in
+///   rank order: ARGV[2..3] unused): ARGV[4..] = offset, batch, wanted, id prefix (or ''),
+///   record key prefix, queue, status (or ''), function (or ''), time min, time max. Each id's
+///   record is read (one `HMGET`) for its status, function, queue and last update; the
+///   batch's matches are returned newest first, at most `wanted`.
+///
+/// Returns {ids, last update ms, consumed}: `consumed` index entries were looked at.
 const SCAN_INDEX_LUA: &str = r#"
+local mode = ARGV[1]
+local offset, batch, want, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local ids
-if ARGV[1] == 'lex' then
-  ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', tonumber(ARGV[4]), tonumber(ARGV[5]))
-else
-  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[2], 'LIMIT', tonumber(ARGV[4]), tonumber(ARGV[5]))
-end
-local want, tmin, tmax, ctime = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
-local prefix = ARGV[10] or ''
-local out, scores, consumed = {}, {}, 0
-for _, id in ipairs(ids) do
-  consumed = consumed + 1
-  local ok, first = (prefix == '' or string.sub(id, 1, #prefix) == prefix), nil
-  if ok then
-    for k = 2, #KEYS do
-      local sc = redis.call('ZSCORE', KEYS[k], id)
-      if not sc then ok = false break end
-      if k == 2 then
-        first = sc
-        if ctime then
-          local t = tonumber(sc)
-          if t < tmin or t > tmax then ok = false break end
-        end
-      end
+if mode == 'rev' then
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES', 'LIMIT', offset, batch)
+  local out, scores, consumed = {}, {}, 0
+  for j = 1, #ids, 2 do
+    local id = ids[j]
+    consumed = consumed + 1
+    local ok = prefix == '' or string.sub(id, 1, #prefix) == prefix
+    if ok and KEYS[2] and not redis.call('ZSCORE', KEYS[2], id) then ok = false end
+    if ok then
+      out[#out + 1] = id
+      scores[#scores + 1] = ids[j + 1]
+      if #out >= want then break end
     end
   end
-  if ok then
-    out[#out + 1] = id
-    scores[#scores + 1] = first or '0'
-    if #out >= want then break end
+  return {out, scores, consumed}
+end
+if mode == 'lex' then
+  ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', offset, batch)
+else
+  ids = redis.call('ZRANGE', KEYS[1], offset, offset + batch - 1)
+end
+local tk, q, st, fn, tmin, tmax = ARGV[8], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+local hits = {}
+for _, id in ipairs(ids) do
+  if prefix == '' or string.sub(id, 1, #prefix) == prefix then
+    local r = redis.call('HMGET', tk .. id, 'queue', 'status', 'func', 'updated_ms')
+    local t = tonumber(r[4])
+    if r[1] == q and t and t >= tmin and t <= tmax and (st == '' or r[2] == st) and (fn == '' or r[3] == fn) then
+      hits[#hits + 1] = {t, id}
+    end
   end
 end
-return {out, scores, consumed}
+table.sort(hits, function(a, b) if a[1] ~= b[1] then return a[1] > b[1] end return a[2] > b[2] end)
+local out, scores = {}, {}
+for j = 1, math.min(want, #hits) do
+  out[j] = hits[j][2]
+  scores[j] = tostring(hits[j][1])
+end
+return {out, scores, #ids}
 "#;
 
 /// Entries of an index looked at per script call (a few ms of Redis time).
 const SCAN_BATCH: usize = 5_000;
 
-/// Records matching `q`, newest first. The index walk and the filters run on the server
-/// ([`SCAN_INDEX_LUA`]); only the records returned are read.
+/// Newest first; equal times by id descending (as `ZREVRANGEBYSCORE` orders them).
+fn newest_first(a: &(String, u64), b: &(String, u64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(b.0.cmp(&a.0))
+}
+
+/// Records matching `q`, newest first. Indexes: one zset per status scored by last update
+/// (together every record of the queue), the lexicographic id index and one set-like zset per
+/// function. The cheapest walk is chosen: the ids under the prefix or the members of the
+/// function (each record's fields checked on the server, in full), or the status indexes
+/// newest first (each stopping at `limit` matches; with no status filter, the newest of every
+/// status index are merged). Only the records returned are read back.
 pub async fn list_tasks<C>(
     con: &mut C,
     keys: &Keys,
@@ -119,99 +145,117 @@ where
 {
     let limit = q.limit.max(1);
     let script = redis::Script::new(SCAN_INDEX_LUA);
-    let status_key = q.status.map(|s| keys.tasks_status(&q.queue, s));
-    let func_key = q.func.as_ref().map(|f| keys.tasks_func(&q.queue, f));
-    let tmin = q.since_ms.unwrap_or(0);
-    let tmax = q.until_ms.unwrap_or(u64::MAX / 2);
-    // Newest first; equal times by id descending, as ZREVRANGEBYSCORE orders them.
-    // Walk the smallest of the candidate indexes; the other filters are checked per id.
-    let mut sizes: Vec<(u64, u8)> = Vec::new();
-    if let Some(prefix) = &q.id_prefix {
-        let n: u64 = redis::cmd("ZLEXCOUNT")
-            .arg(keys.tasks_ids(&q.queue))
-            .arg([b"[".as_slice(), prefix.as_bytes()].concat())
-            .arg([b"[".as_slice(), prefix.as_bytes(), &[0xff]].concat())
-            .query_async(con)
-            .await?;
-        sizes.push((n, 0));
-    }
-    for (k, tag) in [(&status_key, 1u8), (&func_key, 2u8)] {
-        if let Some(k) = k {
-            let n: u64 = redis::cmd("ZCARD").arg(k).query_async(con).await?;
-            sizes.push((n, tag));
-        }
-    }
-    let walk = sizes.iter().min().map(|&(_, t)| t).unwrap_or(3);
-    let (lex, primary, mut filters, min, max): (bool, String, Vec<String>, Vec<u8>, Vec<u8>) =
-        if let (0, Some(prefix)) = (walk, &q.id_prefix) {
-            let min = [b"[".as_slice(), prefix.as_bytes()].concat();
-            let max = [b"[".as_slice(), prefix.as_bytes(), &[0xff]].concat();
-            // The time index first: its score orders and time-filters the matches.
-            (
-                true,
-                keys.tasks_ids(&q.queue),
-                vec![keys.tasks(&q.queue)],
-                min,
-                max,
-            )
-        } else {
-            let min = q.since_ms.map(|t| t.to_string()).unwrap_or("-inf".into());
-            let max = q.until_ms.map(|t| t.to_string()).unwrap_or("+inf".into());
-            let primary = match walk {
-                1 => status_key.clone(),
-                2 => func_key.clone(),
-                _ => None,
-            }
-            .unwrap_or_else(|| keys.tasks(&q.queue));
-            (false, primary, vec![], min.into_bytes(), max.into_bytes())
-        };
-    for k in [&status_key, &func_key].into_iter().flatten() {
-        if *k != primary {
-            filters.push(k.clone());
-        }
-    }
-    let prefix_check = if lex {
-        String::new()
-    } else {
-        q.id_prefix.clone().unwrap_or_default()
+    let statuses: Vec<TaskStatus> = match q.status {
+        Some(s) => vec![s],
+        None => TaskStatus::ALL.to_vec(),
     };
-    // lex: every match (then newest first); rev: already newest first, stop at the limit.
-    let want = if lex { usize::MAX / 2 } else { limit };
+    let status_keys: Vec<String> = statuses
+        .iter()
+        .map(|s| keys.tasks_status(&q.queue, *s))
+        .collect();
+    let func_key = q.func.as_ref().map(|f| keys.tasks_func(&q.queue, f));
+    let lex_range = q.id_prefix.as_ref().map(|p| {
+        (
+            [b"[".as_slice(), p.as_bytes()].concat(),
+            [b"[".as_slice(), p.as_bytes(), &[0xff]].concat(),
+        )
+    });
+    let mut pipe = redis::pipe();
+    for k in &status_keys {
+        pipe.zcard(k);
+    }
+    if let Some(k) = &func_key {
+        pipe.zcard(k);
+    }
+    if let Some((min, max)) = &lex_range {
+        pipe.cmd("ZLEXCOUNT")
+            .arg(keys.tasks_ids(&q.queue))
+            .arg(min)
+            .arg(max);
+    }
+    let sizes: Vec<u64> = pipe.query_async(con).await?;
+    let status_total: u64 = sizes[..status_keys.len()].iter().sum();
+    let mut rest = sizes[status_keys.len()..].iter();
+    let func_n = func_key.as_ref().and_then(|_| rest.next().copied());
+    let prefix_n = lex_range.as_ref().and_then(|_| rest.next().copied());
+    // A full walk (prefix, function) reads every entry; a status walk usually stops early.
+    let status_cost = status_total / 4;
+    let prefix_check = q.id_prefix.clone().unwrap_or_default();
     let mut found: Vec<(String, u64)> = Vec::new();
-    let mut offset = 0;
-    loop {
-        let mut inv = script.key(&primary);
-        for f in &filters {
-            inv.key(f);
-        }
-        inv.arg(if lex { "lex" } else { "rev" })
-            .arg(&min)
-            .arg(&max)
-            .arg(offset)
-            .arg(SCAN_BATCH)
-            .arg(want - found.len())
-            .arg(tmin)
-            .arg(tmax)
-            .arg(if lex { "1" } else { "0" })
-            .arg(&prefix_check);
-        let (ids, scores, consumed): (Vec<String>, Vec<String>, usize) =
-            inv.invoke_async(con).await?;
-        found.extend(
-            ids.into_iter().zip(
-                scores
-                    .iter()
-                    .map(|s| s.parse::<f64>().unwrap_or(0.0) as u64),
+    let full_walk = match (prefix_n, func_n) {
+        (Some(p), f) if p <= status_cost && f.is_none_or(|f| p <= f) => Some("lex"),
+        (_, Some(f)) if f <= status_cost => Some("rank"),
+        _ => None,
+    };
+    if let Some(mode) = full_walk {
+        let (index, min, max) = match (mode, &lex_range) {
+            ("lex", Some((min, max))) => (keys.tasks_ids(&q.queue), min.clone(), max.clone()),
+            _ => (
+                func_key.clone().expect("a function walk has a function"),
+                vec![],
+                vec![],
             ),
-        );
-        offset += consumed;
-        if consumed < SCAN_BATCH || found.len() >= want {
-            break;
+        };
+        let record_prefix = keys.task("");
+        let mut offset = 0;
+        loop {
+            let (ids, scores, consumed): (Vec<String>, Vec<String>, usize) = script
+                .key(&index)
+                .arg(mode)
+                .arg(&min)
+                .arg(&max)
+                .arg(offset)
+                .arg(SCAN_BATCH)
+                .arg(limit)
+                .arg(&prefix_check)
+                .arg(&record_prefix)
+                .arg(&q.queue)
+                .arg(q.status.map(|s| s.name()).unwrap_or(""))
+                .arg(q.func.as_deref().unwrap_or(""))
+                .arg(q.since_ms.unwrap_or(0))
+                .arg(q.until_ms.unwrap_or(u64::MAX / 2))
+                .invoke_async(con)
+                .await?;
+            found.extend(ids.into_iter().zip(scores.iter().map(|s| parse_ms(s))));
+            found.sort_by(newest_first);
+            found.truncate(limit);
+            offset += consumed;
+            if consumed < SCAN_BATCH {
+                break;
+            }
         }
+    } else {
+        let min = q.since_ms.map(|t| t.to_string()).unwrap_or("-inf".into());
+        let max = q.until_ms.map(|t| t.to_string()).unwrap_or("+inf".into());
+        for key in &status_keys {
+            let mut got = 0;
+            let mut offset = 0;
+            loop {
+                let mut inv = script.key(key);
+                if let Some(f) = &func_key {
+                    inv.key(f);
+                }
+                let (ids, scores, consumed): (Vec<String>, Vec<String>, usize) = inv
+                    .arg("rev")
+                    .arg(&max)
+                    .arg(&min)
+                    .arg(offset)
+                    .arg(SCAN_BATCH)
+                    .arg(limit - got)
+                    .arg(&prefix_check)
+                    .invoke_async(con)
+                    .await?;
+                got += ids.len();
+                found.extend(ids.into_iter().zip(scores.iter().map(|s| parse_ms(s))));
+                offset += consumed;
+                if consumed < SCAN_BATCH || got >= limit {
+                    break;
+                }
+            }
+        }
+        found.sort_by(newest_first);
+        found.truncate(limit);
     }
-    if lex {
-        found.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-    }
-    found.truncate(limit);
     let ids: Vec<String> = found.into_iter().map(|(id, _)| id).collect();
     let mut out: Vec<TaskRecord> = fetch_records(con, keys, &ids)
         .await?
@@ -220,6 +264,10 @@ where
         .collect();
     out.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
     Ok(out)
+}
+
+fn parse_ms(s: &str) -> u64 {
+    s.parse::<f64>().unwrap_or(0.0) as u64
 }
 
 /// The record of task `id`.
@@ -481,9 +529,11 @@ where
         .await
 }
 
-/// Trims the records of a queue. ARGV = prefix, queue, now ms, budget. Returns the count removed.
+/// Trims the records of a queue. KEYS[1] = the time index earlier versions wrote (no longer
+/// written nor read: deleted); ARGV = prefix, queue, now ms, budget. Returns the count removed.
 const TRIM_LUA: &str = r#"
 local P, q = ARGV[1], ARGV[2]
+redis.call('UNLINK', KEYS[1])
 return fs_trim(P, q, tonumber(ARGV[3]), fs_cfg(P, q), tonumber(ARGV[4]))
 "#;
 
@@ -497,6 +547,7 @@ where
     let mut total = 0;
     loop {
         let n: u64 = script
+            .key(keys.tasks(queue))
             .arg(keys.prefix())
             .arg(queue)
             .arg(now_ms)

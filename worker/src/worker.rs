@@ -278,7 +278,8 @@ return 1
 /// ARGV = task, mode (ack|retry|dead), new task text, due ms, prefix, queue, id (empty: no
 /// record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
 /// ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a
-/// hint, which status the record most likely has). Does nothing when the task is no longer in
+/// hint, which status the record most likely has), earlier error (`1`|`0`: the envelope
+/// carries one, so the record may have an error to clear). Does nothing when the task is no longer in
 /// flight (a reaper already put it back), so a late finish never duplicates it. The record,
 /// the count and the destination (queue or outbox) are written in the same script.
 const FINISH_LUA: &str = r#"
@@ -298,8 +299,11 @@ if id ~= '' then
     local status = ({ack = 'succeeded', retry = 'retrying', dead = 'dead'})[mode]
     local prev = {'queued', 'retrying', 'started'}
     if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} end
-    local was = fs_rec(P, q, id, func, status, now, {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13],
-      'started_ms', ARGV[14], 'finished_ms', now, 'error', ARGV[16]}, cfg, false, prev)
+    -- finished_ms is the update time of an outcome (TaskRecord::from_pairs); the error is
+    -- written when there is one, or to clear an earlier attempt's (the envelope carries it)
+    local extra = {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13], 'started_ms', ARGV[14]}
+    if ARGV[16] ~= '' or ARGV[18] == '1' then extra[9], extra[10] = 'error', ARGV[16] end
+    local was = fs_rec(P, q, id, func, status, now, extra, cfg, false, prev)
     -- counts: a started record counted its own start; 'long' lets the reader tell those
     -- apart from the short attempts whose start is counted by their outcome (records::counts)
     if was == 'started' then fs_count(P, q, now, 'long', 1) end
@@ -835,7 +839,8 @@ impl Inner {
                 .arg(started_ms)
                 .arg(payload)
                 .arg(error)
-                .arg(if start_recorded { "1" } else { "0" });
+                .arg(if start_recorded { "1" } else { "0" })
+                .arg(if env.error.is_some() { "1" } else { "0" });
         };
         let mut pipe = redis::pipe();
         match outcome {

@@ -252,7 +252,6 @@ async fn retention_by_count_and_by_age() {
         .map(|i| s.env(&format!("r{i:03}"), "noop", "q", json!([])))
         .collect();
     s.enqueue("q", &envs).await;
-    assert_eq!(s.int(&["ZCARD", &s.keys.tasks("q")]).await, 50);
     assert_eq!(s.int(&["ZCARD", &s.keys.tasks_ids("q")]).await, 50);
     assert_eq!(
         s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Queued)])
@@ -292,7 +291,6 @@ async fn retention_by_count_and_by_age() {
         50
     );
     for key in [
-        s.keys.tasks("q"),
         s.keys.tasks_ids("q"),
         s.keys.tasks_func("q", "noop"),
         s.keys.tasks_status("q", TaskStatus::Queued),
@@ -673,7 +671,6 @@ async fn record_keys_written_by_lua_match_the_rust_key_names() {
     s.enqueue("q", &[s.env("k1", "f", "q", json!([]))]).await;
     for key in [
         s.keys.task("k1"),
-        s.keys.tasks("q"),
         s.keys.tasks_ids("q"),
         s.keys.tasks_func("q", "f"),
         s.keys.tasks_status("q", TaskStatus::Queued),
@@ -859,4 +856,224 @@ async fn each_start_is_counted_once_whether_or_not_it_was_recorded() {
         assert_eq!(r.status, "succeeded");
         assert!(r.started_ms.is_some() && r.worker.is_some() && r.duration_ms.is_some());
     }
+}
+
+/// Every way `list_tasks` walks the indexes (the id prefix, a function's members, one status
+/// index, or all status indexes merged) returns exactly what a full read of the records
+/// gives, in the same order, for every combination of filters and a small and a large limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_index_walk_agrees_with_a_full_read() {
+    let s = Space::new("rec-walks");
+    let mut envs = Vec::new();
+    for i in 0..60 {
+        envs.push(s.env(&format!("n-{i:02}"), "noop", "q", json!([])));
+    }
+    for i in 0..4 {
+        let mut e = s.env(&format!("x-{i}"), "fail", "q", json!(["boom"]));
+        e.max_retries = 0;
+        envs.push(e);
+    }
+    s.enqueue("q", &envs).await;
+    // The same function in another queue must not leak into q's answers.
+    s.enqueue("other", &[s.env("x-other", "fail", "other", json!([]))])
+        .await;
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    wait_until("60 succeeded, 4 dead", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 60
+            && s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Dead)])
+                .await
+                == 4
+    })
+    .await;
+    w.stop().await;
+    let later: Vec<Envelope> = (0..6)
+        .map(|i| s.env(&format!("n-later-{i}"), "later", "q", json!([])))
+        .collect();
+    s.enqueue("q", &later).await;
+
+    let mut con = s.con().await;
+    let all_ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(s.keys.tasks_ids("q"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for id in &all_ids {
+        all.push(
+            records::show_task(&mut con, &s.keys, id)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(all.len(), 70);
+    let mut times: Vec<u64> = all.iter().map(|r| r.updated_ms).collect();
+    times.sort();
+    let mid = times[times.len() / 2];
+    let mut checked = 0;
+    for status in [None].into_iter().chain(TaskStatus::ALL.map(Some)) {
+        for func in [
+            None,
+            Some("noop"),
+            Some("fail"),
+            Some("later"),
+            Some("none"),
+        ] {
+            for prefix in [None, Some("n-1"), Some("x-"), Some("n-"), Some("zz")] {
+                for (since, until) in [(None, None), (Some(mid), None), (None, Some(mid))] {
+                    for limit in [3, 1_000] {
+                        let q = TaskQuery {
+                            queue: "q".into(),
+                            status,
+                            since_ms: since,
+                            until_ms: until,
+                            id_prefix: prefix.map(String::from),
+                            func: func.map(String::from),
+                            limit,
+                        };
+                        let mut want: Vec<&protocol::TaskRecord> = all
+                            .iter()
+                            .filter(|r| {
+                                status.is_none_or(|st| r.status == st.name())
+                                    && func.is_none_or(|f| r.func == f)
+                                    && prefix.is_none_or(|p| r.id.starts_with(p))
+                                    && since.is_none_or(|t| r.updated_ms >= t)
+                                    && until.is_none_or(|t| r.updated_ms <= t)
+                            })
+                            .collect();
+                        want.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
+                        want.truncate(limit);
+                        let want: Vec<&str> = want.iter().map(|r| r.id.as_str()).collect();
+                        let got = records::list_tasks(&mut con, &s.keys, &q).await.unwrap();
+                        let got: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+                        assert_eq!(got, want, "{q:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 5 * 5 * 3 * 2);
+}
+
+/// Retention by count takes the oldest records across the status indexes (which together are
+/// the queue's time index), whatever their status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_takes_the_oldest_of_every_status() {
+    let s = Space::new("rec-retention-mixed");
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            record_max_count: Some(10),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let old: Vec<Envelope> = (0..8)
+        .map(|i| s.env(&format!("a{i}"), "noop", "q", json!([])))
+        .collect();
+    s.enqueue("q", &old).await;
+    let w = Running::start(builder(&s, &["q"], 1)).await;
+    wait_until("8 succeeded", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 8
+    })
+    .await;
+    w.stop().await;
+    let succeeded_at: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(s.keys.tasks_status("q", TaskStatus::Succeeded))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new: Vec<Envelope> = (0..8)
+        .map(|i| s.env(&format!("b{i}"), "noop", "q", json!([])))
+        .collect();
+    s.enqueue("q", &new).await;
+    assert_eq!(s.int(&["ZCARD", &s.keys.tasks_ids("q")]).await, 10);
+    assert_eq!(
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Queued)])
+            .await,
+        8,
+        "the newest, queued, are kept"
+    );
+    // The two newest succeeded records are kept, the six older ones are gone entirely.
+    for (i, (id, _)) in succeeded_at.iter().enumerate() {
+        let kept = i >= 6;
+        assert_eq!(
+            s.int(&["EXISTS", &s.keys.task(id)]).await == 1,
+            kept,
+            "{id}"
+        );
+        assert_eq!(
+            s.int(&["ZSCORE", &s.keys.tasks_func("q", "noop"), id])
+                .await
+                != 0,
+            kept,
+            "{id} in the function index"
+        );
+    }
+}
+
+/// A success after a failed attempt clears the record's error; a first-attempt success has
+/// none; both report when they finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_a_retry_clears_the_error() {
+    let s = Space::new("rec-retry-ok");
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let f2 = failed_once.clone();
+    let b = builder(&s, &["q"], 1).handler("flaky", move |_ctx| {
+        let first = !f2.swap(true, Ordering::SeqCst);
+        async move {
+            if first {
+                Err(TaskError::new("transient"))
+            } else {
+                Ok(json!("ok"))
+            }
+        }
+    });
+    let w = Running::start(b).await;
+    s.enqueue(
+        "q",
+        &[
+            s.env("flaky-1", "flaky", "q", json!([])),
+            s.env("plain-1", "noop", "q", json!([])),
+        ],
+    )
+    .await;
+    wait_until("both succeeded", Duration::from_secs(15), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 2
+    })
+    .await;
+    w.stop().await;
+    let mut con = s.con().await;
+    for id in ["flaky-1", "plain-1"] {
+        let r = records::show_task(&mut con, &s.keys, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, "succeeded");
+        assert_eq!(r.error, None, "{id}");
+        assert_eq!(r.finished_ms, Some(r.updated_ms), "{id}");
+    }
+    let flaky = records::show_task(&mut con, &s.keys, "flaky-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(flaky.attempt, Some(1));
 }

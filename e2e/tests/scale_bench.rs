@@ -109,7 +109,7 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
             };
             (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
         })
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Pools (or queues) whose status has caught up with their generation.
@@ -235,14 +235,28 @@ async fn operator_at_scale() {
     // 4. time to the first full reconcile: every pool (and queue) status at its generation
     let pools_api: Api<FuncWorkerPool> = Api::all(client.clone());
     let queues_api: Api<FuncQueue> = Api::all(client.clone());
+    // statuses must catch up within `deadline`; the scale-up is reported as far as it got
+    // when the statuses are done and `scale_grace` has passed (an overloaded operator holds
+    // pools whose metrics timed out: that is a figure, not a hang)
     let deadline = Duration::from_secs(1800);
-    let (mut pools_done, mut queues_done, mut scaled_done) = (None, None, None);
+    let scale_grace = Duration::from_secs(env_or("FUNCSCALE_SCALE_GRACE", 120) as u64);
+    let (mut pools_done, mut queues_done, mut scaled_done): (
+        Option<Duration>,
+        Option<Duration>,
+        Option<Duration>,
+    ) = (None, None, None);
+    let mut scaled_last = 0usize;
     let mut peak_during_start = 0u64;
-    while pools_done.is_none() || queues_done.is_none() || scaled_done.is_none() {
+    let (start_cpu0, mut start_cpu_secs) = (cpu_ticks(&pid), 0.0);
+    loop {
+        let statuses = pools_done.zip(queues_done).map(|(a, b)| a.max(b));
+        if scaled_done.is_some() || statuses.is_some_and(|t| started.elapsed() > t + scale_grace) {
+            break;
+        }
         assert!(
             started.elapsed() < deadline,
-            "not reconciled after {deadline:?}: pools {pools_done:?}, queues {queues_done:?}, \
-             scaled {scaled_done:?}; operator log {}",
+            "not reconciled after {deadline:?}: pools {pools_done:?}, queues {queues_done:?}; \
+             operator log {}",
             log_path.display()
         );
         if let Ok(Some(status)) = operator.try_wait() {
@@ -263,6 +277,7 @@ async fn operator_at_scale() {
                 .iter()
                 .filter(|p| p.status.as_ref().is_some_and(|s| s.desired_replicas > 0))
                 .count();
+            scaled_last = scaled;
             if scaled >= backlog_pools.len() && scaled_done.is_none() {
                 scaled_done = Some(started.elapsed());
             }
@@ -277,6 +292,7 @@ async fn operator_at_scale() {
             let n = reconciled(&queues, |q| q.status.as_ref()?.observed_generation);
             if n == queues_n {
                 queues_done = Some(started.elapsed());
+                start_cpu_secs = (cpu_ticks(&pid) - start_cpu0) as f64 / tck;
             }
             eprintln!(
                 "[{:>5.1} s] queues reconciled {n}/{queues_n}",
@@ -346,7 +362,10 @@ async fn operator_at_scale() {
     // 6. the table
     let secs_of = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     println!();
-    println!("funcscale-operator at scale (release binary, poll 1 s, no leader election)");
+    println!(
+        "funcscale-operator at scale ({}, poll 1 s, no leader election)",
+        operator_bin.display()
+    );
     println!("| figure | value |");
     println!("| --- | --- |");
     println!("| FuncQueues | {queues_n} |");
@@ -365,9 +384,20 @@ async fn operator_at_scale() {
         "| start → every queue's status at its generation | {:.1} s |",
         secs_of(queues_done)
     );
+    match scaled_done {
+        Some(d) => println!(
+            "| start → every backlogged pool scaled up (desiredReplicas > 0) | {:.1} s |",
+            d.as_secs_f64()
+        ),
+        None => println!(
+            "| start → every backlogged pool scaled up (desiredReplicas > 0) | not reached: \
+             {scaled_last}/{} after {:.0} s |",
+            backlog_pools.len(),
+            started.elapsed().as_secs_f64()
+        ),
+    }
     println!(
-        "| start → every backlogged pool scaled up (desiredReplicas > 0) | {:.1} s |",
-        secs_of(scaled_done)
+        "| operator CPU time until every queue's status was written | {start_cpu_secs:.1} s |"
     );
     println!(
         "| steady CPU, {:.0} s window (% of one core) | {op_cpu:.1} % |",

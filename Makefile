@@ -76,14 +76,18 @@ e2e-cluster: build
 
 ## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, task
 ##   records (cost: throughput on/off; query latency over 100,000 records), the
-##   policy simulator (funcscale vs KEDA-style vs HPA-style), and the reaction latency
-##   (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's defaults
+##   policy simulator (funcscale vs KEDA-style vs HPA-style), the running operator at scale
+##   (CPU and memory of the release binary with 1,000 pools and 10,000 queues: SCALE_POOLS), and
+##   the reaction latency (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's
+##   defaults
 bench: redis
 	$(CARGO) build --release --workspace --bins
 	e2e/bench/worker_bench.sh
 	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture
 	$(CARGO) nextest run -p funcscale-worker --cargo-profile release --test bench_records --run-ignored only --no-capture
 	$(CARGO) run -q --release -p funcscale-operator -- simulate
+	FUNCSCALE_SCALE_POOLS=$${SCALE_POOLS:-1000} $(CARGO) nextest run -p funcscale-e2e \
+	    --cargo-profile release --test scale_bench --run-ignored only --no-capture
 	$(CARGO) build --workspace --bins
 	FUNCSCALE_E2E_LATENCY_TRIALS=$${TRIALS:-10} $(CARGO) nextest run -p funcscale-e2e --test scenarios \
 	    --run-ignored only --no-capture reaction_latency

@@ -62,6 +62,12 @@ pub async fn tick(
             let _ = ctx.metrics.beat_ready.remove_label_values(&[ns, name]);
         }
     }
+    ctx.queue_configs
+        .prune(|key| {
+            key.split_once('/')
+                .is_some_and(|(ns, name)| queues.get(&ObjectRef::new(name).within(ns)).is_some())
+        })
+        .await;
     let started = std::time::Instant::now();
     let report = poller.poll_once(ctx.now_ms()).await;
     ctx.metrics

@@ -41,46 +41,42 @@ struct Written {
 #[derive(Default)]
 pub struct QueueConfigs {
     written: Mutex<HashMap<String, Written>>,
-    conns: Mutex<HashMap<RedisEndpoint, redis::aio::ConnectionManager>>,
+    /// Held across the connect: thousands of queue reconciles starting at once must share one
+    /// connect per endpoint, not each open their own (a connect storm times them all out).
+    conns: tokio::sync::Mutex<HashMap<RedisEndpoint, redis::aio::ConnectionManager>>,
 }
 
 impl QueueConfigs {
     /// Forget queues that are gone (not in `live`, `namespace/name`) and connections that
     /// no remembered queue uses.
-    fn prune(&self, live: &HashSet<String>) {
-        let mut written = self.written.lock().expect("queue config lock");
-        written.retain(|k, _| live.contains(k));
-        let used: HashSet<RedisEndpoint> = written
-            .values()
-            .filter_map(|w| w.last.as_ref().map(|(e, _, _)| e.clone()))
-            .collect();
-        drop(written);
-        self.conns
-            .lock()
-            .expect("queue config lock")
-            .retain(|e, _| used.contains(e));
+    /// Called by the poll loop (once per poll, not per write: that was O(queues²) on the
+    /// first pass over 10,000 queues).
+    pub async fn prune(&self, live: impl Fn(&str) -> bool) {
+        let used: HashSet<RedisEndpoint> = {
+            let mut written = self.written.lock().expect("queue config lock");
+            written.retain(|k, _| live(k));
+            written
+                .values()
+                .filter_map(|w| w.last.as_ref().map(|(e, _, _)| e.clone()))
+                .collect()
+        };
+        self.conns.lock().await.retain(|e, _| used.contains(e));
     }
 
+    /// The endpoint's connection, opened once. A `ConnectionManager` reconnects by itself
+    /// after an I/O error, so a failed write never drops it (dropping it made every timeout
+    /// start a new connect, a storm under load).
     async fn connection(
         &self,
         endpoint: &RedisEndpoint,
     ) -> Result<redis::aio::ConnectionManager, String> {
-        if let Some(c) = self.conns.lock().expect("queue config lock").get(endpoint) {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(endpoint) {
             return Ok(c.clone());
         }
         let c = crate::redis_metrics::connect(endpoint, &PollerConfig::default()).await?;
-        self.conns
-            .lock()
-            .expect("queue config lock")
-            .insert(endpoint.clone(), c.clone());
+        conns.insert(endpoint.clone(), c.clone());
         Ok(c)
-    }
-
-    fn drop_connection(&self, endpoint: &RedisEndpoint) {
-        self.conns
-            .lock()
-            .expect("queue config lock")
-            .remove(endpoint);
     }
 }
 
@@ -347,14 +343,6 @@ pub async fn reconcile_config(
                         retry_at_ms: 0,
                     },
                 );
-            let live: HashSet<String> = ctx
-                .queues
-                .state()
-                .iter()
-                .filter_map(|o| Some(format!("{}/{}", o.namespace()?, o.name_any())))
-                .chain([key])
-                .collect();
-            ctx.queue_configs.prune(&live);
             conditions::set(
                 &mut st.conditions,
                 new(
@@ -373,7 +361,6 @@ pub async fn reconcile_config(
             None
         }
         Err(e) => {
-            ctx.queue_configs.drop_connection(endpoint);
             let delay = ctx.backoff.failed(&backoff_key);
             let mut written = ctx.queue_configs.written.lock().expect("queue config lock");
             let w = written.entry(key.clone()).or_default();

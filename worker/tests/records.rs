@@ -7,41 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{REDIS_URL, Space, wait_until};
+use common::{REDIS_URL, Running, Space, wait_until};
 use funcscale_worker::handler::TaskError;
 use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskStatus};
 use funcscale_worker::records::{self, Selector, TaskQuery};
 use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
 use serde_json::json;
 use tokio::sync::oneshot;
-
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(b: WorkerBuilder) -> Self {
-        let worker = b.build().await.unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 fn builder(s: &Space, queues: &[&str], processes: usize) -> WorkerBuilder {
     Worker::builder()

@@ -6,41 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{REDIS_URL, Space, wait_until};
+use common::{REDIS_URL, Running, Space, wait_until};
 use funcscale_worker::handler::{Handler, TaskError};
 use funcscale_worker::protocol::{Envelope, QueueStats};
 use funcscale_worker::worker::{Order, Worker, WorkerBuilder, now_ms};
 use serde_json::json;
 use tokio::sync::oneshot;
-
-/// A running in-process worker; `stop` drains it.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(b: WorkerBuilder) -> Self {
-        let worker = b.build().await.unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 fn builder(s: &Space, queues: &[&str], processes: usize) -> WorkerBuilder {
     Worker::builder()

@@ -13,7 +13,6 @@ use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskS
 use funcscale_worker::records::{self, Selector, TaskQuery};
 use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 fn builder(s: &Space, queues: &[&str], processes: usize) -> WorkerBuilder {
     Worker::builder()

@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{REDIS_URL, Space, wait_until};
-use funcscale_worker::protocol::{self, Envelope, QueueConfig, TaskStatus};
+use funcscale_worker::protocol::{Envelope, TaskStatus};
 use funcscale_worker::records::{self, TaskQuery};
 use funcscale_worker::worker::{Worker, now_ms};
 use serde_json::json;
@@ -52,18 +52,7 @@ async fn query_latency_at_100k_records() {
     const N: usize = 100_000;
     let s = Space::new("bench-query");
     let mut con = s.con().await;
-    protocol::queue_config_set(
-        &mut con,
-        &s.keys,
-        "q",
-        &QueueConfig {
-            record_max_count: Some(200_000),
-            ..Default::default()
-        },
-        &[],
-    )
-    .await
-    .unwrap();
+    s.keep_records("q", 200_000).await;
     let envs: Vec<Envelope> = (0..N)
         .map(|i| {
             let func = if i % 10 == 0 { "fail" } else { "noop" };

@@ -207,18 +207,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
 async fn retention_by_count_and_by_age() {
     let s = Space::new("rec-retention");
     let mut con = s.con().await;
-    protocol::queue_config_set(
-        &mut con,
-        &s.keys,
-        "q",
-        &QueueConfig {
-            record_max_count: Some(50),
-            ..Default::default()
-        },
-        &[],
-    )
-    .await
-    .unwrap();
+    s.keep_records("q", 50).await;
     let envs: Vec<Envelope> = (0..200)
         .map(|i| s.env(&format!("r{i:03}"), "noop", "q", json!([])))
         .collect();
@@ -937,18 +926,7 @@ async fn every_index_walk_agrees_with_a_full_read() {
 async fn retention_by_count_takes_the_oldest_of_every_status() {
     let s = Space::new("rec-retention-mixed");
     let mut con = s.con().await;
-    protocol::queue_config_set(
-        &mut con,
-        &s.keys,
-        "q",
-        &QueueConfig {
-            record_max_count: Some(10),
-            ..Default::default()
-        },
-        &[],
-    )
-    .await
-    .unwrap();
+    s.keep_records("q", 10).await;
     let old: Vec<Envelope> = (0..8)
         .map(|i| s.env(&format!("a{i}"), "noop", "q", json!([])))
         .collect();

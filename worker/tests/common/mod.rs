@@ -60,6 +60,23 @@ impl Space {
     }
 
     /// A key of the test's own (for side effects) under the prefix.
+    /// Keep at most `max_count` task records of `queue` (retention by count).
+    pub async fn keep_records(&self, queue: &str, max_count: u64) {
+        let mut con = self.con().await;
+        protocol::queue_config_set(
+            &mut con,
+            &self.keys,
+            queue,
+            &protocol::QueueConfig {
+                record_max_count: Some(max_count),
+                ..Default::default()
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
     pub fn own(&self, name: &str) -> String {
         format!("{}:test:{name}", self.prefix)
     }

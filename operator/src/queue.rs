@@ -53,7 +53,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
             .pools
             .state()
             .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
             .filter(|p| p.spec.role == PoolRole::Worker && p.spec.queues.contains(&name))
             .map(|p| p.name_any())
             .collect();

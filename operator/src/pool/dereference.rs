@@ -18,7 +18,8 @@ use crate::error::Result;
 pub struct Dereferenced {
     /// `spec.queues` in order, with the queue when it exists.
     pub queues: Vec<(String, Option<Arc<FuncQueue>>)>,
-    /// All queues of the pool's namespace (a Beat pool serves their schedules).
+    /// For a Beat pool, all queues of its namespace (it serves their schedules); empty for a
+    /// Worker pool.
     pub namespace_queues: Vec<Arc<FuncQueue>>,
     /// Secret references that cannot be resolved: (field path, reason).
     pub missing_secrets: Vec<(String, String)>,
@@ -38,13 +39,18 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         .iter()
         .map(|q| (q.clone(), ctx.queues.get(&ObjectRef::new(q).within(ns))))
         .collect();
-    let mut namespace_queues: Vec<Arc<FuncQueue>> = ctx
-        .queues
-        .state()
-        .into_iter()
-        .filter(|q| q.namespace().as_deref() == Some(ns))
-        .collect();
-    namespace_queues.sort_by_key(|q| q.name_any());
+    // only a Beat pool needs them; and no String per queue: this runs for every reconcile
+    // (10,000 queues × hundreds of reconciles a second made it the operator's hot spot)
+    let mut namespace_queues: Vec<Arc<FuncQueue>> = if pool.spec.role == PoolRole::Beat {
+        ctx.queues
+            .state()
+            .into_iter()
+            .filter(|q| q.metadata.namespace.as_deref() == Some(ns))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    namespace_queues.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 
     // the queues whose connection the pool's pods use: its own, or for a Beat all scheduled ones
     let used: Vec<Arc<FuncQueue>> = match pool.spec.role {
@@ -83,7 +89,8 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         .into_iter()
         .filter(|p| {
             p.spec.role == PoolRole::Beat
-                && !(p.name_any() == name && p.namespace().as_deref() == Some(ns))
+                && !(p.metadata.name.as_deref() == Some(name.as_str())
+                    && p.metadata.namespace.as_deref() == Some(ns))
         })
         .map(|p| {
             let pns = p.namespace().unwrap_or_default();
@@ -91,7 +98,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
                 .queues
                 .state()
                 .into_iter()
-                .filter(|q| q.namespace().as_deref() == Some(pns.as_str()))
+                .filter(|q| q.metadata.namespace.as_deref() == Some(pns.as_str()))
                 .collect();
             let id = super::validate::beat_identity(&pns, &qs);
             (p, id)

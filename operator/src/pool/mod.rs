@@ -278,7 +278,7 @@ pub fn pools_for_queue(
     pools
         .state()
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
         .filter(|p| {
             p.spec.role == crate::crd::PoolRole::Beat || p.spec.queues.iter().any(|q| q == queue)
         })

@@ -84,9 +84,9 @@ pub enum TasksAction {
         /// Queue.
         #[arg(long)]
         queue: String,
-        /// Only this status.
+        /// Only this status (`failed`: retrying or dead).
         #[arg(long, value_enum)]
-        status: Option<protocol::TaskStatus>,
+        status: Option<crate::records::StatusFilter>,
         /// Updated within this long ago (e.g. 1h), or at/after a unix time in ms.
         #[arg(long)]
         since: Option<String>,

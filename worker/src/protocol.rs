@@ -484,13 +484,23 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
     was = old[1]
     if not old[1] or old[2] ~= q or status == 'queued' then
       -- new, or a (re)enqueue that may reuse an id for another function or queue: (re)write
-      -- what it is; the id and function indexes are sets, written when that changes
+      -- what it is; the id and function indexes are sets, written when that changes, and
+      -- the id leaves the indexes of the queue and function it had (a reused id is a new
+      -- task there: its old queue's queries and retention no longer see it)
       local n = #fields
       fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4], fields[n + 5], fields[n + 6] = 'id', id, 'queue', q, 'func', func
-      if not old[1] then
+      if old[2] ~= q then
         fields[n + 7], fields[n + 8] = 'created_ms', now
+        redis.call('ZADD', base .. ':ids', 0, id)
+        if old[2] then
+          local ob = P .. ':tasks:' .. old[2]
+          redis.call('ZREM', ob .. ':ids', id)
+          if old[1] then redis.call('ZREM', ob .. ':s:' .. old[1], id) end
+          if old[3] then redis.call('ZREM', ob .. ':f:' .. old[3], id) end
+        end
+      elseif old[3] ~= func and old[3] then
+        redis.call('ZREM', base .. ':f:' .. old[3], id)
       end
-      if old[2] ~= q then redis.call('ZADD', base .. ':ids', 0, id) end
       if old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, now, id) end
     end
     if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end

@@ -11,13 +11,57 @@ use serde::Serialize;
 
 use crate::protocol::{self, Envelope, Keys, TaskRecord, TaskStatus};
 
+/// The `--status` of `tasks list`: one stored status, or `failed` (the attempts that failed:
+/// `retrying` and `dead`; a record's own status says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFilter {
+    /// Waiting in the queue.
+    Queued,
+    /// Running for longer than the worker's start-recording delay.
+    Started,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed: a retry is scheduled (`retrying`) or it failed for good (`dead`).
+    Failed,
+    /// Failed; a retry is scheduled.
+    Retrying,
+    /// Failed for good; in the dead-letter list.
+    Dead,
+}
+
+impl StatusFilter {
+    /// The stored statuses this filter matches.
+    pub fn statuses(self) -> &'static [TaskStatus] {
+        match self {
+            Self::Queued => &[TaskStatus::Queued],
+            Self::Started => &[TaskStatus::Started],
+            Self::Succeeded => &[TaskStatus::Succeeded],
+            Self::Failed => &[TaskStatus::Retrying, TaskStatus::Dead],
+            Self::Retrying => &[TaskStatus::Retrying],
+            Self::Dead => &[TaskStatus::Dead],
+        }
+    }
+}
+
+impl From<TaskStatus> for StatusFilter {
+    fn from(s: TaskStatus) -> Self {
+        match s {
+            TaskStatus::Queued => Self::Queued,
+            TaskStatus::Started => Self::Started,
+            TaskStatus::Succeeded => Self::Succeeded,
+            TaskStatus::Retrying => Self::Retrying,
+            TaskStatus::Dead => Self::Dead,
+        }
+    }
+}
+
 /// Filters of `tasks list`.
 #[derive(Clone, Debug, Default)]
 pub struct TaskQuery {
     /// Queue.
     pub queue: String,
-    /// Only this status.
-    pub status: Option<TaskStatus>,
+    /// Only these statuses.
+    pub status: Option<StatusFilter>,
     /// Last update at or after (ms).
     pub since_ms: Option<u64>,
     /// Last update at or before (ms).
@@ -33,7 +77,9 @@ pub struct TaskQuery {
 impl TaskQuery {
     fn matches(&self, r: &TaskRecord) -> bool {
         r.queue == self.queue
-            && self.status.is_none_or(|s| r.status == s.name())
+            && self
+                .status
+                .is_none_or(|f| f.statuses().iter().any(|s| r.status == s.name()))
             && self.func.as_ref().is_none_or(|f| &r.func == f)
             && self.since_ms.is_none_or(|t| r.updated_ms >= t)
             && self.until_ms.is_none_or(|t| r.updated_ms <= t)
@@ -71,7 +117,8 @@ where
 ///   Stops at `wanted` matches.
 /// - `lex` (the id index: ARGV[2..3] = ZRANGEBYLEX min max) or `rank` (a function index, in
 ///   rank order: ARGV[2..3] unused): ARGV[4..] = offset, batch, wanted, id prefix (or ''),
-///   record key prefix, queue, status (or ''), function (or ''), time min, time max. Each id's
+///   record key prefix, queue, statuses (`,a,b,`, or '' for any), function (or ''), time
+///   min, time max. Each id's
 ///   record is read (one `HMGET`) for its status, function, queue and last update; the
 ///   batch's matches are returned newest first, at most `wanted`.
 ///
@@ -107,7 +154,7 @@ for _, id in ipairs(ids) do
   if prefix == '' or string.sub(id, 1, #prefix) == prefix then
     local r = redis.call('HMGET', tk .. id, 'queue', 'status', 'func', 'updated_ms')
     local t = tonumber(r[4])
-    if r[1] == q and t and t >= tmin and t <= tmax and (st == '' or r[2] == st) and (fn == '' or r[3] == fn) then
+    if r[1] == q and t and t >= tmin and t <= tmax and (st == '' or (r[2] and string.find(st, ',' .. r[2] .. ',', 1, true))) and (fn == '' or r[3] == fn) then
       hits[#hits + 1] = {t, id}
     end
   end
@@ -145,9 +192,9 @@ where
 {
     let limit = q.limit.max(1);
     let script = redis::Script::new(SCAN_INDEX_LUA);
-    let statuses: Vec<TaskStatus> = match q.status {
-        Some(s) => vec![s],
-        None => TaskStatus::ALL.to_vec(),
+    let statuses: &[TaskStatus] = match q.status {
+        Some(f) => f.statuses(),
+        None => &TaskStatus::ALL,
     };
     let status_keys: Vec<String> = statuses
         .iter()
@@ -210,7 +257,7 @@ where
                 .arg(&prefix_check)
                 .arg(&record_prefix)
                 .arg(&q.queue)
-                .arg(q.status.map(|s| s.name()).unwrap_or(""))
+                .arg(status_list(q.status))
                 .arg(q.func.as_deref().unwrap_or(""))
                 .arg(q.since_ms.unwrap_or(0))
                 .arg(q.until_ms.unwrap_or(u64::MAX / 2))
@@ -264,6 +311,15 @@ where
         .collect();
     out.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
     Ok(out)
+}
+
+/// The statuses of a filter as the scan script takes them: `,a,b,` (empty: any).
+fn status_list(f: Option<StatusFilter>) -> String {
+    f.map(|f| {
+        let names: Vec<&str> = f.statuses().iter().map(|s| s.name()).collect();
+        format!(",{},", names.join(","))
+    })
+    .unwrap_or_default()
 }
 
 fn parse_ms(s: &str) -> u64 {

@@ -409,7 +409,7 @@ async fn fired_ticks_have_queued_records_like_any_enqueue() {
         &s.keys,
         &TaskQuery {
             queue: "q".into(),
-            status: Some(TaskStatus::Queued),
+            status: Some(TaskStatus::Queued.into()),
             func: Some("noop".into()),
             id_prefix: Some("q/".into()),
             limit: 100,

@@ -8,7 +8,9 @@
 //!   `tasks list` filter timed (median of 20).
 //! - `throughput_records_on_vs_off`: no-op tasks/s through an in-process worker with
 //!   `--processes 1` and `5`, records off and on in alternating rounds; prints a table of the
-//!   medians and the on/off ratio (`N` tasks per round, `ROUNDS` per side).
+//!   medians and the on/off ratio (`N` tasks per round, `ROUNDS` per side), and the CPU per
+//!   task of Redis and of the worker for each side (what recording costs, whatever else the
+//!   machine runs).
 
 mod common;
 
@@ -21,7 +23,16 @@ use funcscale_worker::worker::{Worker, now_ms};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-async fn drain(s: &Space, queue: &str, processes: usize, records: bool, n: i64) -> f64 {
+/// One drain's rate and the CPU it cost, per task: Redis's (`INFO cpu`, user + system) and
+/// this process's (`/proc/self/stat`: the in-process worker plus the idle test harness).
+/// CPU per task does not depend on what else the machine is running, unlike the rate.
+struct Drain {
+    rate: f64,
+    redis_us: f64,
+    worker_us: f64,
+}
+
+async fn drain(s: &Space, queue: &str, processes: usize, records: bool, n: i64) -> Drain {
     let worker = Worker::builder()
         .redis_url(REDIS_URL)
         .prefix(s.prefix.clone())
@@ -31,6 +42,8 @@ async fn drain(s: &Space, queue: &str, processes: usize, records: bool, n: i64) 
         .build()
         .await
         .unwrap();
+    let mut con = s.con().await;
+    let (redis0, self0) = (redis_cpu_s(&mut con).await, self_cpu_s());
     let (tx, rx) = oneshot::channel::<()>();
     let start = Instant::now();
     let task = tokio::spawn(worker.run(async move {
@@ -41,9 +54,39 @@ async fn drain(s: &Space, queue: &str, processes: usize, records: bool, n: i64) 
     })
     .await;
     let secs = start.elapsed().as_secs_f64();
+    let (redis1, self1) = (redis_cpu_s(&mut con).await, self_cpu_s());
     let _ = tx.send(());
     task.await.unwrap().unwrap();
-    n as f64 / secs
+    Drain {
+        rate: n as f64 / secs,
+        redis_us: (redis1 - redis0) * 1e6 / n as f64,
+        worker_us: (self1 - self0) * 1e6 / n as f64,
+    }
+}
+
+/// CPU seconds the Redis server has used so far.
+async fn redis_cpu_s(con: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// CPU seconds this process has used so far (all threads; USER_HZ = 100 on Linux).
+fn self_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -71,7 +114,7 @@ async fn query_latency_at_100k_records() {
         s.enqueue("q", chunk).await;
     }
     let enq = N as f64 / t.elapsed().as_secs_f64();
-    let rate = drain(&s, "q", 8, true, N as i64).await;
+    let rate = drain(&s, "q", 8, true, N as i64).await.rate;
     println!(
         "enqueue with records: {enq:.0} tasks/s; drain with records (8 slots): {rate:.0} tasks/s"
     );
@@ -87,7 +130,7 @@ async fn query_latency_at_100k_records() {
         (
             "--status dead, 50",
             TaskQuery {
-                status: Some(TaskStatus::Dead),
+                status: Some(TaskStatus::Dead.into()),
                 ..base.clone()
             },
         ),
@@ -124,14 +167,14 @@ async fn query_latency_at_100k_records() {
             "--id-prefix trace-0 --status dead (5,000 scanned), 50",
             TaskQuery {
                 id_prefix: Some("trace-0".into()),
-                status: Some(TaskStatus::Dead),
+                status: Some(TaskStatus::Dead.into()),
                 ..base.clone()
             },
         ),
         (
             "--status succeeded --func fail (0 hits)",
             TaskQuery {
-                status: Some(TaskStatus::Succeeded),
+                status: Some(TaskStatus::Succeeded.into()),
                 func: Some("fail".into()),
                 ..base.clone()
             },
@@ -179,7 +222,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// One timed drain of `n` fresh no-op tasks (enqueued, with their `queued` records, before
 /// the clock starts).
-async fn round(processes: usize, records: bool, n: usize) -> f64 {
+async fn round(processes: usize, records: bool, n: usize) -> Drain {
     let s = Space::new("bench-tput");
     let envs: Vec<Envelope> = (0..n)
         .map(|i| s.env(&format!("t{i}"), "noop", "q", json!([])))
@@ -213,38 +256,73 @@ async fn throughput_records_on_vs_off() {
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for r in 0..rounds {
             for records in [false, true] {
-                let rate = round(processes, records, n).await;
+                let d = round(processes, records, n).await;
                 println!(
-                    "  round {r}: processes={processes} records={:<3} {rate:>8.0} tasks/s",
-                    if records { "on" } else { "off" }
+                    "  round {r}: processes={processes} records={:<3} {:>8.0} tasks/s  CPU per task: Redis {:>5.1} µs, worker {:>5.1} µs",
+                    if records { "on" } else { "off" },
+                    d.rate,
+                    d.redis_us,
+                    d.worker_us
                 );
-                if records {
-                    on.push(rate)
-                } else {
-                    off.push(rate)
-                }
+                if records { on.push(d) } else { off.push(d) }
             }
         }
-        let fmt = |v: &[f64]| {
+        let fmt = |v: &[Drain]| {
             v.iter()
-                .map(|x| format!("{x:.0}"))
+                .map(|d| format!("{:.0}", d.rate))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let (fo, fn_) = (fmt(&off), fmt(&on));
-        let (mo, mn) = (median(&mut off), median(&mut on));
-        rows.push((processes, mo, mn, fo, fn_));
+        let med =
+            |v: &[Drain], f: fn(&Drain) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+        rows.push(Row {
+            processes,
+            rate: (med(&off, |d| d.rate), med(&on, |d| d.rate)),
+            redis_us: (med(&off, |d| d.redis_us), med(&on, |d| d.redis_us)),
+            worker_us: (med(&off, |d| d.worker_us), med(&on, |d| d.worker_us)),
+            rounds: (fmt(&off), fmt(&on)),
+        });
     }
     println!();
     println!(
-        "| processes | records off (median) | records on (median) | on/off | cost | off rounds | on rounds |"
+        "| processes | records off (median tasks/s) | records on | on/off | cost | off rounds | on rounds |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | --- | --- |");
-    for (p, mo, mn, fo, fn_) in &rows {
+    for r in &rows {
+        let (mo, mn) = r.rate;
         println!(
-            "| {p} | {mo:.0} | {mn:.0} | {:.3} | {:.1} % | {fo} | {fn_} |",
+            "| {} | {mo:.0} | {mn:.0} | {:.3} | {:.1} % | {} | {} |",
+            r.processes,
             mn / mo,
-            (1.0 - mn / mo) * 100.0
+            (1.0 - mn / mo) * 100.0,
+            r.rounds.0,
+            r.rounds.1
         );
     }
+    println!();
+    println!("CPU per task (medians; independent of other load on the machine):");
+    println!(
+        "| processes | Redis off µs | Redis on µs | worker off µs | worker on µs | both off µs | both on µs | CPU cost |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let (ro, rn) = r.redis_us;
+        let (wo, wn) = r.worker_us;
+        println!(
+            "| {} | {ro:.1} | {rn:.1} | {wo:.1} | {wn:.1} | {:.1} | {:.1} | {:.1} % |",
+            r.processes,
+            ro + wo,
+            rn + wn,
+            ((rn + wn) / (ro + wo) - 1.0) * 100.0
+        );
+    }
+}
+
+/// One line of the summary: (off, on) medians.
+struct Row {
+    processes: usize,
+    rate: (f64, f64),
+    redis_us: (f64, f64),
+    worker_us: (f64, f64),
+    rounds: (String, String),
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use common::{REDIS_URL, Running, Space, wait_until};
 use funcscale_worker::handler::TaskError;
 use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskStatus};
-use funcscale_worker::records::{self, Selector, TaskQuery};
+use funcscale_worker::records::{self, Selector, StatusFilter, TaskQuery};
 use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
 use serde_json::json;
 
@@ -64,7 +65,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
     let queued = list(
         &s,
         &TaskQuery {
-            status: Some(TaskStatus::Queued),
+            status: Some(TaskStatus::Queued.into()),
             ..query("q")
         },
     )
@@ -88,7 +89,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
     let dead = list(
         &s,
         &TaskQuery {
-            status: Some(TaskStatus::Dead),
+            status: Some(TaskStatus::Dead.into()),
             ..query("q")
         },
     )
@@ -111,7 +112,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
         let l = list(
             &s,
             &TaskQuery {
-                status: Some(st),
+                status: Some(st.into()),
                 ..query("q")
             },
         )
@@ -132,7 +133,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
         &s,
         &TaskQuery {
             id_prefix: Some("trace-a-".into()),
-            status: Some(TaskStatus::Succeeded),
+            status: Some(TaskStatus::Succeeded.into()),
             ..query("q")
         },
     )
@@ -296,7 +297,7 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
         &s,
         &TaskQuery {
             id_prefix: Some("order-42".into()),
-            status: Some(TaskStatus::Dead),
+            status: Some(TaskStatus::Dead.into()),
             ..query("q")
         },
     )
@@ -709,7 +710,7 @@ async fn a_running_task_is_found_as_started_by_every_filter() {
     // after A was enqueued, so A is found by its start.
     let filters = [
         TaskQuery {
-            status: Some(TaskStatus::Started),
+            status: Some(TaskStatus::Started.into()),
             ..query("q")
         },
         TaskQuery {
@@ -724,7 +725,7 @@ async fn a_running_task_is_found_as_started_by_every_filter() {
         },
         TaskQuery {
             id_prefix: Some("run-".into()),
-            status: Some(TaskStatus::Started),
+            status: Some(TaskStatus::Started.into()),
             func: Some("sleep".into()),
             since_ms: Some(t1),
             ..query("q")
@@ -744,7 +745,7 @@ async fn a_running_task_is_found_as_started_by_every_filter() {
         let l = list(
             &s,
             &TaskQuery {
-                status: Some(st),
+                status: Some(st.into()),
                 ..query("q")
             },
         )
@@ -756,7 +757,7 @@ async fn a_running_task_is_found_as_started_by_every_filter() {
     let queued = list(
         &s,
         &TaskQuery {
-            status: Some(TaskStatus::Queued),
+            status: Some(TaskStatus::Queued.into()),
             func: Some("sleep".into()),
             ..query("q")
         },
@@ -833,19 +834,33 @@ async fn every_index_walk_agrees_with_a_full_read() {
         e.max_retries = 0;
         envs.push(e);
     }
+    // Failed attempts that will be retried (in ten minutes: they stay `retrying`).
+    for i in 0..3 {
+        envs.push(s.env(&format!("x-r{i}"), "fail", "q", json!(["again"])));
+    }
     s.enqueue("q", &envs).await;
     // The same function in another queue must not leak into q's answers.
     s.enqueue("other", &[s.env("x-other", "fail", "other", json!([]))])
         .await;
-    let w = Running::start(builder(&s, &["q"], 2)).await;
-    wait_until("60 succeeded, 4 dead", Duration::from_secs(15), || async {
-        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
-            .await
-            == 60
-            && s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Dead)])
-                .await
-                == 4
-    })
+    let w = Running::start(builder(&s, &["q"], 2).configure(|c| {
+        c.retry_base_ms = 600_000;
+        c.retry_max_ms = 600_000;
+    }))
+    .await;
+    let count = |st| {
+        let key = s.keys.tasks_status("q", st);
+        let s = &s;
+        async move { s.int(&["ZCARD", &key]).await }
+    };
+    wait_until(
+        "60 succeeded, 4 dead, 3 retrying",
+        Duration::from_secs(15),
+        || async {
+            count(TaskStatus::Succeeded).await == 60
+                && count(TaskStatus::Dead).await == 4
+                && count(TaskStatus::Retrying).await == 3
+        },
+    )
     .await;
     w.stop().await;
     let later: Vec<Envelope> = (0..6)
@@ -870,12 +885,13 @@ async fn every_index_walk_agrees_with_a_full_read() {
                 .unwrap(),
         );
     }
-    assert_eq!(all.len(), 70);
+    assert_eq!(all.len(), 73);
     let mut times: Vec<u64> = all.iter().map(|r| r.updated_ms).collect();
     times.sort();
     let mid = times[times.len() / 2];
     let mut checked = 0;
-    for status in [None].into_iter().chain(TaskStatus::ALL.map(Some)) {
+    let filters = StatusFilter::value_variants();
+    for status in [None].into_iter().chain(filters.iter().copied().map(Some)) {
         for func in [
             None,
             Some("noop"),
@@ -898,8 +914,16 @@ async fn every_index_walk_agrees_with_a_full_read() {
                         let mut want: Vec<&protocol::TaskRecord> = all
                             .iter()
                             .filter(|r| {
-                                status.is_none_or(|st| r.status == st.name())
-                                    && func.is_none_or(|f| r.func == f)
+                                status.is_none_or(|f| match f {
+                                    // spelled out here, not taken from StatusFilter::statuses
+                                    StatusFilter::Failed => {
+                                        r.status == "retrying" || r.status == "dead"
+                                    }
+                                    f => {
+                                        Some(r.status.as_str())
+                                            == f.to_possible_value().as_ref().map(|v| v.get_name())
+                                    }
+                                }) && func.is_none_or(|f| r.func == f)
                                     && prefix.is_none_or(|p| r.id.starts_with(p))
                                     && since.is_none_or(|t| r.updated_ms >= t)
                                     && until.is_none_or(|t| r.updated_ms <= t)
@@ -917,7 +941,7 @@ async fn every_index_walk_agrees_with_a_full_read() {
             }
         }
     }
-    assert_eq!(checked, 6 * 5 * 5 * 3 * 2);
+    assert_eq!(checked, 7 * 5 * 5 * 3 * 2);
 }
 
 /// Retention by count takes the oldest records across the status indexes (which together are
@@ -1025,4 +1049,72 @@ async fn a_success_after_a_retry_clears_the_error() {
         .unwrap()
         .unwrap();
     assert_eq!(flaky.attempt, Some(1));
+}
+
+/// A task id reused in another queue, or for another function, is a new task there: the
+/// indexes of its old queue and function no longer hold it, so their queries and retention
+/// do not see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
+    let s = Space::new("rec-reuse");
+    s.enqueue("q1", &[s.env("dup", "noop", "q1", json!([]))])
+        .await;
+    let w = Running::start(builder(&s, &["q1"], 1)).await;
+    wait_until("succeeded in q1", Duration::from_secs(10), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q1", TaskStatus::Succeeded)])
+            .await
+            == 1
+    })
+    .await;
+    w.stop().await;
+    // (each index below could only ever hold this one id)
+    let holds_it = |key: String| {
+        let s = &s;
+        async move { s.int(&["ZCARD", &key]).await > 0 }
+    };
+    // The same queue, another function: the old function's index lets it go.
+    s.enqueue("q1", &[s.env("dup", "later", "q1", json!([]))])
+        .await;
+    assert!(!holds_it(s.keys.tasks_func("q1", "noop")).await);
+    assert!(!holds_it(s.keys.tasks_status("q1", TaskStatus::Succeeded)).await);
+    assert!(holds_it(s.keys.tasks_func("q1", "later")).await);
+    let by_func = |func: &str| TaskQuery {
+        func: Some(func.into()),
+        ..query("q1")
+    };
+    assert!(list(&s, &by_func("noop")).await.is_empty());
+    assert_eq!(ids(&list(&s, &by_func("later")).await), ["dup"]);
+    let first = records_of(&s, "dup").await;
+    // Another queue: q1's indexes forget it, q2's hold it, and it is new there.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.enqueue("q2", &[s.env("dup", "noop", "q2", json!([]))])
+        .await;
+    for key in [
+        s.keys.tasks_ids("q1"),
+        s.keys.tasks_status("q1", TaskStatus::Queued),
+        s.keys.tasks_func("q1", "later"),
+    ] {
+        assert!(!holds_it(key.clone()).await, "{key} still holds the id");
+    }
+    assert!(list(&s, &query("q1")).await.is_empty());
+    let prefix = |q: &str| TaskQuery {
+        id_prefix: Some("du".into()),
+        ..query(q)
+    };
+    assert!(list(&s, &prefix("q1")).await.is_empty());
+    assert_eq!(ids(&list(&s, &prefix("q2")).await), ["dup"]);
+    let moved = records_of(&s, "dup").await;
+    assert_eq!((moved.queue.as_str(), moved.func.as_str()), ("q2", "noop"));
+    assert!(
+        moved.created_ms > first.created_ms,
+        "a new task in q2: {moved:?} after {first:?}"
+    );
+}
+
+async fn records_of(s: &Space, id: &str) -> protocol::TaskRecord {
+    let mut con = s.con().await;
+    records::show_task(&mut con, &s.keys, id)
+        .await
+        .unwrap()
+        .unwrap()
 }

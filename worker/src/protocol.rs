@@ -453,8 +453,8 @@ local function fs_trim(P, q, now, cfg, budget)
   return #victims
 end
 local function fs_count(P, q, now, field, n)
-  local b = P .. ':counts:' .. q .. ':' .. math.floor(now / 60000)
-  local v = redis.call('HINCRBY', b, field, n)
+  local b = P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000))
+  local v = redis.call('HINCRBY', b, field, string.format('%d', n))
   -- a new field: (re)arm the expiry, and mark the format (records::counts reads `started`
   -- of format 2 as the started records plus the outcomes of attempts that had none)
   if v == n then
@@ -471,15 +471,20 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
   -- (every write moves the id between them; trimming removes both). So when the caller knows
   -- the usual previous status (`prev`), taking the id out of that index proves the record
   -- exists in this queue with that status, and the hash need not be read; its function
-  -- (and so its function index entry) is then the one it already has.
+  -- (and so its function index entry) is then the one it already has: one HSET of the
+  -- status, the time and `extra`. Numbers go to Redis as integer text (`nows`; a string
+  -- `now` as given), not through Lua's float formatting.
+  local nows = type(now) == 'string' and now or string.format('%d', now)
   local was = nil
   if prev then
     for _, p in ipairs(prev) do
       if redis.call('ZREM', base .. ':s:' .. p, id) == 1 then was = p break end
     end
   end
-  local fields = {'status', status, 'updated_ms', now}
-  if not was then
+  if was then
+    redis.call('HSET', h, 'status', status, 'updated_ms', nows, unpack(extra))
+  else
+    local fields = {'status', status, 'updated_ms', nows}
     local old = redis.call('HMGET', h, 'status', 'queue', 'func')
     was = old[1]
     if not old[1] or old[2] ~= q or status == 'queued' then
@@ -490,7 +495,7 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
       local n = #fields
       fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4], fields[n + 5], fields[n + 6] = 'id', id, 'queue', q, 'func', func
       if old[2] ~= q then
-        fields[n + 7], fields[n + 8] = 'created_ms', now
+        fields[n + 7], fields[n + 8] = 'created_ms', nows
         redis.call('ZADD', base .. ':ids', 0, id)
         if old[2] then
           local ob = P .. ':tasks:' .. old[2]
@@ -501,13 +506,13 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
       elseif old[3] ~= func and old[3] then
         redis.call('ZREM', base .. ':f:' .. old[3], id)
       end
-      if old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, now, id) end
+      if old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, nows, id) end
     end
     if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end
+    for _, v in ipairs(extra) do fields[#fields + 1] = v end
+    redis.call('HSET', h, unpack(fields))
   end
-  for _, v in ipairs(extra) do fields[#fields + 1] = v end
-  redis.call('HSET', h, unpack(fields))
-  redis.call('ZADD', base .. ':s:' .. status, now, id)
+  redis.call('ZADD', base .. ':s:' .. status, nows, id)
   -- bulk (enqueue of many): the caller counts and trims once for all
   if bulk then return was end
   local _, v = fs_count(P, q, now, fs_count_field[status], 1)

@@ -296,14 +296,17 @@ local P, q, id, func, now = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]
 if id ~= '' then
   local cfg = fs_cfg(P, q)
   if ARGV[10] == '1' then
-    local status = ({ack = 'succeeded', retry = 'retrying', dead = 'dead'})[mode]
+    local status = 'succeeded'
+    if mode == 'retry' then status = 'retrying' elseif mode == 'dead' then status = 'dead' end
+    -- the likely previous status first: started (recorded), else retrying for a retry (the
+    -- record keeps that status while the retry waits and is fetched), else queued
     local prev = {'queued', 'retrying', 'started'}
-    if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} end
+    if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} elseif ARGV[11] ~= '0' then prev = {'retrying', 'queued', 'started'} end
     -- finished_ms is the update time of an outcome (TaskRecord::from_pairs); the error is
     -- written when there is one, or to clear an earlier attempt's (the envelope carries it)
     local extra = {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13], 'started_ms', ARGV[14]}
     if ARGV[16] ~= '' or ARGV[18] == '1' then extra[9], extra[10] = 'error', ARGV[16] end
-    local was = fs_rec(P, q, id, func, status, now, extra, cfg, false, prev)
+    local was = fs_rec(P, q, id, func, status, ARGV[9], extra, cfg, false, prev)
     -- counts: a started record counted its own start; 'long' lets the reader tell those
     -- apart from the short attempts whose start is counted by their outcome (records::counts)
     if was == 'started' then fs_count(P, q, now, 'long', 1) end

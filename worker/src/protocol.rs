@@ -405,11 +405,12 @@ pub struct OutboxItem {
 /// - `fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)`: upsert the record hash
 ///   (`extra` = flat field/value list), move it between the status indexes (scored by last
 ///   update: together the time index), add it to the id and function indexes when it is new
-///   or changes queue or function, count the transition in the minute bucket, and trim
-///   retention every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual
-///   previous statuses) lets it skip reading the hash: 4 commands for a start or a finish
-///   (`ZREM` old status, `HSET`, `ZADD` new status, `HINCRBY` count). Returns the previous
-///   status (nil for a new record).
+///   or changes queue or function (leaving those of its old queue and function), and unless
+///   `bulk` (the caller counts and trims: a bulk enqueue once for all; a worker's finish is
+///   counted by the worker and adds no record) count the transition in the minute bucket and
+///   trim retention every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual previous statuses) lets
+///   it skip reading the hash: 3 commands for a finish (`ZREM` old status, `HSET`, `ZADD` new
+///   status). Returns the previous status (nil for a new record).
 /// - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
 /// - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
 pub const RECORD_LUA_LIB: &str = r#"

@@ -1118,3 +1118,41 @@ async fn records_of(s: &Space, id: &str) -> protocol::TaskRecord {
         .unwrap()
         .unwrap()
 }
+
+/// A worker adds its outcomes to the minute buckets while it runs (about every second), not
+/// only when it stops, and stopping adds nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_counts_reach_redis_while_the_worker_runs() {
+    let s = Space::new("rec-count-flush");
+    let t0 = now_ms();
+    let w = Running::start(builder(&s, &["q"], 2)).await;
+    let mut envs: Vec<Envelope> = (0..3)
+        .map(|i| s.env(&format!("ok-{i}"), "noop", "q", json!([])))
+        .collect();
+    let mut bad = s.env("bad", "fail", "q", json!(["boom"]));
+    bad.max_retries = 0;
+    envs.push(bad);
+    s.enqueue("q", &envs).await;
+    let sums = || async {
+        let mut con = s.con().await;
+        let b = records::counts(&mut con, &s.keys, "q", t0, now_ms())
+            .await
+            .unwrap();
+        let sum = |f: fn(&records::CountBucket) -> i64| b.iter().map(f).sum::<i64>();
+        [
+            sum(|b| b.submitted),
+            sum(|b| b.started),
+            sum(|b| b.completed),
+            sum(|b| b.failed),
+            sum(|b| b.dead),
+        ]
+    };
+    wait_until(
+        "the outcomes are counted",
+        Duration::from_secs(5),
+        || async { sums().await == [4, 4, 3, 1, 1] },
+    )
+    .await;
+    w.stop().await;
+    assert_eq!(sums().await, [4, 4, 3, 1, 1]);
+}

@@ -470,7 +470,7 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "FUNCSCALE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
-    /// Write task records (`on`) or not (`off`; destinations still work).
+    /// Write task records (`on`) or not (`off`; outcome counts and destinations go on).
     #[arg(long, env = "FUNCSCALE_RECORDS", default_value = "on", value_parser = ["on", "off"])]
     pub records: String,
 }

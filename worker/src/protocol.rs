@@ -402,15 +402,17 @@ pub struct OutboxItem {
 /// Lua functions shared by the scripts that write task records, counts and destinations.
 /// Prepended to a script's body. `P` is the key prefix; keys spelled as in [`Keys`].
 ///
-/// - `fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)`: upsert the record hash
+/// - `fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh)`: upsert the record hash
 ///   (`extra` = flat field/value list), move it between the status indexes (scored by last
 ///   update: together the time index), add it to the id and function indexes when it is new
 ///   or changes queue or function (leaving those of its old queue and function), and unless
 ///   `bulk` (the caller counts and trims: a bulk enqueue once for all; a worker's finish is
 ///   counted by the worker and adds no record) count the transition in the minute bucket and
-///   trim retention every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual previous statuses) lets
-///   it skip reading the hash: 3 commands for a finish (`ZREM` old status, `HSET`, `ZADD` new
-///   status). Returns the previous status (nil for a new record).
+///   trim retention every [`RECORD_TRIM_EVERY`]th write. `prev` (optional list of the usual
+///   previous statuses) lets it skip reading the hash: 3 commands for a finish (`ZREM` old
+///   status, `HSET`, `ZADD` new status). `fresh` (a producer's enqueue, a beat firing, a
+///   destination task): a new task, so a record left under the same id is replaced whole
+///   (its error, worker, times go). Returns the previous status (nil for a new record).
 /// - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
 /// - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
 pub const RECORD_LUA_LIB: &str = r#"
@@ -465,7 +467,7 @@ local function fs_count(P, q, now, field, n)
   return b, v
 end
 local fs_count_field = {queued = 'submitted', started = 'started', succeeded = 'completed', retrying = 'retried', dead = 'dead'}
-local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
+local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh)
   local h = P .. ':task:' .. id
   local base = P .. ':tasks:' .. q
   -- A status index of a queue holds exactly the ids whose record has that status and queue
@@ -495,8 +497,10 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev)
       -- task there: its old queue's queries and retention no longer see it)
       local n = #fields
       fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4], fields[n + 5], fields[n + 6] = 'id', id, 'queue', q, 'func', func
+      -- a new task under a used id (`fresh`): nothing of the old task's record stays
+      if fresh and old[1] then redis.call('DEL', h) end
+      if fresh or old[2] ~= q then fields[n + 7], fields[n + 8] = 'created_ms', nows end
       if old[2] ~= q then
-        fields[n + 7], fields[n + 8] = 'created_ms', nows
         redis.call('ZADD', base .. ':ids', 0, id)
         if old[2] then
           local ob = P .. ':tasks:' .. old[2]
@@ -543,7 +547,7 @@ local function fs_dest(P, d, kind, raw, field, payload, id, now)
       '},"queue":' .. cjson.encode(dq) .. ',"enqueued_at_ms":' .. now .. ',"attempt":0,"max_retries":3}'
     redis.call('LPUSH', P .. ':q:' .. dq, env)
     redis.call('HINCRBY', P .. ':stats:' .. dq, 'enqueued', 1)
-    fs_rec(P, dq, did, df, 'queued', now, {'attempt', 0})
+    fs_rec(P, dq, did, df, 'queued', now, {'attempt', 0}, nil, false, nil, true)
   else
     local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
       kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
@@ -941,7 +945,7 @@ local cfg = fs_cfg(P, q)
 local n = 0
 for i = 4, #ARGV, 4 do
   redis.call('LPUSH', KEYS[1], ARGV[i])
-  fs_rec(P, q, ARGV[i + 1], ARGV[i + 2], 'queued', now, {'attempt', 0, 'enqueued_ms', now, 'trace_id', ARGV[i + 3]}, cfg, true)
+  fs_rec(P, q, ARGV[i + 1], ARGV[i + 2], 'queued', now, {'attempt', 0, 'enqueued_ms', now, 'trace_id', ARGV[i + 3]}, cfg, true, nil, true)
   n = n + 1
 end
 fs_count(P, q, now, 'submitted', n)
@@ -992,7 +996,7 @@ for i = 5, #ARGV, 5 do
   if tonumber(ARGV[i + 1]) > last then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     redis.call('LPUSH', KEYS[3], ARGV[i + 2])
-    fs_rec(P, q, ARGV[i + 3], ARGV[i + 4], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, nil, true)
+    fs_rec(P, q, ARGV[i + 3], ARGV[i + 4], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, nil, true, nil, true)
     n = n + 1
   end
 end

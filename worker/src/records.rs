@@ -412,7 +412,9 @@ local n = 0
 for i = 4, #ARGV, 4 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    fs_rec(P, q, ARGV[i + 2], ARGV[i + 3], 'queued', now, {'attempt', 0, 'enqueued_ms', now, 'error', ''}, cfg)
+    fs_rec(P, q, ARGV[i + 2], ARGV[i + 3], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, cfg)
+    -- the same task again: the dead attempt's details go, its creation time stays
+    redis.call('HDEL', P .. ':task:' .. ARGV[i + 2], 'error', 'worker', 'started_ms', 'duration_ms')
     n = n + 1
   end
 end
@@ -448,6 +450,8 @@ where
             let mut fresh = env.clone();
             fresh.attempt = 0;
             fresh.error = None;
+            // a new wait starts: the queue's oldest-task age must not count the dead time
+            fresh.enqueued_at_ms = now;
             fresh.queue = queue.to_string();
             inv.arg(raw)
                 .arg(fresh.to_json())

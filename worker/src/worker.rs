@@ -543,36 +543,53 @@ impl Inner {
         pipe.query_async(&mut con).await
     }
 
-    /// Heartbeats, the reaper of dead slots and the mover of due retries.
+    /// Heartbeats, the reaper of dead slots, the mover of due retries and the count flush
+    /// (quick Redis calls) in one loop; queue gauges and record trimming in a second, URL
+    /// deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`) in a third, so a slow receiver
+    /// or a long trim never delays a heartbeat (which would let other workers reap this
+    /// worker's tasks while they run).
     async fn background(&self, slots: Vec<String>) {
-        let beat_every = Duration::from_millis((self.config.worker_ttl_ms / 5).max(100));
-        let mut beat = tokio::time::interval(beat_every);
-        let mut reap = tokio::time::interval(Duration::from_millis(
-            (self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200),
-        ));
-        let mut promote = tokio::time::interval(Duration::from_millis(250));
-        let mut trim = tokio::time::interval(Duration::from_secs(30));
-        let mut gauges = tokio::time::interval(Duration::from_secs(10));
-        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut outbox = tokio::time::interval(Duration::from_millis(200));
-        let mut counts = tokio::time::interval(Duration::from_secs(1));
-        counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        outbox.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        promote.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
-                _ = reap.tick() => if let Err(e) = reap_dead(&self.redis, &self.config.keys, self.config.worker_ttl_ms, &slots).await { tracing::warn!(error = %e, "reaper failed") },
-                _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
-                _ = gauges.tick() => if let Err(e) = self.refresh_queue_gauges().await { tracing::warn!(error = %e, "reading queue counts failed") },
-                _ = trim.tick() => if let Err(e) = self.trim_records().await { tracing::warn!(error = %e, "trimming task records failed") },
-                _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
-                _ = outbox.tick() => if let Err(e) = crate::outbox::deliver_due(&self.redis, &self.config.keys, &self.http, 50).await { tracing::warn!(error = %e, "delivering to destinations failed") },
+        let every = |ms: u64| {
+            let mut i = tokio::time::interval(Duration::from_millis(ms));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        };
+        let quick = async {
+            let mut beat = every((self.config.worker_ttl_ms / 5).max(100));
+            let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
+            let mut promote = every(250);
+            let mut counts = every(1_000);
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
+                    _ = reap.tick() => if let Err(e) = reap_dead(&self.redis, &self.config.keys, self.config.worker_ttl_ms, &slots).await { tracing::warn!(error = %e, "reaper failed") },
+                    _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
+                    _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
+                }
             }
-        }
+        };
+        let slow = async {
+            let mut gauges = every(10_000);
+            let mut trim = every(30_000);
+            loop {
+                tokio::select! {
+                    _ = gauges.tick() => if let Err(e) = self.refresh_queue_gauges().await { tracing::warn!(error = %e, "reading queue counts failed") },
+                    _ = trim.tick() => if let Err(e) = self.trim_records().await { tracing::warn!(error = %e, "trimming task records failed") },
+                }
+            }
+        };
+        let deliveries = async {
+            let mut outbox = every(200);
+            loop {
+                outbox.tick().await;
+                if let Err(e) =
+                    crate::outbox::deliver_due(&self.redis, &self.config.keys, &self.http, 50).await
+                {
+                    tracing::warn!(error = %e, "delivering to destinations failed");
+                }
+            }
+        };
+        tokio::join!(quick, slow, deliveries);
     }
 
     /// Add the pending outcome counts to their minute buckets (see [`PendingCounts`]).
@@ -902,7 +919,6 @@ impl Inner {
             .observe(elapsed.as_secs_f64());
         let stats = keys.stats(&env.queue);
         let finish_ms = now_ms();
-        let records = self.config.records;
         // ARGV 5.. of the finish script: what the record and the destinations need.
         let record_args = |inv: &mut redis::ScriptInvocation, payload: String, error: &str| {
             inv.arg(keys.prefix())
@@ -1016,8 +1032,9 @@ impl Inner {
             }
             r => r?,
         };
-        // 0: no longer in flight (put back by a reaper): this finish wrote nothing.
-        if records && done > 0 {
+        // 0: no longer in flight (put back by a reaper): this finish wrote nothing. Outcomes
+        // are counted with records on or off; `long` (2) needs a started record.
+        if done > 0 {
             self.counts.add(&env.queue, finish_ms, counted);
             if done == 2 {
                 self.counts.add(&env.queue, finish_ms, &[4]);

@@ -230,13 +230,13 @@ async fn retention_by_count_and_by_age() {
         "newest kept"
     );
 
-    // By age: records older than 300 ms go.
+    // By age: records older than a minute go (trimmed as at a time two minutes on).
     protocol::queue_config_set(
         &mut con,
         &s.keys,
         "q",
         &QueueConfig {
-            record_max_age_ms: Some(300),
+            record_max_age_ms: Some(60_000),
             ..Default::default()
         },
         &[],
@@ -246,7 +246,7 @@ async fn retention_by_count_and_by_age() {
     let now = now_ms();
     assert_eq!(records::trim(&mut con, &s.keys, "q", now).await.unwrap(), 0);
     assert_eq!(
-        records::trim(&mut con, &s.keys, "q", now + 1_000)
+        records::trim(&mut con, &s.keys, "q", now + 120_000)
             .await
             .unwrap(),
         50
@@ -265,18 +265,20 @@ async fn retention_by_count_and_by_age() {
 async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
     let s = Space::new("rec-dead");
     let fixed = Arc::new(AtomicBool::new(false));
-    let f2 = fixed.clone();
-    let b = builder(&s, &["q"], 2).handler("charge", move |_ctx| {
-        let fixed = f2.clone();
-        async move {
-            if fixed.load(Ordering::SeqCst) {
-                Ok(json!("charged"))
-            } else {
-                Err(TaskError::new("card declined"))
+    let worker = || {
+        let f2 = fixed.clone();
+        builder(&s, &["q"], 2).handler("charge", move |_ctx| {
+            let fixed = f2.clone();
+            async move {
+                if fixed.load(Ordering::SeqCst) {
+                    Ok(json!("charged"))
+                } else {
+                    Err(TaskError::new("card declined"))
+                }
             }
-        }
-    });
-    let w = Running::start(b).await;
+        })
+    };
+    let w = Running::start(worker()).await;
     let mut e = s.env("order-42-a", "charge", "q", json!([]));
     e.max_retries = 2;
     let other = s.env("order-43-a", "noop", "q", json!([]));
@@ -303,12 +305,47 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
     )
     .await;
     assert_eq!(ids(&rec), ["order-42-a"]);
+    let dead = records::show_task(&mut con, &s.keys, "order-42-a")
+        .await
+        .unwrap()
+        .unwrap();
 
+    // Requeued while no worker runs: the same task waits again, as new as a fresh enqueue.
+    w.stop().await;
     fixed.store(true, Ordering::SeqCst);
+    let before = now_ms();
     let n = records::requeue_dead(&mut con, &s.keys, "q", &Selector::Prefix("order-42".into()))
         .await
         .unwrap();
     assert_eq!(n, 1);
+    let waiting = records::show_task(&mut con, &s.keys, "order-42-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (waiting.status.as_str(), waiting.attempt),
+        ("queued", Some(0))
+    );
+    assert_eq!(
+        (&waiting.error, &waiting.worker, waiting.duration_ms),
+        (&None, &None, None),
+        "the dead attempt's details went: {waiting:?}"
+    );
+    assert_eq!(waiting.created_ms, dead.created_ms, "the same task");
+    let queued: Vec<String> = redis::cmd("LRANGE")
+        .arg(s.keys.queue("q"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let again = Envelope::from_json(&queued[0]).unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), ("order-42-a", 0));
+    assert!(
+        again.enqueued_at_ms >= before,
+        "the wait counts from the requeue (oldest-task age)"
+    );
+    let w = Running::start(worker()).await;
     wait_until(
         "the requeued task succeeds",
         Duration::from_secs(10),
@@ -1057,34 +1094,54 @@ async fn a_success_after_a_retry_clears_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
     let s = Space::new("rec-reuse");
-    s.enqueue("q1", &[s.env("dup", "noop", "q1", json!([]))])
-        .await;
+    let mut first = s.env("dup", "fail", "q1", json!(["boom"]));
+    first.max_retries = 0;
+    s.enqueue("q1", &[first]).await;
     let w = Running::start(builder(&s, &["q1"], 1)).await;
-    wait_until("succeeded in q1", Duration::from_secs(10), || async {
-        s.int(&["ZCARD", &s.keys.tasks_status("q1", TaskStatus::Succeeded)])
+    wait_until("dead in q1", Duration::from_secs(10), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q1", TaskStatus::Dead)])
             .await
             == 1
     })
     .await;
     w.stop().await;
+    let dead = records_of(&s, "dup").await;
+    assert_eq!(dead.error.as_deref(), Some("boom"));
     // (each index below could only ever hold this one id)
     let holds_it = |key: String| {
         let s = &s;
         async move { s.int(&["ZCARD", &key]).await > 0 }
     };
-    // The same queue, another function: the old function's index lets it go.
+    // The same queue, another function: a new task, with nothing of the old one's record;
+    // the old function's index lets it go.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     s.enqueue("q1", &[s.env("dup", "later", "q1", json!([]))])
         .await;
-    assert!(!holds_it(s.keys.tasks_func("q1", "noop")).await);
-    assert!(!holds_it(s.keys.tasks_status("q1", TaskStatus::Succeeded)).await);
+    let first = records_of(&s, "dup").await;
+    assert_eq!(
+        (first.status.as_str(), first.func.as_str(), first.attempt),
+        ("queued", "later", Some(0))
+    );
+    assert_eq!(
+        (
+            &first.error,
+            &first.worker,
+            first.duration_ms,
+            first.started_ms
+        ),
+        (&None, &None, None, None),
+        "nothing of the dead task stays: {first:?}"
+    );
+    assert!(first.created_ms > dead.created_ms, "{first:?}");
+    assert!(!holds_it(s.keys.tasks_func("q1", "fail")).await);
+    assert!(!holds_it(s.keys.tasks_status("q1", TaskStatus::Dead)).await);
     assert!(holds_it(s.keys.tasks_func("q1", "later")).await);
     let by_func = |func: &str| TaskQuery {
         func: Some(func.into()),
         ..query("q1")
     };
-    assert!(list(&s, &by_func("noop")).await.is_empty());
+    assert!(list(&s, &by_func("fail")).await.is_empty());
     assert_eq!(ids(&list(&s, &by_func("later")).await), ["dup"]);
-    let first = records_of(&s, "dup").await;
     // Another queue: q1's indexes forget it, q2's hold it, and it is new there.
     tokio::time::sleep(Duration::from_millis(5)).await;
     s.enqueue("q2", &[s.env("dup", "noop", "q2", json!([]))])
@@ -1120,12 +1177,18 @@ async fn records_of(s: &Space, id: &str) -> protocol::TaskRecord {
 }
 
 /// A worker adds its outcomes to the minute buckets while it runs (about every second), not
-/// only when it stops, and stopping adds nothing twice.
+/// only when it stops, and stopping adds nothing twice; with records on or off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcome_counts_reach_redis_while_the_worker_runs() {
-    let s = Space::new("rec-count-flush");
+    for records in [true, false] {
+        outcome_counts(records).await;
+    }
+}
+
+async fn outcome_counts(records: bool) {
+    let s = Space::new(&format!("rec-count-flush-{records}"));
     let t0 = now_ms();
-    let w = Running::start(builder(&s, &["q"], 2)).await;
+    let w = Running::start(builder(&s, &["q"], 2).configure(|c| c.records = records)).await;
     let mut envs: Vec<Envelope> = (0..3)
         .map(|i| s.env(&format!("ok-{i}"), "noop", "q", json!([])))
         .collect();

@@ -624,3 +624,70 @@ async fn takes_at_most_one_task_per_free_process() {
     }
     w.stop().await;
 }
+
+/// A URL destination that never answers holds one delivery for the POST timeout, but the
+/// heartbeats go on meanwhile (else other workers would reap this worker's running tasks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_url_receiver_does_not_stop_the_heartbeats() {
+    use funcscale_worker::protocol::{Destination, QueueConfig};
+    let s = Space::new("slow-dest");
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let mut con = s.con().await;
+    funcscale_worker::protocol::queue_config_set(
+        &mut con,
+        &s.keys,
+        "q",
+        &QueueConfig {
+            on_success: Some(Destination::Url(format!("http://{addr}/hook"))),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let w = Running::start(builder(&s, &["q"], 1).configure(|c| {
+        c.worker_ttl_ms = 1_000;
+        c.name = "w".into();
+    }))
+    .await;
+    s.enqueue("q", &[s.env("t", "noop", "q", json!([]))]).await;
+    wait_until("the POST is under way", Duration::from_secs(10), || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    let slot = "w.0".to_string();
+    let beat = |con: redis::aio::MultiplexedConnection| {
+        let key = s.keys.worker(&slot);
+        async move {
+            let mut con = con;
+            let v: Option<u64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("heartbeat_ms")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            v.unwrap()
+        }
+    };
+    let first = beat(con.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let later = beat(con.clone()).await;
+    assert!(
+        later >= first + 1_000,
+        "heartbeats stalled behind the delivery: {first} then {later}"
+    );
+    w.stop().await;
+    server.abort();
+}

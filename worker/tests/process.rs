@@ -370,3 +370,130 @@ async fn beat_process_fires_and_releases_its_lease_on_sigterm() {
     );
     let _ = std::fs::remove_file(file);
 }
+
+/// The audit commands end to end through the binary: a task fails for good; `tasks list
+/// --status failed`, `tasks show` and `dead-letters list` find it by id, `tasks counts`
+/// counts it; `dead-letters requeue` puts it back with the same id and attempt 0, and it
+/// succeeds on the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_commands_find_count_and_requeue_a_dead_task() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Space::new("cli-audit");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let worker = || {
+        let fixed = fixed.clone();
+        funcscale_worker::worker::Worker::builder()
+            .redis_url(REDIS_URL)
+            .prefix(s.prefix.clone())
+            .queues(["q"])
+            .handler("charge", move |_ctx| {
+                let fixed = fixed.clone();
+                async move {
+                    if fixed.load(Ordering::SeqCst) {
+                        Ok(json!("charged"))
+                    } else {
+                        Err(funcscale_worker::handler::TaskError::new("card declined"))
+                    }
+                }
+            })
+    };
+    let mut e = s.env("trace-7-charge", "charge", "q", json!([]));
+    e.max_retries = 0;
+    s.enqueue("q", &[e, s.env("trace-8-other", "noop", "q", json!([]))])
+        .await;
+    let w = common::Running::start(worker()).await;
+    wait_until("dead-lettered", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.dead("q")]).await == 1 && s.stat("q", "completed").await == 1
+    })
+    .await;
+    w.stop().await;
+
+    let rows = |out: String| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let failed = rows(
+        cli(
+            &s,
+            &[
+                "tasks",
+                "list",
+                "--queue",
+                "q",
+                "--status",
+                "failed",
+                "--id-prefix",
+                "trace-",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (&failed[0]["id"], &failed[0]["status"], &failed[0]["error"]),
+        (
+            &json!("trace-7-charge"),
+            &json!("dead"),
+            &json!("card declined")
+        )
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge"]).await).unwrap();
+    assert_eq!(shown["func"], "charge");
+    let letters = rows(cli(&s, &["dead-letters", "list", "--queue", "q", "--json"]).await);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["id"], "trace-7-charge");
+    let counts = rows(
+        cli(
+            &s,
+            &[
+                "tasks", "counts", "--queue", "q", "--since", "10m", "--json",
+            ],
+        )
+        .await,
+    );
+    let sum = |k: &str| counts.iter().map(|b| b[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(
+        [
+            sum("submitted"),
+            sum("completed"),
+            sum("failed"),
+            sum("dead")
+        ],
+        [2, 1, 1, 1],
+        "{counts:?}"
+    );
+
+    cli(
+        &s,
+        &[
+            "dead-letters",
+            "requeue",
+            "--queue",
+            "q",
+            "--id-prefix",
+            "trace-7",
+        ],
+    )
+    .await;
+    assert_eq!(s.int(&["LLEN", &s.keys.dead("q")]).await, 0);
+    fixed.store(true, Ordering::SeqCst);
+    let w = common::Running::start(worker()).await;
+    wait_until(
+        "the requeued task succeeds",
+        Duration::from_secs(10),
+        || async { s.stat("q", "completed").await == 2 },
+    )
+    .await;
+    w.stop().await;
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge"]).await).unwrap();
+    assert_eq!(
+        (&shown["status"], &shown["attempt"], &shown["error"]),
+        (&json!("succeeded"), &json!(0), &serde_json::Value::Null),
+        "{shown}"
+    );
+}

@@ -686,6 +686,30 @@ async fn queue_counts_are_exported_as_prometheus_gauges() {
         .map(|i| s.env(&format!("m{i}"), "sleep", "q", json!([60_000])))
         .collect();
     s.enqueue("q", &envs).await;
+    // Outcomes of the last complete minute, as workers write them (also into the current
+    // minute, so a minute turning over during the test reads the same; these tasks sleep
+    // for a minute, so nothing adds to these fields meanwhile).
+    let mut con = s.con().await;
+    let minute = now_ms() / 60_000;
+    for m in [minute - 1, minute] {
+        let _: () = redis::cmd("HSET")
+            .arg(s.keys.counts("q", m))
+            .arg(&[
+                "completed",
+                "7",
+                "failed",
+                "3",
+                "retried",
+                "1",
+                "dead",
+                "2",
+                "fmt",
+                "2",
+            ])
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
     let metrics = funcscale_worker::metrics::Metrics::new();
     let w = Running::start(
         builder(&s, &["q"], 2)
@@ -711,6 +735,23 @@ async fn queue_counts_are_exported_as_prometheus_gauges() {
     )
     .await;
     assert!(text().contains("funcscale_worker_queue_dead_letters{queue=\"q\"} 0"));
+    let last_minute = |kind: &str| {
+        text()
+            .lines()
+            .find(|l| {
+                l.starts_with("funcscale_worker_queue_tasks_last_minute{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+                    && l.contains("queue=\"q\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    };
+    for (kind, n) in [("completed", 7), ("failed", 3), ("retried", 1), ("dead", 2)] {
+        assert_eq!(last_minute(kind), Some(n), "{kind}");
+    }
+    // started = the outcomes of attempts whose start was not recorded (fmt 2), plus the two
+    // sleeping tasks' started records if the minute turned over since they were written
+    let started = last_minute("started");
+    assert!(matches!(started, Some(10) | Some(12)), "{started:?}");
     w.stop().await;
 }
 

@@ -68,6 +68,13 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLettersAction,
     },
+    /// List, replay or purge deliveries to URL destinations (pending, or parked after
+    /// their last attempt failed).
+    Outbox {
+        /// Action.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Per-queue settings in Redis: record retention and destinations.
     QueueConfig {
         /// Action.
@@ -181,6 +188,73 @@ pub enum DeadLettersAction {
         /// Which.
         #[command(flatten)]
         select: DeadSelect,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which parked deliveries (`--id` repeated, `--id-prefix`, or `--all`: exactly one).
+#[derive(Args, Debug, Clone, Default)]
+#[group(required = true, multiple = false)]
+pub struct OutboxSelect {
+    /// Exact delivery ids (`<task id>:success` or `<task id>:failure`).
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Delivery ids starting with this.
+    #[arg(long, value_name = "P")]
+    pub id_prefix: Option<String>,
+    /// Every parked delivery.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl OutboxSelect {
+    /// The selector (clap insists on a choice; this checks it again for callers that build
+    /// the struct themselves).
+    pub fn selector(&self) -> anyhow::Result<crate::records::Selector> {
+        use crate::records::Selector;
+        Ok(if let Some(p) = &self.id_prefix {
+            Selector::Prefix(p.clone())
+        } else if !self.ids.is_empty() {
+            Selector::Ids(self.ids.clone())
+        } else if self.all {
+            Selector::All
+        } else {
+            anyhow::bail!(
+                "choose the parked deliveries: --id ID (repeatable), --id-prefix P or --all"
+            )
+        })
+    }
+}
+
+/// `outbox` actions.
+#[derive(Subcommand, Debug)]
+pub enum OutboxAction {
+    /// Pending deliveries, soonest due first; with `--dead`, the parked ones, newest first.
+    List {
+        /// The parked deliveries (failed `OUTBOX_MAX_ATTEMPTS` times) instead of the pending ones.
+        #[arg(long)]
+        dead: bool,
+        /// Only delivery ids starting with this.
+        #[arg(long)]
+        id_prefix: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move parked deliveries back into the outbox: due now, attempt count reset, same
+    /// delivery id (receivers still deduplicate).
+    Requeue {
+        /// Which.
+        #[command(flatten)]
+        select: OutboxSelect,
+    },
+    /// Delete parked deliveries (asks for confirmation on a terminal).
+    Purge {
+        /// Which.
+        #[command(flatten)]
+        select: OutboxSelect,
         /// Do not ask.
         #[arg(long)]
         yes: bool,
@@ -395,6 +469,108 @@ where
             }
             let n = records::purge_dead(con, keys, &select.queue, &sel).await?;
             println!("purged {n} dead letter(s) of {}", select.queue);
+        }
+    }
+    Ok(())
+}
+
+/// An outbox entry as one JSON object: the item's fields, `due_ms` for a pending one; a
+/// malformed entry as `{"malformed": true, "raw": …}`.
+fn outbox_json(l: &crate::outbox::Listed) -> serde_json::Value {
+    match &l.item {
+        Some(item) => {
+            let mut v = serde_json::to_value(item).expect("an outbox item serializes");
+            if let Some(due) = l.due_ms {
+                v["due_ms"] = due.into();
+            }
+            v
+        }
+        None => serde_json::json!({"malformed": true, "raw": l.raw}),
+    }
+}
+
+/// Execute an `outbox` action (shared with the kubectl plugin). `purge` without `--yes` asks
+/// on stdin, and refuses when stdin is not a terminal.
+pub async fn outbox_command<C>(con: &mut C, keys: &Keys, action: OutboxAction) -> anyhow::Result<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    use crate::outbox;
+    use crate::records::Selector;
+    use std::io::IsTerminal as _;
+    match action {
+        OutboxAction::List {
+            dead,
+            id_prefix,
+            json,
+        } => {
+            let sel = id_prefix.map_or(Selector::All, Selector::Prefix);
+            let list = if dead {
+                outbox::parked(con, keys, &sel).await?
+            } else {
+                outbox::pending(con, keys, &sel).await?
+            };
+            if !json {
+                println!(
+                    "{:<44} {:>3} {:>12}  {:<40}  ERROR",
+                    "ID",
+                    "ATT",
+                    if dead { "" } else { "DUE(UTC)" },
+                    "URL"
+                );
+            }
+            for l in &list {
+                match (&l.item, json) {
+                    (_, true) => println!("{}", outbox_json(l)),
+                    (None, false) => println!("(malformed) {}", l.raw),
+                    (Some(i), false) => println!(
+                        "{:<44} {:>3} {:>12}  {:<40}  {}",
+                        i.id,
+                        i.attempt,
+                        if dead {
+                            String::new()
+                        } else {
+                            fmt_ms(l.due_ms)
+                        },
+                        i.url,
+                        i.error
+                            .as_deref()
+                            .unwrap_or("")
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    ),
+                }
+            }
+            eprintln!(
+                "{} {} deliver(ies)",
+                list.len(),
+                if dead { "parked" } else { "pending" }
+            );
+        }
+        OutboxAction::Requeue { select } => {
+            let sel = select.selector()?;
+            let n = outbox::requeue_parked(con, keys, &sel).await?;
+            println!("requeued {n} parked deliver(ies) into the outbox");
+        }
+        OutboxAction::Purge { select, yes } => {
+            let sel = select.selector()?;
+            if !yes {
+                let stdin = std::io::stdin();
+                anyhow::ensure!(
+                    stdin.is_terminal(),
+                    "refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+                );
+                let n = outbox::parked(con, keys, &sel).await?.len();
+                eprint!("purge {n} parked deliver(ies)? [y/N] ");
+                let mut line = String::new();
+                stdin.read_line(&mut line)?;
+                if !matches!(line.trim(), "y" | "Y" | "yes") {
+                    anyhow::bail!("not confirmed; nothing purged");
+                }
+            }
+            let n = outbox::purge_parked(con, keys, &sel).await?;
+            println!("purged {n} parked deliver(ies)");
         }
     }
     Ok(())
@@ -750,6 +926,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let mut con = connection_manager(&client).await?;
             dead_letters_command(&mut con, &keys, action).await
         }
+        Command::Outbox { action } => {
+            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
+            let mut con = connection_manager(&client).await?;
+            outbox_command(&mut con, &keys, action).await
+        }
         Command::QueueConfig { action } => {
             let client = redis::Client::open(cli.redis.redis_url.as_str())?;
             let mut con = connection_manager(&client).await?;
@@ -861,5 +1042,53 @@ mod tests {
         };
         assert_eq!(r.queues, ["a", "b"]);
         assert!(matches!(r.handler, Handler::Exec(ref c) if c == "cat"));
+    }
+
+    #[test]
+    fn outbox_requeue_and_purge_insist_on_exactly_one_selection() {
+        for action in ["requeue", "purge"] {
+            let e = Cli::try_parse_from(["fw", "outbox", action]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--id") && msg.contains("--id-prefix") && msg.contains("--all"),
+                "{msg}"
+            );
+            let e = Cli::try_parse_from(["fw", "outbox", action, "--all", "--id-prefix", "t"])
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+        let cli = Cli::try_parse_from([
+            "fw",
+            "outbox",
+            "requeue",
+            "--id",
+            "a:success",
+            "--id",
+            "b:failure",
+        ])
+        .unwrap();
+        let Command::Outbox {
+            action: OutboxAction::Requeue { select },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            select.selector().unwrap(),
+            crate::records::Selector::Ids(ref ids) if ids == &["a:success", "b:failure"]
+        ));
+        assert!(OutboxSelect::default().selector().is_err());
+        let cli = Cli::try_parse_from(["fw", "outbox", "list", "--dead", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Outbox {
+                action: OutboxAction::List {
+                    dead: true,
+                    json: true,
+                    id_prefix: None
+                }
+            }
+        ));
     }
 }

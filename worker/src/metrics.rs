@@ -11,7 +11,8 @@ use http_body_util::Full;
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The worker's metrics. Labels are the queue and the function name (both bounded by what the
@@ -43,6 +44,10 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Dead letters of the queue.
     pub queue_dead_letters: IntGaugeVec,
+    /// Deliveries to URL destinations waiting in the outbox (of the key prefix, all queues).
+    pub outbox_pending: IntGauge,
+    /// Deliveries to URL destinations parked after `OUTBOX_MAX_ATTEMPTS` failures.
+    pub outbox_parked: IntGauge,
     /// The names of all registered metrics (see [`Metrics::names`]).
     names: Vec<String>,
 }
@@ -123,6 +128,16 @@ impl Metrics {
             "Dead letters of the queue",
             &["queue"],
         );
+        let outbox_pending = IntGauge::new(
+            "funcscale_worker_outbox_pending",
+            "Deliveries to URL destinations waiting in the outbox (the same value on every worker)",
+        )
+        .expect("valid metric");
+        let outbox_parked = IntGauge::new(
+            "funcscale_worker_outbox_parked",
+            "Deliveries to URL destinations parked after their last attempt failed",
+        )
+        .expect("valid metric");
         let registry = Registry::new();
         let mut names = Vec::new();
         for c in [
@@ -137,6 +152,8 @@ impl Metrics {
             Box::new(queue_executing.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_dead_letters.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(outbox_parked.clone()),
         ] {
             names.extend(series_names(c.as_ref()));
             registry.register(c).expect("unique metric");
@@ -147,6 +164,8 @@ impl Metrics {
             queue_executing,
             queue_depth,
             queue_dead_letters,
+            outbox_pending,
+            outbox_parked,
             started,
             succeeded,
             failed,

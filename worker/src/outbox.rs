@@ -4,6 +4,11 @@
 //! deliverer's items come back), POSTs them, and removes them on a 2xx. Failures back off
 //! exponentially; after [`OUTBOX_MAX_ATTEMPTS`] the item goes to `Keys::outbox_dead`.
 //! Delivery is at-least-once: receivers deduplicate on the `x-funcscale-delivery-id` header.
+//!
+//! Parked items stay in `Keys::outbox_dead` until an operator acts: [`pending`] and [`parked`]
+//! list them, [`requeue_parked`] moves them back into the outbox (due now, attempt 0, same
+//! delivery id) and [`purge_parked`] deletes them (`funcscale-worker outbox list|requeue|purge`).
+//! [`refresh_gauges`] sets `funcscale_worker_outbox_pending` and `funcscale_worker_outbox_parked`.
 
 use std::time::Duration;
 
@@ -11,7 +16,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 use crate::handler::HttpClient;
+use crate::metrics::Metrics;
 use crate::protocol::{Keys, OUTBOX_MAX_ATTEMPTS, OutboxItem};
+use crate::records::Selector;
 use crate::worker::now_ms;
 
 /// How long a claimed delivery stays invisible to other deliverers.
@@ -122,4 +129,213 @@ pub async fn deliver_due(
     }
     let _: () = pipe.query_async(&mut con).await?;
     Ok(delivered)
+}
+
+/// KEYS[1] = outbox dead list, KEYS[2] = outbox; ARGV = due ms, then (parked raw, new raw)
+/// pairs. Moves each item still parked back into the outbox: the LREM and the ZADD happen
+/// together, so an item is neither lost nor duplicated. Returns how many moved.
+const REQUEUE_PARKED_LUA: &str = r#"
+local moved = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+return moved
+"#;
+
+/// One outbox entry as listed: its raw text, the parsed item (`None` when malformed) and, for
+/// a pending delivery, when it is due (unix ms; a claimed one is due when its lease ends).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listed {
+    /// The stored JSON.
+    pub raw: String,
+    /// The parsed item.
+    pub item: Option<OutboxItem>,
+    /// Due time (pending deliveries only).
+    pub due_ms: Option<u64>,
+}
+
+impl Listed {
+    /// The delivery id, if the item parses.
+    pub fn id(&self) -> Option<&str> {
+        self.item.as_ref().map(|i| i.id.as_str())
+    }
+
+    fn selected(&self, sel: &Selector) -> bool {
+        match self.id() {
+            Some(id) => sel.matches(id),
+            None => matches!(sel, Selector::All),
+        }
+    }
+}
+
+/// Pending deliveries matching `sel`, soonest due first.
+pub async fn pending<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<Vec<Listed>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut out = Vec::new();
+    let mut start = 0isize;
+    loop {
+        let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(keys.outbox())
+            .arg(start)
+            .arg(start + 999)
+            .arg("WITHSCORES")
+            .query_async(con)
+            .await?;
+        let n = page.len();
+        for (raw, score) in page {
+            let l = Listed {
+                item: serde_json::from_str(&raw).ok(),
+                raw,
+                due_ms: Some(score as u64),
+            };
+            if l.selected(sel) {
+                out.push(l);
+            }
+        }
+        if n < 1_000 {
+            break;
+        }
+        start += 1_000;
+    }
+    Ok(out)
+}
+
+/// Parked deliveries (failed [`OUTBOX_MAX_ATTEMPTS`] times) matching `sel`, newest first.
+pub async fn parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<Vec<Listed>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut out = Vec::new();
+    let mut start = 0isize;
+    loop {
+        let page: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys.outbox_dead())
+            .arg(start)
+            .arg(start + 999)
+            .query_async(con)
+            .await?;
+        let n = page.len();
+        for raw in page {
+            let l = Listed {
+                item: serde_json::from_str(&raw).ok(),
+                raw,
+                due_ms: None,
+            };
+            if l.selected(sel) {
+                out.push(l);
+            }
+        }
+        if n < 1_000 {
+            break;
+        }
+        start += 1_000;
+    }
+    Ok(out)
+}
+
+/// Move the parked deliveries matching `sel` back into the outbox, due now, with the attempt
+/// count and the last error cleared and the same delivery id (receivers still deduplicate).
+/// Malformed items stay parked. Returns how many moved.
+pub async fn requeue_parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<u64>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let items = parked(con, keys, sel).await?;
+    requeue_listed(con, keys, &items).await
+}
+
+/// Move these listed parked deliveries (from [`parked`]) back into the outbox as
+/// [`requeue_parked`] does. An item no longer parked (purged, or moved by someone else since
+/// it was listed) is skipped, never added. Returns how many moved.
+pub async fn requeue_listed<C>(
+    con: &mut C,
+    keys: &Keys,
+    items: &[Listed],
+) -> redis::RedisResult<u64>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let now = now_ms();
+    let script = redis::Script::new(REQUEUE_PARKED_LUA);
+    let mut moved = 0;
+    for chunk in items.chunks(500) {
+        let mut inv = script.key(keys.outbox_dead());
+        inv.key(keys.outbox()).arg(now);
+        let mut any = false;
+        for l in chunk {
+            let Some(item) = &l.item else { continue };
+            let fresh = OutboxItem {
+                attempt: 0,
+                error: None,
+                ..item.clone()
+            };
+            inv.arg(&l.raw)
+                .arg(serde_json::to_string(&fresh).expect("an outbox item serializes"));
+            any = true;
+        }
+        if any {
+            let n: u64 = inv.invoke_async(con).await?;
+            moved += n;
+        }
+    }
+    Ok(moved)
+}
+
+/// Delete the parked deliveries matching `sel`. Returns how many were deleted.
+pub async fn purge_parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<u64>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    if matches!(sel, Selector::All) {
+        let (n, _): (u64, ()) = redis::pipe()
+            .atomic()
+            .llen(keys.outbox_dead())
+            .del(keys.outbox_dead())
+            .query_async(con)
+            .await?;
+        return Ok(n);
+    }
+    let items = parked(con, keys, sel).await?;
+    let mut n = 0;
+    for chunk in items.chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for l in chunk {
+            pipe.lrem(keys.outbox_dead(), 1, &l.raw);
+        }
+        let removed: Vec<u64> = pipe.query_async(con).await?;
+        n += removed.iter().sum::<u64>();
+    }
+    Ok(n)
+}
+
+/// How many deliveries are pending (in the outbox) and parked (in the dead list).
+pub async fn sizes<C>(con: &mut C, keys: &Keys) -> redis::RedisResult<(u64, u64)>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    redis::pipe()
+        .zcard(keys.outbox())
+        .llen(keys.outbox_dead())
+        .query_async(con)
+        .await
+}
+
+/// Set `funcscale_worker_outbox_pending` and `funcscale_worker_outbox_parked` from Redis.
+pub async fn refresh_gauges<C>(
+    con: &mut C,
+    keys: &Keys,
+    metrics: &Metrics,
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let (pending, parked) = sizes(con, keys).await?;
+    metrics.outbox_pending.set(pending as i64);
+    metrics.outbox_parked.set(parked as i64);
+    Ok(())
 }

@@ -253,7 +253,8 @@ pub enum Destination {
         /// Function of the new task (default `on_success` / `on_failure`).
         func: Option<String>,
     },
-    /// POST to a URL through the outbox (retried until delivered).
+    /// POST to a URL through the outbox (retried with backoff; parked in `Keys::outbox_dead`
+    /// after [`OUTBOX_MAX_ATTEMPTS`] failures, until `outbox requeue`).
     Url(String),
 }
 

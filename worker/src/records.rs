@@ -354,7 +354,8 @@ pub enum Selector {
 }
 
 impl Selector {
-    fn matches(&self, id: &str) -> bool {
+    /// Whether `id` is selected.
+    pub fn matches(&self, id: &str) -> bool {
         match self {
             Self::All => true,
             Self::Ids(ids) => ids.iter().any(|i| i == id),

@@ -102,14 +102,16 @@ pub struct FuncQueueSpec {
     pub max_retries: u32,
 
     /// Where the result of every task that succeeds is sent: a task enqueued into another
-    /// FuncQueue (atomically with the completion), or a POST to a URL (retried until
-    /// delivered: at least once). Unset: results are only kept in the task records.
+    /// FuncQueue (atomically with the completion), or a POST to a URL (retried with backoff,
+    /// at least once; after 12 failed attempts, about 23 minutes, parked until replayed with
+    /// `funcscale-worker outbox requeue`). Unset: results are only kept in the task records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_success: Option<TaskDestination>,
 
     /// Where a task goes once it has failed for good (after `maxRetries`, when it enters the
     /// dead-letter list), with its error: a task enqueued into another FuncQueue, or a POST
-    /// to a URL (retried until delivered: at least once).
+    /// to a URL (retried with backoff, at least once; after 12 failed attempts, about 23
+    /// minutes, parked until replayed with `funcscale-worker outbox requeue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<TaskDestination>,
 
@@ -145,9 +147,11 @@ pub struct TaskDestination {
     pub function: Option<String>,
     /// HTTP(S) URL that receives the task as a JSON POST. Deliveries go through an outbox in
     /// Redis, written atomically with the task's completion, and the workers retry them with
-    /// backoff until the server answers 2xx (after 12 failed attempts a delivery is parked
-    /// in the outbox's dead list). At least once: a receiver may see an event twice and
-    /// deduplicates on the `x-funcscale-delivery-id` header.
+    /// backoff until the server answers 2xx (after 12 failed attempts, about 23 minutes, a
+    /// delivery is parked in the outbox's dead list and no longer retried: `funcscale-worker
+    /// outbox list --dead` lists it and `funcscale-worker outbox requeue` replays it). At
+    /// least once: a receiver may see an event twice and deduplicates on the
+    /// `x-funcscale-delivery-id` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^https?://"), length(max = 2048))]
     pub url: Option<String>,

@@ -677,6 +677,7 @@ impl Inner {
                 .with_label_values(&[q.as_str()])
                 .set(running as i64);
         }
+        crate::outbox::refresh_gauges(&mut con, keys, m).await?;
         Ok(())
     }
 

@@ -989,6 +989,12 @@ impl ApiServer {
                     .lock()
                     .expect("log lock")
                     .since(cursor, &filter);
+                // A disconnect (or pause) made before these events were read ends the stream
+                // first: its writes come after it (the test's order, seen through the log's
+                // lock), and a paused watcher must not see them.
+                if disconnect.has_changed().unwrap_or(true) {
+                    return;
+                }
                 match since {
                     Since::Expired => {
                         let msg = format!("too old resource version: {cursor}");
@@ -1013,8 +1019,9 @@ impl ApiServer {
                     }
                 }
                 tokio::select! {
-                    r = changed.changed() => if r.is_err() { return },
+                    biased;
                     _ = disconnect.changed() => return,
+                    r = changed.changed() => if r.is_err() { return },
                     _ = &mut deadline => return,
                     _ = bookmark.tick(), if bookmarks => {
                         let res = filter.resource;

@@ -1,6 +1,9 @@
 //! Where a FuncQueue's Redis is: `spec.redis` resolved to a URL, reading the referenced Secrets
-//! through the API. Needs a client, not the operator's `Context`, so the queue controller and
-//! `kubectl funcscale` resolve a connection the same way.
+//! through the API (through a [`SecretCache`]). Needs a client, not the operator's `Context`,
+//! so the queue controller and `kubectl funcscale` resolve a connection the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -57,26 +60,90 @@ impl std::fmt::Display for Source<'_> {
     }
 }
 
-/// Resolve the Redis endpoint of a queue in namespace `ns`, reading Secrets when referenced;
-/// `default` when the queue names no connection. A missing Secret or key is
-/// [`Error::InvalidSpec`] naming the field.
+/// How long a Secret read through a [`SecretCache`] is used before it is read again: a
+/// changed Secret (a rotated Redis password) applies within this.
+pub const SECRET_CACHE_TTL_MS: u64 = 60_000;
+
+/// A Secret's keys (`data`, and `stringData` where `data` has no such key) and their bytes.
+pub type SecretData = Arc<BTreeMap<String, Vec<u8>>>;
+
+/// Secrets read through the API, each reused for [`SECRET_CACHE_TTL_MS`]. The queue controller
+/// refreshes every queue every few seconds and every pool reconcile checks its queues'
+/// Secrets: without this, thousands of queues would mean thousands of Secret GETs a minute.
+/// A Secret that does not exist is not kept (one created later is seen at the next look).
+#[derive(Default)]
+pub struct SecretCache(Mutex<HashMap<(String, String), (u64, SecretData)>>);
+
+impl SecretCache {
+    /// Secret `name` of namespace `ns` (`None`: it does not exist), read through the API when
+    /// the copy held is older than the TTL at `now_ms`.
+    pub async fn get(
+        &self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Option<SecretData>> {
+        let key = (ns.to_string(), name.to_string());
+        let fresh = |at: u64| now_ms.saturating_sub(at) < SECRET_CACHE_TTL_MS;
+        if let Some((at, data)) = self.lock().get(&key)
+            && fresh(*at)
+        {
+            return Ok(Some(data.clone()));
+        }
+        let read = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|s| {
+                let mut keys: BTreeMap<String, Vec<u8>> = s
+                    .string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                keys.extend(
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                Arc::new(keys)
+            });
+        let mut entries = self.lock();
+        // what is stale goes as new reads come in (Secrets no queue references any more)
+        entries.retain(|_, (at, _)| fresh(*at));
+        match &read {
+            Some(data) => entries.insert(key, (now_ms, data.clone())),
+            None => entries.remove(&key),
+        };
+        Ok(read)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (u64, SecretData)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Resolve the Redis endpoint of a queue in namespace `ns`, reading Secrets when referenced
+/// (through `secrets`, as of `now_ms`); `default` when the queue names no connection. A
+/// missing Secret or key is [`Error::InvalidSpec`] naming the field.
 pub async fn resolve(
     client: Client,
     spec: &FuncQueueSpec,
     ns: &str,
     default: &RedisEndpoint,
+    secrets: &SecretCache,
+    now_ms: u64,
 ) -> Result<RedisEndpoint> {
-    let secrets = || Api::<Secret>::namespaced(client.clone(), ns);
+    let value = |r, field| secret_value(&client, secrets, now_ms, ns, r, field);
     match source(spec) {
         Source::Default => Ok(default.clone()),
         Source::Url(url) => Ok(RedisEndpoint::new(url)),
         Source::UrlSecret(r) => Ok(RedisEndpoint::new(
-            secret_value(&secrets(), r, "spec.redis.urlSecretRef")
-                .await?
-                .trim(),
+            value(r, "spec.redis.urlSecretRef").await?.trim(),
         )),
         Source::UrlWithPassword(url, r) => {
-            let pw = secret_value(&secrets(), r, "spec.redis.passwordSecretRef").await?;
+            let pw = value(r, "spec.redis.passwordSecretRef").await?;
             Ok(RedisEndpoint::with_password(
                 url,
                 pw.trim_end_matches(['\n', '\r']),
@@ -85,23 +152,44 @@ pub async fn resolve(
     }
 }
 
-async fn secret_value(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Result<String> {
-    let s = api
-        .get_opt(&r.name)
+/// Why `r` cannot be read (`None`: it can): the Secret or its key is missing.
+pub async fn check_secret(
+    client: &Client,
+    secrets: &SecretCache,
+    now_ms: u64,
+    ns: &str,
+    r: &SecretKeyRef,
+) -> Result<Option<String>> {
+    Ok(match secrets.get(client, ns, &r.name, now_ms).await? {
+        None => Some(format!("Secret {} not found", r.name)),
+        Some(d) if !d.contains_key(&r.key) => {
+            Some(format!("Secret {} has no key {}", r.name, r.key))
+        }
+        Some(_) => None,
+    })
+}
+
+async fn secret_value(
+    client: &Client,
+    secrets: &SecretCache,
+    now_ms: u64,
+    ns: &str,
+    r: &SecretKeyRef,
+    field: &str,
+) -> Result<String> {
+    let data = secrets
+        .get(client, ns, &r.name, now_ms)
         .await?
         .ok_or_else(|| Error::invalid(field, format!("Secret {} not found", r.name)))?;
-    if let Some(v) = s.data.as_ref().and_then(|d| d.get(&r.key)) {
-        return String::from_utf8(v.0.clone()).map_err(|_| {
-            Error::invalid(
-                field,
-                format!("Secret {} key {} is not UTF-8", r.name, r.key),
-            )
-        });
-    }
-    s.string_data
-        .as_ref()
-        .and_then(|d| d.get(&r.key).cloned())
-        .ok_or_else(|| Error::invalid(field, format!("Secret {} has no key {}", r.name, r.key)))
+    let v = data
+        .get(&r.key)
+        .ok_or_else(|| Error::invalid(field, format!("Secret {} has no key {}", r.name, r.key)))?;
+    String::from_utf8(v.clone()).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("Secret {} key {} is not UTF-8", r.name, r.key),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -185,12 +273,13 @@ mod tests {
             .await
             .unwrap();
         let default = RedisEndpoint::new("redis://default:6379/0");
+        let cache = SecretCache::default();
 
         let whole = spec(Some(RedisConnection {
             url_secret_ref: Some(key("redis")),
             ..Default::default()
         }));
-        let ep = resolve(client.clone(), &whole, "prod", &default)
+        let ep = resolve(client.clone(), &whole, "prod", &default, &cache, 0)
             .await
             .unwrap();
         assert_eq!(ep.url(), "redis://:s3cret@r:6379/2");
@@ -203,20 +292,20 @@ mod tests {
             }),
             ..Default::default()
         }));
-        let ep = resolve(client.clone(), &with_pw, "prod", &default)
+        let ep = resolve(client.clone(), &with_pw, "prod", &default, &cache, 0)
             .await
             .unwrap();
         assert_eq!(ep.url(), "redis://app:p%40ss@r:6379/1");
 
         assert_eq!(
-            resolve(client.clone(), &spec(None), "prod", &default)
+            resolve(client.clone(), &spec(None), "prod", &default, &cache, 0)
                 .await
                 .unwrap(),
             default
         );
 
         // the same reference from another namespace: the Secret is not there
-        let err = resolve(client.clone(), &whole, "other", &default)
+        let err = resolve(client.clone(), &whole, "other", &default, &cache, 0)
             .await
             .unwrap_err();
         assert_eq!(
@@ -230,7 +319,7 @@ mod tests {
             }),
             ..Default::default()
         }));
-        let err = resolve(client, &wrong_key, "prod", &default)
+        let err = resolve(client, &wrong_key, "prod", &default, &cache, 0)
             .await
             .unwrap_err();
         assert_eq!(

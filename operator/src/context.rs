@@ -128,6 +128,8 @@ pub struct Context {
     pub applied: Mutex<HashMap<String, (u64, Option<i64>)>>,
     /// Per queue: the settings last written to its Redis; one connection per endpoint.
     pub queue_configs: crate::queue_config::QueueConfigs,
+    /// Secrets the queues' connections reference, reused for a minute.
+    pub secrets: crate::connection::SecretCache,
     /// Wall clock.
     pub clock: Clock,
 }
@@ -162,6 +164,7 @@ impl Context {
             backoff: Backoff::default(),
             applied: Mutex::new(HashMap::new()),
             queue_configs: Default::default(),
+            secrets: Default::default(),
             clock,
         }
     }

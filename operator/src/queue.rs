@@ -23,7 +23,15 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
 pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEndpoint> {
-    crate::connection::resolve(ctx.client.clone(), &q.spec, ns, &ctx.config.default_redis).await
+    crate::connection::resolve(
+        ctx.client.clone(),
+        &q.spec,
+        ns,
+        &ctx.config.default_redis,
+        &ctx.secrets,
+        ctx.now_ms(),
+    )
+    .await
 }
 
 /// Reconcile one queue.

@@ -1479,3 +1479,81 @@ async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
             .unwrap();
     }
 }
+
+/// Secrets behind queue connections are read through a cache: within a minute the copy read
+/// before is used (no GET on every 10 s refresh of every queue), a changed Secret (a rotated
+/// password) applies once it is a minute old, and a Secret missing at one look and created
+/// after it is seen at the next.
+#[tokio::test]
+async fn secrets_of_connections_are_read_at_most_once_a_minute() {
+    use funcscale_operator::connection::{SECRET_CACHE_TTL_MS, check_secret, resolve};
+    use funcscale_operator::redis_metrics::RedisEndpoint;
+    let env = Env::new(false).await;
+    let r = SecretKeyRef {
+        name: "redis-auth".into(),
+        key: "password".into(),
+    };
+    let mut spec = queue_spec();
+    spec.redis = Some(RedisConnection {
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: Some(r.clone()),
+        ..Default::default()
+    });
+    let default = RedisEndpoint::new("redis://default:6379");
+    let url = |env: &Env| {
+        let spec = spec.clone();
+        let default = default.clone();
+        let (client, ctx) = (env.client.clone(), env.ctx.clone());
+        async move {
+            resolve(client, &spec, NS, &default, &ctx.secrets, ctx.now_ms())
+                .await
+                .map(|e| e.url().to_string())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let missing = url(&env).await.unwrap_err();
+    assert!(missing.contains("Secret redis-auth not found"), "{missing}");
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), NS);
+    let secret = |pw: &str| {
+        let mut s = Secret::default();
+        s.metadata.name = Some("redis-auth".into());
+        s.data = Some([("password".to_string(), k8s_openapi::ByteString(pw.into()))].into());
+        s
+    };
+    secrets
+        .create(&PostParams::default(), &secret("one"))
+        .await
+        .unwrap();
+    // not kept while missing: seen at once
+    assert_eq!(url(&env).await.unwrap(), "redis://:one@redis:6379/0");
+    secrets
+        .replace("redis-auth", &PostParams::default(), &secret("two"))
+        .await
+        .unwrap();
+    env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2));
+    assert_eq!(
+        url(&env).await.unwrap(),
+        "redis://:one@redis:6379/0",
+        "read less than a minute ago: no GET"
+    );
+    secrets
+        .delete("redis-auth", &Default::default())
+        .await
+        .unwrap();
+    let ctx = env.ctx.clone();
+    assert_eq!(
+        check_secret(&env.client, &ctx.secrets, ctx.now_ms(), NS, &r)
+            .await
+            .unwrap(),
+        None,
+        "the pool check uses the same copy"
+    );
+    env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2 + 1));
+    let gone = url(&env).await.unwrap_err();
+    assert!(gone.contains("Secret redis-auth not found"), "{gone}");
+    secrets
+        .create(&PostParams::default(), &secret("three"))
+        .await
+        .unwrap();
+    assert_eq!(url(&env).await.unwrap(), "redis://:three@redis:6379/0");
+}

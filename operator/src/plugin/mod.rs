@@ -341,7 +341,10 @@ pub(crate) async fn own_endpoint(
 ) -> Result<RedisEndpoint, String> {
     // `route` sends a queue without spec.redis to a URL, so the default is never used here
     let no_default = RedisEndpoint::new("");
-    crate::connection::resolve(client, &q.spec, ns, &no_default)
+    // one read per Secret for the whole (short) run: queues sharing a Secret share the GET
+    static SECRETS: std::sync::LazyLock<crate::connection::SecretCache> =
+        std::sync::LazyLock::new(Default::default);
+    crate::connection::resolve(client, &q.spec, ns, &no_default, &SECRETS, 0)
         .await
         .map_err(|e| status::resolve_error(&e))
 }

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
-use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, SecretKeyRef};
+use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole};
 use crate::error::Result;
 
 /// What a pool points at, as read now.
@@ -61,7 +60,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             .cloned()
             .collect(),
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let now_ms = ctx.now_ms();
     let mut missing_secrets = Vec::new();
     for q in &used {
         let Some(conn) = &q.spec.redis else { continue };
@@ -70,7 +69,9 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             ("passwordSecretRef", &conn.password_secret_ref),
         ] {
             if let Some(r) = r
-                && let Some(why) = check_secret(&secrets, r).await?
+                && let Some(why) =
+                    crate::connection::check_secret(&ctx.client, &ctx.secrets, now_ms, ns, r)
+                        .await?
             {
                 missing_secrets.push((
                     format!("FuncQueue {}: spec.redis.{field}", q.name_any()),
@@ -110,18 +111,5 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         missing_secrets,
         deployment,
         other_beats,
-    })
-}
-
-async fn check_secret(api: &Api<Secret>, r: &SecretKeyRef) -> Result<Option<String>> {
-    Ok(match api.get_opt(&r.name).await? {
-        None => Some(format!("Secret {} not found", r.name)),
-        Some(s) => {
-            let has = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
-                || s.string_data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(&r.key));
-            (!has).then(|| format!("Secret {} has no key {}", r.name, r.key))
-        }
     })
 }

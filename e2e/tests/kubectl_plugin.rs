@@ -535,3 +535,67 @@ async fn a_missing_queue_is_a_usage_error_unless_a_url_is_given() {
     );
     f.cleanup().await;
 }
+
+/// `outbox` reaches the Redis of the queue named by `--queue` (its Secret read through the
+/// API): a parked delivery is listed, requeued (pending again, attempt 0, same id), and a
+/// command naming no Redis is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connection() {
+    let f = Fixture::start("plug-outbox").await;
+    seed(&f).await;
+    let item = protocol::OutboxItem {
+        id: "order-1-bad:failure".into(),
+        url: "http://receiver.invalid/hook".into(),
+        attempt: protocol::OUTBOX_MAX_ATTEMPTS,
+        body: json!({"event": "failure"}),
+        error: Some("HTTP 503".into()),
+    };
+    let mut con = f.redis().await;
+    let _: () = redis::cmd("LPUSH")
+        .arg(f.keys.outbox_dead())
+        .arg(serde_json::to_string(&item).unwrap())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let q = ["--queue", "q8", "-n", f.ns.as_str()];
+    let json_lines = |out: &Output| -> Vec<Value> {
+        stdout(out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let out = f
+        .plugin(&[&["outbox", "list", "--dead", "--json"][..], &q].concat())
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let parked = json_lines(&out);
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(
+        (&parked[0]["id"], &parked[0]["error"]),
+        (&json!("order-1-bad:failure"), &json!("HTTP 503"))
+    );
+
+    let out = f
+        .plugin(&[&["outbox", "requeue", "--all"][..], &q].concat())
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = f
+        .plugin(&[&["outbox", "list", "--json"][..], &q].concat())
+        .await;
+    let pending = json_lines(&out);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (&pending[0]["id"], &pending[0]["attempt"]),
+        (&json!("order-1-bad:failure"), &json!(0))
+    );
+    let out = f
+        .plugin(&[&["outbox", "list", "--dead", "--json"][..], &q].concat())
+        .await;
+    assert!(json_lines(&out).is_empty(), "{}", stdout(&out));
+
+    let out = f.plugin(&["outbox", "list", "-n", &f.ns]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--queue"), "{}", stderr(&out));
+    f.cleanup().await;
+}

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use funcscale_worker::cli::{DeadLettersAction, TasksAction, dead_letters_command, tasks_command};
+use funcscale_worker::cli::{
+    DeadLettersAction, OutboxAction, TasksAction, dead_letters_command, outbox_command,
+    tasks_command,
+};
 use funcscale_worker::protocol::{self, Keys};
 use kube::Client;
 use kube::api::Api;
@@ -89,6 +92,16 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DeadLettersAction,
+    },
+    /// Deliveries to URL destinations in the Redis of a queue: pending, or parked after 12
+    /// failed attempts (list, requeue, purge).
+    Outbox {
+        /// The FuncQueue whose Redis holds the outbox (or `--redis-url`).
+        #[arg(long, global = true)]
+        queue: Option<String>,
+        /// Action.
+        #[command(subcommand)]
+        action: OutboxAction,
     },
 }
 
@@ -241,6 +254,25 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
             let queue = select.queue.clone();
             let mut con = queue_connection(&cli.kube, &flag, Some(&queue), cli.verbose).await?;
             dead_letters_command(&mut con, &keys, action)
+                .await
+                .map_err(Failure::Failed)
+        }
+        Command::Outbox { queue, action } => {
+            if let OutboxAction::Purge { yes: false, .. } = &action
+                && !std::io::IsTerminal::is_terminal(&std::io::stdin())
+            {
+                return Err(Failure::Usage(
+                    "refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+                        .into(),
+                ));
+            }
+            if queue.is_none() && !flag.explicit {
+                return Err(Failure::Usage(
+                    "the outbox is in a Redis: name a FuncQueue that uses it (--queue) or pass --redis-url".into(),
+                ));
+            }
+            let mut con = queue_connection(&cli.kube, &flag, queue.as_deref(), cli.verbose).await?;
+            outbox_command(&mut con, &keys, action)
                 .await
                 .map_err(Failure::Failed)
         }

@@ -682,7 +682,7 @@ async fn a_silent_url_receiver_does_not_stop_the_heartbeats() {
         }
     };
     let first = beat(con.clone()).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     let later = beat(con.clone()).await;
     assert!(
         later >= first + 1_000,

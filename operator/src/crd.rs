@@ -103,7 +103,7 @@ pub struct FuncQueueSpec {
 
     /// Where the result of every task that succeeds is sent: a task enqueued into another
     /// FuncQueue (atomically with the completion), or a POST to a URL (retried with backoff,
-    /// at least once; after 12 failed attempts, about 23 minutes, parked until replayed with
+    /// at least once; after 12 failed attempts, about 19 minutes, parked until replayed with
     /// `funcscale-worker outbox requeue`). Unset: results are only kept in the task records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_success: Option<TaskDestination>,
@@ -147,7 +147,7 @@ pub struct TaskDestination {
     pub function: Option<String>,
     /// HTTP(S) URL that receives the task as a JSON POST. Deliveries go through an outbox in
     /// Redis, written atomically with the task's completion, and the workers retry them with
-    /// backoff until the server answers 2xx (after 12 failed attempts, about 23 minutes, a
+    /// backoff until the server answers 2xx (after 12 failed attempts, about 19 minutes, a
     /// delivery is parked in the outbox's dead list and no longer retried: `funcscale-worker
     /// outbox list --dead` lists it and `funcscale-worker outbox requeue` replays it). At
     /// least once: a receiver may see an event twice and deduplicates on the

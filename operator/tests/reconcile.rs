@@ -1536,6 +1536,12 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         "redis://:one@redis:6379/0",
         "read less than a minute ago: no GET"
     );
+    env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2 + 1));
+    assert_eq!(
+        url(&env).await.unwrap(),
+        "redis://:two@redis:6379/0",
+        "the rotated password, once the copy is a minute old"
+    );
     secrets
         .delete("redis-auth", &Default::default())
         .await
@@ -1548,7 +1554,7 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         None,
         "the pool check uses the same copy"
     );
-    env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2 + 1));
+    env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS + 1));
     let gone = url(&env).await.unwrap_err();
     assert!(gone.contains("Secret redis-auth not found"), "{gone}");
     secrets

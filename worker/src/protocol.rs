@@ -512,7 +512,7 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh
       elseif old[3] ~= func and old[3] then
         redis.call('ZREM', base .. ':f:' .. old[3], id)
       end
-      if old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, nows, id) end
+      if fresh or old[2] ~= q or old[3] ~= func then redis.call('ZADD', base .. ':f:' .. func, nows, id) end
     end
     if old[1] and old[1] ~= status and old[2] == q then redis.call('ZREM', base .. ':s:' .. old[1], id) end
     for _, v in ipairs(extra) do fields[#fields + 1] = v end

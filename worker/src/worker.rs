@@ -384,6 +384,31 @@ struct Inner {
     counts: PendingCounts,
 }
 
+/// Counts taken out of [`PendingCounts`] to be written: put back when dropped unwritten (a
+/// failed write, or a flush cancelled at shutdown), so the next flush sends them.
+struct Taken<'a> {
+    counts: &'a PendingCounts,
+    rows: Option<HashMap<(String, u64), [i64; 5]>>,
+}
+
+impl Taken<'_> {
+    fn rows(&self) -> &HashMap<(String, u64), [i64; 5]> {
+        self.rows.as_ref().expect("rows until written")
+    }
+
+    fn written(mut self) {
+        self.rows = None;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(rows) = self.rows.take() {
+            self.counts.restore(rows);
+        }
+    }
+}
+
 /// Fields of a count bucket the worker adds to (see [`PendingCounts`]).
 const OUTCOME_FIELDS: [&str; 5] = ["completed", "retried", "dead", "failed", "long"];
 
@@ -392,6 +417,8 @@ const OUTCOME_FIELDS: [&str; 5] = ["completed", "retried", "dead", "failed", "lo
 /// `records::counts`), added to the minute buckets every second and when the worker stops:
 /// one Redis command less per finish than counting in the finish script. A crashed worker
 /// loses at most a second of counts; the tasks and records are written by the finish itself.
+/// Counts are as exact as the replies: a finish whose reply is lost (a timeout after Redis ran
+/// it) is not counted, and a flush whose EXEC ran but whose reply was lost is sent again.
 #[derive(Default)]
 struct PendingCounts(std::sync::Mutex<HashMap<(String, u64), [i64; 5]>>);
 
@@ -404,8 +431,12 @@ impl PendingCounts {
         }
     }
 
-    fn take(&self) -> HashMap<(String, u64), [i64; 5]> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    fn take(&self) -> Taken<'_> {
+        let rows = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        Taken {
+            counts: self,
+            rows: Some(rows),
+        }
     }
 
     /// Put back what could not be written.
@@ -504,6 +535,8 @@ impl Worker {
             while slot_tasks.join_next().await.is_some() {}
         }
         background.abort();
+        // an aborted flush has put its counts back (`Taken`): the final flush below sends them
+        let _ = background.await;
         // Anything still in flight (e.g. a blocking move that completed as we stopped) goes back.
         inner.requeue_all(&slots).await?;
         inner.flush_counts().await?;
@@ -594,14 +627,14 @@ impl Inner {
 
     /// Add the pending outcome counts to their minute buckets (see [`PendingCounts`]).
     async fn flush_counts(&self) -> redis::RedisResult<()> {
-        let rows = self.counts.take();
-        if rows.is_empty() {
+        let taken = self.counts.take();
+        if taken.rows().is_empty() {
             return Ok(());
         }
         let keys = &self.config.keys;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for ((queue, minute), row) in &rows {
+        for ((queue, minute), row) in taken.rows() {
             let key = keys.counts(queue, *minute);
             for (field, n) in OUTCOME_FIELDS.iter().zip(row) {
                 if *n != 0 {
@@ -614,11 +647,10 @@ impl Inner {
                 .pexpire(&key, protocol::COUNTS_RETENTION_MS as i64)
                 .ignore();
         }
-        let r: redis::RedisResult<()> = pipe.query_async(&mut self.redis.clone()).await;
-        if r.is_err() {
-            self.counts.restore(rows);
-        }
-        r
+        // dropped unwritten on an error or a cancellation: the rows go back
+        let () = pipe.query_async(&mut self.redis.clone()).await?;
+        taken.written();
+        Ok(())
     }
 
     async fn promote_due(&self) -> redis::RedisResult<()> {
@@ -1109,4 +1141,25 @@ pub async fn reap_dead(
             .await?;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_taken_but_not_written_come_back_for_the_next_flush() {
+        let c = PendingCounts::default();
+        c.add("q", 60_000, &[0, 3]);
+        {
+            let t = c.take();
+            assert_eq!(t.rows().len(), 1);
+            // dropped unwritten: a failed or cancelled write
+        }
+        c.add("q", 60_001, &[0]);
+        let t = c.take();
+        assert_eq!(t.rows()[&("q".to_string(), 1)], [2, 0, 0, 1, 0]);
+        t.written();
+        assert!(c.take().rows().is_empty(), "written rows are gone");
+    }
 }

@@ -200,7 +200,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
     )
     .await;
     w.stop().await;
-    // Skip the ~23 min of backoff: one attempt left, due now. The worker parks them itself.
+    // Skip the ~19 min of backoff: one attempt left, due now. The worker parks them itself.
     let mut con = s.con().await;
     for i in outbox_items(&s).await {
         let raw = serde_json::to_string(&i).unwrap();

@@ -749,9 +749,10 @@ async fn queue_counts_are_exported_as_prometheus_gauges() {
         assert_eq!(last_minute(kind), Some(n), "{kind}");
     }
     // started = the outcomes of attempts whose start was not recorded (fmt 2), plus the two
-    // sleeping tasks' started records if the minute turned over since they were written
+    // sleeping tasks' started records if the minute turned over since they were written (one
+    // of them if it turned between the two writes)
     let started = last_minute("started");
-    assert!(matches!(started, Some(10) | Some(12)), "{started:?}");
+    assert!(matches!(started, Some(10..=12)), "{started:?}");
     w.stop().await;
 }
 
@@ -1253,7 +1254,7 @@ async fn outcome_counts(records: bool) {
     };
     wait_until(
         "the outcomes are counted",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || async { sums().await == [4, 4, 3, 1, 1] },
     )
     .await;

@@ -913,6 +913,9 @@ impl ApiServer {
             .and_then(|s| s.parse::<u64>().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(1800));
+        // subscribed before the pause check: a pause right after the check is seen as a change
+        let mut changed = self.inner.changed.subscribe();
+        let mut disconnect = self.inner.disconnect.subscribe();
         if self.inner.watches_paused.load(Ordering::SeqCst) {
             return error_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -922,8 +925,6 @@ impl ApiServer {
             .into_response();
         }
         let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
-        let mut changed = self.inner.changed.subscribe();
-        let mut disconnect = self.inner.disconnect.subscribe();
         // Streaming lists (`sendInitialEvents=true`): the current state, then a bookmark that
         // marks the end of it, whatever the resourceVersion.
         let send_initial = query.get("sendInitialEvents").map(String::as_str) == Some("true");
@@ -954,6 +955,10 @@ impl ApiServer {
         let bookmark_every = self.inner.config.bookmark_interval;
         tokio::spawn(async move {
             let line = |v: Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+            // as below: an initial list read after a pause or disconnect is not sent
+            if disconnect.has_changed().unwrap_or(true) {
+                return;
+            }
             for obj in initial {
                 if tx
                     .send(line(json!({"type": "ADDED", "object": obj})))

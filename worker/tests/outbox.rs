@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{REDIS_URL, Running, Space, wait_until};
+use common::{REDIS_URL, Receiver, Running, Space, wait_until};
 use funcscale_worker::metrics::Metrics;
 use funcscale_worker::outbox;
 use funcscale_worker::protocol::{self, Destination, OUTBOX_MAX_ATTEMPTS, OutboxItem, QueueConfig};
@@ -23,91 +22,6 @@ fn builder(s: &Space, queues: &[&str]) -> WorkerBuilder {
         .queues(queues.iter().copied())
         .processes(2)
         .configure(|c| c.drain_timeout = Duration::from_millis(100))
-}
-
-/// A local HTTP receiver that answers 503 while `failing` is set and records (delivery id,
-/// body) of every delivery it accepts.
-struct Receiver {
-    url: String,
-    failing: Arc<AtomicBool>,
-    calls: Arc<AtomicUsize>,
-    received: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        use http_body_util::{BodyExt, Full};
-        let failing = Arc::new(AtomicBool::new(true));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let (f, c, r) = (failing.clone(), calls.clone(), received.clone());
-        let server = tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (f, c, r) = (f.clone(), c.clone(), r.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (f, c, r) = (f.clone(), c.clone(), r.clone());
-                            async move {
-                                let id = req.headers()["x-funcscale-delivery-id"]
-                                    .to_str()
-                                    .unwrap()
-                                    .to_string();
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                c.fetch_add(1, Ordering::SeqCst);
-                                let status = if f.load(Ordering::SeqCst) {
-                                    503
-                                } else {
-                                    r.lock()
-                                        .unwrap()
-                                        .push((id, serde_json::from_slice(&body).unwrap()));
-                                    200
-                                };
-                                Ok::<_, std::convert::Infallible>(
-                                    hyper::Response::builder()
-                                        .status(status)
-                                        .body(Full::new(bytes::Bytes::new()))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            url,
-            failing,
-            calls,
-            received,
-            server,
-        }
-    }
-
-    fn received_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        ids
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }
 
 /// Run `funcscale-worker --prefix <prefix> <args>` with stdin closed.
@@ -165,7 +79,7 @@ async fn outbox_items(s: &Space) -> Vec<OutboxItem> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_their_id() {
     let s = Space::new("outbox-replay");
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(true, 0).await;
     let mut con = s.con().await;
     protocol::queue_config_set(
         &mut con,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use common::{REDIS_URL, Running, Space, wait_until};
+use common::{REDIS_URL, Receiver, Running, Space, wait_until};
 use funcscale_worker::handler::TaskError;
 use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskStatus};
 use funcscale_worker::records::{self, Selector, StatusFilter, TaskQuery};
@@ -568,57 +568,11 @@ async fn queue_destinations_chain_results_and_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_destinations_are_delivered_at_least_once_with_retries() {
-    use http_body_util::{BodyExt, Full};
     let s = Space::new("rec-dest-url");
-    let received = Arc::new(std::sync::Mutex::new(
-        Vec::<(String, serde_json::Value)>::new(),
-    ));
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (rec, calls2) = (received.clone(), calls.clone());
-    let server = tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (rec, calls) = (rec.clone(), calls2.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (rec, calls) = (rec.clone(), calls.clone());
-                        async move {
-                            let id = req.headers()["x-funcscale-delivery-id"]
-                                .to_str()
-                                .unwrap()
-                                .to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            // The very first delivery fails: the outbox must retry it.
-                            let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                                503
-                            } else {
-                                200
-                            };
-                            if status == 200 {
-                                rec.lock()
-                                    .unwrap()
-                                    .push((id, serde_json::from_slice(&body).unwrap()));
-                            }
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    // The very first delivery fails: the outbox must retry it.
+    let rx = Receiver::start(false, 1).await;
     let mut con = s.con().await;
-    let url = format!("http://{addr}/hook");
+    let url = rx.url.clone();
     protocol::queue_config_set(
         &mut con,
         &s.keys,
@@ -638,7 +592,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
         .await;
     let w = Running::start(builder(&s, &["q"], 2)).await;
     wait_until("both delivered", Duration::from_secs(15), || async {
-        received.lock().unwrap().len() == 2
+        rx.received.lock().unwrap().len() == 2
     })
     .await;
     wait_until("outbox empty", Duration::from_secs(5), || async {
@@ -646,8 +600,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
     })
     .await;
     w.stop().await;
-    server.abort();
-    let mut got = received.lock().unwrap().clone();
+    let mut got = rx.received.lock().unwrap().clone();
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got[0].0, "u-1:success");
     assert_eq!(got[0].1["event"], "success");
@@ -656,7 +609,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
     assert_eq!(got[1].0, "u-2:failure");
     assert_eq!(got[1].1["error"], "nope");
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        rx.calls.load(Ordering::SeqCst),
         3,
         "one failed delivery, retried"
     );

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: a unique key prefix per test on the real Redis,
-//! condition polling with a deadline, and cleanup.
+//! condition polling with a deadline, cleanup, a running worker, and a local HTTP receiver.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use funcscale_worker::protocol::{self, Envelope, Keys};
@@ -145,5 +147,90 @@ impl Running {
             .expect("worker stops")
             .unwrap()
             .unwrap();
+    }
+}
+
+/// A local HTTP receiver of URL destinations: answers 503 while `failing` is set and to its
+/// first `fail_first` calls, and records (delivery id, body) of every delivery it accepts.
+pub struct Receiver {
+    pub url: String,
+    pub failing: Arc<AtomicBool>,
+    pub calls: Arc<AtomicUsize>,
+    pub received: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(failing: bool, fail_first: usize) -> Self {
+        use http_body_util::{BodyExt, Full};
+        let failing = Arc::new(AtomicBool::new(failing));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (f, c, r) = (failing.clone(), calls.clone(), received.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (f, c, r) = (f.clone(), c.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (f, c, r) = (f.clone(), c.clone(), r.clone());
+                            async move {
+                                let id = req.headers()["x-funcscale-delivery-id"]
+                                    .to_str()
+                                    .unwrap()
+                                    .to_string();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let call = c.fetch_add(1, Ordering::SeqCst);
+                                let status = if f.load(Ordering::SeqCst) || call < fail_first {
+                                    503
+                                } else {
+                                    r.lock()
+                                        .unwrap()
+                                        .push((id, serde_json::from_slice(&body).unwrap()));
+                                    200
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(bytes::Bytes::new()))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            failing,
+            calls,
+            received,
+            server,
+        }
+    }
+
+    pub fn received_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
     }
 }

@@ -66,14 +66,7 @@ impl Running {
 
 /// (schedule field, tick) of every task in `queue`; panics on a duplicate.
 async fn fired(s: &Space, queue: &str) -> Vec<(String, i64)> {
-    let mut con = s.con().await;
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(s.keys.queue(queue))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let raw: Vec<String> = s.list(&s.keys.queue(queue)).await;
     let mut seen = BTreeSet::new();
     for r in &raw {
         let e = Envelope::from_json(r).unwrap();
@@ -347,13 +340,7 @@ async fn a_beat_that_lost_its_lease_stops_firing() {
     let taken_at = now_ms();
     let deadline = std::time::Instant::now() + Duration::from_millis(2_500);
     while std::time::Instant::now() < deadline {
-        let raw: Vec<String> = redis::cmd("LRANGE")
-            .arg(s.keys.queue("q"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let raw: Vec<String> = s.list(&s.keys.queue("q")).await;
         for r in raw {
             let e = Envelope::from_json(&r).unwrap();
             assert!(

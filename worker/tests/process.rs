@@ -120,14 +120,7 @@ async fn sigterm_puts_back_what_cannot_finish_in_time() {
         0
     );
     // Put back at the head, unchanged: the next worker gets the same envelopes.
-    let mut con = s.con().await;
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(s.keys.queue("q"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let raw: Vec<String> = s.list(&s.keys.queue("q")).await;
     for r in raw {
         assert_eq!(Envelope::from_json(&r).unwrap().attempt, 0);
     }

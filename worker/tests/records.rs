@@ -332,13 +332,7 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
         "the dead attempt's details went: {waiting:?}"
     );
     assert_eq!(waiting.created_ms, dead.created_ms, "the same task");
-    let queued: Vec<String> = redis::cmd("LRANGE")
-        .arg(s.keys.queue("q"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let queued: Vec<String> = s.list(&s.keys.queue("q")).await;
     let again = Envelope::from_json(&queued[0]).unwrap();
     assert_eq!((again.id.as_str(), again.attempt), ("order-42-a", 0));
     assert!(
@@ -539,13 +533,7 @@ async fn queue_destinations_chain_results_and_failures() {
     assert_eq!(e.kwargs["result"], json!({"charged": 7}));
     assert_eq!(e.kwargs["task"]["id"], "ord-1");
     assert_eq!(e.kwargs["task"]["args"], json!([7]));
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(s.own("comp"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let raw: Vec<String> = s.list(&s.own("comp")).await;
     let e = Envelope::from_json(&raw[0]).unwrap();
     assert_eq!(
         (e.id.as_str(), e.func.as_str()),

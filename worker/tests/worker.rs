@@ -575,14 +575,7 @@ for line in sys.stdin:
     pids.dedup();
     assert_eq!(pids.len(), 3, "a child per 3 tasks: {text}");
     assert!(text.contains("told"), "the soft limit reached the child");
-    let mut con = s.con().await;
-    let dead: Vec<String> = redis::cmd("LRANGE")
-        .arg(s.keys.dead("q"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let dead: Vec<String> = s.list(&s.keys.dead("q")).await;
     let errors: Vec<String> = dead
         .iter()
         .map(|r| Envelope::from_json(r).unwrap().error.unwrap())

@@ -57,6 +57,17 @@ impl Space {
         v.unwrap_or(0)
     }
 
+    /// Every element of a list (a queue, a dead-letter list), head first.
+    pub async fn list(&self, key: &str) -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.con().await)
+            .await
+            .unwrap()
+    }
+
     pub async fn stat(&self, queue: &str, field: &str) -> i64 {
         self.int(&["HGET", &self.keys.stats(queue), field]).await
     }

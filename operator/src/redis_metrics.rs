@@ -125,7 +125,10 @@ pub enum OldestTask {
     FuncscaleRight,
     /// Sidekiq job JSON at the right end (`enqueued_at`, seconds or ms).
     SidekiqRight,
-    /// The format records no enqueue time in the list (Celery, RQ).
+    /// RQ job id at the left end (RQ pushes right, pops left); its hash `rq:job:<id>` holds
+    /// `enqueued_at` (UTC, RFC 3339), read by [`RQ_OLDEST_LUA`] in the same pipeline.
+    RqLeft,
+    /// The format records no enqueue time (Celery: the message carries none).
     Unknown,
 }
 
@@ -194,7 +197,7 @@ pub fn queue_lists(
         ),
         QueueFormat::Rq => (
             vec![key.map_or_else(|| protocol::rq_queue_key(name), str::to_string)],
-            OldestTask::Unknown,
+            OldestTask::RqLeft,
         ),
         QueueFormat::Sidekiq => (
             vec![key.map_or_else(|| protocol::sidekiq_queue_key(name), str::to_string)],
@@ -602,8 +605,17 @@ pub(crate) async fn connect(
     .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
 }
 
-/// The pipeline reading all `queues`: per queue `LLEN` of each list, `LINDEX <list> -1`,
-/// `HGETALL <stats>`, `GET <per-period>`.
+/// RQ's oldest job: its id at the head of the queue list, its `enqueued_at` in the job hash
+/// (a dependent read, so a script: still one command of the poll's pipeline). KEYS[1] = the
+/// queue list; ARGV[1] = the job key prefix (`rq:job:`).
+const RQ_OLDEST_LUA: &str = r#"
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return false end
+return redis.call('HGET', ARGV[1] .. id, 'enqueued_at')
+"#;
+
+/// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
+/// (`LINDEX <list> -1`, or [`RQ_OLDEST_LUA`]), `HGETALL <stats>`, `GET <per-period>`.
 fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
     let n: usize = queues
         .iter()
@@ -614,7 +626,15 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
         for l in &t.lists {
             pipe.cmd("LLEN").arg(l);
         }
-        pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1);
+        match t.oldest {
+            OldestTask::RqLeft => pipe
+                .cmd("EVAL")
+                .arg(RQ_OLDEST_LUA)
+                .arg(1)
+                .arg(&t.lists[0])
+                .arg("rq:job:"),
+            _ => pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1),
+        };
         pipe.cmd("HGETALL").arg(&t.stats_key);
         pipe.cmd("GET").arg(&t.per_period_key);
     }
@@ -640,6 +660,11 @@ fn parse_pipeline(
                 Envelope::from_json(&s).ok().map(|e| e.enqueued_at_ms)
             }
             (OldestTask::SidekiqRight, Some(s)) => sidekiq_enqueued_ms(&s),
+            (OldestTask::RqLeft, Some(s)) => s
+                .trim()
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .ok()
+                .and_then(|t| u64::try_from(t.as_millisecond()).ok()),
             _ => None,
         };
         let stats = match next()? {

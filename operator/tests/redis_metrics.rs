@@ -184,9 +184,18 @@ async fn rq_and_sidekiq_queues() {
     let sk_name = unique("sk");
     let mut c = con().await;
     let now = now_ms();
-    for i in 0..4 {
+    // as RQ enqueues: RPUSH of the job id, the job hash with `enqueued_at` (UTC, microseconds)
+    let rq_jobs: Vec<String> = (0..4).map(|i| format!("rq:job:{rq_name}-{i}")).collect();
+    for (i, job) in rq_jobs.iter().enumerate() {
+        let at = k8s_openapi::jiff::Timestamp::from_millisecond(
+            (now - 30_000 + i as u64 * 1_000) as i64,
+        )
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string();
+        let _: () = c.hset(job, "enqueued_at", at).await.unwrap();
         let _: () = c
-            .rpush(protocol::rq_queue_key(&rq_name), format!("job-{i}"))
+            .rpush(protocol::rq_queue_key(&rq_name), format!("{rq_name}-{i}"))
             .await
             .unwrap();
     }
@@ -235,7 +244,10 @@ async fn rq_and_sidekiq_queues() {
     Poller::new(registry, cache.clone(), PollerConfig::default())
         .poll_once(now)
         .await;
-    assert_eq!(ok(&cache, &rq).depth, 4);
+    let r = ok(&cache, &rq);
+    assert_eq!(r.depth, 4);
+    // the head of the list is the oldest job: enqueued 30 s ago
+    assert!((r.oldest_age_seconds.unwrap() - 30.0).abs() < 0.01, "{r:?}");
     let s = ok(&cache, &sk);
     assert_eq!(s.depth, 2);
     assert!((s.oldest_age_seconds.unwrap() - 42.0).abs() < 0.01, "{s:?}");
@@ -246,6 +258,7 @@ async fn rq_and_sidekiq_queues() {
         ])
         .await
         .unwrap();
+    let _: () = c.del(&rq_jobs).await.unwrap();
 }
 
 /// A TCP proxy in front of Redis that the test can stop (closing every connection) and restart.

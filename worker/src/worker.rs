@@ -280,10 +280,11 @@ return 1
 /// record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
 /// ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a
 /// hint, which status the record most likely has), earlier error (`1`|`0`: the envelope
-/// carries one, so the record may have an error to clear). Does nothing when the task is no longer in flight (a reaper already put it back), so a
-/// late finish never duplicates it, and returns 0; else 1, or 2 when the record said
-/// `started` (the worker counts the outcome, see [`PendingCounts`]). The record and the
-/// destination (queue or outbox) are written in the same script.
+/// carries one, so the record may have an error to clear). Does nothing when the task is no
+/// longer in flight (a reaper already put it back), so a late finish never duplicates it, and
+/// returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
+/// [`PendingCounts`]). The record and the destination (queue or outbox) are written in the
+/// same script.
 const FINISH_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local mode = ARGV[2]
@@ -409,8 +410,13 @@ impl Drop for Taken<'_> {
     }
 }
 
-/// Fields of a count bucket the worker adds to (see [`PendingCounts`]).
+/// Fields of a count bucket the worker adds to (see [`PendingCounts`]), and their indexes.
 const OUTCOME_FIELDS: [&str; 5] = ["completed", "retried", "dead", "failed", "long"];
+const COMPLETED: usize = 0;
+const RETRIED: usize = 1;
+const DEAD: usize = 2;
+const FAILED: usize = 3;
+const LONG: usize = 4;
 
 /// The outcomes of this worker's finishes per queue and minute (`completed`, `retried`,
 /// `dead`, `failed`; `long` = outcomes of attempts whose start was recorded, see
@@ -969,13 +975,13 @@ impl Inner {
                 .arg(if start_recorded { "1" } else { "0" })
                 .arg(if env.error.is_some() { "1" } else { "0" });
         };
-        // What the worker counts for this outcome (indexes into OUTCOME_FIELDS).
+        // What the worker counts for this outcome (PendingCounts).
         let counted: &[usize];
         let mut pipe = redis::pipe();
         match outcome {
             Outcome::Done(result) => {
                 m.succeeded.with_label_values(&labels).inc();
-                counted = &[0];
+                counted = &[COMPLETED];
                 let mut inv = self.scripts.finish.key(inflight);
                 inv.key(&stats)
                     .key(&stats)
@@ -1002,7 +1008,7 @@ impl Inner {
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
                 if err.retryable && env.attempt < env.max_retries {
                     m.retried.with_label_values(&labels).inc();
-                    counted = &[1, 3];
+                    counted = &[RETRIED, FAILED];
                     next.attempt += 1;
                     let due = now_ms() + self.backoff_ms(next.attempt);
                     tracing::info!(id = %env.id, func = %env.func, attempt = next.attempt, error = %err.message, "task failed; retrying");
@@ -1017,7 +1023,7 @@ impl Inner {
                     pipe.invoke_script(&inv);
                 } else {
                     m.dead.with_label_values(&labels).inc();
-                    counted = &[2, 3];
+                    counted = &[DEAD, FAILED];
                     tracing::warn!(id = %env.id, func = %env.func, error = %err.message, "task failed for good; dead-lettered");
                     let mut inv = self.scripts.finish.key(inflight);
                     inv.key(keys.dead(&env.queue))
@@ -1070,7 +1076,7 @@ impl Inner {
         if done > 0 {
             self.counts.add(&env.queue, finish_ms, counted);
             if done == 2 {
-                self.counts.add(&env.queue, finish_ms, &[4]);
+                self.counts.add(&env.queue, finish_ms, &[LONG]);
             }
         }
         Ok(())
@@ -1150,13 +1156,13 @@ mod tests {
     #[test]
     fn counts_taken_but_not_written_come_back_for_the_next_flush() {
         let c = PendingCounts::default();
-        c.add("q", 60_000, &[0, 3]);
+        c.add("q", 60_000, &[COMPLETED, FAILED]);
         {
             let t = c.take();
             assert_eq!(t.rows().len(), 1);
             // dropped unwritten: a failed or cancelled write
         }
-        c.add("q", 60_001, &[0]);
+        c.add("q", 60_001, &[COMPLETED]);
         let t = c.take();
         assert_eq!(t.rows()[&("q".to_string(), 1)], [2, 0, 0, 1, 0]);
         t.written();

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CRDS  := crds/funcscale-crds.yaml
 
-.PHONY: all build test crds crds-check lint fmt ci demo demo-plan e2e e2e-cluster bench redis chart-check install-bundle docs image
+.PHONY: all build test crds crds-check lint fmt ci demo demo-plan e2e e2e-cluster bench redis chart-check install-bundle docs image control-plane control-plane-down
 
 all: build
 
@@ -10,8 +10,8 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## test: every test (unit, property, CRD schema, real Redis at 127.0.0.1:6379, and the e2e
-##   scenarios, which spawn the operator and worker binaries: built first)
-test: redis
+##   scenarios on the real control plane, which spawn the operator and worker binaries: built first)
+test: redis control-plane
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
@@ -43,6 +43,16 @@ redis:
 	  for i in $$(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
 
+## control-plane: a real Kubernetes control plane as local processes (etcd, kube-apiserver,
+##   kube-controller-manager, kube-scheduler; e2e/control-plane/). Finds the binaries
+##   (KUBEBUILDER_ASSETS, PATH, ~/.cache/funcscale) or builds them once from Debian's source
+##   package (~5 min on 2 cores); reuses a running one. KUBECONFIG=/tmp/funcscale-control-plane/admin.kubeconfig
+control-plane:
+	@e2e/control-plane/control-plane.sh up >/dev/null
+
+control-plane-down:
+	e2e/control-plane/control-plane.sh down
+
 ## ci: what .ci/run checks
 ci: lint crds-check chart-check test
 
@@ -61,10 +71,11 @@ demo-plan: build
 	$(CARGO) run -q -p funcscale-operator -- simulate
 
 ## e2e: the closed-loop scenarios (burst, beat, Redis outage, operator restart/takeover,
-##   invalid resources, cron load) against the in-memory API server + simulated kubelet
-e2e: redis
+##   invalid resources, cron load) and the process kubelet's own tests, on the real control
+##   plane (make control-plane) with the process kubelet
+e2e: redis control-plane
 	$(CARGO) build --workspace --bins
-	$(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios
+	$(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios --test node
 
 ## e2e-cluster: the same scenarios against the cluster KUBECONFIG points at (simulated kubelet
 ##   off; the operator runs locally against it; worker pods use FUNCSCALE_E2E_WORKER_IMAGE and
@@ -80,7 +91,7 @@ e2e-cluster: build
 ##   (CPU and memory of the release binary with 1,000 pools and 10,000 queues: SCALE_POOLS), and
 ##   the reaction latency (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's
 ##   defaults
-bench: redis
+bench: redis control-plane
 	$(CARGO) build --release --workspace --bins
 	e2e/bench/worker_bench.sh
 	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture

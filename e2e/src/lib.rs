@@ -3,7 +3,9 @@
 //! ([`wait`]).
 
 pub mod apiserver;
+pub mod control_plane;
 pub mod kubelet;
+pub mod node;
 pub mod scenario;
 pub mod wait;
 

@@ -13,11 +13,21 @@ use anyhow::Context as _;
 use funcscale_operator::crd::{FuncQueue, FuncWorkerPool};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::{Kubelet, KubeletConfig, TestCluster};
+use crate::control_plane::ControlPlane;
+use crate::node::{ImageRule, Kubelet, KubeletConfig};
+
+/// The worker image (any registry, any tag) runs the local `funcscale-worker`.
+pub fn worker_image(worker_bin: &Path) -> ImageRule {
+    let mut r = ImageRule::new("funcscale-worker");
+    r.entrypoint = vec!["funcscale-worker".into()];
+    r.programs
+        .insert("funcscale-worker".into(), worker_bin.to_path_buf());
+    r
+}
 
 /// Default Redis of the scenarios.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -82,17 +92,27 @@ impl Options {
     }
 }
 
-/// A running scenario: API server + kubelet (its namespace only) + operator process.
+/// Where a scenario runs.
+pub enum Target {
+    /// The local control plane, with this scenario's process kubelet.
+    ControlPlane(Box<Kubelet>),
+    /// The cluster `KUBECONFIG` points at (`FUNCSCALE_E2E_CLUSTER=1`).
+    Cluster,
+    /// Stopped.
+    Gone,
+}
+
+/// A running scenario: its namespace on the control plane, the process kubelet that runs
+/// its pods, and operator processes (with the chart's RBAC).
 pub struct Scenario {
     pub opts: Options,
     pub ns: String,
     pub prefix: String,
-    /// The in-memory API server (`None` against a real cluster: `FUNCSCALE_E2E_CLUSTER=1`).
-    pub cluster: Option<TestCluster>,
+    pub target: Target,
+    /// Admin client (the operator uses its own ServiceAccount: `kubeconfig`).
     pub client: kube::Client,
+    /// The operator's kubeconfig.
     pub kubeconfig: PathBuf,
-    /// The simulated kubelet (`None` against a real cluster).
-    pub kubelet: Option<Kubelet>,
     pub operators: Vec<Child>,
     pub worker_bin: PathBuf,
     pub operator_bin: PathBuf,
@@ -101,12 +121,29 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Start the API server, the CRDs, the namespace, the kubelet and one operator.
+    /// Start (or reuse) the control plane, the CRDs, the namespace with its process kubelet,
+    /// and one operator with the chart's permissions.
     pub async fn start(opts: Options) -> anyhow::Result<Self> {
         let worker_bin = bin("funcscale-worker")?;
         let operator_bin = bin("funcscale-operator")?;
         let mut opts = opts;
-        let (cluster, client, kubeconfig, ns) = if real_cluster() {
+        let (tmp, log_dir) = match &opts.log_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let mut t = tempfile::Builder::new()
+                    .prefix(&format!("funcscale-{}-", opts.name))
+                    .tempdir()?;
+                // FUNCSCALE_E2E_KEEP_LOGS=1 keeps the operator and pod logs after the test
+                t.disable_cleanup(std::env::var_os("FUNCSCALE_E2E_KEEP_LOGS").is_some());
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        std::fs::create_dir_all(log_dir.join("pods"))?;
+        let (target, client, kubeconfig, ns) = if real_cluster() {
             crate::apiserver::install_crypto_provider();
             let kubeconfig = PathBuf::from(
                 std::env::var_os("KUBECONFIG")
@@ -118,52 +155,35 @@ impl Scenario {
             let client = crate::apiserver::client_from_kubeconfig(&kubeconfig).await?;
             crate::apiserver::install_crds(&client).await?;
             let ns = format!("fs-e2e-{}-{}", opts.name, std::process::id());
-            (None, client, kubeconfig, ns)
+            (Target::Cluster, client, kubeconfig, ns)
         } else {
-            let cluster = TestCluster::start().await?;
-            cluster.install_crds().await?;
-            let (client, kubeconfig) = (cluster.client.clone(), cluster.kubeconfig.clone());
-            (Some(cluster), client, kubeconfig, opts.name.clone())
+            let cp = ControlPlane::ensure().await?;
+            let client = cp.admin_client().await?;
+            ControlPlane::install_crds(&client).await?;
+            let ns = format!("{}-{}", opts.name, std::process::id());
+            let node = format!("n-{ns}");
+            ControlPlane::create_namespace(&client, &ns, &node).await?;
+            let kubeconfig = cp
+                .operator_kubeconfig(&client, &ns, &log_dir.join("operator.kubeconfig"))
+                .await?;
+            let mut kc = KubeletConfig::new(&node, &log_dir);
+            kc.images.push(worker_image(&worker_bin));
+            let kubelet = Kubelet::start(client.clone(), kc).await?;
+            (
+                Target::ControlPlane(Box::new(kubelet)),
+                client,
+                kubeconfig,
+                ns,
+            )
         };
         let prefix = format!("fs-scen-{}-{}", opts.name, std::process::id());
-        if cluster.is_none() {
-            // the in-memory API server needs no Namespace object
-            let namespaces: Api<Namespace> = Api::all(client.clone());
-            namespaces
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-                )
-                .await?;
-        }
-        let (tmp, log_dir) = match &opts.log_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d)?;
-                (None, d.clone())
-            }
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix(&format!("funcscale-{}-", opts.name))
-                    .tempdir()?;
-                let p = t.path().to_path_buf();
-                (Some(t), p)
-            }
-        };
-        std::fs::create_dir_all(log_dir.join("pods"))?;
-        let kubelet = cluster.as_ref().map(|_| {
-            let mut kc = KubeletConfig::new(&worker_bin);
-            kc.namespace = Some(ns.clone());
-            kc.log_dir = Some(log_dir.join("pods"));
-            Kubelet::start_with(client.clone(), kc)
-        });
         let mut s = Self {
             opts,
             ns,
             prefix,
-            cluster,
+            target,
             client,
             kubeconfig,
-            kubelet,
             operators: Vec::new(),
             worker_bin,
             operator_bin,
@@ -335,28 +355,44 @@ impl Scenario {
         }))
     }
 
-    /// Stop everything: operators (SIGTERM, then kill), pods gracefully.
+    /// Stop everything: operators (SIGTERM, then kill), pods gracefully, the namespace.
     pub async fn shutdown(mut self) {
         for op in &mut self.operators {
             terminate(op, Duration::from_secs(5)).await;
         }
-        if let Some(k) = self.kubelet.take() {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &Default::default()).await;
+        if let Target::ControlPlane(k) = std::mem::replace(&mut self.target, Target::Gone) {
+            // the namespace controller deletes the pods; the kubelet stops them
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(self.client.clone(), &self.ns);
+            let _ = crate::eventually(Duration::from_secs(20), "pods gone", || async {
+                pods.list(&Default::default())
+                    .await
+                    .is_ok_and(|l| l.items.is_empty())
+                    .then_some(())
+            })
+            .await;
             let _ = tokio::time::timeout(Duration::from_secs(20), k.shutdown()).await;
-        }
-        if self.cluster.is_none() {
-            let namespaces: Api<Namespace> = Api::all(self.client.clone());
-            let _ = namespaces.delete(&self.ns, &Default::default()).await;
         }
     }
 
-    /// Identities of the pool's running pods: process ids under the simulated kubelet, pod
+    /// The process kubelet (`None` against a real cluster).
+    pub fn kubelet(&self) -> Option<&Kubelet> {
+        match &self.target {
+            Target::ControlPlane(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Identities of the pool's running pods: process ids under the process kubelet, pod
     /// uids in a real cluster.
     pub async fn pod_ids(&self, pool: &str) -> Vec<String> {
-        let mut v: Vec<String> = match &self.kubelet {
+        let mut v: Vec<String> = match self.kubelet() {
             Some(k) => k
-                .pods(&self.ns, pool)
+                .pods_of(&self.ns, pool)
                 .iter()
-                .filter_map(|p| p.pid.map(|p| p.to_string()))
+                .flat_map(|p| p.pids.iter().map(|p| p.to_string()))
                 .collect(),
             None => {
                 let pods: Api<k8s_openapi::api::core::v1::Pod> =
@@ -381,15 +417,15 @@ impl Scenario {
         v
     }
 
-    /// Kill one pod of `pool` hard: SIGKILL its process (simulated kubelet), or delete the pod
-    /// with no grace (real cluster).
+    /// Kill one pod of `pool` hard: SIGKILL its process (the container crashes, and the
+    /// kubelet restarts it), or delete the pod with no grace (real cluster).
     pub async fn kill_pod(&self, pool: &str) -> anyhow::Result<()> {
-        match &self.kubelet {
+        match self.kubelet() {
             Some(k) => {
                 let pid = k
-                    .pods(&self.ns, pool)
+                    .pods_of(&self.ns, pool)
                     .first()
-                    .and_then(|p| p.pid)
+                    .and_then(|p| p.pids.first().copied())
                     .context("no running pod")?;
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
@@ -444,18 +480,28 @@ pub async fn terminate(child: &mut Child, grace: Duration) {
 /// Records a Deployment's `spec.replicas` over time (every 100 ms) in the background.
 pub struct ReplicaHistory {
     pub samples: std::sync::Arc<std::sync::Mutex<Vec<(Duration, i32)>>>,
+    /// The most `status.readyReplicas` seen.
+    pub max_ready: std::sync::Arc<std::sync::atomic::AtomicI32>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ReplicaHistory {
     pub fn start(api: Api<Deployment>, name: &str) -> Self {
         let samples: std::sync::Arc<std::sync::Mutex<Vec<(Duration, i32)>>> = Default::default();
+        let max_ready: std::sync::Arc<std::sync::atomic::AtomicI32> = Default::default();
         let s = samples.clone();
+        let m = max_ready.clone();
         let name = name.to_string();
         let t0 = tokio::time::Instant::now();
         let task = tokio::spawn(async move {
             loop {
                 if let Ok(Some(d)) = api.get_opt(&name).await {
+                    let ready = d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0);
+                    m.fetch_max(ready, std::sync::atomic::Ordering::SeqCst);
                     let r = d.spec.and_then(|s| s.replicas).unwrap_or(0);
                     let mut v = s.lock().unwrap();
                     if v.last().map(|(_, x)| *x) != Some(r) {
@@ -465,7 +511,11 @@ impl ReplicaHistory {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Self { samples, task }
+        Self {
+            samples,
+            max_ready,
+            task,
+        }
     }
     /// The distinct values in order, e.g. `[1, 5, 9, 0]`.
     pub fn values(&self) -> Vec<i32> {

@@ -129,6 +129,9 @@ async fn burst_grows_drains_and_shrinks_to_zero() {
     assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
     let values = history.values();
     assert!(history.max() > 1, "replica history {values:?}");
+    // pods really served: more than one Ready at once (readiness probes passed)
+    let ready = history.max_ready.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(ready > 1, "at most {ready} pod(s) Ready at once");
     // (the final 0 was seen above; the 100 ms sampler may not have recorded it yet)
     let peak = values.iter().position(|v| *v == history.max()).unwrap();
     assert!(

@@ -270,6 +270,12 @@ fn deployment(
     let beat = pool.spec.role == PoolRole::Beat;
     let mut env = vec![
         env("FUNCSCALE_POOL", name.clone()),
+        // the address the declared `health` port serves: explicit, so that what the pod
+        // declares and what the process binds cannot drift apart
+        env(
+            "FUNCSCALE_METRICS_ADDR",
+            format!("0.0.0.0:{WORKER_HEALTH_PORT}"),
+        ),
         EnvVar {
             name: "FUNCSCALE_WORKER_ID".into(),
             value_from: Some(EnvVarSource {

@@ -1,0 +1,1078 @@
+//! One pod's containers as local processes: start, restart, probe, stop, status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::probe::{Handler, Probes};
+use super::{KubeletConfig, PodInfo, now};
+
+/// How an image runs here: the program its entrypoint names and the programs its commands may
+/// name, mapped to local files.
+#[derive(Debug, Clone, Default)]
+pub struct ImageRule {
+    /// Matches an image whose repository (without tag or digest) is this, or ends with
+    /// `/<this>`: `funcscale-worker` matches `ghcr.io/funcscale/funcscale-worker:0.1.0`.
+    pub repository: String,
+    /// The image's ENTRYPOINT (used when a container has no `command`).
+    pub entrypoint: Vec<String>,
+    /// The image's CMD (used when a container has neither `command` nor `args`).
+    pub cmd: Vec<String>,
+    /// A program named by its file name (`funcscale-worker`, `celery`) → the local file.
+    pub programs: BTreeMap<String, PathBuf>,
+    /// Directories put first on `PATH` (the image's PATH).
+    pub path: Vec<PathBuf>,
+    /// The image's ENV.
+    pub env: BTreeMap<String, String>,
+    /// The image's WORKDIR (when the container's `workingDir` does not exist here).
+    pub workdir: Option<PathBuf>,
+}
+
+impl ImageRule {
+    pub fn new(repository: &str) -> Self {
+        Self {
+            repository: repository.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn matches(&self, image: &str) -> bool {
+        let repo = image.split('@').next().unwrap_or(image);
+        // a tag is a ':' after the last '/' (a ':' before it is a registry port)
+        let repo = match (repo.rfind(':'), repo.rfind('/')) {
+            (Some(c), Some(s)) if c > s => &repo[..c],
+            (Some(c), None) => &repo[..c],
+            _ => repo,
+        };
+        repo == self.repository || repo.ends_with(&format!("/{}", self.repository))
+    }
+
+    /// The program for `name`: a mapped program, else found on the image's PATH, else as is.
+    fn program(&self, name: &str) -> PathBuf {
+        let base = Path::new(name)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name);
+        if let Some(p) = self.programs.get(base) {
+            return p.clone();
+        }
+        if !name.contains('/') {
+            for d in &self.path {
+                let p = d.join(name);
+                if p.is_file() {
+                    return p;
+                }
+            }
+        }
+        PathBuf::from(name)
+    }
+}
+
+/// A container ready to start: program, arguments, environment, working directory.
+#[derive(Debug, Clone)]
+pub(super) struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub rule: ImageRule,
+}
+
+impl Launch {
+    /// A command run "inside" the container (exec probes and hooks).
+    pub fn exec(&self, argv: &[String]) -> Option<Command> {
+        let (first, rest) = argv.split_first()?;
+        let mut cmd = Command::new(self.rule.program(first));
+        cmd.args(rest)
+            .env_clear()
+            .envs(&self.env)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        Some(cmd)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started: Time,
+    },
+    Terminated {
+        code: i32,
+        reason: String,
+        started: Time,
+        finished: Time,
+    },
+}
+
+impl State {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            State::Waiting { reason, message } => {
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+            State::Running { started } => json!({"running": {"startedAt": started}}),
+            State::Terminated {
+                code,
+                reason,
+                started,
+                finished,
+            } => json!({"terminated": {"exitCode": code, "reason": reason,
+                "startedAt": started, "finishedAt": finished}}),
+        }
+    }
+}
+
+struct ContainerRt {
+    spec: Container,
+    child: Option<Child>,
+    pid: Option<u32>,
+    state: State,
+    last: Option<State>,
+    restarts: u32,
+    /// Start attempts that failed before a process ran (image, config errors).
+    failed_starts: u32,
+    backoff: Duration,
+    not_before: Option<Instant>,
+    running_since: Option<Instant>,
+    probes: Option<Probes>,
+    launch: Option<Launch>,
+    /// No more starts (restartPolicy Never / OnFailure after success).
+    done: bool,
+}
+
+/// One pod's processes.
+pub(super) struct PodRuntime {
+    config: Arc<KubeletConfig>,
+    namespace: String,
+    name: String,
+    uid: String,
+    owner: Option<String>,
+    restart_policy: String,
+    dir: PathBuf,
+    /// containerPort → local port.
+    ports: BTreeMap<i32, u16>,
+    /// port name → containerPort.
+    port_names: BTreeMap<String, i32>,
+    containers: Vec<ContainerRt>,
+    start_time: Time,
+    ready_since: Option<(bool, Time)>,
+    stopping: Option<JoinHandle<()>>,
+    written: Option<serde_json::Value>,
+}
+
+fn bytes(b: &ByteString) -> String {
+    String::from_utf8_lossy(&b.0).into_owned()
+}
+
+/// `$(VAR)` expansion as the kubelet does it (`$$` escapes, unknown references stay).
+pub(super) fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+            && let Some(v) = env.get(&body[..end])
+        {
+            out.push_str(v);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Point an address with container port `port` (`0.0.0.0:9090`, `[::]:9090`, `:9090`, ...)
+/// at `127.0.0.1:<local>`; anything else stays.
+pub(super) fn rewrite_port(s: &str, port: i32, local: u16) -> String {
+    let suffix = format!(":{port}");
+    let Some(host) = s.strip_suffix(&suffix) else {
+        return s.to_string();
+    };
+    let host_part = host.rsplit(['/', '=']).next().unwrap_or(host);
+    let keep = &host[..host.len() - host_part.len()];
+    match host_part {
+        "" | "0.0.0.0" | "127.0.0.1" | "localhost" | "[::]" | "[::1]" | "::" => {
+            format!("{keep}127.0.0.1:{local}")
+        }
+        _ => s.to_string(),
+    }
+}
+
+impl PodRuntime {
+    pub async fn new(_client: &Client, config: Arc<KubeletConfig>, pod: &Pod) -> Self {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut ports = BTreeMap::new();
+        let mut port_names = BTreeMap::new();
+        for c in &spec.containers {
+            for p in c.ports.iter().flatten() {
+                if let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0")
+                    && let Ok(a) = l.local_addr()
+                {
+                    ports.insert(p.container_port, a.port());
+                }
+                if let Some(n) = &p.name {
+                    port_names.insert(n.clone(), p.container_port);
+                }
+            }
+        }
+        let dir = config.work_dir.join(&namespace).join(format!(
+            "{name}-{}",
+            &pod.uid().unwrap_or_default()[..8.min(pod.uid().unwrap_or_default().len())]
+        ));
+        let owner = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.name.clone());
+        Self {
+            namespace,
+            name,
+            uid: pod.uid().unwrap_or_default(),
+            owner,
+            restart_policy: spec
+                .restart_policy
+                .clone()
+                .unwrap_or_else(|| "Always".into()),
+            dir,
+            ports,
+            port_names,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerRt {
+                    spec: c.clone(),
+                    child: None,
+                    pid: None,
+                    state: State::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: String::new(),
+                    },
+                    last: None,
+                    restarts: 0,
+                    failed_starts: 0,
+                    backoff: Duration::ZERO,
+                    not_before: None,
+                    running_since: None,
+                    probes: None,
+                    launch: None,
+                    done: false,
+                })
+                .collect(),
+            start_time: now(),
+            ready_since: None,
+            stopping: None,
+            written: None,
+            config,
+        }
+    }
+
+    pub fn info(&self) -> PodInfo {
+        PodInfo {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            pids: self.containers.iter().filter_map(|c| c.pid).collect(),
+            ready: self.ready(),
+            restarts: self.containers.iter().map(|c| c.restarts).sum(),
+            terminating: self.stopping.is_some(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.stopping.is_none()
+            && self
+                .containers
+                .iter()
+                .all(|c| c.child.is_some() && c.probes.as_ref().is_none_or(|p| p.ready()))
+    }
+
+    /// Bring the processes in line with the pod object; write its status when it changed.
+    pub async fn sync(&mut self, client: &Client, pod: &Pod) {
+        if pod.metadata.deletion_timestamp.is_some() {
+            if self.stopping.is_none() {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or(pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds))
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                tracing::info!(pod = %self.name, grace, "pod deleted: stopping its containers");
+                let stop = self.stop_containers(Duration::from_secs(grace));
+                let client = client.clone();
+                let pod = pod.clone();
+                self.stopping = Some(tokio::spawn(async move {
+                    stop.await;
+                    super::delete_now(&client, &pod).await;
+                }));
+            }
+            return;
+        }
+        let grace = Duration::from_secs(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        for i in 0..self.containers.len() {
+            self.sync_container(client, pod, i, grace).await;
+        }
+        self.write_status(client).await;
+    }
+
+    async fn sync_container(&mut self, client: &Client, pod: &Pod, i: usize, grace: Duration) {
+        let now_i = Instant::now();
+        let policy = self.restart_policy.clone();
+        let (base, max) = (self.config.backoff_base, self.config.backoff_max);
+        let c = &mut self.containers[i];
+        // exited?
+        if let Some(child) = c.child.as_mut() {
+            let liveness_failed = c.probes.as_ref().is_some_and(|p| p.liveness_failed());
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                    let started = match &c.state {
+                        State::Running { started } => started.clone(),
+                        _ => now(),
+                    };
+                    tracing::info!(pod = %self.name, container = %c.spec.name, code, "container exited");
+                    let reason = if code == 0 { "Completed" } else { "Error" };
+                    c.state = State::Terminated {
+                        code,
+                        reason: reason.into(),
+                        started,
+                        finished: now(),
+                    };
+                    c.child = None;
+                    c.pid = None;
+                    c.probes = None;
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => code != 0,
+                        _ => true,
+                    };
+                    if restart {
+                        let ran = c.running_since.map(|t| now_i - t).unwrap_or_default();
+                        c.backoff = if ran > Duration::from_secs(600) || c.backoff.is_zero() {
+                            base
+                        } else {
+                            (c.backoff * 2).min(max)
+                        };
+                        c.not_before = Some(now_i + c.backoff);
+                        c.last = Some(c.state.clone());
+                        c.state = State::Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: format!(
+                                "back-off {:?} restarting failed container {}",
+                                c.backoff, c.spec.name
+                            ),
+                        };
+                        c.restarts += 1;
+                    } else {
+                        c.done = true;
+                    }
+                    c.running_since = None;
+                }
+                Ok(None) if liveness_failed => {
+                    tracing::info!(pod = %self.name, container = %c.spec.name, "liveness probe failed: restarting the container");
+                    c.probes = None;
+                    if let Some(pid) = c.pid {
+                        signal_group(pid, nix::sys::signal::Signal::SIGTERM, false);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let c = &mut self.containers[i];
+        if c.child.is_some() || c.done || c.not_before.is_some_and(|t| now_i < t) {
+            return;
+        }
+        // start (or restart)
+        match self.prepare(client, pod, i).await {
+            Ok(launch) => self.spawn(i, launch),
+            Err((reason, message)) => {
+                let c = &mut self.containers[i];
+                c.failed_starts += 1;
+                let reason = if reason == "ErrImagePull" && c.failed_starts > 1 {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
+                if c.failed_starts == 1 {
+                    tracing::warn!(pod = %self.name, container = %c.spec.name, %reason, %message, "container cannot start");
+                }
+                c.backoff = if c.backoff.is_zero() {
+                    base
+                } else {
+                    (c.backoff * 2).min(max)
+                };
+                c.not_before = Some(now_i + c.backoff);
+                c.state = State::Waiting { reason, message };
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize, launch: Launch) {
+        let log_path = self.config.log_dir.join(format!(
+            "{}_{}_{}.log",
+            self.namespace, self.name, self.containers[i].spec.name
+        ));
+        let spawned = (|| -> std::io::Result<Child> {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)?;
+            Command::new(&launch.program)
+                .args(&launch.args)
+                .env_clear()
+                .envs(&launch.env)
+                .current_dir(&launch.cwd)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+        })();
+        let c = &mut self.containers[i];
+        match spawned {
+            Ok(child) => {
+                c.pid = child.id();
+                tracing::info!(pod = %self.name, container = %c.spec.name, pid = ?c.pid, program = %launch.program.display(), "container started");
+                c.child = Some(child);
+                c.state = State::Running { started: now() };
+                c.running_since = Some(Instant::now());
+                c.failed_starts = 0;
+                c.probes = Some(Probes::start(
+                    c.spec.startup_probe.as_ref().map(|p| {
+                        (
+                            p.clone(),
+                            probe_handler(p, &launch, &self.ports, &self.port_names),
+                        )
+                    }),
+                    c.spec.readiness_probe.as_ref().map(|p| {
+                        (
+                            p.clone(),
+                            probe_handler(p, &launch, &self.ports, &self.port_names),
+                        )
+                    }),
+                    c.spec.liveness_probe.as_ref().map(|p| {
+                        (
+                            p.clone(),
+                            probe_handler(p, &launch, &self.ports, &self.port_names),
+                        )
+                    }),
+                ));
+                c.launch = Some(launch);
+            }
+            Err(err) => {
+                c.failed_starts += 1;
+                c.backoff = if c.backoff.is_zero() {
+                    self.config.backoff_base
+                } else {
+                    (c.backoff * 2).min(self.config.backoff_max)
+                };
+                c.not_before = Some(Instant::now() + c.backoff);
+                c.state = State::Waiting {
+                    reason: "RunContainerError".into(),
+                    message: format!("starting {}: {err}", launch.program.display()),
+                };
+            }
+        }
+    }
+
+    /// Resolve image, command, environment and volumes of container `i`.
+    async fn prepare(
+        &self,
+        client: &Client,
+        pod: &Pod,
+        i: usize,
+    ) -> Result<Launch, (String, String)> {
+        let c = &self.containers[i].spec;
+        let image = c.image.clone().unwrap_or_default();
+        let rule = self
+            .config
+            .images
+            .iter()
+            .find(|r| r.matches(&image))
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    "ErrImagePull".to_string(),
+                    format!("image {image:?} is not mapped to a local program on this node"),
+                )
+            })?;
+        let config_err =
+            |e: anyhow::Error| ("CreateContainerConfigError".to_string(), format!("{e:#}"));
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let base_path = std::env::var("PATH").unwrap_or_default();
+        let mut path: Vec<String> = rule.path.iter().map(|p| p.display().to_string()).collect();
+        path.push(base_path);
+        env.insert("PATH".into(), path.join(":"));
+        env.extend(rule.env.clone());
+        env.insert("HOSTNAME".into(), self.name.clone());
+        let container_env = container_env(client, &self.namespace, pod, c)
+            .await
+            .map_err(config_err)?;
+        env.extend(container_env);
+        // argv
+        let expand_all = |v: &Option<Vec<String>>| -> Option<Vec<String>> {
+            v.as_ref()
+                .map(|v| v.iter().map(|s| expand(s, &env)).collect())
+        };
+        let mut argv: Vec<String> = match (expand_all(&c.command), expand_all(&c.args)) {
+            (Some(cmd), args) => cmd.into_iter().chain(args.unwrap_or_default()).collect(),
+            (None, Some(args)) => rule.entrypoint.iter().cloned().chain(args).collect(),
+            (None, None) => rule
+                .entrypoint
+                .iter()
+                .chain(rule.cmd.iter())
+                .cloned()
+                .collect(),
+        };
+        if argv.is_empty() {
+            return Err((
+                "CreateContainerError".into(),
+                format!(
+                    "no command: container {:?} has none and image {image:?} no entrypoint",
+                    c.name
+                ),
+            ));
+        }
+        // volumes: local directories, paths under a mount point rewritten
+        std::fs::create_dir_all(&self.dir).map_err(|e| config_err(e.into()))?;
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
+                continue;
+            };
+            let dir = self.dir.join("volumes").join(&m.name);
+            std::fs::create_dir_all(&dir).map_err(|e| config_err(e.into()))?;
+            if let Some(cm) = &v.config_map {
+                let api: Api<ConfigMap> = Api::namespaced(client.clone(), &self.namespace);
+                match api
+                    .get_opt(&cm.name)
+                    .await
+                    .map_err(|e| config_err(e.into()))?
+                {
+                    Some(obj) => {
+                        for (k, v) in obj.data.unwrap_or_default() {
+                            std::fs::write(dir.join(&k), v).map_err(|e| config_err(e.into()))?;
+                        }
+                    }
+                    None if cm.optional == Some(true) => {}
+                    None => {
+                        return Err(config_err(anyhow::anyhow!(
+                            "configmap {:?} not found",
+                            cm.name
+                        )));
+                    }
+                }
+            }
+            if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
+                match api.get_opt(&name).await.map_err(|e| config_err(e.into()))? {
+                    Some(obj) => {
+                        for (k, v) in obj.data.unwrap_or_default() {
+                            std::fs::write(dir.join(&k), &v.0).map_err(|e| config_err(e.into()))?;
+                        }
+                    }
+                    None if s.optional == Some(true) => {}
+                    None => return Err(config_err(anyhow::anyhow!("secret {name:?} not found"))),
+                }
+            }
+            mounts.push((m.mount_path.trim_end_matches('/').to_string(), dir));
+        }
+        let remap = |s: &str| -> String {
+            let mut s = s.to_string();
+            for (mount, dir) in &mounts {
+                if mount.is_empty() {
+                    continue;
+                }
+                if let Some(rest) = s.strip_prefix(mount.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    s = format!("{}{rest}", dir.display());
+                } else if let Some(pos) = s.find(&format!("={mount}")) {
+                    // --flag=/mount/path
+                    let (head, tail) = s.split_at(pos + 1);
+                    if let Some(rest) = tail.strip_prefix(mount.as_str())
+                        && (rest.is_empty() || rest.starts_with('/'))
+                    {
+                        s = format!("{head}{}{rest}", dir.display());
+                    }
+                }
+            }
+            for (p, l) in &self.ports {
+                s = rewrite_port(&s, *p, *l);
+                if let Some((flag, value)) = s.split_once('=') {
+                    let v = rewrite_port(value, *p, *l);
+                    if v != value {
+                        s = format!("{flag}={v}");
+                    }
+                }
+            }
+            s
+        };
+        for a in argv.iter_mut() {
+            *a = remap(a);
+        }
+        for v in env.values_mut() {
+            *v = remap(v);
+        }
+        let tmp = mounts
+            .iter()
+            .find(|(m, _)| m == "/tmp")
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| self.dir.join("tmp"));
+        std::fs::create_dir_all(&tmp).map_err(|e| config_err(e.into()))?;
+        env.insert("TMPDIR".into(), tmp.display().to_string());
+        let cwd = c
+            .working_dir
+            .as_deref()
+            .map(PathBuf::from)
+            .filter(|w| w.is_dir())
+            .or_else(|| rule.workdir.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        let program = rule.program(&argv[0]);
+        Ok(Launch {
+            program,
+            args: argv[1..].to_vec(),
+            env,
+            cwd,
+            rule,
+        })
+    }
+
+    /// preStop hooks, SIGTERM, SIGKILL after `grace`: a future that owns the processes.
+    fn stop_containers(
+        &mut self,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let mut work = Vec::new();
+        for c in &mut self.containers {
+            c.probes = None;
+            if let Some(child) = c.child.take() {
+                let hook = c
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.as_ref())
+                    .and_then(|h| {
+                        c.launch.as_ref().and_then(|launch| {
+                            if let Some(e) = &h.exec {
+                                Some(Handler::Exec(
+                                    Box::new(launch.clone()),
+                                    e.command.clone().unwrap_or_default(),
+                                ))
+                            } else {
+                                h.http_get.as_ref().map(|g| Handler::Http {
+                                    port: self_local_port(&self.ports, &self.port_names, &g.port)
+                                        .unwrap_or(0),
+                                    path: g.path.clone().unwrap_or_else(|| "/".into()),
+                                })
+                            }
+                        })
+                    });
+                work.push((c.spec.name.clone(), child, hook));
+            }
+            c.pid = None;
+            c.done = true;
+        }
+        let pod = self.name.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            let stops = work.into_iter().map(|(name, mut child, hook)| {
+                let pod = pod.clone();
+                async move {
+                    if let Some(h) = hook {
+                        let _ = tokio::time::timeout_at(deadline, h.run(grace)).await;
+                    }
+                    let Some(pid) = child.id() else { return };
+                    signal_group(pid, nix::sys::signal::Signal::SIGTERM, false);
+                    match tokio::time::timeout_at(deadline, child.wait()).await {
+                        Ok(status) => {
+                            tracing::info!(%pod, container = %name, ?status, "container stopped")
+                        }
+                        Err(_) => {
+                            tracing::info!(%pod, container = %name, "grace period over: SIGKILL")
+                        }
+                    }
+                    // the whole container goes: its children too
+                    signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
+                    let _ = child.wait().await;
+                }
+            });
+            futures::future::join_all(stops).await;
+        }
+    }
+
+    /// The pod object is gone: kill everything now.
+    pub fn kill_now(&mut self) {
+        if let Some(s) = self.stopping.take() {
+            s.abort();
+        }
+        for c in &mut self.containers {
+            c.probes = None;
+            if let Some(pid) = c.pid.take() {
+                signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
+            }
+            c.child = None;
+        }
+    }
+
+    /// Stop gracefully (the kubelet is shutting down).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stopping.take() {
+            let _ = s.await;
+            return;
+        }
+        let grace = Duration::from_secs(5);
+        self.stop_containers(grace).await;
+    }
+
+    async fn write_status(&mut self, client: &Client) {
+        let ready = self.ready();
+        let t = match &self.ready_since {
+            Some((r, t)) if *r == ready => t.clone(),
+            _ => {
+                let t = now();
+                self.ready_since = Some((ready, t.clone()));
+                t
+            }
+        };
+        let any_running = self.containers.iter().any(|c| c.child.is_some());
+        let all_done = self.containers.iter().all(|c| c.done && c.child.is_none());
+        let phase = if all_done {
+            let ok = self
+                .containers
+                .iter()
+                .all(|c| matches!(c.state, State::Terminated { code: 0, .. }));
+            if ok { "Succeeded" } else { "Failed" }
+        } else if any_running
+            || self
+                .containers
+                .iter()
+                .all(|c| c.restarts > 0 || c.child.is_some())
+        {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let statuses: Vec<serde_json::Value> = self
+            .containers
+            .iter()
+            .map(|c| {
+                let ready = c.child.is_some() && c.probes.as_ref().is_none_or(|p| p.ready());
+                let mut s = json!({
+                    "name": c.spec.name,
+                    "image": c.spec.image.clone().unwrap_or_default(),
+                    "imageID": "",
+                    "ready": ready,
+                    "started": c.child.is_some() && c.probes.as_ref().is_none_or(|p| p.started()),
+                    "restartCount": c.restarts,
+                    "state": c.state.json(),
+                    "lastState": c.last.as_ref().map(State::json).unwrap_or_else(|| json!({})),
+                });
+                if let Some(pid) = c.pid {
+                    s["containerID"] = json!(format!("process://{pid}"));
+                }
+                s
+            })
+            .collect();
+        let rs = if ready { "True" } else { "False" };
+        let status = json!({
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.start_time,
+            "conditions": [
+                {"type": "Initialized", "status": "True", "lastTransitionTime": self.start_time},
+                {"type": "Ready", "status": rs, "lastTransitionTime": t},
+                {"type": "ContainersReady", "status": rs, "lastTransitionTime": t},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": self.start_time},
+            ],
+            "containerStatuses": statuses,
+        });
+        if self.written.as_ref() == Some(&status) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        match api
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": self.uid}, "status": status})),
+            )
+            .await
+        {
+            Ok(_) => self.written = Some(status),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(err) => tracing::warn!(pod = %self.name, %err, "cannot write pod status"),
+        }
+    }
+}
+
+fn self_local_port(
+    ports: &BTreeMap<i32, u16>,
+    names: &BTreeMap<String, i32>,
+    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> Option<u16> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let p = match port {
+        IntOrString::Int(p) => *p,
+        IntOrString::String(n) => match names.get(n) {
+            Some(p) => *p,
+            None => n.parse().ok()?,
+        },
+    };
+    Some(ports.get(&p).copied().unwrap_or(p as u16))
+}
+
+fn probe_handler(
+    p: &k8s_openapi::api::core::v1::Probe,
+    launch: &Launch,
+    ports: &BTreeMap<i32, u16>,
+    names: &BTreeMap<String, i32>,
+) -> Option<Handler> {
+    if let Some(g) = &p.http_get {
+        return Some(Handler::Http {
+            port: self_local_port(ports, names, &g.port)?,
+            path: g.path.clone().unwrap_or_else(|| "/".into()),
+        });
+    }
+    if let Some(t) = &p.tcp_socket {
+        return Some(Handler::Tcp {
+            port: self_local_port(ports, names, &t.port)?,
+        });
+    }
+    if let Some(e) = &p.exec {
+        return Some(Handler::Exec(
+            Box::new(launch.clone()),
+            e.command.clone().unwrap_or_default(),
+        ));
+    }
+    None
+}
+
+/// Signal a container: its main process, or (`group`) its whole process group.
+fn signal_group(pid: u32, sig: nix::sys::signal::Signal, group: bool) {
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    if group {
+        let _ = nix::sys::signal::killpg(p, sig);
+    }
+    let _ = nix::sys::signal::kill(p, sig);
+}
+
+async fn env_value(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    var: &EnvVar,
+) -> anyhow::Result<Option<String>> {
+    if let Some(v) = &var.value {
+        return Ok(Some(v.clone()));
+    }
+    let Some(from) = &var.value_from else {
+        return Ok(Some(String::new()));
+    };
+    if let Some(f) = &from.field_ref {
+        return Ok(Some(match f.field_path.as_str() {
+            "metadata.name" => pod.name_any(),
+            "metadata.namespace" => ns.to_string(),
+            "metadata.uid" => pod.uid().unwrap_or_default(),
+            "status.podIP" | "status.hostIP" => "127.0.0.1".to_string(),
+            "spec.nodeName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            "spec.serviceAccountName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
+            other => {
+                if let Some(k) = other
+                    .strip_prefix("metadata.labels['")
+                    .and_then(|r| r.strip_suffix("']"))
+                {
+                    pod.labels().get(k).cloned().unwrap_or_default()
+                } else if let Some(k) = other
+                    .strip_prefix("metadata.annotations['")
+                    .and_then(|r| r.strip_suffix("']"))
+                {
+                    pod.annotations().get(k).cloned().unwrap_or_default()
+                } else {
+                    anyhow::bail!("env {}: fieldRef {other} is not supported", var.name)
+                }
+            }
+        }));
+    }
+    if let Some(s) = &from.secret_key_ref {
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(&s.name)
+            .await?;
+        let v = secret.and_then(|sec| sec.data.as_ref().and_then(|d| d.get(&s.key).map(bytes)));
+        return match (v, s.optional.unwrap_or(false)) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, true) => Ok(None),
+            (None, false) => anyhow::bail!(
+                "env {}: secret {:?} has no key {:?} (or does not exist)",
+                var.name,
+                s.name,
+                s.key
+            ),
+        };
+    }
+    if let Some(c) = &from.config_map_key_ref {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(&c.name)
+            .await?;
+        let v = cm.and_then(|cm| cm.data.and_then(|d| d.get(&c.key).cloned()));
+        return match (v, c.optional.unwrap_or(false)) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, true) => Ok(None),
+            (None, false) => anyhow::bail!(
+                "env {}: configmap {:?} has no key {:?} (or does not exist)",
+                var.name,
+                c.name,
+                c.key
+            ),
+        };
+    }
+    anyhow::bail!("env {}: resourceFieldRef is not supported", var.name)
+}
+
+async fn container_env(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    c: &Container,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+            {
+                Some(cm) => {
+                    for (k, v) in cm.data.unwrap_or_default() {
+                        env.insert(format!("{prefix}{k}"), v);
+                    }
+                }
+                None if r.optional.unwrap_or(false) => {}
+                None => anyhow::bail!("envFrom: configmap {:?} not found", r.name),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+            {
+                Some(s) => {
+                    for (k, v) in s.data.unwrap_or_default() {
+                        env.insert(format!("{prefix}{k}"), bytes(&v));
+                    }
+                }
+                None if r.optional.unwrap_or(false) => {}
+                None => anyhow::bail!("envFrom: secret {:?} not found", r.name),
+            }
+        }
+    }
+    for var in c.env.iter().flatten() {
+        if let Some(v) = env_value(client, ns, pod, var).await? {
+            let v = expand(&v, &env);
+            env.insert(var.name.clone(), v);
+        }
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_vars() {
+        let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
+        assert_eq!(expand("x$(A)y", &env), "x1y");
+        assert_eq!(expand("$(B)", &env), "$(B)");
+        assert_eq!(expand("$$(A)", &env), "$(A)");
+    }
+
+    #[test]
+    fn rewrites_only_addresses_of_the_port() {
+        assert_eq!(rewrite_port("0.0.0.0:9090", 9090, 40001), "127.0.0.1:40001");
+        assert_eq!(rewrite_port(":9090", 9090, 40001), "127.0.0.1:40001");
+        assert_eq!(rewrite_port("[::]:9090", 9090, 40001), "127.0.0.1:40001");
+        assert_eq!(
+            rewrite_port("http://0.0.0.0:9090", 9090, 40001),
+            "http://127.0.0.1:40001"
+        );
+        assert_eq!(rewrite_port("0.0.0.0:19090", 9090, 40001), "0.0.0.0:19090");
+        assert_eq!(
+            rewrite_port("redis.svc:9090", 9090, 40001),
+            "redis.svc:9090"
+        );
+        assert_eq!(rewrite_port("9090", 9090, 40001), "9090");
+    }
+
+    #[test]
+    fn images_match_by_repository() {
+        let r = ImageRule::new("funcscale-worker");
+        assert!(r.matches("ghcr.io/funcscale/funcscale-worker:0.1.0"));
+        assert!(r.matches("funcscale-worker"));
+        assert!(r.matches("localhost:5000/funcscale-worker@sha256:abc"));
+        assert!(!r.matches("ghcr.io/funcscale/funcscale-worker-debug:0.1.0"));
+        assert!(!r.matches("registry.example.com/shop/app:1.4.2"));
+    }
+}

@@ -55,6 +55,17 @@ impl ControlPlane {
         })
     }
 
+    /// Host and port of the API server, as pods reach it.
+    pub fn api_server(&self) -> anyhow::Result<(String, u16)> {
+        let server = client_server(&self.admin_kubeconfig())?;
+        let hostport = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let (host, port) = hostport.rsplit_once(':').context("server URL without a port")?;
+        Ok((host.to_string(), port.parse()?))
+    }
+
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
     }
@@ -274,6 +285,7 @@ impl TestNamespace {
         let node = format!("n-{ns}");
         ControlPlane::create_namespace(&client, &ns, &node).await?;
         let mut config = crate::node::KubeletConfig::new(&node, &dir);
+        config.api_server = Some(control_plane.api_server()?);
         configure(&mut config);
         let kubelet = crate::node::Kubelet::start(client.clone(), config).await?;
         Ok(Self {

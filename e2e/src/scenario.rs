@@ -167,6 +167,7 @@ impl Scenario {
                 .operator_kubeconfig(&client, &ns, &log_dir.join("operator.kubeconfig"))
                 .await?;
             let mut kc = KubeletConfig::new(&node, &log_dir);
+            kc.api_server = Some(cp.api_server()?);
             kc.images.push(worker_image(&worker_bin));
             let kubelet = Kubelet::start(client.clone(), kc).await?;
             (

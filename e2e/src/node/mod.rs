@@ -12,8 +12,11 @@
 //! - **Processes**: each container is one process (its own process group), started with
 //!   `command` + `args` (`$(VAR)` expanded), the environment from `env` (values, `secretKeyRef`,
 //!   `configMapKeyRef`, `fieldRef`) and `envFrom`, `HOSTNAME` = the pod name, `TMPDIR` = a
-//!   private directory per pod, ConfigMap and Secret volumes written to local directories
-//!   (arguments and env values under a mount path point there).
+//!   `KUBERNETES_SERVICE_HOST` / `_PORT` = the API server. Volumes (`emptyDir`, `configMap`,
+//!   `secret`: the ServiceAccount token too) are local directories, bind-mounted at their
+//!   `mountPath` in a mount namespace of the container's own (as root); without that,
+//!   arguments and env values under a mount path are pointed at the directory and `TMPDIR`
+//!   at a private directory per pod.
 //! - **Ports**: pods share this host, so each declared `containerPort` gets a free local port;
 //!   the process learns it from its environment and arguments, where an address with that
 //!   port (`0.0.0.0:9090`, `:9090`) is rewritten to `127.0.0.1:<local port>`. Probes use the
@@ -79,6 +82,26 @@ pub struct KubeletConfig {
     pub backoff_max: Duration,
     /// How often processes are checked and statuses written.
     pub tick: Duration,
+    /// Run each container in its own mount namespace with its volumes bind-mounted at their
+    /// `mountPath` (needs root: `unshare -m`). Without, paths under a mount path in arguments
+    /// and env values are rewritten to the volume's local directory, and `TMPDIR` points at
+    /// the pod's own directory.
+    pub mount_namespaces: bool,
+    /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST` / `_PORT`).
+    pub api_server: Option<(String, u16)>,
+}
+
+/// Whether this process may create mount namespaces and bind-mount (root, `unshare` there).
+pub fn mount_namespaces_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 impl KubeletConfig {
@@ -92,6 +115,8 @@ impl KubeletConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             tick: Duration::from_millis(100),
+            mount_namespaces: mount_namespaces_available(),
+            api_server: None,
         }
     }
 }

@@ -87,14 +87,68 @@ pub(super) struct Launch {
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub rule: ImageRule,
+    /// Volumes to bind-mount: local directory, mount path, read-only.
+    pub mounts: Vec<(PathBuf, String, bool)>,
 }
 
+/// Bind-mounts `$1` triples (source, target, ro|rw) in the new mount namespace, then execs the
+/// rest. Every source is opened first (a mount may hide where a later source lives, e.g. an
+/// emptyDir at /tmp over a work directory under /tmp), targets are mounted parents first, and
+/// a missing mount point is created (on the host's file system).
+const MOUNT_SCRIPT: &str = r#"n=$1; shift
+i=0
+while [ "$i" -lt "$n" ]; do
+  eval "exec $((i + 3))<\"\$1\"" || { echo "kubelet: cannot open volume $1" >&2; exit 127; }
+  eval "t_$i=\$2; m_$i=\$3"
+  shift 3; i=$((i + 1))
+done
+i=0
+while [ "$i" -lt "$n" ]; do
+  eval "t=\$t_$i; m=\$m_$i"
+  mkdir -p "$t" 2>/dev/null
+  mount --bind "/proc/self/fd/$((i + 3))" "$t" || { echo "kubelet: cannot mount a volume at $t" >&2; exit 127; }
+  [ "$m" = ro ] && mount -o remount,bind,ro "$t"
+  eval "exec $((i + 3))<&-"
+  i=$((i + 1))
+done
+exec "$@""#;
+
 impl Launch {
+    /// Program and arguments, wrapped in `unshare -m` with the bind mounts when there are any.
+    fn argv(&self) -> (PathBuf, Vec<String>) {
+        if self.mounts.is_empty() {
+            return (self.program.clone(), self.args.clone());
+        }
+        let mut mounts = self.mounts.clone();
+        mounts.sort_by_key(|(_, target, _)| Path::new(target).components().count());
+        let mut a: Vec<String> = ["-m", "--propagation", "private", "--", "/bin/bash", "-c"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a.push(MOUNT_SCRIPT.into());
+        a.push("kubelet-mount".into());
+        a.push(mounts.len().to_string());
+        for (src, dst, ro) in &mounts {
+            a.push(src.display().to_string());
+            a.push(dst.clone());
+            a.push(if *ro { "ro" } else { "rw" }.into());
+        }
+        a.push(self.program.display().to_string());
+        a.extend(self.args.iter().cloned());
+        (PathBuf::from("unshare"), a)
+    }
+
     /// A command run "inside" the container (exec probes and hooks).
     pub fn exec(&self, argv: &[String]) -> Option<Command> {
         let (first, rest) = argv.split_first()?;
-        let mut cmd = Command::new(self.rule.program(first));
-        cmd.args(rest)
+        let inner = Launch {
+            program: self.rule.program(first),
+            args: rest.to_vec(),
+            ..self.clone()
+        };
+        let (program, args) = inner.argv();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .env_clear()
             .envs(&self.env)
             .current_dir(&self.cwd)
@@ -461,8 +515,9 @@ impl PodRuntime {
                 .create(true)
                 .append(true)
                 .open(&log_path)?;
-            Command::new(&launch.program)
-                .args(&launch.args)
+            let (program, args) = launch.argv();
+            Command::new(program)
+                .args(args)
                 .env_clear()
                 .envs(&launch.env)
                 .current_dir(&launch.cwd)
@@ -550,6 +605,12 @@ impl PodRuntime {
         env.insert("PATH".into(), path.join(":"));
         env.extend(rule.env.clone());
         env.insert("HOSTNAME".into(), self.name.clone());
+        if let Some((host, port)) = &self.config.api_server {
+            env.insert("KUBERNETES_SERVICE_HOST".into(), host.clone());
+            env.insert("KUBERNETES_SERVICE_PORT".into(), port.to_string());
+            env.insert("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string());
+            env.insert("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}"));
+        }
         let container_env = container_env(client, &self.namespace, pod, c)
             .await
             .map_err(config_err)?;
@@ -586,6 +647,7 @@ impl PodRuntime {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        let mut binds: Vec<(PathBuf, String, bool)> = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
                 continue;
@@ -626,7 +688,15 @@ impl PodRuntime {
                     None => return Err(config_err(anyhow::anyhow!("secret {name:?} not found"))),
                 }
             }
+            let ro = m.read_only == Some(true) || v.config_map.is_some() || v.secret.is_some();
+            binds.push((dir.clone(), m.mount_path.clone(), ro));
             mounts.push((m.mount_path.trim_end_matches('/').to_string(), dir));
+        }
+        let isolated = self.config.mount_namespaces;
+        if isolated {
+            mounts.clear(); // the paths are real inside the container's mount namespace
+        } else {
+            binds.clear();
         }
         let remap = |s: &str| -> String {
             let mut s = s.to_string();
@@ -665,13 +735,15 @@ impl PodRuntime {
         for v in env.values_mut() {
             *v = remap(v);
         }
-        let tmp = mounts
-            .iter()
-            .find(|(m, _)| m == "/tmp")
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| self.dir.join("tmp"));
-        std::fs::create_dir_all(&tmp).map_err(|e| config_err(e.into()))?;
-        env.insert("TMPDIR".into(), tmp.display().to_string());
+        if !isolated {
+            let tmp = mounts
+                .iter()
+                .find(|(m, _)| m == "/tmp")
+                .map(|(_, d)| d.clone())
+                .unwrap_or_else(|| self.dir.join("tmp"));
+            std::fs::create_dir_all(&tmp).map_err(|e| config_err(e.into()))?;
+            env.insert("TMPDIR".into(), tmp.display().to_string());
+        }
         let cwd = c
             .working_dir
             .as_deref()
@@ -686,6 +758,7 @@ impl PodRuntime {
             env,
             cwd,
             rule,
+            mounts: binds,
         })
     }
 

@@ -616,6 +616,49 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
 }
 
 #[tokio::test]
+async fn a_pod_template_container_that_matches_none_and_has_no_image_is_refused_up_front() {
+    let mut env = Env::new(false).await;
+    // the Celery example's mistake: a Beat pool's container is `beat`, not `worker`
+    env.add_pool(
+        "celery-beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            image: Some("registry.example.com/shop/app:1.4.2".into()),
+            command: vec!["celery".into(), "beat".into()],
+            pod_template: Some(serde_json::json!({"spec": {"containers": [
+                {"name": "worker", "env": [{"name": "CELERY_BROKER_URL", "value": "redis://r"}]}
+            ]}})),
+            ..Default::default()
+        },
+    )
+    .await;
+    let action = env.reconcile_pool("celery-beat").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let ops = env.take_ops();
+    assert!(
+        !ops.iter()
+            .any(|o| o.contains("Deployment") || o.contains("ConfigMap")),
+        "nothing is sent to the API: {ops:?}"
+    );
+    let p = env.pool("celery-beat").await;
+    let want = "spec.podTemplate.spec.containers[0]: container \"worker\" matches no container \
+                of this pool (its container is \"beat\") and has no image";
+    for t in ["SpecValid", "Ready"] {
+        let c = condition(&p, t);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "InvalidSpec", want),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        env.events.lock().unwrap().clone(),
+        vec![format!("InvalidSpec: {want}")]
+    );
+    assert!(env.deployment("celery-beat").await.is_none());
+}
+
+#[tokio::test]
 async fn fixed_replicas_are_used_exactly_and_unmanaged_replicas_are_left_alone() {
     let mut env = Env::new(false).await;
     env.add_queue("q1", queue_spec()).await;

@@ -453,6 +453,7 @@ pub fn merge_pod_template(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let mut v = serde_json::to_value(&base)?;
+    check_added_containers(&v, overlay)?;
     merge(&mut v, overlay);
     let mut out: PodTemplateSpec =
         serde_json::from_value(v).map_err(|e| Error::invalid("spec.podTemplate", e.to_string()))?;
@@ -464,6 +465,53 @@ pub fn merge_pod_template(
         }
     }
     Ok(out)
+}
+
+/// A container of the overlay whose name matches no generated container is added to the
+/// pod; without an image the API server rejects the whole Deployment (422). The usual cause is
+/// a misnamed patch (`worker` on a Beat pool, whose container is `beat`): refuse it here,
+/// naming the field, instead of sending an object the API cannot accept.
+fn check_added_containers(base: &serde_json::Value, overlay: &serde_json::Value) -> Result<()> {
+    for list in ["containers", "initContainers"] {
+        let names: Vec<&str> = base["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let Some(items) = overlay["spec"][list].as_array() else {
+            continue;
+        };
+        for (i, c) in items.iter().enumerate() {
+            let Some(name) = c["name"].as_str() else {
+                continue;
+            };
+            let has_image = c["image"].as_str().is_some_and(|s| !s.is_empty());
+            if names.contains(&name) || has_image {
+                continue;
+            }
+            let theirs = match names.as_slice() {
+                [] => "it has none".to_string(),
+                [one] => format!("its container is {one:?}"),
+                many => format!("its containers are {}", quoted(many)),
+            };
+            return Err(Error::invalid(
+                format!("spec.podTemplate.spec.{list}[{i}]"),
+                format!(
+                    "container {name:?} matches no container of this pool ({theirs}) and has no image"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
@@ -729,6 +777,42 @@ mod tests {
             Some("x")
         );
         assert!(env.iter().any(|e| e.name == "FUNCSCALE_REDIS_URL"));
+    }
+
+    #[test]
+    fn a_patched_container_that_matches_none_and_has_no_image_is_refused() {
+        let mut p = pool();
+        p.spec.role = PoolRole::Beat;
+        p.spec.replicas = Some(1);
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+            {"name": "worker", "env": [{"name": "X", "value": "1"}]}
+        ]}}));
+        let e = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap_err();
+        assert_eq!(e.category(), "invalid_spec");
+        assert_eq!(
+            e.to_string(),
+            "invalid spec: spec.podTemplate.spec.containers[0]: container \"worker\" matches no \
+             container of this pool (its container is \"beat\") and has no image"
+        );
+        // an init container is always added: it needs an image too
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"initContainers": [
+            {"name": "setup"}
+        ]}}));
+        let e = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.podTemplate.spec.initContainers[0]: container \"setup\""),
+            "{e}"
+        );
+        // named right, the patch merges; a sidecar with its own image is added
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+            {"name": "beat", "env": [{"name": "X", "value": "1"}]},
+            {"name": "sidecar", "image": "busybox"}
+        ]}}));
+        let d = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap();
+        let cs = d.deployment.spec.unwrap().template.spec.unwrap().containers;
+        assert_eq!(cs.len(), 2);
+        assert!(cs.iter().all(|c| c.image.is_some()));
     }
 
     #[test]

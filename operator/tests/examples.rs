@@ -1,7 +1,8 @@
-//! Every pool of every shipped example renders a Deployment a real API server accepts: the
-//! operator's own validate and build steps take it, and every container has a name and an
-//! image. What the API server's schema and CEL rules say about the CRs themselves is
-//! `crd_schema.rs`.
+//! Every pool of every shipped example renders a Deployment a real API server accepts, and
+//! runs on a real kubelet: the operator's own validate and build steps take it, every
+//! container has a name and an image, and a pool that runs its own command gets only the
+//! probes it asks for (the worker's :9090 endpoints are not there). What the API server's
+//! schema and CEL rules say about the CRs themselves is `crd_schema.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,14 @@ fn docs(path: &Path) -> Vec<Value> {
             (!v.is_null()).then(|| serde_json::to_value(v).expect("YAML to JSON"))
         })
         .collect()
+}
+
+/// The container the pool's podTemplate patches with `name`, if any.
+fn patched<'a>(pool: &'a FuncWorkerPool, name: &str) -> Option<&'a Value> {
+    pool.spec.pod_template.as_ref()?["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
 }
 
 /// The containers of each example pool's Deployment, as the operator renders them.
@@ -100,4 +109,37 @@ fn every_example_pool_renders_containers_the_api_server_accepts() {
             );
         }
     }
+}
+
+#[test]
+fn example_pools_with_their_own_command_get_only_the_probes_they_ask_for() {
+    let mut own = 0;
+    for (file, pool, containers) in rendered() {
+        if pool.spec.command.is_empty() {
+            continue;
+        }
+        own += 1;
+        let name = pool.name_any();
+        let containers =
+            containers.unwrap_or_else(|e| panic!("{file}: pool {name} is refused: {e}"));
+        let c = &containers[0];
+        let asked = |field: &str| patched(&pool, &c.name).is_some_and(|p| p.get(field).is_some());
+        for (field, probe) in [
+            ("readinessProbe", &c.readiness_probe),
+            ("livenessProbe", &c.liveness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            assert_eq!(
+                probe.is_some(),
+                asked(field),
+                "{file}: pool {name} runs {:?}: {field} must be there exactly when its \
+                 podTemplate sets one, got {probe:?}",
+                pool.spec.command
+            );
+        }
+    }
+    assert!(
+        own >= 2,
+        "the Celery example has two pools with their own command"
+    );
 }

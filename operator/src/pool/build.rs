@@ -268,6 +268,7 @@ fn deployment(
     let name = pool.name_any();
     let labels = labels(pool, &name);
     let beat = pool.spec.role == PoolRole::Beat;
+    let own_command = !pool.spec.command.is_empty();
     let mut env = vec![
         env("FUNCSCALE_POOL", name.clone()),
         EnvVar {
@@ -312,8 +313,11 @@ fn deployment(
             container_port: WORKER_HEALTH_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
+        // funcscale-worker (run and beat) serves /readyz and /healthz on :9090; a pool's own
+        // command (Celery, ...) serves nothing there, and a kubelet would never find it Ready
+        // and restart it: it gets the probes its podTemplate sets, and no others
+        readiness_probe: (!own_command).then(|| probe("/readyz", 5)),
+        liveness_probe: (!own_command).then(|| probe("/healthz", 10)),
         resources,
         volume_mounts: Some({
             let mut v = vec![VolumeMount {
@@ -514,12 +518,26 @@ fn quoted(names: &[&str]) -> String {
         .join(", ")
 }
 
+/// Container fields that hold a probe, and a probe's handler fields (exactly one is set).
+const PROBES: [&str; 3] = ["readinessProbe", "livenessProbe", "startupProbe"];
+const PROBE_HANDLERS: [&str; 4] = ["httpGet", "tcpSocket", "exec", "grpc"];
+
 fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
     use serde_json::Value;
     match (base, overlay) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, ov) in o {
                 match b.get_mut(k) {
+                    Some(bv) if PROBES.contains(&k.as_str()) => {
+                        // a probe has one handler: the overlay's replaces the generated one
+                        // (both would be refused by the API), its other fields merge
+                        if let (Value::Object(bp), Some(op)) = (&mut *bv, ov.as_object())
+                            && PROBE_HANDLERS.iter().any(|h| op.contains_key(*h))
+                        {
+                            bp.retain(|key, _| !PROBE_HANDLERS.contains(&key.as_str()));
+                        }
+                        merge(bv, ov)
+                    }
                     Some(bv) => merge(bv, ov),
                     None => {
                         b.insert(k.clone(), ov.clone());
@@ -813,6 +831,78 @@ mod tests {
         let cs = d.deployment.spec.unwrap().template.spec.unwrap().containers;
         assert_eq!(cs.len(), 2);
         assert!(cs.iter().all(|c| c.image.is_some()));
+    }
+
+    fn container(p: &FuncWorkerPool) -> Container {
+        build(p, "ns", &valid(), Some(1), &Config::default())
+            .unwrap()
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .remove(0)
+    }
+
+    #[test]
+    fn a_pool_with_its_own_command_gets_only_the_probes_it_sets() {
+        for role in [PoolRole::Worker, PoolRole::Beat] {
+            let mut p = pool();
+            p.spec.role = role;
+            // funcscale's own worker and beat serve the probes on :9090
+            let c = container(&p);
+            assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+
+            // Celery serves nothing there: no probes unless asked for
+            p.spec.command = vec!["celery".into(), "worker".into()];
+            let c = container(&p);
+            assert_eq!(
+                (c.readiness_probe, c.liveness_probe, c.startup_probe),
+                (None, None, None),
+                "{role:?}"
+            );
+
+            // asked for in the pod template: kept as given
+            let probe = serde_json::json!({
+                "exec": {"command": ["celery", "inspect", "ping"]},
+                "periodSeconds": 30
+            });
+            p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+                {"name": c.name, "readinessProbe": probe, "startupProbe": probe}
+            ]}}));
+            let c = container(&p);
+            let want: Probe = serde_json::from_value(probe).unwrap();
+            assert_eq!(c.readiness_probe.as_ref(), Some(&want), "{role:?}");
+            assert_eq!(c.startup_probe.as_ref(), Some(&want), "{role:?}");
+            assert_eq!(c.liveness_probe, None, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_template_probe_handler_replaces_the_generated_one() {
+        let mut p = pool();
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [{
+            "name": "worker",
+            "livenessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 30},
+            "readinessProbe": {"timeoutSeconds": 5}
+        }]}}));
+        let c = container(&p);
+        let live = c.liveness_probe.unwrap();
+        assert!(live.http_get.is_none(), "one handler only: {live:?}");
+        assert!(live.tcp_socket.is_some());
+        assert_eq!(
+            (live.period_seconds, live.failure_threshold),
+            (Some(30), Some(3))
+        );
+        // no handler in the overlay: the generated one stays, the timing merges
+        let ready = c.readiness_probe.unwrap();
+        assert!(ready.http_get.is_some());
+        assert_eq!(
+            (ready.period_seconds, ready.timeout_seconds),
+            (Some(5), Some(5))
+        );
     }
 
     #[test]

@@ -566,7 +566,9 @@ pub struct FuncWorkerPoolStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Scaling`, `MetricsAvailable`, `Conflict`, `SpecValid`.
+    /// `Ready`, `Scaling`, `MetricsAvailable`, `Conflict`, `SpecValid`. `Ready` is False
+    /// with reason `DeploymentRejected` or `ConfigMapRejected` and the API server's message
+    /// when it refuses an object rendered from this pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -376,7 +376,11 @@ pub struct FuncWorkerPoolSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
 
-    /// Command to run instead of `funcscale-worker run --queues ... --processes ...`.
+    /// Command to run instead of `funcscale-worker run --queues ... --processes ...` (or
+    /// `funcscale-worker beat ...`), e.g. your own `celery worker`. Such a container gets no
+    /// readiness or liveness probe (funcscale's worker serves them on port 9090, your program
+    /// need not): set them in `podTemplate` under the container's name (`worker`, or `beat`
+    /// for a Beat pool).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
 
@@ -405,7 +409,12 @@ pub struct FuncWorkerPoolSpec {
     pub autoscaling: Option<Autoscaling>,
 
     /// Fields merged into the generated pod template (labels, annotations, nodeSelector,
-    /// tolerations, affinity, serviceAccountName, env, ... — a partial PodTemplateSpec).
+    /// tolerations, affinity, serviceAccountName, env, probes, ... — a partial
+    /// PodTemplateSpec). Objects merge key by key; lists of named items (containers, env,
+    /// volumes) merge by `name`. The generated container is `worker` (`beat` in a Beat pool):
+    /// a container of another name is added to the pod and needs its own `image`. A probe
+    /// with a handler (`httpGet`, `exec`, `tcpSocket`, `grpc`) replaces the generated
+    /// handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json_object")]
     pub pod_template: Option<serde_json::Value>,
@@ -557,7 +566,9 @@ pub struct FuncWorkerPoolStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Scaling`, `MetricsAvailable`, `Conflict`, `SpecValid`.
+    /// `Ready`, `Scaling`, `MetricsAvailable`, `Conflict`, `SpecValid`. `Ready` is False
+    /// with reason `DeploymentRejected` or `ConfigMapRejected` and the API server's message
+    /// when it refuses an object rendered from this pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

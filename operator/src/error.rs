@@ -15,6 +15,20 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The API server refused an object the operator applies (400 Bad Request, 422 Invalid):
+    /// what was rendered is wrong, so retrying cannot help; waits for a change.
+    #[error("{kind} {name} rejected by the API server: {message}")]
+    Rejected {
+        /// Kind of the object: `Deployment`, `ConfigMap`.
+        kind: &'static str,
+        /// Name of the object.
+        name: String,
+        /// The API server's message.
+        message: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// Redis could not be read.
     #[error("Redis: {0}")]
     Redis(String),
@@ -42,10 +56,26 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::Rejected { .. } => "rejected",
             Error::Redis(_) => "redis",
             Error::Serialization(_) => "serialization",
             Error::MissingObjectKey(_) => "internal",
             Error::Leadership(_) => "leadership",
+        }
+    }
+
+    /// The error of applying the `kind` object `name`: [`Error::Rejected`] when the API
+    /// server refuses the object itself (400, 422), else the API error as it is (conflicts,
+    /// 5xx and network failures are transient and back off).
+    pub fn applying(kind: &'static str, name: &str, e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(s) if s.code == 400 || s.code == 422 => Error::Rejected {
+                kind,
+                name: name.to_string(),
+                message: s.message.clone(),
+                source: Box::new(e),
+            },
+            _ => Error::Kube(e),
         }
     }
 
@@ -75,5 +105,24 @@ mod tests {
             "invalid_spec"
         );
         assert_eq!(Error::Redis("refused".into()).category(), "redis");
+        let api = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("m", "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        for code in [400, 422] {
+            assert_eq!(
+                Error::applying("Deployment", "d", api(code)).category(),
+                "rejected"
+            );
+        }
+        for (code, category) in [(409, "conflict"), (500, "api"), (503, "api")] {
+            assert_eq!(
+                Error::applying("Deployment", "d", api(code)).category(),
+                category
+            );
+        }
     }
 }

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Reconcile duration by controller.
     pub reconcile_duration: HistogramVec,
+    /// Objects the API server refused to apply (400, 422), by kind (`Deployment`,
+    /// `ConfigMap`).
+    pub apply_rejected: IntCounterVec,
     /// Tasks waiting per queue.
     pub queue_depth: IntGaugeVec,
     /// Age of the oldest waiting task per queue (0 when none waits; no series when the queue's
@@ -68,6 +71,14 @@ impl Metrics {
                 "Failed reconciles by controller and error category",
             ),
             &["controller", "category"],
+        )
+        .expect("valid metric");
+        let apply_rejected = IntCounterVec::new(
+            Opts::new(
+                "funcscale_apply_rejected_total",
+                "Objects the API server refused to apply (400/422: the rendered object is wrong), by kind",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
         let reconcile_duration = HistogramVec::new(
@@ -149,6 +160,7 @@ impl Metrics {
             Box::new(reconciliations.clone()) as Box<dyn Collector>,
             Box::new(failures.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(apply_rejected.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
             Box::new(queue_metrics_available.clone()),
@@ -167,6 +179,7 @@ impl Metrics {
             reconciliations,
             failures,
             reconcile_duration,
+            apply_rejected,
             queue_depth,
             queue_oldest_age,
             queue_metrics_available,

@@ -22,6 +22,8 @@ const NS: &str = "team";
 const T0: u64 = 1_800_000_000_000;
 
 type Ops = Arc<Mutex<Vec<String>>>;
+/// An error the API answers every apply of a kind with: (kind, HTTP code, message).
+type Refusal = Arc<Mutex<Option<(String, u16, String)>>>;
 
 fn kind_of(v: &serde_json::Value) -> String {
     v.get("kind")
@@ -37,6 +39,8 @@ struct Env {
     /// `reason: note` of every Event created.
     events: Ops,
     clock: Arc<AtomicU64>,
+    /// Set to make the API answer applies of that kind with an error.
+    refuse: Refusal,
     queues_w: Writer<FuncQueue>,
     pools_w: Writer<FuncWorkerPool>,
 }
@@ -51,6 +55,8 @@ impl Env {
         let events: Ops = Arc::default();
         let (o1, o2, o3, o4) = (ops.clone(), ops.clone(), ops.clone(), ops.clone());
         let e1 = events.clone();
+        let refuse: Refusal = Arc::default();
+        let r1 = refuse.clone();
         let funcs = interceptor::Funcs::new()
             .create(move |c| {
                 let kind = kind_of(c.object);
@@ -68,6 +74,14 @@ impl Env {
                     return Err(kube_fake_client::Error::Conflict(
                         "the object has been modified".into(),
                     ));
+                }
+                if let Some((kind, code, msg)) = r1.lock().unwrap().clone()
+                    && kind == kind_of(c.patch)
+                {
+                    return Err(match code {
+                        422 => kube_fake_client::Error::InvalidRequest(msg),
+                        _ => kube_fake_client::Error::Internal(msg),
+                    });
                 }
                 o2.lock().unwrap().push(format!(
                     "patch {:?} {} {}",
@@ -111,6 +125,7 @@ impl Env {
             ops,
             events,
             clock,
+            refuse,
             queues_w,
             pools_w,
         }
@@ -613,6 +628,153 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
         "redis-auth"
     );
     assert_eq!(condition(&env.pool("w2").await, "SpecValid").status, "True");
+}
+
+#[tokio::test]
+async fn a_pod_template_container_that_matches_none_and_has_no_image_is_refused_up_front() {
+    let mut env = Env::new(false).await;
+    // the Celery example's mistake: a Beat pool's container is `beat`, not `worker`
+    env.add_pool(
+        "celery-beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            image: Some("registry.example.com/shop/app:1.4.2".into()),
+            command: vec!["celery".into(), "beat".into()],
+            pod_template: Some(serde_json::json!({"spec": {"containers": [
+                {"name": "worker", "env": [{"name": "CELERY_BROKER_URL", "value": "redis://r"}]}
+            ]}})),
+            ..Default::default()
+        },
+    )
+    .await;
+    let action = env.reconcile_pool("celery-beat").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let ops = env.take_ops();
+    assert!(
+        !ops.iter()
+            .any(|o| o.contains("Deployment") || o.contains("ConfigMap")),
+        "nothing is sent to the API: {ops:?}"
+    );
+    let p = env.pool("celery-beat").await;
+    let want = "spec.podTemplate.spec.containers[0]: container \"worker\" matches no container \
+                of this pool (its container is \"beat\") and has no image";
+    for t in ["SpecValid", "Ready"] {
+        let c = condition(&p, t);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "InvalidSpec", want),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        env.events.lock().unwrap().clone(),
+        vec![format!("InvalidSpec: {want}")]
+    );
+    assert!(env.deployment("celery-beat").await.is_none());
+}
+
+#[tokio::test]
+async fn an_object_the_api_rejects_is_a_condition_an_event_and_a_metric() {
+    let mut env = Env::new(false).await;
+    env.add_queue("q1", queue_spec()).await;
+    env.add_pool("w", autoscaled(&["q1"], 1, 5)).await;
+    env.set_metrics("q1", 0, 500.0);
+    // what a real kube-apiserver answers for a container without an image
+    let msg = "Deployment.apps \"w\" is invalid: spec.template.spec.containers[1].image: \
+               Required value";
+    *env.refuse.lock().unwrap() = Some(("Deployment".into(), 422, msg.into()));
+    let rejected = |env: &Env, kind: &str| {
+        series(
+            env,
+            "funcscale_apply_rejected_total",
+            &format!("kind=\"{kind}\""),
+        )
+    };
+
+    // 422: the rendered object is wrong; retrying the same cannot help: wait for a change
+    let action = env.reconcile_pool("w").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let p = env.pool("w").await;
+    let ready = condition(&p, "Ready");
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("False", "DeploymentRejected", msg)
+    );
+    assert_eq!(ready.observed_generation, p.metadata.generation);
+    assert!(
+        p.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Scaling"),
+        "nothing was scaled: {:?}",
+        p.status
+    );
+    assert_eq!(
+        env.events.lock().unwrap().clone(),
+        vec![format!("DeploymentRejected: {msg}")]
+    );
+    assert_eq!(rejected(&env, "Deployment"), Some(1.0));
+
+    // again (another trigger): counted, but the same Event is not repeated
+    assert_eq!(
+        env.reconcile_pool("w").await.unwrap(),
+        Action::await_change()
+    );
+    assert_eq!(env.events.lock().unwrap().len(), 1);
+    assert_eq!(rejected(&env, "Deployment"), Some(2.0));
+
+    // 5xx is transient: an error that backs off, no rejection
+    *env.refuse.lock().unwrap() = Some(("Deployment".into(), 500, "etcd timeout".into()));
+    let err = env.reconcile_pool("w").await.unwrap_err();
+    assert_eq!(err.category(), "api", "{err}");
+    assert_eq!(rejected(&env, "Deployment"), Some(2.0));
+
+    // accepted: the condition says so
+    *env.refuse.lock().unwrap() = None;
+    env.reconcile_pool("w").await.unwrap();
+    let ready = condition(&env.pool("w").await, "Ready").clone();
+    assert_eq!(ready.reason, "WaitingForReplicas", "{ready:?}");
+
+    // a Beat pool's schedules ConfigMap
+    env.add_pool(
+        "beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            ..Default::default()
+        },
+    )
+    .await;
+    let cm_msg =
+        "ConfigMap \"beat-schedules\" is invalid: []: Too long: must have at most 1048576 bytes";
+    *env.refuse.lock().unwrap() = Some(("ConfigMap".into(), 422, cm_msg.into()));
+    assert_eq!(
+        env.reconcile_pool("beat").await.unwrap(),
+        Action::await_change()
+    );
+    let ready = condition(&env.pool("beat").await, "Ready").clone();
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("False", "ConfigMapRejected", cm_msg)
+    );
+    assert!(
+        env.deployment("beat").await.is_none(),
+        "the Deployment is not applied"
+    );
+    assert_eq!(rejected(&env, "ConfigMap"), Some(1.0));
+    assert_eq!(
+        env.events.lock().unwrap().last().cloned(),
+        Some(format!("ConfigMapRejected: {cm_msg}"))
+    );
 }
 
 #[tokio::test]

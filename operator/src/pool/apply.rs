@@ -7,29 +7,29 @@ use kube::{Client, ResourceExt};
 
 use super::build::Desired;
 use crate::context::FIELD_MANAGER;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Apply `desired`; returns the Deployment as the API server has it now.
+/// Apply `desired`; returns the Deployment as the API server has it now. An object the API
+/// server refuses is [`Error::Rejected`].
 pub async fn apply(client: &Client, ns: &str, desired: &Desired) -> Result<Deployment> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     if let Some(cm) = &desired.configmap {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        api.patch(
-            &cm.name_any(),
-            &pp,
-            &Patch::Apply(with_kind(cm, "v1", "ConfigMap")?),
-        )
-        .await?;
+        let name = cm.name_any();
+        api.patch(&name, &pp, &Patch::Apply(with_kind(cm, "v1", "ConfigMap")?))
+            .await
+            .map_err(|e| Error::applying("ConfigMap", &name, e))?;
     }
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d = &desired.deployment;
-    Ok(api
-        .patch(
-            &d.name_any(),
-            &pp,
-            &Patch::Apply(with_kind(d, "apps/v1", "Deployment")?),
-        )
-        .await?)
+    let name = d.name_any();
+    api.patch(
+        &name,
+        &pp,
+        &Patch::Apply(with_kind(d, "apps/v1", "Deployment")?),
+    )
+    .await
+    .map_err(|e| Error::applying("Deployment", &name, e))
 }
 
 /// Server-side apply needs `apiVersion` and `kind` in the body.

@@ -268,6 +268,7 @@ fn deployment(
     let name = pool.name_any();
     let labels = labels(pool, &name);
     let beat = pool.spec.role == PoolRole::Beat;
+    let own_command = !pool.spec.command.is_empty();
     let mut env = vec![
         env("FUNCSCALE_POOL", name.clone()),
         // the address the declared `health` port serves: explicit, so that what the pod
@@ -318,8 +319,11 @@ fn deployment(
             container_port: WORKER_HEALTH_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
+        // funcscale-worker (run and beat) serves /readyz and /healthz on :9090; a pool's own
+        // command (Celery, ...) serves nothing there, and a kubelet would never find it Ready
+        // and restart it: it gets the probes its podTemplate sets, and no others
+        readiness_probe: (!own_command).then(|| probe("/readyz", 5)),
+        liveness_probe: (!own_command).then(|| probe("/healthz", 10)),
         resources,
         volume_mounts: Some({
             let mut v = vec![VolumeMount {
@@ -459,6 +463,7 @@ pub fn merge_pod_template(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let mut v = serde_json::to_value(&base)?;
+    check_added_containers(&v, overlay)?;
     merge(&mut v, overlay);
     let mut out: PodTemplateSpec =
         serde_json::from_value(v).map_err(|e| Error::invalid("spec.podTemplate", e.to_string()))?;
@@ -472,12 +477,73 @@ pub fn merge_pod_template(
     Ok(out)
 }
 
+/// A container of the overlay whose name matches no generated container is added to the
+/// pod; without an image the API server rejects the whole Deployment (422). The usual cause is
+/// a misnamed patch (`worker` on a Beat pool, whose container is `beat`): refuse it here,
+/// naming the field, instead of sending an object the API cannot accept.
+fn check_added_containers(base: &serde_json::Value, overlay: &serde_json::Value) -> Result<()> {
+    for list in ["containers", "initContainers"] {
+        let names: Vec<&str> = base["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let Some(items) = overlay["spec"][list].as_array() else {
+            continue;
+        };
+        for (i, c) in items.iter().enumerate() {
+            let Some(name) = c["name"].as_str() else {
+                continue;
+            };
+            let has_image = c["image"].as_str().is_some_and(|s| !s.is_empty());
+            if names.contains(&name) || has_image {
+                continue;
+            }
+            let theirs = match names.as_slice() {
+                [] => "it has none".to_string(),
+                [one] => format!("its container is {one:?}"),
+                many => format!("its containers are {}", quoted(many)),
+            };
+            return Err(Error::invalid(
+                format!("spec.podTemplate.spec.{list}[{i}]"),
+                format!(
+                    "container {name:?} matches no container of this pool ({theirs}) and has no image"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Container fields that hold a probe, and a probe's handler fields (exactly one is set).
+const PROBES: [&str; 3] = ["readinessProbe", "livenessProbe", "startupProbe"];
+const PROBE_HANDLERS: [&str; 4] = ["httpGet", "tcpSocket", "exec", "grpc"];
+
 fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
     use serde_json::Value;
     match (base, overlay) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, ov) in o {
                 match b.get_mut(k) {
+                    Some(bv) if PROBES.contains(&k.as_str()) => {
+                        // a probe has one handler: the overlay's replaces the generated one
+                        // (both would be refused by the API), its other fields merge
+                        if let (Value::Object(bp), Some(op)) = (&mut *bv, ov.as_object())
+                            && PROBE_HANDLERS.iter().any(|h| op.contains_key(*h))
+                        {
+                            bp.retain(|key, _| !PROBE_HANDLERS.contains(&key.as_str()));
+                        }
+                        merge(bv, ov)
+                    }
                     Some(bv) => merge(bv, ov),
                     None => {
                         b.insert(k.clone(), ov.clone());
@@ -735,6 +801,114 @@ mod tests {
             Some("x")
         );
         assert!(env.iter().any(|e| e.name == "FUNCSCALE_REDIS_URL"));
+    }
+
+    #[test]
+    fn a_patched_container_that_matches_none_and_has_no_image_is_refused() {
+        let mut p = pool();
+        p.spec.role = PoolRole::Beat;
+        p.spec.replicas = Some(1);
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+            {"name": "worker", "env": [{"name": "X", "value": "1"}]}
+        ]}}));
+        let e = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap_err();
+        assert_eq!(e.category(), "invalid_spec");
+        assert_eq!(
+            e.to_string(),
+            "invalid spec: spec.podTemplate.spec.containers[0]: container \"worker\" matches no \
+             container of this pool (its container is \"beat\") and has no image"
+        );
+        // an init container is always added: it needs an image too
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"initContainers": [
+            {"name": "setup"}
+        ]}}));
+        let e = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.podTemplate.spec.initContainers[0]: container \"setup\""),
+            "{e}"
+        );
+        // named right, the patch merges; a sidecar with its own image is added
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+            {"name": "beat", "env": [{"name": "X", "value": "1"}]},
+            {"name": "sidecar", "image": "busybox"}
+        ]}}));
+        let d = build(&p, "ns", &valid(), Some(1), &Config::default()).unwrap();
+        let cs = d.deployment.spec.unwrap().template.spec.unwrap().containers;
+        assert_eq!(cs.len(), 2);
+        assert!(cs.iter().all(|c| c.image.is_some()));
+    }
+
+    fn container(p: &FuncWorkerPool) -> Container {
+        build(p, "ns", &valid(), Some(1), &Config::default())
+            .unwrap()
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .remove(0)
+    }
+
+    #[test]
+    fn a_pool_with_its_own_command_gets_only_the_probes_it_sets() {
+        for role in [PoolRole::Worker, PoolRole::Beat] {
+            let mut p = pool();
+            p.spec.role = role;
+            // funcscale's own worker and beat serve the probes on :9090
+            let c = container(&p);
+            assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+
+            // Celery serves nothing there: no probes unless asked for
+            p.spec.command = vec!["celery".into(), "worker".into()];
+            let c = container(&p);
+            assert_eq!(
+                (c.readiness_probe, c.liveness_probe, c.startup_probe),
+                (None, None, None),
+                "{role:?}"
+            );
+
+            // asked for in the pod template: kept as given
+            let probe = serde_json::json!({
+                "exec": {"command": ["celery", "inspect", "ping"]},
+                "periodSeconds": 30
+            });
+            p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [
+                {"name": c.name, "readinessProbe": probe, "startupProbe": probe}
+            ]}}));
+            let c = container(&p);
+            let want: Probe = serde_json::from_value(probe).unwrap();
+            assert_eq!(c.readiness_probe.as_ref(), Some(&want), "{role:?}");
+            assert_eq!(c.startup_probe.as_ref(), Some(&want), "{role:?}");
+            assert_eq!(c.liveness_probe, None, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_template_probe_handler_replaces_the_generated_one() {
+        let mut p = pool();
+        p.spec.pod_template = Some(serde_json::json!({"spec": {"containers": [{
+            "name": "worker",
+            "livenessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 30},
+            "readinessProbe": {"timeoutSeconds": 5}
+        }]}}));
+        let c = container(&p);
+        let live = c.liveness_probe.unwrap();
+        assert!(live.http_get.is_none(), "one handler only: {live:?}");
+        assert!(live.tcp_socket.is_some());
+        assert_eq!(
+            (live.period_seconds, live.failure_threshold),
+            (Some(30), Some(3))
+        );
+        // no handler in the overlay: the generated one stays, the timing merges
+        let ready = c.readiness_probe.unwrap();
+        assert!(ready.http_get.is_some());
+        assert_eq!(
+            (ready.period_seconds, ready.timeout_seconds),
+            (Some(5), Some(5))
+        );
     }
 
     #[test]

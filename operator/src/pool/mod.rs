@@ -102,7 +102,19 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     let applied = match (unchanged, deref.deployment.clone()) {
         (true, Some(d)) => d,
         _ => {
-            let d = apply::apply(&ctx.client, &ns, &desired).await?;
+            let d = match apply::apply(&ctx.client, &ns, &desired).await {
+                Ok(d) => d,
+                Err(Error::Rejected {
+                    kind,
+                    name: object,
+                    message,
+                    ..
+                }) => {
+                    let refused = (kind, object.as_str(), message.as_str());
+                    return rejected(&api, &pool, &name, refused, &now, &ctx).await;
+                }
+                Err(e) => return Err(e),
+            };
             ctx.applied
                 .lock()
                 .expect("applied lock")
@@ -225,6 +237,38 @@ async fn invalid(
             format!("{field}: {reason}"),
         )
         .await;
+    }
+    ctx.backoff.succeeded(&format!(
+        "pool:{}/{name}",
+        pool.namespace().unwrap_or_default()
+    ));
+    Ok(Action::await_change())
+}
+
+/// The API server refused an object the pool applies: what the operator rendered cannot
+/// be stored, and sending it again cannot help. Say so where users look (the `Ready`
+/// condition, a Warning Event, `funcscale_apply_rejected_total`) and wait for a change.
+/// `refused`: the object's kind and name, and the API server's message.
+async fn rejected(
+    api: &Api<FuncWorkerPool>,
+    pool: &FuncWorkerPool,
+    name: &str,
+    (kind, object, message): (&'static str, &str, &str),
+    now: &str,
+    ctx: &Context,
+) -> Result<Action> {
+    ctx.metrics.apply_rejected.with_label_values(&[kind]).inc();
+    tracing::warn!(
+        pool = name,
+        kind,
+        object,
+        message,
+        "the API server rejected the object: waiting for a change"
+    );
+    let reason = format!("{kind}Rejected");
+    let st = status::rejected(pool, name, &reason, message, now);
+    if status::patch(api, pool, name, st).await? {
+        publish(ctx, pool, EventType::Warning, &reason, message.to_string()).await;
     }
     ctx.backoff.succeeded(&format!(
         "pool:{}/{name}",

@@ -47,6 +47,27 @@ pub fn invalid(
     s
 }
 
+/// Status of a pool whose Deployment or ConfigMap the API server refused (400, 422):
+/// `Ready=False`, `reason` (`DeploymentRejected`, `ConfigMapRejected`) and the API server's
+/// message. The operator's own checks passed (`SpecValid=True`); the other conditions keep
+/// what the last reconcile found.
+pub fn rejected(
+    pool: &FuncWorkerPool,
+    name: &str,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> FuncWorkerPoolStatus {
+    let mut s = pool.status.clone().unwrap_or_default();
+    let g = pool.metadata.generation;
+    s.observed_generation = g;
+    s.selector = Some(selector_string(name));
+    let c = &mut s.conditions;
+    conditions::set(c, new("SpecValid", true, "Valid", "", g), now);
+    conditions::set(c, new("Ready", false, reason, message, g), now);
+    s
+}
+
 /// Status after a successful apply.
 pub fn reconciled(
     pool: &FuncWorkerPool,

@@ -492,7 +492,9 @@ async fn invalid_resources_are_flagged_and_the_rest_served() {
                 .await
                 .ok()
                 .flatten()
-                .filter(|c| c.0 == "False")
+                // the pool may be checked before the operator's cache has its queue: wait
+                // for the condition that names this pool's own fault
+                .filter(|c| c.0 == "False" && c.2.contains(why))
         })
         .await
         .unwrap_or_else(|e| panic!("{pool}: {e}\n{}", logs(&s)));

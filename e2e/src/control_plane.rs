@@ -62,7 +62,9 @@ impl ControlPlane {
             .trim_start_matches("https://")
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        let (host, port) = hostport.rsplit_once(':').context("server URL without a port")?;
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .context("server URL without a port")?;
         Ok((host.to_string(), port.parse()?))
     }
 

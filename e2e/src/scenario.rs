@@ -114,6 +114,8 @@ pub struct Scenario {
     /// The operator's kubeconfig.
     pub kubeconfig: PathBuf,
     pub operators: Vec<Child>,
+    /// Each operator's `/metrics` + health address.
+    pub operator_addrs: Vec<std::net::SocketAddr>,
     pub worker_bin: PathBuf,
     pub operator_bin: PathBuf,
     pub log_dir: PathBuf,
@@ -186,12 +188,14 @@ impl Scenario {
             client,
             kubeconfig,
             operators: Vec::new(),
+            operator_addrs: Vec::new(),
             worker_bin,
             operator_bin,
             log_dir,
             _tmp: tmp,
         };
         s.start_operator("op-0")?;
+        s.wait_operator_ready(0).await?;
         Ok(s)
     }
 
@@ -244,7 +248,22 @@ impl Scenario {
             .spawn()
             .context("spawn funcscale-operator")?;
         self.operators.push(child);
+        self.operator_addrs.push(port);
         Ok(self.operators.len() - 1)
+    }
+
+    /// Wait until operator `i` answers `/readyz` with 200 (API, watches, Redis).
+    pub async fn wait_operator_ready(&self, i: usize) -> anyhow::Result<()> {
+        let addr = self.operator_addrs[i];
+        crate::eventually(
+            Duration::from_secs(30),
+            "the operator's /readyz to answer 200",
+            || async move {
+                let body = http_get(addr, "/readyz").await.ok()?;
+                body.starts_with("HTTP/1.1 200").then_some(())
+            },
+        )
+        .await
     }
 
     pub fn queues(&self) -> Api<FuncQueue> {
@@ -462,6 +481,17 @@ impl Scenario {
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }
+}
+
+/// A plain `GET path` on `addr`; the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
 }
 
 /// SIGTERM `child`, wait up to `grace`, then SIGKILL.

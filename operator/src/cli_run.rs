@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,8 +13,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt, Resource};
 use tokio::sync::watch;
 
@@ -258,10 +259,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ns = args.namespace.as_deref();
     let pools_api: Api<FuncWorkerPool> = api(&client, ns);
     let queues_api: Api<FuncQueue> = api(&client, ns);
-    let pool_ctrl = Controller::new(pools_api, wc.clone());
-    let pool_store = pool_ctrl.store();
-    let queue_ctrl = Controller::new(queues_api.clone(), wc.clone());
-    let queue_store = queue_ctrl.store();
+    // Each controller's own reflector, so that `/readyz` learns that the first list is in
+    // from the stream itself: a store's `wait_until_ready` wakes only its last waiter, and
+    // the controller waits on it too (a second waiter was never woken on a real API server,
+    // and the operator never became Ready).
+    let (pools_listed, queues_listed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (pool_store, pool_writer) = reflector::store();
+    let pool_ctrl = Controller::for_stream(
+        listed_stream(
+            pool_writer,
+            watcher(pools_api, wc.clone()),
+            pools_listed.clone(),
+        ),
+        pool_store.clone(),
+    );
+    let (queue_store, queue_writer) = reflector::store();
+    let queue_ctrl = Controller::for_stream(
+        listed_stream(
+            queue_writer,
+            watcher(queues_api.clone(), wc.clone()),
+            queues_listed.clone(),
+        ),
+        queue_store.clone(),
+    );
     let config = Config {
         worker_image: args.worker_image.clone(),
         default_redis: RedisEndpoint::new(args.redis_url.clone()),
@@ -301,10 +324,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     {
         let health = health.clone();
-        let (p, q) = (pool_store.clone(), queue_store.clone());
         tokio::spawn(async move {
-            let _ = p.wait_until_ready().await;
-            let _ = q.wait_until_ready().await;
+            while !(pools_listed.load(Ordering::SeqCst) && queues_listed.load(Ordering::SeqCst)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             health.set_watches(true, "");
             tracing::info!("watches ready");
         });
@@ -462,4 +485,23 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("x").is_err());
     }
+}
+
+/// A reflector's objects for a controller, with `listed` set once the first list is in.
+fn listed_stream<K>(
+    writer: reflector::store::Writer<K>,
+    watch: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    listed: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send + 'static
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    reflector(writer, watch.default_backoff())
+        .inspect(move |e| {
+            if let Ok(watcher::Event::InitDone) = e {
+                listed.store(true, Ordering::SeqCst);
+            }
+        })
+        .applied_objects()
 }

@@ -89,6 +89,10 @@ pub struct KubeletConfig {
     pub mount_namespaces: bool,
     /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST` / `_PORT`).
     pub api_server: Option<(String, u16)>,
+    /// More Node labels (e.g. what a dedicated node pool carries).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Node taints (`{key, value, effect}`).
+    pub taints: Vec<serde_json::Value>,
 }
 
 /// Whether this process may create mount namespaces and bind-mount (root, `unshare` there).
@@ -117,6 +121,8 @@ impl KubeletConfig {
             tick: Duration::from_millis(100),
             mount_namespaces: mount_namespaces_available(),
             api_server: None,
+            labels: Default::default(),
+            taints: Vec::new(),
         }
     }
 }
@@ -240,11 +246,14 @@ fn node_status(config: &KubeletConfig) -> serde_json::Value {
 
 async fn register_node(client: &Client, config: &KubeletConfig) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = config.labels.clone();
+    labels.insert(NODE_LABEL.into(), config.node_name.clone());
+    labels.insert("kubernetes.io/hostname".into(), config.node_name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    labels.insert("kubernetes.io/arch".into(), "amd64".into());
     let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": config.node_name, "labels": {
-            NODE_LABEL: config.node_name,
-            "kubernetes.io/hostname": config.node_name,
-            "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
+        "metadata": {"name": config.node_name, "labels": labels},
+        "spec": {"taints": config.taints},
     }))?;
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}

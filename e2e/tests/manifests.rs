@@ -186,25 +186,17 @@ async fn redis_secret(client: &Client, ns: &str, name: &str, key: &str) -> anyho
     Ok(())
 }
 
-/// What the example's pods ask of a node: `nodeSelector` labels and tolerated taints.
-fn node_wishes(
-    objects: &[serde_json::Value],
-) -> (BTreeMap<String, String>, Vec<serde_json::Value>) {
+/// What the example's pods ask of a node: their `nodeSelector` labels. (Their tolerations
+/// are not made taints: the chart's operator runs on the same node.)
+fn node_labels(objects: &[serde_json::Value]) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    let mut taints = Vec::new();
     for o in objects {
         let spec = &o["spec"]["podTemplate"]["spec"];
         for (k, v) in spec["nodeSelector"].as_object().into_iter().flatten() {
             labels.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
         }
-        for t in spec["tolerations"].as_array().into_iter().flatten() {
-            let taint = json!({"key": t["key"], "value": t["value"], "effect": t["effect"]});
-            if t["operator"].as_str() != Some("Exists") && !taints.contains(&taint) {
-                taints.push(taint);
-            }
-        }
     }
-    (labels, taints)
+    labels
 }
 
 /// Install the chart (defaults) into `ns`, watching `ns` only, with Redis key prefix `prefix`.
@@ -303,7 +295,7 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
         let mut kc = KubeletConfig::new(&node, &logs.path().join(&stem));
         kc.images = images.clone();
         kc.api_server = Some(cp.api_server()?);
-        (kc.labels, kc.taints) = node_wishes(&objects);
+        kc.labels = node_labels(&objects);
         ControlPlane::create_namespace(&client, &ns, &node).await?;
         kubelets.push(Kubelet::start(client.clone(), kc).await?);
         let release = format!("fs{pid}-{i}");
@@ -366,7 +358,7 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
             if !ds
                 .items
                 .iter()
-                .any(|d| &d.name_any() == release && ready(d))
+                .any(|d| d.name_any() == format!("{release}-funcscale") && ready(d))
             {
                 waiting.push(format!("{ns}: the chart's operator {release} is not Ready"));
             }

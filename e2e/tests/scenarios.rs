@@ -514,6 +514,59 @@ async fn invalid_resources_are_flagged_and_the_rest_served() {
         s.condition("good", "SpecValid").await.unwrap().unwrap().0,
         "True"
     );
+    // an object only the real API server refuses (a CPU request above its limit): the
+    // pool says so where users look — Ready=False with the API's message, a Warning Event,
+    // a metric — and recovers when the spec is fixed
+    let rejected = |limit: &str| {
+        json!({"queues": ["ok"], "replicas": 1, "handler": "builtin",
+            "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": limit}}})
+    };
+    s.apply_pool("rejected", rejected("1")).await.unwrap();
+    let (_, _, msg) = eventually(Duration::from_secs(15), "rejected: Ready=False", || async {
+        s.condition("rejected", "Ready")
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| c.0 == "False" && c.1 == "DeploymentRejected")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    assert!(msg.contains("Invalid value"), "{msg}");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(s.client.clone(), &s.ns);
+    eventually(
+        Duration::from_secs(10),
+        "a DeploymentRejected Warning Event",
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("DeploymentRejected")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = funcscale_e2e::scenario::http_get(s.operator_addrs[0], "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("funcscale_apply_rejected_total{kind=\"Deployment\"}"),
+        "no rejection metric in /metrics"
+    );
+    s.apply_pool("rejected", rejected("2")).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "rejected: fixed, 1 ready worker",
+        || async { (s.replicas("rejected").await.ok().flatten() == Some((1, 1))).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
     // fixing the spec clears the condition
     s.apply_queue("nope", json!({"taskTimeMs": 5}))
         .await

@@ -56,8 +56,9 @@ control-plane-down:
 ## ci: what .ci/run checks
 ci: lint crds-check chart-check test
 
-## demo: the closed loop live — local API endpoint, simulated kubelet, the operator, a queue,
-##   an autoscaled pool and a producer sending waves; one line a second (depth, replicas, why).
+## demo: the closed loop live — the real control plane (found or built once; else the in-memory
+##   API server, said so), the process kubelet, the operator, a queue, an autoscaled pool and a
+##   producer sending waves; one line a second (depth, replicas, why).
 ##   Ends after ~2 minutes (DEMO_SECONDS) or on Ctrl-C; cleans up its processes and Redis keys.
 DEMO_SECONDS ?= 120
 demo: redis
@@ -71,11 +72,11 @@ demo-plan: build
 	$(CARGO) run -q -p funcscale-operator -- simulate
 
 ## e2e: the closed-loop scenarios (burst, beat, Redis outage, operator restart/takeover,
-##   invalid resources, cron load) and the process kubelet's own tests, on the real control
-##   plane (make control-plane) with the process kubelet
+##   invalid resources, cron load), the chart and every example applied and brought to Ready,
+##   and the process kubelet's own tests, on the real control plane (make control-plane)
 e2e: redis control-plane
 	$(CARGO) build --workspace --bins
-	$(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios --test node
+	$(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios --test node --test manifests
 
 ## e2e-cluster: the same scenarios against the cluster KUBECONFIG points at (simulated kubelet
 ##   off; the operator runs locally against it; worker pods use FUNCSCALE_E2E_WORKER_IMAGE and

@@ -78,6 +78,9 @@ pub struct Options {
     pub leader_election: bool,
     /// Write operator and pod logs here (default: a temporary directory).
     pub log_dir: Option<PathBuf>,
+    /// Run on the in-memory API server and the Deployment-level simulated kubelet instead of
+    /// the real control plane (the demo's fallback where no control plane can be had).
+    pub in_memory: bool,
 }
 
 impl Options {
@@ -88,6 +91,8 @@ impl Options {
             poll_interval: Duration::from_millis(300),
             leader_election: false,
             log_dir: None,
+            // FUNCSCALE_E2E_IN_MEMORY=1: the in-memory API server (the models, for comparison)
+            in_memory: std::env::var("FUNCSCALE_E2E_IN_MEMORY").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -98,6 +103,8 @@ pub enum Target {
     ControlPlane(Box<Kubelet>),
     /// The cluster `KUBECONFIG` points at (`FUNCSCALE_E2E_CLUSTER=1`).
     Cluster,
+    /// The in-memory API server with the simulated (Deployment-level) kubelet.
+    InMemory(Box<(crate::TestCluster, crate::Kubelet)>),
     /// Stopped.
     Gone,
 }
@@ -158,6 +165,21 @@ impl Scenario {
             crate::apiserver::install_crds(&client).await?;
             let ns = format!("fs-e2e-{}-{}", opts.name, std::process::id());
             (Target::Cluster, client, kubeconfig, ns)
+        } else if opts.in_memory {
+            let cluster = crate::TestCluster::start().await?;
+            cluster.install_crds().await?;
+            let (client, kubeconfig) = (cluster.client.clone(), cluster.kubeconfig.clone());
+            let ns = opts.name.clone(); // the in-memory API server needs no Namespace object
+            let mut kc = crate::KubeletConfig::new(&worker_bin);
+            kc.namespace = Some(ns.clone());
+            kc.log_dir = Some(log_dir.join("pods"));
+            let kubelet = crate::Kubelet::start_with(client.clone(), kc);
+            (
+                Target::InMemory(Box::new((cluster, kubelet))),
+                client,
+                kubeconfig,
+                ns,
+            )
         } else {
             let cp = ControlPlane::ensure().await?;
             let client = cp.admin_client().await?;
@@ -382,7 +404,11 @@ impl Scenario {
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces.delete(&self.ns, &Default::default()).await;
-        if let Target::ControlPlane(k) = std::mem::replace(&mut self.target, Target::Gone) {
+        let target = std::mem::replace(&mut self.target, Target::Gone);
+        if let Target::InMemory(b) = target {
+            let (_cluster, kubelet) = *b;
+            let _ = tokio::time::timeout(Duration::from_secs(20), kubelet.shutdown()).await;
+        } else if let Target::ControlPlane(k) = target {
             // the namespace controller deletes the pods; the kubelet stops them
             let pods: Api<k8s_openapi::api::core::v1::Pod> =
                 Api::namespaced(self.client.clone(), &self.ns);
@@ -408,6 +434,15 @@ impl Scenario {
     /// Identities of the pool's running pods: process ids under the process kubelet, pod
     /// uids in a real cluster.
     pub async fn pod_ids(&self, pool: &str) -> Vec<String> {
+        if let Target::InMemory(b) = &self.target {
+            let mut v: Vec<String> =
+                b.1.pods(&self.ns, pool)
+                    .iter()
+                    .filter_map(|p| p.pid.map(|p| p.to_string()))
+                    .collect();
+            v.sort();
+            return v;
+        }
         let mut v: Vec<String> = match self.kubelet() {
             Some(k) => k
                 .pods_of(&self.ns, pool)
@@ -440,6 +475,18 @@ impl Scenario {
     /// Kill one pod of `pool` hard: SIGKILL its process (the container crashes, and the
     /// kubelet restarts it), or delete the pod with no grace (real cluster).
     pub async fn kill_pod(&self, pool: &str) -> anyhow::Result<()> {
+        if let Target::InMemory(b) = &self.target {
+            let pid =
+                b.1.pods(&self.ns, pool)
+                    .first()
+                    .and_then(|p| p.pid)
+                    .context("no running pod")?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            return Ok(());
+        }
         match self.kubelet() {
             Some(k) => {
                 let pid = k

@@ -1,5 +1,6 @@
-//! `funcscale-demo` (`make demo`): the local API endpoint, the simulated kubelet, the real
-//! operator, one queue with an autoscaled pool and a producer sending waves of tasks; prints
+//! `funcscale-demo` (`make demo`): the real control plane (`e2e/control-plane/`, found or
+//! built once; where it cannot be had, the in-memory API server and the simulated kubelet,
+//! said so), the process kubelet, the real operator, one queue with an autoscaled pool and a producer sending waves of tasks; prints
 //! once a second the depth, the replicas and why, so the pool is seen breathing with the load.
 //! Ends by itself (default 120 s) or on Ctrl-C, stopping every process it started and
 //! deleting its Redis keys.
@@ -45,7 +46,25 @@ async fn main() -> anyhow::Result<()> {
     opts.redis_url = args.redis_url.clone();
     opts.poll_interval = Duration::from_millis(500);
     opts.log_dir = Some(args.log_dir.clone());
-    println!("funcscale demo: starting the API server, the kubelet and the operator …");
+    println!(
+        "funcscale demo: finding the Kubernetes control plane (etcd, kube-apiserver, \
+         controller-manager, scheduler; built once if needed: about 5 minutes, progress below) …"
+    );
+    match funcscale_e2e::control_plane::ControlPlane::ensure().await {
+        Ok(cp) => println!(
+            "on the real control plane ({}): real Deployment/ReplicaSet controllers and \
+             scheduler, pods run as local processes by the e2e process kubelet",
+            cp.dir.display()
+        ),
+        Err(e) => {
+            println!(
+                "no real control plane here ({e:#}): running on the in-memory API server with \
+                 the simulated kubelet instead"
+            );
+            opts.in_memory = true;
+        }
+    }
+    println!("starting the namespace, the kubelet and the operator …");
     let s = Scenario::start(opts).await?;
     let r = run(&s, &args).await;
     println!("stopping (operator, pods) …");

@@ -463,6 +463,83 @@ async fn operator_takeover_leaves_workers_alone_and_loses_no_task() {
     s.shutdown().await;
 }
 
+/// SIGKILL chaos: worker processes killed at random while tasks run (the kubelet restarts the
+/// containers, as a crash does in a cluster) → every task still runs (counted by its own side
+/// effect), none is dead-lettered; a killed task may run again (at-least-once), never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_chaos_loses_no_task() {
+    const N: i64 = 2_000;
+    let s = Scenario::start(Options::new("chaos")).await.unwrap();
+    let mut con = redis().await;
+    let set = format!("{}:test:ran", s.prefix);
+    let list = format!("{}:test:runs", s.prefix);
+    s.apply_queue("jobs", json!({"taskTimeMs": 50, "maxRetries": 3}))
+        .await
+        .unwrap();
+    s.apply_pool(
+        "w",
+        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": 3}),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "3 ready workers", || async {
+        (s.replicas("w").await.ok().flatten() == Some((3, 3))).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    s.enqueue(
+        "jobs",
+        "record",
+        &format!("[\"{set}\", 40, \"{list}\"]"),
+        N as u64,
+    )
+    .await
+    .unwrap();
+    let mut kills = 0;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pods = s.pod_ids("w").await;
+        if let Some(pid) = pods.get(i % pods.len().max(1)) {
+            let pid: i32 = pid.parse().unwrap();
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                kills += 1;
+            }
+        }
+    }
+    assert!(kills >= 4, "only {kills} kills");
+    let key = s.queue_key("jobs");
+    eventually(
+        Duration::from_secs(150),
+        "every task to run despite the kills",
+        || {
+            let (mut con, set, key) = (con.clone(), set.clone(), key.clone());
+            async move {
+                (int(&mut con, "SCARD", &set).await == N && int(&mut con, "LLEN", &key).await == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    let dead = funcscale_worker::protocol::Keys::new(s.prefix.clone()).dead("jobs");
+    assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
+    let runs = int(&mut con, "LLEN", &list).await;
+    let restarts: u32 = s
+        .kubelet()
+        .map(|k| k.pods_of(&s.ns, "w").iter().map(|p| p.restarts).sum())
+        .unwrap_or(0);
+    eprintln!(
+        "chaos: {kills} SIGKILLs, {restarts} container restarts, {N} tasks, {runs} runs ({} re-run after a kill)",
+        runs - N
+    );
+    s.shutdown().await;
+}
+
 /// invalid resources → SpecValid=False naming the field and the reason; the others are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_resources_are_flagged_and_the_rest_served() {

@@ -143,3 +143,46 @@ fn example_pools_with_their_own_command_get_only_the_probes_they_ask_for() {
         "the Celery example has two pools with their own command"
     );
 }
+
+/// The chart's PodMonitor scrapes worker pods by a port name: every example pool that runs
+/// funcscale's worker declares a container port of that name (it was `health` while the
+/// PodMonitor and the docs said `metrics`: worker metrics were never scraped).
+#[test]
+fn worker_pods_declare_the_port_the_pod_monitor_scrapes() {
+    let template = std::fs::read_to_string(
+        examples_dir()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("charts/funcscale/templates/podmonitor.yaml"),
+    )
+    .expect("podmonitor template");
+    let port = template
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- port: "))
+        .expect("podMetricsEndpoints port")
+        .trim()
+        .to_string();
+    let mut checked = 0;
+    for (file, pool, containers) in rendered() {
+        let Ok(containers) = containers else { continue };
+        if !pool.spec.command.is_empty() {
+            continue; // its own program: it serves what it serves
+        }
+        let c = &containers[0];
+        let names: Vec<String> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect();
+        assert!(
+            names.contains(&port),
+            "{file}: pool {} declares ports {names:?}, the PodMonitor scrapes {port:?}",
+            pool.name_any()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} worker pools checked");
+}

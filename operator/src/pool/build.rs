@@ -30,6 +30,8 @@ use crate::error::{Error, Result};
 
 /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
 pub const WORKER_HEALTH_PORT: i32 = 9090;
+/// The name of that port: what the chart's PodMonitor scrapes (`/metrics`) and the probes use.
+pub const WORKER_PORT_NAME: &str = "metrics";
 /// Where a Beat pod finds its schedules.
 pub const SCHEDULES_DIR: &str = "/etc/funcscale";
 /// Seconds added to the hard time limit for the termination grace period.
@@ -248,7 +250,7 @@ fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("health".into()),
+            port: IntOrString::String(WORKER_PORT_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -315,7 +317,7 @@ fn deployment(
         command: Some(command(pool)),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("health".into()),
+            name: Some(WORKER_PORT_NAME.into()),
             container_port: WORKER_HEALTH_PORT,
             ..Default::default()
         }]),

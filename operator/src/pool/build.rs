@@ -273,7 +273,7 @@ fn deployment(
     let own_command = !pool.spec.command.is_empty();
     let mut env = vec![
         env("FUNCSCALE_POOL", name.clone()),
-        // the address the declared `health` port serves: explicit, so that what the pod
+        // the address the declared `metrics` port serves: explicit, so that what the pod
         // declares and what the process binds cannot drift apart
         env(
             "FUNCSCALE_METRICS_ADDR",

@@ -3,8 +3,9 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler (and etcd).
 #
 # Prints the directory that holds all four. Looked up in this order:
-#   1. $KUBEBUILDER_ASSETS (as laid out by setup-envtest), when it holds all four;
-#   2. $PATH, when all four are on it;
+#   1. $KUBEBUILDER_ASSETS (setup-envtest's layout), when it holds all four at 1.20.x
+#      (setup-envtest itself ships no controller-manager or scheduler);
+#   2. $PATH, when all four are on it, at 1.20.x (the flags here are 1.20's);
 #   3. the cache, $FUNCSCALE_CP_CACHE (default ~/.cache/funcscale/control-plane/<version>);
 #   4. otherwise built into the cache from Debian's `kubernetes` source package (bookworm,
 #      1.20.2, Go dependencies vendored) with Debian's golang-go, the way debian/rules builds it,
@@ -19,9 +20,11 @@ CACHE=${FUNCSCALE_CP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/funcscale/control-pl
 BINS=(kube-apiserver kube-controller-manager kube-scheduler)
 say() { echo "control-plane: $*" >&2; }
 
-has_all() { # dir
+has_all() { # dir: all four there, and the API server is the version the scripts' flags are for
   local d=$1
   for b in "${BINS[@]}" etcd; do [ -x "$d/$b" ] || return 1; done
+  "$d/kube-apiserver" --version 2>/dev/null | grep -q "v${VERSION%.*}\." || {
+    say "ignoring $d: not kube-apiserver ${VERSION%.*}.x"; return 1; }
 }
 
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && has_all "$KUBEBUILDER_ASSETS"; then

@@ -1,6 +1,8 @@
-//! Closed-loop tests for funcscale: a local Kubernetes API endpoint ([`apiserver`]), a simulated
-//! kubelet that turns Deployments into local processes ([`kubelet`]), and waiting helpers
-//! ([`wait`]).
+//! Closed-loop tests for funcscale: the real control plane run as local processes
+//! ([`control_plane`]), a kubelet that runs its pods as local processes ([`node`]), the
+//! scenario harness ([`scenario`]), waiting helpers ([`wait`]) — and the in-memory API server
+//! ([`apiserver`]) with its Deployment-level simulated kubelet ([`kubelet`]), kept for the
+//! demo's fallback and fast API-only tests.
 
 pub mod apiserver;
 pub mod control_plane;

@@ -1,9 +1,12 @@
-//! Closed-loop scenario harness (issue 7): the in-memory API server, the simulated kubelet,
-//! the real `funcscale-operator` binary and real `funcscale-worker` processes, all on this
-//! machine. Used by `tests/scenarios.rs` and by the `funcscale-demo` binary.
+//! Closed-loop scenario harness: the real control plane ([`crate::control_plane`]), a process
+//! kubelet per scenario ([`crate::node`]), the real `funcscale-operator` binary (with the
+//! chart's RBAC) and real `funcscale-worker` pods, all on this machine; or the cluster
+//! `KUBECONFIG` points at (`FUNCSCALE_E2E_CLUSTER=1`), or the in-memory API server with the
+//! simulated kubelet (`Options::in_memory`, `FUNCSCALE_E2E_IN_MEMORY=1`). Used by
+//! `tests/scenarios.rs` and by the `funcscale-demo` binary.
 //!
-//! Each [`Scenario`] has its own namespace and Redis key prefix, so scenarios run in parallel
-//! against one Redis.
+//! Each [`Scenario`] has its own namespace, node and Redis key prefix, so scenarios run in
+//! parallel on one control plane and one Redis.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,7 +36,7 @@ pub fn worker_image(worker_bin: &Path) -> ImageRule {
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// Whether the scenarios target the cluster `KUBECONFIG` points at (`FUNCSCALE_E2E_CLUSTER=1`,
-/// `make e2e-cluster`) instead of the in-memory API server and the simulated kubelet.
+/// `make e2e-cluster`) instead of the local control plane and the process kubelet.
 pub fn real_cluster() -> bool {
     std::env::var("FUNCSCALE_E2E_CLUSTER").is_ok_and(|v| v == "1")
 }

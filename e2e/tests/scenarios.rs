@@ -1,6 +1,6 @@
-//! Closed-loop scenarios (issue 7 item 3): the real operator and worker binaries, the in-memory
-//! API server and the simulated kubelet, Redis at 127.0.0.1:6379 (each scenario: its own
-//! namespace and key prefix). Needs `cargo build --workspace --bins` first (`make test` does).
+//! Closed-loop scenarios: the real operator and worker binaries on the real control plane with
+//! the process kubelet, Redis at 127.0.0.1:6379 (each scenario: its own namespace, node and key
+//! prefix). Needs `cargo build --workspace --bins` first (`make test` does).
 
 use std::time::Duration;
 

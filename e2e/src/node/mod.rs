@@ -11,7 +11,7 @@
 //!   in `ErrImagePull` / `ImagePullBackOff` and the pod never becomes Ready.
 //! - **Processes**: each container is one process (its own process group), started with
 //!   `command` + `args` (`$(VAR)` expanded), the environment from `env` (values, `secretKeyRef`,
-//!   `configMapKeyRef`, `fieldRef`) and `envFrom`, `HOSTNAME` = the pod name, `TMPDIR` = a
+//!   `configMapKeyRef`, `fieldRef`) and `envFrom`, `HOSTNAME` = the pod name,
 //!   `KUBERNETES_SERVICE_HOST` / `_PORT` = the API server. Volumes (`emptyDir`, `configMap`,
 //!   `secret`: the ServiceAccount token too) are local directories, bind-mounted at their
 //!   `mountPath` in a mount namespace of the container's own (as root); without that,
@@ -23,8 +23,9 @@
 //!   local port.
 //! - **Probes**: `startupProbe`, `readinessProbe`, `livenessProbe` with `httpGet`, `tcpSocket`
 //!   or `exec`, honouring `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
-//!   `successThreshold` and `failureThreshold`. A container without a readiness probe is ready
-//!   once started; a liveness failure restarts the container.
+//!   `successThreshold` and `failureThreshold`; a probe of an undeclared port name fails. A
+//!   container without a readiness probe is ready once started; a liveness failure makes it
+//!   not ready and restarts it (SIGTERM, SIGKILL of its group after the grace period).
 //! - **Restarts**: `restartPolicy` `Always` / `OnFailure` / `Never`, with a crash back-off that
 //!   doubles from [`KubeletConfig::backoff_base`] to [`KubeletConfig::backoff_max`]
 //!   (CrashLoopBackOff); `restartCount` counts them.

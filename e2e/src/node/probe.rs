@@ -18,6 +18,9 @@ pub(super) enum Handler {
     Tcp { port: u16 },
     /// A command in the container's environment exits 0.
     Exec(Box<Launch>, Vec<String>),
+    /// A probe this kubelet cannot run (an unknown port name, no handler): always fails,
+    /// as a kubelet's probe of a missing port does.
+    Fail(String),
 }
 
 impl Handler {
@@ -45,6 +48,10 @@ impl Handler {
                     Some(mut cmd) => Ok(cmd.status().await?.success()),
                     None => Ok(false),
                 },
+                Handler::Fail(why) => {
+                    tracing::debug!(%why, "probe fails");
+                    Ok(false)
+                }
             }
         };
         matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(true)))

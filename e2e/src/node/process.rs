@@ -211,6 +211,24 @@ struct ContainerRt {
     launch: Option<Launch>,
     /// No more starts (restartPolicy Never / OnFailure after success).
     done: bool,
+    /// Its liveness probe failed: not ready; SIGTERMed, SIGKILLed (its group) at `kill_at`.
+    unhealthy: bool,
+    kill_at: Option<Instant>,
+}
+
+impl Drop for ContainerRt {
+    fn drop(&mut self) {
+        // the whole container goes, not only its main process (kill_on_drop)
+        if let Some(pid) = self.pid {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
+        }
+    }
+}
+
+impl ContainerRt {
+    fn ready(&self) -> bool {
+        self.child.is_some() && !self.unhealthy && self.probes.as_ref().is_none_or(|p| p.ready())
+    }
 }
 
 /// One pod's processes.
@@ -230,6 +248,8 @@ pub(super) struct PodRuntime {
     start_time: Time,
     ready_since: Option<(bool, Time)>,
     stopping: Option<JoinHandle<()>>,
+    /// Process groups of containers being stopped (killed at once if the pod vanishes).
+    stopping_groups: Vec<u32>,
     written: Option<serde_json::Value>,
 }
 
@@ -339,11 +359,14 @@ impl PodRuntime {
                     probes: None,
                     launch: None,
                     done: false,
+                    unhealthy: false,
+                    kill_at: None,
                 })
                 .collect(),
             start_time: now(),
             ready_since: None,
             stopping: None,
+            stopping_groups: Vec::new(),
             written: None,
             config,
         }
@@ -362,11 +385,7 @@ impl PodRuntime {
     }
 
     fn ready(&self) -> bool {
-        self.stopping.is_none()
-            && self
-                .containers
-                .iter()
-                .all(|c| c.child.is_some() && c.probes.as_ref().is_none_or(|p| p.ready()))
+        self.stopping.is_none() && self.containers.iter().all(ContainerRt::ready)
     }
 
     /// Bring the processes in line with the pod object; write its status when it changed.
@@ -433,8 +452,13 @@ impl PodRuntime {
                         finished: now(),
                     };
                     c.child = None;
-                    c.pid = None;
+                    // what it started and left behind goes with it, as with a container
+                    if let Some(pid) = c.pid.take() {
+                        signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
+                    }
                     c.probes = None;
+                    c.unhealthy = false;
+                    c.kill_at = None;
                     let restart = match policy.as_str() {
                         "Never" => false,
                         "OnFailure" => code != 0,
@@ -462,15 +486,18 @@ impl PodRuntime {
                     }
                     c.running_since = None;
                 }
-                Ok(None) if liveness_failed => {
+                Ok(None) if liveness_failed && !c.unhealthy => {
                     tracing::info!(pod = %self.name, container = %c.spec.name, "liveness probe failed: restarting the container");
-                    c.probes = None;
+                    c.unhealthy = true;
+                    c.kill_at = Some(now_i + grace);
                     if let Some(pid) = c.pid {
                         signal_group(pid, nix::sys::signal::Signal::SIGTERM, false);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(grace).await;
-                            signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
-                        });
+                    }
+                }
+                Ok(None) if c.kill_at.is_some_and(|t| now_i >= t) => {
+                    c.kill_at = None;
+                    if let Some(pid) = c.pid {
+                        signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
                     }
                 }
                 _ => {}
@@ -794,7 +821,9 @@ impl PodRuntime {
                     });
                 work.push((c.spec.name.clone(), child, hook));
             }
-            c.pid = None;
+            if let Some(pid) = c.pid.take() {
+                self.stopping_groups.push(pid);
+            }
             c.done = true;
         }
         let pod = self.name.clone();
@@ -829,6 +858,9 @@ impl PodRuntime {
     pub fn kill_now(&mut self) {
         if let Some(s) = self.stopping.take() {
             s.abort();
+        }
+        for pid in self.stopping_groups.drain(..) {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL, true);
         }
         for c in &mut self.containers {
             c.probes = None;
@@ -868,11 +900,12 @@ impl PodRuntime {
                 .all(|c| matches!(c.state, State::Terminated { code: 0, .. }));
             if ok { "Succeeded" } else { "Failed" }
         } else if any_running
-            || self
+            && self
                 .containers
                 .iter()
-                .all(|c| c.restarts > 0 || c.child.is_some())
+                .all(|c| c.child.is_some() || c.restarts > 0 || c.done)
         {
+            // every container has started once (a real kubelet: Pending until then)
             "Running"
         } else {
             "Pending"
@@ -881,7 +914,7 @@ impl PodRuntime {
             .containers
             .iter()
             .map(|c| {
-                let ready = c.child.is_some() && c.probes.as_ref().is_none_or(|p| p.ready());
+                let ready = c.ready();
                 let mut s = json!({
                     "name": c.spec.name,
                     "image": c.spec.image.clone().unwrap_or_default(),
@@ -954,15 +987,24 @@ fn probe_handler(
     ports: &BTreeMap<i32, u16>,
     names: &BTreeMap<String, i32>,
 ) -> Option<Handler> {
+    let unresolved = |port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString| {
+        Handler::Fail(format!(
+            "port {port:?} is not a declared container port name or a number"
+        ))
+    };
     if let Some(g) = &p.http_get {
-        return Some(Handler::Http {
-            port: self_local_port(ports, names, &g.port)?,
-            path: g.path.clone().unwrap_or_else(|| "/".into()),
+        return Some(match self_local_port(ports, names, &g.port) {
+            Some(port) => Handler::Http {
+                port,
+                path: g.path.clone().unwrap_or_else(|| "/".into()),
+            },
+            None => unresolved(&g.port),
         });
     }
     if let Some(t) = &p.tcp_socket {
-        return Some(Handler::Tcp {
-            port: self_local_port(ports, names, &t.port)?,
+        return Some(match self_local_port(ports, names, &t.port) {
+            Some(port) => Handler::Tcp { port },
+            None => unresolved(&t.port),
         });
     }
     if let Some(e) = &p.exec {
@@ -971,16 +1013,20 @@ fn probe_handler(
             e.command.clone().unwrap_or_default(),
         ));
     }
-    None
+    Some(Handler::Fail(
+        "a probe without httpGet, tcpSocket or exec is not supported here".into(),
+    ))
 }
 
-/// Signal a container: its main process, or (`group`) its whole process group.
+/// Signal a container: its main process, or (`group`) its whole process group (the main
+/// process leads it; a group id is not reused while any member lives, unlike a reaped pid).
 fn signal_group(pid: u32, sig: nix::sys::signal::Signal, group: bool) {
     let p = nix::unistd::Pid::from_raw(pid as i32);
     if group {
         let _ = nix::sys::signal::killpg(p, sig);
+    } else {
+        let _ = nix::sys::signal::kill(p, sig);
     }
-    let _ = nix::sys::signal::kill(p, sig);
 }
 
 async fn env_value(

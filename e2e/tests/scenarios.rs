@@ -32,6 +32,23 @@ fn logs(s: &Scenario) -> String {
         let from = lines.len().saturating_sub(30);
         out.push_str(&lines[from..].join("\n"));
     }
+    if let Some(k) = s.kubelet() {
+        out.push_str(&format!("\n-- pods on the process kubelet: {:?}", k.pods()));
+    }
+    // the pods' own logs (process kubelet: <log_dir>/pods/<ns>_<pod>_<container>.log)
+    if let Ok(dir) = std::fs::read_dir(s.log_dir().join("pods")) {
+        for f in dir.flatten() {
+            if let Ok(t) = std::fs::read_to_string(f.path()) {
+                let lines: Vec<&str> = t.lines().collect();
+                let from = lines.len().saturating_sub(8);
+                out.push_str(&format!(
+                    "\n-- {}:\n{}",
+                    f.file_name().to_string_lossy(),
+                    lines[from..].join("\n")
+                ));
+            }
+        }
+    }
     out
 }
 

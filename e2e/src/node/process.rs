@@ -87,14 +87,16 @@ pub(super) struct Launch {
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub rule: ImageRule,
-    /// Volumes to bind-mount: local directory, mount path, read-only.
+    /// What to bind-mount, in order: local directory, mount path, read-only.
     pub mounts: Vec<(PathBuf, String, bool)>,
 }
 
 /// Bind-mounts `$1` triples (source, target, ro|rw) in the new mount namespace, then execs the
 /// rest. Every source is opened first (a mount may hide where a later source lives, e.g. an
-/// emptyDir at /tmp over a work directory under /tmp), targets are mounted parents first, and
-/// a missing mount point is created (on the host's file system).
+/// emptyDir at /tmp over a work directory under /tmp) and mounted from its descriptor
+/// (`--no-canonicalize`: mount(8) would otherwise resolve `/proc/self/fd/N` back to a path,
+/// which the earlier mount hides); a missing mount point is created (on the host's file
+/// system when it is not under a volume).
 const MOUNT_SCRIPT: &str = r#"n=$1; shift
 i=0
 while [ "$i" -lt "$n" ]; do
@@ -106,7 +108,7 @@ i=0
 while [ "$i" -lt "$n" ]; do
   eval "t=\$t_$i; m=\$m_$i"
   mkdir -p "$t" 2>/dev/null
-  mount --bind "/proc/self/fd/$((i + 3))" "$t" || { echo "kubelet: cannot mount a volume at $t" >&2; exit 127; }
+  mount --no-canonicalize --bind "/proc/self/fd/$((i + 3))" "$t" || { echo "kubelet: cannot mount a volume at $t" >&2; exit 127; }
   [ "$m" = ro ] && mount -o remount,bind,ro "$t"
   eval "exec $((i + 3))<&-"
   i=$((i + 1))
@@ -119,8 +121,8 @@ impl Launch {
         if self.mounts.is_empty() {
             return (self.program.clone(), self.args.clone());
         }
-        let mut mounts = self.mounts.clone();
-        mounts.sort_by_key(|(_, target, _)| Path::new(target).components().count());
+        // in order: the volumes (parents first), then the image paths they cover
+        let mounts = &self.mounts;
         let mut a: Vec<String> = ["-m", "--propagation", "private", "--", "/bin/bash", "-c"]
             .into_iter()
             .map(String::from)
@@ -128,7 +130,7 @@ impl Launch {
         a.push(MOUNT_SCRIPT.into());
         a.push("kubelet-mount".into());
         a.push(mounts.len().to_string());
-        for (src, dst, ro) in &mounts {
+        for (src, dst, ro) in mounts {
             a.push(src.display().to_string());
             a.push(dst.clone());
             a.push(if *ro { "ro" } else { "rw" }.into());
@@ -779,6 +781,27 @@ impl PodRuntime {
             .or_else(|| rule.workdir.clone())
             .unwrap_or_else(|| self.dir.clone());
         let program = rule.program(&argv[0]);
+        // The "image" (the local files the rule maps: the program's directory, the image's
+        // PATH, WORKDIR and path-like ENV) must stay visible in the container: where a volume
+        // is mounted over one of them (an emptyDir at /tmp over a build under /tmp), it is
+        // bind-mounted again at its own path after the volumes.
+        let mut image: Vec<PathBuf> = Vec::new();
+        image.extend(program.parent().map(Path::to_path_buf));
+        image.extend(rule.path.iter().cloned());
+        image.extend(rule.workdir.iter().cloned());
+        for v in rule.env.values() {
+            image.extend(v.split(':').map(PathBuf::from).filter(|p| p.is_absolute()));
+        }
+        let mut binds = binds;
+        binds.sort_by_key(|(_, target, _)| Path::new(target).components().count());
+        let covered: Vec<PathBuf> = binds.iter().map(|(_, t, _)| PathBuf::from(t)).collect();
+        image.sort();
+        image.dedup();
+        for p in image {
+            if p.is_dir() && covered.iter().any(|t| p.starts_with(t)) {
+                binds.push((p.clone(), p.display().to_string(), false));
+            }
+        }
         Ok(Launch {
             program,
             args: argv[1..].to_vec(),

@@ -54,7 +54,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Redis key prefix shared with the workers.
-    #[arg(long, default_value = funcscale_worker::protocol::DEFAULT_PREFIX)]
+    #[arg(long, default_value = funcscale_protocol::DEFAULT_PREFIX)]
     pub key_prefix: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "funcscale-operator")]
@@ -266,7 +266,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         worker_image: args.worker_image.clone(),
         default_redis: RedisEndpoint::new(args.redis_url.clone()),
         worker_redis_secret: args.worker_redis_secret.clone(),
-        keys: funcscale_worker::protocol::Keys::new(args.key_prefix.clone()),
+        keys: funcscale_protocol::Keys::new(args.key_prefix.clone()),
         ..Config::default()
     };
     let ctx = Arc::new(Context::new(

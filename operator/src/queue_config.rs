@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use funcscale_worker::protocol::{self, Destination, Keys, QueueConfig};
+use funcscale_protocol::{Destination, Keys, QueueConfig};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -383,6 +383,23 @@ pub async fn reconcile_config(
     }
 }
 
+/// Write the settings of `queue` as the workers read them: the fields `config` sets, and the
+/// ones it does not set deleted ([`cleared_fields`]).
+pub async fn write_config<C>(
+    con: &mut C,
+    keys: &Keys,
+    queue: &str,
+    config: &QueueConfig,
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    config
+        .set_pipeline(keys, queue, &cleared_fields(config))
+        .query_async(con)
+        .await
+}
+
 async fn write(
     ctx: &Context,
     endpoint: &RedisEndpoint,
@@ -390,11 +407,10 @@ async fn write(
     config: &QueueConfig,
 ) -> Result<(), String> {
     let mut con = ctx.queue_configs.connection(endpoint).await?;
-    let clear = cleared_fields(config);
     let timeout = PollerConfig::default().response_timeout;
     tokio::time::timeout(
         timeout,
-        protocol::queue_config_set(&mut con, &ctx.config.keys, queue, config, &clear),
+        write_config(&mut con, &ctx.config.keys, queue, config),
     )
     .await
     .map_err(|_| format!("no answer from {endpoint} within {timeout:?}"))?

@@ -6,13 +6,14 @@
 //! [`MetricsCache`] that the reconcilers read; [`Poller::poll_once`] returns the queues whose
 //! numbers changed so the caller can trigger the pools that serve them.
 //!
-//! Key names come from `funcscale_worker::protocol` only.
+//! Key names, the layouts of the foreign formats and M come from `funcscale_protocol` only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use funcscale_worker::protocol::{self, Envelope, Keys, QueueStats};
+use funcscale_protocol::foreign::{self, sidekiq_enqueued_ms};
+use funcscale_protocol::{Envelope, Keys, QueueStats, cron};
 use redis::Value;
 
 use crate::crd::{FuncQueue, QueueFormat};
@@ -125,8 +126,8 @@ pub enum OldestTask {
     FuncscaleRight,
     /// Sidekiq job JSON at the right end (`enqueued_at`, seconds or ms).
     SidekiqRight,
-    /// RQ job id at the left end (RQ pushes right, pops left); its hash `rq:job:<id>` holds
-    /// `enqueued_at` (UTC, RFC 3339), read by [`RQ_OLDEST_LUA`] in the same pipeline.
+    /// RQ job id at the left end (RQ pushes right, pops left); its job hash holds
+    /// `enqueued_at` (UTC, RFC 3339), read by [`foreign::rq_oldest_cmd`] in the same pipeline.
     RqLeft,
     /// The format records no enqueue time (Celery: the message carries none).
     Unknown,
@@ -143,8 +144,10 @@ pub struct QueueTarget {
     pub oldest: OldestTask,
     /// Stats hash the workers publish.
     pub stats_key: String,
-    /// Dynamic schedules' executions per period.
+    /// Dynamic schedules' executions per minute (the registry's M).
     pub per_period_key: String,
+    /// The period (ms) M is counted over.
+    pub period_ms: u64,
     /// Executions per period of the queue's `spec.schedules`.
     pub static_per_period: u64,
     /// `spec.taskTimeMs`, used until workers have measured T.
@@ -165,7 +168,7 @@ impl QueueTarget {
         let static_per_period = spec
             .schedules
             .iter()
-            .filter_map(|s| crate::cron_rate::executions_per_period(&s.cron, period_ms))
+            .filter_map(|s| cron::executions_per_period(&s.cron, period_ms).ok())
             .sum();
         Self {
             endpoint,
@@ -173,6 +176,7 @@ impl QueueTarget {
             oldest,
             stats_key: keys.stats(name),
             per_period_key: keys.schedules_per_period(name),
+            period_ms,
             static_per_period,
             task_time_hint_ms: spec.task_time_ms as f64,
         }
@@ -192,15 +196,15 @@ pub fn queue_lists(
             OldestTask::FuncscaleRight,
         ),
         QueueFormat::Celery => (
-            protocol::celery_queue_keys(key.unwrap_or(name)),
+            foreign::celery_queue_keys(key.unwrap_or(name)),
             OldestTask::Unknown,
         ),
         QueueFormat::Rq => (
-            vec![key.map_or_else(|| protocol::rq_queue_key(name), str::to_string)],
+            vec![key.map_or_else(|| foreign::rq_queue_key(name), str::to_string)],
             OldestTask::RqLeft,
         ),
         QueueFormat::Sidekiq => (
-            vec![key.map_or_else(|| protocol::sidekiq_queue_key(name), str::to_string)],
+            vec![key.map_or_else(|| foreign::sidekiq_queue_key(name), str::to_string)],
             OldestTask::SidekiqRight,
         ),
     }
@@ -605,17 +609,8 @@ pub(crate) async fn connect(
     .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
 }
 
-/// RQ's oldest job: its id at the head of the queue list, its `enqueued_at` in the job hash
-/// (a dependent read, so a script: still one command of the poll's pipeline). KEYS[1] = the
-/// queue list; ARGV[1] = the job key prefix (`rq:job:`).
-const RQ_OLDEST_LUA: &str = r#"
-local id = redis.call('LINDEX', KEYS[1], 0)
-if not id then return false end
-return redis.call('HGET', ARGV[1] .. id, 'enqueued_at')
-"#;
-
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, or [`RQ_OLDEST_LUA`]), `HGETALL <stats>`, `GET <per-period>`.
+/// (`LINDEX <list> -1`, or [`foreign::rq_oldest_cmd`]), `HGETALL <stats>`, `GET <per-period>`.
 fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
     let n: usize = queues
         .iter()
@@ -627,12 +622,7 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
             pipe.cmd("LLEN").arg(l);
         }
         match t.oldest {
-            OldestTask::RqLeft => pipe
-                .cmd("EVAL")
-                .arg(RQ_OLDEST_LUA)
-                .arg(1)
-                .arg(&t.lists[0])
-                .arg("rq:job:"),
+            OldestTask::RqLeft => pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0])),
             _ => pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1),
         };
         pipe.cmd("HGETALL").arg(&t.stats_key);
@@ -681,9 +671,10 @@ fn parse_pipeline(
             }
             _ => QueueStats::from_pairs([]),
         };
+        // the registry keeps M per minute (a decimal when its entries fire less often)
         let dynamic_per_period = as_string(&next()?)
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+            .and_then(|s| cron::parse_per_minute(&s))
+            .map_or(0, |per_minute| cron::per_period(per_minute, t.period_ms));
         out.push(Raw {
             depth,
             oldest_ms,
@@ -712,20 +703,6 @@ fn as_string(v: &Value) -> Option<String> {
     }
 }
 
-/// Sidekiq's `enqueued_at`: float seconds (Sidekiq < 8) or integer ms (Sidekiq 8).
-fn sidekiq_enqueued_ms(job: &str) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_str(job).ok()?;
-    let at = v
-        .get("enqueued_at")
-        .or_else(|| v.get("created_at"))?
-        .as_f64()?;
-    Some(if at > 1e11 {
-        at as u64
-    } else {
-        (at * 1000.0) as u64
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,18 +727,5 @@ mod tests {
         assert_eq!(c.push(2000, 130, 10, 10_000), (15.0, 5.0));
         // reset: counters went down
         assert_eq!(c.push(3000, 0, 0, 10_000), (0.0, 0.0));
-    }
-
-    #[test]
-    fn sidekiq_times() {
-        assert_eq!(
-            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000.5}"#),
-            Some(1_700_000_000_500)
-        );
-        assert_eq!(
-            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000500}"#),
-            Some(1_700_000_000_500)
-        );
-        assert_eq!(sidekiq_enqueued_ms("nope"), None);
     }
 }

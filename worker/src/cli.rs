@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::beat::{Beat, BeatConfig, Missed};
-use crate::cron::Cron;
 use crate::handler::Handler;
 use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
 use crate::worker::{Order, Worker, WorkerConfig, connection_manager, default_worker_name, now_ms};
+use funcscale_protocol::cron::Cron;
 
 /// funcscale worker, beat and producer tools.
 #[derive(Parser, Debug)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use funcscale_worker::protocol::Keys;
+use funcscale_protocol::Keys;
 use kube::ResourceExt;
 
 use super::dereference::Dereferenced;

@@ -3,6 +3,7 @@
 
 pub mod beat;
 pub mod cli;
+pub mod clock;
 pub mod handler;
 pub mod metrics;
 pub mod outbox;

@@ -15,11 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
+use crate::clock::now_ms;
 use crate::handler::HttpClient;
 use crate::metrics::Metrics;
 use crate::protocol::{Keys, OUTBOX_MAX_ATTEMPTS, OutboxItem, scripts};
 use crate::records::Selector;
-use crate::worker::now_ms;
 
 /// How long a claimed delivery stays invisible to other deliverers.
 pub const CLAIM_LEASE_MS: u64 = 30_000;

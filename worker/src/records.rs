@@ -357,7 +357,7 @@ pub async fn requeue_dead<C>(
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let now = crate::worker::now_ms();
+    let now = crate::clock::now_ms();
     let letters = dead_letters(con, keys, queue, sel).await?;
     let script = redis::Script::new(scripts::REQUEUE_DEAD);
     let mut moved = 0;

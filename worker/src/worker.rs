@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use redis::AsyncCommands;
@@ -51,13 +51,7 @@ use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
 use crate::protocol::{self, Envelope, Keys, STATS_HALF_LIFE_MS, WORKER_TTL_MS, scripts};
 
-/// Unix time in ms.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Order in which a slot looks at its queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -25,16 +25,6 @@ pub struct Valid {
     pub beat_conflict: Option<String>,
 }
 
-/// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.
-pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
-    namespace_queues
-        .iter()
-        .filter(|q| !q.spec.schedules.is_empty())
-        .map(|q| queue_redis_identity(q, ns))
-        .next()
-        .unwrap_or_else(|| "default".into())
-}
-
 /// Check `pool` against what it points at. `keys`: the key layout the worker pods use.
 pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) -> Result<Valid> {
     let queues: Vec<Arc<FuncQueue>> = match pool.spec.role {

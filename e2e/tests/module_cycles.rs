@@ -213,12 +213,9 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> {
     out
 }
 
-/// Cycles not removed yet, each to go with the change that removes it (then this list must
-/// shrink: the test fails when a listed cycle is gone, so it cannot stay as an allowance).
-/// The queue controller: `context` holds the queue settings' write cache, `queue_config`
-/// uses the queue controller's endpoint and event helpers; splitting the queue controller
-/// into its own steps and context (issue 12, step 2) removes it.
-const KNOWN: [(&str, &[&str]); 1] = [("operator", &["context", "queue", "queue_config"])];
+/// Cycles not removed yet, each to go with the change that removes it (the test fails when
+/// a listed cycle is gone, so the list cannot stay as an allowance). None left.
+const KNOWN: [(&str, &[&str]); 0] = [];
 
 #[test]
 fn no_module_cycles() {

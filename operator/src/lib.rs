@@ -11,6 +11,7 @@ pub mod context;
 pub mod crd;
 pub mod crd_ext;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metric_names;

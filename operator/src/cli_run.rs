@@ -88,26 +88,10 @@ pub fn parse_secret_ref(s: &str) -> Result<crate::crd::SecretKeyRef, String> {
     }
 }
 
-/// `500ms`, `2s`, `1m`, or plain seconds.
+/// A positive duration flag (`500ms`, `2s`, `1m`, `1h`, or plain seconds): the protocol's
+/// one parser, which the worker's flags use too.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s} (e.g. 500ms, 1s, 1m)"))?;
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("duration must be positive: {s}"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
+    funcscale_protocol::duration::parse_positive(s).map_err(|e| e.to_string())
 }
 
 /// Run on a fresh Tokio runtime (for a synchronous `main`).

@@ -45,6 +45,7 @@
 //! them from the prefix with its `fs_k_*` functions, which the tests compare with [`Keys`].
 
 pub mod cron;
+pub mod duration;
 pub mod envelope;
 pub mod foreign;
 pub mod keys;

@@ -576,28 +576,10 @@ where
     Ok(())
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (may be fractional).
+/// Parse `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (may be fractional): the
+/// protocol's one parser, which the operator's flags use too.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 30s, 2m)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
+    funcscale_protocol::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// `run` arguments.

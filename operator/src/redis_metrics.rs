@@ -119,6 +119,45 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Why a Redis endpoint could not be read or written. The messages are the ones queue
+/// conditions show; the Redis error stays attached as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The endpoint's URL does not parse.
+    #[error("invalid Redis URL {endpoint}: {source}")]
+    InvalidUrl {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No connection within the connect timeout.
+    #[error("cannot connect to {endpoint}: timed out")]
+    ConnectTimeout {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+    },
+    /// The connection failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No answer within the response timeout.
+    #[error("no answer within {0:?}")]
+    ResponseTimeout(Duration),
+    /// A command failed.
+    #[error("{0}")]
+    Command(#[source] redis::RedisError),
+    /// A reply that is not what the protocol says.
+    #[error("{0}")]
+    Reply(String),
+}
+
 /// How the oldest waiting task's age is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OldestTask {
@@ -573,11 +612,16 @@ async fn read_endpoint(
         let values: Vec<Value> =
             tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
                 .await
-                .map_err(|_| format!("no answer within {:?}", config.response_timeout))?
-                .map_err(|e| e.to_string())?;
-        parse_pipeline(queues, values)
+                .map_err(|_| RedisError::ResponseTimeout(config.response_timeout))?
+                .map_err(RedisError::Command)?;
+        parse_pipeline(queues, values).map_err(RedisError::Reply)
     }
     .await;
+    // the reading keeps the message (it is the queue's status); the log gets the chain
+    if let Err(e) = &result {
+        tracing::debug!(redis = %endpoint, error = ?e, "Redis poll error");
+    }
+    let result = result.map_err(|e| e.to_string());
     if let Err(e) = &result {
         conn.failures = conn.failures.saturating_add(1);
         let backoff = Duration::from_millis(500u64.saturating_mul(1 << conn.failures.min(10)))
@@ -593,9 +637,11 @@ async fn read_endpoint(
 pub(crate) async fn connect(
     endpoint: &RedisEndpoint,
     config: &PollerConfig,
-) -> Result<redis::aio::ConnectionManager, String> {
-    let client = redis::Client::open(endpoint.url())
-        .map_err(|e| format!("invalid Redis URL {endpoint}: {e}"))?;
+) -> Result<redis::aio::ConnectionManager, RedisError> {
+    let client = redis::Client::open(endpoint.url()).map_err(|source| RedisError::InvalidUrl {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
@@ -605,8 +651,13 @@ pub(crate) async fn connect(
         redis::aio::ConnectionManager::new_with_config(client, cfg),
     )
     .await
-    .map_err(|_| format!("cannot connect to {endpoint}: timed out"))?
-    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
+    .map_err(|_| RedisError::ConnectTimeout {
+        endpoint: endpoint.clone(),
+    })?
+    .map_err(|source| RedisError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    })
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry

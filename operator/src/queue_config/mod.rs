@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::conditions::{self, new};
 use crate::context::Context;
 use crate::crd::{FuncQueue, FuncQueueSpec, FuncQueueStatus, QueueFormat, TaskDestination};
-use crate::redis_metrics::{PollerConfig, RedisEndpoint};
+use crate::redis_metrics::{PollerConfig, RedisEndpoint, RedisError};
 
 pub mod writes;
 
@@ -334,7 +334,7 @@ async fn write(
     endpoint: &RedisEndpoint,
     queue: &str,
     config: &QueueConfig,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     let mut con = ctx.queue_configs.connection(endpoint).await?;
     let timeout = PollerConfig::default().response_timeout;
     tokio::time::timeout(
@@ -342,8 +342,33 @@ async fn write(
         write_config(&mut con, &ctx.config.keys, queue, config),
     )
     .await
-    .map_err(|_| format!("no answer from {endpoint} within {timeout:?}"))?
-    .map_err(|e| format!("{endpoint}: {e}"))
+    .map_err(|_| WriteError::Timeout {
+        endpoint: endpoint.clone(),
+        timeout,
+    })?
+    .map_err(|source| WriteError::Command {
+        endpoint: endpoint.clone(),
+        source,
+    })
+}
+
+/// Why the settings could not be written (the message goes to the `ConfigApplied`
+/// condition; the Redis error stays attached as the source).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Connect(#[from] RedisError),
+    #[error("no answer from {endpoint} within {timeout:?}")]
+    Timeout {
+        endpoint: RedisEndpoint,
+        timeout: Duration,
+    },
+    #[error("{endpoint}: {source}")]
+    Command {
+        endpoint: RedisEndpoint,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use funcscale_protocol::QueueConfig;
 
-use crate::redis_metrics::{PollerConfig, RedisEndpoint};
+use crate::redis_metrics::{PollerConfig, RedisEndpoint, RedisError};
 
 /// What the operator last wrote for one queue, and its failures.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +52,7 @@ impl QueueConfigs {
     pub(crate) async fn connection(
         &self,
         endpoint: &RedisEndpoint,
-    ) -> Result<redis::aio::ConnectionManager, String> {
+    ) -> Result<redis::aio::ConnectionManager, RedisError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(endpoint) {
             return Ok(c.clone());

@@ -13,7 +13,10 @@
 //! | `Keys::schedules_per_period` | the registry (`protocol::schedules_add`/`remove`) | the poll: M |
 //! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention |
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use funcscale_e2e::scenario::REDIS_URL as URL;
+use funcscale_e2e::wait::eventually;
 
 use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, Schedule};
 use funcscale_operator::queue_config;
@@ -24,17 +27,9 @@ use funcscale_operator::redis_metrics::{
 use funcscale_protocol::cron::{Cron, per_period};
 use funcscale_protocol::{Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry};
 use funcscale_worker::protocol;
-use funcscale_worker::worker::Worker;
+use funcscale_worker::worker::{Worker, now_ms};
 
-const URL: &str = "redis://127.0.0.1:6379/0";
 const PERIOD_MS: u64 = 60_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn prefix(test: &str) -> Keys {
     Keys::new(format!(
@@ -45,27 +40,34 @@ fn prefix(test: &str) -> Keys {
 }
 
 async fn con() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    let client = redis::Client::open(URL).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
 }
 
+/// Delete the test's keys (one script: every key under the prefix).
 async fn cleanup(keys: &Keys) {
-    let mut c = con().await;
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", keys.prefix()))
-        .query_async(&mut c)
+    let lua = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end";
+    let script = redis::Script::new(lua);
+    let pattern = format!("{}:*", keys.prefix());
+    let () = script
+        .arg(pattern)
+        .invoke_async(&mut con().await)
         .await
         .unwrap();
-    if !left.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&left)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
+}
+
+type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// A real worker (one process, the built-in handlers) on `queue` until the returned sender
+/// fires; join the handle to wait for its drain.
+async fn worker(keys: &Keys, queue: &str) -> (tokio::sync::oneshot::Sender<()>, Running) {
+    let builder = Worker::builder().redis_url(URL).prefix(keys.prefix());
+    let worker = builder.queues([queue]).processes(1).build().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    (
+        stop,
+        tokio::spawn(worker.run(async move { stopped.await.unwrap_or(()) })),
+    )
 }
 
 /// The operator's poller over one funcscale queue `name` with `schedules` in its spec.
@@ -108,18 +110,6 @@ async fn read(poller: &mut Poller, cache: &MetricsCache, id: &QueueId, at: u64) 
     match cache.get(id) {
         Some(Reading::Ok(m)) => m,
         other => panic!("{id}: {other:?}"),
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -174,18 +164,7 @@ async fn finished_tasks_are_the_completions_and_task_time_the_operator_reads() {
     assert!(!m.task_time_measured, "nothing finished yet: the hint");
     assert_eq!(m.task_time_ms, 500.0);
 
-    let worker = Worker::builder()
-        .redis_url(URL)
-        .prefix(keys.prefix())
-        .queues(["work"])
-        .processes(1)
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = worker(&keys, "work").await;
     let tasks: Vec<Envelope> = (0..4)
         .map(|i| {
             let mut e = Envelope::new(format!("w{i}"), "sleep", "work", now_ms());
@@ -196,10 +175,10 @@ async fn finished_tasks_are_the_completions_and_task_time_the_operator_reads() {
     protocol::enqueue(&mut c, &keys, "work", &tasks)
         .await
         .unwrap();
-    wait_until("4 completions", || async {
-        stats(&keys, "work").await.completed == 4
-    })
-    .await;
+    let done = || async { (stats(&keys, "work").await.completed == 4).then_some(()) };
+    eventually(Duration::from_secs(20), "4 completions", done)
+        .await
+        .unwrap();
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 
@@ -262,6 +241,16 @@ async fn registered_schedules_are_the_cron_load_the_operator_reads() {
     cleanup(&keys).await;
 }
 
+/// The settings of `queue` written with the operator's code, read back with the worker's.
+async fn written_then_read(keys: &Keys, queue: &str, config: &QueueConfig) -> QueueConfig {
+    let mut c = con().await;
+    let write = queue_config::write_config(&mut c, keys, queue, config);
+    write.await.unwrap();
+    protocol::queue_config_get(&mut c, keys, queue)
+        .await
+        .unwrap()
+}
+
 /// `Keys::queue_config`: what the operator writes is what the worker reads back and routes
 /// by; a setting the operator drops is gone for the worker too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,28 +266,9 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
         }),
         on_failure: Some(Destination::Url("http://127.0.0.1:9/failed".into())),
     };
-    queue_config::write_config(&mut c, &keys, "orders", &config)
-        .await
-        .unwrap();
-    assert_eq!(
-        protocol::queue_config_get(&mut c, &keys, "orders")
-            .await
-            .unwrap(),
-        config
-    );
+    assert_eq!(written_then_read(&keys, "orders", &config).await, config);
 
-    let worker = Worker::builder()
-        .redis_url(URL)
-        .prefix(keys.prefix())
-        .queues(["orders"])
-        .processes(1)
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = worker(&keys, "orders").await;
     protocol::enqueue(
         &mut c,
         &keys,
@@ -308,26 +278,17 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
     .await
     .unwrap();
     let results = keys.queue("results");
-    wait_until("the routed result", || {
-        let results = results.clone();
-        async move {
-            let n: u64 = redis::cmd("LLEN")
-                .arg(&results)
-                .query_async(&mut con().await)
-                .await
-                .unwrap();
-            n == 1
-        }
-    })
-    .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
-    let raw: String = redis::cmd("LINDEX")
-        .arg(&results)
-        .arg(0)
-        .query_async(&mut c)
+    let routed = || async {
+        let mut c = con().await;
+        let mut head = redis::cmd("LINDEX");
+        head.arg(&results).arg(0);
+        head.query_async::<Option<String>>(&mut c).await.unwrap()
+    };
+    let raw = eventually(Duration::from_secs(20), "the routed result", routed)
         .await
         .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
     // the routed task is an envelope the worker and the operator read like any other
     let routed = Envelope::from_json(&raw).unwrap();
     assert_eq!(
@@ -337,14 +298,7 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
     assert_eq!(routed.kwargs["task"]["id"], "o1");
 
     // the operator drops the settings: the worker reads none
-    queue_config::write_config(&mut c, &keys, "orders", &QueueConfig::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        protocol::queue_config_get(&mut c, &keys, "orders")
-            .await
-            .unwrap(),
-        QueueConfig::default()
-    );
+    let none = QueueConfig::default();
+    assert_eq!(written_then_read(&keys, "orders", &none).await, none);
     cleanup(&keys).await;
 }

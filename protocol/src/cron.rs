@@ -308,6 +308,12 @@ mod tests {
             let c = Cron::parse("* * * * *").unwrap();
             proptest::prop_assert_eq!(c.matches(t), t % 60 == 0);
         }
+
+        /// M of a sum of per-minute crons is their count scaled to the period.
+        #[test]
+        fn per_period_of_whole_rates(n in 0u64..1_000_000, minutes in 1u64..1_440) {
+            proptest::prop_assert_eq!(per_period(n as f64, minutes * 60_000), n * minutes);
+        }
     }
 
     /// What the operator's own reader (`cron_rate::executions_per_period`, replaced by
@@ -336,35 +342,21 @@ mod tests {
         // names are read (the beat fires these)
         assert_eq!(executions_per_period("0 0 * * mon", 604_800_000), Ok(1));
         // the registry's per-minute value, fractional or not, over any period
-        assert_eq!(
-            parse_per_minute("0.2").map(|v| per_period(v, 60_000)),
-            Some(1)
-        );
-        assert_eq!(
-            parse_per_minute("0.2").map(|v| per_period(v, 300_000)),
-            Some(1)
-        );
-        assert_eq!(
-            parse_per_minute("30000").map(|v| per_period(v, 60_000)),
-            Some(30_000)
-        );
-        assert_eq!(
-            parse_per_minute(" 10000\n").map(|v| per_period(v, 120_000)),
-            Some(20_000)
-        );
-        assert_eq!(
-            parse_per_minute("0").map(|v| per_period(v, 60_000)),
-            Some(0)
-        );
+        let m = |text: &str, period_ms| parse_per_minute(text).map(|v| per_period(v, period_ms));
+        for (text, period_ms, want) in [
+            ("0.2", 60_000, 1),
+            ("0.2", 300_000, 1),
+            ("30000", 60_000, 30_000),
+            (" 10000\n", 120_000, 20_000),
+            ("0", 60_000, 0),
+        ] {
+            assert_eq!(
+                m(text, period_ms),
+                Some(want),
+                "{text:?} over {period_ms} ms"
+            );
+        }
         assert_eq!(parse_per_minute("x"), None);
         assert_eq!(parse_per_minute("-1"), None);
-    }
-
-    proptest::proptest! {
-        /// M of a sum of per-minute crons is their count scaled to the period.
-        #[test]
-        fn per_period_of_whole_rates(n in 0u64..1_000_000, minutes in 1u64..1_440) {
-            proptest::prop_assert_eq!(per_period(n as f64, minutes * 60_000), n * minutes);
-        }
     }
 }

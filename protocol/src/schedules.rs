@@ -40,15 +40,12 @@ pub fn add_pipeline(
     queue: &str,
     entries: &[(String, ScheduleEntry, f64)],
 ) -> redis::Pipeline {
-    let script = redis::Script::new(scripts::SCHEDULES_ADD);
-    let mut pipe = redis::pipe();
-    pipe.load_script(&script).ignore();
-    for chunk in entries.chunks(CHUNK) {
-        let mut inv = script.key(keys.schedules(queue));
-        inv.key(keys.schedules_per_period(queue))
-            .key(keys.schedule_queues())
-            .arg(queue);
-        for (id, entry, per_minute) in chunk {
+    registry_pipeline(
+        scripts::SCHEDULES_ADD,
+        keys,
+        queue,
+        entries,
+        |inv, (id, entry, per_minute)| {
             let stored = StoredSchedule {
                 entry,
                 per_minute: *per_minute,
@@ -56,25 +53,37 @@ pub fn add_pipeline(
             inv.arg(id)
                 .arg(serde_json::to_string(&stored).expect("a schedule serializes"))
                 .arg(format!("{per_minute:.9}"));
-        }
-        pipe.invoke_script(&inv);
-    }
-    pipe
+        },
+    )
 }
 
 /// The commands removing entries of the registry of `queue` (chunks of 1,000); each reply is
 /// how many of its chunk existed.
 pub fn remove_pipeline(keys: &Keys, queue: &str, ids: &[String]) -> redis::Pipeline {
-    let script = redis::Script::new(scripts::SCHEDULES_REMOVE);
+    registry_pipeline(scripts::SCHEDULES_REMOVE, keys, queue, ids, |inv, id| {
+        inv.arg(id);
+    })
+}
+
+/// One call of a registry script per chunk of `items`: KEYS = registry, per-period key,
+/// registry queues; ARGV = queue, then what `args` adds per item.
+fn registry_pipeline<T>(
+    lua: &str,
+    keys: &Keys,
+    queue: &str,
+    items: &[T],
+    args: impl Fn(&mut redis::ScriptInvocation<'_>, &T),
+) -> redis::Pipeline {
+    let script = redis::Script::new(lua);
     let mut pipe = redis::pipe();
     pipe.load_script(&script).ignore();
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in items.chunks(CHUNK) {
         let mut inv = script.key(keys.schedules(queue));
         inv.key(keys.schedules_per_period(queue))
             .key(keys.schedule_queues())
             .arg(queue);
-        for id in chunk {
-            inv.arg(id);
+        for item in chunk {
+            args(&mut inv, item);
         }
         pipe.invoke_script(&inv);
     }

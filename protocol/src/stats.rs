@@ -42,6 +42,24 @@ impl StatsField {
     }
 }
 
+/// One call of [`crate::scripts::RECORD_DURATION`] (`script` wraps it): an attempt that took
+/// `duration_ms` and finished at `now_ms` with `outcome` ([`StatsField::Completed`] or
+/// [`StatsField::Failed`]) into the stats hash `stats_key`, decaying with
+/// [`STATS_HALF_LIFE_MS`].
+pub fn record_duration<'a>(
+    script: &'a redis::Script,
+    stats_key: &str,
+    (duration_ms, now_ms): (u64, u64),
+    outcome: StatsField,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.key(stats_key);
+    inv.arg(duration_ms)
+        .arg(now_ms)
+        .arg(STATS_HALF_LIFE_MS)
+        .arg(outcome.name());
+    inv
+}
+
 /// Hash field of histogram bucket `i` (decayed count of tasks with duration <= the bound).
 pub fn bucket_field(i: usize) -> String {
     format!("h{i}")

@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::handler::HttpClient;
 use crate::metrics::Metrics;
 use crate::protocol::{Keys, OUTBOX_MAX_ATTEMPTS, OutboxItem, scripts};
-use crate::records::Selector;
+use crate::records::{Selector, paged, range};
 
 /// How long a claimed delivery stays invisible to other deliverers.
 pub const CLAIM_LEASE_MS: u64 = 30_000;
@@ -146,31 +146,23 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(keys.outbox())
-            .arg(start)
-            .arg(start + 999)
-            .arg("WITHSCORES")
-            .query_async(con)
-            .await?;
-        let n = page.len();
-        for (raw, score) in page {
-            let l = Listed {
-                item: serde_json::from_str(&raw).ok(),
-                raw,
-                due_ms: Some(score as u64),
-            };
-            if l.selected(sel) {
-                out.push(l);
-            }
+    let key = keys.outbox();
+    let page = |a, b| {
+        let mut c = range("ZRANGE", &key, a, b);
+        c.arg("WITHSCORES");
+        c
+    };
+    paged(con, page, |(raw, score): (String, f64)| {
+        let l = Listed {
+            item: serde_json::from_str(&raw).ok(),
+            raw,
+            due_ms: Some(score as u64),
+        };
+        if l.selected(sel) {
+            out.push(l);
         }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+    })
+    .await?;
     Ok(out)
 }
 
@@ -180,16 +172,11 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let page: Vec<String> = redis::cmd("LRANGE")
-            .arg(keys.outbox_dead())
-            .arg(start)
-            .arg(start + 999)
-            .query_async(con)
-            .await?;
-        let n = page.len();
-        for raw in page {
+    let key = keys.outbox_dead();
+    paged(
+        con,
+        |a, b| range("LRANGE", &key, a, b),
+        |raw: String| {
             let l = Listed {
                 item: serde_json::from_str(&raw).ok(),
                 raw,
@@ -198,12 +185,9 @@ where
             if l.selected(sel) {
                 out.push(l);
             }
-        }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+        },
+    )
+    .await?;
     Ok(out)
 }
 

@@ -307,6 +307,36 @@ impl Selector {
     }
 }
 
+/// Read a list or a sorted set in pages of 1,000 (`page(start, stop)` is the command of one
+/// page), handing each entry to `each` in order.
+pub(crate) async fn paged<C, T>(
+    con: &mut C,
+    page: impl Fn(isize, isize) -> redis::Cmd,
+    mut each: impl FnMut(T),
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+    T: redis::FromRedisValue,
+{
+    let mut start = 0isize;
+    loop {
+        let entries: Vec<T> = page(start, start + 999).query_async(con).await?;
+        let n = entries.len();
+        entries.into_iter().for_each(&mut each);
+        if n < 1_000 {
+            return Ok(());
+        }
+        start += 1_000;
+    }
+}
+
+/// `<cmd> key start stop` (`LRANGE`, `ZRANGE`).
+pub(crate) fn range(cmd: &str, key: &str, start: isize, stop: isize) -> redis::Cmd {
+    let mut c = redis::cmd(cmd);
+    c.arg(key).arg(start).arg(stop);
+    c
+}
+
 /// Dead letters of `queue` matching `sel` (newest first), each with its raw text.
 pub async fn dead_letters<C>(
     con: &mut C,
@@ -319,16 +349,10 @@ where
 {
     let key = keys.dead(queue);
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let raws: Vec<String> = redis::cmd("LRANGE")
-            .arg(&key)
-            .arg(start)
-            .arg(start + 999)
-            .query_async(con)
-            .await?;
-        let n = raws.len();
-        for raw in raws {
+    paged(
+        con,
+        |a, b| range("LRANGE", &key, a, b),
+        |raw: String| {
             let env = Envelope::from_json(&raw).ok();
             let keep = match &env {
                 Some(e) => sel.matches(&e.id),
@@ -337,12 +361,9 @@ where
             if keep {
                 out.push((raw, env));
             }
-        }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+        },
+    )
+    .await?;
     Ok(out)
 }
 

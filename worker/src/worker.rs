@@ -49,7 +49,7 @@ use crate::handler::{
 };
 use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
-use crate::protocol::{self, Envelope, Keys, STATS_HALF_LIFE_MS, WORKER_TTL_MS, scripts};
+use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
 
 pub use crate::clock::now_ms;
 
@@ -874,15 +874,12 @@ impl Inner {
                     .arg(0);
                 record_args(&mut inv, result.to_string(), "");
                 pipe.invoke_script(&inv);
-                pipe.invoke_script(
-                    self.scripts
-                        .record
-                        .key(&stats)
-                        .arg(ms)
-                        .arg(now_ms())
-                        .arg(STATS_HALF_LIFE_MS)
-                        .arg("completed"),
-                );
+                pipe.invoke_script(&protocol::stats::record_duration(
+                    &self.scripts.record,
+                    &stats,
+                    (ms, now_ms()),
+                    StatsField::Completed,
+                ));
             }
             Outcome::Failed(err) => {
                 m.failed.with_label_values(&labels).inc();
@@ -918,15 +915,12 @@ impl Inner {
                     record_args(&mut inv, error_json.clone(), &err.message);
                     pipe.invoke_script(&inv);
                 }
-                pipe.invoke_script(
-                    self.scripts
-                        .record
-                        .key(&stats)
-                        .arg(ms)
-                        .arg(now_ms())
-                        .arg(STATS_HALF_LIFE_MS)
-                        .arg("failed"),
-                );
+                pipe.invoke_script(&protocol::stats::record_duration(
+                    &self.scripts.record,
+                    &stats,
+                    (ms, now_ms()),
+                    StatsField::Failed,
+                ));
             }
             Outcome::Cancelled => {
                 let _: i64 = self

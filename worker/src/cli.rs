@@ -41,6 +41,14 @@ pub struct RedisArgs {
     pub prefix: String,
 }
 
+impl RedisArgs {
+    /// A connection to `--redis-url` (reconnecting).
+    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        connection_manager(&client).await
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -793,8 +801,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(a) => {
             let args = json_arg(&a.args, "--args")?;
             let kwargs = json_arg(&a.kwargs, "--kwargs")?;
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             let now = now_ms();
             let mut batch = Vec::new();
             let mut total = 0u64;
@@ -830,8 +837,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schedules { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             match action {
                 SchedulesAction::Add {
                     queue,
@@ -899,23 +905,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tasks { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             tasks_command(&mut con, &keys, action).await
         }
         Command::DeadLetters { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             dead_letters_command(&mut con, &keys, action).await
         }
         Command::Outbox { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             outbox_command(&mut con, &keys, action).await
         }
         Command::QueueConfig { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             let queue = match action {
                 QueueConfigAction::Set {
                     queue,

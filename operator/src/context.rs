@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use funcscale_worker::protocol::Keys;
+use funcscale_protocol::Keys;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -127,7 +127,7 @@ pub struct Context {
     /// poll-triggered reconcile); any edit by someone else bumps the generation.
     pub applied: Mutex<HashMap<String, (u64, Option<i64>)>>,
     /// Per queue: the settings last written to its Redis; one connection per endpoint.
-    pub queue_configs: crate::queue_config::QueueConfigs,
+    pub queue_configs: crate::queue_config::writes::QueueConfigs,
     /// Secrets the queues' connections reference, reused for a minute.
     pub secrets: crate::connection::SecretCache,
     /// Wall clock.

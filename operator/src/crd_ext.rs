@@ -1,6 +1,7 @@
 //! Helpers on the CRD types that the controllers share (no CRD semantics change).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, RedisConnection};
 
@@ -67,4 +68,14 @@ pub fn redis_identity(conn: Option<&RedisConnection>, namespace: &str) -> String
 /// The Redis identity of a queue.
 pub fn queue_redis_identity(q: &FuncQueue, namespace: &str) -> String {
     redis_identity(q.spec.redis.as_ref(), namespace)
+}
+
+/// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.
+pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
+    namespace_queues
+        .iter()
+        .filter(|q| !q.spec.schedules.is_empty())
+        .map(|q| queue_redis_identity(q, ns))
+        .next()
+        .unwrap_or_else(|| "default".into())
 }

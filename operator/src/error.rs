@@ -29,9 +29,9 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
-    /// Redis could not be read.
+    /// Redis could not be read or written.
     #[error("Redis: {0}")]
-    Redis(String),
+    Redis(#[from] crate::redis_metrics::RedisError),
     /// (De)serialization of an object failed.
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -39,8 +39,14 @@ pub enum Error {
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
     /// Leader election lost or could not be held.
-    #[error("leader election: {0}")]
-    Leadership(String),
+    #[error("leader election: {what}: {source}")]
+    Leadership {
+        /// What failed.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
 }
 
 /// Result with [`Error`].
@@ -60,7 +66,7 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::Serialization(_) => "serialization",
             Error::MissingObjectKey(_) => "internal",
-            Error::Leadership(_) => "leadership",
+            Error::Leadership { .. } => "leadership",
         }
     }
 
@@ -104,7 +110,18 @@ mod tests {
             Error::invalid("spec.queues[0]", "no such queue").category(),
             "invalid_spec"
         );
-        assert_eq!(Error::Redis("refused".into()).category(), "redis");
+        let timeout = crate::redis_metrics::RedisError::ResponseTimeout(Default::default());
+        assert_eq!(Error::Redis(timeout).category(), "redis");
+        let lost = Error::Leadership {
+            what: "cannot release lease",
+            source: Box::new(kube::Error::Api(
+                kube::core::Status::failure("gone", "NotFound").boxed(),
+            )),
+        };
+        assert!(
+            std::error::Error::source(&lost).is_some(),
+            "the API error stays attached"
+        );
         let api = |code: u16| {
             kube::Error::Api(
                 kube::core::Status::failure("m", "Invalid")

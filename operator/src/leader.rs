@@ -142,6 +142,9 @@ impl LeaseLock {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
             .map(|_| ())
-            .map_err(|e| Error::Leadership(format!("cannot release lease: {e}")))
+            .map_err(|source| Error::Leadership {
+                what: "cannot release lease",
+                source: Box::new(source),
+            })
     }
 }

@@ -1,4 +1,6 @@
 //! funcscale operator: CRD types, the scaling policy, the capacity planner and the controllers.
+//! The queue protocol it reads is the `funcscale_protocol` crate; the kubectl plugin is the
+//! `kubectl-funcscale` crate.
 
 pub mod capacity;
 pub mod cli;
@@ -8,11 +10,11 @@ pub mod connection;
 pub mod context;
 pub mod crd;
 pub mod crd_ext;
-pub mod cron_rate;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
-pub mod plugin;
+pub mod metric_names;
 pub mod policy;
 pub mod poll_loop;
 pub mod pool;

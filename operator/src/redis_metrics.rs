@@ -6,13 +6,14 @@
 //! [`MetricsCache`] that the reconcilers read; [`Poller::poll_once`] returns the queues whose
 //! numbers changed so the caller can trigger the pools that serve them.
 //!
-//! Key names come from `funcscale_worker::protocol` only.
+//! Key names, the layouts of the foreign formats and M come from `funcscale_protocol` only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use funcscale_worker::protocol::{self, Envelope, Keys, QueueStats};
+use funcscale_protocol::foreign::{self, sidekiq_enqueued_ms};
+use funcscale_protocol::{Envelope, Keys, QueueStats, cron};
 use redis::Value;
 
 use crate::crd::{FuncQueue, QueueFormat};
@@ -118,6 +119,45 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Why a Redis endpoint could not be read or written. The messages are the ones queue
+/// conditions show; the Redis error stays attached as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The endpoint's URL does not parse.
+    #[error("invalid Redis URL {endpoint}: {source}")]
+    InvalidUrl {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No connection within the connect timeout.
+    #[error("cannot connect to {endpoint}: timed out")]
+    ConnectTimeout {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+    },
+    /// The connection failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint (password hidden).
+        endpoint: RedisEndpoint,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No answer within the response timeout.
+    #[error("no answer within {0:?}")]
+    ResponseTimeout(Duration),
+    /// A command failed.
+    #[error("{0}")]
+    Command(#[source] redis::RedisError),
+    /// A reply that is not what the protocol says.
+    #[error("{0}")]
+    Reply(String),
+}
+
 /// How the oldest waiting task's age is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OldestTask {
@@ -125,8 +165,8 @@ pub enum OldestTask {
     FuncscaleRight,
     /// Sidekiq job JSON at the right end (`enqueued_at`, seconds or ms).
     SidekiqRight,
-    /// RQ job id at the left end (RQ pushes right, pops left); its hash `rq:job:<id>` holds
-    /// `enqueued_at` (UTC, RFC 3339), read by [`RQ_OLDEST_LUA`] in the same pipeline.
+    /// RQ job id at the left end (RQ pushes right, pops left); its job hash holds
+    /// `enqueued_at` (UTC, RFC 3339), read by [`foreign::rq_oldest_cmd`] in the same pipeline.
     RqLeft,
     /// The format records no enqueue time (Celery: the message carries none).
     Unknown,
@@ -143,8 +183,10 @@ pub struct QueueTarget {
     pub oldest: OldestTask,
     /// Stats hash the workers publish.
     pub stats_key: String,
-    /// Dynamic schedules' executions per period.
+    /// Dynamic schedules' executions per minute (the registry's M).
     pub per_period_key: String,
+    /// The period (ms) M is counted over.
+    pub period_ms: u64,
     /// Executions per period of the queue's `spec.schedules`.
     pub static_per_period: u64,
     /// `spec.taskTimeMs`, used until workers have measured T.
@@ -165,7 +207,7 @@ impl QueueTarget {
         let static_per_period = spec
             .schedules
             .iter()
-            .filter_map(|s| crate::cron_rate::executions_per_period(&s.cron, period_ms))
+            .filter_map(|s| cron::executions_per_period(&s.cron, period_ms).ok())
             .sum();
         Self {
             endpoint,
@@ -173,6 +215,7 @@ impl QueueTarget {
             oldest,
             stats_key: keys.stats(name),
             per_period_key: keys.schedules_per_period(name),
+            period_ms,
             static_per_period,
             task_time_hint_ms: spec.task_time_ms as f64,
         }
@@ -192,15 +235,15 @@ pub fn queue_lists(
             OldestTask::FuncscaleRight,
         ),
         QueueFormat::Celery => (
-            protocol::celery_queue_keys(key.unwrap_or(name)),
+            foreign::celery_queue_keys(key.unwrap_or(name)),
             OldestTask::Unknown,
         ),
         QueueFormat::Rq => (
-            vec![key.map_or_else(|| protocol::rq_queue_key(name), str::to_string)],
+            vec![key.map_or_else(|| foreign::rq_queue_key(name), str::to_string)],
             OldestTask::RqLeft,
         ),
         QueueFormat::Sidekiq => (
-            vec![key.map_or_else(|| protocol::sidekiq_queue_key(name), str::to_string)],
+            vec![key.map_or_else(|| foreign::sidekiq_queue_key(name), str::to_string)],
             OldestTask::SidekiqRight,
         ),
     }
@@ -569,11 +612,16 @@ async fn read_endpoint(
         let values: Vec<Value> =
             tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
                 .await
-                .map_err(|_| format!("no answer within {:?}", config.response_timeout))?
-                .map_err(|e| e.to_string())?;
-        parse_pipeline(queues, values)
+                .map_err(|_| RedisError::ResponseTimeout(config.response_timeout))?
+                .map_err(RedisError::Command)?;
+        parse_pipeline(queues, values).map_err(RedisError::Reply)
     }
     .await;
+    // the reading keeps the message (it is the queue's status); the log gets the chain
+    if let Err(e) = &result {
+        tracing::debug!(redis = %endpoint, error = ?e, "Redis poll error");
+    }
+    let result = result.map_err(|e| e.to_string());
     if let Err(e) = &result {
         conn.failures = conn.failures.saturating_add(1);
         let backoff = Duration::from_millis(500u64.saturating_mul(1 << conn.failures.min(10)))
@@ -589,9 +637,11 @@ async fn read_endpoint(
 pub(crate) async fn connect(
     endpoint: &RedisEndpoint,
     config: &PollerConfig,
-) -> Result<redis::aio::ConnectionManager, String> {
-    let client = redis::Client::open(endpoint.url())
-        .map_err(|e| format!("invalid Redis URL {endpoint}: {e}"))?;
+) -> Result<redis::aio::ConnectionManager, RedisError> {
+    let client = redis::Client::open(endpoint.url()).map_err(|source| RedisError::InvalidUrl {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
@@ -601,21 +651,17 @@ pub(crate) async fn connect(
         redis::aio::ConnectionManager::new_with_config(client, cfg),
     )
     .await
-    .map_err(|_| format!("cannot connect to {endpoint}: timed out"))?
-    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
+    .map_err(|_| RedisError::ConnectTimeout {
+        endpoint: endpoint.clone(),
+    })?
+    .map_err(|source| RedisError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    })
 }
 
-/// RQ's oldest job: its id at the head of the queue list, its `enqueued_at` in the job hash
-/// (a dependent read, so a script: still one command of the poll's pipeline). KEYS[1] = the
-/// queue list; ARGV[1] = the job key prefix (`rq:job:`).
-const RQ_OLDEST_LUA: &str = r#"
-local id = redis.call('LINDEX', KEYS[1], 0)
-if not id then return false end
-return redis.call('HGET', ARGV[1] .. id, 'enqueued_at')
-"#;
-
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, or [`RQ_OLDEST_LUA`]), `HGETALL <stats>`, `GET <per-period>`.
+/// (`LINDEX <list> -1`, or [`foreign::rq_oldest_cmd`]), `HGETALL <stats>`, `GET <per-period>`.
 fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
     let n: usize = queues
         .iter()
@@ -627,12 +673,7 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
             pipe.cmd("LLEN").arg(l);
         }
         match t.oldest {
-            OldestTask::RqLeft => pipe
-                .cmd("EVAL")
-                .arg(RQ_OLDEST_LUA)
-                .arg(1)
-                .arg(&t.lists[0])
-                .arg("rq:job:"),
+            OldestTask::RqLeft => pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0])),
             _ => pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1),
         };
         pipe.cmd("HGETALL").arg(&t.stats_key);
@@ -681,9 +722,10 @@ fn parse_pipeline(
             }
             _ => QueueStats::from_pairs([]),
         };
+        // the registry keeps M per minute (a decimal when its entries fire less often)
         let dynamic_per_period = as_string(&next()?)
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+            .and_then(|s| cron::parse_per_minute(&s))
+            .map_or(0, |per_minute| cron::per_period(per_minute, t.period_ms));
         out.push(Raw {
             depth,
             oldest_ms,
@@ -712,20 +754,6 @@ fn as_string(v: &Value) -> Option<String> {
     }
 }
 
-/// Sidekiq's `enqueued_at`: float seconds (Sidekiq < 8) or integer ms (Sidekiq 8).
-fn sidekiq_enqueued_ms(job: &str) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_str(job).ok()?;
-    let at = v
-        .get("enqueued_at")
-        .or_else(|| v.get("created_at"))?
-        .as_f64()?;
-    Some(if at > 1e11 {
-        at as u64
-    } else {
-        (at * 1000.0) as u64
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,18 +778,5 @@ mod tests {
         assert_eq!(c.push(2000, 130, 10, 10_000), (15.0, 5.0));
         // reset: counters went down
         assert_eq!(c.push(3000, 0, 0, 10_000), (0.0, 0.0));
-    }
-
-    #[test]
-    fn sidekiq_times() {
-        assert_eq!(
-            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000.5}"#),
-            Some(1_700_000_000_500)
-        );
-        assert_eq!(
-            sidekiq_enqueued_ms(r#"{"enqueued_at":1700000000500}"#),
-            Some(1_700_000_000_500)
-        );
-        assert_eq!(sidekiq_enqueued_ms("nope"), None);
     }
 }

@@ -191,6 +191,14 @@ struct Hpa {
 }
 
 impl Hpa {
+    fn new(min: i32, max: i32) -> Self {
+        Self {
+            min,
+            max,
+            recommendations: VecDeque::new(),
+        }
+    }
+
     const SYNC_S: u64 = 15;
     const WINDOW_S: u64 = 300;
     const TOLERANCE: f64 = 0.1;
@@ -233,11 +241,7 @@ impl Keda {
     pub fn new(max: i32) -> Self {
         Self {
             list_length: 5.0,
-            hpa: Hpa {
-                min: 1,
-                max,
-                recommendations: VecDeque::new(),
-            },
+            hpa: Hpa::new(1, max),
             last_active: 0,
         }
     }
@@ -280,11 +284,7 @@ impl HpaCpu {
     /// An HPA with the given max.
     pub fn new(max: i32) -> Self {
         Self {
-            hpa: Hpa {
-                min: 1,
-                max,
-                recommendations: VecDeque::new(),
-            },
+            hpa: Hpa::new(1, max),
             target: 0.8,
         }
     }

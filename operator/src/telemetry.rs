@@ -171,7 +171,7 @@ impl Metrics {
             Box::new(redis_poll_errors.clone()),
             Box::new(leader.clone()),
         ] {
-            names.extend(funcscale_worker::metrics::series_names(c.as_ref()));
+            names.extend(crate::metric_names::series_names(c.as_ref()));
             registry.register(c).expect("metric registered once");
         }
         Self {

@@ -185,7 +185,9 @@ async fn rq_and_sidekiq_queues() {
     let mut c = con().await;
     let now = now_ms();
     // as RQ enqueues: RPUSH of the job id, the job hash with `enqueued_at` (UTC, microseconds)
-    let rq_jobs: Vec<String> = (0..4).map(|i| format!("rq:job:{rq_name}-{i}")).collect();
+    let rq_jobs: Vec<String> = (0..4)
+        .map(|i| funcscale_protocol::foreign::rq_job_key(&format!("{rq_name}-{i}")))
+        .collect();
     for (i, job) in rq_jobs.iter().enumerate() {
         let at = k8s_openapi::jiff::Timestamp::from_millisecond(
             (now - 30_000 + i as u64 * 1_000) as i64,

@@ -24,9 +24,9 @@ use anyhow::Context as _;
 use redis::AsyncCommands;
 use serde::Deserialize;
 
-use crate::cron::Cron;
-use crate::protocol::{self, Envelope, Keys};
+use crate::protocol::{self, Envelope, Keys, scripts};
 use crate::worker::{connection_manager, now_ms};
+use funcscale_protocol::cron::Cron;
 
 /// What to do with ticks missed while no beat was running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -197,34 +197,6 @@ impl Table {
     }
 }
 
-const ACQUIRE_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local h, t = string.match(cur, '^(.*) (%d+)$')
-  if h == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(t)
-  end
-  return false
-end
-local t = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t, 'PX', ARGV[2])
-return t
-"#;
-
-const RENEW_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 /// The lease as held.
 struct Held {
     value: String,
@@ -369,7 +341,7 @@ impl Beat {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
         let before = Instant::now();
-        let token: Option<u64> = redis::Script::new(ACQUIRE_LUA)
+        let token: Option<u64> = redis::Script::new(scripts::LEASE_ACQUIRE)
             .key(keys.beat_lease())
             .key(keys.beat_fence())
             .arg(&self.config.holder)
@@ -434,12 +406,13 @@ impl Beat {
                 Some(h) => {
                     if last_renew.elapsed() >= ttl / 3 {
                         let before = Instant::now();
-                        let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW_LUA)
-                            .key(self.config.keys.beat_lease())
-                            .arg(&h.value)
-                            .arg(self.lease_ttl_ms())
-                            .invoke_async(&mut self.redis.clone())
-                            .await;
+                        let renewed: redis::RedisResult<i64> =
+                            redis::Script::new(scripts::LEASE_RENEW)
+                                .key(self.config.keys.beat_lease())
+                                .arg(&h.value)
+                                .arg(self.lease_ttl_ms())
+                                .invoke_async(&mut self.redis.clone())
+                                .await;
                         last_renew = before;
                         match renewed {
                             Ok(1) => h.renewed = before,
@@ -473,7 +446,7 @@ impl Beat {
             }
         }
         if let Some(h) = held {
-            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LUA)
+            let _: redis::RedisResult<i64> = redis::Script::new(scripts::LEASE_RELEASE)
                 .key(self.config.keys.beat_lease())
                 .arg(&h.value)
                 .invoke_async(&mut self.redis.clone())

@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::beat::{Beat, BeatConfig, Missed};
-use crate::cron::Cron;
 use crate::handler::Handler;
 use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
 use crate::worker::{Order, Worker, WorkerConfig, connection_manager, default_worker_name, now_ms};
+use funcscale_protocol::cron::Cron;
 
 /// funcscale worker, beat and producer tools.
 #[derive(Parser, Debug)]
@@ -39,6 +39,14 @@ pub struct RedisArgs {
     /// Key prefix.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+}
+
+impl RedisArgs {
+    /// A connection to `--redis-url` (reconnecting).
+    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        connection_manager(&client).await
+    }
 }
 
 /// Subcommands.
@@ -576,28 +584,10 @@ where
     Ok(())
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (may be fractional).
+/// Parse `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (may be fractional): the
+/// protocol's one parser, which the operator's flags use too.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 30s, 2m)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
+    funcscale_protocol::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// `run` arguments.
@@ -811,8 +801,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(a) => {
             let args = json_arg(&a.args, "--args")?;
             let kwargs = json_arg(&a.kwargs, "--kwargs")?;
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             let now = now_ms();
             let mut batch = Vec::new();
             let mut total = 0u64;
@@ -848,8 +837,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schedules { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             match action {
                 SchedulesAction::Add {
                     queue,
@@ -917,23 +905,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tasks { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             tasks_command(&mut con, &keys, action).await
         }
         Command::DeadLetters { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             dead_letters_command(&mut con, &keys, action).await
         }
         Command::Outbox { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             outbox_command(&mut con, &keys, action).await
         }
         Command::QueueConfig { action } => {
-            let client = redis::Client::open(cli.redis.redis_url.as_str())?;
-            let mut con = connection_manager(&client).await?;
+            let mut con = cli.redis.connect().await?;
             let queue = match action {
                 QueueConfigAction::Set {
                     queue,

@@ -93,6 +93,11 @@ impl TaskContext {
     pub fn redis(&self) -> redis::aio::ConnectionManager {
         self.redis.clone()
     }
+
+    /// Positional argument `i` of the task, if any.
+    pub fn arg(&self, i: usize) -> Option<&Value> {
+        self.envelope.args.get(i)
+    }
 }
 
 /// Limits of one execution.
@@ -228,12 +233,7 @@ pub fn builtins() -> HashMap<String, HandlerFn> {
     m.insert(
         "sleep".into(),
         handler_fn(|mut ctx| async move {
-            let ms = ctx
-                .envelope
-                .args
-                .get(0)
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
+            let ms = ctx.arg(0).and_then(Value::as_u64).unwrap_or(0);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(Value::from(ms)),
                 _ = ctx.soft_limit() => Err(TaskError::new("soft time limit exceeded")),
@@ -244,9 +244,7 @@ pub fn builtins() -> HashMap<String, HandlerFn> {
         "fail".into(),
         handler_fn(|ctx| async move {
             let msg = ctx
-                .envelope
-                .args
-                .get(0)
+                .arg(0)
                 .and_then(Value::as_str)
                 .unwrap_or("failed on purpose");
             Err(TaskError::new(msg))
@@ -256,9 +254,7 @@ pub fn builtins() -> HashMap<String, HandlerFn> {
         "record".into(),
         handler_fn(|ctx| async move {
             let key = ctx
-                .envelope
-                .args
-                .get(0)
+                .arg(0)
                 .and_then(Value::as_str)
                 .ok_or_else(|| TaskError::permanent("record: args[0] must be a key"))?;
             let mut con = ctx.redis();

@@ -1,8 +1,9 @@
-//! funcscale worker: the queue protocol shared with the operator, the worker runtime and the beat.
+//! funcscale worker: the worker runtime, the beat, the handlers and the producer/admin CLI. The
+//! queue protocol they speak is the `funcscale_protocol` crate.
 
 pub mod beat;
 pub mod cli;
-pub mod cron;
+pub mod clock;
 pub mod handler;
 pub mod metrics;
 pub mod outbox;

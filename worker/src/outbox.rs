@@ -15,33 +15,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
+use crate::clock::now_ms;
 use crate::handler::HttpClient;
 use crate::metrics::Metrics;
-use crate::protocol::{Keys, OUTBOX_MAX_ATTEMPTS, OutboxItem};
-use crate::records::Selector;
-use crate::worker::now_ms;
+use crate::protocol::{Keys, OUTBOX_MAX_ATTEMPTS, OutboxItem, scripts};
+use crate::records::{Selector, paged, range};
 
 /// How long a claimed delivery stays invisible to other deliverers.
 pub const CLAIM_LEASE_MS: u64 = 30_000;
 /// Timeout of one POST.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// KEYS[1] = outbox; ARGV = now ms, limit, lease ms. Returns the claimed members.
-const CLAIM_LUA: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m) end
-return due
-"#;
-
-/// KEYS[1] = outbox, KEYS[2] = outbox dead list; ARGV = old member, new member ('' = delivered),
-/// due ms, dead (`1`|`0`). Only acts when the old member is still there.
-const SETTLE_LUA: &str = r#"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] ~= '' then
-  if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], ARGV[2]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2]) end
-end
-return 1
-"#;
 
 /// Backoff after `attempt` failed deliveries: 1 s × 2^(attempt-1), capped at 5 min.
 pub fn backoff_ms(attempt: u32) -> u64 {
@@ -79,7 +62,7 @@ pub async fn deliver_due(
     limit: usize,
 ) -> redis::RedisResult<usize> {
     let mut con = con.clone();
-    let claimed: Vec<String> = redis::Script::new(CLAIM_LUA)
+    let claimed: Vec<String> = redis::Script::new(scripts::OUTBOX_CLAIM)
         .key(keys.outbox())
         .arg(now_ms())
         .arg(limit)
@@ -99,7 +82,7 @@ pub async fn deliver_due(
         }
     }))
     .await;
-    let settle = redis::Script::new(SETTLE_LUA);
+    let settle = redis::Script::new(scripts::OUTBOX_SETTLE);
     let mut pipe = redis::pipe();
     pipe.load_script(&settle).ignore();
     let mut delivered = 0;
@@ -130,20 +113,6 @@ pub async fn deliver_due(
     let _: () = pipe.query_async(&mut con).await?;
     Ok(delivered)
 }
-
-/// KEYS[1] = outbox dead list, KEYS[2] = outbox; ARGV = due ms, then (parked raw, new raw)
-/// pairs. Moves each item still parked back into the outbox: the LREM and the ZADD happen
-/// together, so an item is neither lost nor duplicated. Returns how many moved.
-const REQUEUE_PARKED_LUA: &str = r#"
-local moved = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), ARGV[i + 1])
-    moved = moved + 1
-  end
-end
-return moved
-"#;
 
 /// One outbox entry as listed: its raw text, the parsed item (`None` when malformed) and, for
 /// a pending delivery, when it is due (unix ms; a claimed one is due when its lease ends).
@@ -177,31 +146,23 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(keys.outbox())
-            .arg(start)
-            .arg(start + 999)
-            .arg("WITHSCORES")
-            .query_async(con)
-            .await?;
-        let n = page.len();
-        for (raw, score) in page {
-            let l = Listed {
-                item: serde_json::from_str(&raw).ok(),
-                raw,
-                due_ms: Some(score as u64),
-            };
-            if l.selected(sel) {
-                out.push(l);
-            }
+    let key = keys.outbox();
+    let page = |a, b| {
+        let mut c = range("ZRANGE", &key, a, b);
+        c.arg("WITHSCORES");
+        c
+    };
+    paged(con, page, |(raw, score): (String, f64)| {
+        let l = Listed {
+            item: serde_json::from_str(&raw).ok(),
+            raw,
+            due_ms: Some(score as u64),
+        };
+        if l.selected(sel) {
+            out.push(l);
         }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+    })
+    .await?;
     Ok(out)
 }
 
@@ -211,16 +172,11 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let page: Vec<String> = redis::cmd("LRANGE")
-            .arg(keys.outbox_dead())
-            .arg(start)
-            .arg(start + 999)
-            .query_async(con)
-            .await?;
-        let n = page.len();
-        for raw in page {
+    let key = keys.outbox_dead();
+    paged(
+        con,
+        |a, b| range("LRANGE", &key, a, b),
+        |raw: String| {
             let l = Listed {
                 item: serde_json::from_str(&raw).ok(),
                 raw,
@@ -229,12 +185,9 @@ where
             if l.selected(sel) {
                 out.push(l);
             }
-        }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+        },
+    )
+    .await?;
     Ok(out)
 }
 
@@ -261,7 +214,7 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let now = now_ms();
-    let script = redis::Script::new(REQUEUE_PARKED_LUA);
+    let script = redis::Script::new(scripts::OUTBOX_REQUEUE_PARKED);
     let mut moved = 0;
     for chunk in items.chunks(500) {
         let mut inv = script.key(keys.outbox_dead());

@@ -1,6 +1,6 @@
 //! Reading task records, dead letters and per-minute counts (the `tasks`, `dead-letters`
 //! subcommands and the kubectl plugin). Writing happens inside the worker's scripts
-//! (`protocol::RECORD_LUA_LIB`).
+//! (`funcscale_protocol`'s `lua/record_lib.lua`).
 //!
 //! Queries use indexes, never a scan of all records: an id prefix reads the lexicographic
 //! index (`ZRANGEBYLEX`), a function its own index, anything else the per-status zsets
@@ -9,7 +9,8 @@
 
 use serde::Serialize;
 
-use crate::protocol::{self, Envelope, Keys, TaskRecord, TaskStatus};
+pub use crate::protocol::CountBucket;
+use crate::protocol::{self, Envelope, Keys, TaskRecord, TaskStatus, scripts};
 
 /// The `--status` of `tasks list`: one stored status, or `failed` (the attempts that failed:
 /// `retrying` and `dead`; a record's own status says which).
@@ -110,64 +111,6 @@ where
     Ok(out)
 }
 
-/// Walks one index on the server. KEYS[1] = the index; ARGV[1] = mode.
-///
-/// - `rev` (a status index, newest first): ARGV = mode, max, min (scores), offset, batch,
-///   wanted, id prefix (or ''); KEYS[2] (optional) = a function index the ids must be in.
-///   Stops at `wanted` matches.
-/// - `lex` (the id index: ARGV[2..3] = ZRANGEBYLEX min max) or `rank` (a function index, in
-///   rank order: ARGV[2..3] unused): ARGV[4..] = offset, batch, wanted, id prefix (or ''),
-///   record key prefix, queue, statuses (`,a,b,`, or '' for any), function (or ''), time
-///   min, time max. Each id's
-///   record is read (one `HMGET`) for its status, function, queue and last update; the
-///   batch's matches are returned newest first, at most `wanted`.
-///
-/// Returns {ids, last update ms, consumed}: `consumed` index entries were looked at.
-const SCAN_INDEX_LUA: &str = r#"
-local mode = ARGV[1]
-local offset, batch, want, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local ids
-if mode == 'rev' then
-  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES', 'LIMIT', offset, batch)
-  local out, scores, consumed = {}, {}, 0
-  for j = 1, #ids, 2 do
-    local id = ids[j]
-    consumed = consumed + 1
-    local ok = prefix == '' or string.sub(id, 1, #prefix) == prefix
-    if ok and KEYS[2] and not redis.call('ZSCORE', KEYS[2], id) then ok = false end
-    if ok then
-      out[#out + 1] = id
-      scores[#scores + 1] = ids[j + 1]
-      if #out >= want then break end
-    end
-  end
-  return {out, scores, consumed}
-end
-if mode == 'lex' then
-  ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', offset, batch)
-else
-  ids = redis.call('ZRANGE', KEYS[1], offset, offset + batch - 1)
-end
-local tk, q, st, fn, tmin, tmax = ARGV[8], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local hits = {}
-for _, id in ipairs(ids) do
-  if prefix == '' or string.sub(id, 1, #prefix) == prefix then
-    local r = redis.call('HMGET', tk .. id, 'queue', 'status', 'func', 'updated_ms')
-    local t = tonumber(r[4])
-    if r[1] == q and t and t >= tmin and t <= tmax and (st == '' or (r[2] and string.find(st, ',' .. r[2] .. ',', 1, true))) and (fn == '' or r[3] == fn) then
-      hits[#hits + 1] = {t, id}
-    end
-  end
-end
-table.sort(hits, function(a, b) if a[1] ~= b[1] then return a[1] > b[1] end return a[2] > b[2] end)
-local out, scores = {}, {}
-for j = 1, math.min(want, #hits) do
-  out[j] = hits[j][2]
-  scores[j] = tostring(hits[j][1])
-end
-return {out, scores, #ids}
-"#;
-
 /// Entries of an index looked at per script call (a few ms of Redis time).
 const SCAN_BATCH: usize = 5_000;
 
@@ -191,7 +134,7 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let limit = q.limit.max(1);
-    let script = redis::Script::new(SCAN_INDEX_LUA);
+    let script = redis::Script::new(scripts::SCAN_INDEX);
     let statuses: &[TaskStatus] = match q.status {
         Some(f) => f.statuses(),
         None => &TaskStatus::ALL,
@@ -364,6 +307,36 @@ impl Selector {
     }
 }
 
+/// Read a list or a sorted set in pages of 1,000 (`page(start, stop)` is the command of one
+/// page), handing each entry to `each` in order.
+pub(crate) async fn paged<C, T>(
+    con: &mut C,
+    page: impl Fn(isize, isize) -> redis::Cmd,
+    mut each: impl FnMut(T),
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+    T: redis::FromRedisValue,
+{
+    let mut start = 0isize;
+    loop {
+        let entries: Vec<T> = page(start, start + 999).query_async(con).await?;
+        let n = entries.len();
+        entries.into_iter().for_each(&mut each);
+        if n < 1_000 {
+            return Ok(());
+        }
+        start += 1_000;
+    }
+}
+
+/// `<cmd> key start stop` (`LRANGE`, `ZRANGE`).
+pub(crate) fn range(cmd: &str, key: &str, start: isize, stop: isize) -> redis::Cmd {
+    let mut c = redis::cmd(cmd);
+    c.arg(key).arg(start).arg(stop);
+    c
+}
+
 /// Dead letters of `queue` matching `sel` (newest first), each with its raw text.
 pub async fn dead_letters<C>(
     con: &mut C,
@@ -376,16 +349,10 @@ where
 {
     let key = keys.dead(queue);
     let mut out = Vec::new();
-    let mut start = 0isize;
-    loop {
-        let raws: Vec<String> = redis::cmd("LRANGE")
-            .arg(&key)
-            .arg(start)
-            .arg(start + 999)
-            .query_async(con)
-            .await?;
-        let n = raws.len();
-        for raw in raws {
+    paged(
+        con,
+        |a, b| range("LRANGE", &key, a, b),
+        |raw: String| {
             let env = Envelope::from_json(&raw).ok();
             let keep = match &env {
                 Some(e) => sel.matches(&e.id),
@@ -394,34 +361,11 @@ where
             if keep {
                 out.push((raw, env));
             }
-        }
-        if n < 1_000 {
-            break;
-        }
-        start += 1_000;
-    }
+        },
+    )
+    .await?;
     Ok(out)
 }
-
-/// KEYS[1] = dead list, KEYS[2] = queue, KEYS[3] = stats; ARGV = prefix, queue, now, then
-/// (dead raw, new raw, id, func) quadruples. Moves each still-dead letter back to the queue
-/// with the attempt count reset; the record says queued. Returns how many moved.
-const REQUEUE_DEAD_LUA: &str = r#"
-local P, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local cfg = fs_cfg(P, q)
-local n = 0
-for i = 4, #ARGV, 4 do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    fs_rec(P, q, ARGV[i + 2], ARGV[i + 3], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, cfg)
-    -- the same task again: the dead attempt's details go, its creation time stays
-    redis.call('HDEL', P .. ':task:' .. ARGV[i + 2], 'error', 'worker', 'started_ms', 'duration_ms')
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', KEYS[3], 'enqueued', n) end
-return n
-"#;
 
 /// Put dead letters matching `sel` back into `queue` (same id, attempt 0, no error). Returns
 /// how many moved.
@@ -434,9 +378,9 @@ pub async fn requeue_dead<C>(
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let now = crate::worker::now_ms();
+    let now = crate::clock::now_ms();
     let letters = dead_letters(con, keys, queue, sel).await?;
-    let script = redis::Script::new(&protocol::with_record_lib(REQUEUE_DEAD_LUA));
+    let script = redis::Script::new(scripts::REQUEUE_DEAD);
     let mut moved = 0;
     for chunk in letters.chunks(500) {
         let mut inv = script.key(keys.dead(queue));
@@ -502,29 +446,6 @@ where
     Ok(n)
 }
 
-/// Counts of one queue in one minute.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct CountBucket {
-    /// Start of the minute (unix ms).
-    pub minute_ms: u64,
-    /// Tasks enqueued (producers, destinations, dead-letter requeues).
-    pub submitted: i64,
-    /// Attempts started (one that ran under `worker::RECORD_START_AFTER` is counted in the
-    /// minute it ended, a cancelled one of those not at all).
-    pub started: i64,
-    /// Tasks finished successfully.
-    pub completed: i64,
-    /// Attempts failed (retried or dead).
-    pub failed: i64,
-    /// Failed attempts scheduled for a retry.
-    pub retried: i64,
-    /// Tasks dead-lettered.
-    pub dead: i64,
-    /// Tasks running at the minute's last sample (workers sample every 10 s; None: no worker
-    /// sampled that minute).
-    pub executing: Option<i64>,
-}
-
 /// Per-minute counts of `queue` from `since_ms` to `until_ms` (every minute, zeros included).
 pub async fn counts<C>(
     con: &mut C,
@@ -545,34 +466,7 @@ where
         }
         let rows: Vec<Vec<(String, i64)>> = pipe.query_async(con).await?;
         for (m, row) in chunk.iter().zip(rows) {
-            let mut b = CountBucket {
-                minute_ms: m * 60_000,
-                ..Default::default()
-            };
-            // In buckets of this format (`fmt` 2), stored `started` counts the started records
-            // (attempts running over RECORD_START_AFTER, in the minute they started); a shorter
-            // attempt's start is derived from its outcome (completed, retried or dead) minus the
-            // outcomes of the long ones (`long`), in the minute it ended: one counter less to
-            // write per short attempt. Older buckets counted every start in `started`.
-            let (mut long, mut derived) = (0, false);
-            for (k, v) in row {
-                match k.as_str() {
-                    "submitted" => b.submitted = v,
-                    "started" => b.started = v,
-                    "completed" => b.completed = v,
-                    "failed" => b.failed = v,
-                    "retried" => b.retried = v,
-                    "dead" => b.dead = v,
-                    "executing" => b.executing = Some(v),
-                    "long" => long = v,
-                    "fmt" => derived = v >= 2,
-                    _ => {}
-                }
-            }
-            if derived {
-                b.started += b.completed + b.retried + b.dead - long;
-            }
-            out.push(b);
+            out.push(CountBucket::from_pairs(*m, row));
         }
     }
     Ok(out)
@@ -590,21 +484,13 @@ where
         .await
 }
 
-/// Trims the records of a queue. KEYS[1] = the time index earlier versions wrote (no longer
-/// written nor read: deleted); ARGV = prefix, queue, now ms, budget. Returns the count removed.
-const TRIM_LUA: &str = r#"
-local P, q = ARGV[1], ARGV[2]
-redis.call('UNLINK', KEYS[1])
-return fs_trim(P, q, tonumber(ARGV[3]), fs_cfg(P, q), tonumber(ARGV[4]))
-"#;
-
 /// Apply the retention of `queue` (age and count, from its `QueueConfig` or the defaults) as
 /// of `now_ms`, 1,000 records per script call. Returns the number of records deleted.
 pub async fn trim<C>(con: &mut C, keys: &Keys, queue: &str, now_ms: u64) -> redis::RedisResult<u64>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let script = redis::Script::new(&protocol::with_record_lib(TRIM_LUA));
+    let script = redis::Script::new(scripts::TRIM);
     let mut total = 0;
     loop {
         let n: u64 = script

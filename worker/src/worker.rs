@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use redis::AsyncCommands;
@@ -48,15 +48,10 @@ use crate::handler::{
     self, Handler, HandlerFn, HttpClient, Limits, Outcome, TaskContext, TaskResult,
 };
 use crate::metrics::{Health, Metrics};
-use crate::protocol::{self, Envelope, Keys, STATS_HALF_LIFE_MS, WORKER_TTL_MS};
+use crate::protocol::records::OUTCOME_FIELDS;
+use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
 
-/// Unix time in ms.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Order in which a slot looks at its queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -254,122 +249,18 @@ struct Scripts {
     started: redis::Script,
 }
 
-/// KEYS[1] = in-flight list, KEYS[2..] = queues in the order to try. Returns {task, index}.
-const FETCH_LUA: &str = r#"
-for i = 2, #KEYS do
-  local v = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
-  if v then return {v, i - 1} end
-end
-return false
-"#;
-
 /// A task runs this long before its record says `started` (see [`Inner::execute`]).
 pub const RECORD_START_AFTER: Duration = Duration::from_millis(100);
-
-/// Records an attempt as started, if it is still in flight (a finish that got there first
-/// has written the final record). KEYS[1] = in-flight list; ARGV = prefix, task, slot,
-/// started ms. Returns 1 when recorded.
-const STARTED_LUA: &str = r#"
-if not redis.call('LPOS', KEYS[1], ARGV[2]) then return 0 end
-fs_started(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
-return 1
-"#;
-
-/// KEYS[1] = in-flight, KEYS[2] = target (delayed zset | dead list | unused), KEYS[3] = stats;
-/// ARGV = task, mode (ack|retry|dead), new task text, due ms, prefix, queue, id (empty: no
-/// record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
-/// ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a
-/// hint, which status the record most likely has), earlier error (`1`|`0`: the envelope
-/// carries one, so the record may have an error to clear). Does nothing when the task is no
-/// longer in flight (a reaper already put it back), so a late finish never duplicates it, and
-/// returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
-/// [`PendingCounts`]). The record and the destination (queue or outbox) are written in the
-/// same script.
-const FINISH_LUA: &str = r#"
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local mode = ARGV[2]
-if mode == 'retry' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'retried', 1)
-elseif mode == 'dead' then
-  redis.call('LPUSH', KEYS[2], ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'dead', 1)
-end
-local P, q, id, func, now = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local done = 1
-if id ~= '' then
-  local cfg = fs_cfg(P, q)
-  if ARGV[10] == '1' then
-    local status = 'succeeded'
-    if mode == 'retry' then status = 'retrying' elseif mode == 'dead' then status = 'dead' end
-    -- the likely previous status first: started (recorded), else retrying for a retry (the
-    -- record keeps that status while the retry waits and is fetched), else queued
-    local prev = {'queued', 'retrying', 'started'}
-    if ARGV[17] == '1' then prev = {'started', 'queued', 'retrying'} elseif ARGV[11] ~= '0' then prev = {'retrying', 'queued', 'started'} end
-    -- finished_ms is the update time of an outcome (TaskRecord::from_pairs); the error is
-    -- written when there is one, or to clear an earlier attempt's (the envelope carries it)
-    local extra = {'attempt', ARGV[11], 'worker', ARGV[12], 'duration_ms', ARGV[13], 'started_ms', ARGV[14]}
-    if ARGV[16] ~= '' or ARGV[18] == '1' then extra[9], extra[10] = 'error', ARGV[16] end
-    -- `bulk`: counted by the worker (PendingCounts); a finish moves a record and adds none,
-    -- so retention is the business of the writes that add them (each trims 2 per record)
-    local was = fs_rec(P, q, id, func, status, ARGV[9], extra, cfg, true, prev)
-    if was == 'started' then done = 2 end
-  end
-  if mode == 'ack' then
-    fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
-  elseif mode == 'dead' then
-    fs_dest(P, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
-  end
-end
-return done
-"#;
-
-/// KEYS[1] = in-flight, KEYS[2] = queue; ARGV = task, prefix, now ms, records (`1`|`0`).
-/// Back to the head (next out); the record says queued again.
-const REQUEUE_LUA: &str = r#"
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-if ARGV[4] == '1' then
-  local ok, e = pcall(cjson.decode, ARGV[1])
-  if ok and type(e) == 'table' and type(e.id) == 'string' and type(e.queue) == 'string' then
-    fs_rec(ARGV[2], e.queue, e.id, tostring(e.func), 'queued', tonumber(ARGV[3]), {})
-    redis.call('HINCRBY', ARGV[2] .. ':counts:' .. e.queue .. ':' .. math.floor(tonumber(ARGV[3]) / 60000), 'submitted', -1)
-  end
-end
-return 1
-"#;
-
-/// KEYS[1] = delayed, KEYS[2] = queue, KEYS[3] = stats; ARGV = now ms, limit.
-const PROMOTE_LUA: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, v in ipairs(due) do
-  redis.call('ZREM', KEYS[1], v)
-  redis.call('LPUSH', KEYS[2], v)
-end
-if #due > 0 then redis.call('HINCRBY', KEYS[3], 'enqueued', #due) end
-return #due
-"#;
-
-/// KEYS[1] = workers zset, KEYS[2] = in-flight, KEYS[3] = worker hash; ARGV = slot, cutoff ms.
-/// Forgets a dead slot once its in-flight list is empty and its heartbeat is still old.
-const FORGET_LUA: &str = r#"
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) > tonumber(ARGV[2]) then return 0 end
-if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3])
-return 1
-"#;
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            fetch: redis::Script::new(FETCH_LUA),
-            finish: redis::Script::new(&protocol::with_record_lib(FINISH_LUA)),
-            requeue: redis::Script::new(&protocol::with_record_lib(REQUEUE_LUA)),
-            promote: redis::Script::new(PROMOTE_LUA),
-            record: redis::Script::new(&protocol::record_duration_lua()),
-            started: redis::Script::new(&protocol::with_record_lib(STARTED_LUA)),
+            fetch: redis::Script::new(scripts::FETCH),
+            finish: redis::Script::new(scripts::FINISH),
+            requeue: redis::Script::new(scripts::REQUEUE),
+            promote: redis::Script::new(scripts::PROMOTE),
+            record: redis::Script::new(scripts::RECORD_DURATION),
+            started: redis::Script::new(scripts::STARTED),
         }
     }
 }
@@ -410,8 +301,8 @@ impl Drop for Taken<'_> {
     }
 }
 
-/// Fields of a count bucket the worker adds to (see [`PendingCounts`]), and their indexes.
-const OUTCOME_FIELDS: [&str; 5] = ["completed", "retried", "dead", "failed", "long"];
+// Indexes into `OUTCOME_FIELDS`, the fields of a count bucket the worker adds to (see
+// [`PendingCounts`]).
 const COMPLETED: usize = 0;
 const RETRIED: usize = 1;
 const DEAD: usize = 2;
@@ -641,17 +532,9 @@ impl Inner {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ((queue, minute), row) in taken.rows() {
-            let key = keys.counts(queue, *minute);
-            for (field, n) in OUTCOME_FIELDS.iter().zip(row) {
-                if *n != 0 {
-                    pipe.hincr(&key, *field, *n).ignore();
-                }
-            }
-            // the bucket's format (records::counts) and expiry, as the scripts' counts set them
-            pipe.hset(&key, "fmt", 2)
-                .ignore()
-                .pexpire(&key, protocol::COUNTS_RETENTION_MS as i64)
-                .ignore();
+            let counts: Vec<(&str, i64)> = OUTCOME_FIELDS.iter().copied().zip(*row).collect();
+            // with the bucket's format and expiry, as the scripts' counts set them
+            protocol::records::add_counts(&mut pipe, keys, queue, *minute, &counts);
         }
         // dropped unwritten on an error or a cancellation: the rows go back
         let () = pipe.query_async(&mut self.redis.clone()).await?;
@@ -991,15 +874,12 @@ impl Inner {
                     .arg(0);
                 record_args(&mut inv, result.to_string(), "");
                 pipe.invoke_script(&inv);
-                pipe.invoke_script(
-                    self.scripts
-                        .record
-                        .key(&stats)
-                        .arg(ms)
-                        .arg(now_ms())
-                        .arg(STATS_HALF_LIFE_MS)
-                        .arg("completed"),
-                );
+                pipe.invoke_script(&protocol::stats::record_duration(
+                    &self.scripts.record,
+                    &stats,
+                    (ms, now_ms()),
+                    StatsField::Completed,
+                ));
             }
             Outcome::Failed(err) => {
                 m.failed.with_label_values(&labels).inc();
@@ -1035,15 +915,12 @@ impl Inner {
                     record_args(&mut inv, error_json.clone(), &err.message);
                     pipe.invoke_script(&inv);
                 }
-                pipe.invoke_script(
-                    self.scripts
-                        .record
-                        .key(&stats)
-                        .arg(ms)
-                        .arg(now_ms())
-                        .arg(STATS_HALF_LIFE_MS)
-                        .arg("failed"),
-                );
+                pipe.invoke_script(&protocol::stats::record_duration(
+                    &self.scripts.record,
+                    &stats,
+                    (ms, now_ms()),
+                    StatsField::Failed,
+                ));
             }
             Outcome::Cancelled => {
                 let _: i64 = self
@@ -1091,7 +968,7 @@ async fn requeue_inflight(
 ) -> redis::RedisResult<u64> {
     let inflight = keys.inflight(slot);
     let items: Vec<String> = con.lrange(&inflight, 0, -1).await?;
-    let script = redis::Script::new(&protocol::with_record_lib(REQUEUE_LUA));
+    let script = redis::Script::new(scripts::REQUEUE);
     let mut moved = 0;
     for raw in items {
         let target = match Envelope::from_json(&raw) {
@@ -1129,7 +1006,7 @@ pub async fn reap_dead(
     let dead: Vec<String> = con
         .zrangebyscore_limit(keys.workers(), "-inf", cutoff, 0, 1_000)
         .await?;
-    let forget = redis::Script::new(FORGET_LUA);
+    let forget = redis::Script::new(scripts::FORGET);
     let mut total = 0;
     for slot in dead.iter().filter(|s| !own.contains(s)) {
         let n = requeue_inflight(&mut con, keys, slot).await?;

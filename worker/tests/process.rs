@@ -33,7 +33,7 @@ fn signal(child: &Child, sig: Signal) {
 async fn inflight_total(s: &Space) -> i64 {
     let mut con = s.con().await;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:inflight:*", s.prefix))
+        .arg(s.keys.inflight("*"))
         .query_async(&mut con)
         .await
         .unwrap();

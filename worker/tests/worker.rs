@@ -41,7 +41,7 @@ async fn delivers_and_acknowledges() {
     assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 0);
     let mut con = s.con().await;
     let inflight: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:inflight:*", s.prefix))
+        .arg(s.keys.inflight("*"))
         .query_async(&mut con)
         .await
         .unwrap();

@@ -101,7 +101,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
                 .into_iter()
                 .filter(|q| q.metadata.namespace.as_deref() == Some(pns.as_str()))
                 .collect();
-            let id = super::validate::beat_identity(&pns, &qs);
+            let id = crate::crd_ext::beat_identity(&pns, &qs);
             (p, id)
         })
         .collect();

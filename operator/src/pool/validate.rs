@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use funcscale_worker::protocol::Keys;
+use funcscale_protocol::Keys;
 use kube::ResourceExt;
 
 use super::dereference::Dereferenced;
@@ -23,16 +23,6 @@ pub struct Valid {
     pub redis_identity: String,
     /// For a Beat pool: the older Beat pool that already runs for the same Redis.
     pub beat_conflict: Option<String>,
-}
-
-/// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.
-pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
-    namespace_queues
-        .iter()
-        .filter(|q| !q.spec.schedules.is_empty())
-        .map(|q| queue_redis_identity(q, ns))
-        .next()
-        .unwrap_or_else(|| "default".into())
 }
 
 /// Check `pool` against what it points at. `keys`: the key layout the worker pods use.

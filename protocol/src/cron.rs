@@ -7,6 +7,12 @@
 //! Written here rather than taken from a crate because the beat needs two things crates do
 //! not give cheaply: matching one second against tens of thousands of entries, and the
 //! average executions per minute of an expression (the operator's M).
+//!
+//! This is the one cron reader of funcscale: the beat fires with it, the registry counts its
+//! entries with it, and the operator sizes pools with it. M, the scheduled executions per
+//! period of the cron-load formula, is defined here too ([`per_period`],
+//! [`executions_per_period`]): the exact average rate of the expressions (day-of-month,
+//! month and weekday fields included), over the period, rounded up.
 
 use std::fmt;
 
@@ -234,6 +240,33 @@ impl Civil {
     }
 }
 
+/// M over a period: executions per `period_ms` of schedules that fire `per_minute` times a
+/// minute (on average) in all, rounded up: a fraction of an execution still needs a process
+/// for it. 0 for a rate that is not a positive finite number.
+pub fn per_period(per_minute: f64, period_ms: u64) -> u64 {
+    if !per_minute.is_finite() || per_minute <= 0.0 {
+        return 0;
+    }
+    let x = per_minute * period_ms as f64 / 60_000.0;
+    // the average of a per-minute expression over whole minutes is exact in binary; allow
+    // for the rounding of fractional rates (0.2 × 300,000 / 60,000 is 1, not just above)
+    (x - 1e-9).ceil().max(0.0) as u64
+}
+
+/// Executions per `period_ms` of one cron expression (M of one schedule), rounded up.
+pub fn executions_per_period(cron: &str, period_ms: u64) -> Result<u64, CronError> {
+    Ok(per_period(Cron::parse(cron)?.per_minute(), period_ms))
+}
+
+/// The value of `Keys::schedules_per_period` as the registry scripts write it: executions
+/// per minute, an integer or a decimal (`30000`, `0.2`). `None` when it is not a number.
+pub fn parse_per_minute(text: &str) -> Option<f64> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +308,55 @@ mod tests {
             let c = Cron::parse("* * * * *").unwrap();
             proptest::prop_assert_eq!(c.matches(t), t % 60 == 0);
         }
+
+        /// M of a sum of per-minute crons is their count scaled to the period.
+        #[test]
+        fn per_period_of_whole_rates(n in 0u64..1_000_000, minutes in 1u64..1_440) {
+            proptest::prop_assert_eq!(per_period(n as f64, minutes * 60_000), n * minutes);
+        }
+    }
+
+    /// What the operator's own reader (`cron_rate::executions_per_period`, replaced by
+    /// [`executions_per_period`]) answered: the exact reader gives the same for these.
+    #[test]
+    fn operator_reader_cases() {
+        let m = |c: &str, p: u64| executions_per_period(c, p).ok();
+        assert_eq!(m("* * * * *", 60_000), Some(1));
+        assert_eq!(m("*/10 * * * * *", 60_000), Some(6));
+        assert_eq!(m("* * * * * *", 60_000), Some(60));
+        assert_eq!(m("*/5 * * * *", 60_000), Some(1)); // 0.2 rounded up
+        assert_eq!(m("*/5 * * * *", 300_000), Some(1));
+        assert_eq!(m("0 3 * * *", 86_400_000), Some(1));
+        assert_eq!(m("0,30 9-17 * * 1-5", 3_600_000), Some(1));
+        assert_eq!(m("bad", 60_000), None);
+        assert_eq!(m("61 * * * *", 60_000), None);
+    }
+
+    /// Where the two readers disagreed, the exact one wins: the operator's took day fields
+    /// as "every day", refused names, and read the registry's per-minute value as a whole
+    /// number of executions per period (a fractional one became 0).
+    #[test]
+    fn the_exact_reader_where_the_two_disagreed() {
+        // every second on weekdays: 60 × 5/7 a minute on average, not 60
+        assert_eq!(executions_per_period("* * * * * 1-5", 60_000), Ok(43));
+        // names are read (the beat fires these)
+        assert_eq!(executions_per_period("0 0 * * mon", 604_800_000), Ok(1));
+        // the registry's per-minute value, fractional or not, over any period
+        let m = |text: &str, period_ms| parse_per_minute(text).map(|v| per_period(v, period_ms));
+        for (text, period_ms, want) in [
+            ("0.2", 60_000, 1),
+            ("0.2", 300_000, 1),
+            ("30000", 60_000, 30_000),
+            (" 10000\n", 120_000, 20_000),
+            ("0", 60_000, 0),
+        ] {
+            assert_eq!(
+                m(text, period_ms),
+                Some(want),
+                "{text:?} over {period_ms} ms"
+            );
+        }
+        assert_eq!(parse_per_minute("x"), None);
+        assert_eq!(parse_per_minute("-1"), None);
     }
 }

@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use funcscale_protocol::{self as protocol, Keys};
 use funcscale_worker::cli::{
     DeadLettersAction, OutboxAction, TasksAction, dead_letters_command, outbox_command,
     tasks_command,
 };
-use funcscale_worker::protocol::{self, Keys};
 use kube::Client;
 use kube::api::Api;
 
-use crate::crd::FuncQueue;
-use crate::redis_metrics::RedisEndpoint;
+use funcscale_operator::crd::FuncQueue;
+use funcscale_operator::redis_metrics::RedisEndpoint;
 use resolve::{KubeArgs, Route, UrlFlag, route};
 
 /// funcscale pools, queues, tasks and dead letters, read from the cluster (kubeconfig) and
@@ -150,7 +150,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_tracing();
-    crate::cli_run::install_crypto_provider();
+    funcscale_operator::cli_run::install_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -374,9 +374,9 @@ pub(crate) async fn own_endpoint(
     // `route` sends a queue without spec.redis to a URL, so the default is never used here
     let no_default = RedisEndpoint::new("");
     // one read per Secret for the whole (short) run: queues sharing a Secret share the GET
-    static SECRETS: std::sync::LazyLock<crate::connection::SecretCache> =
+    static SECRETS: std::sync::LazyLock<funcscale_operator::connection::SecretCache> =
         std::sync::LazyLock::new(Default::default);
-    crate::connection::resolve(client, &q.spec, ns, &no_default, &SECRETS, 0)
+    funcscale_operator::connection::resolve(client, &q.spec, ns, &no_default, &SECRETS, 0)
         .await
         .map_err(|e| status::resolve_error(&e))
 }

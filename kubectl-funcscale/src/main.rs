@@ -1,6 +1,6 @@
 //! `kubectl funcscale`: pools, queues, tasks and dead letters in one place. Put this binary on
 //! the PATH and kubectl runs it for `kubectl funcscale ...`. Everything is in
-//! `funcscale_operator::plugin`.
+//! this crate's library (`kubectl_funcscale`).
 //!
 //! ```sh
 //! kubectl funcscale status [-n NS | -A] [--json]
@@ -10,5 +10,5 @@
 //! ```
 
 fn main() -> std::process::ExitCode {
-    funcscale_operator::plugin::main()
+    kubectl_funcscale::main()
 }

@@ -10,97 +10,26 @@
 //! and `ConfigApplied` conditions (*status*). A Redis failure is a condition and a backoff,
 //! never a failed reconcile.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
 use std::time::Duration;
 
-use funcscale_worker::protocol::{self, Destination, Keys, QueueConfig};
+use funcscale_protocol::{Destination, Keys, QueueConfig};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::conditions::{self, new};
 use crate::context::Context;
 use crate::crd::{FuncQueue, FuncQueueSpec, FuncQueueStatus, QueueFormat, TaskDestination};
-use crate::redis_metrics::{PollerConfig, RedisEndpoint};
+use crate::redis_metrics::{PollerConfig, RedisEndpoint, RedisError};
+
+pub mod writes;
+
+use writes::{Written, due};
 
 /// Condition type: whether `onSuccess` / `onFailure` can be delivered.
 pub const DESTINATIONS_READY: &str = "DestinationsReady";
 /// Condition type: whether the settings are written to the queue's Redis.
 pub const CONFIG_APPLIED: &str = "ConfigApplied";
-
-/// What the operator last wrote for one queue, and its failures.
-#[derive(Clone, Debug, Default)]
-struct Written {
-    /// Endpoint, settings and time (unix ms) of the last successful write.
-    last: Option<(RedisEndpoint, QueueConfig, u64)>,
-    /// No write before this time (unix ms): backing off after a failure.
-    retry_at_ms: u64,
-}
-
-/// Per-queue memory of the writes and one Redis connection per endpoint (in the `Context`).
-#[derive(Default)]
-pub struct QueueConfigs {
-    written: Mutex<HashMap<String, Written>>,
-    /// Held across the connect: thousands of queue reconciles starting at once must share one
-    /// connect per endpoint, not each open their own (a connect storm times them all out).
-    conns: tokio::sync::Mutex<HashMap<RedisEndpoint, redis::aio::ConnectionManager>>,
-}
-
-impl QueueConfigs {
-    /// Forget queues that are gone (not in `live`, `namespace/name`) and connections that
-    /// no remembered queue uses.
-    /// Called by the poll loop (once per poll, not per write: that was O(queues²) on the
-    /// first pass over 10,000 queues).
-    pub async fn prune(&self, live: impl Fn(&str) -> bool) {
-        let used: HashSet<RedisEndpoint> = {
-            let mut written = self.written.lock().expect("queue config lock");
-            written.retain(|k, _| live(k));
-            written
-                .values()
-                .filter_map(|w| w.last.as_ref().map(|(e, _, _)| e.clone()))
-                .collect()
-        };
-        self.conns.lock().await.retain(|e, _| used.contains(e));
-    }
-
-    /// The endpoint's connection, opened once. A `ConnectionManager` reconnects by itself
-    /// after an I/O error, so a failed write never drops it (dropping it made every timeout
-    /// start a new connect, a storm under load).
-    async fn connection(
-        &self,
-        endpoint: &RedisEndpoint,
-    ) -> Result<redis::aio::ConnectionManager, String> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let c = crate::redis_metrics::connect(endpoint, &PollerConfig::default()).await?;
-        conns.insert(endpoint.clone(), c.clone());
-        Ok(c)
-    }
-}
-
-/// Whether the settings must be written now: never written (or forgotten after an operator
-/// restart), another endpoint or other settings than last time, or the last write is older
-/// than `refresh` (Redis may have been flushed). Not while backing off after a failure.
-fn due(
-    w: Option<&Written>,
-    endpoint: &RedisEndpoint,
-    config: &QueueConfig,
-    now_ms: u64,
-    refresh: Duration,
-) -> bool {
-    let Some(w) = w else { return true };
-    if now_ms < w.retry_at_ms {
-        return false;
-    }
-    match &w.last {
-        None => true,
-        Some((e, c, at)) => {
-            e != endpoint || c != config || now_ms.saturating_sub(*at) >= refresh.as_millis() as u64
-        }
-    }
-}
 
 /// The worker's form of a destination, or why it cannot be one (for specs the API server
 /// did not validate, e.g. with an older CRD installed).
@@ -209,7 +138,7 @@ async fn check_destination(
         });
     }
     if target.spec.redis != q.spec.redis {
-        match crate::queue::endpoint(&target, ns, ctx).await {
+        match crate::queue::dereference::endpoint(&target, ns, ctx).await {
             Ok(e) if &e == endpoint => {}
             Ok(e) => {
                 return Err(Problem {
@@ -301,7 +230,7 @@ pub async fn reconcile_config(
             .and_then(|s| conditions::get(&s.conditions, DESTINATIONS_READY))
             .is_some_and(|c| c.status == "False");
         if !was_false {
-            crate::queue::warn(ctx, q, reason, msg.clone()).await;
+            crate::events::warn(&ctx.recorder, q, reason, msg.clone()).await;
         }
         conditions::set(
             &mut st.conditions,
@@ -383,22 +312,63 @@ pub async fn reconcile_config(
     }
 }
 
+/// Write the settings of `queue` as the workers read them: the fields `config` sets, and the
+/// ones it does not set deleted ([`cleared_fields`]).
+pub async fn write_config<C>(
+    con: &mut C,
+    keys: &Keys,
+    queue: &str,
+    config: &QueueConfig,
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    config
+        .set_pipeline(keys, queue, &cleared_fields(config))
+        .query_async(con)
+        .await
+}
+
 async fn write(
     ctx: &Context,
     endpoint: &RedisEndpoint,
     queue: &str,
     config: &QueueConfig,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     let mut con = ctx.queue_configs.connection(endpoint).await?;
-    let clear = cleared_fields(config);
     let timeout = PollerConfig::default().response_timeout;
     tokio::time::timeout(
         timeout,
-        protocol::queue_config_set(&mut con, &ctx.config.keys, queue, config, &clear),
+        write_config(&mut con, &ctx.config.keys, queue, config),
     )
     .await
-    .map_err(|_| format!("no answer from {endpoint} within {timeout:?}"))?
-    .map_err(|e| format!("{endpoint}: {e}"))
+    .map_err(|_| WriteError::Timeout {
+        endpoint: endpoint.clone(),
+        timeout,
+    })?
+    .map_err(|source| WriteError::Command {
+        endpoint: endpoint.clone(),
+        source,
+    })
+}
+
+/// Why the settings could not be written (the message goes to the `ConfigApplied`
+/// condition; the Redis error stays attached as the source).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Connect(#[from] RedisError),
+    #[error("no answer from {endpoint} within {timeout:?}")]
+    Timeout {
+        endpoint: RedisEndpoint,
+        timeout: Duration,
+    },
+    #[error("{endpoint}: {source}")]
+    Command {
+        endpoint: RedisEndpoint,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 #[cfg(test)]
@@ -451,36 +421,5 @@ mod tests {
             "every field the spec does not set is cleared"
         );
         assert_eq!(cleared_fields(&QueueConfig::default()).len(), 4);
-    }
-
-    #[test]
-    fn written_again_only_on_change_refresh_or_after_backoff() {
-        let e = RedisEndpoint::new("redis://a:6379/0");
-        let c = QueueConfig {
-            record_max_count: Some(5),
-            ..Default::default()
-        };
-        let refresh = Duration::from_secs(300);
-        assert!(due(None, &e, &c, 0, refresh), "never written");
-        let w = Written {
-            last: Some((e.clone(), c.clone(), 1_000)),
-            retry_at_ms: 0,
-        };
-        assert!(!due(Some(&w), &e, &c, 2_000, refresh), "unchanged");
-        assert!(due(Some(&w), &e, &c, 301_000, refresh), "refresh interval");
-        assert!(due(
-            Some(&w),
-            &RedisEndpoint::new("redis://b:6379/0"),
-            &c,
-            2_000,
-            refresh
-        ));
-        assert!(due(Some(&w), &e, &QueueConfig::default(), 2_000, refresh));
-        let failing = Written {
-            last: None,
-            retry_at_ms: 5_000,
-        };
-        assert!(!due(Some(&failing), &e, &c, 4_999, refresh), "backing off");
-        assert!(due(Some(&failing), &e, &c, 5_000, refresh));
     }
 }

@@ -5,18 +5,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use funcscale_worker::protocol::Keys;
+use funcscale_protocol::Keys;
 use funcscale_worker::records::{self, QueueOverview};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::resolve::{Route, UrlFlag, route};
-use super::{Failure, connect, own_endpoint};
-use crate::connection;
-use crate::crd::{Condition, FuncQueue, FuncWorkerPool, PoolRole, QueueFormat};
-use crate::error::Error;
-use crate::redis_metrics::{RedisEndpoint, queue_lists};
+use crate::resolve::{Route, UrlFlag, route};
+use crate::{Failure, connect, own_endpoint};
+use funcscale_operator::connection;
+use funcscale_operator::crd::{Condition, FuncQueue, FuncWorkerPool, PoolRole, QueueFormat};
+use funcscale_operator::error::Error;
+use funcscale_operator::redis_metrics::{RedisEndpoint, queue_lists};
 
 /// Everything `status` shows.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -7,9 +7,9 @@ use clap::Args;
 use kube::Config;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use super::Failure;
-use crate::connection::{self, Source};
-use crate::crd::FuncQueue;
+use crate::Failure;
+use funcscale_operator::connection::{self, Source};
+use funcscale_operator::crd::FuncQueue;
 
 /// The kubectl flags every subcommand takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -170,7 +170,7 @@ pub fn route<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{FuncQueueSpec, RedisConnection, SecretKeyRef};
+    use funcscale_operator::crd::{FuncQueueSpec, RedisConnection, SecretKeyRef};
 
     const KUBECONFIG: &str = "apiVersion: v1
 kind: Config

@@ -1,0 +1,304 @@
+//! The wire contract, end to end: what the worker side writes is what the operator side
+//! reads, and the other way round, for every key the two share — written with the worker's
+//! code, read with the operator's (and settings written with the operator's code, read and
+//! acted on by the worker's), against the real Redis at 127.0.0.1:6379. Each test has its own
+//! key prefix, so they run in parallel. Both sides take key names from `funcscale_protocol`
+//! only; these tests are what notices when one side's reading of a value drifts from the
+//! other's writing of it.
+//!
+//! | key | written by | read by |
+//! | --- | --- | --- |
+//! | `Keys::queue` | producers (`protocol::enqueue`), the beat | the operator's poll: depth, oldest task's age |
+//! | `Keys::stats` | enqueue (`enqueued`), workers' finishes (`completed`, task time) | the poll: arrival and completion rates, T |
+//! | `Keys::schedules_per_period` | the registry (`protocol::schedules_add`/`remove`) | the poll: M |
+//! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention |
+
+use std::time::Duration;
+
+use funcscale_e2e::scenario::REDIS_URL as URL;
+use funcscale_e2e::wait::eventually;
+
+use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, Schedule};
+use funcscale_operator::queue_config;
+use funcscale_operator::redis_metrics::{
+    MetricsCache, Poller, PollerConfig, QueueId, QueueMetrics, QueueTarget, Reading, RedisEndpoint,
+    Registry,
+};
+use funcscale_protocol::cron::{Cron, per_period};
+use funcscale_protocol::{Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry};
+use funcscale_worker::protocol;
+use funcscale_worker::worker::{Worker, now_ms};
+
+const PERIOD_MS: u64 = 60_000;
+
+fn prefix(test: &str) -> Keys {
+    Keys::new(format!(
+        "contract-{test}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ))
+}
+
+async fn con() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(URL).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Delete the test's keys (one script: every key under the prefix).
+async fn cleanup(keys: &Keys) {
+    let lua = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end";
+    let script = redis::Script::new(lua);
+    let pattern = format!("{}:*", keys.prefix());
+    let () = script
+        .arg(pattern)
+        .invoke_async(&mut con().await)
+        .await
+        .unwrap();
+}
+
+type Running = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// A real worker (one process, the built-in handlers) on `queue` until the returned sender
+/// fires; join the handle to wait for its drain.
+async fn worker(keys: &Keys, queue: &str) -> (tokio::sync::oneshot::Sender<()>, Running) {
+    let builder = Worker::builder().redis_url(URL).prefix(keys.prefix());
+    let worker = builder.queues([queue]).processes(1).build().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    (
+        stop,
+        tokio::spawn(worker.run(async move { stopped.await.unwrap_or(()) })),
+    )
+}
+
+/// The operator's poller over one funcscale queue `name` with `schedules` in its spec.
+fn poller(keys: &Keys, name: &str, schedules: &[&str]) -> (Poller, MetricsCache, QueueId) {
+    let mut q = FuncQueue::new(
+        name,
+        FuncQueueSpec {
+            format: QueueFormat::Funcscale,
+            task_time_ms: 500,
+            schedules: schedules
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Schedule {
+                    name: format!("s{i}"),
+                    cron: (*c).into(),
+                    function: "f".into(),
+                    args: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        },
+    );
+    q.metadata.namespace = Some("ns".into());
+    let registry = Registry::default();
+    let cache = MetricsCache::default();
+    let id = QueueId::new("ns", name);
+    registry.upsert(
+        id.clone(),
+        QueueTarget::for_queue(&q, name, RedisEndpoint::new(URL), keys, PERIOD_MS),
+    );
+    (
+        Poller::new(registry, cache.clone(), PollerConfig::default()),
+        cache,
+        id,
+    )
+}
+
+async fn read(poller: &mut Poller, cache: &MetricsCache, id: &QueueId, at: u64) -> QueueMetrics {
+    poller.poll_once(at).await;
+    match cache.get(id) {
+        Some(Reading::Ok(m)) => m,
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+async fn stats(keys: &Keys, queue: &str) -> QueueStats {
+    let pairs: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(keys.stats(queue))
+        .query_async(&mut con().await)
+        .await
+        .unwrap();
+    QueueStats::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// `Keys::queue`: the producer's envelopes are the operator's depth and oldest age; the
+/// enqueue's `enqueued` counter is its arrival rate.
+#[tokio::test]
+async fn enqueued_tasks_are_the_depth_age_and_arrivals_the_operator_reads() {
+    let keys = prefix("queue");
+    let mut c = con().await;
+    let now = now_ms();
+    let (mut poller, cache, id) = poller(&keys, "q", &[]);
+    let envelopes: Vec<Envelope> = [40_000u64, 20_000, 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, age)| Envelope::new(format!("t{i}"), "noop", "q", now - age))
+        .collect();
+    protocol::enqueue(&mut c, &keys, "q", &envelopes[..1])
+        .await
+        .unwrap();
+    let m = read(&mut poller, &cache, &id, now).await;
+    assert_eq!(m.depth, 1);
+    assert!((m.oldest_age_seconds.unwrap() - 40.0).abs() < 0.01, "{m:?}");
+
+    protocol::enqueue(&mut c, &keys, "q", &envelopes[1..])
+        .await
+        .unwrap();
+    let m = read(&mut poller, &cache, &id, now + 1_000).await;
+    assert_eq!(m.depth, 3);
+    assert!((m.oldest_age_seconds.unwrap() - 41.0).abs() < 0.01, "{m:?}");
+    assert_eq!(m.arrival_rate, 2.0, "two enqueued in the second");
+    cleanup(&keys).await;
+}
+
+/// `Keys::stats`: the worker's finishes are the operator's completion rate and measured
+/// task time T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_the_completions_and_task_time_the_operator_reads() {
+    let keys = prefix("stats");
+    let mut c = con().await;
+    let (mut poller, cache, id) = poller(&keys, "work", &[]);
+    let now = now_ms();
+    let m = read(&mut poller, &cache, &id, now).await;
+    assert!(!m.task_time_measured, "nothing finished yet: the hint");
+    assert_eq!(m.task_time_ms, 500.0);
+
+    let (stop, running) = worker(&keys, "work").await;
+    let tasks: Vec<Envelope> = (0..4)
+        .map(|i| {
+            let mut e = Envelope::new(format!("w{i}"), "sleep", "work", now_ms());
+            e.args = serde_json::json!([20]);
+            e
+        })
+        .collect();
+    protocol::enqueue(&mut c, &keys, "work", &tasks)
+        .await
+        .unwrap();
+    let done = || async { (stats(&keys, "work").await.completed == 4).then_some(()) };
+    eventually(Duration::from_secs(20), "4 completions", done)
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+
+    let written = stats(&keys, "work").await;
+    let m = read(&mut poller, &cache, &id, now + 1_000).await;
+    assert!(m.task_time_measured, "{m:?}");
+    assert_eq!(Some(m.task_time_ms), written.ewma_ms);
+    assert!(m.task_time_ms >= 20.0, "each task slept 20 ms: {m:?}");
+    assert_eq!(m.completion_rate, 4.0, "four completed in the second");
+    assert_eq!(m.arrival_rate, 4.0, "four enqueued in the second");
+    assert_eq!(m.depth, 0);
+    cleanup(&keys).await;
+}
+
+/// `Keys::schedules_per_period`: the registry's M per minute (fractional when entries fire
+/// less often than every minute) is the operator's M over its period, with the queue's own
+/// `spec.schedules` counted by the same cron reader.
+#[tokio::test]
+async fn registered_schedules_are_the_cron_load_the_operator_reads() {
+    let keys = prefix("schedules");
+    let mut c = con().await;
+    let (mut poller, cache, id) = poller(&keys, "mon", &["*/10 * * * * *"]);
+    let entry = |cron: &str| {
+        let per_minute = Cron::parse(cron).unwrap().per_minute();
+        let e = ScheduleEntry {
+            cron: cron.into(),
+            func: "check".into(),
+            args: serde_json::json!([]),
+        };
+        (e, per_minute)
+    };
+    let entries: Vec<(String, ScheduleEntry, f64)> = ["* * * * *", "* * * * *", "*/5 * * * *"]
+        .iter()
+        .enumerate()
+        .map(|(i, cron)| {
+            let (e, m) = entry(cron);
+            (format!("m{i}"), e, m)
+        })
+        .collect();
+    protocol::schedules_add(&mut c, &keys, "mon", &entries)
+        .await
+        .unwrap();
+    let m = read(&mut poller, &cache, &id, now_ms()).await;
+    // static: 6 a minute; registry: 1 + 1 + 0.2 a minute, rounded up over the period
+    assert_eq!(m.scheduled_per_period, 6 + per_period(2.2, PERIOD_MS));
+    assert_eq!(m.scheduled_per_period, 9);
+
+    // only the fractional entry left: 0.2 a minute is still one execution a period, not 0
+    protocol::schedules_remove(&mut c, &keys, "mon", &["m0".into(), "m1".into()])
+        .await
+        .unwrap();
+    let m = read(&mut poller, &cache, &id, now_ms() + 1_000).await;
+    assert_eq!(m.scheduled_per_period, 6 + 1);
+
+    protocol::schedules_remove(&mut c, &keys, "mon", &["m2".into()])
+        .await
+        .unwrap();
+    let m = read(&mut poller, &cache, &id, now_ms() + 2_000).await;
+    assert_eq!(m.scheduled_per_period, 6);
+    cleanup(&keys).await;
+}
+
+/// The settings of `queue` written with the operator's code, read back with the worker's.
+async fn written_then_read(keys: &Keys, queue: &str, config: &QueueConfig) -> QueueConfig {
+    let mut c = con().await;
+    let write = queue_config::write_config(&mut c, keys, queue, config);
+    write.await.unwrap();
+    protocol::queue_config_get(&mut c, keys, queue)
+        .await
+        .unwrap()
+}
+
+/// `Keys::queue_config`: what the operator writes is what the worker reads back and routes
+/// by; a setting the operator drops is gone for the worker too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
+    let keys = prefix("settings");
+    let mut c = con().await;
+    let config = QueueConfig {
+        record_max_age_ms: Some(3_600_000),
+        record_max_count: Some(50),
+        on_success: Some(Destination::Queue {
+            queue: "results".into(),
+            func: Some("collect".into()),
+        }),
+        on_failure: Some(Destination::Url("http://127.0.0.1:9/failed".into())),
+    };
+    assert_eq!(written_then_read(&keys, "orders", &config).await, config);
+
+    let (stop, running) = worker(&keys, "orders").await;
+    protocol::enqueue(
+        &mut c,
+        &keys,
+        "orders",
+        &[Envelope::new("o1", "noop", "orders", now_ms())],
+    )
+    .await
+    .unwrap();
+    let results = keys.queue("results");
+    let routed = || async {
+        let mut c = con().await;
+        let mut head = redis::cmd("LINDEX");
+        head.arg(&results).arg(0);
+        head.query_async::<Option<String>>(&mut c).await.unwrap()
+    };
+    let raw = eventually(Duration::from_secs(20), "the routed result", routed)
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    // the routed task is an envelope the worker and the operator read like any other
+    let routed = Envelope::from_json(&raw).unwrap();
+    assert_eq!(
+        (routed.func.as_str(), routed.queue.as_str()),
+        ("collect", "results")
+    );
+    assert_eq!(routed.kwargs["task"]["id"], "o1");
+
+    // the operator drops the settings: the worker reads none
+    let none = QueueConfig::default();
+    assert_eq!(written_then_read(&keys, "orders", &none).await, none);
+    cleanup(&keys).await;
+}

@@ -1,0 +1,299 @@
+//! *Build*: the queue's status and gauges from what dereference found. Pure: plain data in,
+//! plain data out (no client, no clock, no Redis).
+
+use crate::conditions::{self, new};
+use crate::context::rfc3339;
+use crate::crd::FuncQueueStatus;
+use crate::redis_metrics::Reading;
+
+/// What the queue's gauges should say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gauges {
+    /// `funcscale_queue_depth`, when read.
+    pub depth: Option<i64>,
+    /// `funcscale_queue_oldest_task_age_seconds`.
+    pub oldest_age: AgeGauge,
+    /// `funcscale_queue_metrics_available`.
+    pub available: bool,
+}
+
+/// The oldest-task-age gauge of a queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AgeGauge {
+    /// Set it.
+    Set(f64),
+    /// The format records no enqueue time: no series, not 0.
+    Remove,
+    /// Nothing read: leave it.
+    Keep,
+}
+
+/// The `Served` condition from the consumers; returns the note of a `NotServed` warning when
+/// the queue has just become unserved (`prev`: the status as stored).
+pub fn served(
+    st: &mut FuncQueueStatus,
+    prev: Option<&FuncQueueStatus>,
+    consumers: &[String],
+    (ns, name): (&str, &str),
+    g: Option<i64>,
+    now: &str,
+) -> Option<String> {
+    st.consumers = consumers.to_vec();
+    let served = !consumers.is_empty();
+    let was_unserved = prev
+        .and_then(|s| conditions::get(&s.conditions, "Served"))
+        .is_some_and(|c| c.status == "False");
+    conditions::set(
+        &mut st.conditions,
+        if served {
+            new("Served", true, "PoolsServing", consumers.join(", "), g)
+        } else {
+            new(
+                "Served",
+                false,
+                "NoPool",
+                "no FuncWorkerPool lists this queue: its tasks will wait",
+                g,
+            )
+        },
+        now,
+    );
+    (!served && !was_unserved)
+        .then(|| format!("no FuncWorkerPool in {ns} lists queue {name}: its tasks will wait"))
+}
+
+/// The numbers and the `MetricsAvailable` / `Ready` conditions from the poller's last
+/// reading of a queue whose Redis is known.
+pub fn readings(
+    st: &mut FuncQueueStatus,
+    reading: Option<&Reading>,
+    g: Option<i64>,
+    now: &str,
+) -> Gauges {
+    match reading {
+        Some(Reading::Ok(m)) => {
+            st.depth = Some(m.depth);
+            st.oldest_task_age_seconds = m.oldest_age_seconds.map(round1);
+            st.arrival_rate = Some(round1(m.arrival_rate));
+            st.completion_rate = Some(round1(m.completion_rate));
+            st.task_time_ms = Some(round1(m.task_time_ms));
+            st.task_time_source = Some(
+                if m.task_time_measured {
+                    "Measured"
+                } else {
+                    "Hint"
+                }
+                .into(),
+            );
+            st.scheduled_per_period = Some(m.scheduled_per_period);
+            st.last_poll_time = Some(rfc3339(m.polled_at_ms));
+            conditions::set(
+                &mut st.conditions,
+                new("MetricsAvailable", true, "Polled", "", g),
+                now,
+            );
+            conditions::set(&mut st.conditions, new("Ready", true, "Polled", "", g), now);
+            // an empty queue waits for nothing: 0 (the age alert resolves); a format that
+            // records no enqueue time has no age to report: no series, not 0
+            let oldest_age = match (m.oldest_age_seconds, m.depth) {
+                (Some(s), _) => AgeGauge::Set(s),
+                (None, 0) => AgeGauge::Set(0.0),
+                (None, _) => AgeGauge::Remove,
+            };
+            Gauges {
+                depth: Some(m.depth as i64),
+                oldest_age,
+                available: true,
+            }
+        }
+        Some(Reading::Unavailable { error, .. }) => {
+            conditions::set(
+                &mut st.conditions,
+                new(
+                    "MetricsAvailable",
+                    false,
+                    "RedisUnavailable",
+                    error.clone(),
+                    g,
+                ),
+                now,
+            );
+            conditions::set(
+                &mut st.conditions,
+                new("Ready", false, "RedisUnavailable", error.clone(), g),
+                now,
+            );
+            unavailable()
+        }
+        None => {
+            conditions::set(
+                &mut st.conditions,
+                new("MetricsAvailable", false, "Pending", "not polled yet", g),
+                now,
+            );
+            unavailable()
+        }
+    }
+}
+
+/// The conditions of a queue whose Redis cannot be resolved from its spec (`msg`: which
+/// field and why).
+pub fn invalid(st: &mut FuncQueueStatus, msg: &str, g: Option<i64>, now: &str) -> Gauges {
+    for kind in [
+        crate::queue_config::CONFIG_APPLIED,
+        "MetricsAvailable",
+        "Ready",
+    ] {
+        conditions::set(
+            &mut st.conditions,
+            new(kind, false, "InvalidSpec", msg.to_string(), g),
+            now,
+        );
+    }
+    unavailable()
+}
+
+fn unavailable() -> Gauges {
+    Gauges {
+        depth: None,
+        oldest_age: AgeGauge::Keep,
+        available: false,
+    }
+}
+
+/// Whether `st` differs from the stored status, the poll time aside (an idle queue does not
+/// write every interval).
+pub fn changed(st: &FuncQueueStatus, stored: Option<&FuncQueueStatus>) -> bool {
+    let mut a = st.clone();
+    let mut b = stored.cloned().unwrap_or_default();
+    a.last_poll_time = None;
+    b.last_poll_time = None;
+    a != b
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_metrics::QueueMetrics;
+
+    const NOW: &str = "2026-01-01T00:00:00Z";
+
+    fn condition<'a>(st: &'a FuncQueueStatus, kind: &str) -> (&'a str, &'a str) {
+        let c = conditions::get(&st.conditions, kind).expect(kind);
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn served_warns_once_when_the_last_pool_goes() {
+        let mut st = FuncQueueStatus::default();
+        let note = served(&mut st, None, &[], ("ns", "q"), Some(1), NOW);
+        assert_eq!(
+            note.as_deref(),
+            Some("no FuncWorkerPool in ns lists queue q: its tasks will wait")
+        );
+        assert_eq!(condition(&st, "Served"), ("False", "NoPool"));
+        // still unserved on the next reconcile: no second warning
+        let prev = st.clone();
+        assert_eq!(
+            served(&mut st, Some(&prev), &[], ("ns", "q"), Some(1), NOW),
+            None
+        );
+        let pools = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            served(&mut st, Some(&prev), &pools, ("ns", "q"), Some(1), NOW),
+            None
+        );
+        assert_eq!(condition(&st, "Served"), ("True", "PoolsServing"));
+        assert_eq!(st.consumers, pools);
+    }
+
+    #[test]
+    fn readings_become_numbers_conditions_and_gauges() {
+        let mut st = FuncQueueStatus::default();
+        let m = QueueMetrics {
+            depth: 3,
+            oldest_age_seconds: None,
+            arrival_rate: 1.26,
+            task_time_ms: 480.04,
+            task_time_measured: true,
+            scheduled_per_period: 7,
+            ..Default::default()
+        };
+        let g = readings(&mut st, Some(&Reading::Ok(m.clone())), Some(2), NOW);
+        assert_eq!(
+            g,
+            Gauges {
+                depth: Some(3),
+                oldest_age: AgeGauge::Remove,
+                available: true
+            }
+        );
+        assert_eq!(
+            (
+                st.depth,
+                st.arrival_rate,
+                st.task_time_ms,
+                st.scheduled_per_period
+            ),
+            (Some(3), Some(1.3), Some(480.0), Some(7))
+        );
+        assert_eq!(st.task_time_source.as_deref(), Some("Measured"));
+        assert_eq!(condition(&st, "Ready"), ("True", "Polled"));
+        let empty = QueueMetrics { depth: 0, ..m };
+        let g = readings(&mut st, Some(&Reading::Ok(empty)), Some(2), NOW);
+        assert_eq!(
+            g.oldest_age,
+            AgeGauge::Set(0.0),
+            "an empty queue waits for nothing"
+        );
+
+        let down = Reading::Unavailable {
+            error: "refused".into(),
+            since_ms: 0,
+        };
+        let g = readings(&mut st, Some(&down), Some(2), NOW);
+        assert!(!g.available && g.depth.is_none() && g.oldest_age == AgeGauge::Keep);
+        assert_eq!(condition(&st, "Ready"), ("False", "RedisUnavailable"));
+        let mut fresh = FuncQueueStatus::default();
+        readings(&mut fresh, None, Some(2), NOW);
+        assert_eq!(condition(&fresh, "MetricsAvailable"), ("False", "Pending"));
+    }
+
+    #[test]
+    fn an_unresolvable_redis_is_an_invalid_spec() {
+        let mut st = FuncQueueStatus::default();
+        let g = invalid(&mut st, "spec.redis: no such Secret", Some(1), NOW);
+        assert!(!g.available);
+        for kind in [
+            crate::queue_config::CONFIG_APPLIED,
+            "MetricsAvailable",
+            "Ready",
+        ] {
+            assert_eq!(condition(&st, kind), ("False", "InvalidSpec"));
+        }
+    }
+
+    #[test]
+    fn the_poll_time_alone_is_no_change() {
+        let st = FuncQueueStatus {
+            last_poll_time: Some("t1".into()),
+            ..Default::default()
+        };
+        let stored = FuncQueueStatus {
+            last_poll_time: Some("t0".into()),
+            ..Default::default()
+        };
+        assert!(!changed(&st, Some(&stored)));
+        assert!(changed(
+            &FuncQueueStatus {
+                depth: Some(1),
+                ..st
+            },
+            Some(&stored)
+        ));
+    }
+}

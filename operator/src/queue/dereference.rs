@@ -1,0 +1,52 @@
+//! *Dereference*: what a queue points at and what is known about it — its Redis endpoint
+//! (Secrets included), the pools that consume it, the poller's last reading.
+
+use kube::ResourceExt;
+
+use crate::context::Context;
+use crate::crd::{FuncQueue, PoolRole};
+use crate::error::Result;
+use crate::redis_metrics::{QueueId, Reading, RedisEndpoint};
+
+/// What a queue points at, as read now.
+#[derive(Debug)]
+pub struct Dereferenced {
+    /// Worker pools of the queue's namespace that list it, sorted by name.
+    pub consumers: Vec<String>,
+    /// The queue's Redis; an error is a spec that cannot be resolved (`InvalidSpec`) or a
+    /// failure to read it (transient).
+    pub endpoint: Result<RedisEndpoint>,
+    /// The poller's last reading of the queue.
+    pub reading: Option<Reading>,
+}
+
+/// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
+pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEndpoint> {
+    crate::connection::resolve(
+        ctx.client.clone(),
+        &q.spec,
+        ns,
+        &ctx.config.default_redis,
+        &ctx.secrets,
+        ctx.now_ms(),
+    )
+    .await
+}
+
+/// Read everything `q` depends on.
+pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Dereferenced {
+    let mut consumers: Vec<String> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(id.namespace.as_str()))
+        .filter(|p| p.spec.role == PoolRole::Worker && p.spec.queues.contains(&id.name))
+        .map(|p| p.name_any())
+        .collect();
+    consumers.sort();
+    Dereferenced {
+        consumers,
+        endpoint: endpoint(q, &id.namespace, ctx).await,
+        reading: ctx.cache.get(id),
+    }
+}

@@ -1,0 +1,99 @@
+//! The FuncQueue controller: resolves the queue's Redis connection (Secrets included),
+//! registers it with the metrics poller, and writes the queue's status from the last
+//! reading: depth, oldest age, rates, T, M, consuming pools, and `Served=False` when no pool
+//! serves it. It also writes the queue's settings for the workers (retention, destinations:
+//! [`crate::queue_config`]).
+//!
+//! The steps, as in the pool controller: [`dereference`] (endpoint, consumers, last
+//! reading) → [`build`] (pure: status and gauges) → [`apply`] (Event, Redis settings,
+//! registry, gauges) → [`status`] (patch when changed). Validation is the endpoint's: a
+//! spec whose Redis cannot be resolved is `InvalidSpec` on the queue's conditions.
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use crate::context::{Context, rfc3339};
+use crate::crd::FuncQueue;
+use crate::error::{Error, Result};
+use crate::redis_metrics::QueueId;
+
+pub use dereference::endpoint;
+
+/// How often a queue's status is refreshed from the metrics cache.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reconcile one queue.
+pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["queue"])
+        .start_timer();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["queue"])
+        .inc();
+    let ns = q
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let id = QueueId::new(ns, q.name_any());
+    let now = rfc3339(ctx.now_ms());
+    let g = q.metadata.generation;
+    let stored = q.status.as_ref();
+    let mut st = stored.cloned().unwrap_or_default();
+    st.observed_generation = g;
+
+    let d = dereference::dereference(&q, &id, &ctx).await;
+    let labels = (id.namespace.as_str(), id.name.as_str());
+    if let Some(note) = build::served(&mut st, stored, &d.consumers, labels, g, &now) {
+        crate::events::warn(&ctx.recorder, q.as_ref(), "NotServed", note).await;
+    }
+    let action = match d.endpoint {
+        Ok(ep) => {
+            // retention and destinations for the workers; a Redis failure retries sooner
+            let config_retry = apply::redis(&q, &id, ep, &mut st, &now, &ctx).await;
+            let gauges = build::readings(&mut st, d.reading.as_ref(), g, &now);
+            apply::gauges(&ctx, &id, &gauges);
+            Action::requeue(config_retry.map_or(STATUS_INTERVAL, |d| d.min(STATUS_INTERVAL)))
+        }
+        Err(Error::InvalidSpec { field, reason }) => {
+            ctx.registry.remove(&id);
+            let gauges = build::invalid(&mut st, &format!("{field}: {reason}"), g, &now);
+            apply::gauges(&ctx, &id, &gauges);
+            // a Secret may be created later without the queue changing: look again, slowly
+            Action::requeue(Duration::from_secs(60))
+        }
+        Err(e) => return Err(e),
+    };
+
+    if build::changed(&st, stored) {
+        status::patch(&ctx, &id, &st).await?;
+    }
+    ctx.backoff.succeeded(&format!("queue:{id}"));
+    timer.observe_duration();
+    Ok(action)
+}
+
+/// Errors back off per object.
+pub fn error_policy(q: Arc<FuncQueue>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&["queue", err.category()])
+        .inc();
+    let key = format!(
+        "queue:{}/{}",
+        q.namespace().unwrap_or_default(),
+        q.name_any()
+    );
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(queue = %key, error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,68 @@
+//! The wire contract between the funcscale operator and its workers: the one place that
+//! knows Redis key names, the task envelope, the stats layout, task records and counts, queue
+//! settings, the schedules registry and the cron load M, the Lua scripts, and the layouts of
+//! the foreign queue systems (Celery, RQ, Sidekiq) the operator reads. The worker, the beat,
+//! the producer CLI, the operator and the kubectl plugin all go through this crate; no other
+//! crate spells a Redis key or holds a Lua script.
+//!
+//! No I/O and no async runtime: the crate builds keys, commands ([`redis::Cmd`],
+//! [`redis::Pipeline`]) and script invocations, and parses replies; the programs send them.
+//!
+//! # Keys (with the default prefix `funcscale`)
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `funcscale:q:<queue>` | list | waiting tasks; producers `LPUSH`, workers move from the right (FIFO) |
+//! | `funcscale:inflight:<worker>` | list | tasks a worker has taken and not yet acknowledged |
+//! | `funcscale:delayed:<queue>` | zset | tasks waiting for a retry, scored by due time (ms) |
+//! | `funcscale:dead:<queue>` | list | tasks that failed their last attempt (envelope with the error) |
+//! | `funcscale:stats:<queue>` | hash | counters and task-time statistics ([`StatsField`]) |
+//! | `funcscale:workers` | zset | live workers, scored by last heartbeat (ms) |
+//! | `funcscale:worker:<worker>` | hash | a worker's queues, processes, host |
+//! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
+//! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |
+//! | `funcscale:schedules-queues` | set | queues that have a dynamic schedules registry (the beat reads it) |
+//! | `funcscale:beat:lease` | string | beat lease holder (`<holder> <token>`), with a TTL |
+//! | `funcscale:beat:fence` | string (int) | fencing token counter, incremented per lease acquisition |
+//! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
+//! | `funcscale:task:<id>` | hash | task record ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
+//! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |
+//! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function (a set: scored by when the record got that function, not updated on later writes) |
+//! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) and the record count |
+//! | `funcscale:tasks:<queue>` | zset | the per-queue time index of earlier versions: no longer written; the trim script deletes it |
+//! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see [`CountBucket::from_pairs`]); expires after [`COUNTS_RETENTION_MS`] |
+//! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations |
+//! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
+//! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
+//!
+//! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
+//! Foreign systems' keys (no prefix: theirs) are in [`foreign`].
+//!
+//! # Scripts
+//! Every Lua script is a file under `lua/`, loaded with `include_str!` ([`scripts`]). A script
+//! gets the keys it works on through `KEYS`. The record library (`lua/record_lib.lua`) is the
+//! exception it has to be: it writes the record, index and count keys of task ids it only
+//! learns inside the script (envelopes it decodes, records retention picks), so it builds
+//! them from the prefix with its `fs_k_*` functions, which the tests compare with [`Keys`].
+
+pub mod cron;
+pub mod duration;
+pub mod envelope;
+pub mod foreign;
+pub mod keys;
+pub mod outbox;
+pub mod queue_config;
+pub mod records;
+pub mod schedules;
+pub mod scripts;
+pub mod stats;
+
+pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError};
+pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};
+pub use outbox::{OUTBOX_MAX_ATTEMPTS, OutboxItem};
+pub use queue_config::{Destination, QueueConfig};
+pub use records::{
+    COUNTS_RETENTION_MS, CountBucket, RECORD_MAX_AGE_MS, RECORD_MAX_COUNT, RECORD_TRIM_EVERY,
+    TaskRecord, TaskStatus,
+};
+pub use schedules::ScheduleEntry;
+pub use stats::{DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, bucket_field};

@@ -1,0 +1,198 @@
+//! The Lua scripts, one file each under `lua/` (each file's header says its `KEYS` and
+//! `ARGV`). Scripts that write task records, counts or destinations are the record library
+//! (`lua/record_lib.lua`) followed by their own body, joined at compile time.
+//!
+//! The programs wrap them in [`redis::Script`] once and invoke them with the keys from
+//! [`crate::Keys`].
+
+macro_rules! lua {
+    ($name:literal) => {
+        include_str!(concat!("../lua/", $name, ".lua"))
+    };
+}
+
+macro_rules! with_record_lib {
+    ($name:literal) => {
+        concat!(lua!("record_lib"), "\n", lua!($name))
+    };
+}
+
+/// The record library alone (functions only: running it does nothing).
+pub const RECORD_LIB: &str = lua!("record_lib");
+
+/// Producers: push envelopes, count them and record them (status `queued`), atomically.
+pub const ENQUEUE: &str = with_record_lib!("enqueue");
+/// The beat: fire ticks under the lease, each pushed, counted and recorded as `enqueue` does.
+pub const BEAT_FIRE: &str = with_record_lib!("beat_fire");
+/// The beat lease: acquire (or extend when held), with a fencing token.
+pub const LEASE_ACQUIRE: &str = lua!("lease_acquire");
+/// The beat lease: extend while held.
+pub const LEASE_RENEW: &str = lua!("lease_renew");
+/// The beat lease: release when held.
+pub const LEASE_RELEASE: &str = lua!("lease_release");
+/// The schedules registry: add or replace entries, keeping M per minute exact.
+pub const SCHEDULES_ADD: &str = lua!("schedules_add");
+/// The schedules registry: remove entries, keeping M per minute exact.
+pub const SCHEDULES_REMOVE: &str = lua!("schedules_remove");
+
+/// Workers: move the next task of the first non-empty queue to the in-flight list.
+pub const FETCH: &str = lua!("fetch");
+/// Workers: record an attempt as started while it is still in flight.
+pub const STARTED: &str = with_record_lib!("started");
+/// Workers: acknowledge, retry or dead-letter a task; its record and its destination.
+pub const FINISH: &str = with_record_lib!("finish");
+/// Workers: put an in-flight task back at the head of its queue.
+pub const REQUEUE: &str = with_record_lib!("requeue");
+/// Workers: move due retries from the delayed set to the queue.
+pub const PROMOTE: &str = lua!("promote");
+/// Workers: forget a dead worker slot once its in-flight list is empty.
+pub const FORGET: &str = lua!("forget");
+/// Workers: the task time (decaying average and histogram) in the stats hash.
+pub const RECORD_DURATION: &str = lua!("record_duration");
+/// Workers: sample the running tasks into the current minute's counts.
+pub const SAMPLE_EXECUTING: &str = lua!("sample_executing");
+
+/// Records: walk one index on the server (`tasks list`).
+pub const SCAN_INDEX: &str = lua!("scan_index");
+/// Records: move dead letters back to their queue (`dead-letters requeue`).
+pub const REQUEUE_DEAD: &str = with_record_lib!("requeue_dead");
+/// Records: apply a queue's retention (`tasks trim`).
+pub const TRIM: &str = with_record_lib!("trim");
+
+/// Outbox: claim due deliveries for a lease.
+pub const OUTBOX_CLAIM: &str = lua!("outbox_claim");
+/// Outbox: settle a delivery (delivered, rescheduled or parked).
+pub const OUTBOX_SETTLE: &str = lua!("outbox_settle");
+/// Outbox: move parked deliveries back (`outbox requeue`).
+pub const OUTBOX_REQUEUE_PARKED: &str = lua!("outbox_requeue_parked");
+
+/// The operator: the oldest RQ job's `enqueued_at` (see `foreign::rq_oldest_cmd`).
+pub const RQ_OLDEST: &str = lua!("rq_oldest");
+
+/// Every script, by file name (for the tests).
+pub const ALL: [(&str, &str); 23] = [
+    ("record_lib", RECORD_LIB),
+    ("enqueue", ENQUEUE),
+    ("beat_fire", BEAT_FIRE),
+    ("lease_acquire", LEASE_ACQUIRE),
+    ("lease_renew", LEASE_RENEW),
+    ("lease_release", LEASE_RELEASE),
+    ("schedules_add", SCHEDULES_ADD),
+    ("schedules_remove", SCHEDULES_REMOVE),
+    ("fetch", FETCH),
+    ("started", STARTED),
+    ("finish", FINISH),
+    ("requeue", REQUEUE),
+    ("promote", PROMOTE),
+    ("forget", FORGET),
+    ("record_duration", RECORD_DURATION),
+    ("sample_executing", SAMPLE_EXECUTING),
+    ("scan_index", SCAN_INDEX),
+    ("requeue_dead", REQUEUE_DEAD),
+    ("trim", TRIM),
+    ("outbox_claim", OUTBOX_CLAIM),
+    ("outbox_settle", OUTBOX_SETTLE),
+    ("outbox_requeue_parked", OUTBOX_REQUEUE_PARKED),
+    ("rq_oldest", RQ_OLDEST),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Keys, TaskStatus};
+
+    /// The integer a `local NAME = <n>` line of a script sets.
+    fn lua_const(src: &str, name: &str) -> u64 {
+        let line = src
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("local {name} = ")))
+            .unwrap_or_else(|| panic!("no `local {name}` in the script"));
+        line.trim().parse().expect("an integer")
+    }
+
+    #[test]
+    fn the_scripts_constants_are_the_crates() {
+        assert_eq!(
+            lua_const(RECORD_LIB, "FS_RECORD_MAX_AGE_MS"),
+            crate::RECORD_MAX_AGE_MS
+        );
+        assert_eq!(
+            lua_const(RECORD_LIB, "FS_RECORD_MAX_COUNT"),
+            crate::RECORD_MAX_COUNT
+        );
+        assert_eq!(
+            lua_const(RECORD_LIB, "FS_COUNTS_RETENTION_MS"),
+            crate::COUNTS_RETENTION_MS
+        );
+        assert_eq!(
+            lua_const(RECORD_LIB, "FS_RECORD_TRIM_EVERY"),
+            crate::RECORD_TRIM_EVERY
+        );
+        let bounds = RECORD_DURATION
+            .lines()
+            .find_map(|l| l.strip_prefix("local bounds = {"))
+            .and_then(|l| l.strip_suffix('}'))
+            .expect("the bucket bounds");
+        let bounds: Vec<u64> = bounds.split(", ").map(|b| b.parse().unwrap()).collect();
+        assert_eq!(bounds, crate::DURATION_BUCKETS_MS);
+    }
+
+    #[test]
+    fn no_placeholders_and_no_key_spelling_outside_the_library() {
+        for (name, src) in ALL {
+            assert!(!src.contains("__"), "{name}: a placeholder");
+            let body = src.strip_prefix(RECORD_LIB).unwrap_or(src);
+            if name == "record_lib" {
+                continue;
+            }
+            for part in [
+                ":q:",
+                ":task:",
+                ":tasks:",
+                ":counts:",
+                ":stats:",
+                ":outbox",
+                ":queue-config:",
+            ] {
+                assert!(
+                    !body.contains(part),
+                    "{name} spells a key ({part}): use KEYS or fs_k_*"
+                );
+            }
+        }
+    }
+
+    /// The library's key functions against [`Keys`], run on the real Redis.
+    #[test]
+    fn library_keys_are_the_crates() {
+        let Ok(mut con) =
+            redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection())
+        else {
+            panic!("Redis at 127.0.0.1:6379 (make redis)");
+        };
+        let probe = format!(
+            "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'i'), \
+             fs_k_tasks_status(P, 'a', 'dead'), fs_k_tasks_func(P, 'a', 'f'), fs_k_tasks_ids(P, 'a'), \
+             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P)}}"
+        );
+        let got: Vec<String> = redis::Script::new(&probe)
+            .arg("pfx")
+            .invoke(&mut con)
+            .unwrap();
+        let k = Keys::new("pfx");
+        assert_eq!(
+            got,
+            [
+                k.queue("a"),
+                k.stats("a"),
+                k.task("i"),
+                k.tasks_status("a", TaskStatus::Dead),
+                k.tasks_func("a", "f"),
+                k.tasks_ids("a"),
+                k.counts("a", 3),
+                k.queue_config("a"),
+                k.outbox(),
+            ]
+        );
+    }
+}

@@ -792,7 +792,6 @@ impl PodRuntime {
         for v in rule.env.values() {
             image.extend(v.split(':').map(PathBuf::from).filter(|p| p.is_absolute()));
         }
-        let mut binds = binds;
         binds.sort_by_key(|(_, target, _)| Path::new(target).components().count());
         let covered: Vec<PathBuf> = binds.iter().map(|(_, t, _)| PathBuf::from(t)).collect();
         image.sort();

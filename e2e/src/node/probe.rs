@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Probe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::process::Launch;
+use super::launch::Launch;
 
 /// What a probe or hook does.
 pub(super) enum Handler {

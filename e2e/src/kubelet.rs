@@ -25,15 +25,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+
+use crate::node::env::{container_env, expand};
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
@@ -424,138 +425,6 @@ async fn reconcile(
     Ok(())
 }
 
-/// `$(VAR)` expansion as the kubelet does it (`$$` escapes, unknown references stay).
-fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(')
-            && let Some(end) = body.find(')')
-            && let Some(v) = env.get(&body[..end])
-        {
-            out.push_str(v);
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn bytes_to_string(b: &ByteString) -> String {
-    String::from_utf8_lossy(&b.0).into_owned()
-}
-
-async fn env_value(
-    client: &Client,
-    ns: &str,
-    pod_name: &str,
-    var: &EnvVar,
-) -> anyhow::Result<Option<String>> {
-    if let Some(v) = &var.value {
-        return Ok(Some(v.clone()));
-    }
-    let Some(from) = &var.value_from else {
-        return Ok(Some(String::new()));
-    };
-    if let Some(f) = &from.field_ref {
-        return Ok(Some(match f.field_path.as_str() {
-            "metadata.name" => pod_name.to_string(),
-            "metadata.namespace" => ns.to_string(),
-            "status.podIP" | "status.hostIP" => "127.0.0.1".to_string(),
-            "spec.nodeName" => "funcscale-e2e-node".to_string(),
-            other => anyhow::bail!("fieldRef {other} is not supported by the e2e kubelet"),
-        }));
-    }
-    if let Some(s) = &from.secret_key_ref {
-        let secret = Api::<Secret>::namespaced(client.clone(), ns)
-            .get_opt(&s.name)
-            .await?;
-        let v = secret.and_then(|sec| {
-            sec.data
-                .as_ref()
-                .and_then(|d| d.get(&s.key).map(bytes_to_string))
-                .or_else(|| {
-                    sec.string_data
-                        .as_ref()
-                        .and_then(|d| d.get(&s.key).cloned())
-                })
-        });
-        return match (v, s.optional.unwrap_or(false)) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, true) => Ok(None),
-            (None, false) => anyhow::bail!("secret {}/{} key {} not found", ns, s.name, s.key),
-        };
-    }
-    if let Some(c) = &from.config_map_key_ref {
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get_opt(&c.name)
-            .await?;
-        let v = cm.and_then(|cm| cm.data.and_then(|d| d.get(&c.key).cloned()));
-        return match (v, c.optional.unwrap_or(false)) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, true) => Ok(None),
-            (None, false) => anyhow::bail!("configmap {}/{} key {} not found", ns, c.name, c.key),
-        };
-    }
-    anyhow::bail!("env {}: unsupported valueFrom", var.name)
-}
-
-async fn container_env(
-    client: &Client,
-    ns: &str,
-    pod_name: &str,
-    c: &Container,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut env = BTreeMap::new();
-    for from in c.env_from.iter().flatten() {
-        let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = &from.config_map_ref {
-            match Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .get_opt(&r.name)
-                .await?
-            {
-                Some(cm) => {
-                    for (k, v) in cm.data.unwrap_or_default() {
-                        env.insert(format!("{prefix}{k}"), v);
-                    }
-                }
-                None if r.optional.unwrap_or(false) => {}
-                None => anyhow::bail!("envFrom configmap {ns}/{} not found", r.name),
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            match Api::<Secret>::namespaced(client.clone(), ns)
-                .get_opt(&r.name)
-                .await?
-            {
-                Some(s) => {
-                    for (k, v) in s.data.unwrap_or_default() {
-                        env.insert(format!("{prefix}{k}"), bytes_to_string(&v));
-                    }
-                }
-                None if r.optional.unwrap_or(false) => {}
-                None => anyhow::bail!("envFrom secret {ns}/{} not found", r.name),
-            }
-        }
-    }
-    for var in c.env.iter().flatten() {
-        if let Some(v) = env_value(client, ns, pod_name, var).await? {
-            let v = expand(&v, &env);
-            env.insert(var.name.clone(), v);
-        }
-    }
-    env.insert("HOSTNAME".into(), pod_name.to_string());
-    Ok(env)
-}
-
 fn free_local_addr() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
@@ -626,7 +495,26 @@ async fn start_pod(
         .and_then(|s| s.containers.first())
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("pod template has no container"))?;
-    let mut env = container_env(client, &ns, pod_name, &container).await?;
+    // the pod as the shared env code sees it: name, namespace, the template's labels
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod_name.to_string()),
+            namespace: Some(ns.clone()),
+            labels: d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("funcscale-e2e-node".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = container_env(client, &ns, &pod, &container).await?;
+    env.insert("HOSTNAME".into(), pod_name.to_string());
     let (prog, mut args, is_worker) = program(&container, &config.worker_bin, &env);
     mount_configmaps(client, &ns, d, pod_name, &container, &mut args).await?;
     let metrics_addr = assign_metrics_addr(&mut args, &mut env, is_worker)?;
@@ -752,14 +640,6 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expands_vars() {
-        let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
-        assert_eq!(expand("x$(A)y", &env), "x1y");
-        assert_eq!(expand("$(B)", &env), "$(B)");
-        assert_eq!(expand("$$(A)", &env), "$(A)");
-    }
 
     #[test]
     fn maps_worker_binary_only() {

@@ -38,6 +38,7 @@
 //!   kubelet does. A pod removed at once (`--grace-period=0 --force`) loses its processes
 //!   at once.
 
+pub(crate) mod env;
 mod launch;
 mod probe;
 mod process;

@@ -16,6 +16,20 @@ use serde_json::json;
 
 use crate::node::NODE_LABEL;
 
+/// This test process's run id, `<pid>-<4 hex digits>`: namespaces and Redis key prefixes
+/// carry it, so a reused pid never meets an earlier run's namespace (still terminating) or
+/// Redis keys (the shared Redis keeps them).
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{}-{:04x}", std::process::id(), (nanos >> 8) & 0xffff)
+    })
+}
+
 /// The repository root (where `crds/`, `operator/` and `e2e/` are).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -279,7 +293,7 @@ impl TestNamespace {
     ) -> anyhow::Result<Self> {
         let control_plane = ControlPlane::ensure().await?;
         let client = control_plane.admin_client().await?;
-        let ns = format!("{name}-{}", std::process::id());
+        let ns = format!("{name}-{}", run_id());
         let tmp = tempfile::Builder::new()
             .prefix(&format!("funcscale-{name}-"))
             .tempdir()?;

@@ -166,7 +166,7 @@ impl Scenario {
             }
             let client = crate::apiserver::client_from_kubeconfig(&kubeconfig).await?;
             crate::apiserver::install_crds(&client).await?;
-            let ns = format!("fs-e2e-{}-{}", opts.name, std::process::id());
+            let ns = format!("fs-e2e-{}-{}", opts.name, crate::control_plane::run_id());
             (Target::Cluster, client, kubeconfig, ns)
         } else if opts.in_memory {
             let cluster = crate::TestCluster::start().await?;
@@ -187,7 +187,7 @@ impl Scenario {
             let cp = ControlPlane::ensure().await?;
             let client = cp.admin_client().await?;
             ControlPlane::install_crds(&client).await?;
-            let ns = format!("{}-{}", opts.name, std::process::id());
+            let ns = format!("{}-{}", opts.name, crate::control_plane::run_id());
             let node = format!("n-{ns}");
             ControlPlane::create_namespace(&client, &ns, &node).await?;
             let kubeconfig = cp
@@ -204,7 +204,7 @@ impl Scenario {
                 ns,
             )
         };
-        let prefix = format!("fs-scen-{}-{}", opts.name, std::process::id());
+        let prefix = format!("fs-scen-{}-{}", opts.name, crate::control_plane::run_id());
         let mut s = Self {
             opts,
             ns,

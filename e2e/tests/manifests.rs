@@ -243,7 +243,7 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
     let client = cp.admin_client().await?;
     ControlPlane::install_crds(&client).await?;
     let discovery = Discovery::new(client.clone()).run().await?;
-    let pid = std::process::id();
+    let pid = funcscale_e2e::control_plane::run_id();
     let mut failures = Vec::new();
     let mut notes = Vec::new();
 

@@ -270,8 +270,13 @@ async fn beat_stays_single_refuses_a_second_and_survives_a_kill() {
 
     // kill -9 the beat process → restarted (the kubelet restarts it; in a cluster the
     // Deployment replaces the pod), ticks resume
-    let before = s.pod_ids("beat").await;
-    assert_eq!(before.len(), 1, "{before:?}");
+    // (the pods the scale to 3 started are stopped by the ReplicaSet: wait until one runs)
+    let before = eventually(Duration::from_secs(30), "one beat pod", || async {
+        let ids = s.pod_ids("beat").await;
+        (ids.len() == 1).then_some(ids)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
     s.kill_pod("beat").await.unwrap();
     let at_kill = int(&mut con, "LLEN", &key).await;
     eventually(

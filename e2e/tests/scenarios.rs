@@ -52,6 +52,27 @@ fn logs(s: &Scenario) -> String {
     out
 }
 
+/// Queue `jobs` (task time hint `task_ms`) and a fixed pool `w` of `n` builtin workers of 5
+/// processes, waited for until all `n` are Ready.
+async fn fixed_pool(s: &Scenario, task_ms: u64, n: i32) {
+    s.apply_queue("jobs", json!({"taskTimeMs": task_ms, "maxRetries": 3}))
+        .await
+        .unwrap();
+    s.apply_pool(
+        "w",
+        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": n}),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} ready workers"),
+        || async { (s.replicas("w").await.ok().flatten() == Some((n, n))).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+}
+
 /// burst: 10,000 tasks → the pool grows within seconds → the queue drains → after the
 /// stabilization window the pool shrinks to zero; every task ran exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -413,20 +434,7 @@ async fn operator_takeover_leaves_workers_alone_and_loses_no_task() {
     let mut con = redis().await;
     let set = format!("{}:test:ran", s.prefix);
     let list = format!("{}:test:runs", s.prefix);
-    s.apply_queue("jobs", json!({"taskTimeMs": 5, "maxRetries": 3}))
-        .await
-        .unwrap();
-    s.apply_pool(
-        "w",
-        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": 2}),
-    )
-    .await
-    .unwrap();
-    eventually(Duration::from_secs(30), "2 ready workers", || async {
-        (s.replicas("w").await.ok().flatten() == Some((2, 2))).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    fixed_pool(&s, 5, 2).await;
     s.start_operator("op-1").unwrap();
     let before = s.pod_ids("w").await;
     assert_eq!(before.len(), 2);
@@ -495,20 +503,7 @@ async fn sigkill_chaos_loses_no_task() {
     let mut con = redis().await;
     let set = format!("{}:test:ran", s.prefix);
     let list = format!("{}:test:runs", s.prefix);
-    s.apply_queue("jobs", json!({"taskTimeMs": 50, "maxRetries": 3}))
-        .await
-        .unwrap();
-    s.apply_pool(
-        "w",
-        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": 3}),
-    )
-    .await
-    .unwrap();
-    eventually(Duration::from_secs(30), "3 ready workers", || async {
-        (s.replicas("w").await.ok().flatten() == Some((3, 3))).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    fixed_pool(&s, 50, 3).await;
     s.enqueue(
         "jobs",
         "record",

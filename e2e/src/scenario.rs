@@ -618,18 +618,28 @@ impl Drop for ReplicaHistory {
     }
 }
 
-/// A private `redis-server` on a free port (for outage scenarios: never stop the shared one).
+/// A private `redis-server` on a free port (for outage scenarios: never stop the shared one;
+/// for password and ACL tests: `--requirepass`, `--user` lines).
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
+    config: Vec<String>,
 }
 
 impl PrivateRedis {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+    /// Started with extra configuration arguments, e.g. `["--requirepass", "pw"]`.
+    pub async fn start_with(config: &[&str]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut r = Self { port, child: None };
+        let mut r = Self {
+            port,
+            child: None,
+            config: config.iter().map(|s| s.to_string()).collect(),
+        };
         r.restart().await?;
         Ok(r)
     }
@@ -641,6 +651,7 @@ impl PrivateRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -657,10 +668,12 @@ impl PrivateRedis {
                 async move {
                     let c = redis::Client::open(url).ok()?;
                     let mut con = c.get_multiplexed_async_connection().await.ok()?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut con)
-                        .await
-                        .ok()
+                    // it answers: PONG, or NOAUTH when it wants a password
+                    match redis::cmd("PING").query_async::<String>(&mut con).await {
+                        Ok(_) => Some(()),
+                        Err(e) if e.kind() != redis::ErrorKind::Io => Some(()),
+                        Err(_) => None,
+                    }
                 }
             },
         )

@@ -60,8 +60,34 @@ pub struct Cli {
 pub struct RedisFlags {
     /// Redis URL: on the command line, used for every queue instead of its spec.redis; from the
     /// environment, only for queues without spec.redis.
-    #[arg(long, env = "FUNCSCALE_REDIS_URL", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
     pub redis_url: Option<String>,
+    /// Redis ACL username for --redis-url / FUNCSCALE_REDIS_URL (replaces the URL's). Not used
+    /// for queues read through their own spec.redis.
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_USERNAME",
+        global = true,
+        value_name = "USER"
+    )]
+    pub redis_username: Option<String>,
+    /// Redis password for --redis-url / FUNCSCALE_REDIS_URL (replaces the URL's). Not used for
+    /// queues read through their own spec.redis. Prefer the environment variable: a flag shows
+    /// in the process list.
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        value_name = "PASSWORD"
+    )]
+    pub redis_password: Option<String>,
     /// Key prefix shared with the workers and the operator.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
@@ -139,6 +165,8 @@ where
     let flag = UrlFlag {
         url: cli.redis.redis_url.clone(),
         explicit,
+        username: cli.redis.redis_username.clone(),
+        password: cli.redis.redis_password.clone(),
     };
     Ok((cli, flag))
 }
@@ -302,7 +330,7 @@ async fn show_task(
     for q in &queues.items {
         let name = q.metadata.name.clone().unwrap_or_default();
         let found = match route(flag, Some(q), &name, &ns) {
-            Ok(Route::Url { url, why }) => Ok((RedisEndpoint::new(url), why)),
+            Ok(Route::Url { url, why }) => Ok((flag.endpoint(url), why)),
             Ok(Route::Queue(source)) => own_endpoint(client.clone(), q, &ns)
                 .await
                 .map(|ep| (ep, format!("FuncQueue {ns}/{name} {source}")))
@@ -316,7 +344,7 @@ async fn show_task(
         }
     }
     if let Some(url) = &flag.url {
-        let ep = RedisEndpoint::new(url.clone());
+        let ep = flag.endpoint(url);
         if !endpoints.iter().any(|(e, _)| e == &ep) {
             endpoints.push((ep, "FUNCSCALE_REDIS_URL".into()));
         }
@@ -335,7 +363,7 @@ async fn show_task(
         if verbose {
             eprintln!("looking for task {id:?} in Redis at {ep} ({why})");
         }
-        let mut con = match connect(ep.url(), Duration::from_secs(5)).await {
+        let mut con = match connect(ep, Duration::from_secs(5)).await {
             Ok(con) => con,
             Err(e) => {
                 problems.push(format!("cannot reach Redis at {ep} ({why}): {e}"));
@@ -400,7 +428,7 @@ async fn queue_connection(
     let (endpoint, why) = match queue {
         // an explicit URL needs no cluster
         _ if flag.explicit && flag.url.is_some() => (
-            RedisEndpoint::new(flag.url.clone().unwrap_or_default()),
+            flag.endpoint(flag.url.as_deref().unwrap_or_default()),
             "--redis-url".to_string(),
         ),
         None => {
@@ -430,7 +458,7 @@ async fn queue_connection(
                             RedisEndpoint::new(url)
                         );
                     }
-                    (RedisEndpoint::new(url), why)
+                    (flag.endpoint(url), why)
                 }
                 Route::Queue(source) => {
                     let why = format!("FuncQueue {ns}/{name} {source}");
@@ -453,7 +481,7 @@ async fn queue_connection(
     if verbose {
         eprintln!("reading Redis at {endpoint} ({why})");
     }
-    connect(endpoint.url(), Duration::from_secs(5))
+    connect(&endpoint, Duration::from_secs(5))
         .await
         .map_err(|e| match e {
             ConnectError::Url(_) if why == "--redis-url" => {
@@ -469,27 +497,58 @@ async fn queue_connection(
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL does not parse.
-    #[error("not a Redis URL: {0}")]
-    Url(redis::RedisError),
+    #[error("{0}")]
+    Url(#[source] funcscale_protocol::connection::InvalidUrl),
+    /// Redis refused the credentials (or the ACL user's rights).
+    #[error(
+        "Redis at {node} {}: check --redis-password / FUNCSCALE_REDIS_PASSWORD and \
+         --redis-username / FUNCSCALE_REDIS_USERNAME (or the user in --redis-url), or, for a \
+         queue read through its spec.redis, the Secrets it names",
+        why.describe()
+    )]
+    Auth {
+        /// `host:port`.
+        node: String,
+        /// What Redis said.
+        why: funcscale_protocol::connection::AuthFailure,
+        /// The Redis error.
+        #[source]
+        source: redis::RedisError,
+    },
     /// Nothing answered in time, or it refused.
     #[error("{0}")]
-    Connect(redis::RedisError),
+    Connect(#[source] redis::RedisError),
 }
 
-/// One multiplexed connection with bounded connect and response times: a CLI must not hang on
-/// an unreachable Redis.
+/// One multiplexed connection with bounded connect and response times (a CLI must not hang on
+/// an unreachable Redis), checked with a `PING` to log in: a refused password is
+/// [`ConnectError::Auth`].
 pub async fn connect(
-    url: &str,
+    endpoint: &RedisEndpoint,
     timeout: Duration,
 ) -> Result<redis::aio::MultiplexedConnection, ConnectError> {
-    let client = redis::Client::open(url).map_err(ConnectError::Url)?;
+    let info = endpoint.connection_info().map_err(ConnectError::Url)?;
+    let client = redis::Client::open(info).map_err(ConnectError::Connect)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(Duration::from_secs(30)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
+    let checked = async {
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("PING").query_async::<()>(&mut con).await?;
+        Ok::<_, redis::RedisError>(con)
+    };
+    checked
         .await
-        .map_err(ConnectError::Connect)
+        .map_err(|e| match funcscale_protocol::connection::auth_failure(&e) {
+            Some(why) => ConnectError::Auth {
+                node: endpoint.node(),
+                why,
+                source: e,
+            },
+            None => ConnectError::Connect(e),
+        })
 }
 
 #[cfg(test)]
@@ -512,7 +571,8 @@ mod tests {
             flag,
             UrlFlag {
                 url: Some("redis://x:1/0".into()),
-                explicit: true
+                explicit: true,
+                ..Default::default()
             }
         );
         let (cli, _) = parse(["kubectl-funcscale", "status", "-A", "--json", "-v"]).unwrap();

@@ -10,6 +10,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::Failure;
 use funcscale_operator::connection::{self, Source};
 use funcscale_operator::crd::FuncQueue;
+use funcscale_operator::redis_metrics::RedisEndpoint;
 
 /// The kubectl flags every subcommand takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -90,16 +91,42 @@ fn validate_namespace(ns: &str) -> Result<(), Failure> {
     }
 }
 
-/// The Redis URL the user gave, and how.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The Redis URL the user gave, and how, with the username and password given apart from it.
+/// `Debug` hides the password.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UrlFlag {
     /// `--redis-url` or `FUNCSCALE_REDIS_URL`.
     pub url: Option<String>,
     /// Given on the command line (not from the environment): then it is used for every queue.
     pub explicit: bool,
+    /// `--redis-username` or `FUNCSCALE_REDIS_USERNAME`: replaces the URL's.
+    pub username: Option<String>,
+    /// `--redis-password` or `FUNCSCALE_REDIS_PASSWORD`: replaces the URL's.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UrlFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlFlag")
+            .field(
+                "url",
+                &self.url.as_ref().map(|u| RedisEndpoint::new(u.clone())),
+            )
+            .field("explicit", &self.explicit)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl UrlFlag {
+    /// The endpoint of `url` (one of this flag's routes) with the username and password given
+    /// apart from it. They go only with the URL given by flag or environment, never with a
+    /// FuncQueue's own spec.redis.
+    pub fn endpoint(&self, url: &str) -> RedisEndpoint {
+        RedisEndpoint::with_credentials(url, self.username.as_deref(), self.password.as_deref())
+    }
+
     fn origin(&self) -> &'static str {
         if self.explicit {
             "--redis-url"
@@ -259,6 +286,7 @@ current-context: team-a
         let cli = UrlFlag {
             url: Some("redis://localhost:16379/0".into()),
             explicit: true,
+            ..Default::default()
         };
         let env = UrlFlag {
             explicit: false,

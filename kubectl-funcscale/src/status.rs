@@ -2,7 +2,6 @@
 //! the operator), plus live figures per queue from that queue's Redis. Gathering does the I/O;
 //! the views and the table are plain data.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use funcscale_protocol::Keys;
@@ -138,7 +137,12 @@ pub async fn gather(
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     // resolve every queue's connection, then read each endpoint once
-    let mut by_endpoint: BTreeMap<String, (RedisEndpoint, Vec<usize>)> = BTreeMap::new();
+    let mut by_endpoint: Vec<(RedisEndpoint, Vec<usize>)> = Vec::new();
+    let mut add = |ep: RedisEndpoint, i: usize| match by_endpoint.iter_mut().find(|(e, _)| *e == ep)
+    {
+        Some((_, idx)) => idx.push(i),
+        None => by_endpoint.push((ep, vec![i])),
+    };
     let mut items: Vec<&FuncQueue> = queues.items.iter().collect();
     items.sort_by_key(|q| (q.namespace().unwrap_or_default(), q.name_any()));
     for q in &items {
@@ -156,24 +160,16 @@ pub async fn gather(
             Err(msg) => view.redis.error = Some(msg),
             Ok(Route::Url { url, why }) => {
                 view.redis.source = why;
-                let ep = RedisEndpoint::new(url);
+                let ep = flag.endpoint(url);
                 view.redis.endpoint = Some(ep.redacted());
-                by_endpoint
-                    .entry(url.to_string())
-                    .or_insert_with(|| (ep, vec![]))
-                    .1
-                    .push(status.queues.len());
+                add(ep, status.queues.len());
             }
             Ok(Route::Queue(source)) => {
                 view.redis.source = source.to_string();
                 match own_endpoint(client.clone(), q, &ns).await {
                     Ok(ep) => {
                         view.redis.endpoint = Some(ep.redacted());
-                        by_endpoint
-                            .entry(ep.url().to_string())
-                            .or_insert_with(|| (ep, vec![]))
-                            .1
-                            .push(status.queues.len());
+                        add(ep, status.queues.len());
                     }
                     Err(e) => view.redis.error = Some(e),
                 }
@@ -183,8 +179,8 @@ pub async fn gather(
     }
 
     let now = funcscale_worker::worker::now_ms();
-    for (ep, idx) in by_endpoint.into_values() {
-        let mut con = match connect(ep.url(), Duration::from_secs(3)).await {
+    for (ep, idx) in by_endpoint {
+        let mut con = match connect(&ep, Duration::from_secs(3)).await {
             Ok(con) => con,
             Err(e) => {
                 for i in idx {

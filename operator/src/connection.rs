@@ -22,8 +22,16 @@ pub enum Source<'a> {
     Url(&'a str),
     /// `spec.redis.urlSecretRef`: the whole URL from a Secret (wins over everything else).
     UrlSecret(&'a SecretKeyRef),
-    /// `spec.redis.url` plus the password from `spec.redis.passwordSecretRef`.
-    UrlWithPassword(&'a str, &'a SecretKeyRef),
+    /// `spec.redis.url` plus the username from `spec.redis.usernameSecretRef` and/or the
+    /// password from `spec.redis.passwordSecretRef` (each replaces the URL's).
+    UrlWithSecrets {
+        /// `spec.redis.url`.
+        url: &'a str,
+        /// `spec.redis.usernameSecretRef`.
+        username: Option<&'a SecretKeyRef>,
+        /// `spec.redis.passwordSecretRef`.
+        password: Option<&'a SecretKeyRef>,
+    },
 }
 
 /// Where the queue's connection comes from, without reading anything.
@@ -34,10 +42,18 @@ pub fn source(spec: &FuncQueueSpec) -> Source<'_> {
     if let Some(r) = &conn.url_secret_ref {
         return Source::UrlSecret(r);
     }
-    match (&conn.url, &conn.password_secret_ref) {
-        (Some(url), Some(r)) => Source::UrlWithPassword(url, r),
-        (Some(url), None) => Source::Url(url),
-        (None, _) => Source::Default,
+    match (
+        &conn.url,
+        &conn.username_secret_ref,
+        &conn.password_secret_ref,
+    ) {
+        (Some(url), None, None) => Source::Url(url),
+        (Some(url), username, password) => Source::UrlWithSecrets {
+            url,
+            username: username.as_ref(),
+            password: password.as_ref(),
+        },
+        (None, _, _) => Source::Default,
     }
 }
 
@@ -51,11 +67,24 @@ impl std::fmt::Display for Source<'_> {
                 "spec.redis.urlSecretRef (Secret {}, key {})",
                 r.name, r.key
             ),
-            Source::UrlWithPassword(_, r) => write!(
-                f,
-                "spec.redis.url with spec.redis.passwordSecretRef (Secret {}, key {})",
-                r.name, r.key
-            ),
+            Source::UrlWithSecrets {
+                username, password, ..
+            } => {
+                f.write_str("spec.redis.url")?;
+                for (field, r) in [
+                    ("usernameSecretRef", username),
+                    ("passwordSecretRef", password),
+                ] {
+                    if let Some(r) = r {
+                        write!(
+                            f,
+                            " with spec.redis.{field} (Secret {}, key {})",
+                            r.name, r.key
+                        )?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -142,14 +171,32 @@ pub async fn resolve(
         Source::UrlSecret(r) => Ok(RedisEndpoint::new(
             value(r, "spec.redis.urlSecretRef").await?.trim(),
         )),
-        Source::UrlWithPassword(url, r) => {
-            let pw = value(r, "spec.redis.passwordSecretRef").await?;
-            Ok(RedisEndpoint::with_password(
+        Source::UrlWithSecrets {
+            url,
+            username,
+            password,
+        } => {
+            let username = match username {
+                Some(r) => Some(value(r, "spec.redis.usernameSecretRef").await?),
+                None => None,
+            };
+            let password = match password {
+                Some(r) => Some(value(r, "spec.redis.passwordSecretRef").await?),
+                None => None,
+            };
+            // a Secret made with `echo pw > file` ends in a newline that is not the password's
+            Ok(RedisEndpoint::with_credentials(
                 url,
-                pw.trim_end_matches(['\n', '\r']),
+                username.as_deref().map(line),
+                password.as_deref().map(line),
             ))
         }
     }
+}
+
+/// A Secret value without its trailing newline.
+fn line(v: &str) -> &str {
+    v.trim_end_matches(['\n', '\r'])
 }
 
 /// Why `r` cannot be read (`None`: it can): the Secret or its key is missing.
@@ -232,8 +279,25 @@ mod tests {
         };
         let k = key("pw");
         assert_eq!(
-            source(&spec(Some(pw))),
-            Source::UrlWithPassword("redis://r:6379/1", &k)
+            source(&spec(Some(pw.clone()))),
+            Source::UrlWithSecrets {
+                url: "redis://r:6379/1",
+                username: None,
+                password: Some(&k)
+            }
+        );
+        let user = RedisConnection {
+            username_secret_ref: Some(key("user")),
+            ..pw
+        };
+        let u = key("user");
+        assert_eq!(
+            source(&spec(Some(user))),
+            Source::UrlWithSecrets {
+                url: "redis://r:6379/1",
+                username: Some(&u),
+                password: Some(&k)
+            }
         );
         let s = RedisConnection {
             url_secret_ref: Some(key("whole")),
@@ -265,6 +329,7 @@ mod tests {
                     ByteString(b"redis://:s3cret@r:6379/2\n".to_vec()),
                 ),
                 ("password".to_string(), ByteString(b"p@ss\n".to_vec())),
+                ("user".to_string(), ByteString(b"ops\n".to_vec())),
             ]
             .into(),
         );
@@ -283,6 +348,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ep.url(), "redis://:s3cret@r:6379/2");
+        let settings = |ep: &RedisEndpoint| {
+            let info = ep.connection_info().unwrap();
+            let s = info.redis_settings();
+            (
+                s.username().map(str::to_string),
+                s.password().map(str::to_string),
+            )
+        };
 
         let with_pw = spec(Some(RedisConnection {
             url: Some("redis://app@r:6379/1".into()),
@@ -295,7 +368,20 @@ mod tests {
         let ep = resolve(client.clone(), &with_pw, "prod", &default, &cache, 0)
             .await
             .unwrap();
-        assert_eq!(ep.url(), "redis://app:p%40ss@r:6379/1");
+        assert_eq!(settings(&ep), (Some("app".into()), Some("p@ss".into())));
+
+        // the username from a Secret replaces the URL's
+        let with_user = spec(Some(RedisConnection {
+            username_secret_ref: Some(SecretKeyRef {
+                name: "redis".into(),
+                key: "user".into(),
+            }),
+            ..with_pw.redis.clone().unwrap()
+        }));
+        let ep = resolve(client.clone(), &with_user, "prod", &default, &cache, 0)
+            .await
+            .unwrap();
+        assert_eq!(settings(&ep), (Some("ops".into()), Some("p@ss".into())));
 
         assert_eq!(
             resolve(client.clone(), &spec(None), "prod", &default, &cache, 0)

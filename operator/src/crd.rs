@@ -220,12 +220,14 @@ pub struct Schedule {
 }
 
 /// Where a queue's Redis is. A password never appears inline: put the whole URL in a
-/// Secret (`urlSecretRef`), or give the URL without password plus `passwordSecretRef`.
+/// Secret (`urlSecretRef`), or give the URL without password plus `passwordSecretRef` (and,
+/// for a Redis ACL user, the username in the URL or in `usernameSecretRef`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!(has(self.url) && has(self.urlSecretRef))").message("set either url or urlSecretRef, not both"),
-    validation = Rule::new("!has(self.passwordSecretRef) || has(self.url)").message("passwordSecretRef needs url (the URL without its password)")
+    validation = Rule::new("!has(self.passwordSecretRef) || has(self.url)").message("passwordSecretRef needs url (the URL without its password)"),
+    validation = Rule::new("!has(self.usernameSecretRef) || has(self.url)").message("usernameSecretRef needs url (the URL without its credentials)")
 )]
 pub struct RedisConnection {
     /// Redis URL without a password, e.g. `redis://redis.queues:6379/0` or
@@ -239,9 +241,15 @@ pub struct RedisConnection {
     /// The whole Redis URL (password included) from a key of a Secret in the queue's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
-    /// The password from a key of a Secret in the queue's namespace, used with `url`.
+    /// The password from a key of a Secret in the queue's namespace, used with `url`: Redis
+    /// `requirepass`, or the password of the ACL user named in `url` or `usernameSecretRef`.
+    /// The pods get it as `FUNCSCALE_REDIS_PASSWORD`. A trailing newline is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// The Redis ACL username from a key of a Secret in the queue's namespace, used with `url`
+    /// (it replaces a username in `url`). The pods get it as `FUNCSCALE_REDIS_USERNAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the same namespace.

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use funcscale_protocol::connection::AuthFailure;
 use funcscale_protocol::foreign::{self, sidekiq_enqueued_ms};
 use funcscale_protocol::{Envelope, Keys, QueueStats, cron};
 use redis::Value;
@@ -43,54 +44,91 @@ impl std::fmt::Display for QueueId {
     }
 }
 
-/// A Redis endpoint with its credentials. `Debug`/`Display` never show the password.
+/// A Redis endpoint with its credentials: a URL, and a username and password given apart from
+/// it (from the FuncQueue's Secrets), which replace the URL's
+/// ([`funcscale_protocol::connection`]). `Debug`/`Display` never show the password.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisEndpoint {
     url: String,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 impl RedisEndpoint {
     /// From a full URL (may carry user and password, `rediss://` for TLS).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into() }
+        Self {
+            url: url.into(),
+            username: None,
+            password: None,
+        }
     }
 
-    /// From a URL without password plus a password (inserted as the URL's password).
+    /// From a URL (without password, maybe with a username) plus a password.
     pub fn with_password(url: &str, password: &str) -> Self {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Self::new(url);
-        };
-        let enc = percent_encode(password);
-        let (user, host) = match rest.split_once('@') {
-            Some((user, host)) => (user.split(':').next().unwrap_or_default().to_string(), host),
-            None => (String::new(), rest),
-        };
-        Self::new(format!("{scheme}://{user}:{enc}@{host}"))
+        Self::with_credentials(url, None, Some(password))
     }
 
-    /// The URL with credentials, for connecting.
+    /// From a URL plus a username and a password given apart (each replaces the URL's when set
+    /// and not empty).
+    pub fn with_credentials(url: &str, username: Option<&str>, password: Option<&str>) -> Self {
+        let given = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+        Self {
+            url: url.to_string(),
+            username: given(username),
+            password: given(password),
+        }
+    }
+
+    /// The URL as given (it may carry credentials: never log it, log the endpoint).
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Whether the URL carries a password.
+    /// What to connect with: the URL with the credentials given apart.
+    pub fn connection_info(
+        &self,
+    ) -> Result<redis::ConnectionInfo, funcscale_protocol::connection::InvalidUrl> {
+        funcscale_protocol::connection::connection_info(
+            &self.url,
+            self.username.as_deref(),
+            self.password.as_deref(),
+        )
+    }
+
+    /// Whether a password is given, apart or in the URL.
     pub fn has_password(&self) -> bool {
-        self.url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.rsplit_once('@'))
-            .is_some_and(|(user, _)| user.contains(':'))
+        self.password.is_some()
+            || self
+                .url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.rsplit_once('@'))
+                .is_some_and(|(user, _)| user.contains(':'))
+    }
+
+    /// `host:port` of the endpoint (for messages), or the redacted URL when it does not parse.
+    pub fn node(&self) -> String {
+        match self.connection_info() {
+            Ok(info) => funcscale_protocol::connection::node(&info),
+            Err(_) => self.redacted(),
+        }
     }
 
     /// The URL without the password, for logs and status.
     pub fn redacted(&self) -> String {
         match self.url.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = user.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}:***@{host}")
+            Some((scheme, rest)) => {
+                let (url_user, host) = match rest.rsplit_once('@') {
+                    Some((user, host)) => (Some(user.split(':').next().unwrap_or_default()), host),
+                    None => (None, rest),
+                };
+                let user = self.username.as_deref().or(url_user);
+                match (user, self.has_password()) {
+                    (_, true) => format!("{scheme}://{}:***@{host}", user.unwrap_or_default()),
+                    (Some(user), false) => format!("{scheme}://{user}@{host}"),
+                    (None, false) => self.url.clone(),
                 }
-                None => self.url.clone(),
-            },
+            }
             None => "<invalid url>".into(),
         }
     }
@@ -108,17 +146,6 @@ impl std::fmt::Display for RedisEndpoint {
     }
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Why a Redis endpoint could not be read or written. The messages are the ones queue
 /// conditions show; the Redis error stays attached as the source.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +156,21 @@ pub enum RedisError {
         /// The endpoint (password hidden).
         endpoint: RedisEndpoint,
         /// Why.
+        #[source]
+        source: funcscale_protocol::connection::InvalidUrl,
+    },
+    /// Redis refused the credentials (`NOAUTH`, `WRONGPASS`) or the ACL user's rights
+    /// (`NOPERM`).
+    #[error(
+        "Redis at {node} {}: check the queue's spec.redis (the Secret of passwordSecretRef, the user in url, or the URL in urlSecretRef) or, for queues without spec.redis, the operator's --redis-url",
+        why.describe()
+    )]
+    Auth {
+        /// `host:port`.
+        node: String,
+        /// What Redis said.
+        why: AuthFailure,
+        /// The Redis error.
         #[source]
         source: redis::RedisError,
     },
@@ -156,6 +198,53 @@ pub enum RedisError {
     /// A reply that is not what the protocol says.
     #[error("{0}")]
     Reply(String),
+}
+
+impl RedisError {
+    /// An error from `endpoint`: [`RedisError::Auth`] when Redis refused the credentials, else
+    /// what `other` makes of it.
+    pub fn classify(
+        endpoint: &RedisEndpoint,
+        source: redis::RedisError,
+        other: impl FnOnce(redis::RedisError) -> RedisError,
+    ) -> RedisError {
+        match funcscale_protocol::connection::auth_failure(&source) {
+            Some(why) => RedisError::Auth {
+                node: endpoint.node(),
+                why,
+                source,
+            },
+            None => other(source),
+        }
+    }
+
+    /// The reason a queue's conditions give for this error.
+    pub fn reason(&self) -> UnavailableReason {
+        match self {
+            RedisError::Auth { .. } => UnavailableReason::AuthFailed,
+            _ => UnavailableReason::Unreachable,
+        }
+    }
+}
+
+/// Why a queue's Redis could not be read, as the reason of its conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnavailableReason {
+    /// Unreachable, timed out, or an unexpected reply: `RedisUnavailable`.
+    #[default]
+    Unreachable,
+    /// Redis refused the credentials or the ACL user's rights: `RedisAuthFailed`.
+    AuthFailed,
+}
+
+impl UnavailableReason {
+    /// The condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnavailableReason::Unreachable => "RedisUnavailable",
+            UnavailableReason::AuthFailed => "RedisAuthFailed",
+        }
+    }
 }
 
 /// How the oldest waiting task's age is read.
@@ -281,6 +370,8 @@ pub enum Reading {
     Unavailable {
         /// Why.
         error: String,
+        /// Why, as a condition reason.
+        reason: UnavailableReason,
         /// Since when (unix ms).
         since_ms: u64,
     },
@@ -393,7 +484,7 @@ struct Conn {
     manager: Option<redis::aio::ConnectionManager>,
     failures: u32,
     next_attempt: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<(String, UnavailableReason)>,
 }
 
 #[derive(Default)]
@@ -519,7 +610,7 @@ impl Poller {
                         cache.insert(id, Reading::Ok(m));
                     }
                 }
-                Err(error) => {
+                Err((error, reason)) => {
                     for (id, _) in queues {
                         let since_ms = match cache.get(&id) {
                             Some(Reading::Unavailable { since_ms, .. }) => *since_ms,
@@ -532,6 +623,7 @@ impl Poller {
                             id,
                             Reading::Unavailable {
                                 error: error.clone(),
+                                reason,
                                 since_ms,
                             },
                         );
@@ -594,14 +686,14 @@ async fn read_endpoint(
     conn: &mut Conn,
     queues: &[(QueueId, QueueTarget)],
     config: &PollerConfig,
-) -> Result<Vec<Raw>, String> {
+) -> Result<Vec<Raw>, (String, UnavailableReason)> {
     if let Some(at) = conn.next_attempt
         && Instant::now() < at
     {
         return Err(conn
             .last_error
             .clone()
-            .unwrap_or_else(|| "waiting to retry".into()));
+            .unwrap_or_else(|| ("waiting to retry".into(), UnavailableReason::default())));
     }
     let result = async {
         if conn.manager.is_none() {
@@ -613,7 +705,7 @@ async fn read_endpoint(
             tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
                 .await
                 .map_err(|_| RedisError::ResponseTimeout(config.response_timeout))?
-                .map_err(RedisError::Command)?;
+                .map_err(|e| RedisError::classify(endpoint, e, RedisError::Command))?;
         parse_pipeline(queues, values).map_err(RedisError::Reply)
     }
     .await;
@@ -621,24 +713,31 @@ async fn read_endpoint(
     if let Err(e) = &result {
         tracing::debug!(redis = %endpoint, error = ?e, "Redis poll error");
     }
-    let result = result.map_err(|e| e.to_string());
-    if let Err(e) = &result {
+    let result = result.map_err(|e| (e.to_string(), e.reason()));
+    if let Err((e, _)) = &result {
         conn.failures = conn.failures.saturating_add(1);
         let backoff = Duration::from_millis(500u64.saturating_mul(1 << conn.failures.min(10)))
             .min(config.max_backoff);
         conn.next_attempt = Some(Instant::now() + backoff);
-        conn.last_error = Some(e.clone());
+        conn.last_error = result.as_ref().err().cloned();
         tracing::warn!(redis = %endpoint, error = %e, failures = conn.failures, retry_in = ?backoff, "Redis poll failed");
     }
     result
 }
 
-/// Connect to `endpoint` (TLS, user and password from its URL) with the poller's timeouts.
+/// Connect to `endpoint` (TLS from its URL, user and password from the URL or given apart)
+/// with the poller's timeouts.
 pub(crate) async fn connect(
     endpoint: &RedisEndpoint,
     config: &PollerConfig,
 ) -> Result<redis::aio::ConnectionManager, RedisError> {
-    let client = redis::Client::open(endpoint.url()).map_err(|source| RedisError::InvalidUrl {
+    let info = endpoint
+        .connection_info()
+        .map_err(|source| RedisError::InvalidUrl {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    let client = redis::Client::open(info).map_err(|source| RedisError::Connect {
         endpoint: endpoint.clone(),
         source,
     })?;
@@ -654,9 +753,11 @@ pub(crate) async fn connect(
     .map_err(|_| RedisError::ConnectTimeout {
         endpoint: endpoint.clone(),
     })?
-    .map_err(|source| RedisError::Connect {
-        endpoint: endpoint.clone(),
-        source,
+    .map_err(|source| {
+        RedisError::classify(endpoint, source, |source| RedisError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })
     })
 }
 
@@ -761,12 +862,26 @@ mod tests {
     #[test]
     fn endpoint_hides_password() {
         let e = RedisEndpoint::with_password("rediss://app@redis.example:6380/2", "p@ss:w");
-        assert_eq!(e.url(), "rediss://app:p%40ss%3Aw@redis.example:6380/2");
+        assert_eq!(
+            e.url(),
+            "rediss://app@redis.example:6380/2",
+            "the password stays apart"
+        );
+        let info = e.connection_info().unwrap();
+        assert_eq!(info.redis_settings().username(), Some("app"));
+        assert_eq!(info.redis_settings().password(), Some("p@ss:w"));
         assert_eq!(e.redacted(), "rediss://app:***@redis.example:6380/2");
         assert_eq!(format!("{e:?}"), "rediss://app:***@redis.example:6380/2");
+        assert_eq!(e.node(), "redis.example:6380");
         let e = RedisEndpoint::with_password("redis://redis:6379/0", "x");
-        assert_eq!(e.url(), "redis://:x@redis:6379/0");
+        assert_eq!(e.redacted(), "redis://:***@redis:6379/0");
         assert!(e.has_password());
+        let e = RedisEndpoint::with_credentials("redis://:old@redis:6379/0", Some("ops"), None);
+        assert_eq!(e.redacted(), "redis://ops:***@redis:6379/0");
+        assert_eq!(
+            e.connection_info().unwrap().redis_settings().password(),
+            Some("old")
+        );
         assert!(!RedisEndpoint::new("rediss://user@redis:6379/0").has_password());
     }
 

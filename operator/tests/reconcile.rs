@@ -425,6 +425,7 @@ async fn redis_unavailable_holds_the_size() {
         QueueId::new(NS, "q1"),
         Reading::Unavailable {
             error: "cannot connect to redis://x:6379: refused".into(),
+            reason: Default::default(),
             since_ms: T0,
         },
     );
@@ -1164,6 +1165,7 @@ async fn queue_gauges_follow_the_reading() {
         QueueId::new(NS, "q"),
         Reading::Unavailable {
             error: "connection refused".into(),
+            reason: Default::default(),
             since_ms: T0,
         },
     );
@@ -1669,7 +1671,11 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         async move {
             resolve(client, &spec, NS, &default, &ctx.secrets, ctx.now_ms())
                 .await
-                .map(|e| e.url().to_string())
+                .map(|e| {
+                    let info = e.connection_info().unwrap();
+                    let pw = info.redis_settings().password().unwrap_or_default();
+                    format!("{} {pw}", e.url())
+                })
                 .map_err(|e| e.to_string())
         }
     };
@@ -1687,7 +1693,7 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         .await
         .unwrap();
     // not kept while missing: seen at once
-    assert_eq!(url(&env).await.unwrap(), "redis://:one@redis:6379/0");
+    assert_eq!(url(&env).await.unwrap(), "redis://redis:6379/0 one");
     secrets
         .replace("redis-auth", &PostParams::default(), &secret("two"))
         .await
@@ -1695,13 +1701,13 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
     env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2));
     assert_eq!(
         url(&env).await.unwrap(),
-        "redis://:one@redis:6379/0",
+        "redis://redis:6379/0 one",
         "read less than a minute ago: no GET"
     );
     env.advance(Duration::from_millis(SECRET_CACHE_TTL_MS / 2 + 1));
     assert_eq!(
         url(&env).await.unwrap(),
-        "redis://:two@redis:6379/0",
+        "redis://redis:6379/0 two",
         "the rotated password, once the copy is a minute old"
     );
     secrets
@@ -1723,5 +1729,5 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         .create(&PostParams::default(), &secret("three"))
         .await
         .unwrap();
-    assert_eq!(url(&env).await.unwrap(), "redis://:three@redis:6379/0");
+    assert_eq!(url(&env).await.unwrap(), "redis://redis:6379/0 three");
 }

@@ -7,6 +7,8 @@
 //!
 //! No I/O and no async runtime: the crate builds keys, commands ([`redis::Cmd`],
 //! [`redis::Pipeline`]) and script invocations, and parses replies; the programs send them.
+//! [`connection`] turns a URL and the separately given username/password into the
+//! [`redis::ConnectionInfo`] every program connects with.
 //!
 //! # Keys (with the default prefix `funcscale`)
 //! | key | type | what |
@@ -44,6 +46,7 @@
 //! learns inside the script (envelopes it decodes, records retention picks), so it builds
 //! them from the prefix with its `fs_k_*` functions, which the tests compare with [`Keys`].
 
+pub mod connection;
 pub mod cron;
 pub mod duration;
 pub mod envelope;

@@ -25,7 +25,7 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 
 use crate::protocol::{self, Envelope, Keys, scripts};
-use crate::worker::{connection_manager, now_ms};
+use crate::worker::{RedisAuth, now_ms};
 use funcscale_protocol::cron::Cron;
 
 /// What to do with ticks missed while no beat was running.
@@ -43,6 +43,8 @@ pub enum Missed {
 pub struct BeatConfig {
     /// Redis URL.
     pub redis_url: String,
+    /// Username and password given apart from the URL (they replace the URL's).
+    pub redis_auth: RedisAuth,
     /// Key prefix.
     pub keys: Keys,
     /// YAML file of FuncQueue manifests.
@@ -63,6 +65,7 @@ impl Default for BeatConfig {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_auth: RedisAuth::default(),
             keys: Keys::default(),
             schedules_file: None,
             registry: true,
@@ -260,8 +263,7 @@ pub struct Beat {
 impl Beat {
     /// Connect and build a beat.
     pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis_url.as_str()).context("redis URL")?;
-        let redis = connection_manager(&client).await?;
+        let (_, redis) = config.redis_auth.connect(&config.redis_url).await?;
         Ok(Self {
             config,
             redis,

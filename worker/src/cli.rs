@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::beat::{Beat, BeatConfig, Missed};
 use crate::handler::Handler;
 use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
-use crate::worker::{Order, Worker, WorkerConfig, connection_manager, default_worker_name, now_ms};
+use crate::worker::{Order, RedisAuth, Worker, WorkerConfig, default_worker_name, now_ms};
 use funcscale_protocol::cron::Cron;
 
 /// funcscale worker, beat and producer tools.
@@ -25,27 +25,68 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Redis connection arguments shared by every subcommand.
-#[derive(Args, Debug, Clone)]
+/// Redis connection arguments shared by every subcommand. `Debug` hides the URL and the
+/// password.
+#[derive(Args, Clone)]
 pub struct RedisArgs {
-    /// Redis URL.
+    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS.
     #[arg(
         long,
         env = "FUNCSCALE_REDIS_URL",
         default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true,
         global = true
     )]
     pub redis_url: String,
+    /// Redis ACL username; replaces the one in --redis-url.
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_USERNAME",
+        global = true,
+        value_name = "USER"
+    )]
+    pub redis_username: Option<String>,
+    /// Redis password (requirepass, or the ACL user's); replaces the one in --redis-url. Prefer
+    /// the environment variable: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "FUNCSCALE_REDIS_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        value_name = "PASSWORD"
+    )]
+    pub redis_password: Option<String>,
     /// Key prefix.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
 }
 
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &"***")
+            .field("redis_username", &self.redis_username)
+            .field(
+                "redis_password",
+                &self.redis_password.as_ref().map(|_| "***"),
+            )
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
 impl RedisArgs {
-    /// A connection to `--redis-url` (reconnecting).
+    /// The username and password given apart from the URL.
+    pub fn auth(&self) -> RedisAuth {
+        RedisAuth {
+            username: self.redis_username.clone(),
+            password: self.redis_password.clone(),
+        }
+    }
+
+    /// A connection to `--redis-url` (reconnecting), checked to log in.
     pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        connection_manager(&client).await
+        Ok(self.auth().connect(&self.redis_url).await?.1)
     }
 }
 
@@ -769,6 +810,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => {
             let config = WorkerConfig {
                 redis_url: cli.redis.redis_url.clone(),
+                redis_auth: cli.redis.auth(),
                 keys,
                 queues: a.queues,
                 processes: a.processes.max(1),
@@ -955,6 +997,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Beat(a) => {
             let config = BeatConfig {
                 redis_url: cli.redis.redis_url.clone(),
+                redis_auth: cli.redis.auth(),
                 keys,
                 schedules_file: a.schedules_file,
                 registry: !a.no_registry,

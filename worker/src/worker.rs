@@ -50,6 +50,7 @@ use crate::handler::{
 use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
 use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
+use funcscale_protocol::connection;
 
 pub use crate::clock::now_ms;
 
@@ -68,6 +69,8 @@ pub enum Order {
 pub struct WorkerConfig {
     /// Redis URL.
     pub redis_url: String,
+    /// Username and password given apart from the URL (they replace the URL's).
+    pub redis_auth: RedisAuth,
     /// Key prefix.
     pub keys: Keys,
     /// Queues to consume.
@@ -103,6 +106,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_auth: RedisAuth::default(),
             keys: Keys::default(),
             queues: vec!["default".into()],
             processes: 5,
@@ -147,6 +151,16 @@ impl WorkerBuilder {
     /// Redis URL (default `redis://127.0.0.1:6379/0`).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.redis_url = url.into();
+        self
+    }
+    /// Redis password, replacing the URL's (`requirepass`, or an ACL user's).
+    pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+        self.config.redis_auth.password = Some(password.into());
+        self
+    }
+    /// Redis ACL username, replacing the URL's.
+    pub fn redis_username(mut self, username: impl Into<String>) -> Self {
+        self.config.redis_auth.username = Some(username.into());
         self
     }
     /// Key prefix (default `funcscale`).
@@ -208,8 +222,11 @@ impl WorkerBuilder {
             }
         };
         anyhow::ensure!(!self.config.queues.is_empty(), "no queues to consume");
-        let client = redis::Client::open(self.config.redis_url.as_str()).context("redis URL")?;
-        let redis = connection_manager(&client).await?;
+        let (client, redis) = self
+            .config
+            .redis_auth
+            .connect(&self.config.redis_url)
+            .await?;
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -226,17 +243,82 @@ impl WorkerBuilder {
     }
 }
 
+/// Username and password given apart from the Redis URL (`--redis-username`,
+/// `--redis-password`, or their environment variables, which the operator fills from the
+/// FuncQueue's Secret). Each replaces the URL's when set and not empty; see
+/// [`funcscale_protocol::connection`]. `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisAuth {
+    /// ACL username (`FUNCSCALE_REDIS_USERNAME`).
+    pub username: Option<String>,
+    /// Password (`FUNCSCALE_REDIS_PASSWORD`).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl RedisAuth {
+    /// A client for `url` with these credentials.
+    pub fn client(&self, url: &str) -> anyhow::Result<redis::Client> {
+        let info =
+            connection::connection_info(url, self.username.as_deref(), self.password.as_deref())
+                .with_context(|| format!("--redis-url / {}", connection::URL_ENV))?;
+        redis::Client::open(info).with_context(|| format!("--redis-url / {}", connection::URL_ENV))
+    }
+
+    /// Connect to `url` and check with a `PING` that Redis accepts the credentials: a refusal
+    /// (`NOAUTH`, `WRONGPASS`, `NOPERM`) is an error naming the settings to fix, so a process
+    /// that cannot log in exits at once with a reason instead of retrying in silence.
+    pub async fn connect(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+        let client = self.client(url)?;
+        let node = connection::node(client.get_connection_info());
+        let checked = async {
+            // one plain connection first: the manager retries a refused login for seconds
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(5)));
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut probe).await?;
+            connection_manager(&client).await
+        }
+        .await;
+        match checked {
+            Ok(con) => Ok((client, con)),
+            Err(e) => Err(match connection::auth_failure(&e) {
+                Some(why) => anyhow::Error::new(e).context(format!(
+                    "Redis at {node} {}: check the password ({} / --redis-password) and the \
+                     username ({} / --redis-username, or the user in {} / --redis-url)",
+                    why.describe(),
+                    connection::PASSWORD_ENV,
+                    connection::USERNAME_ENV,
+                    connection::URL_ENV,
+                )),
+                None => anyhow::Error::new(e).context(format!("connecting to Redis at {node}")),
+            }),
+        }
+    }
+}
+
 /// A connection manager with timeouts suited to bulk scripts.
 pub async fn connection_manager(
     client: &redis::Client,
-) -> anyhow::Result<redis::aio::ConnectionManager> {
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(30)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
-    client
-        .get_connection_manager_with_config(cfg)
-        .await
-        .context("connecting to Redis")
+    client.get_connection_manager_with_config(cfg).await
 }
 
 /// Lua scripts of the worker (all keys come from [`Keys`]).

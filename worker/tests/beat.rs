@@ -23,6 +23,7 @@ fn yaml_file(s: &Space, body: &str) -> PathBuf {
 fn config(s: &Space, holder: &str, file: Option<PathBuf>) -> BeatConfig {
     BeatConfig {
         redis_url: REDIS_URL.into(),
+        redis_auth: Default::default(),
         keys: s.keys.clone(),
         schedules_file: file,
         registry: true,

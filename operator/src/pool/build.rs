@@ -27,6 +27,7 @@ use crate::context::Config;
 use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, QueueOrder, RedisConnection};
 use crate::crd_ext::{labels, schedules_configmap_name, selector_labels};
 use crate::error::{Error, Result};
+use funcscale_protocol::connection;
 
 /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
 pub const WORKER_HEALTH_PORT: i32 = 9090;
@@ -145,8 +146,10 @@ fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// Redis environment of the pods: `FUNCSCALE_REDIS_URL` (value, or from the Secret) and
-/// `FUNCSCALE_REDIS_PASSWORD` when the password is a separate Secret key.
+/// Redis environment of the pods: `FUNCSCALE_REDIS_URL` (value, or from the Secret), and
+/// `FUNCSCALE_REDIS_PASSWORD` / `FUNCSCALE_REDIS_USERNAME` when the password / ACL username is
+/// a separate Secret key (the worker lets them replace the URL's:
+/// [`funcscale_protocol::connection`]).
 pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<EnvVar>> {
     let mut out = match conn {
         Some(RedisConnection {
@@ -156,11 +159,15 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
         Some(RedisConnection {
             url: Some(url),
             password_secret_ref,
+            username_secret_ref,
             ..
         }) => {
-            let mut v = vec![env("FUNCSCALE_REDIS_URL", url.clone())];
+            let mut v = vec![env(connection::URL_ENV, url.clone())];
             if let Some(p) = password_secret_ref {
-                v.push(env_secret("FUNCSCALE_REDIS_PASSWORD", &p.name, &p.key));
+                v.push(env_secret(connection::PASSWORD_ENV, &p.name, &p.key));
+            }
+            if let Some(u) = username_secret_ref {
+                v.push(env_secret(connection::USERNAME_ENV, &u.name, &u.key));
             }
             v
         }
@@ -967,6 +974,34 @@ mod tests {
         .unwrap();
         assert_eq!(e[0].value.as_deref(), Some("rediss://u@h:6380/1"));
         assert_eq!(e[1].name, "FUNCSCALE_REDIS_PASSWORD");
+        let e = redis_env(
+            Some(&RedisConnection {
+                url: Some("redis://h:6379/1".into()),
+                password_secret_ref: Some(r("p")),
+                username_secret_ref: Some(r("u")),
+                ..Default::default()
+            }),
+            &c,
+        )
+        .unwrap();
+        let from = |i: usize| {
+            e[i].value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name
+                .clone()
+        };
+        assert_eq!(
+            (e[1].name.as_str(), from(1).as_str()),
+            ("FUNCSCALE_REDIS_PASSWORD", "p")
+        );
+        assert_eq!(
+            (e[2].name.as_str(), from(2).as_str()),
+            ("FUNCSCALE_REDIS_USERNAME", "u")
+        );
 
         // the default URL with a password never lands in a pod spec
         let mut c = Config {

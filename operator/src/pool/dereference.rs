@@ -67,6 +67,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         for (field, r) in [
             ("urlSecretRef", &conn.url_secret_ref),
             ("passwordSecretRef", &conn.password_secret_ref),
+            ("usernameSecretRef", &conn.username_secret_ref),
         ] {
             if let Some(r) = r
                 && let Some(why) =

@@ -106,21 +106,17 @@ pub fn readings(
                 available: true,
             }
         }
-        Some(Reading::Unavailable { error, .. }) => {
+        Some(Reading::Unavailable { error, reason, .. }) => {
+            // RedisAuthFailed when Redis refused the credentials, else RedisUnavailable
+            let reason = reason.as_str();
             conditions::set(
                 &mut st.conditions,
-                new(
-                    "MetricsAvailable",
-                    false,
-                    "RedisUnavailable",
-                    error.clone(),
-                    g,
-                ),
+                new("MetricsAvailable", false, reason, error.clone(), g),
                 now,
             );
             conditions::set(
                 &mut st.conditions,
-                new("Ready", false, "RedisUnavailable", error.clone(), g),
+                new("Ready", false, reason, error.clone(), g),
                 now,
             );
             unavailable()
@@ -253,6 +249,7 @@ mod tests {
 
         let down = Reading::Unavailable {
             error: "refused".into(),
+            reason: Default::default(),
             since_ms: 0,
         };
         let g = readings(&mut st, Some(&down), Some(2), NOW);

@@ -829,3 +829,120 @@ async fn reaction_latency() {
 fn fastrand_ms(i: usize) -> u64 {
     ((i as u64 * 379) + (std::process::id() as u64 % 97)) % 1000
 }
+
+/// A queue on a password-protected Redis (`requirepass`), the password in a real Secret
+/// (`spec.redis.passwordSecretRef`): the operator reads the queue's depth with it, the pool's
+/// pods get it as FUNCSCALE_REDIS_PASSWORD and run every task (side effects counted), and a
+/// queue whose Secret holds a wrong password says RedisAuthFailed with the node address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_on_a_password_protected_redis() {
+    if funcscale_e2e::scenario::real_cluster() {
+        eprintln!("skipped against a real cluster: pods cannot reach this machine's private Redis");
+        return;
+    }
+    const PW: &str = "s3cr3t:p@ss/w#rd";
+    let redis_srv = funcscale_e2e::scenario::PrivateRedis::start_with(&["--requirepass", PW])
+        .await
+        .unwrap();
+    let s = Scenario::start(Options::new("auth")).await.unwrap();
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(s.client.clone(), &s.ns);
+    for (name, pw) in [("redis-auth", PW), ("stale-auth", "old-password")] {
+        secrets
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": name}, "stringData": {"password": format!("{pw}\n")}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let redis_spec = |secret: &str| json!({"url": redis_srv.url(), "passwordSecretRef": {"name": secret, "key": "password"}});
+    s.apply_queue(
+        "jobs",
+        json!({"taskTimeMs": 100, "redis": redis_spec("redis-auth")}),
+    )
+    .await
+    .unwrap();
+    s.apply_queue(
+        "stale",
+        json!({"taskTimeMs": 100, "redis": redis_spec("stale-auth")}),
+    )
+    .await
+    .unwrap();
+
+    // 30 tasks, pushed with the password (the producer CLI reads it from the environment)
+    let done = format!("{}-done", s.prefix);
+    let out = tokio::process::Command::new(&s.worker_bin)
+        .args([
+            "enqueue", "--queue", "jobs", "--func", "record", "--count", "30",
+        ])
+        .args(["--args", &json!([done]).to_string()])
+        .env("FUNCSCALE_REDIS_URL", redis_srv.url())
+        .env("FUNCSCALE_REDIS_PASSWORD", PW)
+        .env("FUNCSCALE_PREFIX", &s.prefix)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // the operator reads the depth through the Secret's password
+    eventually(Duration::from_secs(20), "status.depth = 30", || async {
+        let q = s.queues().get("jobs").await.ok()?;
+        (q.status?.depth == Some(30)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    // the wrong password: a reason of its own, naming the node, not the password
+    let node = format!("127.0.0.1:{}", redis_srv.port);
+    let (reason, msg) = eventually(
+        Duration::from_secs(20),
+        "stale: RedisAuthFailed",
+        || async {
+            let st = s.queues().get("stale").await.ok()?.status?;
+            let c = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            (c.reason == "RedisAuthFailed").then_some((c.reason, c.message))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    assert!(
+        msg.contains(&node) && msg.contains("passwordSecretRef"),
+        "{reason}: {msg}"
+    );
+    assert!(!msg.contains("old-password"), "{msg}");
+
+    // a pool on the queue: its pods log in with FUNCSCALE_REDIS_PASSWORD from the Secret
+    s.apply_pool(
+        "w",
+        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    let info =
+        funcscale_protocol::connection::connection_info(&redis_srv.url(), None, Some(PW)).unwrap();
+    let con = redis::Client::open(info)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "30 tasks run", || async {
+        let mut con = con.clone();
+        (int(&mut con, "SCARD", &done).await == 30).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    eventually(Duration::from_secs(20), "status.depth = 0", || async {
+        let q = s.queues().get("jobs").await.ok()?;
+        (q.status?.depth == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    s.shutdown().await;
+}

@@ -184,19 +184,14 @@ pub async fn resolve(
                 Some(r) => Some(value(r, "spec.redis.passwordSecretRef").await?),
                 None => None,
             };
-            // a Secret made with `echo pw > file` ends in a newline that is not the password's
+            // a trailing newline (`echo pw > file`) is dropped where the connection is made
             Ok(RedisEndpoint::with_credentials(
                 url,
-                username.as_deref().map(line),
-                password.as_deref().map(line),
+                username.as_deref(),
+                password.as_deref(),
             ))
         }
     }
-}
-
-/// A Secret value without its trailing newline.
-fn line(v: &str) -> &str {
-    v.trim_end_matches(['\n', '\r'])
 }
 
 /// Why `r` cannot be read (`None`: it can): the Secret or its key is missing.

@@ -47,8 +47,12 @@ impl std::fmt::Display for QueueId {
 /// A Redis endpoint with its credentials: a URL, and a username and password given apart from
 /// it (from the FuncQueue's Secrets), which replace the URL's
 /// ([`funcscale_protocol::connection`]). `Debug`/`Display` never show the password.
+/// Behind an `Arc`: small to clone and to carry in errors.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RedisEndpoint {
+pub struct RedisEndpoint(Arc<Credentials>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct Credentials {
     url: String,
     username: Option<String>,
     password: Option<String>,
@@ -57,11 +61,11 @@ pub struct RedisEndpoint {
 impl RedisEndpoint {
     /// From a full URL (may carry user and password, `rediss://` for TLS).
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
+        Self(Arc::new(Credentials {
             url: url.into(),
             username: None,
             password: None,
-        }
+        }))
     }
 
     /// From a URL (without password, maybe with a username) plus a password.
@@ -70,19 +74,19 @@ impl RedisEndpoint {
     }
 
     /// From a URL plus a username and a password given apart (each replaces the URL's when set
-    /// and not empty).
+    /// and not empty; a trailing newline is dropped).
     pub fn with_credentials(url: &str, username: Option<&str>, password: Option<&str>) -> Self {
-        let given = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
-        Self {
+        use funcscale_protocol::connection::given;
+        Self(Arc::new(Credentials {
             url: url.to_string(),
-            username: given(username),
-            password: given(password),
-        }
+            username: given(username).map(str::to_string),
+            password: given(password).map(str::to_string),
+        }))
     }
 
     /// The URL as given (it may carry credentials: never log it, log the endpoint).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.0.url
     }
 
     /// What to connect with: the URL with the credentials given apart.
@@ -90,16 +94,17 @@ impl RedisEndpoint {
         &self,
     ) -> Result<redis::ConnectionInfo, funcscale_protocol::connection::InvalidUrl> {
         funcscale_protocol::connection::connection_info(
-            &self.url,
-            self.username.as_deref(),
-            self.password.as_deref(),
+            &self.0.url,
+            self.0.username.as_deref(),
+            self.0.password.as_deref(),
         )
     }
 
     /// Whether a password is given, apart or in the URL.
     pub fn has_password(&self) -> bool {
-        self.password.is_some()
+        self.0.password.is_some()
             || self
+                .0
                 .url
                 .split_once("://")
                 .and_then(|(_, rest)| rest.rsplit_once('@'))
@@ -116,17 +121,17 @@ impl RedisEndpoint {
 
     /// The URL without the password, for logs and status.
     pub fn redacted(&self) -> String {
-        match self.url.split_once("://") {
+        match self.0.url.split_once("://") {
             Some((scheme, rest)) => {
                 let (url_user, host) = match rest.rsplit_once('@') {
                     Some((user, host)) => (Some(user.split(':').next().unwrap_or_default()), host),
                     None => (None, rest),
                 };
-                let user = self.username.as_deref().or(url_user);
+                let user = self.0.username.as_deref().or(url_user);
                 match (user, self.has_password()) {
                     (_, true) => format!("{scheme}://{}:***@{host}", user.unwrap_or_default()),
                     (Some(user), false) => format!("{scheme}://{user}@{host}"),
-                    (None, false) => self.url.clone(),
+                    (None, false) => self.0.url.clone(),
                 }
             }
             None => "<invalid url>".into(),

@@ -36,8 +36,10 @@ pub struct InvalidUrl {
 }
 
 /// The connection to `url`, with `username` / `password` (when given, and not empty)
-/// replacing the URL's. Empty strings count as not given: an environment variable set from an
-/// optional Secret key may be empty.
+/// replacing the URL's. A trailing newline is dropped (a Secret written with
+/// `echo pw > file; kubectl create secret --from-file` holds one, and a pod's environment
+/// variable from it keeps it); empty strings then count as not given (an environment variable
+/// set from an optional Secret key may be empty).
 pub fn connection_info(
     url: &str,
     username: Option<&str>,
@@ -48,13 +50,21 @@ pub fn connection_info(
         source,
     })?;
     let mut settings = info.redis_settings().clone();
-    if let Some(u) = username.filter(|u| !u.is_empty()) {
+    if let Some(u) = given(username) {
         settings = settings.set_username(u);
     }
-    if let Some(p) = password.filter(|p| !p.is_empty()) {
+    if let Some(p) = given(password) {
         settings = settings.set_password(p);
     }
     Ok(info.set_redis_settings(settings))
+}
+
+/// A username or password as given apart from the URL: without a trailing newline, and `None`
+/// when that leaves nothing.
+pub fn given(value: Option<&str>) -> Option<&str> {
+    value
+        .map(|v| v.trim_end_matches(['\n', '\r']))
+        .filter(|v| !v.is_empty())
 }
 
 /// `host:port` (or the socket path) of a connection: names the node in messages without its
@@ -130,6 +140,10 @@ mod tests {
 
         let i = connection_info("redis://app:url-pw@h:1/3", Some("ops"), None).unwrap();
         assert_eq!(creds(&i), (Some("ops"), Some("url-pw"), 3));
+
+        // a Secret file's trailing newline is not part of the password
+        let i = connection_info("redis://h:1/0", Some("app\n"), Some("pw\r\n")).unwrap();
+        assert_eq!(creds(&i), (Some("app"), Some("pw"), 0));
 
         // empty values (an env var from an empty Secret key) are not given
         let i = connection_info("redis://app:url-pw@h:1/0", Some(""), Some("")).unwrap();

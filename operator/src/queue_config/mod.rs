@@ -301,7 +301,7 @@ pub async fn reconcile_config(
                 new(
                     CONFIG_APPLIED,
                     false,
-                    "RedisUnavailable",
+                    e.reason().as_str(),
                     format!("cannot write retention and destinations: {e}"),
                     g,
                 ),
@@ -346,9 +346,15 @@ async fn write(
         endpoint: endpoint.clone(),
         timeout,
     })?
-    .map_err(|source| WriteError::Command {
-        endpoint: endpoint.clone(),
-        source,
+    .map_err(|source| {
+        // a refused login names the node and the settings to fix, as the poller's does
+        match RedisError::classify(endpoint, source, RedisError::Command) {
+            RedisError::Command(source) => WriteError::Command {
+                endpoint: endpoint.clone(),
+                source,
+            },
+            refused => WriteError::Connect(refused),
+        }
     })
 }
 
@@ -369,6 +375,16 @@ enum WriteError {
         #[source]
         source: redis::RedisError,
     },
+}
+
+impl WriteError {
+    /// The condition reason: `RedisAuthFailed` when Redis refused the login.
+    fn reason(&self) -> crate::redis_metrics::UnavailableReason {
+        match self {
+            WriteError::Connect(e) => e.reason(),
+            _ => Default::default(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ use resolve::{KubeArgs, Route, UrlFlag, route};
                   through the API). --redis-url on the command line overrides that for every \
                   queue (e.g. through kubectl port-forward); --redis-url / FUNCSCALE_REDIS_URL \
                   is also used for queues without spec.redis and for --queue names that have no \
-                  FuncQueue."
+                  FuncQueue. --redis-username / --redis-password (FUNCSCALE_REDIS_USERNAME / \
+                  FUNCSCALE_REDIS_PASSWORD) go with that URL and replace its own; a queue read \
+                  through its spec.redis uses the Secrets it names."
 )]
 pub struct Cli {
     /// Cluster access.
@@ -68,26 +70,10 @@ pub struct RedisFlags {
         value_name = "URL"
     )]
     pub redis_url: Option<String>,
-    /// Redis ACL username for --redis-url / FUNCSCALE_REDIS_URL (replaces the URL's). Not used
-    /// for queues read through their own spec.redis.
-    #[arg(
-        long,
-        env = "FUNCSCALE_REDIS_USERNAME",
-        global = true,
-        value_name = "USER"
-    )]
-    pub redis_username: Option<String>,
-    /// Redis password for --redis-url / FUNCSCALE_REDIS_URL (replaces the URL's). Not used for
-    /// queues read through their own spec.redis. Prefer the environment variable: a flag shows
-    /// in the process list.
-    #[arg(
-        long,
-        env = "FUNCSCALE_REDIS_PASSWORD",
-        hide_env_values = true,
-        global = true,
-        value_name = "PASSWORD"
-    )]
-    pub redis_password: Option<String>,
+    /// Username and password for --redis-url / FUNCSCALE_REDIS_URL (not for queues read
+    /// through their own spec.redis).
+    #[command(flatten)]
+    pub auth: funcscale_worker::worker::RedisAuth,
     /// Key prefix shared with the workers and the operator.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
@@ -165,8 +151,7 @@ where
     let flag = UrlFlag {
         url: cli.redis.redis_url.clone(),
         explicit,
-        username: cli.redis.redis_username.clone(),
-        password: cli.redis.redis_password.clone(),
+        auth: cli.redis.auth.clone(),
     };
     Ok((cli, flag))
 }

@@ -11,6 +11,7 @@ use crate::Failure;
 use funcscale_operator::connection::{self, Source};
 use funcscale_operator::crd::FuncQueue;
 use funcscale_operator::redis_metrics::RedisEndpoint;
+use funcscale_worker::worker::RedisAuth;
 
 /// The kubectl flags every subcommand takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -99,10 +100,9 @@ pub struct UrlFlag {
     pub url: Option<String>,
     /// Given on the command line (not from the environment): then it is used for every queue.
     pub explicit: bool,
-    /// `--redis-username` or `FUNCSCALE_REDIS_USERNAME`: replaces the URL's.
-    pub username: Option<String>,
-    /// `--redis-password` or `FUNCSCALE_REDIS_PASSWORD`: replaces the URL's.
-    pub password: Option<String>,
+    /// `--redis-username` / `--redis-password` (or their environment variables): replace the
+    /// URL's.
+    pub auth: RedisAuth,
 }
 
 impl std::fmt::Debug for UrlFlag {
@@ -113,8 +113,7 @@ impl std::fmt::Debug for UrlFlag {
                 &self.url.as_ref().map(|u| RedisEndpoint::new(u.clone())),
             )
             .field("explicit", &self.explicit)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -124,7 +123,11 @@ impl UrlFlag {
     /// apart from it. They go only with the URL given by flag or environment, never with a
     /// FuncQueue's own spec.redis.
     pub fn endpoint(&self, url: &str) -> RedisEndpoint {
-        RedisEndpoint::with_credentials(url, self.username.as_deref(), self.password.as_deref())
+        RedisEndpoint::with_credentials(
+            url,
+            self.auth.username.as_deref(),
+            self.auth.password.as_deref(),
+        )
     }
 
     fn origin(&self) -> &'static str {

@@ -38,24 +38,9 @@ pub struct RedisArgs {
         global = true
     )]
     pub redis_url: String,
-    /// Redis ACL username; replaces the one in --redis-url.
-    #[arg(
-        long,
-        env = "FUNCSCALE_REDIS_USERNAME",
-        global = true,
-        value_name = "USER"
-    )]
-    pub redis_username: Option<String>,
-    /// Redis password (requirepass, or the ACL user's); replaces the one in --redis-url. Prefer
-    /// the environment variable: a flag shows in the process list.
-    #[arg(
-        long,
-        env = "FUNCSCALE_REDIS_PASSWORD",
-        hide_env_values = true,
-        global = true,
-        value_name = "PASSWORD"
-    )]
-    pub redis_password: Option<String>,
+    /// Username and password given apart from the URL.
+    #[command(flatten)]
+    pub auth: RedisAuth,
     /// Key prefix.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
@@ -65,28 +50,16 @@ impl std::fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisArgs")
             .field("redis_url", &"***")
-            .field("redis_username", &self.redis_username)
-            .field(
-                "redis_password",
-                &self.redis_password.as_ref().map(|_| "***"),
-            )
+            .field("auth", &self.auth)
             .field("prefix", &self.prefix)
             .finish()
     }
 }
 
 impl RedisArgs {
-    /// The username and password given apart from the URL.
-    pub fn auth(&self) -> RedisAuth {
-        RedisAuth {
-            username: self.redis_username.clone(),
-            password: self.redis_password.clone(),
-        }
-    }
-
     /// A connection to `--redis-url` (reconnecting), checked to log in.
     pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        Ok(self.auth().connect(&self.redis_url).await?.1)
+        Ok(self.auth.connect(&self.redis_url).await?.1)
     }
 }
 
@@ -810,7 +783,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => {
             let config = WorkerConfig {
                 redis_url: cli.redis.redis_url.clone(),
-                redis_auth: cli.redis.auth(),
+                redis_auth: cli.redis.auth.clone(),
                 keys,
                 queues: a.queues,
                 processes: a.processes.max(1),
@@ -997,7 +970,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Beat(a) => {
             let config = BeatConfig {
                 redis_url: cli.redis.redis_url.clone(),
-                redis_auth: cli.redis.auth(),
+                redis_auth: cli.redis.auth.clone(),
                 keys,
                 schedules_file: a.schedules_file,
                 registry: !a.no_registry,

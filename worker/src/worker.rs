@@ -247,11 +247,28 @@ impl WorkerBuilder {
 /// `--redis-password`, or their environment variables, which the operator fills from the
 /// FuncQueue's Secret). Each replaces the URL's when set and not empty; see
 /// [`funcscale_protocol::connection`]. `Debug` never shows the password.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// The same flags serve `funcscale-worker` and `kubectl funcscale` (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Default, PartialEq, Eq)]
 pub struct RedisAuth {
-    /// ACL username (`FUNCSCALE_REDIS_USERNAME`).
+    /// Redis ACL username; replaces the one in the Redis URL.
+    #[arg(
+        id = "redis_username",
+        long = "redis-username",
+        env = "FUNCSCALE_REDIS_USERNAME",
+        global = true,
+        value_name = "USER"
+    )]
     pub username: Option<String>,
-    /// Password (`FUNCSCALE_REDIS_PASSWORD`).
+    /// Redis password (requirepass, or the ACL user's); replaces the one in the Redis URL.
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(
+        id = "redis_password",
+        long = "redis-password",
+        env = "FUNCSCALE_REDIS_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        value_name = "PASSWORD"
+    )]
     pub password: Option<String>,
 }
 

@@ -390,6 +390,17 @@ async fn acl_users_for_the_worker_cli_and_the_operators_poller() {
             "WRONGPASS",
         ),
         (vec![("FUNCSCALE_REDIS_URL", url.as_str())], "NOAUTH"),
+        // logged in, but no rights on the queue's keys: said at start, not in a loop of
+        // failed fetches
+        (
+            vec![
+                ("FUNCSCALE_REDIS_URL", url.as_str()),
+                ("FUNCSCALE_REDIS_USERNAME", "outsider"),
+                ("FUNCSCALE_REDIS_PASSWORD", "out-pw"),
+                ("FUNCSCALE_PREFIX", prefix.as_str()),
+            ],
+            "NOPERM",
+        ),
     ] {
         let out = worker_out(
             &env,

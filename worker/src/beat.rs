@@ -263,7 +263,9 @@ pub struct Beat {
 impl Beat {
     /// Connect and build a beat.
     pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
-        let (_, redis) = config.redis_auth.connect(&config.redis_url).await?;
+        let (client, mut redis) = config.redis_auth.connect(&config.redis_url).await?;
+        let lease = [config.keys.beat_lease(), config.keys.beat_fence()];
+        RedisAuth::check_keys(&client, &mut redis, &lease).await?;
         Ok(Self {
             config,
             redis,

@@ -222,11 +222,20 @@ impl WorkerBuilder {
             }
         };
         anyhow::ensure!(!self.config.queues.is_empty(), "no queues to consume");
-        let (client, redis) = self
+        let (client, mut redis) = self
             .config
             .redis_auth
             .connect(&self.config.redis_url)
             .await?;
+        // an ACL user without rights on the queues' keys: said now, not in failed fetches
+        let mut keys: Vec<String> = self
+            .config
+            .queues
+            .iter()
+            .map(|q| self.config.keys.queue(q))
+            .collect();
+        keys.push(self.config.keys.workers());
+        RedisAuth::check_keys(&client, &mut redis, &keys).await?;
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -313,18 +322,42 @@ impl RedisAuth {
         .await;
         match checked {
             Ok(con) => Ok((client, con)),
-            Err(e) => Err(match connection::auth_failure(&e) {
-                Some(why) => anyhow::Error::new(e).context(format!(
-                    "Redis at {node} {}: check the password ({} / --redis-password) and the \
-                     username ({} / --redis-username, or the user in {} / --redis-url)",
-                    why.describe(),
-                    connection::PASSWORD_ENV,
-                    connection::USERNAME_ENV,
-                    connection::URL_ENV,
-                )),
-                None => anyhow::Error::new(e).context(format!("connecting to Redis at {node}")),
-            }),
+            Err(e) => Err(refused(&node, e, "connecting to")),
         }
+    }
+
+    /// Check that the logged-in user may touch `keys` (`EXISTS`): an ACL user without rights
+    /// on them (`NOPERM`) is an error now, not a loop of failed fetches.
+    pub async fn check_keys(
+        client: &redis::Client,
+        con: &mut redis::aio::ConnectionManager,
+        keys: &[String],
+    ) -> anyhow::Result<()> {
+        let node = connection::node(client.get_connection_info());
+        for key in keys {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<u64>(con)
+                .await
+                .map_err(|e| refused(&node, e, "reading"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `e` from Redis at `node`: when Redis refused the login or the user's rights, a message
+/// naming the settings to fix; else `e` in the context of `doing`.
+fn refused(node: &str, e: redis::RedisError, doing: &str) -> anyhow::Error {
+    match connection::auth_failure(&e) {
+        Some(why) => anyhow::Error::new(e).context(format!(
+            "Redis at {node} {}: check the password ({} / --redis-password) and the \
+             username ({} / --redis-username, or the user in {} / --redis-url)",
+            why.describe(),
+            connection::PASSWORD_ENV,
+            connection::USERNAME_ENV,
+            connection::URL_ENV,
+        )),
+        None => anyhow::Error::new(e).context(format!("{doing} Redis at {node}")),
     }
 }
 

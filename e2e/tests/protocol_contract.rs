@@ -25,7 +25,9 @@ use funcscale_operator::redis_metrics::{
     Registry,
 };
 use funcscale_protocol::cron::{Cron, per_period};
-use funcscale_protocol::{Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry};
+use funcscale_protocol::{
+    Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry, TaskTimeAverage,
+};
 use funcscale_worker::protocol;
 use funcscale_worker::worker::{Worker, now_ms};
 
@@ -190,6 +192,52 @@ async fn finished_tasks_are_the_completions_and_task_time_the_operator_reads() {
     assert_eq!(m.completion_rate, 4.0, "four completed in the second");
     assert_eq!(m.arrival_rate, 4.0, "four enqueued in the second");
     assert_eq!(m.depth, 0);
+    cleanup(&keys).await;
+}
+
+/// `Keys::stats`: the task-time average the stats script keeps is the one the simulator
+/// computes in Rust (`TaskTimeAverage`), so the simulator learns T as the operator does live.
+#[tokio::test]
+async fn the_stats_script_average_is_the_simulators() {
+    let keys = prefix("ewma");
+    let mut c = con().await;
+    let script = redis::Script::new(funcscale_protocol::scripts::RECORD_DURATION);
+    let stats_key = keys.stats("avg");
+    let mut rust: Option<TaskTimeAverage> = None;
+    // bursts of finishes within a millisecond, then gaps of seconds to minutes
+    let samples = [
+        (500, 1_000_000),
+        (700, 1_000_000),
+        (90, 1_000_001),
+        (3_000, 1_002_500),
+        (450, 1_062_500),
+        (20, 1_062_600),
+        (1_200, 1_300_000),
+        (480, 1_300_010),
+    ];
+    for (duration, now) in samples {
+        let () = funcscale_protocol::stats::record_duration(
+            &script,
+            &stats_key,
+            (duration, now),
+            funcscale_protocol::StatsField::Completed,
+        )
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+        rust = Some(TaskTimeAverage::record(
+            rust,
+            duration as f64,
+            now,
+            funcscale_protocol::STATS_HALF_LIFE_MS,
+        ));
+        let lua = stats(&keys, "avg").await.ewma_ms.unwrap();
+        let r = rust.unwrap().ewma_ms;
+        assert!(
+            (lua - r).abs() <= 1e-6 * r.max(1.0),
+            "after {duration} ms at {now}: Lua {lua}, Rust {r}"
+        );
+    }
     cleanup(&keys).await;
 }
 

@@ -65,4 +65,6 @@ pub use records::{
     TaskRecord, TaskStatus,
 };
 pub use schedules::ScheduleEntry;
-pub use stats::{DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, bucket_field};
+pub use stats::{
+    DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, TaskTimeAverage, bucket_field,
+};

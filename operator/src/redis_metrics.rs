@@ -421,24 +421,30 @@ struct Conn {
 
 /// One poll's counters of a queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Sample {
-    at_ms: u64,
-    enqueued: u64,
-    completed: u64,
+pub struct Sample {
+    /// When it was read (ms).
+    pub at_ms: u64,
+    /// The queue's `enqueued` counter.
+    pub enqueued: u64,
+    /// The queue's `completed` counter.
+    pub completed: u64,
     /// Depth + due retries.
-    backlog: u64,
+    pub backlog: u64,
 }
 
 /// Rates over the window: (arrivals, completions, backlog rise) per second.
-type Rates = (f64, f64, f64);
+pub type Rates = (f64, f64, f64);
 
+/// A queue's recent samples, from which its rates over the rate window are computed (the
+/// poller keeps one per queue; the simulator one per trace, so both compute rates alike).
 #[derive(Default)]
-struct Counters {
+pub struct Counters {
     samples: VecDeque<Sample>,
 }
 
 impl Counters {
-    fn push(&mut self, now: Sample, window_ms: u64) -> Rates {
+    /// Add a sample and return the rates over the last `window_ms`.
+    pub fn push(&mut self, now: Sample, window_ms: u64) -> Rates {
         let (at_ms, enq, comp) = (now.at_ms, now.enqueued, now.completed);
         // a counter that went down was reset: start over
         if let Some(s) = self.samples.back()

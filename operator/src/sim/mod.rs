@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 
 use funcscale_protocol::{STATS_HALF_LIFE_MS, TaskTimeAverage};
 
+use crate::redis_metrics::{Counters, PollerConfig, Sample};
+
 pub use scalers::{Funcscale, HpaCpu, Keda, KedaSettings, Scaler, View};
 pub use trace::{MAX_SECOND, MAX_TASK_MS, Row, Trace, TraceError, standard_traces};
 pub use yardstick::{Comparison, Goals, KEDA_GRID, compare, render, tuned_keda, work_bound};
@@ -98,7 +100,9 @@ pub fn simulate(trace: &Trace, scaler: &mut dyn Scaler, cfg: &SimConfig) -> Repo
     let mut queue: VecDeque<(u64, u32)> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut waits: Vec<u64> = Vec::with_capacity(trace.tasks() as usize);
-    let mut recent: VecDeque<u64> = VecDeque::new();
+    // arrival and backlog-rise rates as the poller computes them, over its rate window
+    let mut counters = Counters::default();
+    let window_ms = PollerConfig::default().rate_window.as_millis() as u64;
     let mut average: Option<TaskTimeAverage> = None;
     let mut scheduled_per_minute = 0u64;
     // (second, direction) of the last replica change, to count reversals
@@ -126,10 +130,6 @@ pub fn simulate(trace: &Trace, scaler: &mut dyn Scaler, cfg: &SimConfig) -> Repo
             }
         }
         arrived += arrived_now;
-        recent.push_back(arrived_now);
-        if recent.len() > 10 {
-            recent.pop_front();
-        }
 
         // one second of work: each ready process has 1 s; running tasks continue first
         let ready = pods.iter().filter(|r| **r <= t).count();
@@ -185,10 +185,18 @@ pub fn simulate(trace: &Trace, scaler: &mut dyn Scaler, cfg: &SimConfig) -> Repo
         };
         pod_seconds += pods.len() as u64;
 
+        let sample = Sample {
+            at_ms: t * 1000,
+            enqueued: arrived,
+            completed,
+            backlog: queue.len() as u64,
+        };
+        let (arrival_rate, _, backlog_rise_rate) = counters.push(sample, window_ms);
         let view = View {
             t,
             depth: queue.len() as u64,
-            arrival_rate: recent.iter().sum::<u64>() as f64 / recent.len().max(1) as f64,
+            arrival_rate,
+            backlog_rise_rate,
             in_flight: running.len() as u64,
             utilization,
             replicas: pods.len() as i32,

@@ -12,8 +12,10 @@ pub struct View {
     pub t: u64,
     /// Tasks waiting.
     pub depth: u64,
-    /// Tasks arrived in the last 10 s, per second.
+    /// Tasks arrived per second over the poller's rate window (10 s).
     pub arrival_rate: f64,
+    /// Of those, the tasks per second that stayed in the backlog (its rise over the window).
+    pub backlog_rise_rate: f64,
     /// Tasks running.
     pub in_flight: u64,
     /// Share of the ready processes that were busy over the last second (CPU proxy).
@@ -72,11 +74,11 @@ impl Scaler for Funcscale {
             observation: Some(Observation {
                 depth: v.depth,
                 arrival_rate: v.arrival_rate,
+                backlog_rise_rate: v.backlog_rise_rate,
                 in_flight: v.in_flight,
                 task_time_ms: v.task_ms,
                 task_time_measured: v.task_time_measured,
                 scheduled_per_period: v.scheduled_per_minute,
-                ..Observation::default()
             }),
         };
         Some(policy::decide(&self.config, &input, &mut self.history).desired)

@@ -9,8 +9,8 @@
 //!    - queue load: processes that keep up with arrivals and drain the backlog within the
 //!      drain target, `ceil((λ'·T + D·T/W) / c)`, at least the pods the running tasks occupy
 //!      `ceil(R / c)`, or in the KEDA-compatible mode `ceil(D / targetDepthPerPod)`. D is the
-//!      backlog (waiting tasks and due retries); λ' the arrivals that did not stay in it
-//!      (arrivals λ less the backlog's rise ρ over the rate window), so that a burst is
+//!      backlog (waiting tasks and due retries); λ' the arrivals that keep coming (arrivals λ
+//!      less the one-off part ρ above the rate window's median rate), so that a burst is
 //!      counted once, as backlog, not also as a rate;
 //! 2. **bounds**: idle pools go to zero only when `minReplicas` is 0 (and a pool at zero
 //!    starts only above the activation depth), then the result is clamped to [min, max];
@@ -61,7 +61,7 @@ impl Default for PolicyConfig {
             drain_target_ms: 60_000,
             target_depth_per_pod: None,
             activation_depth: 0,
-            scale_down_stabilization_ms: 300_000,
+            scale_down_stabilization_ms: 60_000,
             scale_up_max_step: 4,
         }
     }
@@ -91,9 +91,10 @@ pub struct Observation {
     pub depth: u64,
     /// Tasks arriving per second (λ).
     pub arrival_rate: f64,
-    /// Of `arrival_rate`, the tasks per second that stayed in the backlog (ρ: the backlog's
-    /// rise over the rate window). They are counted in D, so the keep-up term uses λ − ρ.
-    pub backlog_rise_rate: f64,
+    /// Of `arrival_rate`, the tasks per second that came as a one-off burst (ρ: above the
+    /// rate window's median rate). They are counted in D, so the keep-up term uses λ − ρ;
+    /// negative when the rate rose within the window (λ − ρ is then the new rate).
+    pub one_off_rate: f64,
     /// Tasks running now (R).
     pub in_flight: u64,
     /// Task time in ms (T).
@@ -288,13 +289,13 @@ pub fn cron_pods(monitors: u64, task_time_ms: f64, processes_per_pod: u32, perio
     ceil_pods(monitors as f64 * task_time_ms.max(0.0) / denom)
 }
 
-/// The arrivals per second that did not stay in the backlog (λ − ρ, never negative).
+/// The arrivals per second the pool keeps up with: all but a one-off burst (λ − ρ, never
+/// negative).
 pub fn flow_rate(obs: &Observation) -> f64 {
-    (obs.arrival_rate.max(0.0) - obs.backlog_rise_rate.max(0.0)).max(0.0)
+    (obs.arrival_rate.max(0.0) - obs.one_off_rate).max(0.0)
 }
 
-/// Queue load: pods whose processes keep up with the arrivals that did not stay in the
-/// backlog ((λ − ρ)·T) and drain the backlog within the drain target (D·T/W), and at least
+/// Queue load: pods whose processes keep up with the arrivals that keep coming ((λ − ρ)·T) and drain the backlog within the drain target (D·T/W), and at least
 /// the pods the tasks running now occupy (R / c).
 pub fn queue_pods(obs: &Observation, processes_per_pod: u32, drain_target_ms: u64) -> u64 {
     let t = obs.task_time_ms.max(0.0);
@@ -352,8 +353,8 @@ pub fn decide(cfg: &PolicyConfig, input: &Input, history: &mut History) -> Decis
         }
         None => {
             let pods = queue_pods(&obs, c, cfg.drain_target_ms);
-            let stayed = if obs.backlog_rise_rate > 0.0 {
-                format!(" ({:.1}/s of them in the backlog)", obs.backlog_rise_rate)
+            let stayed = if obs.one_off_rate > 0.0 {
+                format!(" ({:.1}/s of them in the backlog)", obs.one_off_rate)
             } else {
                 String::new()
             };
@@ -475,7 +476,7 @@ mod tests {
         Observation {
             depth,
             arrival_rate: rate,
-            backlog_rise_rate: 0.0,
+            one_off_rate: 0.0,
             in_flight: 0,
             task_time_ms: t,
             task_time_measured: true,
@@ -541,7 +542,7 @@ mod tests {
         // arriving, and all 300/s stayed in the backlog. Draining 3,000 × 300 ms within 60 s
         // takes 15 processes: 3 pods of 5 (not 21 from adding 300/s × 300 ms = 90 more).
         let burst = Observation {
-            backlog_rise_rate: 300.0,
+            one_off_rate: 300.0,
             ..obs(3_000, 300.0, 300.0, 0)
         };
         assert_eq!(queue_pods(&burst, 5, 60_000), 3);
@@ -559,7 +560,7 @@ mod tests {
         );
         // a steady 10/s on top of the burst is still kept up with: 3 + 15 = 18 processes
         let both = Observation {
-            backlog_rise_rate: 300.0,
+            one_off_rate: 300.0,
             ..obs(3_000, 310.0, 300.0, 0)
         };
         assert_eq!(queue_pods(&both, 5, 60_000), 4);
@@ -723,7 +724,7 @@ mod tests {
             .prop_map(|(depth, rate, in_flight, t, m)| Observation {
                 depth,
                 arrival_rate: rate,
-                backlog_rise_rate: 0.0,
+                one_off_rate: 0.0,
                 in_flight,
                 task_time_ms: t,
                 task_time_measured: true,

@@ -267,11 +267,12 @@ pub struct QueueMetrics {
     pub oldest_age_seconds: Option<f64>,
     /// Tasks enqueued per second (over the last ~10 s).
     pub arrival_rate: f64,
-    /// The part of `arrival_rate` that stayed in the backlog: the rise of the backlog (depth +
-    /// due retries) from the start of the rate window to its highest reading since, per
-    /// second of the window. Those tasks are counted in the backlog, so sizing takes them out
-    /// of the arrivals (a burst is not counted twice).
-    pub backlog_rise_rate: f64,
+    /// The part of `arrival_rate` that came as a one-off burst (ρ): the arrivals above the
+    /// window's median per-poll rate (with fewer than three polls in the window: the rise of
+    /// the backlog to its peak). Those tasks are counted in the backlog, so sizing takes
+    /// them out of the arrivals (a burst is not counted twice). Negative when the rate rose
+    /// within the window: the pool then keeps up with the new, median rate.
+    pub one_off_rate: f64,
     /// Tasks completed per second (over the last ~10 s).
     pub completion_rate: f64,
     /// Measured task time (ms), else the hint.
@@ -432,7 +433,7 @@ pub struct Sample {
     pub backlog: u64,
 }
 
-/// Rates over the window: (arrivals, completions, backlog rise) per second.
+/// Rates over the window: (arrivals, completions, one-off arrivals) per second.
 pub type Rates = (f64, f64, f64);
 
 /// A queue's recent samples, from which its rates over the rate window are computed (the
@@ -466,17 +467,28 @@ impl Counters {
         if dt <= 0.0 {
             return (0.0, 0.0, 0.0);
         }
-        // the arrivals that stayed: the backlog's rise to its peak within the window (the peak,
-        // not the last reading, so that tasks of a burst drained later in the window count
-        // as backlog, not as a steady flow)
-        let peak = self.samples.iter().map(|s| s.backlog).max().unwrap_or(0);
         let arrived = enq - first.enqueued;
-        let stayed = peak.saturating_sub(first.backlog).min(arrived);
-        (
-            arrived as f64 / dt,
-            (comp - first.completed) as f64 / dt,
-            stayed as f64 / dt,
-        )
+        let arrival = arrived as f64 / dt;
+        // the one-off part of the arrivals (a burst), counted as backlog only: the arrivals
+        // above the window's median per-poll rate, so a burst that came at once is not also
+        // a rate, while a lasting rise of the rate is one within half a window. With fewer than
+        // three polls in the window: the backlog's rise to its peak (the peak, not the last
+        // reading, so that tasks of a burst drained later in the window count as backlog)
+        let mut per_poll: Vec<f64> = self
+            .samples
+            .iter()
+            .zip(self.samples.iter().skip(1))
+            .filter(|(a, b)| b.at_ms > a.at_ms)
+            .map(|(a, b)| (b.enqueued - a.enqueued) as f64 * 1000.0 / (b.at_ms - a.at_ms) as f64)
+            .collect();
+        let one_off = if per_poll.len() >= 3 {
+            per_poll.sort_by(f64::total_cmp);
+            arrival - per_poll[per_poll.len() / 2]
+        } else {
+            let peak = self.samples.iter().map(|s| s.backlog).max().unwrap_or(0);
+            peak.saturating_sub(first.backlog).min(arrived) as f64 / dt
+        };
+        (arrival, (comp - first.completed) as f64 / dt, one_off)
     }
 }
 
@@ -607,7 +619,7 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
         && a.in_flight == b.in_flight
         && a.retries_due == b.retries_due
         && a.retries_waiting == b.retries_waiting
-        && (a.backlog_rise_rate - b.backlog_rise_rate).abs() < 0.05 * a.backlog_rise_rate.max(1.0)
+        && (a.one_off_rate - b.one_off_rate).abs() < 0.05 * a.one_off_rate.abs().max(1.0)
         && a.task_time_measured == b.task_time_measured
         && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
         && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
@@ -636,7 +648,7 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
             .oldest_ms
             .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
         arrival_rate: arrival,
-        backlog_rise_rate: rise,
+        one_off_rate: rise,
         completion_rate: completion,
         task_time_ms,
         task_time_measured: measured,
@@ -920,5 +932,46 @@ mod tests {
         // draining at 50/s: what left the queue was the burst, still not a flow
         let (arrivals, _, rise) = c.push(s(4000, 3_040, 2_900), 10_000);
         assert_eq!(arrivals - rise, 10.0);
+    }
+
+    /// A lasting rise of the rate is a rate (the pool keeps up with it) once it fills half
+    /// the window, even though the backlog rises while the pool grows; a one-off burst in a
+    /// full window stays backlog.
+    #[test]
+    fn a_lasting_rise_is_a_rate_and_a_burst_is_not() {
+        let s = |at_ms, enqueued, backlog| Sample {
+            at_ms,
+            enqueued,
+            completed: 0,
+            backlog,
+        };
+        let mut c = Counters::default();
+        // 5 s of 2/s, then 100/s for 6 s into a pool too small: the backlog rises 90/s
+        let mut enq = 0;
+        let mut backlog = 0;
+        for sec in 0..=11u64 {
+            let rate: u64 = if sec <= 5 { 2 } else { 100 };
+            if sec > 0 {
+                enq += rate;
+                backlog += rate.saturating_sub(10);
+            }
+            let (arrivals, _, one_off) = c.push(s(sec * 1000, enq, backlog), 10_000);
+            if sec == 11 {
+                assert!(arrivals - one_off >= 99.0, "{arrivals} {one_off}");
+            }
+        }
+        // a burst of 3,000 in one poll of a full window of 2/s: backlog, not rate
+        let mut c = Counters::default();
+        let mut enq = 0;
+        for sec in 0..=10u64 {
+            enq += if sec == 8 { 3_000 } else { 2 };
+            let (arrivals, _, one_off) = c.push(s(sec * 1000, enq, 0), 10_000);
+            if sec == 10 {
+                assert!(
+                    arrivals > 300.0 && arrivals - one_off <= 2.0,
+                    "{arrivals} {one_off}"
+                );
+            }
+        }
     }
 }

@@ -178,7 +178,7 @@ async fn a_burst_is_counted_once_as_backlog() {
     poller.poll_once(t0 + 10_000).await;
     let m = ok(&cache, &id);
     assert_eq!(
-        (m.depth, m.arrival_rate, m.backlog_rise_rate),
+        (m.depth, m.arrival_rate, m.one_off_rate),
         (3_000, 300.0, 300.0),
         "{m:?}"
     );

@@ -109,7 +109,7 @@ pub fn aggregate(readings: &[QueueReading]) -> Result<Observation, String> {
         let backlog = m.depth + m.retries_due;
         obs.depth += part(backlog, share);
         obs.arrival_rate += m.arrival_rate * share;
-        obs.backlog_rise_rate += m.backlog_rise_rate * share;
+        obs.one_off_rate += m.one_off_rate * share;
         obs.in_flight += part(m.in_flight, share);
         obs.scheduled_per_period += part(m.scheduled_per_period, share);
         obs.task_time_measured |= m.task_time_measured;

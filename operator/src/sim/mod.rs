@@ -191,12 +191,12 @@ pub fn simulate(trace: &Trace, scaler: &mut dyn Scaler, cfg: &SimConfig) -> Repo
             completed,
             backlog: queue.len() as u64,
         };
-        let (arrival_rate, _, backlog_rise_rate) = counters.push(sample, window_ms);
+        let (arrival_rate, _, one_off_rate) = counters.push(sample, window_ms);
         let view = View {
             t,
             depth: queue.len() as u64,
             arrival_rate,
-            backlog_rise_rate,
+            one_off_rate,
             in_flight: running.len() as u64,
             utilization,
             replicas: pods.len() as i32,

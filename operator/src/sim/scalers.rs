@@ -15,7 +15,7 @@ pub struct View {
     /// Tasks arrived per second over the poller's rate window (10 s).
     pub arrival_rate: f64,
     /// Of those, the tasks per second that stayed in the backlog (its rise over the window).
-    pub backlog_rise_rate: f64,
+    pub one_off_rate: f64,
     /// Tasks running.
     pub in_flight: u64,
     /// Share of the ready processes that were busy over the last second (CPU proxy).
@@ -74,7 +74,7 @@ impl Scaler for Funcscale {
             observation: Some(Observation {
                 depth: v.depth,
                 arrival_rate: v.arrival_rate,
-                backlog_rise_rate: v.backlog_rise_rate,
+                one_off_rate: v.one_off_rate,
                 in_flight: v.in_flight,
                 task_time_ms: v.task_ms,
                 task_time_measured: v.task_time_measured,

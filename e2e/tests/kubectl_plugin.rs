@@ -101,7 +101,7 @@ impl Fixture {
             .iter()
             .map(|id| {
                 let mut e = Envelope::new(*id, func, queue, now_ms());
-                e.max_retries = max_retries;
+                e.max_retries = Some(max_retries);
                 e
             })
             .collect();

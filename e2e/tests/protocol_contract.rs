@@ -265,6 +265,9 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
             func: Some("collect".into()),
         }),
         on_failure: Some(Destination::Url("http://127.0.0.1:9/failed".into())),
+        max_retries: Some(0),
+        retry_backoff_base_ms: Some(250),
+        retry_backoff_max_ms: Some(4_000),
     };
     assert_eq!(written_then_read(&keys, "orders", &config).await, config);
 

@@ -195,11 +195,11 @@ pub async fn gather(
         };
         for i in idx {
             let q = items[i];
-            let name = q.name_any();
+            let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());
             let read = live(
                 &mut con,
                 keys,
-                &name,
+                &id,
                 q.spec.format,
                 q.spec.key.as_deref(),
                 now,

@@ -56,7 +56,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod stats;
 
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError};
+pub use envelope::{DEFAULT_MAX_RETRIES, ENVELOPE_VERSION, Envelope, EnvelopeError};
 pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};
 pub use outbox::{OUTBOX_MAX_ATTEMPTS, OutboxItem};
 pub use queue_config::{Destination, QueueConfig};

@@ -49,7 +49,9 @@ use crate::handler::{
 };
 use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
-use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
+use crate::protocol::{
+    self, DEFAULT_MAX_RETRIES, Envelope, Keys, QueueConfig, StatsField, WORKER_TTL_MS, scripts,
+};
 
 pub use crate::clock::now_ms;
 
@@ -723,12 +725,16 @@ impl Inner {
     }
 
     /// Backoff before retry `attempt` (1-based): base × 2^(attempt-1), capped, ±50% jitter.
-    fn backoff_ms(&self, attempt: u32) -> u64 {
-        let exp = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
-        let capped = exp.min(self.config.retry_max_ms);
+    /// Base and cap are the queue's (`queue`), else the worker's `--retry-base` / `--retry-max`.
+    fn backoff_ms(&self, queue: &QueueConfig, attempt: u32) -> u64 {
+        let base = queue
+            .retry_backoff_base_ms
+            .unwrap_or(self.config.retry_base_ms);
+        let cap = queue
+            .retry_backoff_max_ms
+            .unwrap_or(self.config.retry_max_ms);
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(cap);
         capped / 2 + fastrand::u64(..=capped)
     }
 
@@ -886,11 +892,25 @@ impl Inner {
                 let mut next = env.clone();
                 next.error = Some(err.message.clone());
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
-                if err.retryable && env.attempt < env.max_retries {
+                // The queue's retry settings, read at each failure so a changed FuncQueue
+                // applies at once; the task's own count wins over the queue's.
+                let queue_config = if err.retryable {
+                    let pairs: Vec<(String, String)> = QueueConfig::get_cmd(keys, &env.queue)
+                        .query_async(&mut con)
+                        .await?;
+                    QueueConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                } else {
+                    QueueConfig::default()
+                };
+                let max_retries = env
+                    .max_retries
+                    .or(queue_config.max_retries)
+                    .unwrap_or(DEFAULT_MAX_RETRIES);
+                if err.retryable && env.attempt < max_retries {
                     m.retried.with_label_values(&labels).inc();
                     counted = &[RETRIED, FAILED];
                     next.attempt += 1;
-                    let due = now_ms() + self.backoff_ms(next.attempt);
+                    let due = now_ms() + self.backoff_ms(&queue_config, next.attempt);
                     tracing::info!(id = %env.id, func = %env.func, attempt = next.attempt, error = %err.message, "task failed; retrying");
                     let mut inv = self.scripts.finish.key(inflight);
                     inv.key(keys.delayed(&env.queue))

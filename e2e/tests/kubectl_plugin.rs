@@ -96,7 +96,13 @@ impl Fixture {
         .unwrap();
     }
 
-    async fn enqueue(&self, queue: &str, ids: &[&str], func: &str, max_retries: u32) {
+    /// The id in Redis of FuncQueue `name` of the test's namespace.
+    fn id(&self, name: &str) -> String {
+        Keys::queue_id(&self.ns, name)
+    }
+
+    async fn enqueue(&self, name: &str, ids: &[&str], func: &str, max_retries: u32) {
+        let queue = &self.id(name);
         let envs: Vec<Envelope> = ids
             .iter()
             .map(|id| {
@@ -111,11 +117,12 @@ impl Fixture {
     }
 
     /// Run a worker on `queue` until the queue is empty and `dead` dead letters are there.
-    async fn work_until_dead(&self, queue: &str, dead: u64) {
+    async fn work_until_dead(&self, name: &str, dead: u64) {
+        let queue = &self.id(name);
         let worker = Worker::builder()
             .redis_url(REDIS_URL)
             .prefix(self.keys.prefix())
-            .queues([queue])
+            .queues([queue.as_str()])
             .processes(1)
             .build()
             .await

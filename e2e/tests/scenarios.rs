@@ -429,7 +429,11 @@ async fn two_tenants_on_one_redis_share_nothing() {
             logs(&a)
         )
     });
-    assert_eq!(depth(&b).await, Some(0));
+    eventually(Duration::from_secs(20), "b/jobs status depth 0", || async {
+        (depth(&b).await == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&b)));
     let key_of = |s: &Scenario| {
         let api = s.queues();
         async move { api.get("jobs").await.ok()?.status?.key }

@@ -1794,6 +1794,28 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         legacy_keys: true,
         ..queue_spec()
     };
+    // the upgrade path: a queue made before namespaced keys keeps them with legacyKeys
+    env.add_queue("old", legacy.clone()).await;
+    env.reconcile_queue("old").await;
+    let st = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
+        .get("old")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        (st.queue_id.as_deref(), st.key),
+        (Some("old"), Some(format!("{}:q:old", keys.prefix())))
+    );
+    let mut con = redis_con().await;
+    assert_eq!(
+        funcscale_worker::protocol::queue_config_get(&mut con, &keys, "old")
+            .await
+            .unwrap()
+            .max_retries,
+        Some(3),
+        "its settings are written under the legacy key"
+    );
     env.add_queue_in("other", "jobs", legacy.clone()).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
     env.add_queue("jobs", legacy).await;
@@ -1811,7 +1833,6 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         c.message
     );
     assert!(env.take_ops().contains(&"create Event".to_string()));
-    let mut con = redis_con().await;
     assert_eq!(
         funcscale_worker::protocol::queue_config_get(&mut con, &keys, "jobs")
             .await

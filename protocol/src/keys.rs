@@ -47,6 +47,15 @@ impl Keys {
         inner.split_once('.').map(|(ns, _)| ns)
     }
 
+    /// The FuncQueue name of a [`Keys::queue_id`] (a legacy id is the name): what metrics
+    /// label a queue with, next to the namespace Prometheus adds.
+    pub fn queue_name(id: &str) -> &str {
+        id.strip_prefix('{')
+            .and_then(|i| i.strip_suffix('}'))
+            .and_then(|i| i.split_once('.'))
+            .map_or(id, |(_, name)| name)
+    }
+
     /// Waiting tasks of `queue` (a [`Keys::queue_id`], or a legacy bare name).
     pub fn queue(&self, queue: &str) -> String {
         format!("{}:q:{queue}", self.prefix)
@@ -219,6 +228,8 @@ mod tests {
         assert_ne!(k.counts(&a, 1), k.counts(&b, 1));
         assert_eq!(Keys::queue_id_namespace(&a), Some("a"));
         assert_eq!(Keys::queue_id_namespace("jobs"), None);
+        assert_eq!(Keys::queue_name(&a), "jobs");
+        assert_eq!(Keys::queue_name("jobs"), "jobs");
         assert_ne!(k.beat_lease(Some("a")), k.beat_lease(Some("b")));
         assert_ne!(k.beat_fence(Some("a")), k.beat_fence(Some("b")));
         assert_eq!(k.beat_lease(None), "funcscale:beat:lease");

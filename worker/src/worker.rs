@@ -582,7 +582,7 @@ impl Inner {
                     ("dead", b.dead),
                 ] {
                     m.queue_last_minute
-                        .with_label_values(&[q.as_str(), kind])
+                        .with_label_values(&[Keys::queue_name(q), kind])
                         .set(v);
                 }
             }
@@ -592,12 +592,12 @@ impl Inner {
                 .query_async(&mut con)
                 .await?;
             let running = protocol::sample_executing(&mut con, keys, q, now).await?;
-            m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
-            m.queue_dead_letters
-                .with_label_values(&[q.as_str()])
-                .set(dead);
+            // labelled with the FuncQueue's name: Prometheus adds the pod's namespace
+            let label = Keys::queue_name(q);
+            m.queue_depth.with_label_values(&[label]).set(depth);
+            m.queue_dead_letters.with_label_values(&[label]).set(dead);
             m.queue_executing
-                .with_label_values(&[q.as_str()])
+                .with_label_values(&[label])
                 .set(running as i64);
         }
         crate::outbox::refresh_gauges(&mut con, keys, m).await?;
@@ -782,9 +782,10 @@ impl Inner {
         } else {
             "_unknown"
         };
-        let labels = [env.queue.as_str(), func_label];
+        // the FuncQueue's name, as the operator's series and the dashboard name it
+        let labels = [Keys::queue_name(&env.queue), func_label];
         m.started.with_label_values(&labels).inc();
-        let gauge = m.inflight.with_label_values(&[env.queue.as_str()]);
+        let gauge = m.inflight.with_label_values(&[labels[0]]);
         gauge.inc();
         let started = Instant::now();
         let started_ms = now_ms();

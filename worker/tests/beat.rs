@@ -154,6 +154,62 @@ async fn beats_of_two_namespaces_fire_their_own_schedules() {
     b.stop().await;
 }
 
+/// The upgrade path: a queue with `legacyKeys` keeps its bare name as its id; the beat of
+/// its namespace (the queue is in its file) fires its dynamic schedules, registered under the
+/// bare name before the upgrade, while another namespace's beat runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_beat_fires_its_legacy_queues_registry() {
+    let s = Space::new("beatlegacy");
+    let file = yaml_file(
+        &s,
+        r#"
+apiVersion: funcscale.dev/v1alpha1
+kind: FuncQueue
+metadata: {name: old, namespace: a}
+spec:
+  legacyKeys: true
+"#,
+    );
+    let mut con = s.con().await;
+    let entry = ScheduleEntry {
+        cron: "* * * * * *".into(),
+        func: "noop".into(),
+        args: json!([]),
+    };
+    protocol::schedules_add(&mut con, &s.keys, "old", &[("dyn".into(), entry, 60.0)])
+        .await
+        .unwrap();
+    let other = start(BeatConfig {
+        namespace: Some("b".into()),
+        ..config(&s, "beat-b", None)
+    })
+    .await;
+    let mine = start(BeatConfig {
+        namespace: Some("a".into()),
+        ..config(&s, "beat-a", Some(file))
+    })
+    .await;
+    wait_until(
+        "the legacy registry fires",
+        Duration::from_secs(15),
+        || async { fired(&s, "old").await.len() >= 2 },
+    )
+    .await;
+    assert!(
+        fired(&s, "old")
+            .await
+            .iter()
+            .all(|(f, _)| f == "old/reg:dyn")
+    );
+    assert_eq!(
+        s.int(&["GET", &s.keys.beat_fence(Some("b"))]).await,
+        1,
+        "b's beat runs"
+    );
+    mine.stop().await;
+    other.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_beats_one_fires() {
     let s = Space::new("beat2");

@@ -229,7 +229,8 @@ fn default_max_retries() -> u32 {
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
 )]
 pub enum QueueFormat {
-    /// funcscale's own queue (`funcscale:q:<name>` unless `key` is set).
+    /// funcscale's own queue (`funcscale:q:{<namespace>.<name>}`; with `legacyKeys`
+    /// `funcscale:q:<name>`).
     #[default]
     Funcscale,
     /// A Celery queue on the Redis broker: the list plus its priority sub-lists.

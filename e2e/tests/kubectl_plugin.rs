@@ -435,6 +435,25 @@ async fn tasks_and_dead_letters_use_the_queues_connection_and_the_contexts_names
         (&record["id"], &record["status"]),
         (&json!("order-1-bad"), &json!("dead"))
     );
+    // a task of another tenant's queue `q8` on the same Redis is not shown here
+    let theirs = Keys::queue_id("another-tenant", "q8");
+    protocol::enqueue(
+        &mut f.redis().await,
+        &f.keys,
+        &theirs,
+        &[Envelope::new("order-theirs", "noop", &theirs, now_ms())],
+    )
+    .await
+    .unwrap();
+    for id in ["order-404", "order-theirs"] {
+        let out = f.plugin_with(&kubeconfig, &["tasks", "show", id]).await;
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert!(
+            stderr(&out).contains(&format!("no record of task \"{id}\"")),
+            "{}",
+            stderr(&out)
+        );
+    }
     let out = f
         .plugin_with(&kubeconfig, &["tasks", "show", "order-404"])
         .await;

@@ -299,6 +299,11 @@ async fn show_task(
         })?;
     let mut endpoints: Vec<(RedisEndpoint, String)> = Vec::new();
     let mut problems = Vec::new();
+    let mine: Vec<String> = queues
+        .items
+        .iter()
+        .map(|q| funcscale_operator::crd_ext::queue_id(q, &ns))
+        .collect();
     for q in &queues.items {
         let name = q.metadata.name.clone().unwrap_or_default();
         let found = match route(flag, Some(q), &name, &ns) {
@@ -343,12 +348,13 @@ async fn show_task(
             }
         };
         match funcscale_worker::records::show_task(&mut con, keys, &id).await {
-            Ok(Some(_)) => {
+            // only a record of this namespace's queues: another tenant's is not shown
+            Ok(Some(r)) if mine.contains(&r.queue) => {
                 return tasks_command(&mut con, keys, TasksAction::Show { id })
                     .await
                     .map_err(Failure::Failed);
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => problems.push(format!("reading Redis at {ep} ({why}): {e}")),
         }
     }

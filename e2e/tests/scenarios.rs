@@ -322,6 +322,17 @@ async fn beat_stays_single_refuses_a_second_and_survives_a_kill() {
     s.shutdown().await;
 }
 
+/// Wait until the side-effect set `set` holds `n` task ids (`what`; `s`'s logs on failure).
+async fn ran(s: &Scenario, set: &str, n: i64, what: &str) {
+    let con = redis().await;
+    eventually(Duration::from_secs(40), what, || {
+        let mut con = con.clone();
+        async move { (int(&mut con, "SCARD", set).await == n).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+}
+
 /// Two tenants on one Redis (one key prefix), each namespace with a FuncQueue `jobs`, a
 /// worker pool and a Beat: tasks enqueued to `a/jobs` are run only by `a`'s pool (counted by
 /// their side effects), `b`'s queue and pool never see them, and both Beats fire their own
@@ -367,13 +378,7 @@ async fn two_tenants_on_one_redis_share_nothing() {
             },
         )
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}
-{}",
-                logs(s)
-            )
-        });
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
         let ids = queue_ids(&mut con, &key).await;
         assert_unique(&ids);
         assert!(
@@ -399,18 +404,7 @@ async fn two_tenants_on_one_redis_share_nothing() {
     b.enqueue("jobs", "record", &json!([set_b]).to_string(), M as u64)
         .await
         .unwrap();
-    eventually(Duration::from_secs(40), "b's pool to run b's tasks", || {
-        let (mut con, set_b) = (con.clone(), set_b.clone());
-        async move { (int(&mut con, "SCARD", &set_b).await == M).then_some(()) }
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}
-{}",
-            logs(&b)
-        )
-    });
+    ran(&b, &set_b, M, "b's pool to run b's tasks").await;
     assert_eq!(int(&mut con, "SCARD", &set_a).await, 0, "b ran a's tasks");
     assert_eq!(int(&mut con, "LLEN", &a.queue_key("jobs")).await, N);
     // each operator reads its own queue: a's depth is N, b's stays 0
@@ -422,13 +416,7 @@ async fn two_tenants_on_one_redis_share_nothing() {
         (depth(&a).await == Some(N as u64)).then_some(())
     })
     .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}
-{}",
-            logs(&a)
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a)));
     eventually(Duration::from_secs(20), "b/jobs status depth 0", || async {
         (depth(&b).await == Some(0)).then_some(())
     })
@@ -448,18 +436,7 @@ async fn two_tenants_on_one_redis_share_nothing() {
     )
     .await
     .unwrap();
-    eventually(Duration::from_secs(40), "a's pool to run a's tasks", || {
-        let (mut con, set_a) = (con.clone(), set_a.clone());
-        async move { (int(&mut con, "SCARD", &set_a).await == N).then_some(()) }
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}
-{}",
-            logs(&a)
-        )
-    });
+    ran(&a, &set_a, N, "a's pool to run a's tasks").await;
     assert_eq!(int(&mut con, "SCARD", &set_b).await, M);
     let completed = |s: &Scenario| {
         let key = s.keys().stats(&s.queue_id("jobs"));

@@ -1288,13 +1288,18 @@ impl Env {
             .unwrap()
     }
 
-    async fn queue_condition(&self, name: &str, t: &str) -> Option<Condition> {
+    async fn queue_status(&self, name: &str) -> funcscale_operator::crd::FuncQueueStatus {
         Api::<FuncQueue>::namespaced(self.client.clone(), NS)
             .get(name)
             .await
             .unwrap()
             .status
             .unwrap_or_default()
+    }
+
+    async fn queue_condition(&self, name: &str, t: &str) -> Option<Condition> {
+        self.queue_status(name)
+            .await
             .conditions
             .into_iter()
             .find(|c| c.type_ == t)
@@ -1777,12 +1782,7 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
     let (mut env, keys) = env_with_prefix("tenant").await;
     env.add_queue("fresh", queue_spec()).await;
     env.reconcile_queue("fresh").await;
-    let st = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
-        .get("fresh")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = env.queue_status("fresh").await;
     assert_eq!(st.queue_id.as_deref(), Some("{team.fresh}"));
     assert_eq!(
         st.key,
@@ -1797,12 +1797,7 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
     // the upgrade path: a queue made before namespaced keys keeps them with legacyKeys
     env.add_queue("old", legacy.clone()).await;
     env.reconcile_queue("old").await;
-    let st = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
-        .get("old")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = env.queue_status("old").await;
     assert_eq!(
         (st.queue_id.as_deref(), st.key),
         (Some("old"), Some(format!("{}:q:old", keys.prefix())))

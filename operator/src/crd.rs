@@ -323,6 +323,14 @@ pub struct FuncQueueStatus {
     /// Tasks finished per second, averaged over the last polls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_rate: Option<f64>,
+    /// Retries waiting for their due time (funcscale queues); those already due count as
+    /// backlog when pools are sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries_waiting: Option<u64>,
+    /// Tasks running now: read from the workers' running set (funcscale queues), else
+    /// estimated as completion rate × task time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
     /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_time_ms: Option<f64>,

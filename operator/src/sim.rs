@@ -171,6 +171,7 @@ impl Scaler for Funcscale {
             observation: Some(Observation {
                 depth: v.depth,
                 arrival_rate: v.arrival_rate,
+                backlog_rise_rate: 0.0,
                 in_flight: v.in_flight,
                 task_time_ms: v.task_ms,
                 task_time_measured: true,

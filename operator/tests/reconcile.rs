@@ -1840,3 +1840,40 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
             .await
             .unwrap();
 }
+
+/// Two pools serving one queue share its load (by capacity: processes per pod × maxReplicas),
+/// so together they want what one pool would, up to one pod of rounding per extra pool —
+/// not each the whole (two pools on 3,000 tasks of 500 ms wanted 5 pods each).
+#[tokio::test]
+async fn pools_sharing_a_queue_split_its_load() {
+    async fn wanted(pools: &[(&str, i32)], depth: u64, task_ms: f64) -> Vec<i32> {
+        let mut env = Env::new(false).await;
+        env.add_queue("shared", queue_spec()).await;
+        for (name, max) in pools {
+            env.add_pool(name, autoscaled(&["shared"], 0, *max)).await;
+        }
+        env.set_metrics("shared", depth, task_ms);
+        let mut out = Vec::new();
+        for (name, _) in pools {
+            env.reconcile_pool(name).await.unwrap();
+            out.push(replicas(&env.deployment(name).await.unwrap()).unwrap());
+        }
+        out
+    }
+    // 3,000 × 500 ms within 60 s on pods of 5: 5 pods for one pool
+    assert_eq!(wanted(&[("one", 20)], 3_000, 500.0).await, vec![5]);
+    let two = wanted(&[("a", 20), ("b", 20)], 3_000, 500.0).await;
+    assert_eq!(two, vec![3, 3], "12.5 processes each, rounded up");
+    // even splits add up exactly: 6,000 × 500 ms = 50 processes = 10 pods
+    assert_eq!(wanted(&[("one", 20)], 6_000, 500.0).await, vec![10]);
+    assert_eq!(
+        wanted(&[("a", 20), ("b", 20)], 6_000, 500.0).await,
+        vec![5, 5]
+    );
+    // by capacity: a pool that can grow twice as far carries twice the share
+    assert_eq!(
+        wanted(&[("big", 20), ("small", 10)], 6_000, 500.0).await,
+        vec![7, 4],
+        "33.3 and 16.7 processes"
+    );
+}

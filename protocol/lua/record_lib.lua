@@ -32,6 +32,7 @@ local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
 local function fs_k_outbox(P) return P .. ':outbox' end
+local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 local function fs_cfg(P, q)
   local c = redis.call('HMGET', fs_k_queue_config(P, q), 'record_max_age_ms', 'record_max_count', 'on_success', 'on_failure')

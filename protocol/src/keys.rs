@@ -66,6 +66,14 @@ impl Keys {
         format!("{}:inflight:{worker}", self.prefix)
     }
 
+    /// Tasks running now from `queue`: a zset of the in-flight list keys
+    /// ([`Keys::inflight`]) of the slots running one, scored by when the slot fetched it
+    /// (ms). The worker's scripts keep it in step with the in-flight lists: fetch adds,
+    /// finish and requeue (drain, reaper) remove, forgetting a dead slot cleans up.
+    pub fn running(&self, queue: &str) -> String {
+        format!("{}:running:{queue}", self.prefix)
+    }
+
     /// Tasks waiting for a retry (zset scored by due time in ms).
     pub fn delayed(&self, queue: &str) -> String {
         format!("{}:delayed:{queue}", self.prefix)
@@ -186,6 +194,7 @@ mod tests {
             k.queue("a"),
             k.inflight("w"),
             k.delayed("a"),
+            k.running("a"),
             k.dead("a"),
             k.stats("a"),
             k.workers(),
@@ -213,6 +222,7 @@ mod tests {
         for f in [
             Keys::queue,
             Keys::delayed,
+            Keys::running,
             Keys::dead,
             Keys::stats,
             Keys::schedules,

@@ -244,6 +244,7 @@ pub async fn connection_manager(
 /// Lua scripts of the worker (all keys come from [`Keys`]).
 struct Scripts {
     fetch: redis::Script,
+    claim: redis::Script,
     finish: redis::Script,
     requeue: redis::Script,
     promote: redis::Script,
@@ -258,6 +259,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             fetch: redis::Script::new(scripts::FETCH),
+            claim: redis::Script::new(scripts::CLAIM),
             finish: redis::Script::new(scripts::FINISH),
             requeue: redis::Script::new(scripts::REQUEUE),
             promote: redis::Script::new(scripts::PROMOTE),
@@ -651,12 +653,17 @@ impl Inner {
             let order = self.queue_order(turn);
             let mut inv = self.scripts.fetch.key(&inflight);
             for &i in &order {
-                inv.key(keys.queue(&self.config.queues[i]));
+                let q = &self.config.queues[i];
+                inv.key(keys.queue(q)).key(keys.running(q));
             }
+            inv.arg(now_ms());
             let fetched: redis::RedisResult<Option<(String, usize)>> =
                 inv.invoke_async(&mut con).await;
-            let raw = match fetched {
-                Ok(Some((raw, _))) => raw,
+            let (raw, from) = match fetched {
+                Ok(Some((raw, n))) => {
+                    let i = order[n.saturating_sub(1).min(order.len() - 1)];
+                    (raw, self.config.queues[i].as_str())
+                }
                 Ok(None) => {
                     // Nothing anywhere: block on one queue (rotating), briefly when there are others.
                     if blocking.is_none() {
@@ -677,7 +684,8 @@ impl Inner {
                     let Some(bcon) = blocking.as_mut() else {
                         continue;
                     };
-                    let q = keys.queue(&self.config.queues[order[0]]);
+                    let from = self.config.queues[order[0]].as_str();
+                    let q = keys.queue(from);
                     let wait = if multi { 0.2 } else { 1.0 };
                     let moved: redis::RedisResult<Option<String>> = tokio::select! {
                         r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
@@ -685,7 +693,22 @@ impl Inner {
                         _ = stop.changed() => return,
                     };
                     match moved {
-                        Ok(Some(raw)) => raw,
+                        Ok(Some(raw)) => {
+                            // count it as running; a failure here only under-counts until it ends
+                            let claimed: redis::RedisResult<i64> = self
+                                .scripts
+                                .claim
+                                .key(&inflight)
+                                .key(keys.running(from))
+                                .arg(&raw)
+                                .arg(now_ms())
+                                .invoke_async(&mut con)
+                                .await;
+                            if let Err(e) = claimed {
+                                tracing::warn!(error = %e, "marking a task running failed");
+                            }
+                            (raw, from)
+                        }
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "blocking fetch failed");
@@ -701,7 +724,10 @@ impl Inner {
                     continue;
                 }
             };
-            if let Err(e) = self.execute(index, &inflight, raw, cancel.clone()).await {
+            if let Err(e) = self
+                .execute(index, &inflight, from, raw, cancel.clone())
+                .await
+            {
                 // The task stays in flight; the reaper or our final sweep puts it back.
                 tracing::warn!(error = %e, "finishing a task failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -742,6 +768,7 @@ impl Inner {
         &self,
         slot: usize,
         inflight: &str,
+        from: &str,
         raw: String,
         cancel: watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
@@ -751,12 +778,8 @@ impl Inner {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "malformed task moved to the dead-letter list");
-                let q = self
-                    .config
-                    .queues
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("default");
+                // the queue it came from: its dead letters, and its running set to leave
+                let q = from;
                 let _: i64 = self
                     .scripts
                     .finish
@@ -1041,6 +1064,7 @@ pub async fn reap_dead(
             .key(keys.worker(slot))
             .arg(slot)
             .arg(cutoff)
+            .arg(keys.prefix())
             .invoke_async(&mut con)
             .await?;
     }

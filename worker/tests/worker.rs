@@ -158,6 +158,94 @@ async fn the_queues_retry_settings_apply_unless_the_task_sets_its_own() {
     assert_eq!(s.stat("q", "failed").await, 4);
 }
 
+/// The queue's running set (`Keys::running`, what the operator reads as the tasks running
+/// now) follows the in-flight lists: a member per busy slot while tasks run (fetched by the
+/// script over several queues and by the blocking move on one), none once they finished, and
+/// a dead worker's slots leave it when the reaper puts their tasks back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_set_follows_the_in_flight_lists() {
+    let s = Space::new("running");
+    let running = |q: &str| s.keys.running(q);
+    // five 1.5 s tasks on two queues, three slots serving both
+    let mut envs = Vec::new();
+    for i in 0..3 {
+        envs.push(s.env(&format!("a{i}"), "sleep", "qa", json!([1_500])));
+    }
+    s.enqueue("qa", &envs).await;
+    let envs: Vec<Envelope> = (0..2)
+        .map(|i| s.env(&format!("b{i}"), "sleep", "qb", json!([1_500])))
+        .collect();
+    s.enqueue("qb", &envs).await;
+    let w = Running::start(builder(&s, &["qa", "qb"], 3)).await;
+    wait_until("three running", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &running("qa")]).await + s.int(&["ZCARD", &running("qb")]).await == 3
+    })
+    .await;
+    wait_until("all done", Duration::from_secs(10), || async {
+        s.stat("qa", "completed").await + s.stat("qb", "completed").await == 5
+    })
+    .await;
+    assert_eq!(s.int(&["ZCARD", &running("qa")]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &running("qb")]).await, 0);
+    w.stop().await;
+
+    // one queue: the blocking move, then the claim
+    let w = Running::start(builder(&s, &["qc"], 2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let envs: Vec<Envelope> = (0..2)
+        .map(|i| s.env(&format!("c{i}"), "sleep", "qc", json!([1_500])))
+        .collect();
+    s.enqueue("qc", &envs).await;
+    wait_until("two running", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &running("qc")]).await == 2
+    })
+    .await;
+    // a drain mid-task puts the tasks back and empties the running set
+    w.stop().await;
+    assert_eq!(s.int(&["ZCARD", &running("qc")]).await, 0);
+
+    // a worker that died with a task in flight: the reaper puts it back, the set follows
+    let mut con = s.con().await;
+    let ghost = "ghost-2.0";
+    let e = s.env("lost", "sleep", "qd", json!([10]));
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(s.keys.workers())
+        .arg(now_ms() - 10_000)
+        .arg(ghost)
+        .cmd("HSET")
+        .arg(s.keys.worker(ghost))
+        .arg("queues")
+        .arg("qd,qe")
+        .cmd("LPUSH")
+        .arg(s.keys.inflight(ghost))
+        .arg(e.to_json())
+        .cmd("ZADD")
+        .arg(running("qd"))
+        .arg(now_ms() - 10_000)
+        .arg(s.keys.inflight(ghost))
+        // a stale member (its task was lost some other way) goes when the slot is forgotten
+        .cmd("ZADD")
+        .arg(running("qe"))
+        .arg(now_ms() - 10_000)
+        .arg(s.keys.inflight(ghost))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let w = Running::start(builder(&s, &["qd"], 1).configure(|c| c.worker_ttl_ms = 1_000)).await;
+    wait_until("the ghost's task ran", Duration::from_secs(10), || async {
+        s.stat("qd", "completed").await == 1
+    })
+    .await;
+    wait_until("the ghost is forgotten", Duration::from_secs(5), || async {
+        s.int(&["ZSCORE", &s.keys.workers(), ghost]).await == 0
+    })
+    .await;
+    assert_eq!(s.int(&["ZCARD", &running("qd")]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &running("qe")]).await, 0);
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_then_dead_letters() {
     let s = Space::new("retry");

@@ -76,6 +76,9 @@ pub fn readings(
             st.oldest_task_age_seconds = m.oldest_age_seconds.map(round1);
             st.arrival_rate = Some(round1(m.arrival_rate));
             st.completion_rate = Some(round1(m.completion_rate));
+            // the delayed and running sets are read for the same (funcscale) queues
+            st.retries_waiting = m.in_flight_measured.then_some(m.retries_waiting);
+            st.running = Some(m.in_flight);
             st.task_time_ms = Some(round1(m.task_time_ms));
             st.task_time_source = Some(
                 if m.task_time_measured {
@@ -232,6 +235,9 @@ mod tests {
             task_time_ms: 480.04,
             task_time_measured: true,
             scheduled_per_period: 7,
+            in_flight: 4,
+            in_flight_measured: true,
+            retries_waiting: 2,
             ..Default::default()
         };
         let g = readings(&mut st, Some(&Reading::Ok(m.clone())), Some(2), NOW);
@@ -253,6 +259,7 @@ mod tests {
             (Some(3), Some(1.3), Some(480.0), Some(7))
         );
         assert_eq!(st.task_time_source.as_deref(), Some("Measured"));
+        assert_eq!((st.running, st.retries_waiting), (Some(4), Some(2)));
         assert_eq!(condition(&st, "Ready"), ("True", "Polled"));
         let empty = QueueMetrics { depth: 0, ..m };
         let g = readings(&mut st, Some(&Reading::Ok(empty)), Some(2), NOW);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{REDIS_URL, Running, Space, wait_until};
 use funcscale_worker::handler::{Handler, TaskError};
-use funcscale_worker::protocol::{self, Envelope, QueueConfig, QueueStats};
+use funcscale_worker::protocol::{Envelope, QueueConfig, QueueStats};
 use funcscale_worker::worker::{Order, Worker, WorkerBuilder, now_ms};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -112,10 +112,7 @@ async fn recovers_tasks_of_a_dead_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queues_retry_settings_apply_unless_the_task_sets_its_own() {
     let s = Space::new("qretry");
-    let mut con = s.con().await;
-    protocol::queue_config_set(
-        &mut con,
-        &s.keys,
+    s.set_queue_config(
         "q",
         &QueueConfig {
             max_retries: Some(0),
@@ -123,10 +120,8 @@ async fn the_queues_retry_settings_apply_unless_the_task_sets_its_own() {
             retry_backoff_max_ms: Some(100),
             ..Default::default()
         },
-        &[],
     )
-    .await
-    .unwrap();
+    .await;
     // a producer's task: no count of its own (the `enqueue` default)
     let plain = s.env("plain", "fail", "q", json!(["boom"]));
     assert_eq!(plain.max_retries, None);

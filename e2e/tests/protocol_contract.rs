@@ -11,14 +11,14 @@
 //! | `Keys::queue` | producers (`protocol::enqueue`), the beat | the operator's poll: depth, oldest task's age |
 //! | `Keys::stats` | enqueue (`enqueued`), workers' finishes (`completed`, task time) | the poll: arrival and completion rates, T |
 //! | `Keys::schedules_per_period` | the registry (`protocol::schedules_add`/`remove`) | the poll: M |
-//! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention |
+//! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention; the workers: retries |
 
 use std::time::Duration;
 
 use funcscale_e2e::scenario::REDIS_URL as URL;
 use funcscale_e2e::wait::eventually;
 
-use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, Schedule};
+use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, RetryBackoff, Schedule};
 use funcscale_operator::queue_config;
 use funcscale_operator::redis_metrics::{
     MetricsCache, Poller, PollerConfig, QueueId, QueueMetrics, QueueTarget, Reading, RedisEndpoint,
@@ -313,6 +313,9 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
             func: Some("collect".into()),
         }),
         on_failure: Some(Destination::Url("http://127.0.0.1:9/failed".into())),
+        max_retries: Some(0),
+        retry_backoff_base_ms: Some(250),
+        retry_backoff_max_ms: Some(4_000),
     };
     assert_eq!(written_then_read(&keys, "orders", &config).await, config);
 
@@ -348,5 +351,71 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
     // the operator drops the settings: the worker reads none
     let none = QueueConfig::default();
     assert_eq!(written_then_read(&keys, "orders", &none).await, none);
+    cleanup(&keys).await;
+}
+
+/// `Keys::queue_config`, retries: the operator writes a FuncQueue's `maxRetries` and
+/// `retryBackoff`; a worker applies them to a task a producer enqueued without a count of
+/// its own (on `maxRetries: 0` it dies after its first attempt) and keeps the count of a task
+/// that carries one — retried after the queue's short backoff, not the worker's 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_retry_settings_reach_the_tasks_producers_enqueue() {
+    let keys = prefix("retries");
+    let queue = Keys::queue_id("ns", "jobs");
+    let spec = FuncQueueSpec {
+        max_retries: 0,
+        retry_backoff: Some(RetryBackoff {
+            base_ms: Some(20),
+            max_ms: Some(40),
+        }),
+        ..Default::default()
+    };
+    let config = queue_config::desired_config(&spec, (None, None));
+    queue_config::write_config(&mut con().await, &keys, &queue, &config)
+        .await
+        .unwrap();
+    let mut plain = Envelope::new("plain", "fail", &queue, now_ms());
+    plain.args = serde_json::json!(["boom"]);
+    let mut own = plain.clone();
+    own.id = "own".into();
+    own.max_retries = Some(3);
+    protocol::enqueue(&mut con().await, &keys, &queue, &[plain, own])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (stop, running) = worker(&keys, &queue).await;
+    let dead = keys.dead(&queue);
+    let raw = eventually(Duration::from_secs(20), "both tasks dead-lettered", || {
+        let dead = dead.clone();
+        async move {
+            let list: Vec<String> = redis::cmd("LRANGE")
+                .arg(&dead)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut con().await)
+                .await
+                .unwrap();
+            (list.len() == 2).then_some(list)
+        }
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let mut attempts: Vec<(String, u32)> = raw
+        .iter()
+        .map(|r| {
+            let e = Envelope::from_json(r).unwrap();
+            (e.id, e.attempt)
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, vec![("own".into(), 3), ("plain".into(), 0)]);
+    // three retries at the worker's default backoff (1 s, 2 s, 4 s, ±50%) take ≥ 3.5 s
+    assert!(
+        started.elapsed() < Duration::from_millis(3_000),
+        "{:?}",
+        started.elapsed()
+    );
     cleanup(&keys).await;
 }

@@ -49,7 +49,9 @@ use crate::handler::{
 };
 use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
-use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
+use crate::protocol::{
+    self, DEFAULT_MAX_RETRIES, Envelope, Keys, QueueConfig, StatsField, WORKER_TTL_MS, scripts,
+};
 
 pub use crate::clock::now_ms;
 
@@ -582,7 +584,7 @@ impl Inner {
                     ("dead", b.dead),
                 ] {
                     m.queue_last_minute
-                        .with_label_values(&[q.as_str(), kind])
+                        .with_label_values(&[Keys::queue_name(q), kind])
                         .set(v);
                 }
             }
@@ -592,12 +594,12 @@ impl Inner {
                 .query_async(&mut con)
                 .await?;
             let running = protocol::sample_executing(&mut con, keys, q, now).await?;
-            m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
-            m.queue_dead_letters
-                .with_label_values(&[q.as_str()])
-                .set(dead);
+            // labelled with the FuncQueue's name: Prometheus adds the pod's namespace
+            let label = Keys::queue_name(q);
+            m.queue_depth.with_label_values(&[label]).set(depth);
+            m.queue_dead_letters.with_label_values(&[label]).set(dead);
             m.queue_executing
-                .with_label_values(&[q.as_str()])
+                .with_label_values(&[label])
                 .set(running as i64);
         }
         crate::outbox::refresh_gauges(&mut con, keys, m).await?;
@@ -749,12 +751,16 @@ impl Inner {
     }
 
     /// Backoff before retry `attempt` (1-based): base × 2^(attempt-1), capped, ±50% jitter.
-    fn backoff_ms(&self, attempt: u32) -> u64 {
-        let exp = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
-        let capped = exp.min(self.config.retry_max_ms);
+    /// Base and cap are the queue's (`queue`), else the worker's `--retry-base` / `--retry-max`.
+    fn backoff_ms(&self, queue: &QueueConfig, attempt: u32) -> u64 {
+        let base = queue
+            .retry_backoff_base_ms
+            .unwrap_or(self.config.retry_base_ms);
+        let cap = queue
+            .retry_backoff_max_ms
+            .unwrap_or(self.config.retry_max_ms);
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(cap);
         capped / 2 + fastrand::u64(..=capped)
     }
 
@@ -799,9 +805,10 @@ impl Inner {
         } else {
             "_unknown"
         };
-        let labels = [env.queue.as_str(), func_label];
+        // the FuncQueue's name, as the operator's series and the dashboard name it
+        let labels = [Keys::queue_name(&env.queue), func_label];
         m.started.with_label_values(&labels).inc();
-        let gauge = m.inflight.with_label_values(&[env.queue.as_str()]);
+        let gauge = m.inflight.with_label_values(&[labels[0]]);
         gauge.inc();
         let started = Instant::now();
         let started_ms = now_ms();
@@ -909,11 +916,25 @@ impl Inner {
                 let mut next = env.clone();
                 next.error = Some(err.message.clone());
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
-                if err.retryable && env.attempt < env.max_retries {
+                // The queue's retry settings, read at each failure so a changed FuncQueue
+                // applies at once; the task's own count wins over the queue's.
+                let queue_config = if err.retryable {
+                    let pairs: Vec<(String, String)> = QueueConfig::get_cmd(keys, &env.queue)
+                        .query_async(&mut con)
+                        .await?;
+                    QueueConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                } else {
+                    QueueConfig::default()
+                };
+                let max_retries = env
+                    .max_retries
+                    .or(queue_config.max_retries)
+                    .unwrap_or(DEFAULT_MAX_RETRIES);
+                if err.retryable && env.attempt < max_retries {
                     m.retried.with_label_values(&labels).inc();
                     counted = &[RETRIED, FAILED];
                     next.attempt += 1;
-                    let due = now_ms() + self.backoff_ms(next.attempt);
+                    let due = now_ms() + self.backoff_ms(&queue_config, next.attempt);
                     tracing::info!(id = %env.id, func = %env.func, attempt = next.attempt, error = %err.message, "task failed; retrying");
                     let mut inv = self.scripts.finish.key(inflight);
                     inv.key(keys.delayed(&env.queue))

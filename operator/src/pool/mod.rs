@@ -168,7 +168,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
             EventType::Warning,
             "BeatConflict",
             format!(
-                "Beat pool {other} already runs for this Redis; this one is held at 0 replicas"
+                "Beat pool {other} already runs for this namespace and Redis; this one is held at 0 replicas"
             ),
         )
         .await;

@@ -161,7 +161,7 @@ pub fn size(
                     recommendation: 0,
                     rule: Rule::Beat,
                     message: format!(
-                        "refused: Beat pool {other} already runs for this Redis; only one beat may fire the schedules"
+                        "refused: Beat pool {other} already runs for this namespace and Redis; only one beat may fire the namespace's schedules"
                     ),
                     observation: None,
                 },

@@ -142,6 +142,17 @@ pub fn readings(
 /// The conditions of a queue whose Redis cannot be resolved from its spec (`msg`: which
 /// field and why).
 pub fn invalid(st: &mut FuncQueueStatus, msg: &str, g: Option<i64>, now: &str) -> Gauges {
+    refused(st, "InvalidSpec", msg, g, now)
+}
+
+/// The conditions of a queue the operator refuses to serve (`reason`, `msg`: why).
+pub fn refused(
+    st: &mut FuncQueueStatus,
+    reason: &str,
+    msg: &str,
+    g: Option<i64>,
+    now: &str,
+) -> Gauges {
     for kind in [
         crate::queue_config::CONFIG_APPLIED,
         "MetricsAvailable",
@@ -149,7 +160,7 @@ pub fn invalid(st: &mut FuncQueueStatus, msg: &str, g: Option<i64>, now: &str) -
     ] {
         conditions::set(
             &mut st.conditions,
-            new(kind, false, "InvalidSpec", msg.to_string(), g),
+            new(kind, false, reason, msg.to_string(), g),
             now,
         );
     }

@@ -896,14 +896,22 @@ mod tests {
         assert!(!RedisEndpoint::new("rediss://user@redis:6379/0").has_password());
     }
 
-    #[test]
-    fn rates_over_the_window_and_counter_resets() {
-        let s = |at_ms, enqueued, completed, backlog| Sample {
+    /// A poll's counters: `s` with completions, `q` (queued) without.
+    fn s(at_ms: u64, enqueued: u64, completed: u64, backlog: u64) -> Sample {
+        Sample {
             at_ms,
             enqueued,
             completed,
             backlog,
-        };
+        }
+    }
+
+    fn q(at_ms: u64, enqueued: u64, backlog: u64) -> Sample {
+        s(at_ms, enqueued, 0, backlog)
+    }
+
+    #[test]
+    fn rates_over_the_window_and_counter_resets() {
         let mut c = Counters::default();
         assert_eq!(c.push(s(0, 100, 0, 0), 10_000), (0.0, 0.0, 0.0));
         assert_eq!(c.push(s(1000, 110, 5, 0), 10_000), (10.0, 5.0, 0.0));
@@ -914,23 +922,17 @@ mod tests {
 
     #[test]
     fn a_burst_stays_backlog_while_it_drains() {
-        let s = |at_ms, enqueued, backlog| Sample {
-            at_ms,
-            enqueued,
-            completed: 0,
-            backlog,
-        };
         let mut c = Counters::default();
         // a steady 10/s flowing through an empty queue
-        c.push(s(0, 0, 0), 10_000);
-        assert_eq!(c.push(s(1000, 10, 0), 10_000), (10.0, 0.0, 0.0));
+        c.push(q(0, 0, 0), 10_000);
+        assert_eq!(c.push(q(1000, 10, 0), 10_000), (10.0, 0.0, 0.0));
         // 3,000 at once on top: they stayed
         assert_eq!(
-            c.push(s(2000, 3_020, 3_000), 10_000),
+            c.push(q(2000, 3_020, 3_000), 10_000),
             (1_510.0, 0.0, 1_500.0)
         );
         // draining at 50/s: what left the queue was the burst, still not a flow
-        let (arrivals, _, rise) = c.push(s(4000, 3_040, 2_900), 10_000);
+        let (arrivals, _, rise) = c.push(q(4000, 3_040, 2_900), 10_000);
         assert_eq!(arrivals - rise, 10.0);
     }
 
@@ -939,12 +941,6 @@ mod tests {
     /// full window stays backlog.
     #[test]
     fn a_lasting_rise_is_a_rate_and_a_burst_is_not() {
-        let s = |at_ms, enqueued, backlog| Sample {
-            at_ms,
-            enqueued,
-            completed: 0,
-            backlog,
-        };
         let mut c = Counters::default();
         // 5 s of 2/s, then 100/s for 6 s into a pool too small: the backlog rises 90/s
         let mut enq = 0;
@@ -955,7 +951,7 @@ mod tests {
                 enq += rate;
                 backlog += rate.saturating_sub(10);
             }
-            let (arrivals, _, one_off) = c.push(s(sec * 1000, enq, backlog), 10_000);
+            let (arrivals, _, one_off) = c.push(q(sec * 1000, enq, backlog), 10_000);
             if sec == 11 {
                 assert!(arrivals - one_off >= 99.0, "{arrivals} {one_off}");
             }
@@ -965,7 +961,7 @@ mod tests {
         let mut enq = 0;
         for sec in 0..=10u64 {
             enq += if sec == 8 { 3_000 } else { 2 };
-            let (arrivals, _, one_off) = c.push(s(sec * 1000, enq, 0), 10_000);
+            let (arrivals, _, one_off) = c.push(q(sec * 1000, enq, 0), 10_000);
             if sec == 10 {
                 assert!(
                     arrivals > 300.0 && arrivals - one_off <= 2.0,

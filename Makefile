@@ -88,7 +88,7 @@ e2e-cluster: build
 
 ## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, task
 ##   records (cost: throughput on/off; query latency over 100,000 records), the
-##   policy simulator (funcscale vs KEDA-style vs HPA-style), the running operator at scale
+##   policy simulator (funcscale vs the work bound, a tuned KEDA, KEDA defaults, HPA on CPU), the running operator at scale
 ##   (CPU and memory of the release binary with 1,000 pools and 10,000 queues: SCALE_POOLS), and
 ##   the reaction latency (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's
 ##   defaults

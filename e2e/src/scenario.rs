@@ -84,6 +84,9 @@ pub struct Options {
     /// Run on the in-memory API server and the Deployment-level simulated kubelet instead of
     /// the real control plane (the demo's fallback where no control plane can be had).
     pub in_memory: bool,
+    /// The Redis key prefix of another scenario, to share its keys as tenants of one install
+    /// share one Redis (default: a prefix of its own).
+    pub prefix: Option<String>,
 }
 
 impl Options {
@@ -96,6 +99,7 @@ impl Options {
             log_dir: None,
             // FUNCSCALE_E2E_IN_MEMORY=1: the in-memory API server (the models, for comparison)
             in_memory: std::env::var("FUNCSCALE_E2E_IN_MEMORY").is_ok_and(|v| v == "1"),
+            prefix: None,
         }
     }
 }
@@ -204,7 +208,10 @@ impl Scenario {
                 ns,
             )
         };
-        let prefix = format!("fs-scen-{}-{}", opts.name, crate::control_plane::run_id());
+        let prefix = opts
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("fs-scen-{}-{}", opts.name, crate::control_plane::run_id()));
         let mut s = Self {
             opts,
             ns,
@@ -329,17 +336,29 @@ impl Scenario {
         Ok(())
     }
 
-    /// The Redis list key of queue `q` under this scenario's prefix.
-    pub fn queue_key(&self, q: &str) -> String {
-        funcscale_worker::protocol::Keys::new(self.prefix.clone()).queue(q)
+    /// The id in Redis of FuncQueue `q` of this scenario's namespace.
+    pub fn queue_id(&self, q: &str) -> String {
+        funcscale_worker::protocol::Keys::queue_id(&self.ns, q)
     }
 
-    /// `funcscale-worker <args>` with this scenario's Redis and prefix; waits for success.
+    /// The key layout under this scenario's prefix.
+    pub fn keys(&self) -> funcscale_worker::protocol::Keys {
+        funcscale_worker::protocol::Keys::new(self.prefix.clone())
+    }
+
+    /// The Redis list key of FuncQueue `q` under this scenario's prefix.
+    pub fn queue_key(&self, q: &str) -> String {
+        self.keys().queue(&self.queue_id(q))
+    }
+
+    /// `funcscale-worker <args>` with this scenario's Redis, prefix and namespace (queues
+    /// are named as FuncQueues, as a producer of the namespace does); waits for success.
     pub async fn worker_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.worker_bin)
             .args(args)
             .env("FUNCSCALE_REDIS_URL", &self.opts.redis_url)
             .env("FUNCSCALE_PREFIX", &self.prefix)
+            .env("FUNCSCALE_NAMESPACE", &self.ns)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()

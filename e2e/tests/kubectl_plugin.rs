@@ -96,12 +96,18 @@ impl Fixture {
         .unwrap();
     }
 
-    async fn enqueue(&self, queue: &str, ids: &[&str], func: &str, max_retries: u32) {
+    /// The id in Redis of FuncQueue `name` of the test's namespace.
+    fn id(&self, name: &str) -> String {
+        Keys::queue_id(&self.ns, name)
+    }
+
+    async fn enqueue(&self, name: &str, ids: &[&str], func: &str, max_retries: u32) {
+        let queue = &self.id(name);
         let envs: Vec<Envelope> = ids
             .iter()
             .map(|id| {
                 let mut e = Envelope::new(*id, func, queue, now_ms());
-                e.max_retries = max_retries;
+                e.max_retries = Some(max_retries);
                 e
             })
             .collect();
@@ -111,11 +117,12 @@ impl Fixture {
     }
 
     /// Run a worker on `queue` until the queue is empty and `dead` dead letters are there.
-    async fn work_until_dead(&self, queue: &str, dead: u64) {
+    async fn work_until_dead(&self, name: &str, dead: u64) {
+        let queue = &self.id(name);
         let worker = Worker::builder()
             .redis_url(REDIS_URL)
             .prefix(self.keys.prefix())
-            .queues([queue])
+            .queues([queue.as_str()])
             .processes(1)
             .build()
             .await
@@ -428,6 +435,25 @@ async fn tasks_and_dead_letters_use_the_queues_connection_and_the_contexts_names
         (&record["id"], &record["status"]),
         (&json!("order-1-bad"), &json!("dead"))
     );
+    // a task of another tenant's queue `q8` on the same Redis is not shown here
+    let theirs = Keys::queue_id("another-tenant", "q8");
+    protocol::enqueue(
+        &mut f.redis().await,
+        &f.keys,
+        &theirs,
+        &[Envelope::new("order-theirs", "noop", &theirs, now_ms())],
+    )
+    .await
+    .unwrap();
+    for id in ["order-404", "order-theirs"] {
+        let out = f.plugin_with(&kubeconfig, &["tasks", "show", id]).await;
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert!(
+            stderr(&out).contains(&format!("no record of task \"{id}\"")),
+            "{}",
+            stderr(&out)
+        );
+    }
     let out = f
         .plugin_with(&kubeconfig, &["tasks", "show", "order-404"])
         .await;

@@ -11,21 +11,23 @@
 //! | `Keys::queue` | producers (`protocol::enqueue`), the beat | the operator's poll: depth, oldest task's age |
 //! | `Keys::stats` | enqueue (`enqueued`), workers' finishes (`completed`, task time) | the poll: arrival and completion rates, T |
 //! | `Keys::schedules_per_period` | the registry (`protocol::schedules_add`/`remove`) | the poll: M |
-//! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention |
+//! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention; the workers: retries |
 
 use std::time::Duration;
 
 use funcscale_e2e::scenario::REDIS_URL as URL;
 use funcscale_e2e::wait::eventually;
 
-use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, Schedule};
+use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat, RetryBackoff, Schedule};
 use funcscale_operator::queue_config;
 use funcscale_operator::redis_metrics::{
     MetricsCache, Poller, PollerConfig, QueueId, QueueMetrics, QueueTarget, Reading, RedisEndpoint,
     Registry,
 };
 use funcscale_protocol::cron::{Cron, per_period};
-use funcscale_protocol::{Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry};
+use funcscale_protocol::{
+    Destination, Envelope, Keys, QueueConfig, QueueStats, ScheduleEntry, TaskTimeAverage,
+};
 use funcscale_worker::protocol;
 use funcscale_worker::worker::{Worker, now_ms};
 
@@ -193,6 +195,52 @@ async fn finished_tasks_are_the_completions_and_task_time_the_operator_reads() {
     cleanup(&keys).await;
 }
 
+/// `Keys::stats`: the task-time average the stats script keeps is the one the simulator
+/// computes in Rust (`TaskTimeAverage`), so the simulator learns T as the operator does live.
+#[tokio::test]
+async fn the_stats_script_average_is_the_simulators() {
+    let keys = prefix("ewma");
+    let mut c = con().await;
+    let script = redis::Script::new(funcscale_protocol::scripts::RECORD_DURATION);
+    let stats_key = keys.stats("avg");
+    let mut rust: Option<TaskTimeAverage> = None;
+    // bursts of finishes within a millisecond, then gaps of seconds to minutes
+    let samples = [
+        (500, 1_000_000),
+        (700, 1_000_000),
+        (90, 1_000_001),
+        (3_000, 1_002_500),
+        (450, 1_062_500),
+        (20, 1_062_600),
+        (1_200, 1_300_000),
+        (480, 1_300_010),
+    ];
+    for (duration, now) in samples {
+        let () = funcscale_protocol::stats::record_duration(
+            &script,
+            &stats_key,
+            (duration, now),
+            funcscale_protocol::StatsField::Completed,
+        )
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+        rust = Some(TaskTimeAverage::record(
+            rust,
+            duration as f64,
+            now,
+            funcscale_protocol::STATS_HALF_LIFE_MS,
+        ));
+        let lua = stats(&keys, "avg").await.ewma_ms.unwrap();
+        let r = rust.unwrap().ewma_ms;
+        assert!(
+            (lua - r).abs() <= 1e-6 * r.max(1.0),
+            "after {duration} ms at {now}: Lua {lua}, Rust {r}"
+        );
+    }
+    cleanup(&keys).await;
+}
+
 /// `Keys::schedules_per_period`: the registry's M per minute (fractional when entries fire
 /// less often than every minute) is the operator's M over its period, with the queue's own
 /// `spec.schedules` counted by the same cron reader.
@@ -265,6 +313,9 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
             func: Some("collect".into()),
         }),
         on_failure: Some(Destination::Url("http://127.0.0.1:9/failed".into())),
+        max_retries: Some(0),
+        retry_backoff_base_ms: Some(250),
+        retry_backoff_max_ms: Some(4_000),
     };
     assert_eq!(written_then_read(&keys, "orders", &config).await, config);
 
@@ -300,5 +351,71 @@ async fn queue_settings_the_operator_writes_are_what_workers_route_by() {
     // the operator drops the settings: the worker reads none
     let none = QueueConfig::default();
     assert_eq!(written_then_read(&keys, "orders", &none).await, none);
+    cleanup(&keys).await;
+}
+
+/// `Keys::queue_config`, retries: the operator writes a FuncQueue's `maxRetries` and
+/// `retryBackoff`; a worker applies them to a task a producer enqueued without a count of
+/// its own (on `maxRetries: 0` it dies after its first attempt) and keeps the count of a task
+/// that carries one — retried after the queue's short backoff, not the worker's 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_retry_settings_reach_the_tasks_producers_enqueue() {
+    let keys = prefix("retries");
+    let queue = Keys::queue_id("ns", "jobs");
+    let spec = FuncQueueSpec {
+        max_retries: 0,
+        retry_backoff: Some(RetryBackoff {
+            base_ms: Some(20),
+            max_ms: Some(40),
+        }),
+        ..Default::default()
+    };
+    let config = queue_config::desired_config(&spec, (None, None));
+    queue_config::write_config(&mut con().await, &keys, &queue, &config)
+        .await
+        .unwrap();
+    let mut plain = Envelope::new("plain", "fail", &queue, now_ms());
+    plain.args = serde_json::json!(["boom"]);
+    let mut own = plain.clone();
+    own.id = "own".into();
+    own.max_retries = Some(3);
+    protocol::enqueue(&mut con().await, &keys, &queue, &[plain, own])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (stop, running) = worker(&keys, &queue).await;
+    let dead = keys.dead(&queue);
+    let raw = eventually(Duration::from_secs(20), "both tasks dead-lettered", || {
+        let dead = dead.clone();
+        async move {
+            let list: Vec<String> = redis::cmd("LRANGE")
+                .arg(&dead)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut con().await)
+                .await
+                .unwrap();
+            (list.len() == 2).then_some(list)
+        }
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let mut attempts: Vec<(String, u32)> = raw
+        .iter()
+        .map(|r| {
+            let e = Envelope::from_json(r).unwrap();
+            (e.id, e.attempt)
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, vec![("own".into(), 3), ("plain".into(), 0)]);
+    // three retries at the worker's default backoff (1 s, 2 s, 4 s, ±50%) take ≥ 3.5 s
+    assert!(
+        started.elapsed() < Duration::from_millis(3_000),
+        "{:?}",
+        started.elapsed()
+    );
     cleanup(&keys).await;
 }

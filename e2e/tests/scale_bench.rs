@@ -157,7 +157,7 @@ async fn operator_at_scale() {
     let mut fill = redis::pipe();
     let t = now_ms();
     for &p in &backlog_pools {
-        let q = queue_of(p, 0);
+        let q = Keys::queue_id(&ns_of(p), &queue_of(p, 0));
         let envs: Vec<String> = (0..TASKS)
             .map(|i| Envelope::new(format!("{q}-{i}"), "sleep", &q, t).to_json())
             .collect();

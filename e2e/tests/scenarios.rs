@@ -163,7 +163,7 @@ async fn burst_grows_drains_and_shrinks_to_zero() {
     // none twice after success, none lost, nothing dead
     assert_eq!(int(&mut con, "SCARD", &set).await, N);
     assert_eq!(int(&mut con, "LLEN", &list).await, N, "a task ran twice");
-    let dead = funcscale_worker::protocol::Keys::new(s.prefix.clone()).dead("jobs");
+    let dead = s.keys().dead(&s.queue_id("jobs"));
     assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
     let values = history.values();
     assert!(history.max() > 1, "replica history {values:?}");
@@ -320,6 +320,146 @@ async fn beat_stays_single_refuses_a_second_and_survives_a_kill() {
     assert!(ids.len() as i64 >= at_kill + 3);
     assert_unique(&ids);
     s.shutdown().await;
+}
+
+/// Wait until the side-effect set `set` holds `n` task ids (`what`; `s`'s logs on failure).
+async fn ran(s: &Scenario, set: &str, n: i64, what: &str) {
+    let con = redis().await;
+    eventually(Duration::from_secs(40), what, || {
+        let mut con = con.clone();
+        async move { (int(&mut con, "SCARD", set).await == n).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+}
+
+/// Two tenants on one Redis (one key prefix), each namespace with a FuncQueue `jobs`, a
+/// worker pool and a Beat: tasks enqueued to `a/jobs` are run only by `a`'s pool (counted by
+/// their side effects), `b`'s queue and pool never see them, and both Beats fire their own
+/// namespace's schedules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_tenants_on_one_redis_share_nothing() {
+    let a = Scenario::start(Options::new("tenant-a")).await.unwrap();
+    let b = Scenario::start(Options {
+        prefix: Some(a.prefix.clone()),
+        ..Options::new("tenant-b")
+    })
+    .await
+    .unwrap();
+    let mut con = redis().await;
+    let tick = json!({"taskTimeMs": 5, "maxRetries": 3, "schedules": [
+        {"name": "every-second", "cron": "* * * * * *", "function": "noop", "args": []}]});
+    for (s, replicas) in [(&a, 0), (&b, 1)] {
+        s.apply_queue("jobs", json!({"taskTimeMs": 5, "maxRetries": 3}))
+            .await
+            .unwrap();
+        s.apply_queue("tick", tick.clone()).await.unwrap();
+        s.apply_pool(
+            "w",
+            json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": replicas}),
+        )
+        .await
+        .unwrap();
+        s.apply_pool("beat", json!({"role": "Beat", "queues": [], "replicas": 1}))
+            .await
+            .unwrap();
+    }
+    assert_ne!(a.queue_key("jobs"), b.queue_key("jobs"));
+
+    // both Beats run and fire their own namespace's schedule into their own list
+    for s in [&a, &b] {
+        let key = s.queue_key("tick");
+        eventually(
+            Duration::from_secs(40),
+            &format!("the beat of {} to fire", s.ns),
+            || {
+                let (mut con, key) = (con.clone(), key.clone());
+                async move { (int(&mut con, "LLEN", &key).await >= 2).then_some(()) }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+        let ids = queue_ids(&mut con, &key).await;
+        assert_unique(&ids);
+        assert!(
+            ids.iter().all(|id| id.starts_with(&s.queue_id("tick"))),
+            "{ids:?}"
+        );
+        assert_eq!(
+            s.condition("beat", "Conflict").await.unwrap().map(|c| c.0),
+            Some("False".into())
+        );
+    }
+
+    // a's tasks first, then b's: b's worker runs every one of its own and none of a's
+    const N: i64 = 200;
+    const M: i64 = 50;
+    let (set_a, set_b) = (
+        format!("{}:test:ran-a", a.prefix),
+        format!("{}:test:ran-b", a.prefix),
+    );
+    a.enqueue("jobs", "record", &json!([set_a]).to_string(), N as u64)
+        .await
+        .unwrap();
+    b.enqueue("jobs", "record", &json!([set_b]).to_string(), M as u64)
+        .await
+        .unwrap();
+    ran(&b, &set_b, M, "b's pool to run b's tasks").await;
+    assert_eq!(int(&mut con, "SCARD", &set_a).await, 0, "b ran a's tasks");
+    assert_eq!(int(&mut con, "LLEN", &a.queue_key("jobs")).await, N);
+    // each operator reads its own queue: a's depth is N, b's stays 0
+    let depth = |s: &Scenario| {
+        let api = s.queues();
+        async move { api.get("jobs").await.ok()?.status?.depth }
+    };
+    eventually(Duration::from_secs(20), "a/jobs status depth N", || async {
+        (depth(&a).await == Some(N as u64)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a)));
+    eventually(Duration::from_secs(20), "b/jobs status depth 0", || async {
+        (depth(&b).await == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&b)));
+    let key_of = |s: &Scenario| {
+        let api = s.queues();
+        async move { api.get("jobs").await.ok()?.status?.key }
+    };
+    assert_eq!(key_of(&a).await, Some(a.queue_key("jobs")));
+    assert_eq!(key_of(&b).await, Some(b.queue_key("jobs")));
+
+    // a's own pool runs a's tasks, each once; b's side effects are unchanged
+    a.apply_pool(
+        "w",
+        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin", "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    ran(&a, &set_a, N, "a's pool to run a's tasks").await;
+    assert_eq!(int(&mut con, "SCARD", &set_b).await, M);
+    let completed = |s: &Scenario| {
+        let key = s.keys().stats(&s.queue_id("jobs"));
+        let mut con = con.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("completed")
+                .query_async::<Option<i64>>(&mut con)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(completed(&a).await, Some(N));
+    assert_eq!(completed(&b).await, Some(M));
+    let _: () = redis::cmd("DEL")
+        .arg(&set_a)
+        .arg(&set_b)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 /// Redis stopped in the middle → the pool holds its size, MetricsAvailable=False says why;
@@ -543,7 +683,7 @@ async fn sigkill_chaos_loses_no_task() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
-    let dead = funcscale_worker::protocol::Keys::new(s.prefix.clone()).dead("jobs");
+    let dead = s.keys().dead(&s.queue_id("jobs"));
     assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
     let runs = int(&mut con, "LLEN", &list).await;
     let restarts: u32 = s

@@ -233,14 +233,12 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
         Command::Tasks {
             action: TasksAction::Show { id },
         } if !flag.explicit => show_task(&cli.kube, &flag, &keys, id, cli.verbose).await,
-        Command::Tasks { action } => {
-            let queue = match &action {
-                TasksAction::List { queue, .. } | TasksAction::Counts { queue, .. } => {
-                    Some(queue.clone())
-                }
-                TasksAction::Show { .. } => None,
-            };
+        Command::Tasks { mut action } => {
+            let queue = action.queue_mut().map(|q| q.clone());
             let mut con = queue_connection(&cli.kube, &flag, queue.as_deref(), cli.verbose).await?;
+            if let Some(q) = action.queue_mut() {
+                *q = queue_id(&cli.kube, q).await;
+            }
             tasks_command(&mut con, &keys, action)
                 .await
                 .map_err(Failure::Failed)
@@ -266,6 +264,8 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
             }
             let queue = select.queue.clone();
             let mut con = queue_connection(&cli.kube, &flag, Some(&queue), cli.verbose).await?;
+            let mut action = action;
+            action.select_mut().queue = queue_id(&cli.kube, &queue).await;
             dead_letters_command(&mut con, &keys, action)
                 .await
                 .map_err(Failure::Failed)
@@ -312,6 +312,11 @@ async fn show_task(
         })?;
     let mut endpoints: Vec<(RedisEndpoint, String)> = Vec::new();
     let mut problems = Vec::new();
+    let mine: Vec<String> = queues
+        .items
+        .iter()
+        .map(|q| funcscale_operator::crd_ext::queue_id(q, &ns))
+        .collect();
     for q in &queues.items {
         let name = q.metadata.name.clone().unwrap_or_default();
         let found = match route(flag, Some(q), &name, &ns) {
@@ -356,12 +361,13 @@ async fn show_task(
             }
         };
         match funcscale_worker::records::show_task(&mut con, keys, &id).await {
-            Ok(Some(_)) => {
+            // only a record of this namespace's queues: another tenant's is not shown
+            Ok(Some(r)) if mine.contains(&r.queue) => {
                 return tasks_command(&mut con, keys, TasksAction::Show { id })
                     .await
                     .map_err(Failure::Failed);
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => problems.push(format!("reading Redis at {ep} ({why}): {e}")),
         }
     }
@@ -401,6 +407,25 @@ async fn kube_client(args: &KubeArgs) -> Result<(Client, String), Failure> {
     let client = Client::try_from(config)
         .map_err(|e| Failure::Failed(anyhow::anyhow!("building the Kubernetes client: {e}")))?;
     Ok((client, ns))
+}
+
+/// The id in Redis of FuncQueue `name` of the namespace (its keys are namespaced unless it
+/// sets `legacyKeys`); an id (`{ns.name}`) as it is; the name itself when no cluster answers
+/// (with `--redis-url`: pass the id).
+async fn queue_id(kube: &KubeArgs, name: &str) -> String {
+    if name.starts_with('{') {
+        return name.to_string();
+    }
+    let Ok((client, ns)) = kube_client(kube).await else {
+        return name.to_string();
+    };
+    match Api::<FuncQueue>::namespaced(client, &ns)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(q)) => funcscale_operator::crd_ext::queue_id(&q, &ns),
+        _ => Keys::queue_id(&ns, name),
+    }
 }
 
 /// The Redis connection for `queue` (see [`route`]); `None` (`tasks show`) needs a URL.

@@ -76,6 +76,8 @@ impl From<&Condition> for ConditionView {
 pub struct QueueView {
     pub namespace: String,
     pub name: String,
+    /// The Redis list producers push to (`.status.key`).
+    pub key: Option<String>,
     /// From `.status` (the operator's last poll).
     pub depth: Option<u64>,
     pub oldest_task_age_seconds: Option<f64>,
@@ -191,11 +193,11 @@ pub async fn gather(
         };
         for i in idx {
             let q = items[i];
-            let name = q.name_any();
+            let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());
             let read = live(
                 &mut con,
                 keys,
-                &name,
+                &id,
                 q.spec.format,
                 q.spec.key.as_deref(),
                 now,
@@ -282,6 +284,7 @@ fn queue_view(q: &FuncQueue) -> QueueView {
     QueueView {
         namespace: q.namespace().unwrap_or_default(),
         name: q.name_any(),
+        key: st.key.clone(),
         depth: st.depth,
         oldest_task_age_seconds: st.oldest_task_age_seconds,
         arrivals_per_minute: st.arrival_rate.map(|r| r * 60.0),

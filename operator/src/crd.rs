@@ -24,8 +24,11 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// A work queue in Redis: where tasks wait until a worker pool runs them.
 ///
-/// The queue's name is the resource's name. By default its tasks live in the Redis list
-/// `funcscale:q:<name>`; set `key` and `format` to adopt an existing Celery, RQ or Sidekiq queue.
+/// The queue's name is the resource's name. Its id in Redis is `{<namespace>.<name>}`, so
+/// same-named queues of two namespaces never share a key: its tasks live in the Redis list
+/// `funcscale:q:{<namespace>.<name>}` (shown in `status.key`); set `key` and `format` to adopt
+/// an existing Celery, RQ or Sidekiq queue, or `legacyKeys` to keep a queue made before
+/// namespaced keys.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "funcscale.dev",
@@ -38,6 +41,13 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
     status = "FuncQueueStatus",
     doc = "A function-task queue in Redis, with its cron schedules and measured load.",
     printcolumn(name = "Format", type_ = "string", json_path = ".spec.format"),
+    printcolumn(
+        name = "Key",
+        type_ = "string",
+        json_path = ".status.key",
+        description = "the Redis list producers push to",
+        priority = 1
+    ),
     printcolumn(name = "Depth", type_ = "integer", json_path = ".status.depth"),
     printcolumn(
         name = "Oldest",
@@ -65,9 +75,13 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.retryBackoff) || !has(self.retryBackoff.baseMs) || !has(self.retryBackoff.maxMs) || self.retryBackoff.baseMs <= self.retryBackoff.maxMs").message("retryBackoff.baseMs must not exceed retryBackoff.maxMs").field_path(".retryBackoff")
+)]
 pub struct FuncQueueSpec {
-    /// Redis list that holds the waiting tasks. Defaults to `funcscale:q:<queue name>`.
-    /// Set it to adopt an existing queue, e.g. `celery` for Celery's default queue.
+    /// Redis list that holds the waiting tasks of an adopted queue (format `Celery`, `Rq`
+    /// or `Sidekiq`), e.g. `celery` for Celery's default queue. funcscale's own queues
+    /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub key: Option<String>,
@@ -96,10 +110,26 @@ pub struct FuncQueueSpec {
     )]
     pub schedules: Vec<Schedule>,
 
-    /// How many times a failing task is retried before it goes to the dead-letter list.
+    /// How many times a failing task is retried before it goes to the dead-letter list:
+    /// every task of the queue, unless the task itself carries a count (`enqueue
+    /// --max-retries`, the envelope's `max_retries`).
     #[serde(default = "default_max_retries")]
     #[schemars(range(min = 0, max = 100))]
     pub max_retries: u32,
+
+    /// Delay before each retry of a failed task: `baseMs` before the first, doubling per
+    /// retry up to `maxMs` (each ±50% jitter). Unset fields use the workers'
+    /// `--retry-base` (1 s) and `--retry-max` (5 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<RetryBackoff>,
+
+    /// Keep the Redis keys of funcscale before namespaced keys: `funcscale:q:<name>` and
+    /// the like, shared by every namespace on the Redis. Only for queues created before the
+    /// upgrade whose producers push to `funcscale:q:<name>`; two namespaces with a
+    /// `legacyKeys` queue of the same name on one Redis are refused (`Ready=False`,
+    /// reason `KeyConflict`). See docs/operations.md, "Upgrading to namespaced keys".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_keys: bool,
 
     /// Where the result of every task that succeeds is sent: a task enqueued into another
     /// FuncQueue (atomically with the completion), or a POST to a URL (retried with backoff,
@@ -157,6 +187,20 @@ pub struct TaskDestination {
     pub url: Option<String>,
 }
 
+/// Delay before the retries of a failed task.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBackoff {
+    /// Delay before the first retry in milliseconds; it doubles per retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub base_ms: Option<u64>,
+    /// Longest delay between retries in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub max_ms: Option<u64>,
+}
+
 /// Retention of a queue's task records: a record goes when it is older than `maxAgeSeconds`
 /// or when the queue has more than `maxCount` records (oldest first).
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -185,7 +229,8 @@ fn default_max_retries() -> u32 {
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
 )]
 pub enum QueueFormat {
-    /// funcscale's own queue (`funcscale:q:<name>` unless `key` is set).
+    /// funcscale's own queue (`funcscale:q:{<namespace>.<name>}`; with `legacyKeys`
+    /// `funcscale:q:<name>`).
     #[default]
     Funcscale,
     /// A Celery queue on the Redis broker: the list plus its priority sub-lists.
@@ -267,6 +312,13 @@ pub struct SecretKeyRef {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FuncQueueStatus {
+    /// The Redis list producers push the queue's tasks to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The queue's id in Redis: what a task envelope carries in `queue` and what
+    /// `funcscale-worker --queue` takes (or the name with `--namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
     /// Tasks waiting in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u64>,
@@ -279,6 +331,14 @@ pub struct FuncQueueStatus {
     /// Tasks finished per second, averaged over the last polls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_rate: Option<f64>,
+    /// Retries waiting for their due time (funcscale queues); those already due count as
+    /// backlog when pools are sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries_waiting: Option<u64>,
+    /// Tasks running now: read from the workers' running set (funcscale queues), else
+    /// estimated as completion rate × task time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
     /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_time_ms: Option<f64>,
@@ -520,7 +580,9 @@ pub struct Autoscaling {
     #[serde(default = "default_period_ms")]
     #[schemars(range(min = 1000, max = 86_400_000))]
     pub period_ms: u64,
-    /// Seconds a lower size must be recommended continuously before the pool shrinks.
+    /// Seconds a lower size must be recommended continuously before the pool shrinks
+    /// (the HPA's default is 300; 60 measured as 3× fewer pod-seconds on bursty load with no
+    /// change undone within a minute: `funcscale-operator simulate`).
     #[serde(default = "default_stabilization_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: u32,
@@ -540,7 +602,7 @@ fn default_period_ms() -> u64 {
     60_000
 }
 fn default_stabilization_seconds() -> u32 {
-    300
+    60
 }
 fn default_scale_up_step() -> i32 {
     4

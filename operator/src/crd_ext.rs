@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, RedisConnection};
+use funcscale_protocol::Keys;
+use kube::ResourceExt;
+
+use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, QueueFormat, RedisConnection};
 
 /// Label with the pool's name on its Deployment and pods.
 pub const POOL_LABEL: &str = "funcscale.dev/pool";
@@ -52,6 +55,35 @@ pub fn schedules_configmap_name(pool: &str) -> String {
     format!("{pool}-schedules")
 }
 
+/// The id in Redis of FuncQueue `q` in `ns` (the `<queue>` of its keys, what workers take
+/// in `--queues` and envelopes carry in `queue`): [`Keys::queue_id`] of namespace and name;
+/// the bare name with `legacyKeys` (the keys of earlier versions) and for adopted queues
+/// (formats other than `Funcscale`: their lists are the other system's, named by it).
+pub fn queue_id(q: &FuncQueue, ns: &str) -> String {
+    if q.spec.legacy_keys || q.spec.format != QueueFormat::Funcscale {
+        q.name_any()
+    } else {
+        Keys::queue_id(ns, &q.name_any())
+    }
+}
+
+/// When and which object: `(creationTimestamp, namespace, name)`.
+pub type Age = (
+    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    String,
+    String,
+);
+
+/// Whether `a` was created before `b` (a missing timestamp counts as newest; ties by name).
+pub fn older(a: &Age, b: &Age) -> bool {
+    match (&a.0, &b.0) {
+        (Some(x), Some(y)) if x != y => x.0 < y.0,
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        _ => (&a.1, &a.2) < (&b.1, &b.2),
+    }
+}
+
 /// Which Redis a connection means, as a comparable identity (no secrets in it):
 /// the operator default, a URL, or a Secret reference in the queue's namespace.
 pub fn redis_identity(conn: Option<&RedisConnection>, namespace: &str) -> String {
@@ -70,11 +102,18 @@ pub fn queue_redis_identity(q: &FuncQueue, namespace: &str) -> String {
     redis_identity(q.spec.redis.as_ref(), namespace)
 }
 
+/// Whether a Beat pool of the queue's namespace fires schedules of `q`: its `schedules`,
+/// and for a `legacyKeys` queue its dynamic ones (its id does not name the namespace, so
+/// the beat learns it from its schedules file).
+pub fn beat_fires(q: &FuncQueue) -> bool {
+    !q.spec.schedules.is_empty() || q.spec.legacy_keys
+}
+
 /// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.
 pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
     namespace_queues
         .iter()
-        .filter(|q| !q.spec.schedules.is_empty())
+        .filter(|q| beat_fires(q))
         .map(|q| queue_redis_identity(q, ns))
         .next()
         .unwrap_or_else(|| "default".into())

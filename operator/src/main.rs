@@ -10,17 +10,22 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        Command::Simulate(args) => print!("{}", cli::simulate(&args)),
+        Command::Simulate(args) => or_usage_error("simulate", cli::simulate(&args)),
         Command::Crd => print!("{}", funcscale_operator::crd::crds_yaml()),
-        Command::Capacity(args) => match cli::capacity(&args) {
-            Ok(out) => print!("{out}"),
-            Err(e) => {
-                let mut cmd = Cli::command();
-                let sub = cmd
-                    .find_subcommand_mut("capacity")
-                    .expect("capacity subcommand");
-                sub.error(ErrorKind::ValueValidation, e).exit()
-            }
-        },
+        Command::Capacity(args) => or_usage_error("capacity", cli::capacity(&args)),
+    }
+}
+
+/// Print a subcommand's output, or its usage error the way clap reports one (exit code 2).
+fn or_usage_error(subcommand: &str, result: Result<String, cli::UsageError>) {
+    match result {
+        Ok(out) => print!("{out}"),
+        Err(e) => {
+            let mut cmd = Cli::command();
+            let sub = cmd
+                .find_subcommand_mut(subcommand)
+                .expect("a subcommand of the CLI");
+            sub.error(ErrorKind::ValueValidation, e).exit()
+        }
     }
 }

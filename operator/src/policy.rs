@@ -7,8 +7,11 @@
 //!    - cron load `ceil(M × T / (c × P))` (M scheduled executions per period P, T task time,
 //!      c processes per pod), and
 //!    - queue load: processes that keep up with arrivals and drain the backlog within the
-//!      drain target, `ceil((λ·T + D·T/W) / c)`, or in the KEDA-compatible mode
-//!      `ceil(D / targetDepthPerPod)`;
+//!      drain target, `ceil((λ'·T + D·T/W) / c)`, at least the pods the running tasks occupy
+//!      `ceil(R / c)`, or in the KEDA-compatible mode `ceil(D / targetDepthPerPod)`. D is the
+//!      backlog (waiting tasks and due retries); λ' the arrivals that keep coming (arrivals λ
+//!      less the one-off part ρ above the rate window's median rate), so that a burst is
+//!      counted once, as backlog, not also as a rate;
 //! 2. **bounds**: idle pools go to zero only when `minReplicas` is 0 (and a pool at zero
 //!    starts only above the activation depth), then the result is clamped to [min, max];
 //! 3. **behaviour** (as the HPA): scale up at once, at most `max(step, 100 %)` per decision;
@@ -58,7 +61,7 @@ impl Default for PolicyConfig {
             drain_target_ms: 60_000,
             target_depth_per_pod: None,
             activation_depth: 0,
-            scale_down_stabilization_ms: 300_000,
+            scale_down_stabilization_ms: 60_000,
             scale_up_max_step: 4,
         }
     }
@@ -84,11 +87,15 @@ impl PolicyConfig {
 /// What was measured for a pool's queues (summed over them), for one decision.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Observation {
-    /// Tasks waiting (D).
+    /// Tasks waiting: the queues' depth plus their due retries (D).
     pub depth: u64,
     /// Tasks arriving per second (λ).
     pub arrival_rate: f64,
-    /// Tasks running now.
+    /// Of `arrival_rate`, the tasks per second that came as a one-off burst (ρ: above the
+    /// rate window's median rate). They are counted in D, so the keep-up term uses λ − ρ;
+    /// negative when the rate rose within the window (λ − ρ is then the new rate).
+    pub one_off_rate: f64,
+    /// Tasks running now (R).
     pub in_flight: u64,
     /// Task time in ms (T).
     pub task_time_ms: f64,
@@ -282,11 +289,17 @@ pub fn cron_pods(monitors: u64, task_time_ms: f64, processes_per_pod: u32, perio
     ceil_pods(monitors as f64 * task_time_ms.max(0.0) / denom)
 }
 
-/// Queue load: pods whose processes keep up with arrivals (λ·T) and drain the backlog within
-/// the drain target (D·T/W), plus the tasks running now.
+/// The arrivals per second the pool keeps up with: all but a one-off burst (λ − ρ, never
+/// negative).
+pub fn flow_rate(obs: &Observation) -> f64 {
+    (obs.arrival_rate.max(0.0) - obs.one_off_rate).max(0.0)
+}
+
+/// Queue load: pods whose processes keep up with the arrivals that keep coming ((λ − ρ)·T) and drain the backlog within the drain target (D·T/W), and at least
+/// the pods the tasks running now occupy (R / c).
 pub fn queue_pods(obs: &Observation, processes_per_pod: u32, drain_target_ms: u64) -> u64 {
     let t = obs.task_time_ms.max(0.0);
-    let keep_up = obs.arrival_rate.max(0.0) * t / 1000.0;
+    let keep_up = flow_rate(obs) * t / 1000.0;
     let drain = obs.depth as f64 * t / drain_target_ms.max(1) as f64;
     let busy = keep_up + drain;
     let running = obs.in_flight as f64;
@@ -340,8 +353,13 @@ pub fn decide(cfg: &PolicyConfig, input: &Input, history: &mut History) -> Decis
         }
         None => {
             let pods = queue_pods(&obs, c, cfg.drain_target_ms);
+            let stayed = if obs.one_off_rate > 0.0 {
+                format!(" ({:.1}/s of them in the backlog)", obs.one_off_rate)
+            } else {
+                String::new()
+            };
             let msg = format!(
-                "backlog {}, arrivals {:.1}/s, T {:.0} ms, drain target {} s, {} running: {pods} pods of {c}",
+                "backlog {}, arrivals {:.1}/s{stayed}, T {:.0} ms, drain target {} s, {} running: {pods} pods of {c}",
                 obs.depth,
                 obs.arrival_rate,
                 t,
@@ -458,6 +476,7 @@ mod tests {
         Observation {
             depth,
             arrival_rate: rate,
+            one_off_rate: 0.0,
             in_flight: 0,
             task_time_ms: t,
             task_time_measured: true,
@@ -515,6 +534,58 @@ mod tests {
         let d = decide(&cfg(0, 10), &input(0, 3, Some(o)), &mut h);
         assert_eq!((d.desired, d.rule), (3, Rule::QueueLoad));
         assert!(d.message.contains("backlog 1200"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_burst_is_backlog_not_also_arrivals() {
+        // 3,000 tasks of 300 ms enqueued at once: over the 10 s window that is 300/s
+        // arriving, and all 300/s stayed in the backlog. Draining 3,000 × 300 ms within 60 s
+        // takes 15 processes: 3 pods of 5 (not 21 from adding 300/s × 300 ms = 90 more).
+        let burst = Observation {
+            one_off_rate: 300.0,
+            ..obs(3_000, 300.0, 300.0, 0)
+        };
+        assert_eq!(queue_pods(&burst, 5, 60_000), 3);
+        let d = decide(
+            &cfg(0, 30),
+            &input(0, 3, Some(burst)),
+            &mut History::default(),
+        );
+        assert_eq!((d.desired, d.rule), (3, Rule::QueueLoad), "{}", d.message);
+        assert!(
+            d.message
+                .contains("arrivals 300.0/s (300.0/s of them in the backlog)"),
+            "{}",
+            d.message
+        );
+        // a steady 10/s on top of the burst is still kept up with: 3 + 15 = 18 processes
+        let both = Observation {
+            one_off_rate: 300.0,
+            ..obs(3_000, 310.0, 300.0, 0)
+        };
+        assert_eq!(queue_pods(&both, 5, 60_000), 4);
+    }
+
+    #[test]
+    fn running_tasks_hold_their_pods() {
+        // one 75 s task running, nothing waiting or arriving: its pod stays
+        let o = Observation {
+            in_flight: 1,
+            ..obs(0, 0.0, 75_000.0, 0)
+        };
+        let c = PolicyConfig {
+            scale_down_stabilization_ms: 0,
+            ..cfg(0, 10)
+        };
+        let d = decide(&c, &input(0, 1, Some(o)), &mut History::default());
+        assert_eq!((d.desired, d.rule), (1, Rule::QueueLoad), "{}", d.message);
+        // 12 running in pods of 5: 3 pods, whatever the (short) backlog says
+        let o = Observation {
+            in_flight: 12,
+            ..obs(2, 0.0, 100.0, 0)
+        };
+        let d = decide(&c, &input(0, 4, Some(o)), &mut History::default());
+        assert_eq!(d.desired, 3, "{}", d.message);
     }
 
     #[test]
@@ -653,6 +724,7 @@ mod tests {
             .prop_map(|(depth, rate, in_flight, t, m)| Observation {
                 depth,
                 arrival_rate: rate,
+                one_off_rate: 0.0,
                 in_flight,
                 task_time_ms: t,
                 task_time_measured: true,

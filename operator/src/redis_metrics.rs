@@ -1,5 +1,6 @@
 //! The Redis metrics reader: depth, oldest-task age, arrival and completion rates, measured
-//! task time (T) and scheduled executions per period (M) of every registered queue.
+//! task time (T), scheduled executions per period (M), retries waiting and due, and the tasks
+//! running now of every registered queue.
 //!
 //! All queues on one Redis instance are read in **one pipelined round trip** per poll
 //! ([`Poller::poll_once`]); instances are polled concurrently. Results land in a shared
@@ -285,6 +286,10 @@ pub struct QueueTarget {
     pub static_per_period: u64,
     /// `spec.taskTimeMs`, used until workers have measured T.
     pub task_time_hint_ms: f64,
+    /// Retries waiting (zset scored by due time, ms), where the format has one.
+    pub delayed_key: Option<String>,
+    /// Tasks running now (zset of in-flight lists, `Keys::running`), where the format has one.
+    pub running_key: Option<String>,
 }
 
 impl QueueTarget {
@@ -298,6 +303,8 @@ impl QueueTarget {
     ) -> Self {
         let spec = &q.spec;
         let (lists, oldest) = queue_lists(spec.format, spec.key.as_deref(), name, keys);
+        // funcscale workers keep retries and running tasks per queue name
+        let own = spec.format == QueueFormat::Funcscale;
         let static_per_period = spec
             .schedules
             .iter()
@@ -312,6 +319,8 @@ impl QueueTarget {
             period_ms,
             static_per_period,
             task_time_hint_ms: spec.task_time_ms as f64,
+            delayed_key: own.then(|| keys.delayed(name)),
+            running_key: own.then(|| keys.running(name)),
         }
     }
 }
@@ -352,14 +361,29 @@ pub struct QueueMetrics {
     pub oldest_age_seconds: Option<f64>,
     /// Tasks enqueued per second (over the last ~10 s).
     pub arrival_rate: f64,
+    /// The part of `arrival_rate` that came as a one-off burst (ρ): the arrivals above the
+    /// window's median per-poll rate (with fewer than three polls in the window: the rise of
+    /// the backlog to its peak). Those tasks are counted in the backlog, so sizing takes
+    /// them out of the arrivals (a burst is not counted twice). Negative when the rate rose
+    /// within the window: the pool then keeps up with the new, median rate.
+    pub one_off_rate: f64,
     /// Tasks completed per second (over the last ~10 s).
     pub completion_rate: f64,
     /// Measured task time (ms), else the hint.
     pub task_time_ms: f64,
     /// Whether `task_time_ms` was measured by workers.
     pub task_time_measured: bool,
-    /// Estimated tasks running now (completion rate × T, Little's law).
+    /// Tasks running now: read from the queue's running set (funcscale format), else
+    /// estimated as completion rate × T (Little's law).
     pub in_flight: u64,
+    /// Whether `in_flight` was read (else estimated).
+    pub in_flight_measured: bool,
+    /// Retries waiting in the delayed set (due or not).
+    pub retries_waiting: u64,
+    /// Retries whose due time has passed (not yet moved to the queue by a worker): backlog.
+    pub retries_due: u64,
+    /// When the earliest waiting retry is due (unix ms).
+    pub next_retry_due_ms: Option<u64>,
     /// Scheduled executions per period: static schedules + the dynamic registry.
     pub scheduled_per_period: u64,
     /// When the numbers were read (unix ms).
@@ -492,34 +516,75 @@ struct Conn {
     last_error: Option<(String, UnavailableReason)>,
 }
 
+/// One poll's counters of a queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// When it was read (ms).
+    pub at_ms: u64,
+    /// The queue's `enqueued` counter.
+    pub enqueued: u64,
+    /// The queue's `completed` counter.
+    pub completed: u64,
+    /// Depth + due retries.
+    pub backlog: u64,
+}
+
+/// Rates over the window: (arrivals, completions, one-off arrivals) per second.
+pub type Rates = (f64, f64, f64);
+
+/// A queue's recent samples, from which its rates over the rate window are computed (the
+/// poller keeps one per queue; the simulator one per trace, so both compute rates alike).
 #[derive(Default)]
-struct Counters {
-    samples: VecDeque<(u64, u64, u64)>, // (at ms, enqueued, completed)
+pub struct Counters {
+    samples: VecDeque<Sample>,
 }
 
 impl Counters {
-    fn push(&mut self, at_ms: u64, enq: u64, comp: u64, window_ms: u64) -> (f64, f64) {
+    /// Add a sample and return the rates over the last `window_ms`.
+    pub fn push(&mut self, now: Sample, window_ms: u64) -> Rates {
+        let (at_ms, enq, comp) = (now.at_ms, now.enqueued, now.completed);
         // a counter that went down was reset: start over
-        if let Some(&(_, e, c)) = self.samples.back()
-            && (enq < e || comp < c)
+        if let Some(s) = self.samples.back()
+            && (enq < s.enqueued || comp < s.completed)
         {
             self.samples.clear();
         }
-        self.samples.push_back((at_ms, enq, comp));
+        self.samples.push_back(now);
         while self.samples.len() > 2
             && self
                 .samples
                 .front()
-                .is_some_and(|s| at_ms.saturating_sub(s.0) > window_ms)
+                .is_some_and(|s| at_ms.saturating_sub(s.at_ms) > window_ms)
         {
             self.samples.pop_front();
         }
-        let (t0, e0, c0) = *self.samples.front().expect("just pushed");
-        let dt = at_ms.saturating_sub(t0) as f64 / 1000.0;
+        let first = *self.samples.front().expect("just pushed");
+        let dt = at_ms.saturating_sub(first.at_ms) as f64 / 1000.0;
         if dt <= 0.0 {
-            return (0.0, 0.0);
+            return (0.0, 0.0, 0.0);
         }
-        ((enq - e0) as f64 / dt, (comp - c0) as f64 / dt)
+        let arrived = enq - first.enqueued;
+        let arrival = arrived as f64 / dt;
+        // the one-off part of the arrivals (a burst), counted as backlog only: the arrivals
+        // above the window's median per-poll rate, so a burst that came at once is not also
+        // a rate, while a lasting rise of the rate is one within half a window. With fewer than
+        // three polls in the window: the backlog's rise to its peak (the peak, not the last
+        // reading, so that tasks of a burst drained later in the window count as backlog)
+        let mut per_poll: Vec<f64> = self
+            .samples
+            .iter()
+            .zip(self.samples.iter().skip(1))
+            .filter(|(a, b)| b.at_ms > a.at_ms)
+            .map(|(a, b)| (b.enqueued - a.enqueued) as f64 * 1000.0 / (b.at_ms - a.at_ms) as f64)
+            .collect();
+        let one_off = if per_poll.len() >= 3 {
+            per_poll.sort_by(f64::total_cmp);
+            arrival - per_poll[per_poll.len() / 2]
+        } else {
+            let peak = self.samples.iter().map(|s| s.backlog).max().unwrap_or(0);
+            peak.saturating_sub(first.backlog).min(arrived) as f64 / dt
+        };
+        (arrival, (comp - first.completed) as f64 / dt, one_off)
     }
 }
 
@@ -578,7 +643,7 @@ impl Poller {
             let config = config.clone();
             jobs.push(async move {
                 let mut conn = conn;
-                let result = read_endpoint(&endpoint, &mut conn, &queues, &config).await;
+                let result = read_endpoint(&endpoint, &mut conn, &queues, &config, now_ms).await;
                 (endpoint, conn, queues, result)
             });
         }
@@ -598,13 +663,14 @@ impl Poller {
                     report.ok_endpoints += 1;
                     for ((id, target), raw) in queues.into_iter().zip(raws) {
                         let counters = self.counters.entry(id.clone()).or_default();
-                        let (arrival, completion) = counters.push(
-                            now_ms,
-                            raw.stats.enqueued,
-                            raw.stats.completed,
-                            window_ms,
-                        );
-                        let m = to_metrics(&target, &raw, arrival, completion, now_ms);
+                        let sample = Sample {
+                            at_ms: now_ms,
+                            enqueued: raw.stats.enqueued,
+                            completed: raw.stats.completed,
+                            backlog: raw.depth + raw.retries_due,
+                        };
+                        let rates = counters.push(sample, window_ms);
+                        let m = to_metrics(&target, &raw, rates, now_ms);
                         let changed = match cache.get(&id) {
                             Some(Reading::Ok(old)) => !same_numbers(old, &m),
                             _ => true,
@@ -648,6 +714,9 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
     a.depth == b.depth
         && a.scheduled_per_period == b.scheduled_per_period
         && a.in_flight == b.in_flight
+        && a.retries_due == b.retries_due
+        && a.retries_waiting == b.retries_waiting
+        && (a.one_off_rate - b.one_off_rate).abs() < 0.05 * a.one_off_rate.abs().max(1.0)
         && a.task_time_measured == b.task_time_measured
         && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
         && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
@@ -658,15 +727,14 @@ struct Raw {
     oldest_ms: Option<u64>,
     stats: QueueStats,
     dynamic_per_period: u64,
+    retries_due: u64,
+    retries_waiting: u64,
+    next_retry_due_ms: Option<u64>,
+    running: Option<u64>,
 }
 
-fn to_metrics(
-    t: &QueueTarget,
-    raw: &Raw,
-    arrival: f64,
-    completion: f64,
-    now_ms: u64,
-) -> QueueMetrics {
+fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMetrics {
+    let (arrival, completion, rise) = rates;
     let (task_time_ms, measured) = match raw.stats.ewma_ms {
         Some(ms) if ms > 0.0 => (ms, true),
         _ => (t.task_time_hint_ms, false),
@@ -677,10 +745,17 @@ fn to_metrics(
             .oldest_ms
             .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
         arrival_rate: arrival,
+        one_off_rate: rise,
         completion_rate: completion,
         task_time_ms,
         task_time_measured: measured,
-        in_flight: (completion * task_time_ms / 1000.0).round() as u64,
+        in_flight: raw
+            .running
+            .unwrap_or_else(|| (completion * task_time_ms / 1000.0).round() as u64),
+        in_flight_measured: raw.running.is_some(),
+        retries_waiting: raw.retries_waiting,
+        retries_due: raw.retries_due,
+        next_retry_due_ms: raw.next_retry_due_ms,
         scheduled_per_period: t.static_per_period + raw.dynamic_per_period,
         polled_at_ms: now_ms,
     }
@@ -691,6 +766,7 @@ async fn read_endpoint(
     conn: &mut Conn,
     queues: &[(QueueId, QueueTarget)],
     config: &PollerConfig,
+    now_ms: u64,
 ) -> Result<Vec<Raw>, (String, UnavailableReason)> {
     if let Some(at) = conn.next_attempt
         && Instant::now() < at
@@ -705,7 +781,7 @@ async fn read_endpoint(
             conn.manager = Some(connect(endpoint, config).await?);
         }
         let manager = conn.manager.as_mut().expect("just connected");
-        let pipe = build_pipeline(queues);
+        let pipe = build_pipeline(queues, now_ms);
         let values: Vec<Value> =
             tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
                 .await
@@ -767,11 +843,18 @@ pub(crate) async fn connect(
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, or [`foreign::rq_oldest_cmd`]), `HGETALL <stats>`, `GET <per-period>`.
-fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
+/// (`LINDEX <list> -1`, or [`foreign::rq_oldest_cmd`]), `HGETALL <stats>`, `GET <per-period>`;
+/// where the format has them, of the delayed set `ZCARD`, `ZCOUNT -inf <now>` (due) and the
+/// earliest entry (`ZRANGE 0 0 WITHSCORES`), and `ZCARD` of the running set.
+fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipeline {
     let n: usize = queues
         .iter()
-        .map(|(_, t)| t.lists.len() + COMMANDS_PER_QUEUE_EXTRA)
+        .map(|(_, t)| {
+            t.lists.len()
+                + COMMANDS_PER_QUEUE_EXTRA
+                + t.delayed_key.as_ref().map_or(0, |_| 3)
+                + t.running_key.as_ref().map_or(0, |_| 1)
+        })
         .sum();
     let mut pipe = redis::Pipeline::with_capacity(n);
     for (_, t) in queues {
@@ -784,6 +867,14 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)]) -> redis::Pipeline {
         };
         pipe.cmd("HGETALL").arg(&t.stats_key);
         pipe.cmd("GET").arg(&t.per_period_key);
+        if let Some(d) = &t.delayed_key {
+            pipe.cmd("ZCARD").arg(d);
+            pipe.cmd("ZCOUNT").arg(d).arg("-inf").arg(now_ms);
+            pipe.cmd("ZRANGE").arg(d).arg(0).arg(0).arg("WITHSCORES");
+        }
+        if let Some(r) = &t.running_key {
+            pipe.cmd("ZCARD").arg(r);
+        }
     }
     pipe
 }
@@ -832,14 +923,49 @@ fn parse_pipeline(
         let dynamic_per_period = as_string(&next()?)
             .and_then(|s| cron::parse_per_minute(&s))
             .map_or(0, |per_minute| cron::per_period(per_minute, t.period_ms));
+        let (mut retries_waiting, mut retries_due, mut next_retry_due_ms) = (0, 0, None);
+        if t.delayed_key.is_some() {
+            let wrong = || format!("{id}: the delayed set is not a sorted set (wrong key type?)");
+            retries_waiting = as_u64(&next()?).ok_or_else(wrong)?;
+            retries_due = as_u64(&next()?).ok_or_else(wrong)?;
+            next_retry_due_ms = first_score(&next()?);
+        }
+        let running = match &t.running_key {
+            Some(_) => Some(as_u64(&next()?).ok_or_else(|| {
+                format!("{id}: the running set is not a sorted set (wrong key type?)")
+            })?),
+            None => None,
+        };
         out.push(Raw {
             depth,
             oldest_ms,
             stats,
             dynamic_per_period,
+            retries_due,
+            retries_waiting,
+            next_retry_due_ms,
+            running,
         });
     }
     Ok(out)
+}
+
+/// The score of the first entry of a `ZRANGE .. WITHSCORES` reply (RESP2 or RESP3).
+fn first_score(v: &Value) -> Option<u64> {
+    let score = match v {
+        Value::Array(items) => match items.first()? {
+            Value::Array(pair) => pair.get(1)?.clone(),
+            _ => items.get(1)?.clone(),
+        },
+        _ => return None,
+    };
+    match score {
+        Value::Double(d) => Some(d.max(0.0) as u64),
+        other => as_string(&other)?
+            .parse::<f64>()
+            .ok()
+            .map(|d| d.max(0.0) as u64),
+    }
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -890,13 +1016,78 @@ mod tests {
         assert!(!RedisEndpoint::new("rediss://user@redis:6379/0").has_password());
     }
 
+    /// A poll's counters: `s` with completions, `q` (queued) without.
+    fn s(at_ms: u64, enqueued: u64, completed: u64, backlog: u64) -> Sample {
+        Sample {
+            at_ms,
+            enqueued,
+            completed,
+            backlog,
+        }
+    }
+
+    fn q(at_ms: u64, enqueued: u64, backlog: u64) -> Sample {
+        s(at_ms, enqueued, 0, backlog)
+    }
+
     #[test]
     fn rates_over_the_window_and_counter_resets() {
         let mut c = Counters::default();
-        assert_eq!(c.push(0, 100, 0, 10_000), (0.0, 0.0));
-        assert_eq!(c.push(1000, 110, 5, 10_000), (10.0, 5.0));
-        assert_eq!(c.push(2000, 130, 10, 10_000), (15.0, 5.0));
+        assert_eq!(c.push(s(0, 100, 0, 0), 10_000), (0.0, 0.0, 0.0));
+        assert_eq!(c.push(s(1000, 110, 5, 0), 10_000), (10.0, 5.0, 0.0));
+        assert_eq!(c.push(s(2000, 130, 10, 0), 10_000), (15.0, 5.0, 0.0));
         // reset: counters went down
-        assert_eq!(c.push(3000, 0, 0, 10_000), (0.0, 0.0));
+        assert_eq!(c.push(s(3000, 0, 0, 0), 10_000), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn a_burst_stays_backlog_while_it_drains() {
+        let mut c = Counters::default();
+        // a steady 10/s flowing through an empty queue
+        c.push(q(0, 0, 0), 10_000);
+        assert_eq!(c.push(q(1000, 10, 0), 10_000), (10.0, 0.0, 0.0));
+        // 3,000 at once on top: they stayed
+        assert_eq!(
+            c.push(q(2000, 3_020, 3_000), 10_000),
+            (1_510.0, 0.0, 1_500.0)
+        );
+        // draining at 50/s: what left the queue was the burst, still not a flow
+        let (arrivals, _, rise) = c.push(q(4000, 3_040, 2_900), 10_000);
+        assert_eq!(arrivals - rise, 10.0);
+    }
+
+    /// A lasting rise of the rate is a rate (the pool keeps up with it) once it fills half
+    /// the window, even though the backlog rises while the pool grows; a one-off burst in a
+    /// full window stays backlog.
+    #[test]
+    fn a_lasting_rise_is_a_rate_and_a_burst_is_not() {
+        let mut c = Counters::default();
+        // 5 s of 2/s, then 100/s for 6 s into a pool too small: the backlog rises 90/s
+        let mut enq = 0;
+        let mut backlog = 0;
+        for sec in 0..=11u64 {
+            let rate: u64 = if sec <= 5 { 2 } else { 100 };
+            if sec > 0 {
+                enq += rate;
+                backlog += rate.saturating_sub(10);
+            }
+            let (arrivals, _, one_off) = c.push(q(sec * 1000, enq, backlog), 10_000);
+            if sec == 11 {
+                assert!(arrivals - one_off >= 99.0, "{arrivals} {one_off}");
+            }
+        }
+        // a burst of 3,000 in one poll of a full window of 2/s: backlog, not rate
+        let mut c = Counters::default();
+        let mut enq = 0;
+        for sec in 0..=10u64 {
+            enq += if sec == 8 { 3_000 } else { 2 };
+            let (arrivals, _, one_off) = c.push(q(sec * 1000, enq, 0), 10_000);
+            if sec == 10 {
+                assert!(
+                    arrivals > 300.0 && arrivals - one_off <= 2.0,
+                    "{arrivals} {one_off}"
+                );
+            }
+        }
     }
 }

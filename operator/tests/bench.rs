@@ -194,7 +194,7 @@ fn size_and_build_1000_pools() {
             let valid =
                 validate::validate(p, "bench", &d, &funcscale_worker::protocol::Keys::default())
                     .unwrap();
-            let readings = vec![(
+            let readings = vec![size::QueueReading::whole(
                 format!("q{i}"),
                 Some(Reading::Ok(QueueMetrics {
                     depth: (i * 10 + r) as u64,

@@ -220,7 +220,7 @@ fn defaults_fill_a_minimal_pool() {
     assert_eq!(defaulted["spec"]["autoscaling"]["minReplicas"], 1);
     assert_eq!(
         defaulted["spec"]["autoscaling"]["scaleDownStabilizationSeconds"],
-        300
+        60
     );
     assert!(validate(&kinds, &pool).is_empty());
     // and the typed spec reads the same defaults

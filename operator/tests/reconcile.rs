@@ -9,6 +9,7 @@ use funcscale_operator::context::{Config, Context};
 use funcscale_operator::crd::*;
 use funcscale_operator::redis_metrics::{QueueId, QueueMetrics, Reading};
 use funcscale_operator::{pool, queue};
+use funcscale_worker::protocol::Keys;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -136,7 +137,11 @@ impl Env {
     }
 
     async fn add_queue(&mut self, name: &str, spec: FuncQueueSpec) -> FuncQueue {
-        let api: Api<FuncQueue> = Api::namespaced(self.client.clone(), NS);
+        self.add_queue_in(NS, name, spec).await
+    }
+
+    async fn add_queue_in(&mut self, ns: &str, name: &str, spec: FuncQueueSpec) -> FuncQueue {
+        let api: Api<FuncQueue> = Api::namespaced(self.client.clone(), ns);
         let q = api
             .create(&PostParams::default(), &FuncQueue::new(name, spec))
             .await
@@ -148,7 +153,16 @@ impl Env {
     }
 
     async fn add_pool(&mut self, name: &str, spec: FuncWorkerPoolSpec) -> FuncWorkerPool {
-        let api: Api<FuncWorkerPool> = Api::namespaced(self.client.clone(), NS);
+        self.add_pool_in(NS, name, spec).await
+    }
+
+    async fn add_pool_in(
+        &mut self,
+        ns: &str,
+        name: &str,
+        spec: FuncWorkerPoolSpec,
+    ) -> FuncWorkerPool {
+        let api: Api<FuncWorkerPool> = Api::namespaced(self.client.clone(), ns);
         let p = api
             .create(&PostParams::default(), &FuncWorkerPool::new(name, spec))
             .await
@@ -300,7 +314,7 @@ async fn create_builds_the_deployment_with_ssa_and_writes_status() {
     );
     let cmd = c.command.clone().unwrap().join(" ");
     assert!(
-        cmd.starts_with("funcscale-worker run --queues q8 --processes 5"),
+        cmd.starts_with("funcscale-worker run --queues {team.q8} --processes 5"),
         "{cmd}"
     );
     assert!(
@@ -477,7 +491,7 @@ async fn beat_is_one_replica_recreate_and_restored_after_kubectl_scale() {
     let c = &spec.template.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         c.command.as_ref().unwrap().join(" "),
-        "funcscale-worker beat --schedules-file /etc/funcscale/schedules.yaml"
+        "funcscale-worker beat --namespace team --schedules-file /etc/funcscale/schedules.yaml"
     );
     let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.client.clone(), NS)
         .get("beat-schedules")
@@ -510,7 +524,7 @@ async fn beat_is_one_replica_recreate_and_restored_after_kubectl_scale() {
 }
 
 #[tokio::test]
-async fn second_beat_for_the_same_redis_is_refused() {
+async fn second_beat_for_the_same_namespace_and_redis_is_refused() {
     let mut env = Env::new(false).await;
     env.add_queue("q1", queue_spec()).await;
     let beat = || FuncWorkerPoolSpec {
@@ -518,6 +532,11 @@ async fn second_beat_for_the_same_redis_is_refused() {
         processes_per_pod: 1,
         ..Default::default()
     };
+    // the oldest Beat runs in another tenant's namespace on the same Redis: it fires only
+    // that namespace's schedules and keeps neither of this namespace's from running
+    env.add_queue_in("other", "q1", queue_spec()).await;
+    env.add_pool_in("other", "beat-other", beat()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
     env.add_pool("beat-a", beat()).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
     env.add_pool("beat-b", beat()).await;
@@ -983,7 +1002,7 @@ async fn lease_leader_election() {
 async fn a_depth_change_reaches_the_deployment_within_one_poll() {
     use funcscale_operator::poll_loop;
     use funcscale_operator::redis_metrics::{Poller, PollerConfig};
-    use funcscale_worker::protocol::{Envelope, Keys};
+    use funcscale_worker::protocol::Envelope;
     use redis::AsyncCommands;
 
     let prefix = format!("e2e-{}-{}", std::process::id(), T0);
@@ -1017,11 +1036,13 @@ async fn a_depth_change_reaches_the_deployment_within_one_poll() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    // the queue's id in Redis: namespace and name
+    let q1 = Keys::queue_id(NS, "q1");
     let mut pipe = redis::pipe();
     for i in 0..6000 {
         pipe.lpush(
-            keys.queue("q1"),
-            Envelope::new(format!("t{i}"), "f", "q1", T0).to_json(),
+            keys.queue(&q1),
+            Envelope::new(format!("t{i}"), "f", &q1, T0).to_json(),
         )
         .ignore();
     }
@@ -1037,7 +1058,7 @@ async fn a_depth_change_reaches_the_deployment_within_one_poll() {
         "depth change → Deployment replicas in {:?} after the poll started",
         started.elapsed()
     );
-    let _: () = con.del(keys.queue("q1")).await.unwrap();
+    let _: () = con.del(keys.queue(&q1)).await.unwrap();
 }
 
 /// A deleted queue or pool leaves no metric series behind (it would report its last value
@@ -1240,7 +1261,8 @@ async fn stored_config(
     keys: &funcscale_worker::protocol::Keys,
     queue: &str,
 ) -> funcscale_worker::protocol::QueueConfig {
-    funcscale_worker::protocol::queue_config_get(&mut redis_con().await, keys, queue)
+    let id = funcscale_worker::protocol::Keys::queue_id(NS, queue);
+    funcscale_worker::protocol::queue_config_get(&mut redis_con().await, keys, &id)
         .await
         .unwrap()
 }
@@ -1268,13 +1290,18 @@ impl Env {
             .unwrap()
     }
 
-    async fn queue_condition(&self, name: &str, t: &str) -> Option<Condition> {
+    async fn queue_status(&self, name: &str) -> funcscale_operator::crd::FuncQueueStatus {
         Api::<FuncQueue>::namespaced(self.client.clone(), NS)
             .get(name)
             .await
             .unwrap()
             .status
             .unwrap_or_default()
+    }
+
+    async fn queue_condition(&self, name: &str, t: &str) -> Option<Condition> {
+        self.queue_status(name)
+            .await
             .conditions
             .into_iter()
             .find(|c| c.type_ == t)
@@ -1321,10 +1348,12 @@ async fn queue_settings_are_written_cleared_and_rewritten_only_on_change_or_refr
             record_max_age_ms: Some(3_600_000),
             record_max_count: Some(10),
             on_success: Some(Destination::Queue {
-                queue: "results".into(),
+                queue: funcscale_worker::protocol::Keys::queue_id(NS, "results"),
                 func: Some("store".into())
             }),
             on_failure: Some(Destination::Url("https://hooks.example.com/failed".into())),
+            max_retries: Some(spec.max_retries),
+            ..Default::default()
         }
     );
     let ready = env
@@ -1380,7 +1409,11 @@ async fn queue_settings_are_written_cleared_and_rewritten_only_on_change_or_refr
     // unchanged spec: no write on the status refreshes, even when Redis differs ...
     let mut con = redis_con().await;
     let _: () = con
-        .hset(keys.queue_config("orders"), "record_max_age_ms", 1)
+        .hset(
+            keys.queue_config(&Keys::queue_id(NS, "orders")),
+            "record_max_age_ms",
+            1,
+        )
         .await
         .unwrap();
     env.advance(Duration::from_secs(10));
@@ -1401,14 +1434,24 @@ async fn queue_settings_are_written_cleared_and_rewritten_only_on_change_or_refr
     // a queue without any setting clears them all
     env.set_queue_spec("orders", queue_spec()).await;
     env.reconcile_queue("orders").await;
-    assert_eq!(stored_config(&keys, "orders").await, QueueConfig::default());
+    assert_eq!(
+        stored_config(&keys, "orders").await,
+        QueueConfig {
+            max_retries: Some(3),
+            ..QueueConfig::default()
+        },
+        "only the retries (maxRetries defaults to 3) are left"
+    );
     assert!(
         env.queue_condition("orders", "DestinationsReady")
             .await
             .is_none(),
         "no destinations, no condition"
     );
-    let _: () = con.del(keys.queue_config("orders")).await.unwrap();
+    let _: () = con
+        .del(keys.queue_config(&Keys::queue_id(NS, "orders")))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -1495,7 +1538,7 @@ async fn unreachable_destinations_are_a_false_condition_and_the_rest_is_still_wr
     assert_eq!(
         stored_config(&keys, "src").await.on_success,
         Some(Destination::Queue {
-            queue: "missing".into(),
+            queue: Keys::queue_id(NS, "missing"),
             func: None
         })
     );
@@ -1521,7 +1564,7 @@ async fn unreachable_destinations_are_a_false_condition_and_the_rest_is_still_wr
     assert_eq!(stored_config(&keys, "src").await.on_failure, None);
     let _: () = redis_con()
         .await
-        .del(keys.queue_config("src"))
+        .del(keys.queue_config(&Keys::queue_id(NS, "src")))
         .await
         .unwrap();
 }
@@ -1586,7 +1629,7 @@ async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
     let worker = Worker::builder()
         .redis_url("redis://127.0.0.1:6379/0")
         .prefix(keys.prefix())
-        .queues(["orders"])
+        .queues([Keys::queue_id(NS, "orders")])
         .processes(1)
         .build()
         .await
@@ -1599,15 +1642,20 @@ async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
     protocol::enqueue(
         &mut con,
         &keys,
-        "orders",
-        &[Envelope::new("ord-1", "noop", "orders", T0)],
+        &Keys::queue_id(NS, "orders"),
+        &[Envelope::new(
+            "ord-1",
+            "noop",
+            Keys::queue_id(NS, "orders"),
+            T0,
+        )],
     )
     .await
     .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let routed: Envelope = loop {
         let raw: Option<String> = redis::cmd("LINDEX")
-            .arg(keys.queue("results"))
+            .arg(keys.queue(&Keys::queue_id(NS, "results")))
             .arg(0)
             .query_async(&mut con)
             .await
@@ -1625,7 +1673,7 @@ async fn a_worker_routes_results_by_the_settings_the_reconcile_wrote() {
     running.await.unwrap().unwrap();
     assert_eq!(
         (routed.func.as_str(), routed.queue.as_str()),
-        ("on_success", "results")
+        ("on_success", Keys::queue_id(NS, "results").as_str())
     );
     assert_eq!(routed.kwargs["event"], "success");
     assert_eq!(routed.kwargs["task"]["id"], "ord-1");
@@ -1730,4 +1778,108 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         .await
         .unwrap();
     assert_eq!(url(&env).await.unwrap(), "redis://redis:6379/0 three");
+}
+
+/// Each queue's keys are its namespace's (`status.key`, `status.queueId` say where producers
+/// push); two `legacyKeys` queues of one name in two namespaces would share every key: the
+/// younger is refused with a condition naming both, and nothing of it is written.
+#[tokio::test]
+async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
+    let (mut env, keys) = env_with_prefix("tenant").await;
+    env.add_queue("fresh", queue_spec()).await;
+    env.reconcile_queue("fresh").await;
+    let st = env.queue_status("fresh").await;
+    assert_eq!(st.queue_id.as_deref(), Some("{team.fresh}"));
+    assert_eq!(
+        st.key,
+        Some(format!("{}:q:{{team.fresh}}", keys.prefix())),
+        "the list producers push to"
+    );
+
+    let legacy = FuncQueueSpec {
+        legacy_keys: true,
+        ..queue_spec()
+    };
+    // the upgrade path: a queue made before namespaced keys keeps them with legacyKeys
+    env.add_queue("old", legacy.clone()).await;
+    env.reconcile_queue("old").await;
+    let st = env.queue_status("old").await;
+    assert_eq!(
+        (st.queue_id.as_deref(), st.key),
+        (Some("old"), Some(format!("{}:q:old", keys.prefix())))
+    );
+    let mut con = redis_con().await;
+    assert_eq!(
+        funcscale_worker::protocol::queue_config_get(&mut con, &keys, "old")
+            .await
+            .unwrap()
+            .max_retries,
+        Some(3),
+        "its settings are written under the legacy key"
+    );
+    env.add_queue_in("other", "jobs", legacy.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
+    env.add_queue("jobs", legacy).await;
+    env.reconcile_queue("jobs").await;
+    let c = env.queue_condition("jobs", "Ready").await.unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "KeyConflict")
+    );
+    assert!(
+        c.message.contains("team/jobs")
+            && c.message.contains("other/jobs")
+            && c.message.contains(&format!("{}:q:jobs", keys.prefix())),
+        "{}",
+        c.message
+    );
+    assert!(env.take_ops().contains(&"create Event".to_string()));
+    assert_eq!(
+        funcscale_worker::protocol::queue_config_get(&mut con, &keys, "jobs")
+            .await
+            .unwrap(),
+        funcscale_worker::protocol::QueueConfig::default(),
+        "nothing of the refused queue is written to the shared legacy keys"
+    );
+    let _: () =
+        redis::AsyncCommands::del(&mut con, keys.queue_config(&Keys::queue_id(NS, "fresh")))
+            .await
+            .unwrap();
+}
+
+/// Two pools serving one queue share its load (by capacity: processes per pod × maxReplicas),
+/// so together they want what one pool would, up to one pod of rounding per extra pool —
+/// not each the whole (two pools on 3,000 tasks of 500 ms wanted 5 pods each).
+#[tokio::test]
+async fn pools_sharing_a_queue_split_its_load() {
+    async fn wanted(pools: &[(&str, i32)], depth: u64, task_ms: f64) -> Vec<i32> {
+        let mut env = Env::new(false).await;
+        env.add_queue("shared", queue_spec()).await;
+        for (name, max) in pools {
+            env.add_pool(name, autoscaled(&["shared"], 0, *max)).await;
+        }
+        env.set_metrics("shared", depth, task_ms);
+        let mut out = Vec::new();
+        for (name, _) in pools {
+            env.reconcile_pool(name).await.unwrap();
+            out.push(replicas(&env.deployment(name).await.unwrap()).unwrap());
+        }
+        out
+    }
+    // 3,000 × 500 ms within 60 s on pods of 5: 5 pods for one pool
+    assert_eq!(wanted(&[("one", 20)], 3_000, 500.0).await, vec![5]);
+    let two = wanted(&[("a", 20), ("b", 20)], 3_000, 500.0).await;
+    assert_eq!(two, vec![3, 3], "12.5 processes each, rounded up");
+    // even splits add up exactly: 6,000 × 500 ms = 50 processes = 10 pods
+    assert_eq!(wanted(&[("one", 20)], 6_000, 500.0).await, vec![10]);
+    assert_eq!(
+        wanted(&[("a", 20), ("b", 20)], 6_000, 500.0).await,
+        vec![5, 5]
+    );
+    // by capacity: a pool that can grow twice as far carries twice the share
+    assert_eq!(
+        wanted(&[("big", 20), ("small", 10)], 6_000, 500.0).await,
+        vec![7, 4],
+        "33.3 and 16.7 processes"
+    );
 }

@@ -128,7 +128,166 @@ async fn funcscale_queue_depth_age_rates_task_time_and_schedules() {
     let m = ok(&cache, &id);
     assert_eq!(m.arrival_rate, 50.0);
     assert_eq!(m.completion_rate, 20.0);
-    assert_eq!(m.in_flight, 10); // 20/s × 0.48 s
+    // read from the running set (none here), not estimated as 20/s × 0.48 s = 10
+    assert_eq!((m.in_flight, m.in_flight_measured), (0, true));
+}
+
+/// Size one pool of 5 processes per pod (drain target 60 s, [0, 30] pods, at `current`)
+/// serving the queue `id` alone, from the poller's reading.
+fn size_alone(
+    cache: &MetricsCache,
+    id: &QueueId,
+    current: i32,
+    now_ms: u64,
+) -> funcscale_operator::policy::Decision {
+    use funcscale_operator::policy::{self, History, Input, PolicyConfig};
+    use funcscale_operator::pool::size::{QueueReading, aggregate};
+    let obs = aggregate(&[QueueReading::whole(&id.name, cache.get(id))]).unwrap();
+    let cfg = PolicyConfig {
+        min_replicas: 0,
+        max_replicas: 30,
+        scale_down_stabilization_ms: 0,
+        ..PolicyConfig::default()
+    };
+    let input = Input {
+        now_ms,
+        current,
+        observation: Some(obs),
+    };
+    policy::decide(&cfg, &input, &mut History::default())
+}
+
+/// 3,000 tasks of 300 ms enqueued at once show up as 300/s arriving over the 10 s window and
+/// as a backlog of 3,000; they are the same tasks, so the pool wants the 3 pods of 5 that drain
+/// 3,000 × 300 ms in 60 s, not 21.
+#[tokio::test]
+async fn a_burst_is_counted_once_as_backlog() {
+    let keys = Keys::new(unique("burst"));
+    let (registry, cache, id) = one_queue("burst", RedisEndpoint::new(URL), &keys);
+    let mut c = con().await;
+    let _: () = c.hset(keys.stats("burst"), "ewma_ms", 300).await.unwrap();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+    let t0 = now_ms();
+    poller.poll_once(t0).await;
+    let envs: Vec<Envelope> = (0..3_000)
+        .map(|i| Envelope::new(format!("b{i}"), "f", "burst", t0))
+        .collect();
+    protocol::enqueue(&mut c, &keys, "burst", &envs)
+        .await
+        .unwrap();
+    poller.poll_once(t0 + 10_000).await;
+    let m = ok(&cache, &id);
+    assert_eq!(
+        (m.depth, m.arrival_rate, m.one_off_rate),
+        (3_000, 300.0, 300.0),
+        "{m:?}"
+    );
+    let d = size_alone(&cache, &id, 3, t0 + 10_000);
+    assert_eq!(d.recommendation, 3, "{}", d.message);
+
+    // a worker drains a third of it: what left the queue was the burst, not a new flow
+    for _ in 0..1_000 {
+        let _: Option<String> = c.rpop(keys.queue("burst"), None).await.unwrap();
+    }
+    poller.poll_once(t0 + 11_000).await;
+    let d = size_alone(&cache, &id, 3, t0 + 11_000);
+    assert_eq!(d.recommendation, 2, "2,000 × 300 ms in 60 s: {}", d.message);
+}
+
+/// A retry waiting in the delayed set is not backlog until it is due; once due it is, so a
+/// pool at zero (whose workers would move it to the queue) starts.
+#[tokio::test]
+async fn a_due_retry_wakes_a_pool_at_zero() {
+    let keys = Keys::new(unique("retry"));
+    let (registry, cache, id) = one_queue("rq", RedisEndpoint::new(URL), &keys);
+    let mut c = con().await;
+    let t0 = now_ms();
+    let retry = Envelope::new("r1", "f", "rq", t0 - 60_000).to_json();
+    let _: () = c
+        .zadd(keys.delayed("rq"), &retry, t0 + 5_000)
+        .await
+        .unwrap();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+    poller.poll_once(t0).await;
+    let m = ok(&cache, &id);
+    assert_eq!(
+        (m.retries_waiting, m.retries_due, m.next_retry_due_ms),
+        (1, 0, Some(t0 + 5_000))
+    );
+    let d = size_alone(&cache, &id, 0, t0);
+    assert_eq!(d.desired, 0, "not due yet: {}", d.message);
+
+    let report = poller.poll_once(t0 + 6_000).await;
+    assert_eq!(report.changed, vec![id.clone()], "the pools are triggered");
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.retries_due), (0, 1));
+    let d = size_alone(&cache, &id, 0, t0 + 6_000);
+    assert_eq!(d.desired, 1, "{}", d.message);
+    assert!(d.message.contains("backlog 1"), "{}", d.message);
+}
+
+/// The tasks running now are read from the running set the worker keeps, not estimated from
+/// completions × T: a 75 s task that is running holds its pod though nothing completes, and a
+/// long task that just finished does not make the pool want its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_tasks_are_read_from_the_workers() {
+    let keys = Keys::new(unique("run"));
+    let (registry, cache, id) = one_queue("long", RedisEndpoint::new(URL), &keys);
+    let mut c = con().await;
+    // T measured at 75 s
+    let _: () = c.hset(keys.stats("long"), "ewma_ms", 75_000).await.unwrap();
+    let worker = funcscale_worker::worker::Worker::builder()
+        .redis_url(URL)
+        .prefix(keys.prefix())
+        .queues(["long"])
+        .processes(2)
+        .build()
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stop_rx.await;
+    }));
+    let mut slow = Envelope::new("slow", "sleep", "long", now_ms());
+    slow.args = serde_json::json!([3_000]);
+    protocol::enqueue(&mut c, &keys, "long", &[slow])
+        .await
+        .unwrap();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.zcard::<_, u64>(keys.running("long")).await.unwrap() == 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the first poll: no rates yet (one sample), nothing waiting, one task running
+    poller.poll_once(now_ms()).await;
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.in_flight, m.in_flight_measured), (0, 1, true));
+    let d = size_alone(&cache, &id, 1, now_ms());
+    assert_eq!(
+        d.desired, 1,
+        "the running task keeps its pod: {}",
+        d.message
+    );
+
+    // it finishes: one completion in the window (× 75 s was 7.5 tasks "in flight")
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        poller.poll_once(now_ms()).await;
+        let m = ok(&cache, &id);
+        if m.completion_rate > 0.0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = ok(&cache, &id);
+    assert!(m.completion_rate > 0.0, "{m:?}");
+    assert_eq!(m.in_flight, 0, "{m:?}");
+    let d = size_alone(&cache, &id, 1, now_ms());
+    assert_eq!(d.desired, 0, "idle once it finished: {}", d.message);
+    stop_tx.send(()).unwrap();
+    run.await.unwrap().unwrap();
 }
 
 #[tokio::test]

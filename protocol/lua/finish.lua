@@ -7,8 +7,10 @@
 -- longer in flight (a reaper already put it back), so a late finish never duplicates it, and
 -- returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
 -- `PendingCounts` in the worker). The record and the destination (queue or outbox) are written in the
--- same script.
+-- same script. The in-flight list leaves the queue's running set (`Keys::running`).
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+-- the slot no longer runs a task of the queue
+redis.call('ZREM', fs_k_running(ARGV[5], ARGV[6]), KEYS[1])
 local mode = ARGV[2]
 if mode == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])

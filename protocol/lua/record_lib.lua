@@ -32,6 +32,7 @@ local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
 local function fs_k_outbox(P) return P .. ':outbox' end
+local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 local function fs_cfg(P, q)
   local c = redis.call('HMGET', fs_k_queue_config(P, q), 'record_max_age_ms', 'record_max_count', 'on_success', 'on_failure')
@@ -157,7 +158,7 @@ local function fs_dest(P, d, kind, raw, field, payload, id, now)
     if slash then dq = string.sub(spec, 1, slash - 1); df = string.sub(spec, slash + 1) end
     local env = '{"v":1,"id":' .. cjson.encode(did) .. ',"func":' .. cjson.encode(df) ..
       ',"args":[],"kwargs":{"event":"' .. kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload ..
-      '},"queue":' .. cjson.encode(dq) .. ',"enqueued_at_ms":' .. now .. ',"attempt":0,"max_retries":3}'
+      '},"queue":' .. cjson.encode(dq) .. ',"enqueued_at_ms":' .. now .. ',"attempt":0}'
     redis.call('LPUSH', fs_k_queue(P, dq), env)
     redis.call('HINCRBY', fs_k_stats(P, dq), 'enqueued', 1)
     fs_rec(P, dq, did, df, 'queued', now, {'attempt', 0}, nil, false, nil, true)

@@ -28,9 +28,10 @@ pub struct Envelope {
     /// Attempt number, starting at 0.
     #[serde(default)]
     pub attempt: u32,
-    /// Retries allowed after the first attempt.
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
+    /// Retries allowed after the first attempt. Unset: the queue's setting
+    /// ([`crate::QueueConfig::max_retries`]), else [`DEFAULT_MAX_RETRIES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
     /// Soft time limit in seconds (the handler is told), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_timeout_s: Option<u32>,
@@ -45,9 +46,8 @@ pub struct Envelope {
     pub error: Option<String>,
 }
 
-fn default_max_retries() -> u32 {
-    3
-}
+/// Retries of a task when neither the task nor its queue says how many.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 impl Envelope {
     /// A new first-attempt envelope.
@@ -66,7 +66,7 @@ impl Envelope {
             queue: queue.into(),
             enqueued_at_ms: now_ms,
             attempt: 0,
-            max_retries: default_max_retries(),
+            max_retries: None,
             soft_timeout_s: None,
             hard_timeout_s: None,
             trace_id: None,
@@ -104,6 +104,15 @@ pub enum EnvelopeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_retries_is_unset_unless_the_task_says() {
+        let e = Envelope::new("id1", "f", "q", 5);
+        assert!(!e.to_json().contains("max_retries"));
+        // an envelope of an earlier version carries its count, and keeps it
+        let old = r#"{"v":1,"id":"x","func":"f","queue":"q","enqueued_at_ms":1,"attempt":0,"max_retries":7}"#;
+        assert_eq!(Envelope::from_json(old).unwrap().max_retries, Some(7));
+    }
 
     #[test]
     fn envelope_round_trips_and_refuses_newer_versions() {

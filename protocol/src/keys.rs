@@ -31,7 +31,32 @@ impl Keys {
         &self.prefix
     }
 
-    /// Waiting tasks of `queue`.
+    /// The id of FuncQueue `name` in `namespace`: the `<queue>` of every per-queue key
+    /// (`{<namespace>.<name>}`), so same-named queues of two namespaces never share a key.
+    /// The braces are a Redis Cluster hash tag: every key of one queue hashes to one slot.
+    /// Namespaces are DNS labels (no dots), so the id names its namespace unambiguously
+    /// ([`Keys::queue_id_namespace`]).
+    pub fn queue_id(namespace: &str, name: &str) -> String {
+        format!("{{{namespace}.{name}}}")
+    }
+
+    /// The namespace a [`Keys::queue_id`] belongs to; `None` for a legacy id (the bare
+    /// queue name of a queue with `legacyKeys`).
+    pub fn queue_id_namespace(id: &str) -> Option<&str> {
+        let inner = id.strip_prefix('{')?.strip_suffix('}')?;
+        inner.split_once('.').map(|(ns, _)| ns)
+    }
+
+    /// The FuncQueue name of a [`Keys::queue_id`] (a legacy id is the name): what metrics
+    /// label a queue with, next to the namespace Prometheus adds.
+    pub fn queue_name(id: &str) -> &str {
+        id.strip_prefix('{')
+            .and_then(|i| i.strip_suffix('}'))
+            .and_then(|i| i.split_once('.'))
+            .map_or(id, |(_, name)| name)
+    }
+
+    /// Waiting tasks of `queue` (a [`Keys::queue_id`], or a legacy bare name).
     pub fn queue(&self, queue: &str) -> String {
         format!("{}:q:{queue}", self.prefix)
     }
@@ -39,6 +64,14 @@ impl Keys {
     /// In-flight tasks of one worker process.
     pub fn inflight(&self, worker: &str) -> String {
         format!("{}:inflight:{worker}", self.prefix)
+    }
+
+    /// Tasks running now from `queue`: a zset of the in-flight list keys
+    /// ([`Keys::inflight`]) of the slots running one, scored by when the slot fetched it
+    /// (ms). The worker's scripts keep it in step with the in-flight lists: fetch adds,
+    /// finish and requeue (drain, reaper) remove, forgetting a dead slot cleans up.
+    pub fn running(&self, queue: &str) -> String {
+        format!("{}:running:{queue}", self.prefix)
     }
 
     /// Tasks waiting for a retry (zset scored by due time in ms).
@@ -81,14 +114,21 @@ impl Keys {
         format!("{}:schedules-queues", self.prefix)
     }
 
-    /// The beat lease.
-    pub fn beat_lease(&self) -> String {
-        format!("{}:beat:lease", self.prefix)
+    /// The beat lease of `namespace` (one beat per namespace fires); `None`: the one lease
+    /// of earlier versions, shared by every namespace on the Redis.
+    pub fn beat_lease(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}:beat:{{{ns}}}:lease", self.prefix),
+            None => format!("{}:beat:lease", self.prefix),
+        }
     }
 
-    /// The beat fencing-token counter.
-    pub fn beat_fence(&self) -> String {
-        format!("{}:beat:fence", self.prefix)
+    /// The beat fencing-token counter of `namespace` (see [`Keys::beat_lease`]).
+    pub fn beat_fence(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}:beat:{{{ns}}}:fence", self.prefix),
+            None => format!("{}:beat:fence", self.prefix),
+        }
     }
 
     /// Last fired tick of each schedule of `queue`.
@@ -154,19 +194,54 @@ mod tests {
             k.queue("a"),
             k.inflight("w"),
             k.delayed("a"),
+            k.running("a"),
             k.dead("a"),
             k.stats("a"),
             k.workers(),
             k.worker("w"),
             k.schedules("a"),
             k.schedules_per_period("a"),
-            k.beat_lease(),
-            k.beat_fence(),
+            k.beat_lease(None),
+            k.beat_fence(None),
+            k.beat_lease(Some("ns")),
+            k.beat_fence(Some("ns")),
             k.beat_last("a"),
             k.schedule_queues(),
         ] {
             assert!(key.starts_with("t1:"), "{key}");
         }
         assert_eq!(Keys::default().queue("q8"), "funcscale:q:q8");
+    }
+
+    #[test]
+    fn queue_ids_separate_namespaces_and_name_them() {
+        let k = Keys::default();
+        let a = Keys::queue_id("a", "jobs");
+        let b = Keys::queue_id("b", "jobs");
+        assert_eq!(k.queue(&a), "funcscale:q:{a.jobs}");
+        for f in [
+            Keys::queue,
+            Keys::delayed,
+            Keys::running,
+            Keys::dead,
+            Keys::stats,
+            Keys::schedules,
+            Keys::schedules_per_period,
+            Keys::beat_last,
+            Keys::tasks,
+            Keys::tasks_ids,
+            Keys::queue_config,
+        ] {
+            assert_ne!(f(&k, &a), f(&k, &b));
+            assert!(f(&k, &a).contains("{a.jobs}"), "{}", f(&k, &a));
+        }
+        assert_ne!(k.counts(&a, 1), k.counts(&b, 1));
+        assert_eq!(Keys::queue_id_namespace(&a), Some("a"));
+        assert_eq!(Keys::queue_id_namespace("jobs"), None);
+        assert_eq!(Keys::queue_name(&a), "jobs");
+        assert_eq!(Keys::queue_name("jobs"), "jobs");
+        assert_ne!(k.beat_lease(Some("a")), k.beat_lease(Some("b")));
+        assert_ne!(k.beat_fence(Some("a")), k.beat_fence(Some("b")));
+        assert_eq!(k.beat_lease(None), "funcscale:beat:lease");
     }
 }

@@ -11,6 +11,10 @@
 //! [`redis::ConnectionInfo`] every program connects with.
 //!
 //! # Keys (with the default prefix `funcscale`)
+//! `<queue>` is a queue's id, [`Keys::queue_id`]: `{<namespace>.<name>}` for a FuncQueue (so
+//! two namespaces' queues never share a key; the braces are a Redis Cluster hash tag), or a
+//! bare name (a FuncQueue with `legacyKeys`, an adopted queue, a hand-run worker).
+//!
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `funcscale:q:<queue>` | list | waiting tasks; producers `LPUSH`, workers move from the right (FIFO) |
@@ -23,8 +27,8 @@
 //! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
 //! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |
 //! | `funcscale:schedules-queues` | set | queues that have a dynamic schedules registry (the beat reads it) |
-//! | `funcscale:beat:lease` | string | beat lease holder (`<holder> <token>`), with a TTL |
-//! | `funcscale:beat:fence` | string (int) | fencing token counter, incremented per lease acquisition |
+//! | `funcscale:beat:{<namespace>}:lease` | string | the beat lease of a namespace: holder (`<holder> <token>`), with a TTL; `funcscale:beat:lease` for a beat without a namespace |
+//! | `funcscale:beat:{<namespace>}:fence` | string (int) | fencing token counter, incremented per lease acquisition (`funcscale:beat:fence` without a namespace) |
 //! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
 //! | `funcscale:task:<id>` | hash | task record ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |
@@ -32,7 +36,7 @@
 //! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) and the record count |
 //! | `funcscale:tasks:<queue>` | zset | the per-queue time index of earlier versions: no longer written; the trim script deletes it |
 //! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see [`CountBucket::from_pairs`]); expires after [`COUNTS_RETENTION_MS`] |
-//! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations |
+//! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations, retries |
 //! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
 //! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
 //!
@@ -59,7 +63,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod stats;
 
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError};
+pub use envelope::{DEFAULT_MAX_RETRIES, ENVELOPE_VERSION, Envelope, EnvelopeError};
 pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};
 pub use outbox::{OUTBOX_MAX_ATTEMPTS, OutboxItem};
 pub use queue_config::{Destination, QueueConfig};
@@ -68,4 +72,6 @@ pub use records::{
     TaskRecord, TaskStatus,
 };
 pub use schedules::ScheduleEntry;
-pub use stats::{DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, bucket_field};
+pub use stats::{
+    DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, TaskTimeAverage, bucket_field,
+};

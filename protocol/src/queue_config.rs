@@ -1,5 +1,6 @@
-//! Per-queue settings (`Keys::queue_config`): record retention and destinations. The
-//! operator writes them from the `FuncQueue`; the record scripts read them on every write.
+//! Per-queue settings (`Keys::queue_config`): record retention, destinations and retries.
+//! The operator writes them from the `FuncQueue`; the record scripts read them on every write,
+//! the workers read the retry settings when a task fails.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,18 @@ impl Destination {
         }
     }
 
+    /// The destination with its queue (a name as the user wrote it) mapped to the queue's id
+    /// in Redis by `id` (e.g. [`Keys::queue_id`] of the namespace); a URL as it is.
+    pub fn resolve_queue(self, id: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Self::Queue { queue, func } => Self::Queue {
+                queue: id(&queue),
+                func,
+            },
+            url => url,
+        }
+    }
+
     /// The stored text (what [`Destination::parse`] reads).
     pub fn to_text(&self) -> String {
         match self {
@@ -68,7 +81,25 @@ pub struct QueueConfig {
     pub on_success: Option<Destination>,
     /// Destination of dead tasks (with the error).
     pub on_failure: Option<Destination>,
+    /// Retries of a task whose envelope sets none.
+    pub max_retries: Option<u32>,
+    /// First retry delay (ms); doubles per retry. Unset: the worker's `--retry-base`.
+    pub retry_backoff_base_ms: Option<u64>,
+    /// Longest retry delay (ms). Unset: the worker's `--retry-max`.
+    pub retry_backoff_max_ms: Option<u64>,
 }
+
+/// Fields of [`QueueConfig`] as stored, every one (what a writer that replaces the whole
+/// settings clears first).
+pub const QUEUE_CONFIG_FIELDS: [&str; 7] = [
+    "record_max_age_ms",
+    "record_max_count",
+    "on_success",
+    "on_failure",
+    "max_retries",
+    "retry_backoff_base_ms",
+    "retry_backoff_max_ms",
+];
 
 impl QueueConfig {
     /// Field/value pairs as stored.
@@ -86,6 +117,15 @@ impl QueueConfig {
         if let Some(d) = &self.on_failure {
             v.push(("on_failure", d.to_text()));
         }
+        if let Some(n) = self.max_retries {
+            v.push(("max_retries", n.to_string()));
+        }
+        if let Some(ms) = self.retry_backoff_base_ms {
+            v.push(("retry_backoff_base_ms", ms.to_string()));
+        }
+        if let Some(ms) = self.retry_backoff_max_ms {
+            v.push(("retry_backoff_max_ms", ms.to_string()));
+        }
         v
     }
 
@@ -98,6 +138,9 @@ impl QueueConfig {
                 "record_max_count" => c.record_max_count = v.parse().ok(),
                 "on_success" => c.on_success = Destination::parse(v).ok(),
                 "on_failure" => c.on_failure = Destination::parse(v).ok(),
+                "max_retries" => c.max_retries = v.parse().ok(),
+                "retry_backoff_base_ms" => c.retry_backoff_base_ms = v.parse().ok(),
+                "retry_backoff_max_ms" => c.retry_backoff_max_ms = v.parse().ok(),
                 _ => {}
             }
         }

@@ -35,8 +35,11 @@ pub const SCHEDULES_ADD: &str = lua!("schedules_add");
 /// The schedules registry: remove entries, keeping M per minute exact.
 pub const SCHEDULES_REMOVE: &str = lua!("schedules_remove");
 
-/// Workers: move the next task of the first non-empty queue to the in-flight list.
+/// Workers: move the next task of the first non-empty queue to the in-flight list (and the
+/// list into that queue's running set).
 pub const FETCH: &str = lua!("fetch");
+/// Workers: after a blocking move, enter the in-flight list in the queue's running set.
+pub const CLAIM: &str = lua!("claim");
 /// Workers: record an attempt as started while it is still in flight.
 pub const STARTED: &str = with_record_lib!("started");
 /// Workers: acknowledge, retry or dead-letter a task; its record and its destination.
@@ -46,7 +49,7 @@ pub const REQUEUE: &str = with_record_lib!("requeue");
 /// Workers: move due retries from the delayed set to the queue.
 pub const PROMOTE: &str = lua!("promote");
 /// Workers: forget a dead worker slot once its in-flight list is empty.
-pub const FORGET: &str = lua!("forget");
+pub const FORGET: &str = with_record_lib!("forget");
 /// Workers: the task time (decaying average and histogram) in the stats hash.
 pub const RECORD_DURATION: &str = lua!("record_duration");
 /// Workers: sample the running tasks into the current minute's counts.
@@ -70,7 +73,7 @@ pub const OUTBOX_REQUEUE_PARKED: &str = lua!("outbox_requeue_parked");
 pub const RQ_OLDEST: &str = lua!("rq_oldest");
 
 /// Every script, by file name (for the tests).
-pub const ALL: [(&str, &str); 23] = [
+pub const ALL: [(&str, &str); 24] = [
     ("record_lib", RECORD_LIB),
     ("enqueue", ENQUEUE),
     ("beat_fire", BEAT_FIRE),
@@ -80,6 +83,7 @@ pub const ALL: [(&str, &str); 23] = [
     ("schedules_add", SCHEDULES_ADD),
     ("schedules_remove", SCHEDULES_REMOVE),
     ("fetch", FETCH),
+    ("claim", CLAIM),
     ("started", STARTED),
     ("finish", FINISH),
     ("requeue", REQUEUE),
@@ -153,6 +157,7 @@ mod tests {
                 ":stats:",
                 ":outbox",
                 ":queue-config:",
+                ":running:",
             ] {
                 assert!(
                     !body.contains(part),
@@ -173,7 +178,7 @@ mod tests {
         let probe = format!(
             "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'i'), \
              fs_k_tasks_status(P, 'a', 'dead'), fs_k_tasks_func(P, 'a', 'f'), fs_k_tasks_ids(P, 'a'), \
-             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P)}}"
+             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P), fs_k_running(P, 'a')}}"
         );
         let got: Vec<String> = redis::Script::new(&probe)
             .arg("pfx")
@@ -192,6 +197,7 @@ mod tests {
                 k.counts("a", 3),
                 k.queue_config("a"),
                 k.outbox(),
+                k.running("a"),
             ]
         );
     }

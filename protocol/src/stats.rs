@@ -60,6 +60,41 @@ pub fn record_duration<'a>(
     inv
 }
 
+/// The decaying average task time `lua/record_duration.lua` keeps in the stats hash
+/// (`ewma_ms`, `updated_ms`), computed the same way in Rust for the simulator: a new
+/// duration weighs `1 - 0.5^(Δt / half-life)` (at least 5 %), Δt counted from the last time
+/// the decay was applied. The contract test runs both on the same durations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskTimeAverage {
+    /// The average, in ms.
+    pub ewma_ms: f64,
+    /// When the decay was last applied (unix ms).
+    pub updated_ms: u64,
+}
+
+impl TaskTimeAverage {
+    /// The average after one attempt of `duration_ms` that finished at `now_ms`.
+    pub fn record(prev: Option<Self>, duration_ms: f64, now_ms: u64, half_life_ms: u64) -> Self {
+        let Some(prev) = prev else {
+            return Self {
+                ewma_ms: duration_ms,
+                updated_ms: now_ms,
+            };
+        };
+        let dt = now_ms.saturating_sub(prev.updated_ms) as f64;
+        let decay = 0.5f64.powf(dt / half_life_ms.max(1) as f64);
+        let w = (1.0 - decay).max(0.05);
+        Self {
+            ewma_ms: prev.ewma_ms * (1.0 - w) + duration_ms * w,
+            updated_ms: if decay < 0.999 {
+                now_ms
+            } else {
+                prev.updated_ms
+            },
+        }
+    }
+}
+
 /// Hash field of histogram bucket `i` (decayed count of tasks with duration <= the bound).
 pub fn bucket_field(i: usize) -> String {
     format!("h{i}")

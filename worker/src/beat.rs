@@ -2,6 +2,10 @@
 //!
 //! - Schedules come from a multi-document YAML file of `FuncQueue` manifests (re-read when it
 //!   changes) and from the dynamic registry in Redis (re-read periodically).
+//! - A beat belongs to one namespace (`--namespace`; the operator sets it): it fires only the
+//!   schedules of that namespace's queues, under that namespace's lease, so each tenant on a
+//!   shared Redis has its own beat. Without a namespace it fires every queue's schedules under
+//!   the one lease of earlier versions.
 //! - A beat fires only while it holds the lease (`Keys::beat_lease`, value
 //!   `<holder> <token>`, token from `Keys::beat_fence`). It renews every TTL/3 and stops
 //!   firing as soon as the last successful renewal is older than TTL/2, so it has stopped
@@ -47,6 +51,9 @@ pub struct BeatConfig {
     pub redis_auth: RedisAuth,
     /// Key prefix.
     pub keys: Keys,
+    /// Namespace whose schedules this beat fires (and whose lease it holds); `None`: every
+    /// queue's, under the shared lease of earlier versions.
+    pub namespace: Option<String>,
     /// YAML file of FuncQueue manifests.
     pub schedules_file: Option<PathBuf>,
     /// Read the dynamic registry in Redis.
@@ -67,6 +74,7 @@ impl Default for BeatConfig {
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_auth: RedisAuth::default(),
             keys: Keys::default(),
+            namespace: None,
             schedules_file: None,
             registry: true,
             holder: crate::worker::default_worker_name(),
@@ -80,7 +88,7 @@ impl Default for BeatConfig {
 /// One schedule the beat fires.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
-    /// Queue to enqueue into.
+    /// Queue to enqueue into (its id, [`Keys::queue_id`], or a legacy bare name).
     pub queue: String,
     /// Field in `Keys::beat_last(queue)`: `file:<name>` or `reg:<id>`.
     pub field: String,
@@ -90,8 +98,8 @@ pub struct Schedule {
     pub func: String,
     /// Positional arguments.
     pub args: serde_json::Value,
-    /// Retries allowed.
-    pub max_retries: u32,
+    /// Retries allowed; `None`: the queue's setting.
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +114,7 @@ struct Manifest {
 #[derive(Deserialize)]
 struct Meta {
     name: String,
+    namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +123,8 @@ struct QueueSpec {
     #[serde(default)]
     schedules: Vec<FileSchedule>,
     max_retries: Option<u32>,
+    #[serde(default)]
+    legacy_keys: bool,
 }
 
 #[derive(Deserialize)]
@@ -125,8 +136,20 @@ struct FileSchedule {
     args: Vec<serde_json::Value>,
 }
 
-/// Parse a multi-document YAML of FuncQueue manifests (other kinds are ignored).
-pub fn parse_schedules_yaml(text: &str) -> anyhow::Result<Vec<Schedule>> {
+/// Parse a multi-document YAML of FuncQueue manifests (other kinds are ignored). A queue's
+/// id is [`Keys::queue_id`] of its namespace (`metadata.namespace`, else `namespace`) and
+/// name, or its bare name with `legacyKeys` or when no namespace is known. With a
+/// `namespace`, manifests of other namespaces are refused.
+pub fn parse_schedules_yaml(text: &str, namespace: Option<&str>) -> anyhow::Result<Vec<Schedule>> {
+    Ok(parse_queues_yaml(text, namespace)?.1)
+}
+
+/// [`parse_schedules_yaml`], plus the ids of every queue in the file (scheduled or not).
+fn parse_queues_yaml(
+    text: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<(Vec<String>, Vec<Schedule>)> {
+    let mut ids = Vec::new();
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).context("YAML")?;
@@ -140,20 +163,34 @@ pub fn parse_schedules_yaml(text: &str) -> anyhow::Result<Vec<Schedule>> {
         let (Some(meta), Some(spec)) = (m.metadata, m.spec) else {
             continue;
         };
+        let ns = meta.namespace.as_deref().or(namespace);
+        if let (Some(mine), Some(theirs)) = (namespace, meta.namespace.as_deref())
+            && mine != theirs
+        {
+            anyhow::bail!(
+                "FuncQueue {theirs}/{}: this beat fires the schedules of namespace {mine} only",
+                meta.name
+            );
+        }
+        let id = match ns {
+            Some(ns) if !spec.legacy_keys => Keys::queue_id(ns, &meta.name),
+            _ => meta.name.clone(),
+        };
+        ids.push(id.clone());
         for s in spec.schedules {
             Cron::parse(&s.cron)
                 .with_context(|| format!("queue {} schedule {}", meta.name, s.name))?;
             out.push(Schedule {
-                queue: meta.name.clone(),
+                queue: id.clone(),
                 field: format!("file:{}", s.name),
                 cron: s.cron,
                 func: s.function,
                 args: serde_json::Value::Array(s.args),
-                max_retries: spec.max_retries.unwrap_or(3),
+                max_retries: spec.max_retries,
             });
         }
     }
-    Ok(out)
+    Ok((ids, out))
 }
 
 /// Schedules grouped by cron expression (tens of thousands of entries usually share a few).
@@ -256,6 +293,9 @@ pub struct Beat {
     metrics: BeatMetrics,
     file: Table,
     file_text: Option<String>,
+    /// Ids of the queues in the file (a namespaced beat fires the registry of these legacy
+    /// queues too).
+    file_queues: Vec<String>,
     registry: Table,
     fired: u64,
 }
@@ -264,7 +304,8 @@ impl Beat {
     /// Connect and build a beat.
     pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
         let (client, mut redis) = config.redis_auth.connect(&config.redis_url).await?;
-        let lease = [config.keys.beat_lease(), config.keys.beat_fence()];
+        let ns = config.namespace.as_deref();
+        let lease = [config.keys.beat_lease(ns), config.keys.beat_fence(ns)];
         RedisAuth::check_keys(&client, &mut redis, &lease).await?;
         Ok(Self {
             config,
@@ -272,6 +313,7 @@ impl Beat {
             metrics: BeatMetrics::new(),
             file: Table::default(),
             file_text: None,
+            file_queues: Vec::new(),
             registry: Table::default(),
             fired: 0,
         })
@@ -292,17 +334,19 @@ impl Beat {
             return;
         };
         match std::fs::read_to_string(path) {
-            Ok(text) if Some(&text) != self.file_text.as_ref() => match parse_schedules_yaml(&text)
-            {
-                Ok(list) => {
-                    tracing::info!(path = %path.display(), schedules = list.len(), "schedules file loaded");
-                    self.file = Table::new(list);
-                    self.file_text = Some(text);
+            Ok(text) if Some(&text) != self.file_text.as_ref() => {
+                match parse_queues_yaml(&text, self.config.namespace.as_deref()) {
+                    Ok((ids, list)) => {
+                        tracing::info!(path = %path.display(), schedules = list.len(), "schedules file loaded");
+                        self.file = Table::new(list);
+                        self.file_queues = ids;
+                        self.file_text = Some(text);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "schedules file rejected; keeping the previous one")
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "schedules file rejected; keeping the previous one")
-                }
-            },
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, path = %path.display(), "cannot read the schedules file")
@@ -318,7 +362,7 @@ impl Beat {
         let mut con = self.redis.clone();
         let queues: Vec<String> = con.smembers(keys.schedule_queues()).await?;
         let mut list = Vec::new();
-        for q in queues {
+        for q in queues.into_iter().filter(|q| self.fires_registry_of(q)) {
             for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {
                 list.push(Schedule {
                     queue: q.clone(),
@@ -326,7 +370,7 @@ impl Beat {
                     cron: e.cron,
                     func: e.func,
                     args: e.args,
-                    max_retries: 3,
+                    max_retries: None,
                 });
             }
         }
@@ -335,6 +379,16 @@ impl Beat {
         }
         self.registry = Table::new(list);
         Ok(())
+    }
+
+    /// Whether this beat fires the registry of queue `id`: every queue without a namespace;
+    /// else the queues of its namespace, and the legacy queues its file names.
+    fn fires_registry_of(&self, id: &str) -> bool {
+        match (&self.config.namespace, Keys::queue_id_namespace(id)) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine == theirs,
+            (Some(_), None) => self.file_queues.iter().any(|q| q == id),
+        }
     }
 
     fn lease_ttl_ms(&self) -> u64 {
@@ -346,8 +400,8 @@ impl Beat {
         let mut con = self.redis.clone();
         let before = Instant::now();
         let token: Option<u64> = redis::Script::new(scripts::LEASE_ACQUIRE)
-            .key(keys.beat_lease())
-            .key(keys.beat_fence())
+            .key(keys.beat_lease(self.config.namespace.as_deref()))
+            .key(keys.beat_fence(self.config.namespace.as_deref()))
             .arg(&self.config.holder)
             .arg(self.lease_ttl_ms())
             .invoke_async(&mut con)
@@ -412,7 +466,11 @@ impl Beat {
                         let before = Instant::now();
                         let renewed: redis::RedisResult<i64> =
                             redis::Script::new(scripts::LEASE_RENEW)
-                                .key(self.config.keys.beat_lease())
+                                .key(
+                                    self.config
+                                        .keys
+                                        .beat_lease(self.config.namespace.as_deref()),
+                                )
                                 .arg(&h.value)
                                 .arg(self.lease_ttl_ms())
                                 .invoke_async(&mut self.redis.clone())
@@ -451,7 +509,11 @@ impl Beat {
         }
         if let Some(h) = held {
             let _: redis::RedisResult<i64> = redis::Script::new(scripts::LEASE_RELEASE)
-                .key(self.config.keys.beat_lease())
+                .key(
+                    self.config
+                        .keys
+                        .beat_lease(self.config.namespace.as_deref()),
+                )
                 .arg(&h.value)
                 .invoke_async(&mut self.redis.clone())
                 .await;
@@ -538,7 +600,7 @@ impl Beat {
                 pipe.invoke_script(&protocol::beat_fire_invocation(
                     &script,
                     keys,
-                    &held.value,
+                    (self.config.namespace.as_deref(), &held.value),
                     queue,
                     now,
                     ticks,
@@ -580,13 +642,22 @@ kind: ConfigMap
 metadata: {name: other}
 ---
 "#;
-        let s = parse_schedules_yaml(text).unwrap();
+        let s = parse_schedules_yaml(text, None).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].queue, "q8");
+        let namespaced = parse_schedules_yaml(text, Some("a")).unwrap();
+        assert_eq!(namespaced[0].queue, Keys::queue_id("a", "q8"));
+        let legacy = text.replace("maxRetries: 1", "maxRetries: 1\n  legacyKeys: true");
+        assert_eq!(
+            parse_schedules_yaml(&legacy, Some("a")).unwrap()[0].queue,
+            "q8"
+        );
+        let other = text.replace("{name: q8}", "{name: q8, namespace: b}");
+        assert!(parse_schedules_yaml(&other, Some("a")).is_err());
         assert_eq!(s[0].field, "file:a");
         assert_eq!(s[0].args, serde_json::json!([1, "x"]));
-        assert_eq!(s[0].max_retries, 1);
-        assert!(parse_schedules_yaml("kind: FuncQueue\nmetadata: {name: q}\nspec: {schedules: [{name: a, cron: bad, function: f}]}").is_err());
+        assert_eq!(s[0].max_retries, Some(1));
+        assert!(parse_schedules_yaml("kind: FuncQueue\nmetadata: {name: q}\nspec: {schedules: [{name: a, cron: bad, function: f}]}", None).is_err());
         let t = Table::new(s);
         // 60 s from an hour boundary: a fires once (at 60), b six times.
         assert_eq!(t.due(3_600, 3_660).len(), 7);

@@ -44,6 +44,13 @@ pub struct RedisArgs {
     /// Key prefix.
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+    /// Kubernetes namespace of the FuncQueues that `--queue` / `--queues` name: each name
+    /// becomes the queue's id in Redis, `{<namespace>.<name>}` (what `status.key` of the
+    /// FuncQueue shows as `<prefix>:q:{<namespace>.<name>}`). Without it, queue names are
+    /// used as they are: pass the id (`{a.jobs}`) or, for a queue with `legacyKeys`, its
+    /// name. The beat fires only this namespace's schedules, under its own lease.
+    #[arg(long, short = 'n', env = "FUNCSCALE_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
 }
 
 impl std::fmt::Debug for RedisArgs {
@@ -57,6 +64,15 @@ impl std::fmt::Debug for RedisArgs {
 }
 
 impl RedisArgs {
+    /// The id in Redis of queue `name`: [`Keys::queue_id`] with `--namespace`; else (or when
+    /// `name` already is an id) `name` itself.
+    pub fn queue_id(&self, name: &str) -> String {
+        match &self.namespace {
+            Some(ns) if !name.starts_with('{') => Keys::queue_id(ns, name),
+            _ => name.to_string(),
+        }
+    }
+
     /// A connection to `--redis-url` (reconnecting), checked to log in.
     pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
         Ok(self.auth.connect(&self.redis_url).await?.1)
@@ -152,6 +168,27 @@ pub enum TasksAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl TasksAction {
+    /// The queue the action names (`tasks show` names none).
+    pub fn queue_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Self::List { queue, .. } | Self::Counts { queue, .. } => Some(queue),
+            Self::Show { .. } => None,
+        }
+    }
+}
+
+impl DeadLettersAction {
+    /// Which dead letters the action works on.
+    pub fn select_mut(&mut self) -> &mut DeadSelect {
+        match self {
+            Self::List { select, .. } | Self::Requeue { select } | Self::Purge { select, .. } => {
+                select
+            }
+        }
+    }
 }
 
 /// Which dead letters (`--id` repeated, `--id-prefix`, or `--all`).
@@ -676,9 +713,10 @@ pub struct EnqueueArgs {
     /// Number of tasks.
     #[arg(long, default_value_t = 1)]
     pub count: u64,
-    /// Retries after the first attempt.
-    #[arg(long, default_value_t = 3)]
-    pub max_retries: u32,
+    /// Retries after the first attempt. Default: the queue's `maxRetries` (3 when the queue
+    /// sets none).
+    #[arg(long)]
+    pub max_retries: Option<u32>,
     /// Soft time limit in seconds.
     #[arg(long)]
     pub soft_timeout: Option<u32>,
@@ -776,9 +814,34 @@ fn json_arg(s: &str, what: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(s).with_context(|| format!("{what} must be JSON"))
 }
 
+/// The queue names a command line carries (`--queue`, `--queues`).
+fn queue_names(command: &mut Command) -> Vec<&mut String> {
+    match command {
+        Command::Run(a) => a.queues.iter_mut().collect(),
+        Command::Enqueue(a) => vec![&mut a.queue],
+        Command::Schedules { action } => match action {
+            SchedulesAction::Add { queue, .. }
+            | SchedulesAction::Remove { queue, .. }
+            | SchedulesAction::List { queue } => vec![queue],
+        },
+        Command::Tasks { action } => action.queue_mut().into_iter().collect(),
+        Command::DeadLetters { action } => vec![&mut action.select_mut().queue],
+        Command::QueueConfig { action } => match action {
+            QueueConfigAction::Set { queue, .. } | QueueConfigAction::Show { queue } => {
+                vec![queue]
+            }
+        },
+        Command::Beat(_) | Command::Outbox { .. } => vec![],
+    }
+}
+
 /// Execute a parsed command line.
-pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+pub async fn execute(mut cli: Cli) -> anyhow::Result<()> {
     let keys = Keys::new(cli.redis.prefix.clone());
+    let redis = cli.redis.clone();
+    for q in queue_names(&mut cli.command) {
+        *q = redis.queue_id(q);
+    }
     match cli.command {
         Command::Run(a) => {
             let config = WorkerConfig {
@@ -945,8 +1008,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     let config = protocol::QueueConfig {
                         record_max_age_ms: record_max_age.map(|d| d.as_millis() as u64),
                         record_max_count,
-                        on_success,
-                        on_failure,
+                        on_success: on_success.map(|d| d.resolve_queue(|q| redis.queue_id(q))),
+                        on_failure: on_failure.map(|d| d.resolve_queue(|q| redis.queue_id(q))),
+                        ..Default::default()
                     };
                     let clear: Vec<&str> = clear.iter().map(String::as_str).collect();
                     protocol::queue_config_set(&mut con, &keys, &queue, &config, &clear).await?;
@@ -963,6 +1027,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     "record_max_count": c.record_max_count.unwrap_or(protocol::RECORD_MAX_COUNT),
                     "on_success": c.on_success.map(|d| d.to_text()),
                     "on_failure": c.on_failure.map(|d| d.to_text()),
+                    "max_retries": c.max_retries,
+                    "retry_backoff_base_ms": c.retry_backoff_base_ms,
+                    "retry_backoff_max_ms": c.retry_backoff_max_ms,
                 })
             );
             Ok(())
@@ -972,6 +1039,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 redis_url: cli.redis.redis_url.clone(),
                 redis_auth: cli.redis.auth.clone(),
                 keys,
+                namespace: cli.redis.namespace.clone(),
                 schedules_file: a.schedules_file,
                 registry: !a.no_registry,
                 holder: a.holder.unwrap_or_else(default_worker_name),

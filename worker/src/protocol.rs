@@ -64,16 +64,16 @@ pub fn beat_fire_script() -> redis::Script {
 }
 
 /// One call of [`beat_fire_script`] for `queue`: `ticks` are (schedule field, tick, envelope).
-/// Returns -1 when `lease_value` no longer holds the lease, else the number of ticks enqueued.
+/// Returns -1 when `lease_value` no longer holds the lease of `namespace`, else the number of ticks enqueued.
 pub fn beat_fire_invocation<'a, 'b>(
     script: &'a redis::Script,
     keys: &Keys,
-    lease_value: &str,
+    (namespace, lease_value): (Option<&str>, &str),
     queue: &str,
     now_ms: u64,
     ticks: impl IntoIterator<Item = (&'b str, i64, &'b Envelope)>,
 ) -> redis::ScriptInvocation<'a> {
-    let mut inv = script.key(keys.beat_lease());
+    let mut inv = script.key(keys.beat_lease(namespace));
     inv.key(keys.beat_last(queue))
         .key(keys.queue(queue))
         .key(keys.stats(queue))

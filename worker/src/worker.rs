@@ -49,7 +49,9 @@ use crate::handler::{
 };
 use crate::metrics::{Health, Metrics};
 use crate::protocol::records::OUTCOME_FIELDS;
-use crate::protocol::{self, Envelope, Keys, StatsField, WORKER_TTL_MS, scripts};
+use crate::protocol::{
+    self, DEFAULT_MAX_RETRIES, Envelope, Keys, QueueConfig, StatsField, WORKER_TTL_MS, scripts,
+};
 use funcscale_protocol::connection;
 
 pub use crate::clock::now_ms;
@@ -374,6 +376,7 @@ pub async fn connection_manager(
 /// Lua scripts of the worker (all keys come from [`Keys`]).
 struct Scripts {
     fetch: redis::Script,
+    claim: redis::Script,
     finish: redis::Script,
     requeue: redis::Script,
     promote: redis::Script,
@@ -388,6 +391,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             fetch: redis::Script::new(scripts::FETCH),
+            claim: redis::Script::new(scripts::CLAIM),
             finish: redis::Script::new(scripts::FINISH),
             requeue: redis::Script::new(scripts::REQUEUE),
             promote: redis::Script::new(scripts::PROMOTE),
@@ -712,7 +716,7 @@ impl Inner {
                     ("dead", b.dead),
                 ] {
                     m.queue_last_minute
-                        .with_label_values(&[q.as_str(), kind])
+                        .with_label_values(&[Keys::queue_name(q), kind])
                         .set(v);
                 }
             }
@@ -722,12 +726,12 @@ impl Inner {
                 .query_async(&mut con)
                 .await?;
             let running = protocol::sample_executing(&mut con, keys, q, now).await?;
-            m.queue_depth.with_label_values(&[q.as_str()]).set(depth);
-            m.queue_dead_letters
-                .with_label_values(&[q.as_str()])
-                .set(dead);
+            // labelled with the FuncQueue's name: Prometheus adds the pod's namespace
+            let label = Keys::queue_name(q);
+            m.queue_depth.with_label_values(&[label]).set(depth);
+            m.queue_dead_letters.with_label_values(&[label]).set(dead);
             m.queue_executing
-                .with_label_values(&[q.as_str()])
+                .with_label_values(&[label])
                 .set(running as i64);
         }
         crate::outbox::refresh_gauges(&mut con, keys, m).await?;
@@ -781,12 +785,17 @@ impl Inner {
             let order = self.queue_order(turn);
             let mut inv = self.scripts.fetch.key(&inflight);
             for &i in &order {
-                inv.key(keys.queue(&self.config.queues[i]));
+                let q = &self.config.queues[i];
+                inv.key(keys.queue(q)).key(keys.running(q));
             }
+            inv.arg(now_ms());
             let fetched: redis::RedisResult<Option<(String, usize)>> =
                 inv.invoke_async(&mut con).await;
-            let raw = match fetched {
-                Ok(Some((raw, _))) => raw,
+            let (raw, from) = match fetched {
+                Ok(Some((raw, n))) => {
+                    let i = order[n.saturating_sub(1).min(order.len() - 1)];
+                    (raw, self.config.queues[i].as_str())
+                }
                 Ok(None) => {
                     // Nothing anywhere: block on one queue (rotating), briefly when there are others.
                     if blocking.is_none() {
@@ -807,7 +816,8 @@ impl Inner {
                     let Some(bcon) = blocking.as_mut() else {
                         continue;
                     };
-                    let q = keys.queue(&self.config.queues[order[0]]);
+                    let from = self.config.queues[order[0]].as_str();
+                    let q = keys.queue(from);
                     let wait = if multi { 0.2 } else { 1.0 };
                     let moved: redis::RedisResult<Option<String>> = tokio::select! {
                         r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
@@ -815,7 +825,22 @@ impl Inner {
                         _ = stop.changed() => return,
                     };
                     match moved {
-                        Ok(Some(raw)) => raw,
+                        Ok(Some(raw)) => {
+                            // count it as running; a failure here only under-counts until it ends
+                            let claimed: redis::RedisResult<i64> = self
+                                .scripts
+                                .claim
+                                .key(&inflight)
+                                .key(keys.running(from))
+                                .arg(&raw)
+                                .arg(now_ms())
+                                .invoke_async(&mut con)
+                                .await;
+                            if let Err(e) = claimed {
+                                tracing::warn!(error = %e, "marking a task running failed");
+                            }
+                            (raw, from)
+                        }
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "blocking fetch failed");
@@ -831,7 +856,10 @@ impl Inner {
                     continue;
                 }
             };
-            if let Err(e) = self.execute(index, &inflight, raw, cancel.clone()).await {
+            if let Err(e) = self
+                .execute(index, &inflight, from, raw, cancel.clone())
+                .await
+            {
                 // The task stays in flight; the reaper or our final sweep puts it back.
                 tracing::warn!(error = %e, "finishing a task failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -855,12 +883,16 @@ impl Inner {
     }
 
     /// Backoff before retry `attempt` (1-based): base × 2^(attempt-1), capped, ±50% jitter.
-    fn backoff_ms(&self, attempt: u32) -> u64 {
-        let exp = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
-        let capped = exp.min(self.config.retry_max_ms);
+    /// Base and cap are the queue's (`queue`), else the worker's `--retry-base` / `--retry-max`.
+    fn backoff_ms(&self, queue: &QueueConfig, attempt: u32) -> u64 {
+        let base = queue
+            .retry_backoff_base_ms
+            .unwrap_or(self.config.retry_base_ms);
+        let cap = queue
+            .retry_backoff_max_ms
+            .unwrap_or(self.config.retry_max_ms);
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(cap);
         capped / 2 + fastrand::u64(..=capped)
     }
 
@@ -868,6 +900,7 @@ impl Inner {
         &self,
         slot: usize,
         inflight: &str,
+        from: &str,
         raw: String,
         cancel: watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
@@ -877,12 +910,8 @@ impl Inner {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "malformed task moved to the dead-letter list");
-                let q = self
-                    .config
-                    .queues
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("default");
+                // the queue it came from: its dead letters, and its running set to leave
+                let q = from;
                 let _: i64 = self
                     .scripts
                     .finish
@@ -908,9 +937,10 @@ impl Inner {
         } else {
             "_unknown"
         };
-        let labels = [env.queue.as_str(), func_label];
+        // the FuncQueue's name, as the operator's series and the dashboard name it
+        let labels = [Keys::queue_name(&env.queue), func_label];
         m.started.with_label_values(&labels).inc();
-        let gauge = m.inflight.with_label_values(&[env.queue.as_str()]);
+        let gauge = m.inflight.with_label_values(&[labels[0]]);
         gauge.inc();
         let started = Instant::now();
         let started_ms = now_ms();
@@ -1018,11 +1048,25 @@ impl Inner {
                 let mut next = env.clone();
                 next.error = Some(err.message.clone());
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
-                if err.retryable && env.attempt < env.max_retries {
+                // The queue's retry settings, read at each failure so a changed FuncQueue
+                // applies at once; the task's own count wins over the queue's.
+                let queue_config = if err.retryable {
+                    let pairs: Vec<(String, String)> = QueueConfig::get_cmd(keys, &env.queue)
+                        .query_async(&mut con)
+                        .await?;
+                    QueueConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                } else {
+                    QueueConfig::default()
+                };
+                let max_retries = env
+                    .max_retries
+                    .or(queue_config.max_retries)
+                    .unwrap_or(DEFAULT_MAX_RETRIES);
+                if err.retryable && env.attempt < max_retries {
                     m.retried.with_label_values(&labels).inc();
                     counted = &[RETRIED, FAILED];
                     next.attempt += 1;
-                    let due = now_ms() + self.backoff_ms(next.attempt);
+                    let due = now_ms() + self.backoff_ms(&queue_config, next.attempt);
                     tracing::info!(id = %env.id, func = %env.func, attempt = next.attempt, error = %err.message, "task failed; retrying");
                     let mut inv = self.scripts.finish.key(inflight);
                     inv.key(keys.delayed(&env.queue))
@@ -1152,6 +1196,7 @@ pub async fn reap_dead(
             .key(keys.worker(slot))
             .arg(slot)
             .arg(cutoff)
+            .arg(keys.prefix())
             .invoke_async(&mut con)
             .await?;
     }

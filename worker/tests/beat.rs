@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{REDIS_URL, Space, wait_until};
 use funcscale_worker::beat::{Beat, BeatConfig, Missed};
-use funcscale_worker::protocol::{self, Envelope, ScheduleEntry};
+use funcscale_worker::protocol::{self, Envelope, Keys, ScheduleEntry};
 use funcscale_worker::worker::now_ms;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -25,6 +25,7 @@ fn config(s: &Space, holder: &str, file: Option<PathBuf>) -> BeatConfig {
         redis_url: REDIS_URL.into(),
         redis_auth: Default::default(),
         keys: s.keys.clone(),
+        namespace: None,
         schedules_file: file,
         registry: true,
         holder: holder.into(),
@@ -103,6 +104,113 @@ fn assert_contiguous(ticks: &[(String, i64)]) {
     }
 }
 
+/// Two tenants on one Redis, each with a beat of its own namespace: both beats hold a lease
+/// (their namespace's), each fires its namespace's file and registry schedules, and neither
+/// fires the other's — though both namespaces have a queue named `q`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beats_of_two_namespaces_fire_their_own_schedules() {
+    let s = Space::new("beatns");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let (qa, qb) = (Keys::queue_id("a", "q"), Keys::queue_id("b", "q"));
+    let mut con = s.con().await;
+    for q in [&qa, &qb] {
+        let entry = ScheduleEntry {
+            cron: "* * * * * *".into(),
+            func: "noop".into(),
+            args: json!([]),
+        };
+        protocol::schedules_add(&mut con, &s.keys, q, &[("dyn".into(), entry, 60.0)])
+            .await
+            .unwrap();
+    }
+    let in_ns = |ns: &str, holder: &str| BeatConfig {
+        namespace: Some(ns.into()),
+        ..config(&s, holder, Some(file.clone()))
+    };
+    let a = start(in_ns("a", "beat-a")).await;
+    let b = start(in_ns("b", "beat-b")).await;
+    let started = (now_ms() / 1000) as i64;
+    let fields = |ticks: Vec<(String, i64)>| -> BTreeSet<String> {
+        ticks.into_iter().map(|(f, _)| f).collect()
+    };
+    for (q, ns) in [(&qa, "a"), (&qb, "b")] {
+        wait_until(
+            &format!("namespace {ns}'s file and registry schedules fire"),
+            Duration::from_secs(15),
+            || async {
+                let ticks = fired(&s, q).await;
+                ticks.last().is_some_and(|t| t.1 >= started + 2) && fields(ticks).len() == 2
+            },
+        )
+        .await;
+        assert_eq!(
+            fields(fired(&s, q).await),
+            [format!("{q}/file:tick"), format!("{q}/reg:dyn")].into(),
+        );
+        assert_eq!(s.int(&["GET", &s.keys.beat_fence(Some(ns))]).await, 1);
+    }
+    // the file names `q` in no namespace: each beat put it in its own, none in the bare key
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The upgrade path: a queue with `legacyKeys` keeps its bare name as its id; the beat of
+/// its namespace (the queue is in its file) fires its dynamic schedules, registered under the
+/// bare name before the upgrade, while another namespace's beat runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_beat_fires_its_legacy_queues_registry() {
+    let s = Space::new("beatlegacy");
+    let file = yaml_file(
+        &s,
+        r#"
+apiVersion: funcscale.dev/v1alpha1
+kind: FuncQueue
+metadata: {name: old, namespace: a}
+spec:
+  legacyKeys: true
+"#,
+    );
+    let mut con = s.con().await;
+    let entry = ScheduleEntry {
+        cron: "* * * * * *".into(),
+        func: "noop".into(),
+        args: json!([]),
+    };
+    protocol::schedules_add(&mut con, &s.keys, "old", &[("dyn".into(), entry, 60.0)])
+        .await
+        .unwrap();
+    let other = start(BeatConfig {
+        namespace: Some("b".into()),
+        ..config(&s, "beat-b", None)
+    })
+    .await;
+    let mine = start(BeatConfig {
+        namespace: Some("a".into()),
+        ..config(&s, "beat-a", Some(file))
+    })
+    .await;
+    wait_until(
+        "the legacy registry fires",
+        Duration::from_secs(15),
+        || async { fired(&s, "old").await.len() >= 2 },
+    )
+    .await;
+    assert!(
+        fired(&s, "old")
+            .await
+            .iter()
+            .all(|(f, _)| f == "old/reg:dyn")
+    );
+    assert_eq!(
+        s.int(&["GET", &s.keys.beat_fence(Some("b"))]).await,
+        1,
+        "b's beat runs"
+    );
+    mine.stop().await;
+    other.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_beats_one_fires() {
     let s = Space::new("beat2");
@@ -124,10 +232,10 @@ async fn two_beats_one_fires() {
     let ticks = fired(&s, "q").await;
     assert_contiguous(&ticks);
     // Only one lease was ever granted: the other beat waited.
-    assert_eq!(s.int(&["GET", &s.keys.beat_fence()]).await, 1);
+    assert_eq!(s.int(&["GET", &s.keys.beat_fence(None)]).await, 1);
     let mut con = s.con().await;
     let holder: String = redis::cmd("GET")
-        .arg(s.keys.beat_lease())
+        .arg(s.keys.beat_lease(None))
         .query_async(&mut con)
         .await
         .unwrap();
@@ -169,7 +277,7 @@ async fn failover_without_duplicate_or_lost_tick() {
     )
     .await;
     let holder: String = redis::cmd("GET")
-        .arg(s.keys.beat_lease())
+        .arg(s.keys.beat_lease(None))
         .query_async(&mut con)
         .await
         .unwrap();
@@ -254,6 +362,14 @@ async fn registry_of_tens_of_thousands() {
     )
     .await;
     beat.stop().await;
+    // a tick's pipeline already sent when the beat stopped still runs in Redis: wait for it
+    // (on a loaded machine the LLEN can land between its scripts), then it must be whole
+    wait_until(
+        "the last tick's pipeline to finish",
+        Duration::from_secs(10),
+        || async { s.int(&["LLEN", &s.keys.queue("fast")]).await % 20_000 == 0 },
+    )
+    .await;
     let n = s.int(&["LLEN", &s.keys.queue("fast")]).await;
     assert_eq!(n % 20_000, 0, "ticks are enqueued whole");
     assert_eq!(s.stat("fast", "enqueued").await, n);
@@ -331,7 +447,7 @@ async fn a_beat_that_lost_its_lease_stops_firing() {
     // fencing check and its renewal fails, so nothing more is enqueued while it is held.
     let mut con = s.con().await;
     let _: () = redis::cmd("SET")
-        .arg(s.keys.beat_lease())
+        .arg(s.keys.beat_lease(None))
         .arg("intruder 99")
         .arg("PX")
         .arg(60_000)
@@ -354,14 +470,14 @@ async fn a_beat_that_lost_its_lease_stops_firing() {
     }
     // When the other holder goes away, a acquires a new token and resumes.
     let _: () = redis::cmd("DEL")
-        .arg(s.keys.beat_lease())
+        .arg(s.keys.beat_lease(None))
         .query_async(&mut con)
         .await
         .unwrap();
     wait_until("a holds a new token", Duration::from_secs(5), || async {
         let mut con = s.con().await;
         let v: Option<String> = redis::cmd("GET")
-            .arg(s.keys.beat_lease())
+            .arg(s.keys.beat_lease(None))
             .query_async(&mut con)
             .await
             .unwrap();

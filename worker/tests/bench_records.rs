@@ -105,7 +105,7 @@ async fn query_latency_at_100k_records() {
                 "q",
                 json!(["x"]),
             );
-            e.max_retries = 0;
+            e.max_retries = Some(0);
             e
         })
         .collect();

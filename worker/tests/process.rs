@@ -347,7 +347,7 @@ async fn beat_process_fires_and_releases_its_lease_on_sigterm() {
         s.int(&["LLEN", &s.keys.queue("q")]).await >= 2
     })
     .await;
-    assert_eq!(s.int(&["EXISTS", &s.keys.beat_lease()]).await, 1);
+    assert_eq!(s.int(&["EXISTS", &s.keys.beat_lease(None)]).await, 1);
     signal(&beat, Signal::SIGTERM);
     assert!(
         tokio::time::timeout(Duration::from_secs(10), beat.wait())
@@ -357,7 +357,7 @@ async fn beat_process_fires_and_releases_its_lease_on_sigterm() {
             .success()
     );
     assert_eq!(
-        s.int(&["EXISTS", &s.keys.beat_lease()]).await,
+        s.int(&["EXISTS", &s.keys.beat_lease(None)]).await,
         0,
         "released, so a successor starts at once"
     );
@@ -392,7 +392,7 @@ async fn audit_commands_find_count_and_requeue_a_dead_task() {
             })
     };
     let mut e = s.env("trace-7-charge", "charge", "q", json!([]));
-    e.max_retries = 0;
+    e.max_retries = Some(0);
     s.enqueue("q", &[e, s.env("trace-8-other", "noop", "q", json!([]))])
         .await;
     let w = common::Running::start(worker()).await;

@@ -57,7 +57,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
     }
     for i in 0..3 {
         let mut e = s.env(&format!("trace-a-bad{i}"), "fail", "q", json!(["boom"]));
-        e.max_retries = 1;
+        e.max_retries = Some(1);
         envs.push(e);
     }
     s.enqueue("q", &envs).await;
@@ -280,7 +280,7 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
     };
     let w = Running::start(worker()).await;
     let mut e = s.env("order-42-a", "charge", "q", json!([]));
-    e.max_retries = 2;
+    e.max_retries = Some(2);
     let other = s.env("order-43-a", "noop", "q", json!([]));
     s.enqueue("q", &[e, other]).await;
     wait_until("dead-lettered", Duration::from_secs(10), || async {
@@ -368,7 +368,7 @@ async fn purge_by_id_and_all_and_the_cli_refuses_without_a_terminal() {
     let mut envs = Vec::new();
     for i in 0..5 {
         let mut e = s.env(&format!("p{i}"), "fail", "q", json!(["x"]));
-        e.max_retries = 0;
+        e.max_retries = Some(0);
         envs.push(e);
     }
     s.enqueue("q", &envs).await;
@@ -575,7 +575,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
     .await
     .unwrap();
     let mut bad = s.env("u-2", "fail", "q", json!(["nope"]));
-    bad.max_retries = 0;
+    bad.max_retries = Some(0);
     s.enqueue("q", &[s.env("u-1", "noop", "q", json!([])), bad])
         .await;
     let w = Running::start(builder(&s, &["q"], 2)).await;
@@ -851,7 +851,7 @@ async fn every_index_walk_agrees_with_a_full_read() {
     }
     for i in 0..4 {
         let mut e = s.env(&format!("x-{i}"), "fail", "q", json!(["boom"]));
-        e.max_retries = 0;
+        e.max_retries = Some(0);
         envs.push(e);
     }
     // Failed attempts that will be retried (in ten minutes: they stay `retrying`).
@@ -1078,7 +1078,7 @@ async fn a_success_after_a_retry_clears_the_error() {
 async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
     let s = Space::new("rec-reuse");
     let mut first = s.env("dup", "fail", "q1", json!(["boom"]));
-    first.max_retries = 0;
+    first.max_retries = Some(0);
     s.enqueue("q1", &[first]).await;
     let w = Running::start(builder(&s, &["q1"], 1)).await;
     wait_until("dead in q1", Duration::from_secs(10), || async {
@@ -1176,7 +1176,7 @@ async fn outcome_counts(records: bool) {
         .map(|i| s.env(&format!("ok-{i}"), "noop", "q", json!([])))
         .collect();
     let mut bad = s.env("bad", "fail", "q", json!(["boom"]));
-    bad.max_retries = 0;
+    bad.max_retries = Some(0);
     envs.push(bad);
     s.enqueue("q", &envs).await;
     let sums = || async {

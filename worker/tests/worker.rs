@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{REDIS_URL, Running, Space, wait_until};
 use funcscale_worker::handler::{Handler, TaskError};
-use funcscale_worker::protocol::{Envelope, QueueStats};
+use funcscale_worker::protocol::{Envelope, QueueConfig, QueueStats};
 use funcscale_worker::worker::{Order, Worker, WorkerBuilder, now_ms};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -106,11 +106,146 @@ async fn recovers_tasks_of_a_dead_worker() {
     w.stop().await;
 }
 
+/// The queue's retry settings (what the operator writes from `FuncQueue.spec.maxRetries` and
+/// `retryBackoff`) apply to a task a producer enqueues without a count of its own; a task
+/// that carries one keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_retry_settings_apply_unless_the_task_sets_its_own() {
+    let s = Space::new("qretry");
+    s.set_queue_config(
+        "q",
+        &QueueConfig {
+            max_retries: Some(0),
+            retry_backoff_base_ms: Some(50),
+            retry_backoff_max_ms: Some(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    // a producer's task: no count of its own (the `enqueue` default)
+    let plain = s.env("plain", "fail", "q", json!(["boom"]));
+    assert_eq!(plain.max_retries, None);
+    let mut own = s.env("own", "fail", "q", json!(["boom"]));
+    own.max_retries = Some(2);
+    s.enqueue("q", &[plain, own]).await;
+    // the worker's own backoff is a minute: only the queue's 50 ms lets "own" die in time
+    let w = Running::start(builder(&s, &["q"], 1).configure(|c| c.retry_base_ms = 60_000)).await;
+    wait_until("both dead-lettered", Duration::from_secs(10), || async {
+        s.int(&["LLEN", &s.keys.dead("q")]).await == 2
+    })
+    .await;
+    w.stop().await;
+    let attempts: std::collections::BTreeMap<String, u32> = s
+        .list(&s.keys.dead("q"))
+        .await
+        .iter()
+        .map(|raw| {
+            let e = Envelope::from_json(raw).unwrap();
+            (e.id, e.attempt)
+        })
+        .collect();
+    // "plain" ran once (attempt 0) and died: the queue's maxRetries 0; "own" ran three times
+    assert_eq!(
+        attempts,
+        [("own".to_string(), 2), ("plain".to_string(), 0)].into()
+    );
+    assert_eq!(s.stat("q", "retried").await, 2);
+    assert_eq!(s.stat("q", "failed").await, 4);
+}
+
+/// The queue's running set (`Keys::running`, what the operator reads as the tasks running
+/// now) follows the in-flight lists: a member per busy slot while tasks run (fetched by the
+/// script over several queues and by the blocking move on one), none once they finished, and
+/// a dead worker's slots leave it when the reaper puts their tasks back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_set_follows_the_in_flight_lists() {
+    let s = Space::new("running");
+    let running = |q: &str| s.keys.running(q);
+    // five 1.5 s tasks on two queues, three slots serving both
+    let mut envs = Vec::new();
+    for i in 0..3 {
+        envs.push(s.env(&format!("a{i}"), "sleep", "qa", json!([1_500])));
+    }
+    s.enqueue("qa", &envs).await;
+    let envs: Vec<Envelope> = (0..2)
+        .map(|i| s.env(&format!("b{i}"), "sleep", "qb", json!([1_500])))
+        .collect();
+    s.enqueue("qb", &envs).await;
+    let w = Running::start(builder(&s, &["qa", "qb"], 3)).await;
+    wait_until("three running", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &running("qa")]).await + s.int(&["ZCARD", &running("qb")]).await == 3
+    })
+    .await;
+    wait_until("all done", Duration::from_secs(10), || async {
+        s.stat("qa", "completed").await + s.stat("qb", "completed").await == 5
+    })
+    .await;
+    assert_eq!(s.int(&["ZCARD", &running("qa")]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &running("qb")]).await, 0);
+    w.stop().await;
+
+    // one queue: the blocking move, then the claim
+    let w = Running::start(builder(&s, &["qc"], 2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let envs: Vec<Envelope> = (0..2)
+        .map(|i| s.env(&format!("c{i}"), "sleep", "qc", json!([1_500])))
+        .collect();
+    s.enqueue("qc", &envs).await;
+    wait_until("two running", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &running("qc")]).await == 2
+    })
+    .await;
+    // a drain mid-task puts the tasks back and empties the running set
+    w.stop().await;
+    assert_eq!(s.int(&["ZCARD", &running("qc")]).await, 0);
+
+    // a worker that died with a task in flight: the reaper puts it back, the set follows
+    let mut con = s.con().await;
+    let ghost = "ghost-2.0";
+    let e = s.env("lost", "sleep", "qd", json!([10]));
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(s.keys.workers())
+        .arg(now_ms() - 10_000)
+        .arg(ghost)
+        .cmd("HSET")
+        .arg(s.keys.worker(ghost))
+        .arg("queues")
+        .arg("qd,qe")
+        .cmd("LPUSH")
+        .arg(s.keys.inflight(ghost))
+        .arg(e.to_json())
+        .cmd("ZADD")
+        .arg(running("qd"))
+        .arg(now_ms() - 10_000)
+        .arg(s.keys.inflight(ghost))
+        // a stale member (its task was lost some other way) goes when the slot is forgotten
+        .cmd("ZADD")
+        .arg(running("qe"))
+        .arg(now_ms() - 10_000)
+        .arg(s.keys.inflight(ghost))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let w = Running::start(builder(&s, &["qd"], 1).configure(|c| c.worker_ttl_ms = 1_000)).await;
+    wait_until("the ghost's task ran", Duration::from_secs(10), || async {
+        s.stat("qd", "completed").await == 1
+    })
+    .await;
+    wait_until("the ghost is forgotten", Duration::from_secs(5), || async {
+        s.int(&["ZSCORE", &s.keys.workers(), ghost]).await == 0
+    })
+    .await;
+    assert_eq!(s.int(&["ZCARD", &running("qd")]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &running("qe")]).await, 0);
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_then_dead_letters() {
     let s = Space::new("retry");
     let mut e = s.env("f1", "fail", "q", json!(["boom"]));
-    e.max_retries = 2;
+    e.max_retries = Some(2);
     s.enqueue("q", &[e]).await;
     let started = Instant::now();
     let w = Running::start(builder(&s, &["q"], 1).configure(|c| c.retry_base_ms = 200)).await;
@@ -181,7 +316,7 @@ async fn soft_and_hard_time_limits() {
     soft.soft_timeout_s = Some(1);
     let mut hard = s.env("hard", "sleep", "q", json!([60_000]));
     hard.hard_timeout_s = Some(1);
-    hard.max_retries = 0;
+    hard.max_retries = Some(0);
     let started = Instant::now();
     s.enqueue("q", &[soft, hard]).await;
     wait_until(
@@ -290,7 +425,7 @@ async fn exec_handler_runs_real_processes() {
         .map(|i| s.env(&format!("x{i}"), "good", "q", json!([i])))
         .collect();
     let mut bad = s.env("bad1", "bad", "q", json!([]));
-    bad.max_retries = 0;
+    bad.max_retries = Some(0);
     envs.push(bad);
     s.enqueue("q", &envs).await;
     wait_until(
@@ -322,7 +457,7 @@ async fn exec_handler_runs_real_processes() {
     .await;
     let mut slow = s2.env("slow", "slow", "q", json!([]));
     slow.hard_timeout_s = Some(1);
-    slow.max_retries = 0;
+    slow.max_retries = Some(0);
     let started = Instant::now();
     s2.enqueue("q", &[slow]).await;
     wait_until(
@@ -379,7 +514,7 @@ async fn http_handler_posts_to_a_real_server() {
         .map(|i| s.env(&format!("h{i}"), "hello", "q", json!([i])))
         .collect();
     let mut broken = s.env("b1", "broken", "q", json!([]));
-    broken.max_retries = 0;
+    broken.max_retries = Some(0);
     envs.push(broken);
     s.enqueue("q", &envs).await;
     wait_until(
@@ -554,11 +689,11 @@ for line in sys.stdin:
         .map(|i| s.env(&format!("p{i}"), "pid", "q", json!([])))
         .collect();
     let mut grow = s.env("g", "grow", "q", json!([]));
-    grow.max_retries = 0;
+    grow.max_retries = Some(0);
     let mut soft = s.env("s", "soft", "q", json!([]));
     soft.soft_timeout_s = Some(1);
     let mut other = s.env("o", "other", "q", json!([]));
-    other.max_retries = 0;
+    other.max_retries = Some(0);
     envs.extend([grow, soft, other]);
     s.enqueue("q", &envs).await;
     wait_until(

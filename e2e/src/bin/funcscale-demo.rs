@@ -115,9 +115,10 @@ async fn run(s: &Scenario, args: &Args) -> anyhow::Result<()> {
             }
             waves.next();
             let bin = s.worker_bin.clone();
-            let (url, prefix, fa) = (
+            let (url, prefix, ns, fa) = (
                 s.opts.redis_url.clone(),
                 s.prefix.clone(),
+                s.ns.clone(),
                 func_args.clone(),
             );
             producers.spawn(async move {
@@ -128,6 +129,8 @@ async fn run(s: &Scenario, args: &Args) -> anyhow::Result<()> {
                     .args(["--count", &n.to_string()])
                     .env("FUNCSCALE_REDIS_URL", url)
                     .env("FUNCSCALE_PREFIX", prefix)
+                    // the FuncQueue `jobs` of the demo's namespace
+                    .env("FUNCSCALE_NAMESPACE", ns)
                     .stdout(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .status()

@@ -196,8 +196,9 @@ pub fn drain_seconds(pool: &FuncWorkerPool) -> i64 {
         .unwrap_or(DEFAULT_DRAIN_SECONDS)
 }
 
-/// The container command.
-pub fn command(pool: &FuncWorkerPool) -> Vec<String> {
+/// The container command: the worker takes the ids in Redis of its queues (`valid.queues`,
+/// in `spec.queues` order); the beat fires the schedules of namespace `ns`.
+pub fn command(pool: &FuncWorkerPool, ns: &str, valid: &Valid) -> Vec<String> {
     if !pool.spec.command.is_empty() {
         return pool.spec.command.clone();
     }
@@ -205,6 +206,8 @@ pub fn command(pool: &FuncWorkerPool) -> Vec<String> {
         PoolRole::Beat => vec![
             "funcscale-worker".into(),
             "beat".into(),
+            "--namespace".into(),
+            ns.into(),
             "--schedules-file".into(),
             format!("{SCHEDULES_DIR}/schedules.yaml"),
         ],
@@ -217,7 +220,12 @@ pub fn command(pool: &FuncWorkerPool) -> Vec<String> {
                 "funcscale-worker".into(),
                 "run".into(),
                 "--queues".into(),
-                pool.spec.queues.join(","),
+                valid
+                    .queues
+                    .iter()
+                    .map(|q| crate::crd_ext::queue_id(q, ns))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "--processes".into(),
                 pool.spec.processes_per_pod.to_string(),
                 "--order".into(),
@@ -321,7 +329,7 @@ fn deployment(
                 .clone()
                 .unwrap_or_else(|| config.worker_image.clone()),
         ),
-        command: Some(command(pool)),
+        command: Some(command(pool, ns, valid)),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(WORKER_PORT_NAME.into()),
@@ -588,7 +596,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::FuncWorkerPoolSpec;
+    use crate::crd::{FuncQueueSpec, FuncWorkerPoolSpec};
+    use std::sync::Arc;
 
     fn pool() -> FuncWorkerPool {
         let mut p = FuncWorkerPool::new(
@@ -650,6 +659,15 @@ mod tests {
     fn worker_command_and_env_parse_with_the_worker_cli() {
         let mut p = pool();
         p.spec.queues = vec!["a".into(), "b".into()];
+        let mut v = valid();
+        let legacy = FuncQueueSpec {
+            legacy_keys: true,
+            ..Default::default()
+        };
+        v.queues = vec![
+            Arc::new(FuncQueue::new("a", FuncQueueSpec::default())),
+            Arc::new(FuncQueue::new("b", legacy)),
+        ];
         p.spec.queue_order = crate::crd::QueueOrder::Priority;
         p.spec.handler = Some("builtin".into());
         p.spec.limits = Some(crate::crd::ProcessLimits {
@@ -662,9 +680,7 @@ mod tests {
             keys: funcscale_worker::protocol::Keys::new("scen-prefix"),
             ..Config::default()
         };
-        let d = build(&p, "ns", &valid(), Some(1), &config)
-            .unwrap()
-            .deployment;
+        let d = build(&p, "ns", &v, Some(1), &config).unwrap().deployment;
         let cli = parse_with_worker_cli(&d).unwrap_or_else(|e| panic!("worker rejects: {e}"));
         assert_eq!(
             cli.redis.prefix, "scen-prefix",
@@ -672,7 +688,8 @@ mod tests {
         );
         match cli.command {
             funcscale_worker::cli::Command::Run(r) => {
-                assert_eq!(r.queues, vec!["a".to_string(), "b".to_string()]);
+                // the ids in Redis: namespaced, or the name for a legacyKeys queue
+                assert_eq!(r.queues, vec!["{ns.a}".to_string(), "b".to_string()]);
                 assert_eq!(r.processes, 5);
                 assert_eq!(format!("{:?}", r.order), "Priority");
                 assert_eq!(r.hard_time_limit, Some(std::time::Duration::from_secs(60)));
@@ -768,6 +785,7 @@ mod tests {
             .deployment;
         let cli = parse_with_worker_cli(&d).unwrap_or_else(|e| panic!("worker rejects: {e}"));
         assert_eq!(cli.redis.prefix, "scen-beat");
+        assert_eq!(cli.redis.namespace.as_deref(), Some("ns"));
         match cli.command {
             funcscale_worker::cli::Command::Beat(b) => assert_eq!(
                 b.schedules_file.as_deref(),

@@ -25,7 +25,7 @@ pub struct Dereferenced {
     /// The pool's Deployment, if it exists.
     pub deployment: Option<Deployment>,
     /// Other Beat pools (all namespaces) with the Redis identity each uses, for the
-    /// one-beat-per-Redis rule.
+    /// one-beat-per-namespace-and-Redis rule.
     pub other_beats: Vec<(Arc<FuncWorkerPool>, String)>,
 }
 
@@ -56,7 +56,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         PoolRole::Worker => queues.iter().filter_map(|(_, q)| q.clone()).collect(),
         PoolRole::Beat => namespace_queues
             .iter()
-            .filter(|q| !q.spec.schedules.is_empty())
+            .filter(|q| crate::crd_ext::beat_fires(q))
             .cloned()
             .collect(),
     };

@@ -49,15 +49,30 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         Err(e) => return Err(e),
     };
 
-    let readings: Vec<(String, Option<crate::redis_metrics::Reading>)> = pool
+    let all_pools = ctx.pools.state();
+    let readings: Vec<size::QueueReading> = pool
         .spec
         .queues
         .iter()
         .map(|q| {
-            (
-                q.clone(),
-                ctx.cache.get(&QueueId::new(ns.clone(), q.clone())),
-            )
+            // every Worker pool of the namespace serving q (this one from the trigger, which
+            // may be newer than the store's copy)
+            let others: Vec<&FuncWorkerPool> = all_pools
+                .iter()
+                .map(|p| p.as_ref())
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && p.name_any() != name
+                        && p.spec.role == crate::crd::PoolRole::Worker
+                        && p.spec.queues.contains(q)
+                })
+                .chain(std::iter::once(pool.as_ref()))
+                .collect();
+            size::QueueReading {
+                name: q.clone(),
+                reading: ctx.cache.get(&QueueId::new(ns.clone(), q.clone())),
+                share: size::share(&pool, &others),
+            }
         })
         .collect();
     let current = deref
@@ -153,7 +168,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
             EventType::Warning,
             "BeatConflict",
             format!(
-                "Beat pool {other} already runs for this Redis; this one is held at 0 replicas"
+                "Beat pool {other} already runs for this namespace and Redis; this one is held at 0 replicas"
             ),
         )
         .await;

@@ -29,18 +29,76 @@ pub struct Sizing {
     pub depths: Vec<QueueDepth>,
 }
 
-/// Sum the readings of the pool's queues into one observation, or say why not.
-pub fn aggregate(readings: &[(String, Option<Reading>)]) -> Result<Observation, String> {
-    let mut obs = Observation {
-        depth: 0,
-        arrival_rate: 0.0,
-        in_flight: 0,
-        task_time_ms: 0.0,
-        task_time_measured: false,
-        scheduled_per_period: 0,
+/// One queue of a pool: its last reading and the pool's share of its load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueReading {
+    /// The queue's name.
+    pub name: String,
+    /// Its last reading, if any.
+    pub reading: Option<Reading>,
+    /// The part of the queue's load this pool carries (0..=1; see [`share`]).
+    pub share: f64,
+}
+
+impl QueueReading {
+    /// A queue this pool serves alone.
+    pub fn whole(name: impl Into<String>, reading: Option<Reading>) -> Self {
+        Self {
+            name: name.into(),
+            reading,
+            share: 1.0,
+        }
+    }
+}
+
+/// The processes a pool can bring to its queues: processes per pod × its most pods
+/// (`autoscaling.maxReplicas`, else `replicas`, else 1). Beat pools bring none.
+pub fn capacity(pool: &FuncWorkerPool) -> f64 {
+    if pool.spec.role == PoolRole::Beat {
+        return 0.0;
+    }
+    let pods = match (&pool.spec.autoscaling, pool.spec.replicas) {
+        (Some(a), _) => a.max_replicas.max(a.min_replicas),
+        (None, Some(r)) => r,
+        (None, None) => 1,
     };
+    f64::from(pool.spec.processes_per_pod.max(1)) * f64::from(pods.max(0))
+}
+
+/// The share of a queue's load that `pool` carries when `serving` (every Worker pool listing
+/// the queue, `pool` included) serve it: its capacity over theirs ([`capacity`]), so the
+/// pools' wanted sizes add up to what one pool would want and each grows in proportion to
+/// what it can run. 1 when it is the only one (or none has capacity).
+pub fn share(pool: &FuncWorkerPool, serving: &[&FuncWorkerPool]) -> f64 {
+    let total: f64 = serving.iter().map(|p| capacity(p)).sum();
+    let own = capacity(pool);
+    if total <= 0.0 || own <= 0.0 || own >= total {
+        1.0
+    } else {
+        own / total
+    }
+}
+
+fn part(x: u64, share: f64) -> u64 {
+    if share >= 1.0 {
+        x
+    } else {
+        (x as f64 * share).ceil() as u64
+    }
+}
+
+/// Sum the readings of the pool's queues (each scaled by the pool's share of it) into one
+/// observation, or say why not. Due retries count as backlog.
+pub fn aggregate(readings: &[QueueReading]) -> Result<Observation, String> {
+    let mut obs = Observation::default();
     let (mut weight, mut weighted_t, mut mean_t) = (0.0, 0.0, 0.0);
-    for (name, r) in readings {
+    for QueueReading {
+        name,
+        reading: r,
+        share,
+    } in readings
+    {
+        let share = share.clamp(0.0, 1.0);
         let m = match r {
             Some(Reading::Ok(m)) => m,
             Some(Reading::Unavailable { error, .. }) => {
@@ -48,13 +106,15 @@ pub fn aggregate(readings: &[(String, Option<Reading>)]) -> Result<Observation, 
             }
             None => return Err(format!("queue {name}: not read from Redis yet")),
         };
-        obs.depth += m.depth;
-        obs.arrival_rate += m.arrival_rate;
-        obs.in_flight += m.in_flight;
-        obs.scheduled_per_period += m.scheduled_per_period;
+        let backlog = m.depth + m.retries_due;
+        obs.depth += part(backlog, share);
+        obs.arrival_rate += m.arrival_rate * share;
+        obs.one_off_rate += m.one_off_rate * share;
+        obs.in_flight += part(m.in_flight, share);
+        obs.scheduled_per_period += part(m.scheduled_per_period, share);
         obs.task_time_measured |= m.task_time_measured;
         // T weighted by the work each queue brings (arrivals, backlog, schedules)
-        let w = m.arrival_rate + m.depth as f64 + m.scheduled_per_period as f64;
+        let w = m.arrival_rate + backlog as f64 + m.scheduled_per_period as f64;
         weight += w;
         weighted_t += w * m.task_time_ms;
         mean_t += m.task_time_ms / readings.len() as f64;
@@ -71,16 +131,16 @@ pub fn aggregate(readings: &[(String, Option<Reading>)]) -> Result<Observation, 
 pub fn size(
     pool: &FuncWorkerPool,
     beat_conflict: Option<&str>,
-    readings: &[(String, Option<Reading>)],
+    readings: &[QueueReading],
     current: Option<i32>,
     now_ms: u64,
     history: &mut History,
 ) -> Sizing {
     let depths = readings
         .iter()
-        .filter_map(|(n, r)| match r {
+        .filter_map(|q| match &q.reading {
             Some(Reading::Ok(m)) => Some(QueueDepth {
-                name: n.clone(),
+                name: q.name.clone(),
                 depth: m.depth,
             }),
             _ => None,
@@ -101,7 +161,7 @@ pub fn size(
                     recommendation: 0,
                     rule: Rule::Beat,
                     message: format!(
-                        "refused: Beat pool {other} already runs for this Redis; only one beat may fire the schedules"
+                        "refused: Beat pool {other} already runs for this namespace and Redis; only one beat may fire the namespace's schedules"
                     ),
                     observation: None,
                 },

@@ -139,7 +139,9 @@ pub fn reconciled(
                     "Conflict",
                     true,
                     "BeatAlreadyRunning",
-                    format!("Beat pool {other} already runs for this Redis; this one stays at 0"),
+                    format!(
+                        "Beat pool {other} already runs for this namespace and Redis; this one stays at 0"
+                    ),
                     g,
                 ),
                 now,

@@ -1,5 +1,5 @@
 //! Validate: what the API server's schema cannot check — references to queues and
-//! Secrets, one Redis per pool, one Beat per Redis. Pure: takes the dereferenced objects.
+//! Secrets, one Redis per pool, one Beat per namespace and Redis. Pure: takes the dereferenced objects.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use super::dereference::Dereferenced;
 use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole, QueueFormat, RedisConnection};
-use crate::crd_ext::queue_redis_identity;
+use crate::crd_ext::{beat_fires, older, queue_redis_identity};
 use crate::error::{Error, Result};
 
 /// A pool that can be built.
@@ -21,7 +21,8 @@ pub struct Valid {
     pub redis: Option<RedisConnection>,
     /// Comparable identity of that Redis.
     pub redis_identity: String,
-    /// For a Beat pool: the older Beat pool that already runs for the same Redis.
+    /// For a Beat pool: the older Beat pool of the same namespace that already runs for the
+    /// same Redis.
     pub beat_conflict: Option<String>,
 }
 
@@ -52,7 +53,7 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
         PoolRole::Beat => d
             .namespace_queues
             .iter()
-            .filter(|q| !q.spec.schedules.is_empty())
+            .filter(|q| beat_fires(q))
             .cloned()
             .collect(),
     };
@@ -71,15 +72,14 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
             // funcscale-worker takes tasks from the protocol's list; a FuncQueue whose `key`
             // names another list would be measured by the operator but never served
             let name = q.name_any();
+            let list = keys.queue(&crate::crd_ext::queue_id(q, ns));
             if let Some(key) = q.spec.key.as_deref()
-                && key != keys.queue(&name)
+                && key != list
             {
                 return Err(Error::invalid(
                     format!("spec.queues[{i}]"),
                     format!(
-                        "FuncQueue {name} sets spec.key {key:?}, but funcscale-worker takes its tasks from {:?}; remove spec.key (producers push to {:?}) or set image and command to the worker that reads {key:?}",
-                        keys.queue(&name),
-                        keys.queue(&name)
+                        "FuncQueue {name} sets spec.key {key:?}, but funcscale-worker takes its tasks from {list:?}; remove spec.key (producers push to {list:?}) or set image and command to the worker that reads {key:?}",
                     ),
                 ));
             }
@@ -114,9 +114,10 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
 
     let beat_conflict = if pool.spec.role == PoolRole::Beat {
         let me = (pool.creation_timestamp(), ns.to_string(), pool.name_any());
+        // one Beat per namespace and Redis: a tenant's beat fires only its own schedules
         d.other_beats
             .iter()
-            .filter(|(_, id)| *id == redis_identity)
+            .filter(|(p, id)| *id == redis_identity && p.namespace().as_deref() == Some(ns))
             .map(|(p, _)| {
                 (
                     p.creation_timestamp(),
@@ -142,22 +143,6 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
         redis_identity,
         beat_conflict,
     })
-}
-
-type Age = (
-    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    String,
-    String,
-);
-
-/// Whether `a` was created before `b` (a missing timestamp counts as newest; ties by name).
-fn older(a: &Age, b: &Age) -> bool {
-    match (&a.0, &b.0) {
-        (Some(x), Some(y)) if x != y => x.0 < y.0,
-        (Some(_), None) => true,
-        (None, Some(_)) => false,
-        _ => (&a.1, &a.2) < (&b.1, &b.2),
-    }
 }
 
 #[cfg(test)]
@@ -249,12 +234,12 @@ mod tests {
         let err = validate(&pool, "ns", &with_key("legacy:jobs"), &keys).unwrap_err();
         assert!(
             err.to_string().contains(
-                "spec.queues[0]: FuncQueue a sets spec.key \"legacy:jobs\", but funcscale-worker takes its tasks from \"fs:q:a\""
+                "spec.queues[0]: FuncQueue a sets spec.key \"legacy:jobs\", but funcscale-worker takes its tasks from \"fs:q:{ns.a}\""
             ),
             "{err}"
         );
         // spelling out the default is harmless
-        assert!(validate(&pool, "ns", &with_key("fs:q:a"), &keys).is_ok());
+        assert!(validate(&pool, "ns", &with_key("fs:q:{ns.a}"), &keys).is_ok());
         // a pool with its own worker command reads whatever it reads
         pool.spec.command = vec!["my-worker".into()];
         assert!(validate(&pool, "ns", &with_key("legacy:jobs"), &keys).is_ok());

@@ -23,7 +23,13 @@ pub async fn redis(
         crate::queue_config::reconcile_config(q, &id.namespace, &ep, st, now, ctx).await;
     ctx.registry.upsert(
         id.clone(),
-        QueueTarget::for_queue(q, &id.name, ep, &ctx.config.keys, ctx.config.period_ms),
+        QueueTarget::for_queue(
+            q,
+            &crate::crd_ext::queue_id(q, &id.namespace),
+            ep,
+            &ctx.config.keys,
+            ctx.config.period_ms,
+        ),
     );
     config_retry
 }

@@ -76,6 +76,9 @@ pub fn readings(
             st.oldest_task_age_seconds = m.oldest_age_seconds.map(round1);
             st.arrival_rate = Some(round1(m.arrival_rate));
             st.completion_rate = Some(round1(m.completion_rate));
+            // the delayed and running sets are read for the same (funcscale) queues
+            st.retries_waiting = m.in_flight_measured.then_some(m.retries_waiting);
+            st.running = Some(m.in_flight);
             st.task_time_ms = Some(round1(m.task_time_ms));
             st.task_time_source = Some(
                 if m.task_time_measured {
@@ -135,6 +138,17 @@ pub fn readings(
 /// The conditions of a queue whose Redis cannot be resolved from its spec (`msg`: which
 /// field and why).
 pub fn invalid(st: &mut FuncQueueStatus, msg: &str, g: Option<i64>, now: &str) -> Gauges {
+    refused(st, "InvalidSpec", msg, g, now)
+}
+
+/// The conditions of a queue the operator refuses to serve (`reason`, `msg`: why).
+pub fn refused(
+    st: &mut FuncQueueStatus,
+    reason: &str,
+    msg: &str,
+    g: Option<i64>,
+    now: &str,
+) -> Gauges {
     for kind in [
         crate::queue_config::CONFIG_APPLIED,
         "MetricsAvailable",
@@ -142,7 +156,7 @@ pub fn invalid(st: &mut FuncQueueStatus, msg: &str, g: Option<i64>, now: &str) -
     ] {
         conditions::set(
             &mut st.conditions,
-            new(kind, false, "InvalidSpec", msg.to_string(), g),
+            new(kind, false, reason, msg.to_string(), g),
             now,
         );
     }
@@ -217,6 +231,9 @@ mod tests {
             task_time_ms: 480.04,
             task_time_measured: true,
             scheduled_per_period: 7,
+            in_flight: 4,
+            in_flight_measured: true,
+            retries_waiting: 2,
             ..Default::default()
         };
         let g = readings(&mut st, Some(&Reading::Ok(m.clone())), Some(2), NOW);
@@ -238,6 +255,7 @@ mod tests {
             (Some(3), Some(1.3), Some(480.0), Some(7))
         );
         assert_eq!(st.task_time_source.as_deref(), Some("Measured"));
+        assert_eq!((st.running, st.retries_waiting), (Some(4), Some(2)));
         assert_eq!(condition(&st, "Ready"), ("True", "Polled"));
         let empty = QueueMetrics { depth: 0, ..m };
         let g = readings(&mut st, Some(&Reading::Ok(empty)), Some(2), NOW);

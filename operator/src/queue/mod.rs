@@ -50,6 +50,16 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     let stored = q.status.as_ref();
     let mut st = stored.cloned().unwrap_or_default();
     st.observed_generation = g;
+    // where producers find the queue: its id in Redis and its list
+    let queue_id = crate::crd_ext::queue_id(&q, &id.namespace);
+    let (lists, _) = crate::redis_metrics::queue_lists(
+        q.spec.format,
+        q.spec.key.as_deref(),
+        &queue_id,
+        &ctx.config.keys,
+    );
+    st.key = lists.into_iter().next();
+    st.queue_id = Some(queue_id);
 
     let d = dereference::dereference(&q, &id, &ctx).await;
     let labels = (id.namespace.as_str(), id.name.as_str());
@@ -57,6 +67,26 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         crate::events::warn(&ctx.recorder, q.as_ref(), "NotServed", note).await;
     }
     let action = match d.endpoint {
+        // legacyKeys queues of one name in two namespaces would share tasks and settings:
+        // the younger is refused, nothing of it written to Redis or polled
+        Ok(_) if d.key_conflict.is_some() => {
+            let other = d.key_conflict.unwrap_or_default();
+            let msg = format!(
+                "FuncQueue {id} and FuncQueue {other} both set legacyKeys with the name {name} on the same Redis: they would share the list {key}, its settings and its schedules; {other} is older and keeps them. Remove legacyKeys from {id} (its keys become namespaced) or rename it",
+                name = id.name,
+                key = st.key.as_deref().unwrap_or_default(),
+            );
+            let was = stored
+                .and_then(|s| crate::conditions::get(&s.conditions, "Ready"))
+                .is_some_and(|c| c.reason == "KeyConflict");
+            if !was {
+                crate::events::warn(&ctx.recorder, q.as_ref(), "KeyConflict", msg.clone()).await;
+            }
+            ctx.registry.remove(&id);
+            let gauges = build::refused(&mut st, "KeyConflict", &msg, g, &now);
+            apply::gauges(&ctx, &id, &gauges);
+            Action::requeue(STATUS_INTERVAL)
+        }
         Ok(ep) => {
             // retention and destinations for the workers; a Redis failure retries sooner
             let config_retry = apply::redis(&q, &id, ep, &mut st, &now, &ctx).await;

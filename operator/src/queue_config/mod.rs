@@ -1,6 +1,7 @@
-//! The settings a FuncQueue gives its workers through Redis: record retention and the
-//! `onSuccess` / `onFailure` destinations (the hash `Keys::queue_config`, read by the
-//! workers' scripts on every write).
+//! The settings a FuncQueue gives its workers through Redis: record retention, the
+//! `onSuccess` / `onFailure` destinations and the retries (`maxRetries`, `retryBackoff`) —
+//! the hash `Keys::queue_config` of the queue's id, read by the workers' scripts on every
+//! write and by the workers when a task fails.
 //!
 //! The FuncQueue reconcile calls [`reconcile_config`]: it validates the destinations
 //! (*validate*: the destination FuncQueue exists and the workers can reach it — same Redis,
@@ -13,6 +14,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use funcscale_protocol::queue_config::QUEUE_CONFIG_FIELDS;
 use funcscale_protocol::{Destination, Keys, QueueConfig};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -64,27 +66,24 @@ pub fn desired_config(
     routable: (Option<Destination>, Option<Destination>),
 ) -> QueueConfig {
     let records = spec.records.clone().unwrap_or_default();
+    let backoff = spec.retry_backoff.clone().unwrap_or_default();
     QueueConfig {
         record_max_age_ms: records.max_age_seconds.map(|s| s.saturating_mul(1000)),
         record_max_count: records.max_count,
         on_success: routable.0,
         on_failure: routable.1,
+        max_retries: Some(spec.max_retries),
+        retry_backoff_base_ms: backoff.base_ms,
+        retry_backoff_max_ms: backoff.max_ms,
     }
 }
 
 /// The fields of the hash `config` does not set: they are deleted, so a setting removed
 /// from the spec is removed from Redis too.
 pub fn cleared_fields(config: &QueueConfig) -> Vec<&'static str> {
-    let all = QueueConfig {
-        record_max_age_ms: Some(0),
-        record_max_count: Some(0),
-        on_success: Some(Destination::Url(String::new())),
-        on_failure: Some(Destination::Url(String::new())),
-    };
     let set: HashSet<&str> = config.to_pairs().into_iter().map(|(k, _)| k).collect();
-    all.to_pairs()
+    QUEUE_CONFIG_FIELDS
         .into_iter()
-        .map(|(k, _)| k)
         .filter(|k| !set.contains(k))
         .collect()
 }
@@ -95,7 +94,8 @@ struct Problem {
     message: String,
 }
 
-/// One destination of `q` checked: the worker's form when it can be delivered.
+/// One destination of `q` checked: the worker's form when it can be delivered, its queue
+/// the destination FuncQueue's id in Redis.
 async fn check_destination(
     q: &FuncQueue,
     ns: &str,
@@ -126,14 +126,15 @@ async fn check_destination(
             ),
         });
     }
+    let target_id = crate::crd_ext::queue_id(&target, ns);
     if let Some(key) = target.spec.key.as_deref()
-        && key != keys.queue(dq)
+        && key != keys.queue(&target_id)
     {
         return Err(Problem {
             reason: "CustomKey",
             message: format!(
                 "FuncQueue {dq} uses the custom key {key:?}: workers can only enqueue into a queue's default key ({}) in the same Redis",
-                keys.queue(dq)
+                keys.queue(&target_id)
             ),
         });
     }
@@ -160,7 +161,7 @@ async fn check_destination(
             }
         }
     }
-    Ok(dest)
+    Ok(dest.resolve_queue(|_| target_id))
 }
 
 fn describe(kind: &str, d: &Destination) -> String {
@@ -202,7 +203,9 @@ pub async fn reconcile_config(
         let Some(d) = d else { continue };
         match check_destination(q, ns, endpoint, d, ctx).await {
             Ok(dest) => {
-                described.push(describe(kind, &dest));
+                // named as the user wrote it; routed to the destination's id in Redis
+                let shown = to_destination(d).unwrap_or_else(|_| dest.clone());
+                described.push(describe(kind, &shown));
                 routable[i] = Some(dest);
             }
             Err(p) => problems.push((kind, p)),
@@ -243,6 +246,7 @@ pub async fn reconcile_config(
     let [on_success, on_failure] = routable;
     let config = desired_config(&q.spec, (on_success, on_failure));
     let key = format!("{ns}/{name}");
+    let queue = crate::crd_ext::queue_id(q, ns);
     let now_ms = ctx.now_ms();
     let refresh = ctx.config.queue_config_refresh;
     let state = ctx
@@ -258,7 +262,7 @@ pub async fn reconcile_config(
             .map(|w| Duration::from_millis(w.retry_at_ms - now_ms));
     }
     let backoff_key = format!("queue-config:{key}");
-    match write(ctx, endpoint, &name, &config).await {
+    match write(ctx, endpoint, &queue, &config).await {
         Ok(()) => {
             ctx.backoff.succeeded(&backoff_key);
             ctx.queue_configs
@@ -279,9 +283,9 @@ pub async fn reconcile_config(
                     true,
                     "Applied",
                     format!(
-                        "retention and destinations written to {} (hash {})",
+                        "retention, destinations and retries written to {} (hash {})",
                         endpoint.redacted(),
-                        ctx.config.keys.queue_config(&name)
+                        ctx.config.keys.queue_config(&queue)
                     ),
                     g,
                 ),
@@ -433,9 +437,15 @@ mod tests {
         assert_eq!(c.record_max_count, None);
         assert_eq!(
             cleared_fields(&c),
-            vec!["record_max_count", "on_success"],
+            vec![
+                "record_max_count",
+                "on_success",
+                "retry_backoff_base_ms",
+                "retry_backoff_max_ms"
+            ],
             "every field the spec does not set is cleared"
         );
-        assert_eq!(cleared_fields(&QueueConfig::default()).len(), 4);
+        assert_eq!(c.max_retries, Some(spec.max_retries));
+        assert_eq!(cleared_fields(&QueueConfig::default()).len(), 7);
     }
 }

@@ -75,19 +75,21 @@ impl Space {
     /// A key of the test's own (for side effects) under the prefix.
     /// Keep at most `max_count` task records of `queue` (retention by count).
     pub async fn keep_records(&self, queue: &str, max_count: u64) {
-        let mut con = self.con().await;
-        protocol::queue_config_set(
-            &mut con,
-            &self.keys,
+        self.set_queue_config(
             queue,
             &protocol::QueueConfig {
                 record_max_count: Some(max_count),
                 ..Default::default()
             },
-            &[],
         )
-        .await
-        .unwrap();
+        .await;
+    }
+
+    /// Merge `config` into the settings of `queue` (as the operator writes them).
+    pub async fn set_queue_config(&self, queue: &str, config: &protocol::QueueConfig) {
+        protocol::queue_config_set(&mut self.con().await, &self.keys, queue, config, &[])
+            .await
+            .unwrap();
     }
 
     pub fn own(&self, name: &str) -> String {

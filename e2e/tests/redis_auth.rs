@@ -477,16 +477,27 @@ async fn the_kubectl_plugin_reads_a_password_protected_queue() {
             "0",
             "--id",
             "bad-1",
+            // the FuncQueue's namespace: its tasks go to the queue's namespaced id
+            "--namespace",
+            &ns,
         ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let worker = Running::start(
         &env,
-        &["run", "--queues", "q", "--metrics-addr", "127.0.0.1:0"],
+        &[
+            "run",
+            "--queues",
+            "q",
+            "--namespace",
+            &ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     );
     let mut con = admin(&srv, None, PW).await;
-    let dead = Keys::new(prefix.as_str()).dead("q");
+    let dead = Keys::new(prefix.as_str()).dead(&Keys::queue_id(&ns, "q"));
     funcscale_e2e::eventually(TIMEOUT, "the task dead-lettered", || {
         let mut con = con.clone();
         let dead = dead.clone();

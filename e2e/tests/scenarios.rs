@@ -1020,6 +1020,7 @@ async fn a_queue_on_a_password_protected_redis() {
             "enqueue", "--queue", "jobs", "--func", "record", "--count", "30",
         ])
         .args(["--args", &json!([done]).to_string()])
+        .args(["--namespace", &s.ns])
         .env("FUNCSCALE_REDIS_URL", redis_srv.url())
         .env("FUNCSCALE_REDIS_PASSWORD", PW)
         .env("FUNCSCALE_PREFIX", &s.prefix)

@@ -555,7 +555,6 @@ impl Inner {
                 .promote
                 .key(keys.delayed(q))
                 .key(keys.queue(q))
-                .key(keys.stats(q))
                 .arg(now_ms())
                 .arg(1_000)
                 .invoke_async(&mut con)

@@ -118,3 +118,28 @@ pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
         .next()
         .unwrap_or_else(|| "default".into())
 }
+
+/// The older FuncQueue (`namespace/name`) of another namespace that has the same queue id
+/// on the same Redis as `q` — only `legacyKeys` queues can — if any: two tenants must never
+/// share a queue's tasks, settings or schedules.
+pub fn key_conflict(q: &FuncQueue, ns: &str, queues: &[Arc<FuncQueue>]) -> Option<String> {
+    if !q.spec.legacy_keys {
+        return None;
+    }
+    let mine = queue_id(q, ns);
+    let redis = queue_redis_identity(q, ns);
+    let me = (q.creation_timestamp(), ns.to_string(), q.name_any());
+    queues
+        .iter()
+        .filter_map(|o| {
+            let ons = o.namespace()?;
+            (ons != ns
+                && o.spec.legacy_keys
+                && queue_id(o, &ons) == mine
+                && queue_redis_identity(o, &ons) == redis)
+                .then(|| (o.creation_timestamp(), ons, o.name_any()))
+        })
+        .filter(|other| older(other, &me))
+        .reduce(|a, b| if older(&a, &b) { a } else { b })
+        .map(|(_, ons, name)| format!("{ons}/{name}"))
+}

@@ -1841,6 +1841,87 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         funcscale_worker::protocol::QueueConfig::default(),
         "nothing of the refused queue is written to the shared legacy keys"
     );
+
+    // nor is it served: a Worker pool naming it is invalid, as for a missing queue, and gets
+    // no `--queues jobs` (its pods would run other/jobs's tasks)
+    env.add_pool("w", autoscaled(&["jobs"], 1, 5)).await;
+    assert_eq!(
+        env.reconcile_pool("w").await.unwrap(),
+        Action::await_change()
+    );
+    let c = condition(&env.pool("w").await, "SpecValid").clone();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .starts_with("spec.queues[0]: FuncQueue jobs is refused")
+            && c.message.contains("KeyConflict")
+            && c.message.contains("other/jobs"),
+        "{}",
+        c.message
+    );
+    assert!(env.deployment("w").await.is_none());
+    // the older queue's pool is served as before
+    env.add_pool_in("other", "w", autoscaled(&["jobs"], 1, 5))
+        .await;
+    let other = pool::reconcile(
+        Arc::new(
+            Api::<FuncWorkerPool>::namespaced(env.client.clone(), "other")
+                .get("w")
+                .await
+                .unwrap(),
+        ),
+        env.ctx.clone(),
+    )
+    .await;
+    assert!(other.is_ok(), "{other:?}");
+    let d = Api::<Deployment>::namespaced(env.client.clone(), "other")
+        .get("w")
+        .await
+        .unwrap();
+    let cmd = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .command
+        .clone()
+        .unwrap()
+        .join(" ");
+    assert!(cmd.contains("--queues jobs"), "{cmd}");
+    // and the namespace's Beat leaves its schedules out, keeping the other legacy queue's
+    env.add_pool(
+        "beat",
+        FuncWorkerPoolSpec {
+            role: PoolRole::Beat,
+            processes_per_pod: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.reconcile_pool("beat").await.unwrap();
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.client.clone(), NS)
+        .get("beat-schedules")
+        .await
+        .unwrap();
+    let yaml = &cm.data.unwrap()["schedules.yaml"];
+    assert!(
+        yaml.contains("name: old") && !yaml.contains("name: jobs"),
+        "{yaml}"
+    );
+    // the mapper wakes the pools of a legacy twin in every namespace, so deleting the older
+    // queue frees the younger's pool
+    let older = Api::<FuncQueue>::namespaced(env.client.clone(), "other")
+        .get("jobs")
+        .await
+        .unwrap();
+    let woken = pool::queue_to_pools(env.ctx.pools.clone())(older);
+    assert!(
+        woken
+            .iter()
+            .any(|r| r.name == "w" && r.namespace.as_deref() == Some(NS))
+            && woken.iter().any(|r| r.name == "beat"),
+        "{woken:?}"
+    );
+
     let _: () =
         redis::AsyncCommands::del(&mut con, keys.queue_config(&Keys::queue_id(NS, "fresh")))
             .await

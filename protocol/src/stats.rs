@@ -11,7 +11,8 @@ pub const DURATION_BUCKETS_MS: [u64; 16] = [
 /// Fields of the per-queue stats hash (`Keys::stats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatsField {
-    /// Tasks enqueued (counter; producers and retries increment it).
+    /// Tasks enqueued (counter): by producers, the beat and destinations; not retries
+    /// (`Retried` counts those), so it is the arrivals the operator's rate λ is taken from.
     Enqueued,
     /// Tasks finished successfully (counter).
     Completed,

@@ -687,7 +687,6 @@ impl Inner {
                 .promote
                 .key(keys.delayed(q))
                 .key(keys.queue(q))
-                .key(keys.stats(q))
                 .arg(now_ms())
                 .arg(1_000)
                 .invoke_async(&mut con)
@@ -901,12 +900,12 @@ impl Inner {
         slot: usize,
         inflight: &str,
         from: &str,
-        raw: String,
+        mut raw: String,
         cancel: watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
-        let env = match Envelope::from_json(&raw) {
+        let mut env = match Envelope::from_json(&raw) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "malformed task moved to the dead-letter list");
@@ -930,6 +929,32 @@ impl Inner {
                 return Ok(());
             }
         };
+        // The list the task came from is authoritative: the fetch entered the slot in its
+        // running set, and its finish, retry, dead letter, record and stats must be that
+        // queue's too (a producer may push to `status.key` with another `queue` in the
+        // envelope). The in-flight entry is rewritten so a requeue puts it back there.
+        if env.queue != from {
+            tracing::warn!(id = %env.id, queue = %env.queue, from, "the task's envelope names another queue than the list it came from; it is run as a task of that list");
+            env.queue = from.to_string();
+            let fixed = env.to_json();
+            let kept: redis::RedisResult<i64> = self
+                .scripts
+                .claim
+                .key(inflight)
+                .key(keys.running(from))
+                .arg(&raw)
+                .arg(now_ms())
+                .arg(&fixed)
+                .invoke_async(&mut con)
+                .await;
+            match kept {
+                Ok(1) => raw = fixed,
+                // no longer in flight: a reaper put it back, it is not ours to run
+                Ok(_) => return Ok(()),
+                // the finish still uses the fetched queue; only a requeue would not
+                Err(e) => tracing::warn!(error = %e, "correcting the task's queue failed"),
+            }
+        }
         let m = &self.metrics;
         // Function names come from producers: unknown ones share one label value (bounded labels).
         let func_label = if self.handler.knows(&env.func) {

@@ -241,6 +241,69 @@ async fn running_set_follows_the_in_flight_lists() {
     w.stop().await;
 }
 
+/// The list a task came from is its queue, whatever the envelope's `queue` says (a producer
+/// pushing to `status.key` with the FuncQueue's bare name in it): the finish leaves that
+/// queue's running set, a retry waits in its delayed set, a drain puts the task back on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_a_task_came_from_is_its_queue() {
+    let s = Space::new("fromq");
+    let q = "{team.jobs}";
+    let set = s.own("done");
+    let ok = s.env("ok", "record", "jobs", json!([set]));
+    let mut bad = s.env("bad", "fail", "jobs", json!(["boom"]));
+    bad.max_retries = Some(1);
+    s.enqueue(q, &[ok, bad]).await;
+    let w = Running::start(builder(&s, &[q], 2).configure(|c| c.retry_base_ms = 60_000)).await;
+    wait_until(
+        "one done, one retry waiting",
+        Duration::from_secs(10),
+        || async { s.stat(q, "completed").await == 1 && s.stat(q, "retried").await == 1 },
+    )
+    .await;
+    assert_eq!(s.int(&["SCARD", &set]).await, 1);
+    assert_eq!(s.int(&["ZCARD", &s.keys.running(q)]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &s.keys.running("jobs")]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &s.keys.delayed("jobs")]).await, 0);
+    let mut con = s.con().await;
+    let delayed: Vec<String> = redis::cmd("ZRANGE")
+        .arg(s.keys.delayed(q))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        delayed.len(),
+        1,
+        "the retry waits in its queue's delayed set"
+    );
+    let retry = Envelope::from_json(&delayed[0]).unwrap();
+    assert_eq!((retry.id.as_str(), retry.queue.as_str()), ("bad", q));
+
+    // while it runs, its in-flight entry names the queue it came from: a reaper or a cut-short
+    // drain puts it back there (requeue.lua reads the entry), not on the bare name's list
+    s.enqueue(q, &[s.env("slow", "sleep", "jobs", json!([1_000]))])
+        .await;
+    wait_until("running", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &s.keys.running(q)]).await == 1
+    })
+    .await;
+    let slots: Vec<String> = redis::cmd("ZRANGE")
+        .arg(s.keys.running(q))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let inflight = s.list(&slots[0]).await;
+    assert_eq!(inflight.len(), 1, "{inflight:?}");
+    assert_eq!(Envelope::from_json(&inflight[0]).unwrap().queue, q);
+    w.stop().await;
+    assert_eq!(s.stat(q, "completed").await, 2);
+    assert_eq!(s.int(&["ZCARD", &s.keys.running(q)]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &s.keys.running("jobs")]).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_then_dead_letters() {
     let s = Space::new("retry");
@@ -276,8 +339,8 @@ async fn retries_with_backoff_then_dead_letters() {
     assert_eq!(s.stat("q", "dead").await, 1);
     assert_eq!(
         s.stat("q", "enqueued").await,
-        3,
-        "retries count as arrivals"
+        1,
+        "a promoted retry is no arrival: `retried` counts it"
     );
     assert_eq!(s.int(&["ZCARD", &s.keys.delayed("q")]).await, 0);
     // An unknown function is not retried.

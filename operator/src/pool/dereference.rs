@@ -27,6 +27,10 @@ pub struct Dereferenced {
     /// Other Beat pools (all namespaces) with the Redis identity each uses, for the
     /// one-beat-per-namespace-and-Redis rule.
     pub other_beats: Vec<(Arc<FuncWorkerPool>, String)>,
+    /// Queues of `queues` / `namespace_queues` that are refused for sharing their keys with
+    /// an older queue of another namespace ([`crate::crd_ext::key_conflict`]): (queue name,
+    /// the older `namespace/name`).
+    pub key_conflicts: Vec<(String, String)>,
 }
 
 /// Read everything `pool` depends on.
@@ -59,6 +63,17 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             .filter(|q| crate::crd_ext::beat_fires(q))
             .cloned()
             .collect(),
+    };
+    // only legacyKeys queues can conflict: read all queues only when the pool uses one
+    let key_conflicts = if used.iter().any(|q| q.spec.legacy_keys) {
+        let all = ctx.queues.state();
+        used.iter()
+            .filter_map(|q| {
+                crate::crd_ext::key_conflict(q, ns, &all).map(|other| (q.name_any(), other))
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     let now_ms = ctx.now_ms();
     let mut missing_secrets = Vec::new();
@@ -112,5 +127,6 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         missing_secrets,
         deployment,
         other_beats,
+        key_conflicts,
     })
 }

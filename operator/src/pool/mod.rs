@@ -345,11 +345,27 @@ pub fn pools_for_queue(
         .collect()
 }
 
-/// Mapper for the pool controller's watch on queues.
+/// Mapper for the pool controller's watch on queues. A `legacyKeys` queue also maps to the
+/// pools of its name in every other namespace: its creation or deletion refuses or frees a
+/// younger twin there ([`crate::crd_ext::key_conflict`]).
 pub fn queue_to_pools(
     pools: Store<FuncWorkerPool>,
 ) -> impl Fn(FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
-    move |q: FuncQueue| pools_for_queue(&pools, &q.namespace().unwrap_or_default(), &q.name_any())
+    move |q: FuncQueue| {
+        let ns = q.namespace().unwrap_or_default();
+        let name = q.name_any();
+        if !q.spec.legacy_keys {
+            return pools_for_queue(&pools, &ns, &name);
+        }
+        let mut namespaces: Vec<String> =
+            pools.state().iter().filter_map(|p| p.namespace()).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        namespaces
+            .iter()
+            .flat_map(|ns| pools_for_queue(&pools, ns, &name))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,14 @@ pub struct Valid {
 
 /// Check `pool` against what it points at. `keys`: the key layout the worker pods use.
 pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) -> Result<Valid> {
+    // a queue refused for sharing its legacy keys with another namespace's is served by
+    // nobody here: a Worker pool naming it is invalid, a Beat leaves its schedules out
+    let conflict = |name: &str| {
+        d.key_conflicts
+            .iter()
+            .find(|(q, _)| q == name)
+            .map(|(_, other)| other.clone())
+    };
     let queues: Vec<Arc<FuncQueue>> = match pool.spec.role {
         PoolRole::Worker => {
             if d.queues.is_empty() {
@@ -39,7 +47,17 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
             let mut out = Vec::new();
             for (i, (name, q)) in d.queues.iter().enumerate() {
                 match q {
-                    Some(q) => out.push(q.clone()),
+                    Some(q) => {
+                        if let Some(other) = conflict(name) {
+                            return Err(Error::invalid(
+                                format!("spec.queues[{i}]"),
+                                format!(
+                                    "FuncQueue {name} is refused (Ready=False, reason KeyConflict): it sets legacyKeys like the older FuncQueue {other} of the same name on the same Redis, so its tasks would be {other}'s; remove legacyKeys from FuncQueue {name} or rename it"
+                                ),
+                            ));
+                        }
+                        out.push(q.clone())
+                    }
                     None => {
                         return Err(Error::invalid(
                             format!("spec.queues[{i}]"),
@@ -53,7 +71,7 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
         PoolRole::Beat => d
             .namespace_queues
             .iter()
-            .filter(|q| beat_fires(q))
+            .filter(|q| beat_fires(q) && conflict(&q.name_any()).is_none())
             .cloned()
             .collect(),
     };

@@ -5,7 +5,7 @@ use kube::ResourceExt;
 
 use crate::context::Context;
 use crate::crd::{FuncQueue, PoolRole};
-use crate::crd_ext::{older, queue_id, queue_redis_identity};
+use crate::crd_ext::key_conflict;
 use crate::error::Result;
 use crate::redis_metrics::{QueueId, Reading, RedisEndpoint};
 
@@ -22,35 +22,6 @@ pub struct Dereferenced {
     /// An older FuncQueue of another namespace whose keys this queue's would share
     /// (`legacyKeys` queues of the same name on the same Redis): why this one is refused.
     pub key_conflict: Option<String>,
-}
-
-/// The older FuncQueue (`namespace/name`) of another namespace that has the same queue id
-/// on the same Redis as `q` — only `legacyKeys` queues can — if any: two tenants must never
-/// share a queue's tasks, settings or schedules.
-pub fn key_conflict(
-    q: &FuncQueue,
-    ns: &str,
-    queues: &[std::sync::Arc<FuncQueue>],
-) -> Option<String> {
-    if !q.spec.legacy_keys {
-        return None;
-    }
-    let mine = queue_id(q, ns);
-    let redis = queue_redis_identity(q, ns);
-    let me = (q.creation_timestamp(), ns.to_string(), q.name_any());
-    queues
-        .iter()
-        .filter_map(|o| {
-            let ons = o.namespace()?;
-            (ons != ns
-                && o.spec.legacy_keys
-                && queue_id(o, &ons) == mine
-                && queue_redis_identity(o, &ons) == redis)
-                .then(|| (o.creation_timestamp(), ons, o.name_any()))
-        })
-        .filter(|other| older(other, &me))
-        .reduce(|a, b| if older(&a, &b) { a } else { b })
-        .map(|(_, ons, name)| format!("{ons}/{name}"))
 }
 
 /// Resolve the Redis endpoint of `q`, reading Secrets when referenced.

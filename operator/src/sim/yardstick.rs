@@ -10,7 +10,7 @@ use super::{Funcscale, HpaCpu, Keda, KedaSettings, Report, SimConfig, Trace, sim
 /// The KEDA settings tried for the tuned KEDA: every combination of these `listLength`,
 /// `pollingInterval` (s) and `cooldownPeriod` (s) values, with the HPA's defaults.
 pub const KEDA_GRID: (&[u32], &[u64], &[u64]) = (
-    &[1, 2, 5, 10, 20, 50, 100, 200],
+    &[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
     &[5, 15, 30],
     &[30, 60, 120, 300],
 );

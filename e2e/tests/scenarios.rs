@@ -1182,7 +1182,11 @@ async fn a_due_retry_wakes_a_pool_at_zero() {
     let dead = s.keys().dead(&s.queue_id("jobs"));
     assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
     eprintln!("retry wake: replicas {values:?}");
-    let _: () = redis::cmd("DEL").arg(&set).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&set)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     s.shutdown().await;
 }
 
@@ -1202,9 +1206,14 @@ async fn a_long_task_holds_its_pod() {
         .unwrap();
     pool_at_zero(&s, 3).await;
     let history = ReplicaHistory::start(s.deployments(), "w");
-    s.enqueue("jobs", "record", &json!([set, TASK_MS, list]).to_string(), 1)
-        .await
-        .unwrap();
+    s.enqueue(
+        "jobs",
+        "record",
+        &json!([set, TASK_MS, list]).to_string(),
+        1,
+    )
+    .await
+    .unwrap();
     // `record` adds the id before it sleeps: the task started
     ran(&s, &set, 1, "the long task to start").await;
     let stats = s.keys().stats(&s.queue_id("jobs"));
@@ -1279,7 +1288,9 @@ async fn two_pools_on_one_queue_share_its_load() {
     ])
     .await
     .unwrap();
-    s.apply_queue("jobs", json!({"taskTimeMs": T})).await.unwrap();
+    s.apply_queue("jobs", json!({"taskTimeMs": T}))
+        .await
+        .unwrap();
     for (pool, max) in [("big", 30), ("small", 10)] {
         s.apply_pool(
             pool,
@@ -1324,4 +1335,3 @@ async fn two_pools_on_one_queue_share_its_load() {
     eprintln!("shared queue: big {big:?}, small {small:?}; one pool alone: {alone}");
     s.shutdown().await;
 }
-

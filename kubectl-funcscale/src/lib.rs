@@ -287,7 +287,9 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
             let mut con = queue_connection(&cli.kube, &flag, queue.as_deref(), cli.verbose).await?;
             // the outbox of the namespace: the FuncQueue's, else the context's
             let ns = match &queue {
-                Some(q) => Keys::queue_id_namespace(&queue_id(&cli.kube, q).await).map(String::from),
+                Some(q) => {
+                    Keys::queue_id_namespace(&queue_id(&cli.kube, q).await).map(String::from)
+                }
                 None => None,
             };
             let ns = match ns {

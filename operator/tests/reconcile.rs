@@ -1839,7 +1839,9 @@ async fn explicit_keys_naming_one_list_from_two_namespaces_are_refused() {
             .get(name)
             .await
             .unwrap();
-        queue::reconcile(Arc::new(q), env.ctx.clone()).await.unwrap();
+        queue::reconcile(Arc::new(q), env.ctx.clone())
+            .await
+            .unwrap();
         let st = Api::<FuncQueue>::namespaced(env.client.clone(), ns)
             .get(name)
             .await

@@ -435,9 +435,8 @@ where
             eprintln!("{} task(s)", list.len());
         }
         TasksAction::Show { id, queue } => {
-            let queue = queue.context(
-                "tasks show: --queue is required (task records are kept per queue)",
-            )?;
+            let queue = queue
+                .context("tasks show: --queue is required (task records are kept per queue)")?;
             match records::show_task(con, keys, &queue, &id).await? {
                 Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
                 None => anyhow::bail!(

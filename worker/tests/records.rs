@@ -1183,7 +1183,12 @@ async fn two_tenants_tasks_of_one_id_are_two_records() {
         records_of(&s, &b, "order-1").await,
     );
     assert_eq!(
-        (ra.queue.as_str(), ra.func.as_str(), ra.status.as_str(), &ra.error),
+        (
+            ra.queue.as_str(),
+            ra.func.as_str(),
+            ra.status.as_str(),
+            &ra.error
+        ),
         (a.as_str(), "noop", "succeeded", &None)
     );
     assert_eq!(
@@ -1263,10 +1268,7 @@ async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
     w.stop().await;
     assert_eq!(s.int(&["EXISTS", &legacy]).await, 0);
     let r = records_of(&s, "q", "old-1").await;
-    assert_eq!(
-        (r.status.as_str(), r.created_ms),
-        ("succeeded", Some(1000))
-    );
+    assert_eq!((r.status.as_str(), r.created_ms), ("succeeded", Some(1000)));
 }
 
 async fn records_of(s: &Space, queue: &str, id: &str) -> protocol::TaskRecord {

@@ -1210,6 +1210,9 @@ async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
     let s = Space::new("rec-legacy");
     let legacy = s.keys.task_legacy("old-1");
     let mut con = s.con().await;
+    // written a minute ago (within retention: trimming would delete it)
+    let t0 = now_ms() - 60_000;
+    let t0s = t0.to_string();
     let _: () = redis::cmd("HSET")
         .arg(&legacy)
         .arg(&[
@@ -1217,15 +1220,15 @@ async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
             ("queue", "q"),
             ("func", "noop"),
             ("status", "queued"),
-            ("created_ms", "1000"),
-            ("updated_ms", "1000"),
+            ("created_ms", t0s.as_str()),
+            ("updated_ms", t0s.as_str()),
         ])
         .query_async(&mut con)
         .await
         .unwrap();
     let _: () = redis::cmd("ZADD")
         .arg(s.keys.tasks_status("q", TaskStatus::Queued))
-        .arg(1000)
+        .arg(t0)
         .arg("old-1")
         .query_async(&mut con)
         .await
@@ -1238,7 +1241,7 @@ async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
         .await
         .unwrap();
     // read: by id, in a list, and not for another queue
-    assert_eq!(records_of(&s, "q", "old-1").await.created_ms, Some(1000));
+    assert_eq!(records_of(&s, "q", "old-1").await.created_ms, Some(t0));
     assert_eq!(ids(&list(&s, &query("q")).await), ["old-1"]);
     let prefix = TaskQuery {
         id_prefix: Some("old".into()),
@@ -1268,7 +1271,7 @@ async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
     w.stop().await;
     assert_eq!(s.int(&["EXISTS", &legacy]).await, 0);
     let r = records_of(&s, "q", "old-1").await;
-    assert_eq!((r.status.as_str(), r.created_ms), ("succeeded", Some(1000)));
+    assert_eq!((r.status.as_str(), r.created_ms), ("succeeded", Some(t0)));
 }
 
 async fn records_of(s: &Space, queue: &str, id: &str) -> protocol::TaskRecord {

@@ -360,7 +360,15 @@ impl Beat {
         }
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
-        let queues: Vec<String> = con.smembers(keys.schedule_queues()).await?;
+        // the namespace's own set, and the shared one of earlier versions and of queues
+        // whose id names no namespace (`legacyKeys` queues: those of the schedules file)
+        let mut queues: Vec<String> = con.smembers(keys.schedule_queues(None)).await?;
+        if let Some(ns) = self.config.namespace.as_deref() {
+            let own: Vec<String> = con.smembers(keys.schedule_queues(Some(ns))).await?;
+            queues.extend(own);
+            queues.sort();
+            queues.dedup();
+        }
         let mut list = Vec::new();
         for q in queues.into_iter().filter(|q| self.fires_registry_of(q)) {
             for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {

@@ -20,8 +20,8 @@ pub struct Dereferenced {
     /// The poller's last reading of the queue.
     pub reading: Option<Reading>,
     /// An older FuncQueue of another namespace whose keys this queue's would share
-    /// (`legacyKeys` queues of the same name on the same Redis): why this one is refused.
-    pub key_conflict: Option<String>,
+    /// (the same queue id or list on the same Redis): why this one is refused.
+    pub key_conflict: Option<crate::crd_ext::KeyConflict>,
 }
 
 /// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
@@ -52,6 +52,6 @@ pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Derefere
         consumers,
         endpoint: endpoint(q, &id.namespace, ctx).await,
         reading: ctx.cache.get(id),
-        key_conflict: key_conflict(q, &id.namespace, &ctx.queues.state()),
+        key_conflict: key_conflict(q, &id.namespace, &ctx.queues.state(), &ctx.config.keys),
     }
 }

@@ -472,7 +472,8 @@ async fn two_tenants_on_one_redis_share_nothing() {
 }
 
 /// Redis stopped in the middle → the pool holds its size, MetricsAvailable=False says why;
-/// Redis back → the loop resumes (the pool shrinks to its minimum once idle).
+/// the operator stays ready (`/readyz` 200) and keeps sizing a queue on another Redis (another
+/// tenant's); Redis back → the loop resumes (the pool shrinks to its minimum once idle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_outage_holds_the_pool_and_resumes() {
     if funcscale_e2e::scenario::real_cluster() {
@@ -494,6 +495,21 @@ async fn redis_outage_holds_the_pool_and_resumes() {
             "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "drainTargetSeconds": 5,
                 "activationDepth": 0, "periodMs": 60000,
                 "scaleDownStabilizationSeconds": 3, "scaleUpMaxStep": 4}}),
+    )
+    .await
+    .unwrap();
+    // another tenant's queue, on the shared Redis: it must not notice the outage
+    s.apply_queue(
+        "other",
+        json!({"taskTimeMs": 1000, "redis": {"url": funcscale_e2e::scenario::REDIS_URL}}),
+    )
+    .await
+    .unwrap();
+    s.apply_pool(
+        "o",
+        json!({"queues": ["other"], "processesPerPod": 1, "handler": "builtin",
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "drainTargetSeconds": 5,
+                "activationDepth": 0, "periodMs": 60000, "scaleUpMaxStep": 3}}),
     )
     .await
     .unwrap();
@@ -546,6 +562,42 @@ async fn redis_outage_holds_the_pool_and_resumes() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(history.values(), vec![size]);
+    // the operator stays ready, and the other tenant's pool still scales from its own Redis
+    s.wait_operator_ready(0)
+        .await
+        .unwrap_or_else(|e| panic!("one tenant's Redis down made the operator unready: {e}"));
+    let out = tokio::process::Command::new(&s.worker_bin)
+        .args([
+            "enqueue", "--queue", "other", "--func", "sleep", "--args", "[1000]",
+        ])
+        .args(["--count", "40", "--namespace", &s.ns])
+        .env("FUNCSCALE_REDIS_URL", funcscale_e2e::scenario::REDIS_URL)
+        .env("FUNCSCALE_PREFIX", &s.prefix)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the other tenant's pool to grow during the outage",
+        || async {
+            s.replicas("o")
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.0 > 0)
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    s.wait_operator_ready(0)
+        .await
+        .unwrap_or_else(|e| panic!("one tenant's Redis down made the operator unready: {e}"));
     eprintln!("outage: grew to {grown}, held {size} during the outage: {msg}");
     // Redis back (empty): metrics resume, the idle pool shrinks to minReplicas
     redis_srv.restart().await.unwrap();

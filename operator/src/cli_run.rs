@@ -327,7 +327,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let poll = tokio::spawn(crate::poll_loop::run(
         ctx.clone(),
         args.poll_interval,
-        health.clone(),
         trigger_tx,
         stop.clone().wait(),
     ));

@@ -140,13 +140,14 @@ pub struct FuncQueueSpec {
     /// Where the result of every task that succeeds is sent: a task enqueued into another
     /// FuncQueue (atomically with the completion), or a POST to a URL (retried with backoff,
     /// at least once; after 12 failed attempts, about 19 minutes, parked until replayed with
-    /// `funcscale-worker outbox requeue`). Unset: results are only kept in the task records.
+    /// `funcscale-worker outbox requeue`). Unset: the result is not kept (task records hold the
+    /// state, times, worker and error, not the result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_success: Option<TaskDestination>,
 
     /// Where a task goes once it has failed for good (after `maxRetries`, when it enters the
     /// dead-letter list), with its error: a task enqueued into another FuncQueue, or a POST
-    /// to a URL (retried with backoff, at least once; after 12 failed attempts, about 23
+    /// to a URL (retried with backoff, at least once; after 12 failed attempts, about 19
     /// minutes, parked until replayed with `funcscale-worker outbox requeue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<TaskDestination>,
@@ -541,7 +542,8 @@ pub struct ProcessLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tasks_per_child: Option<u64>,
-    /// Replace a worker process once its memory exceeds this many MiB.
+    /// Kill a worker process whose memory exceeds this many MiB: its task's attempt fails
+    /// (retried as `maxRetries` allows) and a new process takes its place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_memory_per_child_mb: Option<u64>,

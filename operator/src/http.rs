@@ -112,8 +112,14 @@ mod tests {
         health.set_api(true, "");
         health.set_watches(true, "");
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        health.set_redis(false, "redis://127.0.0.1:1/0 unreachable");
-        assert!(get("/readyz").await.contains("unreachable"));
+        health.set_watches(false, "watch of FuncQueues failed");
+        let r = get("/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("FuncQueues"),
+            "{r}"
+        );
+        health.set_watches(true, "");
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/metrics").await.contains("funcscale_leader 1"));
         tx.send(()).unwrap();
         server.await.unwrap();

@@ -11,7 +11,6 @@ use crate::context::Context;
 use crate::crd::FuncWorkerPool;
 use crate::pool::pools_for_queue;
 use crate::redis_metrics::{PollReport, Poller, PollerConfig};
-use crate::telemetry::Health;
 
 /// One poll: prune deleted queues and pools (and their metric series), read Redis, record
 /// metrics; returns the report and the pools to reconcile.
@@ -91,7 +90,6 @@ pub async fn tick(
 pub async fn run(
     ctx: Arc<Context>,
     interval: Duration,
-    health: Arc<Health>,
     mut trigger: futures::channel::mpsc::Sender<ObjectRef<FuncWorkerPool>>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -103,16 +101,33 @@ pub async fn run(
     let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
+    let mut failing = std::collections::BTreeMap::new();
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = every.tick() => {}
         }
         let (report, pools) = tick(&ctx, &mut poller).await;
-        match report.errors.first() {
-            None => health.set_redis(true, ""),
-            Some((endpoint, e)) => health.set_redis(false, &format!("Redis {endpoint}: {e}")),
+        // one tenant's Redis down is that tenant's problem, not the operator's: it shows in its
+        // queues' MetricsAvailable/Ready conditions, `funcscale_queue_metrics_available` and
+        // `funcscale_redis_poll_errors_total`, and here once per change; `/readyz` stays up so
+        // that every other tenant keeps being served
+        let now_failing: std::collections::BTreeMap<String, String> = report
+            .errors
+            .iter()
+            .map(|(endpoint, e)| (endpoint.to_string(), e.to_string()))
+            .collect();
+        for (endpoint, e) in &now_failing {
+            if !failing.contains_key(endpoint) {
+                tracing::warn!(%endpoint, error = %e, "Redis does not answer: its queues hold their sizes");
+            }
         }
+        for endpoint in failing.keys() {
+            if !now_failing.contains_key(endpoint) {
+                tracing::info!(%endpoint, "Redis answers again");
+            }
+        }
+        failing = now_failing;
         for r in pools {
             // a full channel only delays: the periodic resync reconciles anyway
             let _ = trigger.try_send(r);

@@ -282,8 +282,8 @@ pub struct QueueTarget {
     pub per_period_key: String,
     /// The period (ms) M is counted over.
     pub period_ms: u64,
-    /// Executions per period of the queue's `spec.schedules`.
-    pub static_per_period: u64,
+    /// Executions per minute of the queue's `spec.schedules` (exact: summed, not rounded).
+    pub static_per_minute: f64,
     /// `spec.taskTimeMs`, used until workers have measured T.
     pub task_time_hint_ms: f64,
     /// Retries waiting (zset scored by due time, ms), where the format has one.
@@ -305,10 +305,13 @@ impl QueueTarget {
         let (lists, oldest) = queue_lists(spec.format, spec.key.as_deref(), name, keys);
         // funcscale workers keep retries and running tasks per queue name
         let own = spec.format == QueueFormat::Funcscale;
-        let static_per_period = spec
+        // one rounding rule for both halves of M: rates summed exactly, rounded once
+        // (`QueueMetrics::scheduled_per_period`); an invalid cron is refused by validation
+        let static_per_minute = spec
             .schedules
             .iter()
-            .filter_map(|s| cron::executions_per_period(&s.cron, period_ms).ok())
+            .filter_map(|s| cron::Cron::parse(&s.cron).ok())
+            .map(|c| c.per_minute())
             .sum();
         Self {
             endpoint,
@@ -317,7 +320,7 @@ impl QueueTarget {
             stats_key: keys.stats(name),
             per_period_key: keys.schedules_per_period(name),
             period_ms,
-            static_per_period,
+            static_per_minute,
             task_time_hint_ms: spec.task_time_ms as f64,
             delayed_key: own.then(|| keys.delayed(name)),
             running_key: own.then(|| keys.running(name)),
@@ -384,8 +387,11 @@ pub struct QueueMetrics {
     pub retries_due: u64,
     /// When the earliest waiting retry is due (unix ms).
     pub next_retry_due_ms: Option<u64>,
-    /// Scheduled executions per period: static schedules + the dynamic registry.
+    /// Scheduled executions per period (the operator's, 60 s): static schedules + the dynamic
+    /// registry, their rates summed and rounded up once.
     pub scheduled_per_period: u64,
+    /// The same per minute, exact (pools convert it to their own `periodMs`).
+    pub scheduled_per_minute: f64,
     /// When the numbers were read (unix ms).
     pub polled_at_ms: u64,
 }
@@ -726,7 +732,7 @@ struct Raw {
     depth: u64,
     oldest_ms: Option<u64>,
     stats: QueueStats,
-    dynamic_per_period: u64,
+    dynamic_per_minute: f64,
     retries_due: u64,
     retries_waiting: u64,
     next_retry_due_ms: Option<u64>,
@@ -756,7 +762,11 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
         retries_waiting: raw.retries_waiting,
         retries_due: raw.retries_due,
         next_retry_due_ms: raw.next_retry_due_ms,
-        scheduled_per_period: t.static_per_period + raw.dynamic_per_period,
+        scheduled_per_period: cron::per_period(
+            t.static_per_minute + raw.dynamic_per_minute,
+            t.period_ms,
+        ),
+        scheduled_per_minute: t.static_per_minute + raw.dynamic_per_minute,
         polled_at_ms: now_ms,
     }
 }
@@ -920,9 +930,10 @@ fn parse_pipeline(
             _ => QueueStats::from_pairs([]),
         };
         // the registry keeps M per minute (a decimal when its entries fire less often)
-        let dynamic_per_period = as_string(&next()?)
+        let dynamic_per_minute = as_string(&next()?)
             .and_then(|s| cron::parse_per_minute(&s))
-            .map_or(0, |per_minute| cron::per_period(per_minute, t.period_ms));
+            .filter(|m| m.is_finite() && *m > 0.0)
+            .unwrap_or(0.0);
         let (mut retries_waiting, mut retries_due, mut next_retry_due_ms) = (0, 0, None);
         if t.delayed_key.is_some() {
             let wrong = || format!("{id}: the delayed set is not a sorted set (wrong key type?)");
@@ -940,7 +951,7 @@ fn parse_pipeline(
             depth,
             oldest_ms,
             stats,
-            dynamic_per_period,
+            dynamic_per_minute,
             retries_due,
             retries_waiting,
             next_retry_due_ms,

@@ -210,13 +210,14 @@ impl Metrics {
     }
 }
 
-/// What `/readyz` reports: the API is reachable and the CRDs established, the watches run,
-/// and every Redis instance answered the last poll.
+/// What `/readyz` reports: the API is reachable and the CRDs established, and the watches run.
+/// Redis is not part of it: one tenant's unreachable Redis must not take the operator out of
+/// its Service and its rollout for every other tenant (that Redis shows in its queues'
+/// conditions and metrics instead).
 #[derive(Default)]
 pub struct Health {
     api: AtomicBool,
     watches: AtomicBool,
-    redis: AtomicBool,
     reason: Mutex<String>,
 }
 
@@ -224,7 +225,6 @@ impl Health {
     /// New state: nothing ready, with a reason.
     pub fn new() -> Self {
         let h = Self::default();
-        h.redis.store(true, Ordering::Relaxed); // no queue yet: nothing to fail
         *h.reason.lock().expect("health lock") = "starting".into();
         h
     }
@@ -238,11 +238,6 @@ impl Health {
         self.watches.store(ok, Ordering::Relaxed);
         self.note(ok, why);
     }
-    /// Every Redis instance answered.
-    pub fn set_redis(&self, ok: bool, why: &str) {
-        self.redis.store(ok, Ordering::Relaxed);
-        self.note(ok, why);
-    }
     fn note(&self, ok: bool, why: &str) {
         if !ok {
             *self.reason.lock().expect("health lock") = why.to_string();
@@ -250,9 +245,7 @@ impl Health {
     }
     /// Ready, or why not.
     pub fn ready(&self) -> Result<(), String> {
-        let ok = self.api.load(Ordering::Relaxed)
-            && self.watches.load(Ordering::Relaxed)
-            && self.redis.load(Ordering::Relaxed);
+        let ok = self.api.load(Ordering::Relaxed) && self.watches.load(Ordering::Relaxed);
         if ok {
             Ok(())
         } else {

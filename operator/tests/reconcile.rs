@@ -893,6 +893,7 @@ async fn queue_status_reports_metrics_consumers_and_unserved_queues() {
             task_time_ms: 480.0,
             task_time_measured: true,
             scheduled_per_period: 17,
+            scheduled_per_minute: 17.0,
             polled_at_ms: T0,
             ..Default::default()
         }),
@@ -2258,4 +2259,45 @@ async fn a_scale_down_called_off_clears_the_marks_and_one_that_waits_too_long_go
         .arg(keys.stop(NS, "w-b"))
         .query_async::<()>(&mut redis_con().await)
         .await;
+}
+
+/// a cron the schema lets through (five fields, impossible values) makes its FuncQueue
+/// Ready=False with reason InvalidSpec naming the schedule, not a silently missing M
+#[tokio::test]
+async fn an_invalid_cron_is_an_invalid_spec_naming_the_schedule() {
+    let mut env = Env::new(false).await;
+    let mut spec = queue_spec();
+    spec.schedules = vec![
+        Schedule {
+            name: "fine".into(),
+            cron: "*/5 * * * *".into(),
+            function: "f".into(),
+            args: vec![],
+        },
+        Schedule {
+            name: "nightly".into(),
+            cron: "61 25 * * *".into(),
+            function: "f".into(),
+            args: vec![],
+        },
+    ];
+    env.add_queue("crons", spec).await;
+    env.reconcile_queue("crons").await;
+    let st = env.queue_status("crons").await;
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec"),
+        "{c:?}"
+    );
+    assert!(
+        c.message
+            .starts_with("spec.schedules[1].cron: schedule nightly"),
+        "{}",
+        c.message
+    );
 }

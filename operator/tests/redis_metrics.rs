@@ -142,7 +142,11 @@ fn size_alone(
 ) -> funcscale_operator::policy::Decision {
     use funcscale_operator::policy::{self, History, Input, PolicyConfig};
     use funcscale_operator::pool::size::{QueueReading, aggregate};
-    let obs = aggregate(&[QueueReading::whole(&id.name, cache.get(id))]).unwrap();
+    let obs = aggregate(
+        &[QueueReading::whole(&id.name, cache.get(id))],
+        funcscale_operator::policy::DEFAULT_PERIOD_MS,
+    )
+    .unwrap();
     let cfg = PolicyConfig {
         min_replicas: 0,
         max_replicas: 30,

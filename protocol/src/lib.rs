@@ -18,28 +18,29 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `funcscale:q:<queue>` | list | waiting tasks; producers `LPUSH`, workers move from the right (FIFO) |
-//! | `funcscale:inflight:<worker>` | list | tasks a worker has taken and not yet acknowledged |
+//! | `funcscale:inflight:{<ns>}:<worker>` | list | tasks a worker slot has taken and not yet acknowledged (`<ns>`: the namespace of the worker's queues; `funcscale:inflight:<worker>` for a worker without one, as earlier versions wrote) |
+//! | `funcscale:running:<queue>` | zset | in-flight lists holding a task of `queue` (scored by start, ms): the running tasks the operator reads |
 //! | `funcscale:delayed:<queue>` | zset | tasks waiting for a retry, scored by due time (ms) |
 //! | `funcscale:dead:<queue>` | list | tasks that failed their last attempt (envelope with the error) |
 //! | `funcscale:stats:<queue>` | hash | counters and task-time statistics ([`StatsField`]) |
-//! | `funcscale:workers` | zset | live workers, scored by last heartbeat (ms) |
-//! | `funcscale:worker:<worker>` | hash | a worker slot's queues, processes, heartbeat, and its pod (`pod`, [`stop::WORKER_POD_FIELD`]) |
+//! | `funcscale:workers:{<ns>}` | zset | live worker slots of a namespace, scored by last heartbeat (ms); `funcscale:workers` without a namespace |
+//! | `funcscale:worker:{<ns>}:<worker>` | hash | a worker slot's queues, processes, heartbeat, and its pod (`pod`, [`stop::WORKER_POD_FIELD`]) |
 //! | `funcscale:stop:<namespace>/<pod>` | string | stop mark of a pod a scale-down removes (the reason; TTL [`stop::STOP_TTL_MS`], renewed by the operator): its workers take no new task and report not ready ([`stop`]) |
 //! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
 //! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |
-//! | `funcscale:schedules-queues` | set | queues that have a dynamic schedules registry (the beat reads it) |
+//! | `funcscale:schedules-queues:{<ns>}` | set | queues of a namespace that have a dynamic schedules registry (its beat reads it, and the shared `funcscale:schedules-queues` of earlier versions) |
 //! | `funcscale:beat:{<namespace>}:lease` | string | the beat lease of a namespace: holder (`<holder> <token>`), with a TTL; `funcscale:beat:lease` for a beat without a namespace |
 //! | `funcscale:beat:{<namespace>}:fence` | string (int) | fencing token counter, incremented per lease acquisition (`funcscale:beat:fence` without a namespace) |
 //! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
-//! | `funcscale:task:<id>` | hash | task record ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
+//! | `funcscale:task:<queue>:<id>` | hash | task record (`funcscale:task:<id>` in earlier versions, still read) ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |
 //! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function (a set: scored by when the record got that function, not updated on later writes) |
 //! | `funcscale:tasks:<queue>:ids` | zset | record ids, all scored 0: the lexicographic index (id prefixes) and the record count |
 //! | `funcscale:tasks:<queue>` | zset | the per-queue time index of earlier versions: no longer written; the trim script deletes it |
 //! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see [`CountBucket::from_pairs`]); expires after [`COUNTS_RETENTION_MS`] |
 //! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations, retries |
-//! | `funcscale:outbox` | zset | deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms) |
-//! | `funcscale:outbox:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times |
+//! | `funcscale:outbox:{<ns>}` | zset | a namespace's deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms); `funcscale:outbox` without a namespace |
+//! | `funcscale:outbox:{<ns>}:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times (`funcscale:outbox:dead` without a namespace) |
 //!
 //! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
 //! Foreign systems' keys (no prefix: theirs) are in [`foreign`].

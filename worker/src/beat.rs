@@ -178,8 +178,12 @@ fn parse_queues_yaml(
         };
         ids.push(id.clone());
         for s in spec.schedules {
-            Cron::parse(&s.cron)
-                .with_context(|| format!("queue {} schedule {}", meta.name, s.name))?;
+            // one bad cron costs its own schedule, not the file: the operator flags its
+            // FuncQueue (Ready=False, InvalidSpec naming the schedule)
+            if let Err(e) = Cron::parse(&s.cron) {
+                tracing::error!(queue = %meta.name, schedule = %s.name, cron = %s.cron, error = %e, "schedule skipped: invalid cron");
+                continue;
+            }
             out.push(Schedule {
                 queue: id.clone(),
                 field: format!("file:{}", s.name),
@@ -685,7 +689,10 @@ metadata: {name: other}
         assert_eq!(s[0].field, "file:a");
         assert_eq!(s[0].args, serde_json::json!([1, "x"]));
         assert_eq!(s[0].max_retries, Some(1));
-        assert!(parse_schedules_yaml("kind: FuncQueue\nmetadata: {name: q}\nspec: {schedules: [{name: a, cron: bad, function: f}]}", None).is_err());
+        // a bad cron skips its schedule only: the file's other schedules still fire
+        let one_bad = parse_schedules_yaml("kind: FuncQueue\nmetadata: {name: q}\nspec: {schedules: [{name: a, cron: bad, function: f}, {name: b, cron: '*/5 * * * *', function: g}]}", None).unwrap();
+        assert_eq!(one_bad.len(), 1);
+        assert_eq!(one_bad[0].field, "file:b");
         let t = Table::new(s);
         // 60 s from an hour boundary: a fires once (at 60), b six times.
         assert_eq!(t.due(3_600, 3_660).len(), 7);

@@ -297,7 +297,7 @@ impl OutboxSelect {
 pub enum OutboxAction {
     /// Pending deliveries, soonest due first; with `--dead`, the parked ones, newest first.
     List {
-        /// The parked deliveries (failed `OUTBOX_MAX_ATTEMPTS` times) instead of the pending ones.
+        /// The parked deliveries (failed 12 times, about 19 minutes of retries) instead of the pending ones.
         #[arg(long)]
         dead: bool,
         /// Only delivery ids starting with this.

@@ -88,10 +88,14 @@ fn part(x: u64, share: f64) -> u64 {
 }
 
 /// Sum the readings of the pool's queues (each scaled by the pool's share of it) into one
-/// observation, or say why not. Due retries count as backlog.
-pub fn aggregate(readings: &[QueueReading]) -> Result<Observation, String> {
+/// observation, or say why not. Due retries count as backlog. A queue's scheduled executions
+/// are read per minute; the pool counts them per its own period `period_ms` (P of the
+/// capacity formula, rounded up once), so a pool with `periodMs: 300000` sees five minutes'
+/// worth of executions.
+pub fn aggregate(readings: &[QueueReading], period_ms: u64) -> Result<Observation, String> {
     let mut obs = Observation::default();
     let (mut weight, mut weighted_t, mut mean_t) = (0.0, 0.0, 0.0);
+    let mut scheduled_per_minute = 0.0;
     for QueueReading {
         name,
         reading: r,
@@ -111,14 +115,16 @@ pub fn aggregate(readings: &[QueueReading]) -> Result<Observation, String> {
         obs.arrival_rate += m.arrival_rate * share;
         obs.one_off_rate += m.one_off_rate * share;
         obs.in_flight += part(m.in_flight, share);
-        obs.scheduled_per_period += part(m.scheduled_per_period, share);
+        scheduled_per_minute += m.scheduled_per_minute * share;
         obs.task_time_measured |= m.task_time_measured;
         // T weighted by the work each queue brings (arrivals, backlog, schedules)
-        let w = m.arrival_rate + backlog as f64 + m.scheduled_per_period as f64;
+        let w = m.arrival_rate + backlog as f64 + m.scheduled_per_minute;
         weight += w;
         weighted_t += w * m.task_time_ms;
         mean_t += m.task_time_ms / readings.len() as f64;
     }
+    obs.scheduled_per_period =
+        funcscale_protocol::cron::per_period(scheduled_per_minute, period_ms);
     obs.task_time_ms = if weight > 0.0 {
         weighted_t / weight
     } else {
@@ -170,7 +176,7 @@ pub fn size(
         }
     } else if let Some(a) = &pool.spec.autoscaling {
         let cfg = PolicyConfig::from_autoscaling(a, pool.spec.processes_per_pod);
-        let (observation, metrics) = match aggregate(readings) {
+        let (observation, metrics) = match aggregate(readings, cfg.period_ms) {
             Ok(o) => (Some(o), MetricsState::Available),
             Err(e) => (None, MetricsState::Unavailable(e)),
         };
@@ -205,4 +211,50 @@ pub fn size(
     };
     out.depths = depths;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_metrics::QueueMetrics;
+
+    fn reading(per_minute: f64) -> QueueReading {
+        QueueReading::whole(
+            "q",
+            Some(Reading::Ok(QueueMetrics {
+                task_time_ms: 500.0,
+                scheduled_per_period: funcscale_protocol::cron::per_period(per_minute, 60_000),
+                scheduled_per_minute: per_minute,
+                ..Default::default()
+            })),
+        )
+    }
+
+    #[test]
+    fn the_schedules_are_counted_over_the_pools_own_period() {
+        // 10 executions a minute: 10 per 60 s, 50 per 5 minutes (the formula's M over P)
+        let obs = aggregate(&[reading(10.0)], 60_000).unwrap();
+        assert_eq!(obs.scheduled_per_period, 10);
+        let obs = aggregate(&[reading(10.0)], 300_000).unwrap();
+        assert_eq!(obs.scheduled_per_period, 50);
+        // so the capacity formula gives the same pods whatever the period it is written in
+        let pods = |p: u64| {
+            let o = aggregate(&[reading(10.0)], p).unwrap();
+            policy::cron_pods(o.scheduled_per_period, o.task_time_ms, 1, p)
+        };
+        assert_eq!(pods(60_000), pods(300_000));
+    }
+
+    #[test]
+    fn many_rare_schedules_are_summed_then_rounded() {
+        // 100 daily schedules: 100/1440 executions a minute, 1 per minute rounded up once
+        // (not 100, one per schedule rounded up), on a queue and in a pool alike
+        let per_minute = 100.0 / 1440.0;
+        let obs = aggregate(&[reading(per_minute)], 60_000).unwrap();
+        assert_eq!(obs.scheduled_per_period, 1);
+        // two pools sharing the queue: each its part, rounded once
+        let mut half = reading(per_minute * 30.0);
+        half.share = 0.5;
+        assert_eq!(aggregate(&[half], 60_000).unwrap().scheduled_per_period, 2);
+    }
 }

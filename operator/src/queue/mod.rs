@@ -66,7 +66,25 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     if let Some(note) = build::served(&mut st, stored, &d.consumers, labels, g, &now) {
         crate::events::warn(&ctx.recorder, q.as_ref(), "NotServed", note).await;
     }
-    let action = match d.endpoint {
+    // a cron the schema cannot check (field values, ranges) is refused here, naming it
+    let bad_cron = q.spec.schedules.iter().enumerate().find_map(|(i, s)| {
+        funcscale_protocol::cron::Cron::parse(&s.cron)
+            .err()
+            .map(|e| {
+                Error::invalid(
+                    format!("spec.schedules[{i}].cron"),
+                    format!(
+                        "schedule {}: {:?} is not a valid cron expression: {e}",
+                        s.name, s.cron
+                    ),
+                )
+            })
+    });
+    let endpoint = match bad_cron {
+        Some(e) => Err(e),
+        None => d.endpoint,
+    };
+    let action = match endpoint {
         // queues of two namespaces whose keys meet (legacyKeys or adopted queues of one
         // name, explicit keys naming one list) would share tasks and settings: the younger
         // is refused, nothing of it written to Redis or polled

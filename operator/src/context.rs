@@ -1,5 +1,6 @@
 //! What every reconcile shares: client, event recorder, metrics, configuration, the
-//! reflector stores, the Redis metrics cache, per-pool policy history and per-object backoff.
+//! reflector stores and the queue → pools index, the Redis metrics cache, per-pool policy
+//! history and per-object backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use kube::runtime::reflector::Store;
 
 use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::policy::History;
+use crate::pool_index::PoolIndex;
 use crate::redis_metrics::{MetricsCache, RedisEndpoint, Registry};
 use crate::telemetry::Metrics;
 
@@ -114,6 +116,8 @@ pub struct Context {
     pub queues: Store<FuncQueue>,
     /// All FuncWorkerPools the operator watches.
     pub pools: Store<FuncWorkerPool>,
+    /// The pools serving each queue, written from the same events as `pools`.
+    pub index: PoolIndex,
     /// Queues the Redis poller reads.
     pub registry: Registry,
     /// Last Redis readings.
@@ -158,6 +162,7 @@ impl Context {
             config,
             queues,
             pools,
+            index: PoolIndex::default(),
             registry: Registry::default(),
             cache: MetricsCache::default(),
             histories: Mutex::new(HashMap::new()),

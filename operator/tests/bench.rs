@@ -290,7 +290,9 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
             )
             .await
             .unwrap();
-        pw.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        let ev = watcher::Event::Apply(p.clone());
+        pw.apply_watcher_event(&ev);
+        ctx.index.apply(&ev);
         pools.push(p);
         ctx.cache.set(
             QueueId::new("bench", format!("q{i}")),

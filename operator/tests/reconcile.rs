@@ -132,6 +132,12 @@ impl Env {
         }
     }
 
+    /// A pool watch event, to the store and the index (as the operator's pool stream does).
+    fn pool_event(&mut self, e: watcher::Event<FuncWorkerPool>) {
+        self.pools_w.apply_watcher_event(&e);
+        self.ctx.index.apply(&e);
+    }
+
     fn take_ops(&self) -> Vec<String> {
         std::mem::take(&mut *self.ops.lock().unwrap())
     }
@@ -167,8 +173,7 @@ impl Env {
             .create(&PostParams::default(), &FuncWorkerPool::new(name, spec))
             .await
             .unwrap();
-        self.pools_w
-            .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        self.pool_event(watcher::Event::Apply(p.clone()));
         self.take_ops();
         p
     }
@@ -950,13 +955,16 @@ async fn a_queue_change_maps_to_every_pool_serving_it() {
     env.add_pool("a", autoscaled(&["q1", "q2"], 1, 5)).await;
     env.add_pool("b", autoscaled(&["q2"], 1, 5)).await;
     env.add_pool("c", autoscaled(&["q3"], 1, 5)).await;
-    let mut names: Vec<String> = pool::pools_for_queue(&env.ctx.pools, NS, "q2")
+    let mut names: Vec<String> = env
+        .ctx
+        .index
+        .pools_for_queue(NS, "q2")
         .into_iter()
         .map(|r| r.name)
         .collect();
     names.sort();
     assert_eq!(names, vec!["a", "b"]);
-    assert!(pool::pools_for_queue(&env.ctx.pools, "other", "q2").is_empty());
+    assert!(env.ctx.index.pools_for_queue("other", "q2").is_empty());
 }
 
 #[tokio::test]
@@ -1118,8 +1126,8 @@ async fn deleted_objects_leave_no_metric_series() {
     }
 
     env.queues_w.apply_watcher_event(&watcher::Event::Delete(q));
-    env.pools_w.apply_watcher_event(&watcher::Event::Delete(p));
-    env.pools_w.apply_watcher_event(&watcher::Event::Delete(b));
+    env.pool_event(watcher::Event::Delete(p));
+    env.pool_event(watcher::Event::Delete(b));
     poll_loop::tick(&env.ctx, &mut poller).await;
     let text = env.ctx.metrics.encode();
     assert!(
@@ -1913,7 +1921,7 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         .get("jobs")
         .await
         .unwrap();
-    let woken = pool::queue_to_pools(env.ctx.pools.clone())(older);
+    let woken = pool::queue_to_pools(env.ctx.index.clone())(&older);
     assert!(
         woken
             .iter()

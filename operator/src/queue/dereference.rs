@@ -1,10 +1,8 @@
 //! *Dereference*: what a queue points at and what is known about it — its Redis endpoint
 //! (Secrets included), the pools that consume it, the poller's last reading.
 
-use kube::ResourceExt;
-
 use crate::context::Context;
-use crate::crd::{FuncQueue, PoolRole};
+use crate::crd::FuncQueue;
 use crate::crd_ext::key_conflict;
 use crate::error::Result;
 use crate::redis_metrics::{QueueId, Reading, RedisEndpoint};
@@ -39,19 +37,17 @@ pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEnd
 
 /// Read everything `q` depends on.
 pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Dereferenced {
-    let mut consumers: Vec<String> = ctx
-        .pools
-        .state()
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(id.namespace.as_str()))
-        .filter(|p| p.spec.role == PoolRole::Worker && p.spec.queues.contains(&id.name))
-        .map(|p| p.name_any())
-        .collect();
-    consumers.sort();
+    // only a legacyKeys queue can conflict: the other queues are read only for one (a copy
+    // of 10,000 queue references per reconcile was most of a queue reconcile's time)
+    let key_conflict = if q.spec.legacy_keys {
+        key_conflict(q, &id.namespace, &ctx.queues.state())
+    } else {
+        None
+    };
     Dereferenced {
-        consumers,
+        consumers: ctx.index.consumers(&id.namespace, &id.name),
         endpoint: endpoint(q, &id.namespace, ctx).await,
         reading: ctx.cache.get(id),
-        key_conflict: key_conflict(q, &id.namespace, &ctx.queues.state()),
+        key_conflict,
     }
 }

@@ -157,6 +157,20 @@ impl ControlPlane {
         ns: &str,
         out: &Path,
     ) -> anyhow::Result<PathBuf> {
+        self.operator_kubeconfig_with(client, ns, out, false).await
+    }
+
+    /// Like [`ControlPlane::operator_kubeconfig`]; `cluster_wide`: the ClusterRole bound
+    /// with a ClusterRoleBinding ([`cluster_binding_name`]) as the chart does by default,
+    /// for an operator that watches every namespace (delete it with
+    /// [`ControlPlane::delete_cluster_binding`]).
+    pub async fn operator_kubeconfig_with(
+        &self,
+        client: &Client,
+        ns: &str,
+        out: &Path,
+        cluster_wide: bool,
+    ) -> anyhow::Result<PathBuf> {
         let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))?;
         let discovery = Discovery::new(client.clone()).run().await?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -181,10 +195,17 @@ impl ControlPlane {
             }
             apply_dynamic(client, &discovery, &v).await?;
         }
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": OPERATOR_SA, "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}]});
+        let binding = if cluster_wide {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": cluster_binding_name(ns)},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_SA},
+                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}]})
+        } else {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": OPERATOR_SA, "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_SA},
+                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}]})
+        };
         apply_dynamic(client, &discovery, &binding).await?;
         // the token controller writes the ServiceAccount's token Secret
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -213,6 +234,22 @@ impl ControlPlane {
         );
         std::fs::write(out, kc)?;
         Ok(out.to_path_buf())
+    }
+}
+
+/// The ClusterRoleBinding of a cluster-wide operator whose ServiceAccount lives in `ns`.
+pub fn cluster_binding_name(ns: &str) -> String {
+    format!("{OPERATOR_SA}-{ns}")
+}
+
+impl ControlPlane {
+    /// Delete the ClusterRoleBinding of [`ControlPlane::operator_kubeconfig_with`] (a
+    /// cluster-scoped object does not go with the namespace).
+    pub async fn delete_cluster_binding(client: &Client, ns: &str) {
+        let api: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+        let _ = api
+            .delete(&cluster_binding_name(ns), &DeleteParams::default())
+            .await;
     }
 }
 

@@ -87,7 +87,22 @@ pub struct Options {
     /// The Redis key prefix of another scenario, to share its keys as tenants of one install
     /// share one Redis (default: a prefix of its own).
     pub prefix: Option<String>,
+    /// The operator watches every namespace (no `--namespace`; a ClusterRoleBinding, as the
+    /// chart's default install), serving only the objects labelled [`SCENARIO_LABEL`]` =
+    /// <label>` (`--watch-label-selector`), so that it leaves the other tests' namespaces on
+    /// the shared control plane alone.
+    pub cluster_wide: bool,
+    /// The value of [`SCENARIO_LABEL`] on the objects this scenario applies (default: its
+    /// namespace). A tenant served by another scenario's cluster-wide operator takes that
+    /// scenario's label (and `operator: false`).
+    pub label: Option<String>,
+    /// Start an operator (default); `false`: another scenario's operator serves this one.
+    pub operator: bool,
 }
+
+/// Label on every FuncQueue and FuncWorkerPool a scenario applies (see
+/// [`Options::cluster_wide`]).
+pub const SCENARIO_LABEL: &str = "e2e.funcscale.dev/scenario";
 
 impl Options {
     pub fn new(name: &str) -> Self {
@@ -100,6 +115,9 @@ impl Options {
             // FUNCSCALE_E2E_IN_MEMORY=1: the in-memory API server (the models, for comparison)
             in_memory: std::env::var("FUNCSCALE_E2E_IN_MEMORY").is_ok_and(|v| v == "1"),
             prefix: None,
+            cluster_wide: false,
+            label: None,
+            operator: true,
         }
     }
 }
@@ -122,6 +140,8 @@ pub struct Scenario {
     pub opts: Options,
     pub ns: String,
     pub prefix: String,
+    /// The value of [`SCENARIO_LABEL`] on its objects.
+    pub label: String,
     pub target: Target,
     /// Admin client (the operator uses its own ServiceAccount: `kubeconfig`).
     pub client: kube::Client,
@@ -195,7 +215,12 @@ impl Scenario {
             let node = format!("n-{ns}");
             ControlPlane::create_namespace(&client, &ns, &node).await?;
             let kubeconfig = cp
-                .operator_kubeconfig(&client, &ns, &log_dir.join("operator.kubeconfig"))
+                .operator_kubeconfig_with(
+                    &client,
+                    &ns,
+                    &log_dir.join("operator.kubeconfig"),
+                    opts.cluster_wide,
+                )
                 .await?;
             let mut kc = KubeletConfig::new(&node, &log_dir);
             kc.api_server = Some(cp.api_server()?);
@@ -212,10 +237,12 @@ impl Scenario {
             .prefix
             .clone()
             .unwrap_or_else(|| format!("fs-scen-{}-{}", opts.name, crate::control_plane::run_id()));
+        let label = opts.label.clone().unwrap_or_else(|| ns.clone());
         let mut s = Self {
             opts,
             ns,
             prefix,
+            label,
             target,
             client,
             kubeconfig,
@@ -226,8 +253,10 @@ impl Scenario {
             log_dir,
             _tmp: tmp,
         };
-        s.start_operator("op-0")?;
-        s.wait_operator_ready(0).await?;
+        if s.opts.operator {
+            s.start_operator("op-0")?;
+            s.wait_operator_ready(0).await?;
+        }
         Ok(s)
     }
 
@@ -239,12 +268,14 @@ impl Scenario {
             .append(true)
             .open(self.log_dir.join(format!("operator-{id}.log")))?;
         let mut cmd = Command::new(&self.operator_bin);
+        cmd.args(["run", "--metrics-addr", &port.to_string()]);
+        if self.opts.cluster_wide {
+            cmd.arg("--watch-label-selector")
+                .arg(format!("{SCENARIO_LABEL}={}", self.label));
+        } else {
+            cmd.args(["--namespace", &self.ns]);
+        }
         cmd.args([
-            "run",
-            "--metrics-addr",
-            &port.to_string(),
-            "--namespace",
-            &self.ns,
             "--key-prefix",
             &self.prefix,
             "--redis-url",
@@ -311,7 +342,8 @@ impl Scenario {
     /// Server-side apply a FuncQueue from its spec (JSON).
     pub async fn apply_queue(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
         let obj = json!({"apiVersion": "funcscale.dev/v1alpha1", "kind": "FuncQueue",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": spec});
+            "metadata": {"name": name, "namespace": self.ns,
+                "labels": {SCENARIO_LABEL: self.label}}, "spec": spec});
         self.queues()
             .patch(
                 name,
@@ -325,7 +357,8 @@ impl Scenario {
     /// Server-side apply a FuncWorkerPool from its spec (JSON).
     pub async fn apply_pool(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
         let obj = json!({"apiVersion": "funcscale.dev/v1alpha1", "kind": "FuncWorkerPool",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": spec});
+            "metadata": {"name": name, "namespace": self.ns,
+                "labels": {SCENARIO_LABEL: self.label}}, "spec": spec});
         self.pools()
             .patch(
                 name,
@@ -423,6 +456,9 @@ impl Scenario {
     pub async fn shutdown(mut self) {
         for op in &mut self.operators {
             terminate(op, Duration::from_secs(5)).await;
+        }
+        if self.opts.cluster_wide && matches!(self.target, Target::ControlPlane(_)) {
+            ControlPlane::delete_cluster_binding(&self.client, &self.ns).await;
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces.delete(&self.ns, &Default::default()).await;

@@ -577,8 +577,10 @@ async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connecti
         error: Some("HTTP 503".into()),
     };
     let mut con = f.redis().await;
+    // the outbox of the queue's namespace
+    let keys = f.keys.clone().in_namespace(Some(f.ns.clone()));
     let _: () = redis::cmd("LPUSH")
-        .arg(f.keys.outbox_dead())
+        .arg(keys.outbox_dead())
         .arg(serde_json::to_string(&item).unwrap())
         .query_async(&mut con)
         .await

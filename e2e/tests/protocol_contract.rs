@@ -41,9 +41,16 @@ fn prefix(test: &str) -> Keys {
     ))
 }
 
+/// A connection that waits for slow replies (the clean-up's `KEYS` over a Redis that every
+/// parallel test fills): redis-rs' default response timeout is for interactive use.
 async fn con() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(URL).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .unwrap()
 }
 
 /// Delete the test's keys (one script: every key under the prefix).

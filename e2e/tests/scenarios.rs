@@ -333,15 +333,24 @@ async fn ran(s: &Scenario, set: &str, n: i64, what: &str) {
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
 }
 
-/// Two tenants on one Redis (one key prefix), each namespace with a FuncQueue `jobs`, a
-/// worker pool and a Beat: tasks enqueued to `a/jobs` are run only by `a`'s pool (counted by
-/// their side effects), `b`'s queue and pool never see them, and both Beats fire their own
-/// namespace's schedules.
+/// Two tenants on one Redis (one key prefix) served by ONE cluster-wide operator (no
+/// `--namespace`, a ClusterRoleBinding: the chart's default install), each namespace with a
+/// FuncQueue `jobs`, a worker pool `w` and a Beat pool `beat`: tasks enqueued to `a/jobs`
+/// are run only by `a`'s pool (counted by their side effects), `b`'s queue and pool never
+/// see them, neither Beat is refused and both fire their own namespace's schedules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_tenants_on_one_redis_share_nothing() {
-    let a = Scenario::start(Options::new("tenant-a")).await.unwrap();
+    let a = Scenario::start(Options {
+        cluster_wide: true,
+        ..Options::new("tenant-a")
+    })
+    .await
+    .unwrap();
+    // b: a namespace of its own (and its own node), served by a's operator
     let b = Scenario::start(Options {
         prefix: Some(a.prefix.clone()),
+        label: Some(a.label.clone()),
+        operator: false,
         ..Options::new("tenant-b")
     })
     .await
@@ -421,7 +430,7 @@ async fn two_tenants_on_one_redis_share_nothing() {
         (depth(&b).await == Some(0)).then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&b)));
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", logs(&a), logs(&b)));
     let key_of = |s: &Scenario| {
         let api = s.queues();
         async move { api.get("jobs").await.ok()?.status?.key }
@@ -1085,5 +1094,244 @@ async fn a_queue_on_a_password_protected_redis() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    s.shutdown().await;
+}
+
+/// An autoscaled pool of builtin workers (5 processes, 0..=`max` pods, 2 s stabilization)
+/// on queue `jobs`, waited for at zero.
+async fn pool_at_zero(s: &Scenario, max: i32) {
+    s.apply_pool(
+        "w",
+        json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin",
+            "autoscaling": {"minReplicas": 0, "maxReplicas": max, "drainTargetSeconds": 2,
+                "activationDepth": 0, "periodMs": 60000,
+                "scaleDownStabilizationSeconds": 2, "scaleUpMaxStep": 4}}),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "Deployment w at 0 replicas",
+        || async { (s.replicas("w").await.ok().flatten().map(|r| r.0) == Some(0)).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+}
+
+/// A task that fails once waits for its retry (backoff 10-30 s); meanwhile the pool goes
+/// back to zero, and when the retry is due the pool comes back and runs it (counted by its
+/// side effect): a due retry is backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_due_retry_wakes_a_pool_at_zero() {
+    let s = Scenario::start(Options::new("retry-wake")).await.unwrap();
+    let mut con = redis().await;
+    let set = format!("{}:test:ran", s.prefix);
+    s.apply_queue(
+        "jobs",
+        json!({"taskTimeMs": 50, "maxRetries": 2,
+            "retryBackoff": {"baseMs": 20000, "maxMs": 20000}}),
+    )
+    .await
+    .unwrap();
+    pool_at_zero(&s, 2).await;
+    let history = ReplicaHistory::start(s.deployments(), "w");
+    s.enqueue("jobs", "flaky", &json!([set, 1]).to_string(), 1)
+        .await
+        .unwrap();
+    // the first attempt runs and fails: the task waits in the delayed set
+    let delayed = s.keys().delayed(&s.queue_id("jobs"));
+    eventually(Duration::from_secs(40), "the first attempt to fail", || {
+        let (mut con, delayed) = (con.clone(), delayed.clone());
+        async move { (int(&mut con, "ZCARD", &delayed).await == 1).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    // nothing to do until the retry is due: the pool goes back to zero before it is
+    eventually(Duration::from_secs(20), "the pool back at 0", || async {
+        (s.replicas("w").await.ok().flatten().map(|r| r.0) == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", history.values(), logs(&s)));
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&delayed)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        due.len() == 1 && due[0].1 > now_ms,
+        "the retry was already due when the pool reached 0: {due:?} (now {now_ms})"
+    );
+    assert_eq!(int(&mut con, "SCARD", &set).await, 0);
+    // the retry falls due: the pool wakes and the second attempt succeeds
+    ran(&s, &set, 1, "the due retry to wake the pool and run").await;
+    let values = history.values();
+    let first = values.iter().position(|v| *v > 0).expect("the pool woke");
+    let zero = first + values[first..].iter().position(|v| *v == 0).unwrap();
+    assert!(
+        values[zero..].iter().any(|v| *v > 0),
+        "woke again for the retry: {values:?}"
+    );
+    assert_eq!(int(&mut con, "ZCARD", &delayed).await, 0);
+    let dead = s.keys().dead(&s.queue_id("jobs"));
+    assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "dead letters");
+    eprintln!("retry wake: replicas {values:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&set)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    s.shutdown().await;
+}
+
+/// One 40 s task and no backlog: the pool stays at one pod (it never goes below the pods
+/// its running tasks occupy) until the task finishes, then goes to zero; the task ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_task_holds_its_pod() {
+    const TASK_MS: u64 = 40_000;
+    let s = Scenario::start(Options::new("long-task")).await.unwrap();
+    let mut con = redis().await;
+    let (set, list) = (
+        format!("{}:test:ran", s.prefix),
+        format!("{}:test:runs", s.prefix),
+    );
+    s.apply_queue("jobs", json!({"taskTimeMs": 100, "maxRetries": 3}))
+        .await
+        .unwrap();
+    pool_at_zero(&s, 3).await;
+    let history = ReplicaHistory::start(s.deployments(), "w");
+    s.enqueue(
+        "jobs",
+        "record",
+        &json!([set, TASK_MS, list]).to_string(),
+        1,
+    )
+    .await
+    .unwrap();
+    // `record` adds the id before it sleeps: the task started
+    ran(&s, &set, 1, "the long task to start").await;
+    let stats = s.keys().stats(&s.queue_id("jobs"));
+    let reader = con.clone();
+    let completed = || {
+        let (mut con, stats) = (reader.clone(), stats.clone());
+        async move {
+            redis::cmd("HGET")
+                .arg(&stats)
+                .arg("completed")
+                .query_async::<Option<i64>>(&mut con)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        }
+    };
+    eventually(
+        Duration::from_millis(TASK_MS + 30_000),
+        "the long task to finish",
+        || async { (completed().await == 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", history.values(), logs(&s)));
+    let values = history.values();
+    let first = values.iter().position(|v| *v > 0).expect("the pool woke");
+    assert!(
+        values[first..].iter().all(|v| *v > 0),
+        "the pool went below its running task's pod while it ran: {values:?}\n{}",
+        logs(&s)
+    );
+    // done: nothing runs, nothing waits → zero
+    eventually(Duration::from_secs(30), "the pool to go to 0", || async {
+        (s.replicas("w").await.ok().flatten().map(|r| r.0) == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", history.values(), logs(&s)));
+    assert_eq!(int(&mut con, "LLEN", &list).await, 1, "the task ran twice");
+    assert_eq!(completed().await, 1);
+    eprintln!("long task: replicas {:?}", history.values());
+    let _: () = redis::cmd("DEL")
+        .arg(&set)
+        .arg(&list)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    s.shutdown().await;
+}
+
+/// Two pools serve one queue with a cron load that one pool would meet with
+/// `ceil(2,400 × 500 / (5 × 60,000))` = 4 pods: the pools split it by capacity (30 and 10
+/// pods of 5 processes: 3/4 and 1/4), 3 + 1 = 4 pods, not 4 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_on_one_queue_share_its_load() {
+    const M: u64 = 2_400;
+    const T: u64 = 500;
+    let alone = (M * T).div_ceil(5 * 60_000) as i32; // 4
+    let s = Scenario::start(Options::new("shared-q")).await.unwrap();
+    s.worker_cli(&[
+        "schedules",
+        "add",
+        "--queue",
+        "jobs",
+        "--id",
+        "m",
+        "--cron",
+        "*/1 * * * *",
+        "--func",
+        "noop",
+        "--count",
+        &M.to_string(),
+    ])
+    .await
+    .unwrap();
+    s.apply_queue("jobs", json!({"taskTimeMs": T}))
+        .await
+        .unwrap();
+    for (pool, max) in [("big", 30), ("small", 10)] {
+        s.apply_pool(
+            pool,
+            json!({"queues": ["jobs"], "processesPerPod": 5, "handler": "builtin",
+                "autoscaling": {"minReplicas": 0, "maxReplicas": max, "drainTargetSeconds": 60,
+                    "activationDepth": 0, "periodMs": 60000,
+                    "scaleDownStabilizationSeconds": 3, "scaleUpMaxStep": 4}}),
+        )
+        .await
+        .unwrap();
+    }
+    let desired = |pool: &'static str| {
+        let api = s.pools();
+        async move {
+            let st = api.get_opt(pool).await.ok()??.status?;
+            Some((st.desired_replicas, st.decision?.message))
+        }
+    };
+    let settled = eventually(
+        Duration::from_secs(40),
+        "both pools sized at 3 + 1",
+        || async {
+            let (big, small) = (desired("big").await?, desired("small").await?);
+            let (db, ds) = (
+                s.replicas("big").await.ok()??.0,
+                s.replicas("small").await.ok()??.0,
+            );
+            (big.0 == 3 && small.0 == 1 && db == 3 && ds == 1).then_some((big, small))
+        },
+    )
+    .await;
+    let (big, small) = match settled {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{e}: big {:?}, small {:?}\n{}",
+            desired("big").await,
+            desired("small").await,
+            logs(&s)
+        ),
+    };
+    assert_eq!(big.0 + small.0, alone, "{big:?} {small:?}");
+    eprintln!("shared queue: big {big:?}, small {small:?}; one pool alone: {alone}");
     s.shutdown().await;
 }

@@ -231,7 +231,7 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
             Ok(())
         }
         Command::Tasks {
-            action: TasksAction::Show { id },
+            action: TasksAction::Show { id, queue: None },
         } if !flag.explicit => show_task(&cli.kube, &flag, &keys, id, cli.verbose).await,
         Command::Tasks { mut action } => {
             let queue = action.queue_mut().map(|q| q.clone());
@@ -285,6 +285,21 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
                 ));
             }
             let mut con = queue_connection(&cli.kube, &flag, queue.as_deref(), cli.verbose).await?;
+            // the outbox of the namespace: the FuncQueue's, else the context's
+            let ns = match &queue {
+                Some(q) => {
+                    Keys::queue_id_namespace(&queue_id(&cli.kube, q).await).map(String::from)
+                }
+                None => None,
+            };
+            let ns = match ns {
+                Some(ns) => Some(ns),
+                None => resolve::kube_config(&cli.kube)
+                    .await
+                    .ok()
+                    .map(|c| c.default_namespace),
+            };
+            let keys = keys.clone().in_namespace(ns);
             outbox_command(&mut con, &keys, action)
                 .await
                 .map_err(Failure::Failed)
@@ -292,8 +307,9 @@ pub async fn run(cli: Cli, flag: UrlFlag) -> Result<(), Failure> {
     }
 }
 
-/// `tasks show ID` names no queue: look for the record in the Redis of every FuncQueue of the
-/// namespace (each connection once), and in `FUNCSCALE_REDIS_URL`'s.
+/// `tasks show ID` names no queue: look for the record of every FuncQueue of the namespace
+/// (records are kept per queue) in the Redis of each (each connection once), and in
+/// `FUNCSCALE_REDIS_URL`'s; show every one found (the same id in two queues: two records).
 async fn show_task(
     kube: &KubeArgs,
     flag: &UrlFlag,
@@ -360,15 +376,29 @@ async fn show_task(
                 continue;
             }
         };
-        match funcscale_worker::records::show_task(&mut con, keys, &id).await {
-            // only a record of this namespace's queues: another tenant's is not shown
-            Ok(Some(r)) if mine.contains(&r.queue) => {
-                return tasks_command(&mut con, keys, TasksAction::Show { id })
-                    .await
-                    .map_err(Failure::Failed);
+        // only the records of this namespace's queues: another tenant's are not looked at
+        let mut found = false;
+        for queue in &mine {
+            match funcscale_worker::records::show_task(&mut con, keys, queue, &id).await {
+                Ok(Some(_)) => {
+                    let show = TasksAction::Show {
+                        id: id.clone(),
+                        queue: Some(queue.clone()),
+                    };
+                    tasks_command(&mut con, keys, show)
+                        .await
+                        .map_err(Failure::Failed)?;
+                    found = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    problems.push(format!("reading Redis at {ep} ({why}): {e}"));
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => problems.push(format!("reading Redis at {ep} ({why}): {e}")),
+        }
+        if found {
+            return Ok(());
         }
     }
     Err(Failure::Failed(anyhow::anyhow!(

@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// Watch only this namespace (a Role instead of a ClusterRole suffices).
     #[arg(long, env = "FUNCSCALE_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Serve only the FuncQueues and FuncWorkerPools that match this label selector (e.g.
+    /// `team=payments`), so that several operators can split one cluster (as Flux's
+    /// `--watch-label-selector`). A pool's queues need the labels too. Default: all of them.
+    #[arg(long, env = "FUNCSCALE_WATCH_LABEL_SELECTOR")]
+    pub watch_label_selector: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -241,7 +246,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // it reaches a store (crate::watches); a controller's own stream passes spec changes only
     // (its status is its output), and what one object's change means for others is sent as a
     // trigger through the queue → pools index (crate::triggers).
-    let wc = watcher::Config::default().any_semantic();
+    let mut wc = watcher::Config::default().any_semantic();
+    if let Some(selector) = &args.watch_label_selector {
+        wc = wc.labels(selector);
+    }
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=funcscale-operator");
     let ns = args.namespace.as_deref();
@@ -319,7 +327,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let queues = Controller::for_stream(
-        triggers::queue_stream(queue_events, ctx.index.clone(), queue_store.clone(), send),
+        triggers::queue_stream(queue_events, ctx.index.clone(), ctx.key_index.clone(), send),
         queue_store.clone(),
     )
     .reconcile_on(poll_queues_rx)

@@ -12,6 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use crate::crd::{FuncQueue, FuncWorkerPool};
+use crate::key_index::KeyIndex;
 use crate::policy::History;
 use crate::pool_index::PoolIndex;
 use crate::redis_metrics::{MetricsCache, RedisEndpoint, Registry};
@@ -118,6 +119,9 @@ pub struct Context {
     pub pools: Store<FuncWorkerPool>,
     /// The pools serving each queue, written from the same events as `pools`.
     pub index: PoolIndex,
+    /// The queues that could share each queue's keys, written from the same events as
+    /// `queues`.
+    pub key_index: KeyIndex,
     /// Queues the Redis poller reads.
     pub registry: Registry,
     /// Last Redis readings.
@@ -155,6 +159,7 @@ impl Context {
                 instance: None,
             },
         );
+        let key_index = KeyIndex::new(config.keys.clone());
         Self {
             client,
             recorder,
@@ -163,6 +168,7 @@ impl Context {
             queues,
             pools,
             index: PoolIndex::default(),
+            key_index,
             registry: Registry::default(),
             cache: MetricsCache::default(),
             histories: Mutex::new(HashMap::new()),

@@ -81,7 +81,9 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 pub struct FuncQueueSpec {
     /// Redis list that holds the waiting tasks of an adopted queue (format `Celery`, `Rq`
     /// or `Sidekiq`), e.g. `celery` for Celery's default queue. funcscale's own queues
-    /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`).
+    /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`). A
+    /// list that a queue of another namespace on the same Redis already uses is refused
+    /// for the younger of the two (`Ready=False`, reason `KeyConflict`, naming both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub key: Option<String>,
@@ -123,11 +125,15 @@ pub struct FuncQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<RetryBackoff>,
 
-    /// Keep the Redis keys of funcscale before namespaced keys: `funcscale:q:<name>` and
-    /// the like, shared by every namespace on the Redis. Only for queues created before the
-    /// upgrade whose producers push to `funcscale:q:<name>`; two namespaces with a
-    /// `legacyKeys` queue of the same name on one Redis are refused (`Ready=False`,
-    /// reason `KeyConflict`). See docs/operations.md, "Upgrading to namespaced keys".
+    /// Keep the per-queue Redis keys of funcscale before namespaced keys: the queue's id is
+    /// its bare name, so its list is `funcscale:q:<name>` and its retries, dead letters,
+    /// stats, settings, schedules registry and task records are named by `<name>` too; its
+    /// workers use the worker registry and outbox shared by every namespace. Only for queues
+    /// created before the upgrade whose producers you cannot switch yet. These keys name no
+    /// namespace: of two queues on one Redis with the same id (a `legacyKeys` or adopted
+    /// queue of the same name in another namespace) or the same list, the younger is
+    /// refused (`Ready=False`, reason `KeyConflict`, naming both). See
+    /// docs/operations.md, "Upgrading to namespaced keys".
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legacy_keys: bool,
 

@@ -119,27 +119,73 @@ pub fn beat_identity(ns: &str, namespace_queues: &[Arc<FuncQueue>]) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
-/// The older FuncQueue (`namespace/name`) of another namespace that has the same queue id
-/// on the same Redis as `q` — only `legacyKeys` queues can — if any: two tenants must never
-/// share a queue's tasks, settings or schedules.
-pub fn key_conflict(q: &FuncQueue, ns: &str, queues: &[Arc<FuncQueue>]) -> Option<String> {
-    if !q.spec.legacy_keys {
-        return None;
-    }
+/// Whether a queue's keys may be another namespace's: its id names no namespace
+/// (`legacyKeys`, an adopted format), or its list is named explicitly (`spec.key`).
+fn adopts_keys(q: &FuncQueue) -> bool {
+    q.spec.legacy_keys || q.spec.key.is_some() || q.spec.format != QueueFormat::Funcscale
+}
+
+/// The list a queue's tasks wait in (`status.key`).
+pub fn list_key(q: &FuncQueue, queue_id: &str, keys: &Keys) -> String {
+    crate::redis_metrics::queue_lists(q.spec.format, q.spec.key.as_deref(), queue_id, keys)
+        .0
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Two FuncQueues of different namespaces that would share keys on one Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyConflict {
+    /// The older one, `namespace/name`: it keeps the keys.
+    pub other: String,
+    /// What they share, e.g. `the list funcscale:q:jobs`.
+    pub shared: String,
+}
+
+/// The older FuncQueue of another namespace on the same Redis as `q` whose keys `q`'s would
+/// share, if any: the same queue id (two `legacyKeys` or adopted queues of one name: the
+/// same settings, stats, records and schedules) or the same list (an explicit `spec.key`
+/// naming another namespace's list). Two tenants must never share a queue's tasks, settings
+/// or schedules; the younger is refused. `keys`: the operator's key layout. (Two Secrets
+/// that name one Redis are not known to be one: only the operator default and equal URLs
+/// or Secret references are compared.)
+pub fn key_conflict(
+    q: &FuncQueue,
+    ns: &str,
+    queues: &[Arc<FuncQueue>],
+    keys: &Keys,
+) -> Option<KeyConflict> {
     let mine = queue_id(q, ns);
+    let my_list = list_key(q, &mine, keys);
     let redis = queue_redis_identity(q, ns);
     let me = (q.creation_timestamp(), ns.to_string(), q.name_any());
+    let adopts = adopts_keys(q);
     queues
         .iter()
         .filter_map(|o| {
             let ons = o.namespace()?;
-            (ons != ns
-                && o.spec.legacy_keys
-                && queue_id(o, &ons) == mine
-                && queue_redis_identity(o, &ons) == redis)
-                .then(|| (o.creation_timestamp(), ons, o.name_any()))
+            // two plain queues of two namespaces have two ids, two lists
+            if ons == ns || !(adopts || adopts_keys(o)) || queue_redis_identity(o, &ons) != redis
+            {
+                return None;
+            }
+            let theirs = queue_id(o, &ons);
+            let shared = if theirs == mine {
+                format!(
+                    "the queue id {mine} (the list {my_list}, its settings, stats, task records and schedules)"
+                )
+            } else if list_key(o, &theirs, keys) == my_list {
+                format!("the list {my_list}")
+            } else {
+                return None;
+            };
+            Some(((o.creation_timestamp(), ons, o.name_any()), shared))
         })
-        .filter(|other| older(other, &me))
-        .reduce(|a, b| if older(&a, &b) { a } else { b })
-        .map(|(_, ons, name)| format!("{ons}/{name}"))
+        .filter(|(other, _)| older(other, &me))
+        .reduce(|a, b| if older(&a.0, &b.0) { a } else { b })
+        .map(|((_, ons, name), shared)| KeyConflict {
+            other: format!("{ons}/{name}"),
+            shared,
+        })
 }

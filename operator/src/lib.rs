@@ -13,6 +13,7 @@ pub mod crd_ext;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod key_index;
 pub mod leader;
 pub mod metric_names;
 pub mod policy;

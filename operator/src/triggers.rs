@@ -5,19 +5,19 @@
 //! - a pool that came, went or changed its spec: the queues whose consumers changed, the pools
 //!   sharing its queues, the other Beat pools ([`crate::pool_index::Affected`]);
 //! - a queue that came, went or changed its spec: the pools serving it (through the index), and
-//!   for a `legacyKeys` queue its twins in other namespaces (the older one keeps the keys).
+//!   the queues of other namespaces that shared or share a key with it, with their pools
+//!   ([`crate::key_index`]: the older queue keeps the keys, the younger is refused).
 //!
 //! A queue's status write reaches no pool (the pool controller reads no queue status); before,
 //! every one of them (1,000 a second at 10,000 queues) re-reconciled every pool of the queue.
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
-use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::crd::{FuncQueue, FuncWorkerPool};
-use crate::crd_ext::queue_id;
+use crate::key_index::KeyIndex;
 use crate::pool_index::PoolIndex;
 use crate::watches;
 
@@ -66,32 +66,37 @@ where
 }
 
 /// The queue controller's own stream from the queue watch's events (after the store's
-/// reflector): a queue created, deleted or with a new spec wakes the pools serving it (and
-/// its `legacyKeys` twins); the controller gets the queues whose spec changed.
+/// reflector): a queue created, deleted or with a new spec wakes the pools serving it, and
+/// the queues of other namespaces that shared or share a key with it (the key index: the older
+/// queue keeps the keys, the younger is refused — or freed) with their pools; the controller
+/// gets the queues whose spec changed.
 pub fn queue_stream<S>(
     events: S,
     index: PoolIndex,
-    queues: Store<FuncQueue>,
+    key_index: KeyIndex,
     send: Senders,
 ) -> impl Stream<Item = watcher::Result<FuncQueue>> + Send + 'static
 where
     S: Stream<Item = watcher::Result<watcher::Event<FuncQueue>>> + Send + 'static,
 {
-    let to_pools = crate::pool::queue_to_pools(index);
-    let changes = watches::changes(events, watches::generation::<FuncQueue>).inspect(move |c| {
-        let Ok(c) = c else { return };
-        let q = c.object();
-        to_pools(q).into_iter().for_each(|r| send.pool(r));
-        if q.spec.legacy_keys {
-            let ns = q.namespace().unwrap_or_default();
-            let id = queue_id(q, &ns);
-            for other in queues.state() {
-                let ons = other.namespace().unwrap_or_default();
-                if ons != ns && other.spec.legacy_keys && queue_id(&other, &ons) == id {
-                    send.queue(ObjectRef::from_obj(other.as_ref()));
-                }
+    let to_pools = crate::pool::queue_to_pools(index.clone());
+    let to_pools_send = send.clone();
+    let events = events.inspect(move |e| {
+        if let Ok(e) = e {
+            for other in key_index.apply(e) {
+                index
+                    .pools_for_queue(&other.namespace, &other.name)
+                    .into_iter()
+                    .for_each(|r| send.pool(r));
+                send.queue(ObjectRef::new(&other.name).within(&other.namespace));
             }
         }
+    });
+    let changes = watches::changes(events, watches::generation::<FuncQueue>).inspect(move |c| {
+        let Ok(c) = c else { return };
+        to_pools(c.object())
+            .into_iter()
+            .for_each(|r| to_pools_send.pool(r));
     });
     watches::applied(changes)
 }
@@ -153,7 +158,7 @@ mod tests {
         index.apply(&Event::Apply(pool("ns", "a", &["q"], 1, 0)));
         index.apply(&Event::Apply(pool("ns", "b", &["q", "r"], 1, 0)));
         index.apply(&Event::Apply(pool("other", "c", &["q"], 1, 0)));
-        let (store, _writer) = kube::runtime::reflector::store::<FuncQueue>();
+        let keys = KeyIndex::new(Default::default());
         let (ptx, mut prx) = unbounded();
         let (qtx, mut qrx) = unbounded();
         let send = Senders {
@@ -169,7 +174,7 @@ mod tests {
         let out: Vec<_> = queue_stream(
             futures::stream::iter(events),
             index.clone(),
-            store.clone(),
+            keys.clone(),
             send.clone(),
         )
         .collect()
@@ -188,7 +193,7 @@ mod tests {
             Ok(Event::Apply(queue("ns", "q", 2, 9))),
             Ok(Event::Delete(queue("ns", "q", 2, 9))),
         ];
-        let out: Vec<_> = queue_stream(futures::stream::iter(events), index, store, send)
+        let out: Vec<_> = queue_stream(futures::stream::iter(events), index, keys, send)
             .collect()
             .await;
         assert_eq!(
@@ -230,5 +235,39 @@ mod tests {
         // a when b came and when b changed; b when a went
         assert_eq!(drain(&mut prx), ["ns/a", "ns/a", "ns/b"]);
         assert_eq!(index.consumers("ns", "q"), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_legacy_keys_queue_wakes_its_twin_in_another_namespace_and_the_twins_pools() {
+        let index = PoolIndex::default();
+        index.apply(&Event::Apply(pool("b", "w", &["mail"], 1, 0)));
+        let keys = KeyIndex::new(Default::default());
+        let (ptx, mut prx) = unbounded();
+        let (qtx, mut qrx) = unbounded();
+        let send = Senders {
+            pools: ptx,
+            queues: qtx,
+        };
+        let legacy = |ns: &str, generation: i64, depth: u64| {
+            let mut q = queue(ns, "mail", generation, depth);
+            q.spec.legacy_keys = true;
+            q
+        };
+        let events = vec![
+            Ok(Event::Apply(legacy("b", 1, 0))),
+            // a, older or not, now shares b's keys: b's conflict is decided again
+            Ok(Event::Apply(legacy("a", 1, 0))),
+            // a's status write: nothing for b
+            Ok(Event::Apply(legacy("a", 1, 7))),
+            // a goes: b is freed
+            Ok(Event::Delete(legacy("a", 1, 7))),
+        ];
+        let out: Vec<_> = queue_stream(futures::stream::iter(events), index, keys, send)
+            .collect()
+            .await;
+        assert_eq!(names(out), ["mail", "mail"]);
+        assert_eq!(drain(&mut qrx), ["b/mail", "b/mail"]);
+        // b/w: b/mail's creation, and each of a's comings and goings
+        assert_eq!(drain(&mut prx), ["b/w", "b/w", "b/w"]);
     }
 }

@@ -138,6 +138,13 @@ impl Env {
         self.ctx.index.apply(&e);
     }
 
+    /// A queue watch event, to the store and the key index (as the operator's queue stream
+    /// does).
+    fn queue_event(&mut self, e: watcher::Event<FuncQueue>) {
+        self.queues_w.apply_watcher_event(&e);
+        self.ctx.key_index.apply(&e);
+    }
+
     fn take_ops(&self) -> Vec<String> {
         std::mem::take(&mut *self.ops.lock().unwrap())
     }
@@ -152,8 +159,7 @@ impl Env {
             .create(&PostParams::default(), &FuncQueue::new(name, spec))
             .await
             .unwrap();
-        self.queues_w
-            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.queue_event(watcher::Event::Apply(q.clone()));
         self.take_ops();
         q
     }
@@ -603,9 +609,10 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
     });
     env.add_queue("q2", qs).await;
     env.add_pool("w2", autoscaled(&["q2"], 1, 5)).await;
+    // a Secret is not watched: it looks again at the resync, for one created later
     assert_eq!(
         env.reconcile_pool("w2").await.unwrap(),
-        Action::await_change()
+        Action::requeue(env.ctx.config.resync)
     );
     let p = env.pool("w2").await;
     assert!(
@@ -1125,7 +1132,7 @@ async fn deleted_objects_leave_no_metric_series() {
         );
     }
 
-    env.queues_w.apply_watcher_event(&watcher::Event::Delete(q));
+    env.queue_event(watcher::Event::Delete(q));
     env.pool_event(watcher::Event::Delete(p));
     env.pool_event(watcher::Event::Delete(b));
     poll_loop::tick(&env.ctx, &mut poller).await;
@@ -1282,8 +1289,7 @@ impl Env {
         let mut q = api.get(name).await.unwrap();
         q.spec = spec;
         let q = api.replace(name, &PostParams::default(), &q).await.unwrap();
-        self.queues_w
-            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.queue_event(watcher::Event::Apply(q.clone()));
         self.take_ops();
         q
     }
@@ -1788,6 +1794,110 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
     assert_eq!(url(&env).await.unwrap(), "redis://redis:6379/0 three");
 }
 
+/// Adopted queues with an explicit `spec.key` in two namespaces on one Redis: the same list
+/// named twice — or another namespace's own (namespaced) list named explicitly — refuses the
+/// younger (`Ready=False`, reason `KeyConflict`, naming both objects and the list); nothing
+/// of it is written, and a pool naming it is invalid. A key of its own is fine.
+#[tokio::test]
+async fn explicit_keys_naming_one_list_from_two_namespaces_are_refused() {
+    let (mut env, keys) = env_with_prefix("explicit").await;
+    let with_key = |key: &str| FuncQueueSpec {
+        key: Some(key.to_string()),
+        ..queue_spec()
+    };
+    let shared = format!("{}:legacy:jobs", keys.prefix());
+    env.add_queue_in("other", "orders", with_key(&shared)).await;
+    env.add_queue_in("other", "mine", queue_spec()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
+    env.add_queue("payments", with_key(&shared)).await;
+    // their own list, by the key that namespace's FuncQueue `mine` derives
+    let theirs = keys.queue(&funcscale_worker::protocol::Keys::queue_id("other", "mine"));
+    env.add_queue("peek", with_key(&theirs)).await;
+    env.add_queue("own", with_key(&format!("{}:legacy:own", keys.prefix())))
+        .await;
+    for (name, other, list) in [
+        ("payments", "other/orders", &shared),
+        ("peek", "other/mine", &theirs),
+    ] {
+        env.reconcile_queue(name).await;
+        let c = env.queue_condition(name, "Ready").await.unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KeyConflict"),
+            "{name}: {}",
+            c.message
+        );
+        assert!(
+            c.message.contains(&format!("team/{name}"))
+                && c.message.contains(other)
+                && c.message.contains(&format!("the list {list}")),
+            "{}",
+            c.message
+        );
+        let mut con = redis_con().await;
+        assert_eq!(
+            funcscale_worker::protocol::queue_config_get(
+                &mut con,
+                &keys,
+                &funcscale_worker::protocol::Keys::queue_id("team", name)
+            )
+            .await
+            .unwrap(),
+            funcscale_worker::protocol::QueueConfig::default(),
+            "nothing of the refused queue {name} is written"
+        );
+    }
+    // the older ones keep their keys; a key of its own is no conflict
+    for (ns, name) in [("other", "orders"), ("other", "mine")] {
+        let q = Api::<FuncQueue>::namespaced(env.client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap();
+        queue::reconcile(Arc::new(q), env.ctx.clone())
+            .await
+            .unwrap();
+        let st = Api::<FuncQueue>::namespaced(env.client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+        assert!(
+            ready.is_none_or(|c| c.reason != "KeyConflict"),
+            "{ns}/{name}: {ready:?}"
+        );
+    }
+    env.reconcile_queue("own").await;
+    let c = env.queue_condition("own", "Ready").await;
+    assert!(
+        c.as_ref().is_none_or(|c| c.reason != "KeyConflict"),
+        "{c:?}"
+    );
+    // a pool naming the refused queue is invalid, naming the conflict
+    env.add_pool(
+        "w",
+        FuncWorkerPoolSpec {
+            command: vec!["my-worker".into()],
+            ..autoscaled(&["payments"], 1, 5)
+        },
+    )
+    .await;
+    assert_eq!(
+        env.reconcile_pool("w").await.unwrap(),
+        Action::await_change()
+    );
+    let c = condition(&env.pool("w").await, "SpecValid").clone();
+    assert!(
+        c.message
+            .starts_with("spec.queues[0]: FuncQueue payments is refused")
+            && c.message.contains("KeyConflict")
+            && c.message.contains("other/orders"),
+        "{}",
+        c.message
+    );
+}
+
 /// Each queue's keys are its namespace's (`status.key`, `status.queueId` say where producers
 /// push); two `legacyKeys` queues of one name in two namespaces would share every key: the
 /// younger is refused with a condition naming both, and nothing of it is written.
@@ -1915,18 +2025,20 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         yaml.contains("name: old") && !yaml.contains("name: jobs"),
         "{yaml}"
     );
-    // the mapper wakes the pools of a legacy twin in every namespace, so deleting the older
-    // queue frees the younger's pool
+    // deleting the older queue frees the younger: the key index names it (the queue stream
+    // wakes it), and the pool index its pools
     let older = Api::<FuncQueue>::namespaced(env.client.clone(), "other")
         .get("jobs")
         .await
         .unwrap();
-    let woken = pool::queue_to_pools(env.ctx.index.clone())(&older);
+    let freed = env.ctx.key_index.apply(&watcher::Event::Delete(older));
+    assert_eq!(
+        freed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [format!("{NS}/jobs")]
+    );
+    let woken = env.ctx.index.pools_for_queue(NS, "jobs");
     assert!(
-        woken
-            .iter()
-            .any(|r| r.name == "w" && r.namespace.as_deref() == Some(NS))
-            && woken.iter().any(|r| r.name == "beat"),
+        woken.iter().any(|r| r.name == "w") && woken.iter().any(|r| r.name == "beat"),
         "{woken:?}"
     );
 

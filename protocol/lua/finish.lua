@@ -40,9 +40,9 @@ if id ~= '' then
     if was == 'started' then done = 2 end
   end
   if mode == 'ack' then
-    fs_dest(P, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
+    fs_dest(P, q, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
   elseif mode == 'dead' then
-    fs_dest(P, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
+    fs_dest(P, q, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
   end
 end
 return done

@@ -6,23 +6,31 @@ local d = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local half = tonumber(ARGV[3])
 redis.call('HINCRBY', key, ARGV[4], 1)
-local prev = redis.call('HMGET', key, 'ewma_ms', 'updated_ms')
+local prev = redis.call('HMGET', key, 'ewma_ms', 'updated_ms', 'dsum_ms', 'dcount')
 local ewma = tonumber(prev[1])
 local updated = tonumber(prev[2])
+local sum = tonumber(prev[3])
+local count = tonumber(prev[4])
 local decay = 1.0
 if updated then
   local dt = now - updated
   if dt < 0 then dt = 0 end
   decay = math.pow(0.5, dt / half)
 end
-if ewma == nil then
-  ewma = d
-else
-  -- weight of the new sample grows with the time since the last one, at least 5%
-  local w = 1.0 - decay
-  if w < 0.05 then w = 0.05 end
-  ewma = ewma * (1.0 - w) + d * w
+-- the average is a time-decayed mean: every attempt weighs the same when it finishes, and
+-- its weight halves every half-life (a plain moving average would follow the last few
+-- finishers, which after a burst are the longest tasks)
+if sum == nil or count == nil or count <= 0 then
+  -- first attempt, or a hash written before the decayed sums: start from the old average
+  if ewma == nil then sum, count = 0.0, 0.0 else sum, count = ewma, 1.0 end
 end
+if decay < 0.999 then
+  sum = sum * decay
+  count = count * decay
+end
+sum = sum + d
+count = count + 1.0
+ewma = sum / count
 -- `DURATION_BUCKETS_MS` of stats.rs (the tests compare them)
 local bounds = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
 local idx = #bounds
@@ -39,5 +47,5 @@ elseif updated == nil then
   redis.call('HSET', key, 'updated_ms', now)
 end
 redis.call('HINCRBYFLOAT', key, 'h' .. idx, 1)
-redis.call('HSET', key, 'ewma_ms', tostring(ewma))
+redis.call('HSET', key, 'ewma_ms', tostring(ewma), 'dsum_ms', tostring(sum), 'dcount', tostring(count))
 return 1

@@ -15,7 +15,8 @@
 --   destination task): a new task, so a record left under the same id is replaced whole
 --   (its error, worker, times go). Returns the previous status (nil for a new record).
 -- - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
--- - `fs_dest(P, d, kind, raw, field, payload, id, now)`: route to a destination.
+-- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: route a task of queue `q` to a
+--   destination (a URL: the outbox of `q`'s namespace).
 --
 -- The constants below are `RECORD_MAX_AGE_MS`, `RECORD_MAX_COUNT`, `COUNTS_RETENTION_MS` and
 -- `RECORD_TRIM_EVERY` of records.rs (the tests compare them).
@@ -25,13 +26,19 @@ local FS_COUNTS_RETENTION_MS = 86400000
 local FS_RECORD_TRIM_EVERY = 32
 local function fs_k_queue(P, q) return P .. ':q:' .. q end
 local function fs_k_stats(P, q) return P .. ':stats:' .. q end
-local function fs_k_task(P, id) return P .. ':task:' .. id end
+local function fs_k_task(P, q, id) return P .. ':task:' .. q .. ':' .. id end
+local function fs_k_task_legacy(P, id) return P .. ':task:' .. id end
 local function fs_k_tasks_status(P, q, s) return P .. ':tasks:' .. q .. ':s:' .. s end
 local function fs_k_tasks_func(P, q, f) return P .. ':tasks:' .. q .. ':f:' .. f end
 local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
-local function fs_k_outbox(P) return P .. ':outbox' end
+-- the outbox of the namespace a queue id names (`{<ns>.<name>}`), else the shared one
+local function fs_k_outbox(P, q)
+  local ns = string.match(q, '^{([^.}]+)%.')
+  if ns then return P .. ':outbox:{' .. ns .. '}' end
+  return P .. ':outbox'
+end
 local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 local function fs_cfg(P, q)
@@ -62,9 +69,16 @@ local function fs_trim(P, q, now, cfg, budget)
     for j = 1, math.min(need, #cand) do victims[#victims + 1] = cand[j][2] end
   end
   for _, id in ipairs(victims) do
-    local h = fs_k_task(P, id)
+    local h = fs_k_task(P, q, id)
     local r = redis.call('HMGET', h, 'queue', 'status', 'func')
-    if r[1] == q or not r[1] then redis.call('DEL', h) end
+    redis.call('DEL', h)
+    -- a record an earlier version wrote under the id alone, still of this queue
+    local lh = fs_k_task_legacy(P, id)
+    local l = redis.call('HMGET', lh, 'queue', 'status', 'func')
+    if l[1] == q then
+      redis.call('DEL', lh)
+      if not r[1] then r = l end
+    end
     if r[2] then redis.call('ZREM', fs_k_tasks_status(P, q, r[2]), id) end
     if r[3] then redis.call('ZREM', fs_k_tasks_func(P, q, r[3]), id) end
     redis.call('ZREM', fs_k_tasks_ids(P, q), id)
@@ -84,7 +98,13 @@ local function fs_count(P, q, now, field, n)
 end
 local fs_count_field = {queued = 'submitted', started = 'started', succeeded = 'completed', retrying = 'retried', dead = 'dead'}
 local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh)
-  local h = fs_k_task(P, id)
+  local h = fs_k_task(P, q, id)
+  -- a task that an earlier version recorded under its id alone (`Keys::task_legacy`, e.g.
+  -- one in flight across the upgrade) keeps its record: moved under its queue
+  if not fresh and redis.call('EXISTS', h) == 0 then
+    local lh = fs_k_task_legacy(P, id)
+    if redis.call('HGET', lh, 'queue') == q then redis.call('RENAME', lh, h) end
+  end
   -- A status index of a queue holds exactly the ids whose record has that status and queue
   -- (every write moves the id between them; trimming removes both). So when the caller knows
   -- the usual previous status (`prev`), taking the id out of that index proves the record
@@ -148,7 +168,7 @@ local function fs_started(P, raw, slot, now)
   fs_rec(P, e.queue, e.id, tostring(e.func), 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now},
     nil, false, {'queued', 'retrying'})
 end
-local function fs_dest(P, d, kind, raw, field, payload, id, now)
+local function fs_dest(P, q, d, kind, raw, field, payload, id, now)
   if not d or d == '' then return end
   local did = id .. ':' .. kind
   if string.sub(d, 1, 6) == 'queue:' then
@@ -165,6 +185,6 @@ local function fs_dest(P, d, kind, raw, field, payload, id, now)
   else
     local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
       kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
-    redis.call('ZADD', fs_k_outbox(P), now, item)
+    redis.call('ZADD', fs_k_outbox(P, q), now, item)
   end
 end

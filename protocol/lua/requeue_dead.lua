@@ -9,7 +9,7 @@ for i = 4, #ARGV, 4 do
     redis.call('LPUSH', KEYS[2], ARGV[i + 1])
     fs_rec(P, q, ARGV[i + 2], ARGV[i + 3], 'queued', now, {'attempt', 0, 'enqueued_ms', now}, cfg)
     -- the same task again: the dead attempt's details go, its creation time stays
-    redis.call('HDEL', fs_k_task(P, ARGV[i + 2]), 'error', 'worker', 'started_ms', 'duration_ms')
+    redis.call('HDEL', fs_k_task(P, q, ARGV[i + 2]), 'error', 'worker', 'started_ms', 'duration_ms')
     n = n + 1
   end
 end

@@ -5,8 +5,9 @@
 --   Stops at `wanted` matches.
 -- - `lex` (the id index: ARGV[2..3] = ZRANGEBYLEX min max) or `rank` (a function index, in
 --   rank order: ARGV[2..3] unused): ARGV[4..] = offset, batch, wanted, id prefix (or ''),
---   record key prefix, queue, statuses (`,a,b,`, or '' for any), function (or ''), time
---   min, time max. Each id's
+--   record key prefix (the queue's), queue, statuses (`,a,b,`, or '' for any), function
+--   (or ''), time min, time max, the record key prefix of earlier versions (read when the
+--   queue's record is missing; it must name the queue). Each id's
 --   record is read (one `HMGET`) for its status, function, queue and last update; the
 --   batch's matches are returned newest first, at most `wanted`.
 --
@@ -35,11 +36,12 @@ if mode == 'lex' then
 else
   ids = redis.call('ZRANGE', KEYS[1], offset, offset + batch - 1)
 end
-local tk, q, st, fn, tmin, tmax = ARGV[8], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+local tk, q, st, fn, tmin, tmax, ltk = ARGV[8], ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14]
 local hits = {}
 for _, id in ipairs(ids) do
   if prefix == '' or string.sub(id, 1, #prefix) == prefix then
     local r = redis.call('HMGET', tk .. id, 'queue', 'status', 'func', 'updated_ms')
+    if not r[1] and ltk then r = redis.call('HMGET', ltk .. id, 'queue', 'status', 'func', 'updated_ms') end
     local t = tonumber(r[4])
     if r[1] == q and t and t >= tmin and t <= tmax and (st == '' or (r[2] and string.find(st, ',' .. r[2] .. ',', 1, true))) and (fn == '' or r[3] == fn) then
       hits[#hits + 1] = {t, id}

@@ -6,10 +6,17 @@ pub const DEFAULT_PREFIX: &str = "funcscale";
 /// in-flight tasks are recovered.
 pub const WORKER_TTL_MS: u64 = 15_000;
 
-/// Key names under one prefix.
+/// Key names under one prefix, for the workers of one namespace ([`Keys::in_namespace`])
+/// or, without one, as earlier versions named them.
+///
+/// Per-queue keys carry the queue id (which names the namespace). The keys that are not a
+/// queue's — the worker registry ([`Keys::workers`], [`Keys::worker`]), the in-flight lists
+/// ([`Keys::inflight`]) — carry the namespace of the keys' scope: worker ids come from pod
+/// names, which repeat across namespaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    namespace: Option<String>,
 }
 
 impl Default for Keys {
@@ -23,6 +30,33 @@ impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            namespace: None,
+        }
+    }
+
+    /// The same keys for the workers of `namespace` (`None`: the keys of earlier versions,
+    /// shared by every namespace).
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace.filter(|n| !n.is_empty());
+        self
+    }
+
+    /// The namespace of the scope, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The same prefix without a namespace: the worker registry of earlier versions, which a
+    /// namespaced worker still reaps (its dead slots' tasks are recovered after an upgrade).
+    pub fn unscoped(&self) -> Self {
+        Self::new(self.prefix.clone())
+    }
+
+    /// `<prefix>:<what>:{<namespace>}` in a namespace's scope, else `<prefix>:<what>`.
+    fn scoped(&self, what: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}:{what}:{{{ns}}}", self.prefix),
+            None => format!("{}:{what}", self.prefix),
         }
     }
 
@@ -61,9 +95,9 @@ impl Keys {
         format!("{}:q:{queue}", self.prefix)
     }
 
-    /// In-flight tasks of one worker process.
+    /// In-flight tasks of one worker process (of the scope's namespace).
     pub fn inflight(&self, worker: &str) -> String {
-        format!("{}:inflight:{worker}", self.prefix)
+        format!("{}:{worker}", self.scoped("inflight"))
     }
 
     /// Tasks running now from `queue`: a zset of the in-flight list keys
@@ -89,14 +123,14 @@ impl Keys {
         format!("{}:stats:{queue}", self.prefix)
     }
 
-    /// Live workers, scored by last heartbeat (ms).
+    /// Live workers (of the scope's namespace), scored by last heartbeat (ms).
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
+        self.scoped("workers")
     }
 
-    /// Description hash of one worker.
+    /// Description hash of one worker (of the scope's namespace).
     pub fn worker(&self, worker: &str) -> String {
-        format!("{}:worker:{worker}", self.prefix)
+        format!("{}:{worker}", self.scoped("worker"))
     }
 
     /// Dynamic schedules registry of `queue`.
@@ -109,9 +143,13 @@ impl Keys {
         format!("{}:schedules:{queue}:per-period", self.prefix)
     }
 
-    /// Queues that have a dynamic schedules registry.
-    pub fn schedule_queues(&self) -> String {
-        format!("{}:schedules-queues", self.prefix)
+    /// Queues of `namespace` that have a dynamic schedules registry (`None`: the set of
+    /// earlier versions, and of queues whose id names no namespace: [`Keys::queue_id_namespace`]).
+    pub fn schedule_queues(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}:schedules-queues:{{{ns}}}", self.prefix),
+            None => format!("{}:schedules-queues", self.prefix),
+        }
     }
 
     /// The beat lease of `namespace` (one beat per namespace fires); `None`: the one lease
@@ -136,8 +174,18 @@ impl Keys {
         format!("{}:beat:last:{queue}", self.prefix)
     }
 
-    /// Record of task `id`.
-    pub fn task(&self, id: &str) -> String {
+    /// Record of task `id` of `queue`: two tenants' tasks of the same id (a producer's own
+    /// ids, a beat tick's) are two records. Lookups by id name the queue (`tasks show
+    /// --queue`), or walk the queues of a namespace (`kubectl funcscale tasks show`).
+    pub fn task(&self, queue: &str, id: &str) -> String {
+        format!("{}:task:{queue}:{id}", self.prefix)
+    }
+
+    /// Record of task `id` as earlier versions keyed it (by id alone, shared by every
+    /// queue): read when a queue's record is missing (if its `queue` field names that queue),
+    /// moved under the queue when the task is written again, deleted with the queue's
+    /// records by retention.
+    pub fn task_legacy(&self, id: &str) -> String {
         format!("{}:task:{id}", self.prefix)
     }
 
@@ -172,14 +220,15 @@ impl Keys {
         format!("{}:queue-config:{queue}", self.prefix)
     }
 
-    /// Pending deliveries to URL destinations, by due time (ms).
+    /// Pending deliveries to URL destinations of the scope's namespace (tasks of its queues
+    /// went there; its workers deliver them), by due time (ms).
     pub fn outbox(&self) -> String {
-        format!("{}:outbox", self.prefix)
+        self.scoped("outbox")
     }
 
-    /// Deliveries that failed for good.
+    /// Deliveries of the scope's namespace that failed for good.
     pub fn outbox_dead(&self) -> String {
-        format!("{}:outbox:dead", self.prefix)
+        format!("{}:dead", self.scoped("outbox"))
     }
 }
 
@@ -206,7 +255,12 @@ mod tests {
             k.beat_lease(Some("ns")),
             k.beat_fence(Some("ns")),
             k.beat_last("a"),
-            k.schedule_queues(),
+            k.schedule_queues(None),
+            k.schedule_queues(Some("ns")),
+            k.task("a", "i"),
+            k.task_legacy("i"),
+            k.clone().in_namespace(Some("ns".into())).workers(),
+            k.clone().in_namespace(Some("ns".into())).inflight("w"),
         ] {
             assert!(key.starts_with("t1:"), "{key}");
         }
@@ -243,5 +297,30 @@ mod tests {
         assert_ne!(k.beat_lease(Some("a")), k.beat_lease(Some("b")));
         assert_ne!(k.beat_fence(Some("a")), k.beat_fence(Some("b")));
         assert_eq!(k.beat_lease(None), "funcscale:beat:lease");
+        // records: the same task id in two tenants' queues is two records
+        assert_ne!(k.task(&a, "t1"), k.task(&b, "t1"));
+        assert_eq!(k.task(&a, "t1"), "funcscale:task:{a.jobs}:t1");
+        assert_eq!(k.task_legacy("t1"), "funcscale:task:t1");
+        assert_ne!(k.schedule_queues(Some("a")), k.schedule_queues(Some("b")));
+        assert_eq!(k.schedule_queues(None), "funcscale:schedules-queues");
+        // worker registry and in-flight lists: the same pod name in two namespaces
+        let (ka, kb) = (
+            k.clone().in_namespace(Some("a".into())),
+            k.clone().in_namespace(Some("b".into())),
+        );
+        assert_ne!(ka.workers(), kb.workers());
+        assert_ne!(ka.worker("w-1.0"), kb.worker("w-1.0"));
+        assert_ne!(ka.inflight("w-1.0"), kb.inflight("w-1.0"));
+        assert_eq!(ka.inflight("w-1.0"), "funcscale:inflight:{a}:w-1.0");
+        assert_eq!(ka.unscoped().workers(), "funcscale:workers");
+        assert_eq!(k.inflight("w-1.0"), "funcscale:inflight:w-1.0");
+        assert_eq!(k.worker("w-1.0"), "funcscale:worker:w-1.0");
+        // the outbox of URL deliveries: a tenant's results go to its own
+        assert_ne!(ka.outbox(), kb.outbox());
+        assert_ne!(ka.outbox_dead(), kb.outbox_dead());
+        assert_eq!(ka.outbox(), "funcscale:outbox:{a}");
+        assert_eq!(ka.outbox_dead(), "funcscale:outbox:{a}:dead");
+        assert_eq!(k.outbox(), "funcscale:outbox");
+        assert_eq!(k.outbox_dead(), "funcscale:outbox:dead");
     }
 }

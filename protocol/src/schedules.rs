@@ -80,7 +80,7 @@ fn registry_pipeline<T>(
     for chunk in items.chunks(CHUNK) {
         let mut inv = script.key(keys.schedules(queue));
         inv.key(keys.schedules_per_period(queue))
-            .key(keys.schedule_queues())
+            .key(keys.schedule_queues(Keys::queue_id_namespace(queue)))
             .arg(queue);
         for item in chunk {
             args(&mut inv, item);

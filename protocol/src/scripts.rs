@@ -176,9 +176,9 @@ mod tests {
             panic!("Redis at 127.0.0.1:6379 (make redis)");
         };
         let probe = format!(
-            "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'i'), \
+            "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'a', 'i'), fs_k_task_legacy(P, 'i'), \
              fs_k_tasks_status(P, 'a', 'dead'), fs_k_tasks_func(P, 'a', 'f'), fs_k_tasks_ids(P, 'a'), \
-             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P), fs_k_running(P, 'a')}}"
+             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P, 'a'), fs_k_running(P, 'a'), fs_k_outbox(P, '{{ns.a}}')}}"
         );
         let got: Vec<String> = redis::Script::new(&probe)
             .arg("pfx")
@@ -190,7 +190,8 @@ mod tests {
             [
                 k.queue("a"),
                 k.stats("a"),
-                k.task("i"),
+                k.task("a", "i"),
+                k.task_legacy("i"),
                 k.tasks_status("a", TaskStatus::Dead),
                 k.tasks_func("a", "f"),
                 k.tasks_ids("a"),
@@ -198,6 +199,7 @@ mod tests {
                 k.queue_config("a"),
                 k.outbox(),
                 k.running("a"),
+                k.clone().in_namespace(Some("ns".into())).outbox(),
             ]
         );
     }

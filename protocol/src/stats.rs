@@ -22,7 +22,7 @@ pub enum StatsField {
     Retried,
     /// Tasks moved to the dead-letter list (counter).
     Dead,
-    /// Decaying average task time in ms (float).
+    /// Time-decayed mean task time in ms (float; see [`TaskTimeAverage`]).
     EwmaMs,
     /// Unix time in ms of the last `EwmaMs` update.
     UpdatedMs,
@@ -62,15 +62,22 @@ pub fn record_duration<'a>(
 }
 
 /// The decaying average task time `lua/record_duration.lua` keeps in the stats hash
-/// (`ewma_ms`, `updated_ms`), computed the same way in Rust for the simulator: a new
-/// duration weighs `1 - 0.5^(Δt / half-life)` (at least 5 %), Δt counted from the last time
-/// the decay was applied. The contract test runs both on the same durations.
+/// (`ewma_ms`, with its decayed sum `dsum_ms` and count `dcount`, and `updated_ms`), computed
+/// the same way in Rust for the simulator: a time-decayed mean, where every attempt weighs 1
+/// when it finishes and its weight halves every half-life (the decay is applied when at least
+/// 0.1 % of weight has gone, and `updated_ms` is when it last was). Every task of a burst
+/// counts the same, so the mean is not pulled towards the last (longest) finishers. The
+/// contract test runs both on the same durations.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TaskTimeAverage {
     /// The average, in ms.
     pub ewma_ms: f64,
     /// When the decay was last applied (unix ms).
     pub updated_ms: u64,
+    /// Decayed sum of the durations (ms).
+    pub sum_ms: f64,
+    /// Decayed count of the attempts.
+    pub count: f64,
 }
 
 impl TaskTimeAverage {
@@ -80,18 +87,25 @@ impl TaskTimeAverage {
             return Self {
                 ewma_ms: duration_ms,
                 updated_ms: now_ms,
+                sum_ms: duration_ms,
+                count: 1.0,
             };
         };
         let dt = now_ms.saturating_sub(prev.updated_ms) as f64;
         let decay = 0.5f64.powf(dt / half_life_ms.max(1) as f64);
-        let w = (1.0 - decay).max(0.05);
+        let (mut sum, mut count, mut updated) = (prev.sum_ms, prev.count, prev.updated_ms);
+        if decay < 0.999 {
+            sum *= decay;
+            count *= decay;
+            updated = now_ms;
+        }
+        sum += duration_ms;
+        count += 1.0;
         Self {
-            ewma_ms: prev.ewma_ms * (1.0 - w) + duration_ms * w,
-            updated_ms: if decay < 0.999 {
-                now_ms
-            } else {
-                prev.updated_ms
-            },
+            ewma_ms: sum / count,
+            updated_ms: updated,
+            sum_ms: sum,
+            count,
         }
     }
 }
@@ -172,6 +186,36 @@ impl QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_counts_every_task_not_the_last_finishers() {
+        // 1,000 tasks of 100..1,090 ms finish within 5 s, the longest of each 100 last (as a burst
+        // drains): the average is their mean, not the last finishers'
+        let mut avg = None;
+        for i in 0..1_000u64 {
+            let d = 100.0 + (i % 100) as f64 * 10.0;
+            avg = Some(TaskTimeAverage::record(
+                avg,
+                d,
+                1_000_000 + i * 5,
+                STATS_HALF_LIFE_MS,
+            ));
+        }
+        let mean = 100.0 + 99.0 * 10.0 / 2.0;
+        let got = avg.unwrap().ewma_ms;
+        assert!((got - mean).abs() < 0.05 * mean, "{got} vs mean {mean}");
+        // and a change of task time is followed within a few half-lives
+        let mut a = avg;
+        for i in 0..600u64 {
+            a = Some(TaskTimeAverage::record(
+                a,
+                2_000.0,
+                1_010_000 + i * 1_000,
+                STATS_HALF_LIFE_MS,
+            ));
+        }
+        assert!(a.unwrap().ewma_ms > 1_900.0, "{:?}", a);
+    }
 
     #[test]
     fn stats_parse_and_percentiles() {

@@ -360,7 +360,15 @@ impl Beat {
         }
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
-        let queues: Vec<String> = con.smembers(keys.schedule_queues()).await?;
+        // the namespace's own set, and the shared one of earlier versions and of queues
+        // whose id names no namespace (`legacyKeys` queues: those of the schedules file)
+        let mut queues: Vec<String> = con.smembers(keys.schedule_queues(None)).await?;
+        if let Some(ns) = self.config.namespace.as_deref() {
+            let own: Vec<String> = con.smembers(keys.schedule_queues(Some(ns))).await?;
+            queues.extend(own);
+            queues.sort();
+            queues.dedup();
+        }
         let mut list = Vec::new();
         for q in queues.into_iter().filter(|q| self.fires_registry_of(q)) {
             for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {
@@ -574,11 +582,20 @@ impl Beat {
             by_queue.entry(d.0.queue.as_str()).or_default().push(d);
         }
         let script = protocol::beat_fire_script();
-        let mut pipe = redis::pipe();
-        pipe.load_script(&script).ignore();
+        // one round trip per 10 chunks (5,000 ticks): each reply comes well within the
+        // response timeout however large the tick, and every chunk extends the lease it checks
+        let mut pipes = vec![redis::pipe()];
+        pipes[0].load_script(&script).ignore();
+        let mut in_pipe = 0;
         let now = now_ms();
+        let ttl_ms = self.lease_ttl_ms();
         for (queue, list) in by_queue {
             for chunk in list.chunks(500) {
+                if in_pipe == 10 {
+                    pipes.push(redis::pipe());
+                    in_pipe = 0;
+                }
+                in_pipe += 1;
                 let envs: Vec<Envelope> = chunk
                     .iter()
                     .map(|(s, tick)| {
@@ -597,21 +614,32 @@ impl Beat {
                     .iter()
                     .zip(&envs)
                     .map(|((s, tick), env)| (s.field.as_str(), *tick, env));
+                let pipe = pipes.last_mut().expect("one pipe at least");
                 pipe.invoke_script(&protocol::beat_fire_invocation(
                     &script,
                     keys,
-                    (self.config.namespace.as_deref(), &held.value),
+                    (self.config.namespace.as_deref(), &held.value, ttl_ms),
                     queue,
                     now,
                     ticks,
                 ));
             }
         }
-        let results: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
+        let mut results: Vec<i64> = Vec::new();
+        for pipe in pipes {
+            let part: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
+            let lost = part.contains(&-1);
+            results.extend(part);
+            if lost {
+                break;
+            }
+        }
+        let n: i64 = results.iter().filter(|r| **r > 0).sum();
         if results.contains(&-1) {
+            self.fired += n as u64;
+            self.metrics.fired.inc_by(n as u64);
             return Ok(false);
         }
-        let n: i64 = results.iter().sum();
         self.fired += n as u64;
         self.metrics.fired.inc_by(n as u64);
         if n > 0 {

@@ -155,6 +155,11 @@ pub enum TasksAction {
     Show {
         /// Task id.
         id: String,
+        /// Queue of the task (required here; `kubectl funcscale tasks show` searches the
+        /// namespace's queues without it): records are kept per queue, so two tenants' tasks
+        /// of the same id are two records.
+        #[arg(long)]
+        queue: Option<String>,
     },
     /// Per-minute counts: submitted, started, completed, failed, retried, dead, executing.
     Counts {
@@ -175,7 +180,7 @@ impl TasksAction {
     pub fn queue_mut(&mut self) -> Option<&mut String> {
         match self {
             Self::List { queue, .. } | Self::Counts { queue, .. } => Some(queue),
-            Self::Show { .. } => None,
+            Self::Show { queue, .. } => queue.as_mut(),
         }
     }
 }
@@ -429,10 +434,16 @@ where
             }
             eprintln!("{} task(s)", list.len());
         }
-        TasksAction::Show { id } => match records::show_task(con, keys, &id).await? {
-            Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
-            None => anyhow::bail!("no record of task {id:?} (never seen, or past retention)"),
-        },
+        TasksAction::Show { id, queue } => {
+            let queue = queue
+                .context("tasks show: --queue is required (task records are kept per queue)")?;
+            match records::show_task(con, keys, &queue, &id).await? {
+                Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
+                None => anyhow::bail!(
+                    "no record of task {id:?} in queue {queue} (never seen, or past retention)"
+                ),
+            }
+        }
         TasksAction::Counts { queue, since, json } => {
             let since_ms = now.saturating_sub(since.as_millis() as u64);
             let buckets = records::counts(con, keys, &queue, since_ms, now).await?;
@@ -837,7 +848,8 @@ fn queue_names(command: &mut Command) -> Vec<&mut String> {
 
 /// Execute a parsed command line.
 pub async fn execute(mut cli: Cli) -> anyhow::Result<()> {
-    let keys = Keys::new(cli.redis.prefix.clone());
+    // the namespace's worker registry and outbox (`run` without one: its queues' namespace)
+    let keys = Keys::new(cli.redis.prefix.clone()).in_namespace(cli.redis.namespace.clone());
     let redis = cli.redis.clone();
     for q in queue_names(&mut cli.command) {
         *q = redis.queue_id(q);

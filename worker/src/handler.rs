@@ -226,7 +226,10 @@ where
 /// - `fail` (args: `[message]`): always fails;
 /// - `record` (args: `[set_key, ms?, list_key?]`): adds the task id to a Redis set (and
 ///   appends it to a list, counting re-executions), then sleeps `ms` — a side effect tests
-///   count independently of the worker's own bookkeeping.
+///   count independently of the worker's own bookkeeping;
+/// - `flaky` (args: `[set_key, failures]`): fails its first `failures` attempts (by the
+///   envelope's `attempt`), then adds the task id to a Redis set — a retry that is seen
+///   to run.
 pub fn builtins() -> HashMap<String, HandlerFn> {
     let mut m: HashMap<String, HandlerFn> = HashMap::new();
     m.insert("noop".into(), handler_fn(|_ctx| async { Ok(Value::Null) }));
@@ -273,6 +276,29 @@ pub fn builtins() -> HashMap<String, HandlerFn> {
             if let Some(ms) = ctx.envelope.args.get(1).and_then(Value::as_u64) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            Ok(Value::Null)
+        }),
+    );
+    m.insert(
+        "flaky".into(),
+        handler_fn(|ctx| async move {
+            let key = ctx
+                .arg(0)
+                .and_then(Value::as_str)
+                .ok_or_else(|| TaskError::permanent("flaky: args[0] must be a key"))?;
+            let failures = ctx.arg(1).and_then(Value::as_u64).unwrap_or(1);
+            let attempt = u64::from(ctx.envelope.attempt);
+            if attempt < failures {
+                return Err(TaskError::new(format!(
+                    "flaky: attempt {attempt} fails (the first {failures} do)"
+                )));
+            }
+            let mut con = ctx.redis();
+            let _: i64 = redis::cmd("SADD")
+                .arg(key)
+                .arg(&ctx.envelope.id)
+                .query_async(&mut con)
+                .await?;
             Ok(Value::Null)
         }),
     );

@@ -64,11 +64,12 @@ pub fn beat_fire_script() -> redis::Script {
 }
 
 /// One call of [`beat_fire_script`] for `queue`: `ticks` are (schedule field, tick, envelope).
-/// Returns -1 when `lease_value` no longer holds the lease of `namespace`, else the number of ticks enqueued.
+/// Returns -1 when `lease_value` no longer holds the lease of `namespace`, else the number of
+/// ticks enqueued (and the lease is extended by `lease_ttl_ms`).
 pub fn beat_fire_invocation<'a, 'b>(
     script: &'a redis::Script,
     keys: &Keys,
-    (namespace, lease_value): (Option<&str>, &str),
+    (namespace, lease_value, lease_ttl_ms): (Option<&str>, &str, u64),
     queue: &str,
     now_ms: u64,
     ticks: impl IntoIterator<Item = (&'b str, i64, &'b Envelope)>,
@@ -80,7 +81,8 @@ pub fn beat_fire_invocation<'a, 'b>(
         .arg(lease_value)
         .arg(keys.prefix())
         .arg(queue)
-        .arg(now_ms);
+        .arg(now_ms)
+        .arg(lease_ttl_ms);
     for (field, tick, env) in ticks {
         inv.arg(field)
             .arg(tick)

@@ -91,9 +91,12 @@ impl TaskQuery {
     }
 }
 
+/// The records of `ids` in `queue`: each under the queue ([`Keys::task`]), else the one an
+/// earlier version wrote under the id alone ([`Keys::task_legacy`]) if it is of `queue`.
 async fn fetch_records<C>(
     con: &mut C,
     keys: &Keys,
+    queue: &str,
     ids: &[String],
 ) -> redis::RedisResult<Vec<TaskRecord>>
 where
@@ -103,10 +106,28 @@ where
     for chunk in ids.chunks(1_000) {
         let mut pipe = redis::pipe();
         for id in chunk {
-            pipe.hgetall(keys.task(id));
+            pipe.hgetall(keys.task(queue, id));
         }
         let rows: Vec<Vec<(String, String)>> = pipe.query_async(con).await?;
-        out.extend(rows.into_iter().filter_map(TaskRecord::from_pairs));
+        let mut missing = Vec::new();
+        for (id, row) in chunk.iter().zip(rows) {
+            match TaskRecord::from_pairs(row) {
+                Some(r) => out.push(r),
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &missing {
+                pipe.hgetall(keys.task_legacy(id));
+            }
+            let rows: Vec<Vec<(String, String)>> = pipe.query_async(con).await?;
+            out.extend(
+                rows.into_iter()
+                    .filter_map(TaskRecord::from_pairs)
+                    .filter(|r| r.queue == queue),
+            );
+        }
     }
     Ok(out)
 }
@@ -186,7 +207,8 @@ where
                 vec![],
             ),
         };
-        let record_prefix = keys.task("");
+        let record_prefix = keys.task(&q.queue, "");
+        let legacy_prefix = keys.task_legacy("");
         let mut offset = 0;
         loop {
             let (ids, scores, consumed): (Vec<String>, Vec<String>, usize) = script
@@ -204,6 +226,7 @@ where
                 .arg(q.func.as_deref().unwrap_or(""))
                 .arg(q.since_ms.unwrap_or(0))
                 .arg(q.until_ms.unwrap_or(u64::MAX / 2))
+                .arg(&legacy_prefix)
                 .invoke_async(con)
                 .await?;
             found.extend(ids.into_iter().zip(scores.iter().map(|s| parse_ms(s))));
@@ -247,7 +270,7 @@ where
         found.truncate(limit);
     }
     let ids: Vec<String> = found.into_iter().map(|(id, _)| id).collect();
-    let mut out: Vec<TaskRecord> = fetch_records(con, keys, &ids)
+    let mut out: Vec<TaskRecord> = fetch_records(con, keys, &q.queue, &ids)
         .await?
         .into_iter()
         .filter(|r| q.matches(r))
@@ -269,20 +292,20 @@ fn parse_ms(s: &str) -> u64 {
     s.parse::<f64>().unwrap_or(0.0) as u64
 }
 
-/// The record of task `id`.
+/// The record of task `id` of `queue` (a queue id).
 pub async fn show_task<C>(
     con: &mut C,
     keys: &Keys,
+    queue: &str,
     id: &str,
 ) -> redis::RedisResult<Option<TaskRecord>>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let pairs: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg(keys.task(id))
-        .query_async(con)
-        .await?;
-    Ok(TaskRecord::from_pairs(pairs))
+    Ok(fetch_records(con, keys, queue, &[id.to_string()])
+        .await?
+        .into_iter()
+        .next())
 }
 
 /// Which dead letters an action applies to.

@@ -210,7 +210,18 @@ impl WorkerBuilder {
         self
     }
     /// Connect to Redis and build the worker.
-    pub async fn build(self) -> anyhow::Result<Worker> {
+    pub async fn build(mut self) -> anyhow::Result<Worker> {
+        // the registry and in-flight lists of the queues' namespace (worker ids come from pod
+        // names, which repeat across namespaces); queues whose ids name none: the shared ones
+        if self.config.keys.namespace().is_none() {
+            let ns = self
+                .config
+                .queues
+                .iter()
+                .find_map(|q| Keys::queue_id_namespace(q))
+                .map(String::from);
+            self.config.keys = self.config.keys.clone().in_namespace(ns);
+        }
         let handler = match self.handler {
             Some(Handler::Functions(mut m)) => {
                 m.extend(self.functions);
@@ -586,6 +597,19 @@ impl Worker {
 }
 
 impl Inner {
+    /// Recover the tasks of dead slots of this worker's namespace, and (a namespaced worker)
+    /// of the registry earlier versions shared: after an upgrade, a slot of an old worker
+    /// that died still has its in-flight tasks there.
+    async fn reap(&self, slots: &[String]) -> redis::RedisResult<u64> {
+        let keys = &self.config.keys;
+        let ttl = self.config.worker_ttl_ms;
+        let mut n = reap_dead(&self.redis, keys, ttl, slots).await?;
+        if keys.namespace().is_some() {
+            n += reap_dead(&self.redis, &keys.unscoped(), ttl, slots).await?;
+        }
+        Ok(n)
+    }
+
     async fn heartbeat(&self, slots: &[String]) -> redis::RedisResult<()> {
         let keys = &self.config.keys;
         let now = now_ms();
@@ -628,7 +652,7 @@ impl Inner {
             loop {
                 tokio::select! {
                     _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
-                    _ = reap.tick() => if let Err(e) = reap_dead(&self.redis, &self.config.keys, self.config.worker_ttl_ms, &slots).await { tracing::warn!(error = %e, "reaper failed") },
+                    _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
                     _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
                 }
@@ -648,9 +672,15 @@ impl Inner {
             let mut outbox = every(200);
             loop {
                 outbox.tick().await;
-                if let Err(e) =
-                    crate::outbox::deliver_due(&self.redis, &self.config.keys, &self.http, 50).await
-                {
+                // the namespace's outbox, and the shared one (a legacyKeys queue's, and what
+                // earlier versions left there)
+                let keys = &self.config.keys;
+                let mut r = crate::outbox::deliver_due(&self.redis, keys, &self.http, 50).await;
+                if r.is_ok() && keys.namespace().is_some() {
+                    r = crate::outbox::deliver_due(&self.redis, &keys.unscoped(), &self.http, 50)
+                        .await;
+                }
+                if let Err(e) = r {
                     tracing::warn!(error = %e, "delivering to destinations failed");
                 }
             }

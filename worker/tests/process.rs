@@ -315,7 +315,8 @@ async fn enqueue_and_schedules_commands() {
     cli(&s, &["schedules", "remove", "--queue", "m", "--id", "slow"]).await;
     assert_eq!(s.int(&["GET", &s.keys.schedules_per_period("m")]).await, 0);
     assert_eq!(
-        s.int(&["SISMEMBER", &s.keys.schedule_queues(), "m"]).await,
+        s.int(&["SISMEMBER", &s.keys.schedule_queues(None), "m"])
+            .await,
         0
     );
 }
@@ -434,7 +435,8 @@ async fn audit_commands_find_count_and_requeue_a_dead_task() {
         )
     );
     let shown: serde_json::Value =
-        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge"]).await).unwrap();
+        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge", "--queue", "q"]).await)
+            .unwrap();
     assert_eq!(shown["func"], "charge");
     let letters = rows(cli(&s, &["dead-letters", "list", "--queue", "q", "--json"]).await);
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -483,7 +485,8 @@ async fn audit_commands_find_count_and_requeue_a_dead_task() {
     .await;
     w.stop().await;
     let shown: serde_json::Value =
-        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge"]).await).unwrap();
+        serde_json::from_str(&cli(&s, &["tasks", "show", "trace-7-charge", "--queue", "q"]).await)
+            .unwrap();
     assert_eq!(
         (&shown["status"], &shown["attempt"], &shown["error"]),
         (&json!("succeeded"), &json!(0), &serde_json::Value::Null),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use common::{REDIS_URL, Receiver, Running, Space, wait_until};
 use funcscale_worker::handler::TaskError;
-use funcscale_worker::protocol::{self, Destination, Envelope, QueueConfig, TaskStatus};
+use funcscale_worker::protocol::{self, Destination, Envelope, Keys, QueueConfig, TaskStatus};
 use funcscale_worker::records::{self, Selector, StatusFilter, TaskQuery};
 use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
 use serde_json::json;
@@ -181,7 +181,7 @@ async fn records_every_transition_and_each_filter_finds_them() {
     assert_eq!(ids(&two), ids(&all[..2]));
     // Show.
     let mut con = s.con().await;
-    let r = records::show_task(&mut con, &s.keys, "trace-b-3")
+    let r = records::show_task(&mut con, &s.keys, "q", "trace-b-3")
         .await
         .unwrap()
         .unwrap();
@@ -220,12 +220,12 @@ async fn retention_by_count_and_by_age() {
         50
     );
     assert_eq!(
-        s.int(&["EXISTS", &s.keys.task("r000")]).await,
+        s.int(&["EXISTS", &s.keys.task("q", "r000")]).await,
         0,
         "oldest gone"
     );
     assert_eq!(
-        s.int(&["EXISTS", &s.keys.task("r199")]).await,
+        s.int(&["EXISTS", &s.keys.task("q", "r199")]).await,
         1,
         "newest kept"
     );
@@ -258,7 +258,7 @@ async fn retention_by_count_and_by_age() {
     ] {
         assert_eq!(s.int(&["ZCARD", &key]).await, 0, "{key}");
     }
-    assert_eq!(s.int(&["EXISTS", &s.keys.task("r199")]).await, 0);
+    assert_eq!(s.int(&["EXISTS", &s.keys.task("q", "r199")]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +305,7 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
     )
     .await;
     assert_eq!(ids(&rec), ["order-42-a"]);
-    let dead = records::show_task(&mut con, &s.keys, "order-42-a")
+    let dead = records::show_task(&mut con, &s.keys, "q", "order-42-a")
         .await
         .unwrap()
         .unwrap();
@@ -318,7 +318,7 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    let waiting = records::show_task(&mut con, &s.keys, "order-42-a")
+    let waiting = records::show_task(&mut con, &s.keys, "q", "order-42-a")
         .await
         .unwrap()
         .unwrap();
@@ -345,14 +345,14 @@ async fn a_dead_task_is_found_by_prefix_requeued_and_succeeds() {
         Duration::from_secs(10),
         || async {
             let mut con = s.con().await;
-            records::show_task(&mut con, &s.keys, "order-42-a")
+            records::show_task(&mut con, &s.keys, "q", "order-42-a")
                 .await
                 .unwrap()
                 .is_some_and(|r| r.status == "succeeded")
         },
     )
     .await;
-    let r = records::show_task(&mut con, &s.keys, "order-42-a")
+    let r = records::show_task(&mut con, &s.keys, "q", "order-42-a")
         .await
         .unwrap()
         .unwrap();
@@ -609,7 +609,7 @@ async fn record_keys_written_by_lua_match_the_rust_key_names() {
     let s = Space::new("rec-keys");
     s.enqueue("q", &[s.env("k1", "f", "q", json!([]))]).await;
     for key in [
-        s.keys.task("k1"),
+        s.keys.task("q", "k1"),
         s.keys.tasks_ids("q"),
         s.keys.tasks_func("q", "f"),
         s.keys.tasks_status("q", TaskStatus::Queued),
@@ -811,7 +811,7 @@ async fn each_start_is_counted_once_whether_or_not_it_was_recorded() {
         "the long task is recorded as started",
         Duration::from_secs(10),
         || async {
-            records::show_task(&mut s.con().await, &s.keys, "long")
+            records::show_task(&mut s.con().await, &s.keys, "q", "long")
                 .await
                 .unwrap()
                 .is_some_and(|r| r.status == "started")
@@ -830,7 +830,7 @@ async fn each_start_is_counted_once_whether_or_not_it_was_recorded() {
     assert_eq!(sum(|b| b.started), 2);
     assert_eq!(sum(|b| b.completed), 2);
     for id in ["short", "long"] {
-        let r = records::show_task(&mut con, &s.keys, id)
+        let r = records::show_task(&mut con, &s.keys, "q", id)
             .await
             .unwrap()
             .unwrap();
@@ -899,7 +899,7 @@ async fn every_index_walk_agrees_with_a_full_read() {
     let mut all = Vec::new();
     for id in &all_ids {
         all.push(
-            records::show_task(&mut con, &s.keys, id)
+            records::show_task(&mut con, &s.keys, "q", id)
                 .await
                 .unwrap()
                 .unwrap(),
@@ -1007,7 +1007,7 @@ async fn retention_by_count_takes_the_oldest_of_every_status() {
     for (i, (id, _)) in succeeded_at.iter().enumerate() {
         let kept = i >= 6;
         assert_eq!(
-            s.int(&["EXISTS", &s.keys.task(id)]).await == 1,
+            s.int(&["EXISTS", &s.keys.task("q", id)]).await == 1,
             kept,
             "{id}"
         );
@@ -1056,7 +1056,7 @@ async fn a_success_after_a_retry_clears_the_error() {
     w.stop().await;
     let mut con = s.con().await;
     for id in ["flaky-1", "plain-1"] {
-        let r = records::show_task(&mut con, &s.keys, id)
+        let r = records::show_task(&mut con, &s.keys, "q", id)
             .await
             .unwrap()
             .unwrap();
@@ -1064,18 +1064,18 @@ async fn a_success_after_a_retry_clears_the_error() {
         assert_eq!(r.error, None, "{id}");
         assert_eq!(r.finished_ms, Some(r.updated_ms), "{id}");
     }
-    let flaky = records::show_task(&mut con, &s.keys, "flaky-1")
+    let flaky = records::show_task(&mut con, &s.keys, "q", "flaky-1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(flaky.attempt, Some(1));
 }
 
-/// A task id reused in another queue, or for another function, is a new task there: the
-/// indexes of its old queue and function no longer hold it, so their queries and retention
-/// do not see it.
+/// A task id reused for another function is a new task: the index of its old function no
+/// longer holds it. Reused in another queue, it is another record: each queue keeps its own
+/// (records are kept per queue).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
+async fn a_reused_id_leaves_the_index_of_its_old_function_and_is_another_queues_own() {
     let s = Space::new("rec-reuse");
     let mut first = s.env("dup", "fail", "q1", json!(["boom"]));
     first.max_retries = Some(0);
@@ -1088,7 +1088,7 @@ async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
     })
     .await;
     w.stop().await;
-    let dead = records_of(&s, "dup").await;
+    let dead = records_of(&s, "q1", "dup").await;
     assert_eq!(dead.error.as_deref(), Some("boom"));
     // (each index below could only ever hold this one id)
     let holds_it = |key: String| {
@@ -1100,7 +1100,7 @@ async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     s.enqueue("q1", &[s.env("dup", "later", "q1", json!([]))])
         .await;
-    let first = records_of(&s, "dup").await;
+    let first = records_of(&s, "q1", "dup").await;
     assert_eq!(
         (first.status.as_str(), first.func.as_str(), first.attempt),
         ("queued", "later", Some(0))
@@ -1125,7 +1125,7 @@ async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
     };
     assert!(list(&s, &by_func("fail")).await.is_empty());
     assert_eq!(ids(&list(&s, &by_func("later")).await), ["dup"]);
-    // Another queue: q1's indexes forget it, q2's hold it, and it is new there.
+    // Another queue: a record of its own there; q1's stays, with its indexes.
     tokio::time::sleep(Duration::from_millis(5)).await;
     s.enqueue("q2", &[s.env("dup", "noop", "q2", json!([]))])
         .await;
@@ -1134,26 +1134,149 @@ async fn a_reused_id_leaves_the_indexes_of_its_old_queue_and_function() {
         s.keys.tasks_status("q1", TaskStatus::Queued),
         s.keys.tasks_func("q1", "later"),
     ] {
-        assert!(!holds_it(key.clone()).await, "{key} still holds the id");
+        assert!(holds_it(key.clone()).await, "{key} lost the id");
     }
-    assert!(list(&s, &query("q1")).await.is_empty());
     let prefix = |q: &str| TaskQuery {
         id_prefix: Some("du".into()),
         ..query(q)
     };
-    assert!(list(&s, &prefix("q1")).await.is_empty());
+    assert_eq!(ids(&list(&s, &prefix("q1")).await), ["dup"]);
     assert_eq!(ids(&list(&s, &prefix("q2")).await), ["dup"]);
-    let moved = records_of(&s, "dup").await;
-    assert_eq!((moved.queue.as_str(), moved.func.as_str()), ("q2", "noop"));
+    let other = records_of(&s, "q2", "dup").await;
+    assert_eq!((other.queue.as_str(), other.func.as_str()), ("q2", "noop"));
     assert!(
-        moved.created_ms > first.created_ms,
-        "a new task in q2: {moved:?} after {first:?}"
+        other.created_ms > first.created_ms,
+        "a new task in q2: {other:?} after {first:?}"
     );
+    let still = records_of(&s, "q1", "dup").await;
+    assert_eq!((still.queue.as_str(), still.func.as_str()), ("q1", "later"));
 }
 
-async fn records_of(s: &Space, id: &str) -> protocol::TaskRecord {
+/// Two tenants' queues (`{a.jobs}`, `{b.jobs}`) on one Redis and one prefix, a task of the
+/// same id in each: two records, each found under its queue, each run by its own worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_tasks_of_one_id_are_two_records() {
+    let s = Space::new("rec-tenants");
+    let (a, b) = (Keys::queue_id("a", "jobs"), Keys::queue_id("b", "jobs"));
+    s.enqueue(&a, &[s.env("order-1", "noop", &a, json!([]))])
+        .await;
+    let mut theirs = s.env("order-1", "fail", &b, json!(["b's own failure"]));
+    theirs.max_retries = Some(0);
+    s.enqueue(&b, &[theirs]).await;
+    let (wa, wb) = (
+        Running::start(builder(&s, &[a.as_str()], 1)).await,
+        Running::start(builder(&s, &[b.as_str()], 1)).await,
+    );
+    wait_until("both tasks done", Duration::from_secs(10), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status(&a, TaskStatus::Succeeded)])
+            .await
+            == 1
+            && s.int(&["ZCARD", &s.keys.tasks_status(&b, TaskStatus::Dead)])
+                .await
+                == 1
+    })
+    .await;
+    wa.stop().await;
+    wb.stop().await;
+    let (ra, rb) = (
+        records_of(&s, &a, "order-1").await,
+        records_of(&s, &b, "order-1").await,
+    );
+    assert_eq!(
+        (
+            ra.queue.as_str(),
+            ra.func.as_str(),
+            ra.status.as_str(),
+            &ra.error
+        ),
+        (a.as_str(), "noop", "succeeded", &None)
+    );
+    assert_eq!(
+        (rb.queue.as_str(), rb.func.as_str(), rb.status.as_str()),
+        (b.as_str(), "fail", "dead")
+    );
+    assert_eq!(rb.error.as_deref(), Some("b's own failure"));
+    assert_ne!(s.keys.task(&a, "order-1"), s.keys.task(&b, "order-1"));
+    // each tenant's query sees its own
+    assert_eq!(ids(&list(&s, &query(&a)).await), ["order-1"]);
+    assert_eq!(list(&s, &query(&b)).await[0].status, "dead");
+}
+
+/// A record an earlier version wrote under the id alone (`Keys::task_legacy`) is still read
+/// for its queue, and moves under the queue when the task is written again (a task in flight
+/// across the upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_an_earlier_version_is_read_and_moved_under_its_queue() {
+    let s = Space::new("rec-legacy");
+    let legacy = s.keys.task_legacy("old-1");
     let mut con = s.con().await;
-    records::show_task(&mut con, &s.keys, id)
+    // written a minute ago (within retention: trimming would delete it)
+    let t0 = now_ms() - 60_000;
+    let t0s = t0.to_string();
+    let _: () = redis::cmd("HSET")
+        .arg(&legacy)
+        .arg(&[
+            ("id", "old-1"),
+            ("queue", "q"),
+            ("func", "noop"),
+            ("status", "queued"),
+            ("created_ms", t0s.as_str()),
+            ("updated_ms", t0s.as_str()),
+        ])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(s.keys.tasks_status("q", TaskStatus::Queued))
+        .arg(t0)
+        .arg("old-1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(s.keys.tasks_ids("q"))
+        .arg(0)
+        .arg("old-1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // read: by id, in a list, and not for another queue
+    assert_eq!(records_of(&s, "q", "old-1").await.created_ms, Some(t0));
+    assert_eq!(ids(&list(&s, &query("q")).await), ["old-1"]);
+    let prefix = TaskQuery {
+        id_prefix: Some("old".into()),
+        ..query("q")
+    };
+    assert_eq!(ids(&list(&s, &prefix).await), ["old-1"]);
+    assert!(
+        records::show_task(&mut con, &s.keys, "other", "old-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // its task (waiting across the upgrade) runs: the record moves under the queue, whole
+    let _: () = redis::cmd("LPUSH")
+        .arg(s.keys.queue("q"))
+        .arg(s.env("old-1", "noop", "q", json!([])).to_json())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let w = Running::start(builder(&s, &["q"], 1)).await;
+    wait_until("the old task done", Duration::from_secs(10), || async {
+        s.int(&["ZCARD", &s.keys.tasks_status("q", TaskStatus::Succeeded)])
+            .await
+            == 1
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(s.int(&["EXISTS", &legacy]).await, 0);
+    let r = records_of(&s, "q", "old-1").await;
+    assert_eq!((r.status.as_str(), r.created_ms), ("succeeded", Some(t0)));
+}
+
+async fn records_of(s: &Space, queue: &str, id: &str) -> protocol::TaskRecord {
+    let mut con = s.con().await;
+    records::show_task(&mut con, &s.keys, queue, id)
         .await
         .unwrap()
         .unwrap()

@@ -29,8 +29,8 @@ pub struct Dereferenced {
     pub other_beats: Vec<(Arc<FuncWorkerPool>, String)>,
     /// Queues of `queues` / `namespace_queues` that are refused for sharing their keys with
     /// an older queue of another namespace ([`crate::crd_ext::key_conflict`]): (queue name,
-    /// the older `namespace/name`).
-    pub key_conflicts: Vec<(String, String)>,
+    /// the conflict).
+    pub key_conflicts: Vec<(String, crate::crd_ext::KeyConflict)>,
 }
 
 /// Read everything `pool` depends on.
@@ -64,17 +64,16 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             .cloned()
             .collect(),
     };
-    // only legacyKeys queues can conflict: read all queues only when the pool uses one
-    let key_conflicts = if used.iter().any(|q| q.spec.legacy_keys) {
-        let all = ctx.queues.state();
-        used.iter()
-            .filter_map(|q| {
-                crate::crd_ext::key_conflict(q, ns, &all).map(|other| (q.name_any(), other))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // queues refused for sharing keys with another namespace's (the queue controller says so);
+    // the candidates from the index, not a scan of every queue for each of the pool's
+    let key_conflicts = used
+        .iter()
+        .filter_map(|q| {
+            ctx.key_index
+                .conflict(q, ns, &ctx.queues)
+                .map(|c| (q.name_any(), c))
+        })
+        .collect();
     let now_ms = ctx.now_ms();
     let mut missing_secrets = Vec::new();
     for q in &used {

@@ -331,24 +331,15 @@ pub fn error_policy(pool: Arc<FuncWorkerPool>, err: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// Mapper from a queue to the pools it wakes (from the index: the Worker pools listing it
-/// and the Beat pools of its namespace). A `legacyKeys` queue also maps to the pools of its
-/// name in every other namespace: its creation or deletion refuses or frees a younger twin
-/// there ([`crate::crd_ext::key_conflict`]).
+/// Mapper from a queue to the pools it wakes, from the index: the Worker pools listing it and
+/// the Beat pools of its namespace. (Pools of other namespaces whose queues share its keys
+/// are woken through [`crate::key_index`].)
 pub fn queue_to_pools(
     index: PoolIndex,
 ) -> impl Fn(&FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
     move |q: &FuncQueue| {
         let ns = q.namespace().unwrap_or_default();
-        let name = q.name_any();
-        if !q.spec.legacy_keys {
-            return index.pools_for_queue(&ns, &name);
-        }
-        index
-            .namespaces()
-            .iter()
-            .flat_map(|ns| index.pools_for_queue(ns, &name))
-            .collect()
+        index.pools_for_queue(&ns, &q.name_any())
     }
 }
 

@@ -28,8 +28,8 @@ pub struct Valid {
 
 /// Check `pool` against what it points at. `keys`: the key layout the worker pods use.
 pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) -> Result<Valid> {
-    // a queue refused for sharing its legacy keys with another namespace's is served by
-    // nobody here: a Worker pool naming it is invalid, a Beat leaves its schedules out
+    // a queue refused for sharing its keys with another namespace's is served by nobody
+    // here: a Worker pool naming it is invalid, a Beat leaves its schedules out
     let conflict = |name: &str| {
         d.key_conflicts
             .iter()
@@ -48,11 +48,13 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
             for (i, (name, q)) in d.queues.iter().enumerate() {
                 match q {
                     Some(q) => {
-                        if let Some(other) = conflict(name) {
+                        if let Some(c) = conflict(name) {
                             return Err(Error::invalid(
                                 format!("spec.queues[{i}]"),
                                 format!(
-                                    "FuncQueue {name} is refused (Ready=False, reason KeyConflict): it sets legacyKeys like the older FuncQueue {other} of the same name on the same Redis, so its tasks would be {other}'s; remove legacyKeys from FuncQueue {name} or rename it"
+                                    "FuncQueue {name} is refused (Ready=False, reason KeyConflict): it would share {shared} with the older FuncQueue {other} on the same Redis, so its tasks would be {other}'s; give FuncQueue {name} keys of its own (remove legacyKeys, change spec.key, or rename it)",
+                                    shared = c.shared,
+                                    other = c.other,
                                 ),
                             ));
                         }

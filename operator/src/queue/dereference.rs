@@ -3,7 +3,6 @@
 
 use crate::context::Context;
 use crate::crd::FuncQueue;
-use crate::crd_ext::key_conflict;
 use crate::error::Result;
 use crate::redis_metrics::{QueueId, Reading, RedisEndpoint};
 
@@ -18,8 +17,8 @@ pub struct Dereferenced {
     /// The poller's last reading of the queue.
     pub reading: Option<Reading>,
     /// An older FuncQueue of another namespace whose keys this queue's would share
-    /// (`legacyKeys` queues of the same name on the same Redis): why this one is refused.
-    pub key_conflict: Option<String>,
+    /// (the same queue id or list on the same Redis): why this one is refused.
+    pub key_conflict: Option<crate::crd_ext::KeyConflict>,
 }
 
 /// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
@@ -37,17 +36,12 @@ pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEnd
 
 /// Read everything `q` depends on.
 pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Dereferenced {
-    // only a legacyKeys queue can conflict: the other queues are read only for one (a copy
-    // of 10,000 queue references per reconcile was most of a queue reconcile's time)
-    let key_conflict = if q.spec.legacy_keys {
-        key_conflict(q, &id.namespace, &ctx.queues.state())
-    } else {
-        None
-    };
     Dereferenced {
         consumers: ctx.index.consumers(&id.namespace, &id.name),
         endpoint: endpoint(q, &id.namespace, ctx).await,
         reading: ctx.cache.get(id),
-        key_conflict,
+        // the few queues that could share its keys, from the index (a copy of 10,000 queue
+        // references per reconcile was most of a queue reconcile's time)
+        key_conflict: ctx.key_index.conflict(q, &id.namespace, &ctx.queues),
     }
 }

@@ -82,14 +82,15 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         crate::events::warn(&ctx.recorder, q.as_ref(), "NotServed", note).await;
     }
     let action = match d.endpoint {
-        // legacyKeys queues of one name in two namespaces would share tasks and settings:
-        // the younger is refused, nothing of it written to Redis or polled
+        // queues of two namespaces whose keys meet (legacyKeys or adopted queues of one
+        // name, explicit keys naming one list) would share tasks and settings: the younger
+        // is refused, nothing of it written to Redis or polled
         Ok(_) if d.key_conflict.is_some() => {
-            let other = d.key_conflict.unwrap_or_default();
+            let c = d.key_conflict.unwrap_or_else(|| unreachable!());
+            let other = &c.other;
             let msg = format!(
-                "FuncQueue {id} and FuncQueue {other} both set legacyKeys with the name {name} on the same Redis: they would share the list {key}, its settings and its schedules; {other} is older and keeps them. Remove legacyKeys from {id} (its keys become namespaced) or rename it",
-                name = id.name,
-                key = st.key.as_deref().unwrap_or_default(),
+                "FuncQueue {id} and FuncQueue {other} on the same Redis would share {shared}; {other} is older and keeps it. Give {id} keys of its own: remove legacyKeys (its keys become namespaced), change spec.key, or rename it",
+                shared = c.shared,
             );
             let was = stored
                 .and_then(|s| crate::conditions::get(&s.conditions, "Ready"))

@@ -395,8 +395,11 @@ mod tests {
         assert!(r.p95_wait_s <= 60.0, "{r:?}");
     }
 
+    /// A lasting step from nothing to 100 tasks/s: funcscale keeps every wait within the
+    /// drain target (it spends the wait budget rather than emptying the queue) and needs
+    /// fewer pod-seconds than KEDA with its defaults, which empties it.
     #[test]
-    fn funcscale_reacts_within_seconds() {
+    fn funcscale_meets_the_wait_target_on_a_step_with_fewer_pods() {
         let trace = Trace::new(
             "step",
             (60..360)
@@ -410,7 +413,8 @@ mod tests {
         );
         let r = simulate(&trace, &mut funcscale(100), &SimConfig::default());
         let k = simulate(&trace, &mut Keda::new(100), &SimConfig::default());
-        assert!(r.p95_wait_s < k.p95_wait_s, "funcscale {r:?} keda {k:?}");
+        assert!(r.max_wait_s <= 60.0, "funcscale {r:?}");
+        assert!(r.pod_seconds < k.pod_seconds, "funcscale {r:?} keda {k:?}");
     }
 
     #[test]

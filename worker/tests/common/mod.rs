@@ -26,10 +26,14 @@ impl Space {
         }
     }
 
+    /// A connection whose replies may take long (a 20,000-entry script on a loaded machine):
+    /// redis-rs' default response timeout is for interactive use.
     pub async fn con(&self) -> redis::aio::MultiplexedConnection {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         redis::Client::open(REDIS_URL)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&cfg)
             .await
             .unwrap()
     }

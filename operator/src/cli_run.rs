@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt, Resource};
@@ -46,6 +46,12 @@ pub struct RunArgs {
     /// How often Redis is polled, e.g. `1s`, `500ms`.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Most reconciles each controller (pools, queues) runs at once. Each reconcile in flight
+    /// holds an API server connection with its buffers: unbounded, a burst of 10,000 queue
+    /// reconciles opened thousands of connections that stayed in the client's pool (most of
+    /// the operator's memory at 10,000 queues).
+    #[arg(long, env = "FUNCSCALE_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -314,6 +320,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         triggers::pool_stream(pool_events, ctx.index.clone(), send.clone()),
         pool_store.clone(),
     )
+    .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
     .owns_stream(deployments)
     // a Beat pool's schedules: any change of the few ConfigMaps is re-applied
     .owns(api::<ConfigMap>(&client, ns), owned)
@@ -330,6 +337,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         triggers::queue_stream(queue_events, ctx.index.clone(), ctx.key_index.clone(), send),
         queue_store.clone(),
     )
+    .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
     .reconcile_on(poll_queues_rx)
     .reconcile_on(queue_rx)
     .graceful_shutdown_on(stop.clone().wait())

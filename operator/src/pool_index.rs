@@ -222,12 +222,13 @@ impl Inner {
             }
         }
         let (was_beat, is_beat) = (old.is_some_and(|e| e.beat), new.is_some_and(|e| e.beat));
-        if was_beat && !is_beat {
-            if let Some(set) = self.beats.get_mut(ns) {
-                set.remove(name);
-                if set.is_empty() {
-                    self.beats.remove(ns);
-                }
+        if was_beat
+            && !is_beat
+            && let Some(set) = self.beats.get_mut(ns)
+        {
+            set.remove(name);
+            if set.is_empty() {
+                self.beats.remove(ns);
             }
         }
         if is_beat {

@@ -130,14 +130,17 @@ async fn what_the_filters_must_let_through() {
     for name in ["w", "w2"] {
         pools.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    eventually(WAIT, "queue q not served", || async {
+    let unserved = eventually(WAIT, "queue q not served", || async {
         let q = queues.get("q").await.ok()?;
         let st = q.status?;
         let served = st.conditions.iter().find(|c| c.type_ == "Served")?;
         (st.consumers.is_empty() && served.status == "False").then_some(())
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    .await;
+    if let Err(e) = unserved {
+        let st = queues.get("q").await.map(|q| q.status);
+        panic!("{e}\n{st:#?}\n{}", logs());
+    }
 
     s.shutdown().await;
 }

@@ -122,7 +122,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     };
 
     if build::changed(&st, stored) {
-        status::patch(&ctx, &id, &st).await?;
+        status::patch(&ctx, &id, &st, stored).await?;
     }
     ctx.backoff.succeeded(&format!("queue:{id}"));
     timer.observe_duration();

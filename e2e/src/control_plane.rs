@@ -149,8 +149,12 @@ impl ControlPlane {
 
     /// The operator's identity in namespace `ns`, with exactly the chart's permissions in
     /// namespaced mode (`operator/rbac.yaml`, which `make chart-check` keeps equal to the
-    /// chart): its ServiceAccount, the ClusterRole bound by a RoleBinding in `ns`, and the
-    /// leader-election Role. Returns a kubeconfig with the ServiceAccount's token.
+    /// chart): its ServiceAccount, the ClusterRole's rules as a Role in `ns` (as the chart's
+    /// one-namespace mode renders them) bound by a RoleBinding, and the leader-election Role.
+    /// A Role of its own per scenario: a cluster-wide ClusterRole would be shared by every
+    /// scenario on the control plane, and one applied from another checkout (other rules)
+    /// would change this scenario's rights mid-run. Returns a kubeconfig with the
+    /// ServiceAccount's token.
     pub async fn operator_kubeconfig(
         &self,
         client: &Client,
@@ -182,6 +186,12 @@ impl ControlPlane {
             if kind == "ClusterRoleBinding" {
                 continue; // namespaced mode: the RoleBinding below instead
             }
+            if kind == "ClusterRole" && !cluster_wide {
+                // the operator's rules, in this namespace only (the CRD rule is cluster-scoped
+                // and does not apply there, as in the chart's one-namespace mode)
+                v["kind"] = json!("Role");
+                v["metadata"]["namespace"] = json!(ns);
+            }
             if v["metadata"].get("namespace").is_some() {
                 v["metadata"]["namespace"] = json!(ns);
             }
@@ -203,7 +213,7 @@ impl ControlPlane {
         } else {
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                 "metadata": {"name": OPERATOR_SA, "namespace": ns},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_SA},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_SA},
                 "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}]})
         };
         apply_dynamic(client, &discovery, &binding).await?;

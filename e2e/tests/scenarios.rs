@@ -1335,3 +1335,237 @@ async fn two_pools_on_one_queue_share_its_load() {
     eprintln!("shared queue: big {big:?}, small {small:?}; one pool alone: {alone}");
     s.shutdown().await;
 }
+
+/// The pool's live pods (not being deleted), by name.
+async fn live_pods(s: &Scenario, pool: &str) -> std::collections::BTreeSet<String> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(s.client.clone(), &s.ns);
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{}={pool}",
+        funcscale_operator::crd_ext::POOL_LABEL
+    ));
+    pods.list(&lp)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Running tasks per pod of `queue`, read as the operator reads them.
+async fn running_by_pod(
+    s: &Scenario,
+    con: &mut redis::aio::MultiplexedConnection,
+    queue: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    use funcscale_worker::protocol::stop;
+    // the workers' registry and in-flight lists are under their queues' namespace
+    let keys = s.keys().in_namespace(Some(s.ns.clone()));
+    let id = s.queue_id(queue);
+    let sets: Vec<Vec<String>> = stop::running_slots_pipeline(&keys, &[id.as_str()])
+        .query_async(con)
+        .await
+        .unwrap_or_default();
+    let slots = stop::running_slots(&keys, &sets);
+    if slots.is_empty() {
+        return Default::default();
+    }
+    let pods: Vec<Option<String>> = stop::slot_pods_pipeline(&keys, &slots)
+        .query_async(con)
+        .await
+        .unwrap_or_default();
+    stop::count_by_pod(&pods)
+}
+
+/// idle pods go first: a pool of 4 pods of one process each, the two youngest (and most
+/// recently ready, which the ReplicaSet would delete first by itself) running long tasks,
+/// shrinks to 2 → the two idle pods are the ones deleted (and got the deletion cost), the busy
+/// ones keep running, and every task ran exactly once (none put back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shrink_removes_the_idle_pods() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let s = Scenario::start(Options::new("idlefirst")).await.unwrap();
+    let mut con = redis().await;
+    let (blockers, blocker_runs) = (
+        format!("{}:test:b", s.prefix),
+        format!("{}:test:b-runs", s.prefix),
+    );
+    let (long, long_runs) = (
+        format!("{}:test:l", s.prefix),
+        format!("{}:test:l-runs", s.prefix),
+    );
+    s.apply_queue("jobs", json!({"taskTimeMs": 1000, "maxRetries": 3}))
+        .await
+        .unwrap();
+    let pool = |n: i32| json!({"queues": ["jobs"], "processesPerPod": 1, "handler": "builtin", "replicas": n});
+    s.apply_pool("w", pool(2)).await.unwrap();
+    let ready = |n: i32| {
+        let s = &s;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                &format!("{n} ready workers"),
+                || async {
+                    (s.replicas("w").await.ok().flatten() == Some((n, n))
+                        && live_pods(s, "w").await.len() == n as usize)
+                        .then_some(())
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(s)));
+        }
+    };
+    ready(2).await;
+    let old = live_pods(&s, "w").await;
+    // the two old pods busy for a while, so that the new ones take the long tasks
+    s.enqueue(
+        "jobs",
+        "record",
+        &format!("[\"{blockers}\", 25000, \"{blocker_runs}\"]"),
+        2,
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "both old pods busy", || {
+        let mut con = con.clone();
+        let blockers = blockers.clone();
+        async move { (int(&mut con, "SCARD", &blockers).await == 2).then_some(()) }
+    })
+    .await
+    .unwrap();
+    s.apply_pool("w", pool(4)).await.unwrap();
+    ready(4).await;
+    let young: BTreeSet<String> = live_pods(&s, "w").await.difference(&old).cloned().collect();
+    assert_eq!(young.len(), 2, "{young:?}");
+    s.enqueue(
+        "jobs",
+        "record",
+        &format!("[\"{long}\", 40000, \"{long_runs}\"]"),
+        2,
+    )
+    .await
+    .unwrap();
+    // the blockers end: the old pods are idle, the young ones run one long task each
+    let want: BTreeMap<String, u64> = young.iter().map(|p| (p.clone(), 1)).collect();
+    eventually(Duration::from_secs(40), "only the young pods busy", || {
+        let (s, mut con, want) = (&s, con.clone(), want.clone());
+        async move { (running_by_pod(s, &mut con, "jobs").await == want).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    assert_eq!(int(&mut con, "SCARD", &long).await, 2, "the long tasks run");
+
+    // record every pod that gets deleted, with its deletion cost: a watch sees each deletion
+    // (a pod with nothing to drain is gone within milliseconds, between two polls of a list)
+    let deleted = std::sync::Arc::new(std::sync::Mutex::new(
+        BTreeMap::<String, Option<String>>::new(),
+    ));
+    let (watching, mut watch_started) = tokio::sync::watch::channel(false);
+    let watcher = {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let (deleted, client, ns) = (deleted.clone(), s.client.clone(), s.ns.clone());
+        tokio::spawn(async move {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client, &ns);
+            let mut events = watcher::watcher(pods, watcher::Config::default()).boxed();
+            while let Some(e) = events.next().await {
+                let p = match e {
+                    Ok(Event::InitDone) => {
+                        let _ = watching.send(true);
+                        continue;
+                    }
+                    Ok(Event::Apply(p)) if p.metadata.deletion_timestamp.is_some() => p,
+                    Ok(Event::Delete(p)) => p,
+                    _ => continue,
+                };
+                let cost = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost").cloned());
+                deleted
+                    .lock()
+                    .unwrap()
+                    .entry(p.metadata.name.unwrap_or_default())
+                    .or_insert(cost);
+            }
+        })
+    };
+    watch_started.wait_for(|w| *w).await.unwrap();
+    let t = tokio::time::Instant::now();
+    s.apply_pool("w", pool(2)).await.unwrap();
+    eventually(Duration::from_secs(40), "the pool at 2 pods", || async {
+        (s.replicas("w").await.ok().flatten().map(|r| r.0) == Some(2)
+            && live_pods(&s, "w").await.len() == 2)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher.abort();
+    let deleted = deleted.lock().unwrap().clone();
+    let kept = live_pods(&s, "w").await;
+    assert_eq!(
+        kept,
+        young,
+        "the busy pods must stay; deleted {deleted:?}\n{}",
+        logs(&s)
+    );
+    assert_eq!(
+        deleted.keys().cloned().collect::<BTreeSet<_>>(),
+        old,
+        "the idle pods are the ones deleted"
+    );
+    for (pod, cost) in &deleted {
+        assert_eq!(cost.as_deref(), Some("-1000"), "{pod}: deletion cost");
+    }
+    // the long tasks finish where they run: each ran once, nothing put back
+    eventually(Duration::from_secs(60), "the long tasks to finish", || {
+        let (s, mut con) = (&s, con.clone());
+        async move {
+            running_by_pod(s, &mut con, "jobs")
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    let runs = |key: String| {
+        let mut con = con.clone();
+        async move {
+            let v: Vec<String> = redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let (l, b) = (
+        runs(long_runs.clone()).await,
+        runs(blocker_runs.clone()).await,
+    );
+    assert_eq!(l.len(), 2, "a long task ran twice or not at all: {l:?}");
+    assert_eq!(b.len(), 2, "a blocker ran twice or not at all: {b:?}");
+    assert_eq!(
+        int(&mut con, "LLEN", &s.queue_key("jobs")).await,
+        0,
+        "nothing put back"
+    );
+    assert_eq!(
+        kept,
+        live_pods(&s, "w").await,
+        "the busy pods were not removed after their tasks"
+    );
+    eprintln!("idle pods first: 4 → 2 in {took:?}; deleted {deleted:?}, kept {kept:?}");
+    s.shutdown().await;
+}

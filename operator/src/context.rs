@@ -138,6 +138,8 @@ pub struct Context {
     pub queue_configs: crate::queue_config::writes::QueueConfigs,
     /// Secrets the queues' connections reference, reused for a minute.
     pub secrets: crate::connection::SecretCache,
+    /// Scale-downs waiting for the pods they remove to stop taking tasks.
+    pub scale_downs: crate::pool::scale_down_state::ScaleDowns,
     /// Wall clock.
     pub clock: Clock,
 }
@@ -176,6 +178,7 @@ impl Context {
             applied: Mutex::new(HashMap::new()),
             queue_configs: Default::default(),
             secrets: Default::default(),
+            scale_downs: Default::default(),
             clock,
         }
     }

@@ -54,6 +54,7 @@ pub async fn tick(
         .lock()
         .expect("applied lock")
         .retain(|k, _| live(k));
+    ctx.scale_downs.retain(live);
     for key in gone_pools {
         if let Some((ns, name)) = key.split_once('/') {
             let _ = ctx.metrics.pool_desired.remove_label_values(&[ns, name]);

@@ -2084,3 +2084,194 @@ async fn pools_sharing_a_queue_split_its_load() {
         "33.3 and 16.7 processes"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idle pods go first on scale-down (`pool::scale_down`): the real Redis for the running tasks
+// and the stop marks, the in-memory API for the pods.
+
+impl Env {
+    /// A pod of pool `pool`, Ready or not, created at `created_s` (unix s).
+    async fn add_pod(&self, pool: &str, name: &str, ready: bool, created_s: i64) {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
+        let labels = funcscale_operator::crd_ext::selector_labels(pool);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": NS, "labels": labels,
+                "creationTimestamp": rfc3339(created_s)},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &pod).await.unwrap();
+    }
+
+    async fn set_ready(&self, name: &str, ready: bool) {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
+        let status = serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+
+    async fn deletion_cost(&self, name: &str) -> Option<String> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
+        api.get(name)
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .and_then(|a| a.get(pool::scale_down::DELETION_COST).cloned())
+    }
+
+    async fn set_replicas(&mut self, name: &str, n: i32) {
+        let api: Api<FuncWorkerPool> = Api::namespaced(self.client.clone(), NS);
+        let mut p = api.get(name).await.unwrap();
+        p.spec.replicas = Some(n);
+        let p = api.replace(name, &PostParams::default(), &p).await.unwrap();
+        self.pools_w.apply_watcher_event(&watcher::Event::Apply(p));
+        self.take_ops();
+    }
+}
+
+fn rfc3339(s: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(s)
+        .unwrap()
+        .to_string()
+}
+
+async fn marked(keys: &Keys, pod: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(keys.stop(NS, pod))
+        .query_async(&mut redis_con().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_scale_down_marks_the_idle_pods_and_lowers_replicas_once_they_are_not_ready() {
+    let (mut env, keys) = env_with_prefix("scaledown").await;
+    env.add_queue("q1", queue_spec()).await;
+    env.reconcile_queue("q1").await;
+    let spec = FuncWorkerPoolSpec {
+        queues: vec!["q1".into()],
+        processes_per_pod: 1,
+        replicas: Some(3),
+        ..Default::default()
+    };
+    env.add_pool("w", spec).await;
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(3));
+    // three ready pods; the youngest runs a task (its slot in the running set, its hash naming it)
+    env.add_pod("w", "w-old", true, 1_000).await;
+    env.add_pod("w", "w-mid", true, 2_000).await;
+    env.add_pod("w", "w-busy", true, 3_000).await;
+    let mut con = redis_con().await;
+    let slot = "w-busy-7-ab12.0";
+    // the worker's registry and in-flight lists: under its queues' namespace
+    let scoped = keys.clone().in_namespace(Some(NS.into()));
+    let qid = Keys::queue_id(NS, "q1");
+    let () = redis::pipe()
+        .zadd(keys.running(&qid), scoped.inflight(slot), 1)
+        .ignore()
+        .hset(scoped.worker(slot), "pod", "w-busy")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    env.take_ops();
+    std::mem::take(&mut *env.events.lock().unwrap());
+
+    // 3 → 1: the two idle pods are marked and get the deletion cost; replicas held at 3
+    env.set_replicas("w", 1).await;
+    let action = env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(3));
+    assert!(
+        action == Action::requeue(Duration::from_secs(1)),
+        "{action:?}"
+    );
+    for pod in ["w-old", "w-mid"] {
+        let why = marked(&keys, pod).await;
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("from 3 to 1")),
+            "{pod}: {why:?}"
+        );
+        assert_eq!(env.deletion_cost(pod).await.as_deref(), Some("-1000"));
+    }
+    assert_eq!(marked(&keys, "w-busy").await, None);
+    assert_eq!(env.deletion_cost("w-busy").await, None);
+    let events = std::mem::take(&mut *env.events.lock().unwrap());
+    assert!(
+        events.iter().any(|e| e.starts_with("ScaleDownPodsChosen")
+            && e.contains("w-mid (0 running), w-old (0 running)")),
+        "{events:?}"
+    );
+    let status = env.pool("w").await.status.unwrap();
+    assert!(
+        status
+            .decision
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("waiting up to"),
+        "{status:?}"
+    );
+
+    // one of them not ready yet: still held; both: lowered
+    env.set_ready("w-old", false).await;
+    env.advance(Duration::from_secs(1));
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(3));
+    env.set_ready("w-mid", false).await;
+    env.advance(Duration::from_secs(1));
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(1));
+    let _ = redis::pipe()
+        .del(keys.stop(NS, "w-old"))
+        .del(keys.stop(NS, "w-mid"))
+        .query_async::<()>(&mut con)
+        .await;
+}
+
+#[tokio::test]
+async fn a_scale_down_called_off_clears_the_marks_and_one_that_waits_too_long_goes_on() {
+    let (mut env, keys) = env_with_prefix("scaledown-off").await;
+    env.add_queue("q1", queue_spec()).await;
+    env.reconcile_queue("q1").await;
+    let spec = FuncWorkerPoolSpec {
+        queues: vec!["q1".into()],
+        processes_per_pod: 1,
+        replicas: Some(2),
+        ..Default::default()
+    };
+    env.add_pool("w", spec).await;
+    env.reconcile_pool("w").await.unwrap();
+    env.add_pod("w", "w-a", true, 1_000).await;
+    env.add_pod("w", "w-b", true, 2_000).await;
+
+    // 2 → 1: the youngest idle pod is marked
+    env.set_replicas("w", 1).await;
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(2));
+    assert!(marked(&keys, "w-b").await.is_some());
+    assert_eq!(marked(&keys, "w-a").await, None);
+
+    // called off (back to 2 before the pod stopped): mark and cost gone, workers take tasks
+    env.set_replicas("w", 2).await;
+    env.advance(Duration::from_secs(1));
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(2));
+    assert_eq!(marked(&keys, "w-b").await, None);
+    assert_eq!(env.deletion_cost("w-b").await, None);
+
+    // again, and the pod never turns not ready: lowered after the bounded wait
+    env.set_replicas("w", 1).await;
+    env.advance(Duration::from_secs(1));
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(2));
+    env.advance(pool::scale_down::NOT_READY_WAIT);
+    env.reconcile_pool("w").await.unwrap();
+    assert_eq!(replicas(&env.deployment("w").await.unwrap()), Some(1));
+    let _ = redis::cmd("DEL")
+        .arg(keys.stop(NS, "w-b"))
+        .query_async::<()>(&mut redis_con().await)
+        .await;
+}

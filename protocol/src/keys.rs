@@ -100,6 +100,15 @@ impl Keys {
         format!("{}:{worker}", self.scoped("inflight"))
     }
 
+    /// The slot id of an in-flight list key of this scope ([`Keys::inflight`]), e.g. a member
+    /// of [`Keys::running`]; `None` for a key of another prefix or namespace.
+    pub fn inflight_slot<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.scoped("inflight").as_str())?
+            .strip_prefix(':')
+            // a slot id has no colon: a longer key is another scope's
+            .filter(|s| !s.is_empty() && !s.contains(':'))
+    }
+
     /// Tasks running now from `queue`: a zset of the in-flight list keys
     /// ([`Keys::inflight`]) of the slots running one, scored by when the slot fetched it
     /// (ms). The worker's scripts keep it in step with the in-flight lists: fetch adds,
@@ -131,6 +140,13 @@ impl Keys {
     /// Description hash of one worker (of the scope's namespace).
     pub fn worker(&self, worker: &str) -> String {
         format!("{}:{worker}", self.scoped("worker"))
+    }
+
+    /// The stop mark of pod `pod` in `namespace` (string: why, with a TTL): the operator sets
+    /// it on the pods a scale-down removes; their workers take no new task and report not
+    /// ready while it exists ([`crate::stop`]).
+    pub fn stop(&self, namespace: &str, pod: &str) -> String {
+        format!("{}:stop:{namespace}/{pod}", self.prefix)
     }
 
     /// Dynamic schedules registry of `queue`.
@@ -261,10 +277,25 @@ mod tests {
             k.task_legacy("i"),
             k.clone().in_namespace(Some("ns".into())).workers(),
             k.clone().in_namespace(Some("ns".into())).inflight("w"),
+            k.stop("ns", "pod"),
         ] {
             assert!(key.starts_with("t1:"), "{key}");
         }
         assert_eq!(Keys::default().queue("q8"), "funcscale:q:q8");
+    }
+
+    #[test]
+    fn inflight_keys_name_their_slot() {
+        let k = Keys::new("t1");
+        assert_eq!(k.inflight_slot(&k.inflight("w-1-ab.3")), Some("w-1-ab.3"));
+        assert_eq!(k.inflight_slot(&Keys::new("t2").inflight("w.0")), None);
+        assert_eq!(k.inflight_slot("t1:inflight:"), None);
+        assert_eq!(k.inflight_slot("t1:q:x"), None);
+        let a = k.clone().in_namespace(Some("a".into()));
+        assert_eq!(a.inflight_slot(&a.inflight("w.0")), Some("w.0"));
+        assert_eq!(a.inflight_slot(&k.inflight("w.0")), None);
+        assert_eq!(k.inflight_slot(&a.inflight("w.0")), None);
+        assert_ne!(k.stop("a", "p"), k.stop("b", "p"));
     }
 
     #[test]

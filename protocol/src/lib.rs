@@ -23,7 +23,8 @@
 //! | `funcscale:dead:<queue>` | list | tasks that failed their last attempt (envelope with the error) |
 //! | `funcscale:stats:<queue>` | hash | counters and task-time statistics ([`StatsField`]) |
 //! | `funcscale:workers` | zset | live workers, scored by last heartbeat (ms) |
-//! | `funcscale:worker:<worker>` | hash | a worker's queues, processes, host |
+//! | `funcscale:worker:<worker>` | hash | a worker slot's queues, processes, heartbeat, and its pod (`pod`, [`stop::WORKER_POD_FIELD`]) |
+//! | `funcscale:stop:<namespace>/<pod>` | string | stop mark of a pod a scale-down removes (the reason; TTL [`stop::STOP_TTL_MS`], renewed by the operator): its workers take no new task and report not ready ([`stop`]) |
 //! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
 //! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |
 //! | `funcscale:schedules-queues` | set | queues that have a dynamic schedules registry (the beat reads it) |
@@ -62,6 +63,7 @@ pub mod records;
 pub mod schedules;
 pub mod scripts;
 pub mod stats;
+pub mod stop;
 
 pub use envelope::{DEFAULT_MAX_RETRIES, ENVELOPE_VERSION, Envelope, EnvelopeError};
 pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};

@@ -701,6 +701,15 @@ pub struct RunArgs {
     /// Write task records (`on`) or not (`off`; outcome counts and destinations go on).
     #[arg(long, env = "FUNCSCALE_RECORDS", default_value = "on", value_parser = ["on", "off"])]
     pub records: String,
+    /// Name of the pod the worker runs in (the operator sets it from the downward API). With
+    /// `--pod-namespace`, the worker names its pod in Redis (so the operator can count each
+    /// pod's running tasks) and obeys the pod's stop mark: while a scale-down marks the pod, it
+    /// takes no new task and `/readyz` answers 503.
+    #[arg(long, env = "FUNCSCALE_POD_NAME", requires = "pod_namespace")]
+    pub pod_name: Option<String>,
+    /// Namespace of the pod the worker runs in (see `--pod-name`).
+    #[arg(long, env = "FUNCSCALE_POD_NAMESPACE", requires = "pod_name")]
+    pub pod_namespace: Option<String>,
 }
 
 /// `enqueue` arguments.
@@ -873,6 +882,10 @@ pub async fn execute(mut cli: Cli) -> anyhow::Result<()> {
                 max_memory_per_child_kib: a.max_memory_per_child_mb.map(|m| m * 1024),
                 max_tasks_per_child: a.max_tasks_per_child,
                 records: a.records == "on",
+                pod: a
+                    .pod_name
+                    .zip(a.pod_namespace)
+                    .map(|(name, namespace)| crate::worker::PodRef { namespace, name }),
             };
             let worker = Worker::builder()
                 .config(config)

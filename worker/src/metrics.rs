@@ -213,11 +213,13 @@ fn render(registry: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// Readiness inputs: Redis must answer and the worker must not be draining.
+/// Readiness inputs: Redis must answer, the worker must not be draining, and its pod must not
+/// be marked for removal by a scale-down (`funcscale_protocol::stop`).
 #[derive(Clone)]
 pub struct Health {
     redis: redis::aio::ConnectionManager,
     draining: Arc<AtomicBool>,
+    stop_mark: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Health {
@@ -226,7 +228,14 @@ impl Health {
         Self {
             redis,
             draining: Arc::new(AtomicBool::new(false)),
+            stop_mark: None,
         }
+    }
+
+    /// Not ready while `mark` holds the reason of the pod's stop mark.
+    pub fn with_stop_mark(mut self, mark: tokio::sync::watch::Receiver<Option<String>>) -> Self {
+        self.stop_mark = Some(mark);
+        self
     }
 
     /// Mark the process as draining (readyz turns false).
@@ -237,6 +246,11 @@ impl Health {
     async fn ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining".into());
+        }
+        if let Some(reason) = self.stop_mark.as_ref().and_then(|m| m.borrow().clone()) {
+            return Err(format!(
+                "stopping: the pod is marked for removal ({reason}); running tasks finish, no new ones are taken"
+            ));
         }
         let mut con = self.redis.clone();
         match tokio::time::timeout(

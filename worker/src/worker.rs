@@ -102,7 +102,24 @@ pub struct WorkerConfig {
     /// Write task records: the finish of each attempt inside the ack script, its start once it
     /// has run for [`RECORD_START_AFTER`].
     pub records: bool,
+    /// The pod this worker runs in (Kubernetes namespace and pod name), when known: its slots
+    /// name the pod in their worker hashes, and the worker obeys the pod's stop mark
+    /// ([`protocol::stop`]): while the operator marks the pod for a scale-down, no slot takes a
+    /// new task and `/readyz` answers 503.
+    pub pod: Option<PodRef>,
 }
+
+/// A pod: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+}
+
+/// How often a worker in a pod reads its pod's stop mark.
+pub const STOP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -123,6 +140,7 @@ impl Default for WorkerConfig {
             max_memory_per_child_kib: None,
             max_tasks_per_child: None,
             records: true,
+            pod: None,
         }
     }
 }
@@ -249,6 +267,7 @@ impl WorkerBuilder {
             .collect();
         keys.push(self.config.keys.workers());
         RedisAuth::check_keys(&client, &mut redis, &keys).await?;
+        let (stopped, stopped_rx) = watch::channel(None);
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -259,8 +278,9 @@ impl WorkerBuilder {
                 http: handler::http_client(),
                 scripts: Scripts::new(),
                 counts: PendingCounts::default(),
+                stopped,
             }),
-            health: Health::new(redis),
+            health: Health::new(redis).with_stop_mark(stopped_rx),
         })
     }
 }
@@ -421,6 +441,9 @@ struct Inner {
     http: HttpClient,
     scripts: Scripts,
     counts: PendingCounts,
+    /// The reason of the pod's stop mark while there is one ([`WorkerConfig::pod`]): the slots
+    /// take no new task and `/readyz` says why.
+    stopped: watch::Sender<Option<String>>,
 }
 
 /// Counts taken out of [`PendingCounts`] to be written: put back when dropped unwritten (a
@@ -619,7 +642,13 @@ impl Inner {
             pipe.hset_multiple(
                 keys.worker(s),
                 &[
-                    ("pod", self.config.name.as_str()),
+                    (
+                        protocol::stop::WORKER_POD_FIELD,
+                        self.config
+                            .pod
+                            .as_ref()
+                            .map_or(self.config.name.as_str(), |p| p.name.as_str()),
+                    ),
                     ("queues", &self.config.queues.join(",")),
                     ("processes", &self.config.processes.to_string()),
                     ("heartbeat_ms", &now.to_string()),
@@ -649,8 +678,10 @@ impl Inner {
             let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
             let mut promote = every(250);
             let mut counts = every(1_000);
+            let mut stop_mark = every(STOP_CHECK_EVERY.as_millis() as u64);
             loop {
                 tokio::select! {
+                    _ = stop_mark.tick(), if self.config.pod.is_some() => if let Err(e) = self.read_stop_mark().await { tracing::warn!(error = %e, "reading the pod's stop mark failed") },
                     _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
                     _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
@@ -686,6 +717,32 @@ impl Inner {
             }
         };
         tokio::join!(quick, slow, deliveries);
+    }
+
+    /// Read the pod's stop mark and follow it: no new tasks while it exists, tasks again when
+    /// it is gone (cleared by the operator, or expired). A failed read changes nothing.
+    async fn read_stop_mark(&self) -> redis::RedisResult<()> {
+        let Some(pod) = &self.config.pod else {
+            return Ok(());
+        };
+        let mark: Option<String> =
+            protocol::stop::read_cmd(&self.config.keys, &pod.namespace, &pod.name)
+                .query_async(&mut self.redis.clone())
+                .await?;
+        self.stopped.send_if_modified(|now| {
+            if *now == mark {
+                return false;
+            }
+            match &mark {
+                Some(reason) => {
+                    tracing::info!(pod = %pod.name, reason, "stop mark: taking no new tasks")
+                }
+                None => tracing::info!(pod = %pod.name, "stop mark gone: taking tasks again"),
+            }
+            *now = mark.clone();
+            true
+        });
+        Ok(())
     }
 
     /// Add the pending outcome counts to their minute buckets (see [`PendingCounts`]).
@@ -806,9 +863,18 @@ impl Inner {
         let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
         let mut con = self.redis.clone();
         let multi = self.config.queues.len() > 1;
+        let mut marked = self.stopped.subscribe();
         loop {
             if *stop.borrow() {
                 return;
+            }
+            // the pod is marked for removal: no new task until the mark goes (or we stop)
+            if marked.borrow_and_update().is_some() {
+                tokio::select! {
+                    _ = marked.wait_for(Option::is_none) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);

@@ -882,3 +882,137 @@ async fn a_silent_url_receiver_does_not_stop_the_heartbeats() {
     w.stop().await;
     server.abort();
 }
+
+/// A scale-down's stop mark (`protocol::stop`): the worker of a marked pod finishes the task it
+/// runs, takes no new one and answers `/readyz` with 503 and the reason; when the mark is
+/// cleared it takes tasks and is ready again; its slots name the pod (running tasks per pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mark_stops_fetching_and_readiness_until_cleared() {
+    use funcscale_worker::protocol::stop;
+    use funcscale_worker::worker::PodRef;
+    let s = Space::new("stopmark");
+    let (ns, pod) = ("team-a", "w-5d8f-abcde");
+    let worker = builder(&s, &["q"], 1)
+        .configure(|c| {
+            c.pod = Some(PodRef {
+                namespace: ns.into(),
+                name: pod.into(),
+            })
+        })
+        .build()
+        .await
+        .unwrap();
+    let (addr, server) = funcscale_worker::metrics::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        worker.metrics(),
+        worker.health(),
+    )
+    .await
+    .unwrap();
+    let slot = worker.slots()[0].clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let ran = s.own("ran");
+    let runs = s.own("runs");
+    // a long task running when the mark comes
+    s.enqueue(
+        "q",
+        &[s.env("long", "record", "q", json!([ran, 1_500, runs]))],
+    )
+    .await;
+    wait_until("the long task runs", Duration::from_secs(5), || async {
+        s.int(&["SCARD", &ran]).await == 1
+    })
+    .await;
+    // the operator's reading: the slot runs one task, in pod `pod`
+    let mut con = s.con().await;
+    let sets: Vec<Vec<String>> = stop::running_slots_pipeline(&s.keys, &["q"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let slots = stop::running_slots(&s.keys, &sets);
+    assert_eq!(slots, [slot]);
+    let pods: Vec<Option<String>> = stop::slot_pods_pipeline(&s.keys, &slots)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stop::count_by_pod(&pods).get(pod), Some(&1));
+
+    let mut pipe = redis::pipe();
+    stop::mark(
+        &mut pipe,
+        &s.keys,
+        ns,
+        &[pod],
+        "scale-down of pool w from 4 to 2 pods",
+        20_000,
+    );
+    let () = pipe.query_async(&mut con).await.unwrap();
+    wait_until("readyz turns 503", Duration::from_secs(5), || async {
+        http_get(addr, "/readyz").await.0 == 503
+    })
+    .await;
+    let (_, body) = http_get(addr, "/readyz").await;
+    assert!(
+        body.contains("stopping") && body.contains("from 4 to 2"),
+        "{body}"
+    );
+    // more work arrives: not taken; the running task finishes, once
+    s.enqueue("q", &[s.env("later", "record", "q", json!([ran, 0, runs]))])
+        .await;
+    wait_until("the long task finishes", Duration::from_secs(5), || async {
+        s.stat("q", "completed").await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        s.int(&["LLEN", &s.keys.queue("q")]).await,
+        1,
+        "nothing taken while marked"
+    );
+    assert_eq!(s.list(&runs).await, ["long"], "the running task ran once");
+    assert_eq!(
+        http_get(addr, "/healthz").await.0,
+        200,
+        "alive while marked"
+    );
+
+    // cleared (the scale-down was called off): tasks again, ready again
+    let mut pipe = redis::pipe();
+    stop::clear(&mut pipe, &s.keys, ns, &[pod]);
+    let () = pipe.query_async(&mut con).await.unwrap();
+    wait_until("the waiting task runs", Duration::from_secs(5), || async {
+        s.stat("q", "completed").await == 2
+    })
+    .await;
+    wait_until("readyz turns 200", Duration::from_secs(5), || async {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(s.list(&runs).await, ["long", "later"]);
+
+    // a mark of another pod, or of the same pod name in another namespace, does nothing
+    let mut pipe = redis::pipe();
+    stop::mark(&mut pipe, &s.keys, "team-b", &[pod], "x", 20_000);
+    stop::mark(&mut pipe, &s.keys, ns, &["w-other"], "x", 20_000);
+    let () = pipe.query_async(&mut con).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    // and a mark expires by itself (a dead operator never leaves the worker stuck)
+    let mut pipe = redis::pipe();
+    stop::mark(&mut pipe, &s.keys, ns, &[pod], "short", 1_200);
+    let () = pipe.query_async(&mut con).await.unwrap();
+    wait_until("readyz turns 503", Duration::from_secs(5), || async {
+        http_get(addr, "/readyz").await.0 == 503
+    })
+    .await;
+    wait_until("the mark expires", Duration::from_secs(5), || async {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    server.abort();
+}

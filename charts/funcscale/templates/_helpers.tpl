@@ -80,6 +80,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+# the pools' pods: a scale-down lists them (readiness, age) to remove the least busy first and
+# annotates those with controller.kubernetes.io/pod-deletion-cost
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
 # Events on pools and queues (scaling decisions, errors; kube's Recorder uses events.k8s.io/v1)
 - apiGroups: [events.k8s.io]
   resources: [events]

@@ -261,7 +261,12 @@ pub fn command(pool: &FuncWorkerPool, ns: &str, valid: &Valid) -> Vec<String> {
     c
 }
 
-fn probe(path: &str, period: i32) -> Probe {
+/// Readiness of a funcscale worker: probed every 2 s, not ready after 2 failures, so a pod
+/// whose stop mark a scale-down set (`/readyz` 503) is not ready within about 4 s and the
+/// ReplicaSet removes it before the ready ones (see `pool::scale_down`).
+const WORKER_READINESS: (i32, i32) = (2, 2);
+
+fn probe(path: &str, (period, failures): (i32, i32)) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -269,7 +274,7 @@ fn probe(path: &str, period: i32) -> Probe {
             ..Default::default()
         }),
         period_seconds: Some(period),
-        failure_threshold: Some(3),
+        failure_threshold: Some(failures),
         ..Default::default()
     }
 }
@@ -294,17 +299,10 @@ fn deployment(
             "FUNCSCALE_METRICS_ADDR",
             format!("0.0.0.0:{WORKER_HEALTH_PORT}"),
         ),
-        EnvVar {
-            name: "FUNCSCALE_WORKER_ID".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        // the pod's identity: the worker names its pod in Redis (running tasks per pod) and
+        // obeys the pod's stop mark (`pool::scale_down`)
+        field_env("FUNCSCALE_POD_NAME", "metadata.name"),
+        field_env("FUNCSCALE_POD_NAMESPACE", "metadata.namespace"),
     ];
     env.extend(redis_env(valid.redis.as_ref(), config)?);
     let resources = pool.spec.resources.as_ref().map(|r| {
@@ -339,8 +337,9 @@ fn deployment(
         // funcscale-worker (run and beat) serves /readyz and /healthz on :9090; a pool's own
         // command (Celery, ...) serves nothing there, and a kubelet would never find it Ready
         // and restart it: it gets the probes its podTemplate sets, and no others
-        readiness_probe: (!own_command).then(|| probe("/readyz", 5)),
-        liveness_probe: (!own_command).then(|| probe("/healthz", 10)),
+        readiness_probe: (!own_command)
+            .then(|| probe("/readyz", if beat { (5, 3) } else { WORKER_READINESS })),
+        liveness_probe: (!own_command).then(|| probe("/healthz", (10, 3))),
         resources,
         volume_mounts: Some({
             let mut v = vec![VolumeMount {
@@ -439,6 +438,21 @@ fn deployment(
         }),
         status: None,
     })
+}
+
+/// An environment variable from the downward API.
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The writable scratch volume of worker and beat pods (mounted at `/tmp`).
@@ -934,7 +948,7 @@ mod tests {
         assert!(ready.http_get.is_some());
         assert_eq!(
             (ready.period_seconds, ready.timeout_seconds),
-            (Some(5), Some(5))
+            (Some(WORKER_READINESS.0), Some(5))
         );
     }
 

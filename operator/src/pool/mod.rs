@@ -3,6 +3,8 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod scale_down;
+pub mod scale_down_state;
 pub mod size;
 pub mod status;
 pub mod validate;
@@ -105,7 +107,23 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         (sizing, ends)
     };
 
-    let desired = match build::build(&pool, &ns, &valid, sizing.replicas, &ctx.config) {
+    // a scale-down removes the least busy pods: it may hold the count until they stop
+    let mut sizing = sizing;
+    let plan = scale_down::plan(
+        &ctx,
+        &pool,
+        &ns,
+        &name,
+        &valid,
+        current,
+        sizing.replicas,
+        now_ms,
+    )
+    .await;
+    if let Some((waiting, _)) = &plan.waiting {
+        sizing.decision.message = format!("{} ({waiting})", sizing.decision.message);
+    }
+    let desired = match build::build(&pool, &ns, &valid, plan.replicas, &ctx.config) {
         Ok(d) => d,
         Err(Error::InvalidSpec { field, reason }) => {
             return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;
@@ -142,7 +160,25 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         }
     };
 
-    if let (Some(from), Some(to)) = (current, sizing.replicas)
+    if let Some(chosen) = &plan.chosen {
+        let pods: Vec<String> = chosen
+            .iter()
+            .map(|(pod, running)| format!("{pod} ({running} running)"))
+            .collect();
+        publish(
+            &ctx,
+            &pool,
+            EventType::Normal,
+            "ScaleDownPodsChosen",
+            format!(
+                "scale-down to {}: removing the least busy pods {}",
+                sizing.replicas.unwrap_or_default(),
+                pods.join(", ")
+            ),
+        )
+        .await;
+    }
+    if let (Some(from), Some(to)) = (current, plan.replicas)
         && from != to
     {
         let (reason, note) = if pool.spec.role == crate::crd::PoolRole::Beat && from > 1 {
@@ -205,12 +241,11 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     status::patch(&api, &pool, &name, st).await?;
     ctx.backoff.succeeded(&format!("pool:{key}"));
     timer.observe_duration();
-    Ok(Action::requeue(next_reconcile(
-        &sizing,
-        hold_ends_ms,
-        now_ms,
-        ctx.config.resync,
-    )))
+    let next = next_reconcile(&sizing, hold_ends_ms, now_ms, ctx.config.resync);
+    Ok(Action::requeue(match plan.waiting {
+        Some((_, recheck)) => next.min(recheck),
+        None => next,
+    }))
 }
 
 /// When to look at the pool again without a trigger. Idle queues produce no poll-loop

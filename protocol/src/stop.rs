@@ -1,0 +1,123 @@
+//! Idle pods go first on scale-down: the operator's stop marks ([`Keys::stop`]) and the
+//! running tasks per pod it reads to choose the pods to remove.
+//!
+//! - **Running tasks per pod**: every running task is one slot's in-flight list in its queue's
+//!   running set ([`Keys::running`]); the slot's worker hash ([`Keys::worker`]) names its pod
+//!   ([`WORKER_POD_FIELD`]). Two pipelined round trips for a whole pool, whatever its size:
+//!   [`running_slots_pipeline`], then [`slot_pods_pipeline`]; [`count_by_pod`] adds them up.
+//! - **Stop marks**: a string per pod (the reason), with a TTL ([`STOP_TTL_MS`]) that the
+//!   operator renews while its scale-down waits, so a dead operator never leaves workers
+//!   stuck. A worker whose pod is marked takes no new task, finishes the ones it runs and
+//!   answers `/readyz` with 503 (so the ReplicaSet, which deletes not-ready pods first,
+//!   removes exactly the marked pods); when the mark goes (cleared, or expired) it takes tasks
+//!   and turns ready again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::Keys;
+
+/// How long a stop mark lives unless the operator renews it (ms).
+pub const STOP_TTL_MS: u64 = 20_000;
+
+/// The field of a slot's worker hash ([`Keys::worker`]) that names the pod it runs in (the
+/// worker's name when it does not know its pod).
+pub const WORKER_POD_FIELD: &str = "pod";
+
+/// Add the commands marking `pods` of `namespace` to `pipe`: `reason` with a TTL of `ttl_ms`
+/// (a mark that exists is renewed).
+pub fn mark(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    namespace: &str,
+    pods: &[&str],
+    reason: &str,
+    ttl_ms: u64,
+) {
+    for pod in pods {
+        pipe.cmd("SET")
+            .arg(keys.stop(namespace, pod))
+            .arg(reason)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .ignore();
+    }
+}
+
+/// Add the commands clearing the marks of `pods` of `namespace` to `pipe`.
+pub fn clear(pipe: &mut redis::Pipeline, keys: &Keys, namespace: &str, pods: &[&str]) {
+    for pod in pods {
+        pipe.del(keys.stop(namespace, pod)).ignore();
+    }
+}
+
+/// The command reading a pod's mark: its reason, or nil when the pod may take tasks.
+pub fn read_cmd(keys: &Keys, namespace: &str, pod: &str) -> redis::Cmd {
+    let mut c = redis::cmd("GET");
+    c.arg(keys.stop(namespace, pod));
+    c
+}
+
+/// The running sets of `queues` (queue ids), one `ZRANGE` each; the replies are lists of
+/// in-flight list keys, for [`running_slots`].
+pub fn running_slots_pipeline(keys: &Keys, queues: &[&str]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for q in queues {
+        pipe.zrange(keys.running(q), 0, -1);
+    }
+    pipe
+}
+
+/// The slots running a task, from the replies of [`running_slots_pipeline`] (each slot once).
+pub fn running_slots(keys: &Keys, replies: &[Vec<String>]) -> Vec<String> {
+    let slots: BTreeSet<&str> = replies
+        .iter()
+        .flatten()
+        .filter_map(|k| keys.inflight_slot(k))
+        .collect();
+    slots.into_iter().map(str::to_string).collect()
+}
+
+/// The pod of each of `slots` (`HGET` of [`WORKER_POD_FIELD`]); replies in order, nil for a
+/// slot whose hash is gone.
+pub fn slot_pods_pipeline(keys: &Keys, slots: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for s in slots {
+        pipe.hget(keys.worker(s), WORKER_POD_FIELD);
+    }
+    pipe
+}
+
+/// Running tasks per pod: `pods` are the replies of [`slot_pods_pipeline`] (one per slot).
+/// A slot runs one task at a time; a slot of unknown pod is left out.
+pub fn count_by_pod(pods: &[Option<String>]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for pod in pods.iter().flatten() {
+        *out.entry(pod.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_from_running_sets_counted_per_pod() {
+        let k = Keys::new("t");
+        let replies = vec![
+            vec![k.inflight("a-1-x.0"), k.inflight("a-1-x.1")],
+            // a slot in two running sets (a moment of a move) counts once
+            vec![
+                k.inflight("a-1-x.1"),
+                k.inflight("b-2-y.0"),
+                "other:inflight:z".into(),
+            ],
+        ];
+        let slots = running_slots(&k, &replies);
+        assert_eq!(slots, ["a-1-x.0", "a-1-x.1", "b-2-y.0"]);
+        let pods = [Some("pod-a".to_string()), Some("pod-a".into()), None];
+        let counts = count_by_pod(&pods);
+        assert_eq!(counts.get("pod-a"), Some(&2));
+        assert_eq!(counts.len(), 1, "a slot without a hash names no pod");
+    }
+}

@@ -359,7 +359,32 @@ async fn operator_at_scale() {
     let failures = metric(&after, "funcscale_reconcile_failures_total", "");
     let poll_errors = metric(&after, "funcscale_redis_poll_errors_total", "");
 
-    // 6. the table
+    // 6. reaction at steady state: a backlog appears in the first queue of pools that had none,
+    // one pool every 200 ms; the time until its Deployment asks for pods (spec.replicas > 0)
+    let latency_n = env_or("FUNCSCALE_SCALE_LATENCY_POOLS", 20).min(pools_n);
+    let idle: Vec<usize> = (0..pools_n).filter(|p| p % backlog_every != 0).collect();
+    let late_pools: Vec<usize> = (0..latency_n)
+        .filter_map(|i| idle.get(i * idle.len() / latency_n.max(1)).copied())
+        .collect();
+    let latencies = reaction_latencies(&client, &mut con, &keys, &late_pools, |p| {
+        (ns_of(p), queue_of(p, 0))
+    })
+    .await;
+    let scaled_in_time = latencies.iter().filter(|l| l.is_some()).count();
+    let mut lat: Vec<f64> = latencies
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64())
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let p50 = lat
+        .get(lat.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    let lat_max = lat.last().copied().unwrap_or(f64::NAN);
+    let within_3s = lat.iter().filter(|&&l| l <= 3.0).count();
+
+    // 7. the table
     let secs_of = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     println!();
     println!(
@@ -428,6 +453,13 @@ async fn operator_at_scale() {
     );
     println!("| reconcile failures / Redis poll errors (total) | {failures} / {poll_errors} |");
     println!(
+        "| steady state: new backlog → Deployment scaled, p50 / max ({} pools, {within_3s} within 3 s, {scaled_in_time} within {} s) | {:.2} / {:.2} s |",
+        late_pools.len(),
+        REACTION_DEADLINE.as_secs(),
+        p50,
+        lat_max
+    );
+    println!(
         "| (not the operator) in-process API server + this test: CPU / max RSS | {me_cpu:.1} % / {:.1} MiB |",
         mib(me_rss_max)
     );
@@ -467,5 +499,70 @@ async fn operator_at_scale() {
     // keep the log when asked (FUNCSCALE_SCALE_KEEP_LOG=1)
     if std::env::var("FUNCSCALE_SCALE_KEEP_LOG").is_ok_and(|v| v == "1") {
         let _ = log_dir.keep();
+    }
+}
+
+/// How long the reaction measurement waits for one pool.
+const REACTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Push 50 tasks into the queue `queue(pool)` of each pool in turn (200 ms apart) and measure
+/// until each pool's Deployment has `spec.replicas > 0`; `None`: not within
+/// [`REACTION_DEADLINE`].
+async fn reaction_latencies(
+    client: &kube::Client,
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    pools: &[usize],
+    queue: impl Fn(usize) -> (String, String),
+) -> Vec<Option<Duration>> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let mut pushed: Vec<(usize, Instant)> = Vec::new();
+    let mut result: Vec<Option<Duration>> = vec![None; pools.len()];
+    let mut done = vec![false; pools.len()];
+    let start = Instant::now();
+    let mut next_push = 0usize;
+    loop {
+        // push the next backlog every 200 ms
+        if next_push < pools.len()
+            && start.elapsed() >= Duration::from_millis(200) * next_push as u32
+        {
+            let (ns, q) = queue(pools[next_push]);
+            let id = Keys::queue_id(&ns, &q);
+            let envs: Vec<String> = (0..50)
+                .map(|i| Envelope::new(format!("{id}-late-{i}"), "sleep", &id, now_ms()).to_json())
+                .collect();
+            let () = redis::cmd("LPUSH")
+                .arg(keys.queue(&id))
+                .arg(envs)
+                .query_async(con)
+                .await
+                .unwrap();
+            pushed.push((next_push, Instant::now()));
+            next_push += 1;
+        }
+        for &(i, at) in &pushed {
+            if done[i] {
+                continue;
+            }
+            let (ns, _) = queue(pools[i]);
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            let replicas = api
+                .get_opt(&format!("pool-{}", pools[i]))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.spec?.replicas)
+                .unwrap_or(0);
+            if replicas > 0 {
+                result[i] = Some(at.elapsed());
+                done[i] = true;
+            } else if at.elapsed() > REACTION_DEADLINE {
+                done[i] = true;
+            }
+        }
+        if next_push == pools.len() && done.iter().all(|d| *d) {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt, Resource};
@@ -23,7 +24,7 @@ use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::leader::LeaseLock;
 use crate::redis_metrics::RedisEndpoint;
 use crate::telemetry::{Health, LogFormat, Metrics};
-use crate::{http, pool, queue, telemetry};
+use crate::{http, pool, queue, telemetry, triggers, watches};
 
 /// Arguments of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,6 +46,12 @@ pub struct RunArgs {
     /// How often Redis is polled, e.g. `1s`, `500ms`.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Most reconciles each controller (pools, queues) runs at once. Each reconcile in flight
+    /// holds an API server connection with its buffers: unbounded, a burst of 10,000 queue
+    /// reconciles opened thousands of connections that stayed in the client's pool (most of
+    /// the operator's memory at 10,000 queues).
+    #[arg(long, env = "FUNCSCALE_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -241,7 +248,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
     }
 
-    // 3. controllers, poller
+    // 3. controllers, poller. One watch per kind. What no controller reads is stripped before
+    // it reaches a store (crate::watches); a controller's own stream passes spec changes only
+    // (its status is its output), and what one object's change means for others is sent as a
+    // trigger through the queue → pools index (crate::triggers).
     let mut wc = watcher::Config::default().any_semantic();
     if let Some(selector) = &args.watch_label_selector {
         wc = wc.labels(selector);
@@ -260,23 +270,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(AtomicBool::new(false)),
     );
     let (pool_store, pool_writer) = reflector::store();
-    let pool_ctrl = Controller::for_stream(
-        listed_stream(
-            pool_writer,
-            watcher(pools_api, wc.clone()),
-            pools_listed.clone(),
-        ),
-        pool_store.clone(),
-    );
     let (queue_store, queue_writer) = reflector::store();
-    let queue_ctrl = Controller::for_stream(
-        listed_stream(
-            queue_writer,
-            watcher(queues_api.clone(), wc.clone()),
-            queues_listed.clone(),
-        ),
-        queue_store.clone(),
-    );
     let config = Config {
         worker_image: args.worker_image.clone(),
         default_redis: RedisEndpoint::new(args.redis_url.clone()),
@@ -292,28 +286,67 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pool_store.clone(),
         system_clock(),
     ));
-    let (trigger_tx, trigger_rx) =
-        futures::channel::mpsc::channel::<ObjectRef<FuncWorkerPool>>(4096);
-    let pools = pool_ctrl
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned)
-        .watches(queues_api, wc, pool::queue_to_pools(pool_store.clone()))
-        .reconcile_on(trigger_rx)
-        .graceful_shutdown_on(stop.clone().wait())
-        .run(pool::reconcile, pool::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "pool controller");
-            }
-        });
-    let queues = queue_ctrl
-        .graceful_shutdown_on(stop.clone().wait())
-        .run(queue::reconcile, queue::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "queue controller");
-            }
-        });
+    // the poll loop's triggers (a full channel only delays them until the resync) and the
+    // controllers' for each other (spec changes: few, never dropped)
+    let (poll_pools_tx, poll_pools_rx) = mpsc::channel::<ObjectRef<FuncWorkerPool>>(4096);
+    let (poll_queues_tx, poll_queues_rx) = mpsc::channel::<ObjectRef<FuncQueue>>(16384);
+    let (pool_tx, pool_rx) = mpsc::unbounded();
+    let (queue_tx, queue_rx) = mpsc::unbounded();
+    let send = triggers::Senders {
+        pools: pool_tx,
+        queues: queue_tx,
+    };
+    let pool_events = listed_stream(
+        pool_writer,
+        watcher(pools_api, wc.clone())
+            .default_backoff()
+            .modify(|p: &mut FuncWorkerPool| watches::strip_meta(&mut p.metadata)),
+        pools_listed.clone(),
+    );
+    let queue_events = listed_stream(
+        queue_writer,
+        watcher(queues_api, wc)
+            .default_backoff()
+            .modify(|q: &mut FuncQueue| watches::strip_meta(&mut q.metadata)),
+        queues_listed.clone(),
+    );
+    let deployments = watches::touched(watches::changes(
+        watcher(api::<Deployment>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(watches::strip_deployment),
+        watches::deployment_key,
+    ));
+    let pools = Controller::for_stream(
+        triggers::pool_stream(pool_events, ctx.index.clone(), send.clone()),
+        pool_store.clone(),
+    )
+    .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
+    .owns_stream(deployments)
+    // a Beat pool's schedules: any change of the few ConfigMaps is re-applied
+    .owns(api::<ConfigMap>(&client, ns), owned)
+    .reconcile_on(poll_pools_rx)
+    .reconcile_on(pool_rx)
+    .graceful_shutdown_on(stop.clone().wait())
+    .run(pool::reconcile, pool::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "pool controller");
+        }
+    });
+    let queues = Controller::for_stream(
+        triggers::queue_stream(queue_events, ctx.index.clone(), ctx.key_index.clone(), send),
+        queue_store.clone(),
+    )
+    .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
+    .reconcile_on(poll_queues_rx)
+    .reconcile_on(queue_rx)
+    .graceful_shutdown_on(stop.clone().wait())
+    .run(queue::reconcile, queue::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "queue controller");
+        }
+    });
     {
         let health = health.clone();
         tokio::spawn(async move {
@@ -327,7 +360,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let poll = tokio::spawn(crate::poll_loop::run(
         ctx.clone(),
         args.poll_interval,
-        trigger_tx,
+        crate::poll_loop::Triggers {
+            pools: poll_pools_tx,
+            queues: poll_queues_tx,
+        },
         stop.clone().wait(),
     ));
 
@@ -463,23 +499,21 @@ async fn renew(lock: LeaseLock, stop: Stop, lost: watch::Sender<bool>, metrics: 
     }
 }
 
-/// A reflector's objects for a controller, with `listed` set once the first list is in.
+/// A reflector's events, with `listed` set once the first list is in.
 fn listed_stream<K>(
     writer: reflector::store::Writer<K>,
     watch: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     listed: Arc<AtomicBool>,
-) -> impl futures::Stream<Item = watcher::Result<K>> + Send + 'static
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
-    reflector(writer, watch.default_backoff())
-        .inspect(move |e| {
-            if let Ok(watcher::Event::InitDone) = e {
-                listed.store(true, Ordering::SeqCst);
-            }
-        })
-        .applied_objects()
+    reflector(writer, watch).inspect(move |e| {
+        if let Ok(watcher::Event::InitDone) = e {
+            listed.store(true, Ordering::SeqCst);
+        }
+    })
 }
 
 #[cfg(test)]

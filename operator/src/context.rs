@@ -1,5 +1,6 @@
 //! What every reconcile shares: client, event recorder, metrics, configuration, the
-//! reflector stores, the Redis metrics cache, per-pool policy history and per-object backoff.
+//! reflector stores and the queue → pools index, the Redis metrics cache, per-pool policy
+//! history and per-object backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use crate::crd::{FuncQueue, FuncWorkerPool};
+use crate::key_index::KeyIndex;
 use crate::policy::History;
+use crate::pool_index::PoolIndex;
 use crate::redis_metrics::{MetricsCache, RedisEndpoint, Registry};
 use crate::telemetry::Metrics;
 
@@ -114,6 +117,11 @@ pub struct Context {
     pub queues: Store<FuncQueue>,
     /// All FuncWorkerPools the operator watches.
     pub pools: Store<FuncWorkerPool>,
+    /// The pools serving each queue, written from the same events as `pools`.
+    pub index: PoolIndex,
+    /// The queues that could share each queue's keys, written from the same events as
+    /// `queues`.
+    pub key_index: KeyIndex,
     /// Queues the Redis poller reads.
     pub registry: Registry,
     /// Last Redis readings.
@@ -153,6 +161,7 @@ impl Context {
                 instance: None,
             },
         );
+        let key_index = KeyIndex::new(config.keys.clone());
         Self {
             client,
             recorder,
@@ -160,6 +169,8 @@ impl Context {
             config,
             queues,
             pools,
+            index: PoolIndex::default(),
+            key_index,
             registry: Registry::default(),
             cache: MetricsCache::default(),
             histories: Mutex::new(HashMap::new()),

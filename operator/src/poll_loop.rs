@@ -1,6 +1,6 @@
 //! The Redis poll loop: every interval, read all queues, refresh the cache, and trigger
-//! reconciles of the pools whose queues changed (so a depth change reaches the Deployment
-//! within about one poll interval).
+//! reconciles of the queues whose numbers changed and of the pools serving them (so a depth
+//! change reaches the Deployment within about one poll interval, and the queue's status).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +8,7 @@ use std::time::Duration;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
-use crate::crd::FuncWorkerPool;
-use crate::pool::pools_for_queue;
+use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::redis_metrics::{PollReport, Poller, PollerConfig};
 
 /// One poll: prune deleted queues and pools (and their metric series), read Redis, record
@@ -79,18 +78,26 @@ pub async fn tick(
     let mut pools: Vec<ObjectRef<FuncWorkerPool>> = report
         .changed
         .iter()
-        .flat_map(|id| pools_for_queue(&ctx.pools, &id.namespace, &id.name))
+        .flat_map(|id| ctx.index.pools_for_queue(&id.namespace, &id.name))
         .collect();
     pools.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pools.dedup();
     (report, pools)
 }
 
+/// Where the poll loop sends the objects to reconcile.
+pub struct Triggers {
+    /// Pools serving a queue whose numbers changed.
+    pub pools: futures::channel::mpsc::Sender<ObjectRef<FuncWorkerPool>>,
+    /// Queues whose numbers changed (their status).
+    pub queues: futures::channel::mpsc::Sender<ObjectRef<FuncQueue>>,
+}
+
 /// Poll every `interval` until `stop` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     interval: Duration,
-    mut trigger: futures::channel::mpsc::Sender<ObjectRef<FuncWorkerPool>>,
+    mut trigger: Triggers,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut poller = Poller::new(
@@ -128,9 +135,14 @@ pub async fn run(
             }
         }
         failing = now_failing;
+        // a full channel only delays: the periodic resync reconciles anyway
         for r in pools {
-            // a full channel only delays: the periodic resync reconciles anyway
-            let _ = trigger.try_send(r);
+            let _ = trigger.pools.try_send(r);
+        }
+        for id in report.changed {
+            let _ = trigger
+                .queues
+                .try_send(ObjectRef::new(&id.name).within(&id.namespace));
         }
     }
 }

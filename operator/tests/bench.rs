@@ -268,7 +268,9 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
             )
             .await
             .unwrap();
-        qw.apply_watcher_event(&watcher::Event::Apply(q));
+        let ev = watcher::Event::Apply(q);
+        qw.apply_watcher_event(&ev);
+        ctx.key_index.apply(&ev);
         let spec = FuncWorkerPoolSpec {
             queues: vec![format!("q{i}")],
             processes_per_pod: 5,
@@ -290,7 +292,9 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
             )
             .await
             .unwrap();
-        pw.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        let ev = watcher::Event::Apply(p.clone());
+        pw.apply_watcher_event(&ev);
+        ctx.index.apply(&ev);
         pools.push(p);
         ctx.cache.set(
             QueueId::new("bench", format!("q{i}")),

@@ -132,6 +132,19 @@ impl Env {
         }
     }
 
+    /// A pool watch event, to the store and the index (as the operator's pool stream does).
+    fn pool_event(&mut self, e: watcher::Event<FuncWorkerPool>) {
+        self.pools_w.apply_watcher_event(&e);
+        self.ctx.index.apply(&e);
+    }
+
+    /// A queue watch event, to the store and the key index (as the operator's queue stream
+    /// does).
+    fn queue_event(&mut self, e: watcher::Event<FuncQueue>) {
+        self.queues_w.apply_watcher_event(&e);
+        self.ctx.key_index.apply(&e);
+    }
+
     fn take_ops(&self) -> Vec<String> {
         std::mem::take(&mut *self.ops.lock().unwrap())
     }
@@ -146,8 +159,7 @@ impl Env {
             .create(&PostParams::default(), &FuncQueue::new(name, spec))
             .await
             .unwrap();
-        self.queues_w
-            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.queue_event(watcher::Event::Apply(q.clone()));
         self.take_ops();
         q
     }
@@ -167,8 +179,7 @@ impl Env {
             .create(&PostParams::default(), &FuncWorkerPool::new(name, spec))
             .await
             .unwrap();
-        self.pools_w
-            .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        self.pool_event(watcher::Event::Apply(p.clone()));
         self.take_ops();
         p
     }
@@ -598,9 +609,10 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
     });
     env.add_queue("q2", qs).await;
     env.add_pool("w2", autoscaled(&["q2"], 1, 5)).await;
+    // a Secret is not watched: it looks again at the resync, for one created later
     assert_eq!(
         env.reconcile_pool("w2").await.unwrap(),
-        Action::await_change()
+        Action::requeue(env.ctx.config.resync)
     );
     let p = env.pool("w2").await;
     assert!(
@@ -951,13 +963,16 @@ async fn a_queue_change_maps_to_every_pool_serving_it() {
     env.add_pool("a", autoscaled(&["q1", "q2"], 1, 5)).await;
     env.add_pool("b", autoscaled(&["q2"], 1, 5)).await;
     env.add_pool("c", autoscaled(&["q3"], 1, 5)).await;
-    let mut names: Vec<String> = pool::pools_for_queue(&env.ctx.pools, NS, "q2")
+    let mut names: Vec<String> = env
+        .ctx
+        .index
+        .pools_for_queue(NS, "q2")
         .into_iter()
         .map(|r| r.name)
         .collect();
     names.sort();
     assert_eq!(names, vec!["a", "b"]);
-    assert!(pool::pools_for_queue(&env.ctx.pools, "other", "q2").is_empty());
+    assert!(env.ctx.index.pools_for_queue("other", "q2").is_empty());
 }
 
 #[tokio::test]
@@ -1118,9 +1133,9 @@ async fn deleted_objects_leave_no_metric_series() {
         );
     }
 
-    env.queues_w.apply_watcher_event(&watcher::Event::Delete(q));
-    env.pools_w.apply_watcher_event(&watcher::Event::Delete(p));
-    env.pools_w.apply_watcher_event(&watcher::Event::Delete(b));
+    env.queue_event(watcher::Event::Delete(q));
+    env.pool_event(watcher::Event::Delete(p));
+    env.pool_event(watcher::Event::Delete(b));
     poll_loop::tick(&env.ctx, &mut poller).await;
     let text = env.ctx.metrics.encode();
     assert!(
@@ -1275,8 +1290,7 @@ impl Env {
         let mut q = api.get(name).await.unwrap();
         q.spec = spec;
         let q = api.replace(name, &PostParams::default(), &q).await.unwrap();
-        self.queues_w
-            .apply_watcher_event(&watcher::Event::Apply(q.clone()));
+        self.queue_event(watcher::Event::Apply(q.clone()));
         self.take_ops();
         q
     }
@@ -2012,18 +2026,20 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         yaml.contains("name: old") && !yaml.contains("name: jobs"),
         "{yaml}"
     );
-    // the mapper wakes the pools of a legacy twin in every namespace, so deleting the older
-    // queue frees the younger's pool
+    // deleting the older queue frees the younger: the key index names it (the queue stream
+    // wakes it), and the pool index its pools
     let older = Api::<FuncQueue>::namespaced(env.client.clone(), "other")
         .get("jobs")
         .await
         .unwrap();
-    let woken = pool::queue_to_pools(env.ctx.pools.clone())(older);
+    let freed = env.ctx.key_index.apply(&watcher::Event::Delete(older));
+    assert_eq!(
+        freed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [format!("{NS}/jobs")]
+    );
+    let woken = env.ctx.index.pools_for_queue(NS, "jobs");
     assert!(
-        woken
-            .iter()
-            .any(|r| r.name == "w" && r.namespace.as_deref() == Some(NS))
-            && woken.iter().any(|r| r.name == "beat"),
+        woken.iter().any(|r| r.name == "w") && woken.iter().any(|r| r.name == "beat"),
         "{woken:?}"
     );
 

@@ -64,12 +64,14 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             .cloned()
             .collect(),
     };
-    // queues refused for sharing keys with another namespace's (the queue controller says so)
-    let all = ctx.queues.state();
+    // queues refused for sharing keys with another namespace's (the queue controller says so);
+    // the candidates from the index, not a scan of every queue for each of the pool's
     let key_conflicts = used
         .iter()
         .filter_map(|q| {
-            crate::crd_ext::key_conflict(q, ns, &all, &ctx.config.keys).map(|c| (q.name_any(), c))
+            ctx.key_index
+                .conflict(q, ns, &ctx.queues)
+                .map(|c| (q.name_any(), c))
         })
         .collect();
     let now_ms = ctx.now_ms();

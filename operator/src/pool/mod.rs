@@ -14,12 +14,13 @@ use std::sync::Arc;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, rfc3339};
 use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::error::{Error, Result};
+use crate::pool_index::PoolIndex;
 use crate::redis_metrics::QueueId;
 
 /// Reconcile one pool.
@@ -46,28 +47,31 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     let valid = match validate::validate(&pool, &ns, &deref, &ctx.config.keys) {
         Ok(v) => v,
         Err(Error::InvalidSpec { field, reason }) => {
-            return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;
+            // a Secret is not watched: look again, slowly, for one created later
+            let retry = (!deref.missing_secrets.is_empty()).then_some(ctx.config.resync);
+            let action = invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await?;
+            return Ok(retry.map_or(action, Action::requeue));
         }
         Err(e) => return Err(e),
     };
 
-    let all_pools = ctx.pools.state();
     let readings: Vec<size::QueueReading> = pool
         .spec
         .queues
         .iter()
         .map(|q| {
-            // every Worker pool of the namespace serving q (this one from the trigger, which
-            // may be newer than the store's copy)
-            let others: Vec<&FuncWorkerPool> = all_pools
+            // every Worker pool of the namespace serving q, from the index (this one from the
+            // trigger, which may be newer than the store's copy)
+            let sharing: Vec<Arc<FuncWorkerPool>> = ctx
+                .index
+                .consumers(&ns, q)
+                .iter()
+                .filter(|n| **n != name)
+                .filter_map(|n| ctx.pools.get(&ObjectRef::new(n).within(&ns)))
+                .collect();
+            let others: Vec<&FuncWorkerPool> = sharing
                 .iter()
                 .map(|p| p.as_ref())
-                .filter(|p| {
-                    p.metadata.namespace.as_deref() == Some(ns.as_str())
-                        && p.name_any() != name
-                        && p.spec.role == crate::crd::PoolRole::Worker
-                        && p.spec.queues.contains(q)
-                })
                 .chain(std::iter::once(pool.as_ref()))
                 .collect();
             size::QueueReading {
@@ -362,44 +366,15 @@ pub fn error_policy(pool: Arc<FuncWorkerPool>, err: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// The pools that serve `queue` (same namespace, listed in `spec.queues`; Beat pools of the
-/// namespace too, since they carry its schedules).
-pub fn pools_for_queue(
-    pools: &Store<FuncWorkerPool>,
-    ns: &str,
-    queue: &str,
-) -> Vec<ObjectRef<FuncWorkerPool>> {
-    pools
-        .state()
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-        .filter(|p| {
-            p.spec.role == crate::crd::PoolRole::Beat || p.spec.queues.iter().any(|q| q == queue)
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
-
-/// Mapper for the pool controller's watch on queues. A `legacyKeys` queue also maps to the
-/// pools of its name in every other namespace: its creation or deletion refuses or frees a
-/// younger twin there ([`crate::crd_ext::key_conflict`]).
+/// Mapper from a queue to the pools it wakes, from the index: the Worker pools listing it and
+/// the Beat pools of its namespace. (Pools of other namespaces whose queues share its keys
+/// are woken through [`crate::key_index`].)
 pub fn queue_to_pools(
-    pools: Store<FuncWorkerPool>,
-) -> impl Fn(FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
-    move |q: FuncQueue| {
+    index: PoolIndex,
+) -> impl Fn(&FuncQueue) -> Vec<ObjectRef<FuncWorkerPool>> + Send + Sync {
+    move |q: &FuncQueue| {
         let ns = q.namespace().unwrap_or_default();
-        let name = q.name_any();
-        if !q.spec.legacy_keys {
-            return pools_for_queue(&pools, &ns, &name);
-        }
-        let mut namespaces: Vec<String> =
-            pools.state().iter().filter_map(|p| p.namespace()).collect();
-        namespaces.sort();
-        namespaces.dedup();
-        namespaces
-            .iter()
-            .flat_map(|ns| pools_for_queue(&pools, ns, &name))
-            .collect()
+        index.pools_for_queue(&ns, &q.name_any())
     }
 }
 

@@ -387,9 +387,21 @@ impl Scenario {
     /// `funcscale-worker <args>` with this scenario's Redis, prefix and namespace (queues
     /// are named as FuncQueues, as a producer of the namespace does); waits for success.
     pub async fn worker_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.worker_cli_at(&self.opts.redis_url, None, args).await
+    }
+
+    /// [`Self::worker_cli`] against another Redis (`redis_url`, and a password given apart),
+    /// as a producer of another tenant or of a protected Redis runs it.
+    pub async fn worker_cli_at(
+        &self,
+        redis_url: &str,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
         let out = Command::new(&self.worker_bin)
             .args(args)
-            .env("FUNCSCALE_REDIS_URL", &self.opts.redis_url)
+            .env("FUNCSCALE_REDIS_URL", redis_url)
+            .envs(password.map(|p| ("FUNCSCALE_REDIS_PASSWORD", p)))
             .env("FUNCSCALE_PREFIX", &self.prefix)
             .env("FUNCSCALE_NAMESPACE", &self.ns)
             .stdin(Stdio::null())

@@ -566,21 +566,15 @@ async fn redis_outage_holds_the_pool_and_resumes() {
     s.wait_operator_ready(0)
         .await
         .unwrap_or_else(|e| panic!("one tenant's Redis down made the operator unready: {e}"));
-    let out = tokio::process::Command::new(&s.worker_bin)
-        .args([
-            "enqueue", "--queue", "other", "--func", "sleep", "--args", "[1000]",
-        ])
-        .args(["--count", "40", "--namespace", &s.ns])
-        .env("FUNCSCALE_REDIS_URL", funcscale_e2e::scenario::REDIS_URL)
-        .env("FUNCSCALE_PREFIX", &s.prefix)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.worker_cli_at(
+        funcscale_e2e::scenario::REDIS_URL,
+        None,
+        &[
+            "enqueue", "--queue", "other", "--func", "sleep", "--args", "[1000]", "--count", "40",
+        ],
+    )
+    .await
+    .unwrap();
     eventually(
         Duration::from_secs(20),
         "the other tenant's pool to grow during the outage",
@@ -1076,23 +1070,16 @@ async fn a_queue_on_a_password_protected_redis() {
 
     // 30 tasks, pushed with the password (the producer CLI reads it from the environment)
     let done = format!("{}-done", s.prefix);
-    let out = tokio::process::Command::new(&s.worker_bin)
-        .args([
-            "enqueue", "--queue", "jobs", "--func", "record", "--count", "30",
-        ])
-        .args(["--args", &json!([done]).to_string()])
-        .args(["--namespace", &s.ns])
-        .env("FUNCSCALE_REDIS_URL", redis_srv.url())
-        .env("FUNCSCALE_REDIS_PASSWORD", PW)
-        .env("FUNCSCALE_PREFIX", &s.prefix)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = json!([done]).to_string();
+    s.worker_cli_at(
+        &redis_srv.url(),
+        Some(PW),
+        &[
+            "enqueue", "--queue", "jobs", "--func", "record", "--count", "30", "--args", &args,
+        ],
+    )
+    .await
+    .unwrap();
 
     // the operator reads the depth through the Secret's password
     eventually(Duration::from_secs(20), "status.depth = 30", || async {

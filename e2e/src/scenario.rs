@@ -98,6 +98,11 @@ pub struct Options {
     pub label: Option<String>,
     /// Start an operator (default); `false`: another scenario's operator serves this one.
     pub operator: bool,
+    /// More arguments of `funcscale-operator run` (e.g. `--worker-redis-secret`).
+    pub operator_args: Vec<String>,
+    /// Environment of the operator process (e.g. `FUNCSCALE_REDIS_PASSWORD`); the test's own
+    /// `FUNCSCALE_REDIS_*` never reach it.
+    pub operator_env: Vec<(String, String)>,
 }
 
 /// Label on every FuncQueue and FuncWorkerPool a scenario applies (see
@@ -118,6 +123,8 @@ impl Options {
             cluster_wide: false,
             label: None,
             operator: true,
+            operator_args: Vec::new(),
+            operator_env: Vec::new(),
         }
     }
 }
@@ -284,7 +291,8 @@ impl Scenario {
             id,
         ])
         .arg("--poll-interval")
-        .arg(format!("{}ms", self.opts.poll_interval.as_millis()));
+        .arg(format!("{}ms", self.opts.poll_interval.as_millis()))
+        .args(&self.opts.operator_args);
         if self.opts.leader_election {
             cmd.args([
                 "--lease-duration",
@@ -300,6 +308,9 @@ impl Scenario {
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
             .env_remove("FUNCSCALE_NAMESPACE")
+            .env_remove("FUNCSCALE_REDIS_USERNAME")
+            .env_remove("FUNCSCALE_REDIS_PASSWORD")
+            .envs(self.opts.operator_env.iter().cloned())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -398,10 +409,26 @@ impl Scenario {
         password: Option<&str>,
         args: &[&str],
     ) -> anyhow::Result<String> {
+        let env: Vec<_> = password
+            .map(|p| ("FUNCSCALE_REDIS_PASSWORD", p))
+            .into_iter()
+            .collect();
+        self.worker_cli_env(redis_url, &env, args).await
+    }
+
+    /// [`Self::worker_cli_at`] with more environment (`FUNCSCALE_REDIS_USERNAME`, ...).
+    pub async fn worker_cli_env(
+        &self,
+        redis_url: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<String> {
         let out = Command::new(&self.worker_bin)
             .args(args)
             .env("FUNCSCALE_REDIS_URL", redis_url)
-            .envs(password.map(|p| ("FUNCSCALE_REDIS_PASSWORD", p)))
+            .env_remove("FUNCSCALE_REDIS_USERNAME")
+            .env_remove("FUNCSCALE_REDIS_PASSWORD")
+            .envs(env.iter().copied())
             .env("FUNCSCALE_PREFIX", &self.prefix)
             .env("FUNCSCALE_NAMESPACE", &self.ns)
             .stdin(Stdio::null())

@@ -36,6 +36,15 @@ pub struct RunArgs {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     pub redis_url: String,
+    /// ACL username for `--redis-url`: replaces the URL's (prefer the environment variable to
+    /// the flag, which shows in the process list).
+    #[arg(long, env = funcscale_protocol::connection::USERNAME_ENV, hide_env_values = true)]
+    pub redis_username: Option<String>,
+    /// Password for `--redis-url`: replaces the URL's (prefer the environment variable to the
+    /// flag, which shows in the process list). The pools on the default Redis then need
+    /// `--worker-redis-secret`: a password is never written into a pod spec.
+    #[arg(long, env = funcscale_protocol::connection::PASSWORD_ENV, hide_env_values = true)]
+    pub redis_password: Option<String>,
     /// Secret `NAME/KEY` in each pool's namespace with the default Redis URL for the worker
     /// pods (needed when `--redis-url` carries a password: it is never put in a pod spec).
     #[arg(long, env = "FUNCSCALE_WORKER_REDIS_SECRET", value_parser = parse_secret_ref)]
@@ -273,7 +282,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (queue_store, queue_writer) = reflector::store();
     let config = Config {
         worker_image: args.worker_image.clone(),
-        default_redis: RedisEndpoint::new(args.redis_url.clone()),
+        default_redis: RedisEndpoint::with_credentials(
+            &args.redis_url,
+            args.redis_username.as_deref(),
+            args.redis_password.as_deref(),
+        ),
         worker_redis_secret: args.worker_redis_secret.clone(),
         keys: funcscale_protocol::Keys::new(args.key_prefix.clone()),
         ..Config::default()

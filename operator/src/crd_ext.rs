@@ -147,27 +147,27 @@ pub struct KeyConflict {
 /// share, if any: the same queue id (two `legacyKeys` or adopted queues of one name: the
 /// same settings, stats, records and schedules) or the same list (an explicit `spec.key`
 /// naming another namespace's list). Two tenants must never share a queue's tasks, settings
-/// or schedules; the younger is refused. `keys`: the operator's key layout. (Two Secrets
-/// that name one Redis are not known to be one: only the operator default and equal URLs
-/// or Secret references are compared.)
+/// or schedules; the younger is refused. `redis`: the Redis `q` uses and, with each of
+/// `queues`, the one it uses, as [`crate::redis_metrics::RedisEndpoint::identity`] (the
+/// server and database its resolved URL names, so two Secrets naming one Redis are one).
+/// `keys`: the operator's key layout.
 pub fn key_conflict(
     q: &FuncQueue,
     ns: &str,
-    queues: &[Arc<FuncQueue>],
+    redis: &str,
+    queues: &[(Arc<FuncQueue>, String)],
     keys: &Keys,
 ) -> Option<KeyConflict> {
     let mine = queue_id(q, ns);
     let my_list = list_key(q, &mine, keys);
-    let redis = queue_redis_identity(q, ns);
     let me = (q.creation_timestamp(), ns.to_string(), q.name_any());
     let adopts = adopts_keys(q);
     queues
         .iter()
-        .filter_map(|o| {
+        .filter_map(|(o, theirs_redis)| {
             let ons = o.namespace()?;
             // two plain queues of two namespaces have two ids, two lists
-            if ons == ns || !(adopts || adopts_keys(o)) || queue_redis_identity(o, &ons) != redis
-            {
+            if ons == ns || !(adopts || adopts_keys(o)) || theirs_redis != redis {
                 return None;
             }
             let theirs = queue_id(o, &ons);

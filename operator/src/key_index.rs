@@ -4,9 +4,12 @@
 //! references and a scan of them for each queue of each reconcile was most of a reconcile's
 //! time at 10,000 queues.)
 //!
-//! Each queue is filed under two hashes: its Redis identity with its queue id, and its Redis
-//! identity with its list ([`crate::crd_ext::list_key`]). Two queues that can conflict share
-//! one of them; a hash collision only adds a candidate, which `key_conflict` then rejects.
+//! Each queue is filed under two hashes: its queue id, and its list
+//! ([`crate::crd_ext::list_key`]). Two queues that can conflict share one of them; a hash
+//! collision, or two queues of one name on two Redis servers, only adds a candidate, which
+//! `key_conflict` then rejects. The Redis is not in the hash: which server a queue uses is
+//! known only once its Secrets are read (two Secrets can name one Redis), so the conflict
+//! check resolves it for the few candidates.
 //!
 //! Applying an event says which queues of other namespaces shared (before) or share (now) a
 //! key with the queue that changed: their conflict may have appeared or gone.
@@ -21,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::crd::FuncQueue;
-use crate::crd_ext::{KeyConflict, key_conflict, list_key, queue_id, queue_redis_identity};
+use crate::crd_ext::{KeyConflict, key_conflict, list_key, queue_id};
 use crate::redis_metrics::QueueId;
 
 /// What the index keeps of a queue.
@@ -30,7 +33,7 @@ struct Entry {
     /// The spec the hashes were computed from (its keys change only with the spec).
     generation: Option<i64>,
     uid: Option<String>,
-    /// Hashes of (Redis, queue id) and (Redis, list).
+    /// Hashes of the queue id and of the list.
     hashes: [u64; 2],
 }
 
@@ -65,13 +68,9 @@ impl KeyIndex {
     }
 
     fn hashes(&self, q: &FuncQueue, ns: &str) -> [u64; 2] {
-        let redis = queue_redis_identity(q, ns);
         let id = queue_id(q, ns);
         let list = list_key(q, &id, &self.keys);
-        [
-            hash_of((&redis, "id", &id)),
-            hash_of((&redis, "list", &list)),
-        ]
+        [hash_of(("id", &id)), hash_of(("list", &list))]
     }
 
     /// Apply a queue watch event (the same events the queue store gets); returns the queues
@@ -142,13 +141,20 @@ impl KeyIndex {
     }
 
     /// [`key_conflict`] of `q` against its [`candidates`](Self::candidates) as `queues`
-    /// holds them now.
-    pub fn conflict(
+    /// holds them now; `redis` names the Redis a queue of a namespace uses
+    /// ([`crate::redis_metrics::RedisEndpoint::identity`], Secrets read), asked only when
+    /// there are candidates.
+    pub async fn conflict<F, Fut>(
         &self,
         q: &FuncQueue,
         ns: &str,
         queues: &Store<FuncQueue>,
-    ) -> Option<KeyConflict> {
+        redis: F,
+    ) -> Option<KeyConflict>
+    where
+        F: Fn(Arc<FuncQueue>, String) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
         let others: Vec<Arc<FuncQueue>> = self
             .candidates(q, ns)
             .iter()
@@ -157,7 +163,14 @@ impl KeyIndex {
         if others.is_empty() {
             return None;
         }
-        key_conflict(q, ns, &others, &self.keys)
+        let mine = redis(Arc::new(q.clone()), ns.to_string()).await;
+        let mut resolved = Vec::with_capacity(others.len());
+        for o in others {
+            let ons = o.namespace().unwrap_or_default();
+            let theirs = redis(o.clone(), ons).await;
+            resolved.push((o, theirs));
+        }
+        key_conflict(q, ns, &mine, &resolved, &self.keys)
     }
 }
 
@@ -265,17 +278,18 @@ mod tests {
             ix.candidates(&queue("a", "jobs", 1, plain.clone()), "a")
                 .is_empty()
         );
-        // another Redis: no sharing
+        // another Redis is a candidate too (which Redis a Secret names is known only when it
+        // is read): the conflict check rejects it
         let other = ix.apply(&Event::Apply(queue(
             "d",
             "mail",
             1,
             serde_json::json!({ "legacyKeys": true, "redis": { "url": "redis://other:6379" } }),
         )));
-        assert!(other.is_empty());
+        assert_eq!(ids(&other), ["a/mail", "b/mail"]);
         // deleting a's mail frees b's
         let gone = ix.apply(&Event::Delete(queue("a", "mail", 1, legacy.clone())));
-        assert_eq!(ids(&gone), ["b/mail"]);
+        assert_eq!(ids(&gone), ["b/mail", "d/mail"]);
     }
 
     #[test]

@@ -101,6 +101,11 @@ impl RedisEndpoint {
         )
     }
 
+    /// The ACL username given apart from the URL, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.0.username.as_deref()
+    }
+
     /// Whether a password is given, apart or in the URL.
     pub fn has_password(&self) -> bool {
         self.0.password.is_some()
@@ -110,6 +115,29 @@ impl RedisEndpoint {
                 .split_once("://")
                 .and_then(|(_, rest)| rest.rsplit_once('@'))
                 .is_some_and(|(user, _)| user.contains(':'))
+    }
+
+    /// Which Redis database this is, whatever the URL's spelling and credentials:
+    /// `host:port/db` (the host lowercased; a socket path as is), or the redacted URL when it
+    /// does not parse. Two queues whose Secrets hold URLs of one server and database have one
+    /// identity. (Two host names of one server — a DNS alias, an IP — are not known to be one.)
+    pub fn identity(&self) -> String {
+        match self.connection_info() {
+            Ok(info) => {
+                let db = info.redis_settings().db();
+                let addr = match info.addr() {
+                    redis::ConnectionAddr::Tcp(h, p)
+                    | redis::ConnectionAddr::TcpTls {
+                        host: h, port: p, ..
+                    } => {
+                        format!("{}:{p}", h.to_ascii_lowercase())
+                    }
+                    other => other.to_string(),
+                };
+                format!("{addr}/{db}")
+            }
+            Err(_) => self.redacted(),
+        }
     }
 
     /// `host:port` of the endpoint (for messages), or the redacted URL when it does not parse.

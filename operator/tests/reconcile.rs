@@ -1899,6 +1899,63 @@ async fn explicit_keys_naming_one_list_from_two_namespaces_are_refused() {
     );
 }
 
+/// Two namespaces that reach one Redis through Secrets of their own (different names, one
+/// holding the URL with a password, the other a user in it; and the operator default spelled
+/// as a URL) name one list: the younger is refused as if they had named the Redis alike. A
+/// Secret naming another Redis (another database) is no conflict.
+#[tokio::test]
+async fn one_redis_through_different_secrets_is_one_redis() {
+    let (mut env, keys) = env_with_prefix("samesecret").await;
+    let shared = format!("{}:legacy:orders", keys.prefix());
+    for (ns, secret, url) in [
+        ("other", "redis-a", "redis://:pw-a@LocalHost:6379/0"),
+        (NS, "redis-b", "redis://app:pw-b@localhost:6379"),
+        (NS, "redis-c", "redis://localhost:6379/3"),
+    ] {
+        let mut s = Secret::default();
+        s.metadata.name = Some(secret.into());
+        s.data = Some([("url".to_string(), k8s_openapi::ByteString(url.into()))].into());
+        Api::<Secret>::namespaced(env.client.clone(), ns)
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap();
+    }
+    let via = |secret: &str| FuncQueueSpec {
+        key: Some(shared.clone()),
+        redis: Some(RedisConnection {
+            url_secret_ref: Some(SecretKeyRef {
+                name: secret.into(),
+                key: "url".into(),
+            }),
+            ..Default::default()
+        }),
+        ..queue_spec()
+    };
+    env.add_queue_in("other", "orders", via("redis-a")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
+    env.add_queue("payments", via("redis-b")).await;
+    env.add_queue("elsewhere", via("redis-c")).await;
+    env.reconcile_queue("payments").await;
+    let c = env.queue_condition("payments", "Ready").await.unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "KeyConflict"),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message.contains("other/orders") && c.message.contains(&shared),
+        "{}",
+        c.message
+    );
+    env.reconcile_queue("elsewhere").await;
+    let c = env.queue_condition("elsewhere", "Ready").await;
+    assert!(
+        c.as_ref().is_none_or(|c| c.reason != "KeyConflict"),
+        "another database: {c:?}"
+    );
+}
+
 /// Each queue's keys are its namespace's (`status.key`, `status.queueId` say where producers
 /// push); two `legacyKeys` queues of one name in two namespaces would share every key: the
 /// younger is refused with a condition naming both, and nothing of it is written.

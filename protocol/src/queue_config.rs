@@ -156,7 +156,10 @@ impl QueueConfig {
         }
         let pairs = self.to_pairs();
         if !pairs.is_empty() {
-            pipe.hset_multiple(keys.queue_config(queue), &pairs)
+            // HSET with many pairs, not HMSET: the operator's ACL rule grants `+hset`
+            pipe.cmd("HSET")
+                .arg(keys.queue_config(queue))
+                .arg(&pairs)
                 .ignore();
         }
         pipe

@@ -87,6 +87,15 @@ pub fn slot_pods_pipeline(keys: &Keys, slots: &[String]) -> redis::Pipeline {
     pipe
 }
 
+/// The Deployment a pod of a ReplicaSet belongs to: its name without the ReplicaSet's
+/// template hash and the pod's own suffix (`w-2-5d8f7c9b4-x7k2p` → `w-2`); `None` for a name
+/// not of that shape (a bare pod, a worker outside Kubernetes).
+pub fn deployment_of_pod(pod: &str) -> Option<&str> {
+    let mut parts = pod.rsplitn(3, '-');
+    let (_suffix, _hash, deployment) = (parts.next()?, parts.next()?, parts.next()?);
+    (!deployment.is_empty()).then_some(deployment)
+}
+
 /// Running tasks per pod: `pods` are the replies of [`slot_pods_pipeline`] (one per slot).
 /// A slot runs one task at a time; a slot of unknown pod is left out.
 pub fn count_by_pod(pods: &[Option<String>]) -> BTreeMap<String, u64> {
@@ -100,6 +109,14 @@ pub fn count_by_pod(pods: &[Option<String>]) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_deployment_is_its_name_without_the_two_suffixes() {
+        assert_eq!(deployment_of_pod("w-2-5d8f7c9b4-x7k2p"), Some("w-2"));
+        assert_eq!(deployment_of_pod("w-5d8f7c9b4-x7k2p"), Some("w"));
+        assert_eq!(deployment_of_pod("worker-1"), None);
+        assert_eq!(deployment_of_pod("host"), None);
+    }
 
     #[test]
     fn slots_from_running_sets_counted_per_pod() {

@@ -181,7 +181,15 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
                      in the pool's namespace) or give the queues spec.redis",
                 ));
             }
-            None => vec![env("FUNCSCALE_REDIS_URL", config.default_redis.url())],
+            // a password-less URL goes into the pod spec as it is, with the username the
+            // operator was given apart from it (`--redis-username`, an ACL user without password)
+            None => {
+                let mut v = vec![env(connection::URL_ENV, config.default_redis.url())];
+                if let Some(u) = config.default_redis.username() {
+                    v.push(env(connection::USERNAME_ENV, u));
+                }
+                v
+            }
         },
     };
     out.push(env("FUNCSCALE_PREFIX", config.keys.prefix()));
@@ -1054,5 +1062,30 @@ mod tests {
             "redis-url"
         );
         assert!(e[0].value.is_none());
+
+        // a password given apart (`--redis-password`) keeps the URL out of the pod spec too
+        let c = Config {
+            default_redis: crate::redis_metrics::RedisEndpoint::with_credentials(
+                "redis://r:6379/0",
+                Some("op"),
+                Some("pw"),
+            ),
+            ..Config::default()
+        };
+        assert_eq!(redis_env(None, &c).unwrap_err().category(), "invalid_spec");
+        // a username alone (an ACL user without password) goes with the URL
+        let c = Config {
+            default_redis: crate::redis_metrics::RedisEndpoint::with_credentials(
+                "redis://r:6379/0",
+                Some("app"),
+                None,
+            ),
+            ..Config::default()
+        };
+        let e = redis_env(None, &c).unwrap();
+        assert_eq!(
+            (e[1].name.as_str(), e[1].value.as_deref()),
+            ("FUNCSCALE_REDIS_USERNAME", Some("app"))
+        );
     }
 }

@@ -66,14 +66,18 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
     };
     // queues refused for sharing keys with another namespace's (the queue controller says so);
     // the candidates from the index, not a scan of every queue for each of the pool's
-    let key_conflicts = used
-        .iter()
-        .filter_map(|q| {
-            ctx.key_index
-                .conflict(q, ns, &ctx.queues)
-                .map(|c| (q.name_any(), c))
-        })
-        .collect();
+    let mut key_conflicts = Vec::new();
+    for q in &used {
+        let conflict = ctx
+            .key_index
+            .conflict(q, ns, &ctx.queues, |q, ns| {
+                crate::queue::dereference::redis_identity(ctx, q, ns)
+            })
+            .await;
+        if let Some(c) = conflict {
+            key_conflicts.push((q.name_any(), c));
+        }
+    }
     let now_ms = ctx.now_ms();
     let mut missing_secrets = Vec::new();
     for q in &used {

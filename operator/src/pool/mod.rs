@@ -78,9 +78,30 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
                 name: q.clone(),
                 reading: ctx.cache.get(&QueueId::new(ns.clone(), q.clone())),
                 share: size::share(&pool, &others),
+                running_here: None,
             }
         })
         .collect();
+    // a queue other pools serve too: its running tasks count where they run (two pipelined
+    // round trips, only for pools sharing a queue)
+    let mut readings = readings;
+    let shared: Vec<&str> = readings
+        .iter()
+        .filter(|r| r.share < 1.0)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !shared.is_empty() && pool.spec.autoscaling.is_some() {
+        match scale_down::running_here(&ctx, &ns, &name, &valid, &shared).await {
+            Ok(by_queue) => {
+                for r in readings.iter_mut().filter(|r| r.share < 1.0) {
+                    r.running_here = Some(by_queue.get(&r.name).copied().unwrap_or(0));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(pool = %key, error = %e, "cannot read where the shared queues' tasks run: counting the pool's share")
+            }
+        }
+    }
     let current = deref
         .deployment
         .as_ref()

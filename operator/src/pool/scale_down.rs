@@ -66,6 +66,9 @@ pub struct PodLoad {
     pub ready: bool,
     /// Creation time (unix ms).
     pub created_ms: u64,
+    /// It carries the deletion cost of a chosen pod ([`REMOVE_COST`]), from an earlier
+    /// scale-down it survived.
+    pub costed: bool,
 }
 
 /// The `remove` pods to take away: not-ready pods first (the ReplicaSet deletes those before
@@ -95,6 +98,24 @@ pub fn may_lower(chosen: &[String], pods: &[PodLoad], started_ms: u64, now_ms: u
         || chosen
             .iter()
             .all(|c| pods.iter().find(|p| &p.name == c).is_none_or(|p| !p.ready))
+}
+
+/// When the wait of a scale-down from `from` pods started: at the first choice of that
+/// scale-down (`pending`), whatever target it has now, so a moving target cannot hold
+/// `replicas` past [`NOT_READY_WAIT`]; else now.
+pub fn started(pending: Option<&Pending>, from: i32, now_ms: u64) -> u64 {
+    pending
+        .filter(|p| p.from == from)
+        .map_or(now_ms, |p| p.started_ms)
+}
+
+/// The pods still carrying [`REMOVE_COST`] from an earlier scale-down they survived that are
+/// not `chosen` now: their cost goes, or the ReplicaSet (1.22+) deletes them before the chosen.
+pub fn stale_costs<'a>(pods: &'a [PodLoad], chosen: &[String]) -> Vec<&'a str> {
+    pods.iter()
+        .filter(|p| p.costed && !chosen.contains(&p.name))
+        .map(|p| p.name.as_str())
+        .collect()
 }
 
 /// Whether an API server of this version ranks pods by [`DELETION_COST`] on its own: beta
@@ -160,6 +181,11 @@ pub async fn plan(
         _ => None,
     };
     let Some((from, to)) = shrinking else {
+        if desired.is_none() {
+            // the sizing holds (its metrics are unavailable): so does a scale-down in
+            // progress; its marks expire by themselves if this lasts
+            return Plan::now(desired);
+        }
         if let Some(p) = pending {
             // no longer shrinking (the policy wants the pods again, or someone else changed
             // the Deployment): the marked pods take tasks again
@@ -191,7 +217,7 @@ async fn step(
     let key = format!("{ns}/{name}");
     let pods = pods(ctx, ns, name).await?;
     let reason = format!("scale-down of pool {name} from {from} to {to} pods");
-    if let Some(p) = pending.filter(|p| p.from == from && p.to == to) {
+    if let Some(p) = pending.clone().filter(|p| p.from == from && p.to == to) {
         if may_lower(&p.pods, &pods, p.started_ms, now_ms) {
             // the marks stay until they expire: the pods are going
             ctx.scale_downs.set(&key, None);
@@ -207,7 +233,9 @@ async fn step(
         return Ok(hold(from, &p.pods, p.started_ms, now_ms, None));
     }
 
-    // a new scale-down (or a new target): choose and mark
+    // a new scale-down (or a new target): choose and mark. A new target of the same
+    // scale-down keeps its start: the wait is bounded however often the target moves
+    let started_ms = started(pending.as_ref(), from, now_ms);
     let running = running_by_pod(ctx, ns, valid).await?;
     let loads: Vec<PodLoad> = pods
         .into_iter()
@@ -235,9 +263,14 @@ async fn step(
     if !dropped.is_empty() {
         unmark(ctx, ns, name, valid, &dropped).await;
     }
+    // pods that kept the cost of an earlier scale-down they survived (the ReplicaSet took a
+    // not-ready pod instead) must not go before the chosen ones
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for p in stale_costs(&loads, &chosen) {
+        annotate(&api, p, None).await;
+    }
     let names: Vec<&str> = chosen.iter().map(String::as_str).collect();
     mark(ctx, ns, valid, &names, &reason).await?;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     for c in &chosen {
         annotate(&api, c, Some(REMOVE_COST)).await;
     }
@@ -259,7 +292,7 @@ async fn step(
             }
         })
         .await;
-    if honoured || may_lower(&chosen, &loads, now_ms, now_ms) {
+    if honoured || may_lower(&chosen, &loads, started_ms, now_ms) {
         // the ReplicaSet ranks the chosen pods first already
         return Ok(Plan {
             chosen: Some(with_running),
@@ -272,10 +305,10 @@ async fn step(
             from,
             to,
             pods: chosen.clone(),
-            started_ms: now_ms,
+            started_ms,
         }),
     );
-    Ok(hold(from, &chosen, now_ms, now_ms, Some(with_running)))
+    Ok(hold(from, &chosen, started_ms, now_ms, Some(with_running)))
 }
 
 fn hold(
@@ -326,6 +359,12 @@ async fn pods(ctx: &Context, ns: &str, name: &str) -> anyhow::Result<Vec<PodLoad
                     .creation_timestamp
                     .as_ref()
                     .map_or(0, |t| t.0.as_millisecond().max(0) as u64),
+                costed: p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DELETION_COST))
+                    .is_some_and(|c| c.trim() == REMOVE_COST.to_string()),
                 name: p.name_any(),
                 running: 0,
                 ready,
@@ -385,6 +424,66 @@ async fn running_by_pod(
     Ok(stop::count_by_pod(&pods))
 }
 
+/// The running tasks of each of `queues` (names, of the pool's) that run on the pool's own
+/// pods: a slot's pod belongs to the pool when its ReplicaSet's Deployment is the pool's
+/// ([`stop::deployment_of_pod`]). Two pipelined round trips.
+pub async fn running_here(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    valid: &Valid,
+    queues: &[&str],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let (mut con, _) = redis(ctx, ns, valid).await?;
+    let ids: Vec<(String, String)> = valid
+        .queues
+        .iter()
+        .filter(|q| queues.contains(&q.name_any().as_str()))
+        .map(|q| (q.name_any(), crate::crd_ext::queue_id(q, ns)))
+        .collect();
+    let scope = ids
+        .iter()
+        .find_map(|(_, q)| funcscale_protocol::Keys::queue_id_namespace(q))
+        .map(String::from);
+    let keys = &ctx.config.keys.clone().in_namespace(scope);
+    let id_refs: Vec<&str> = ids.iter().map(|(_, id)| id.as_str()).collect();
+    let sets: Vec<Vec<String>> = stop::running_slots_pipeline(keys, &id_refs)
+        .query_async(&mut con)
+        .await?;
+    let slots = stop::running_slots(keys, &sets);
+    let pods: Vec<Option<String>> = if slots.is_empty() {
+        Vec::new()
+    } else {
+        stop::slot_pods_pipeline(keys, &slots)
+            .query_async(&mut con)
+            .await?
+    };
+    let pod_of: BTreeMap<&str, Option<&str>> = slots
+        .iter()
+        .map(String::as_str)
+        .zip(pods.iter().map(Option::as_deref))
+        .collect();
+    Ok(ids
+        .iter()
+        .zip(&sets)
+        .map(|((queue, _), set)| {
+            let here = set
+                .iter()
+                .filter_map(|k| keys.inflight_slot(k))
+                .filter(|s| {
+                    pod_of
+                        .get(s)
+                        .copied()
+                        .flatten()
+                        .and_then(stop::deployment_of_pod)
+                        == Some(name)
+                })
+                .count() as u64;
+            (queue.clone(), here)
+        })
+        .collect())
+}
+
 /// Set (or renew) the stop marks of `pods`.
 async fn mark(
     ctx: &Context,
@@ -404,7 +503,8 @@ async fn mark(
 }
 
 /// Clear the stop marks and deletion costs of `pods` (best effort: a mark left behind
-/// expires, a cost left behind only ranks an idle pod first next time).
+/// expires within [`STOP_TTL_MS`]; a cost left behind is cleared by the next scale-down of
+/// the pool, which lists the pods anyway, unless it chooses that pod again).
 async fn unmark(ctx: &Context, ns: &str, name: &str, valid: &Valid, pods: &[String]) {
     let cleared = async {
         let (mut con, _) = redis(ctx, ns, valid).await?;
@@ -450,7 +550,48 @@ mod tests {
             running,
             ready,
             created_ms,
+            costed: false,
         }
+    }
+
+    #[test]
+    fn a_moving_target_keeps_the_start_of_the_wait() {
+        let p = Pending {
+            from: 5,
+            to: 3,
+            pods: vec!["a".into(), "b".into()],
+            started_ms: 1_000,
+        };
+        // the target moves 3 → 2: still the scale-down that started at 1 s
+        assert_eq!(started(Some(&p), 5, 9_000), 1_000);
+        // a scale-down from another count, or none: starts now
+        assert_eq!(started(Some(&p), 4, 9_000), 9_000);
+        assert_eq!(started(None, 5, 9_000), 9_000);
+        // so its wait runs out 15 s after the first choice
+        let pods = [pod("a", 0, true, 1), pod("b", 0, true, 1)];
+        let chosen = ["a".to_string()];
+        assert!(!may_lower(
+            &chosen,
+            &pods,
+            started(Some(&p), 5, 15_000),
+            15_000
+        ));
+        assert!(may_lower(
+            &chosen,
+            &pods,
+            started(Some(&p), 5, 16_000),
+            16_000
+        ));
+    }
+
+    #[test]
+    fn a_survivors_cost_goes_unless_it_is_chosen_again() {
+        let mut survivor = pod("survivor", 0, true, 1);
+        survivor.costed = true;
+        let pods = [survivor.clone(), pod("other", 0, true, 2)];
+        assert_eq!(stale_costs(&pods, &["other".into()]), ["survivor"]);
+        assert!(stale_costs(&pods, &["survivor".into()]).is_empty());
+        assert!(stale_costs(&[pod("plain", 0, true, 1)], &[]).is_empty());
     }
 
     #[test]

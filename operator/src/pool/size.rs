@@ -38,6 +38,10 @@ pub struct QueueReading {
     pub reading: Option<Reading>,
     /// The part of the queue's load this pool carries (0..=1; see [`share`]).
     pub share: f64,
+    /// The queue's tasks running on this pool's own pods, read from the running set when
+    /// other pools serve the queue too (`None`: the pool serves it alone, or it could not be
+    /// read: then the pool's share of the queue's running tasks counts).
+    pub running_here: Option<u64>,
 }
 
 impl QueueReading {
@@ -47,6 +51,7 @@ impl QueueReading {
             name: name.into(),
             reading,
             share: 1.0,
+            running_here: None,
         }
     }
 }
@@ -88,7 +93,9 @@ fn part(x: u64, share: f64) -> u64 {
 }
 
 /// Sum the readings of the pool's queues (each scaled by the pool's share of it) into one
-/// observation, or say why not. Due retries count as backlog. A queue's scheduled executions
+/// observation, or say why not. Due retries count as backlog. Running tasks are the pool's
+/// own where they were read per pool (`running_here`: a pool running a shared queue's long
+/// tasks keeps the pods they occupy, a pool running none of them is not held up by them). A queue's scheduled executions
 /// are read per minute; the pool counts them per its own period `period_ms` (P of the
 /// capacity formula, rounded up once), so a pool with `periodMs: 300000` sees five minutes'
 /// worth of executions.
@@ -100,6 +107,7 @@ pub fn aggregate(readings: &[QueueReading], period_ms: u64) -> Result<Observatio
         name,
         reading: r,
         share,
+        running_here,
     } in readings
     {
         let share = share.clamp(0.0, 1.0);
@@ -114,7 +122,7 @@ pub fn aggregate(readings: &[QueueReading], period_ms: u64) -> Result<Observatio
         obs.depth += part(backlog, share);
         obs.arrival_rate += m.arrival_rate * share;
         obs.one_off_rate += m.one_off_rate * share;
-        obs.in_flight += part(m.in_flight, share);
+        obs.in_flight += running_here.unwrap_or_else(|| part(m.in_flight, share));
         scheduled_per_minute += m.scheduled_per_minute * share;
         obs.task_time_measured |= m.task_time_measured;
         // T weighted by the work each queue brings (arrivals, backlog, schedules)
@@ -243,6 +251,25 @@ mod tests {
             policy::cron_pods(o.scheduled_per_period, o.task_time_ms, 1, p)
         };
         assert_eq!(pods(60_000), pods(300_000));
+    }
+
+    #[test]
+    fn a_shared_queues_running_tasks_count_where_they_run() {
+        let long = |running_here: Option<u64>| QueueReading {
+            name: "q".into(),
+            reading: Some(Reading::Ok(QueueMetrics {
+                task_time_ms: 75_000.0,
+                in_flight: 10,
+                ..Default::default()
+            })),
+            share: 0.5,
+            running_here,
+        };
+        // the pool running all 10 counts 10, the other none (not 5 each)
+        assert_eq!(aggregate(&[long(Some(10))], 60_000).unwrap().in_flight, 10);
+        assert_eq!(aggregate(&[long(Some(0))], 60_000).unwrap().in_flight, 0);
+        // unknown where they run: the share
+        assert_eq!(aggregate(&[long(None)], 60_000).unwrap().in_flight, 5);
     }
 
     #[test]

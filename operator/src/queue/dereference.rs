@@ -34,6 +34,15 @@ pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEnd
     .await
 }
 
+/// Which Redis `q` (of namespace `ns`) uses, its Secrets read
+/// ([`RedisEndpoint::identity`]); the spec's own identity when they cannot be read.
+pub async fn redis_identity(ctx: &Context, q: std::sync::Arc<FuncQueue>, ns: String) -> String {
+    match endpoint(&q, &ns, ctx).await {
+        Ok(e) => e.identity(),
+        Err(_) => crate::crd_ext::queue_redis_identity(&q, &ns),
+    }
+}
+
 /// Read everything `q` depends on.
 pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Dereferenced {
     Dereferenced {
@@ -42,6 +51,11 @@ pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Derefere
         reading: ctx.cache.get(id),
         // the few queues that could share its keys, from the index (a copy of 10,000 queue
         // references per reconcile was most of a queue reconcile's time)
-        key_conflict: ctx.key_index.conflict(q, &id.namespace, &ctx.queues),
+        key_conflict: ctx
+            .key_index
+            .conflict(q, &id.namespace, &ctx.queues, |q, ns| {
+                redis_identity(ctx, q, ns)
+            })
+            .await,
     }
 }

@@ -104,7 +104,9 @@ pub struct FuncQueueSpec {
     #[schemars(range(min = 1, max = 86_400_000))]
     pub task_time_ms: u64,
 
-    /// Cron schedules whose tasks the beat enqueues into this queue.
+    /// Cron schedules whose tasks the beat enqueues into this queue. Only for format
+    /// `Funcscale`: a Celery, RQ or Sidekiq queue with schedules is refused (`InvalidSpec`):
+    /// their workers cannot read funcscale tasks; keep those in the system's own scheduler.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     #[x_kube(

@@ -102,11 +102,12 @@ pub fn queue_redis_identity(q: &FuncQueue, namespace: &str) -> String {
     redis_identity(q.spec.redis.as_ref(), namespace)
 }
 
-/// Whether a Beat pool of the queue's namespace fires schedules of `q`: its `schedules`,
+/// Whether a Beat pool of the queue's namespace fires schedules of `q` (a funcscale queue): its `schedules`,
 /// and for a `legacyKeys` queue its dynamic ones (its id does not name the namespace, so
 /// the beat learns it from its schedules file).
 pub fn beat_fires(q: &FuncQueue) -> bool {
-    !q.spec.schedules.is_empty() || q.spec.legacy_keys
+    // a foreign queue's schedules are refused (the queue's `InvalidSpec`): never fired
+    q.spec.format == QueueFormat::Funcscale && (!q.spec.schedules.is_empty() || q.spec.legacy_keys)
 }
 
 /// The Redis identity a Beat pool in `ns` uses: that of the namespace's scheduled queues.

@@ -2374,3 +2374,44 @@ async fn an_invalid_cron_is_an_invalid_spec_naming_the_schedule() {
         c.message
     );
 }
+
+/// Schedules on a Celery queue would make the beat push funcscale tasks into Celery's list,
+/// where no Celery worker can read them: the queue is refused (`InvalidSpec` naming
+/// `spec.schedules`), and a Beat pool of the namespace fires none of them.
+#[tokio::test]
+async fn schedules_on_a_foreign_queue_are_an_invalid_spec() {
+    let mut env = Env::new(false).await;
+    let mut spec = queue_spec();
+    spec.format = QueueFormat::Celery;
+    spec.key = Some("celery".into());
+    spec.schedules = vec![Schedule {
+        name: "nightly".into(),
+        cron: "0 3 * * *".into(),
+        function: "shop.tasks.report".into(),
+        args: vec![],
+    }];
+    env.add_queue("celery", spec).await;
+    env.reconcile_queue("celery").await;
+    let st = env.queue_status("celery").await;
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec"),
+        "{c:?}"
+    );
+    assert!(
+        c.message.starts_with("spec.schedules: a Celery queue")
+            && c.message.contains("celery beat"),
+        "{}",
+        c.message
+    );
+    let q = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
+        .get("celery")
+        .await
+        .unwrap();
+    assert!(!funcscale_operator::crd_ext::beat_fires(&q));
+}

@@ -181,6 +181,16 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         }
     };
 
+    if let Some(why) = &plan.unchosen {
+        publish(
+            &ctx,
+            &pool,
+            EventType::Warning,
+            "ScaleDownUnchosen",
+            why.clone(),
+        )
+        .await;
+    }
     if let Some(chosen) = &plan.chosen {
         let pods: Vec<String> = chosen
             .iter()

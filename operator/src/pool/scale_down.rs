@@ -143,6 +143,9 @@ pub struct Plan {
     pub waiting: Option<(String, Duration)>,
     /// The pods chosen by a scale-down that started now, with their running tasks (Event).
     pub chosen: Option<Vec<(String, u64)>>,
+    /// Why the idle pods could not be chosen (Redis or the API failed, e.g. an ACL user
+    /// without `SET` on the stop marks): `replicas` is lowered at once (Warning Event).
+    pub unchosen: Option<String>,
 }
 
 impl Plan {
@@ -151,6 +154,7 @@ impl Plan {
             replicas,
             waiting: None,
             chosen: None,
+            unchosen: None,
         }
     }
 }
@@ -200,7 +204,12 @@ pub async fn plan(
         Err(e) => {
             tracing::warn!(pool = %key, error = %e, "cannot choose the idle pods of a scale-down: lowering replicas at once");
             ctx.scale_downs.set(&key, None);
-            Plan::now(desired)
+            Plan {
+                unchosen: Some(format!(
+                    "cannot choose the idle pods of the scale-down from {from} to {to} pods ({e:#}): the ReplicaSet picks them (a busy pod may drain while an idle one stays)"
+                )),
+                ..Plan::now(desired)
+            }
         }
     }
 }
@@ -331,6 +340,7 @@ fn hold(
             RECHECK.min(left.max(Duration::from_millis(100))),
         )),
         chosen,
+        unchosen: None,
     }
 }
 

@@ -95,7 +95,20 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
                 )
             })
     });
-    let endpoint = match bad_cron {
+    // a foreign queue's tasks are the foreign system's messages: the beat's funcscale
+    // envelopes would wait there unread (Celery cannot parse them)
+    let foreign_schedules = (q.spec.format != crate::crd::QueueFormat::Funcscale
+        && !q.spec.schedules.is_empty())
+    .then(|| {
+        Error::invalid(
+            "spec.schedules",
+            format!(
+                "a {:?} queue holds {:?} messages: funcscale's beat would push funcscale tasks no {:?} worker reads; keep these schedules in the system's own scheduler (for Celery: celery beat, as a Beat pool with spec.celery or its own command), or give the schedules to a funcscale queue",
+                q.spec.format, q.spec.format, q.spec.format
+            ),
+        )
+    });
+    let endpoint = match bad_cron.or(foreign_schedules) {
         Some(e) => Err(e),
         None => d.endpoint,
     };

@@ -78,6 +78,9 @@ pub struct QueueView {
     pub name: String,
     /// The Redis list producers push to (`.status.key`).
     pub key: Option<String>,
+    /// `spec.format`: a Celery, RQ or Sidekiq queue keeps no funcscale retries, running set
+    /// or dead letters (shown as "—", not 0).
+    pub format: QueueFormat,
     /// From `.status` (the operator's last poll).
     pub depth: Option<u64>,
     pub oldest_task_age_seconds: Option<f64>,
@@ -285,6 +288,7 @@ fn queue_view(q: &FuncQueue) -> QueueView {
         namespace: q.namespace().unwrap_or_default(),
         name: q.name_any(),
         key: st.key.clone(),
+        format: q.spec.format,
         depth: st.depth,
         oldest_task_age_seconds: st.oldest_task_age_seconds,
         arrivals_per_minute: st.arrival_rate.map(|r| r * 60.0),
@@ -416,6 +420,7 @@ pub fn render(s: &Status) -> String {
         rows.push(head.into_iter().map(String::from).collect());
         for q in &s.queues {
             let live = q.redis.live.as_ref();
+            let own = q.format == QueueFormat::Funcscale;
             let mut notes: Vec<String> = q
                 .problems
                 .iter()
@@ -437,9 +442,10 @@ pub fn render(s: &Status) -> String {
                     q.consumers.join(",")
                 },
                 opt(live.map(|o| o.depth)),
-                opt(live.map(|o| o.delayed)),
-                opt(live.map(|o| o.executing)),
-                opt(live.map(|o| o.dead_letters)),
+                // funcscale's own books: none for a foreign queue
+                opt(live.filter(|_| own).map(|o| o.delayed)),
+                opt(live.filter(|_| own).map(|o| o.executing)),
+                opt(live.filter(|_| own).map(|o| o.dead_letters)),
                 notes.join("; "),
             ];
             if all {
@@ -548,5 +554,32 @@ mod tests {
         );
         // the columns line up: DEAD in the header starts where q8's dead letters are
         assert_eq!(lines[3].find("DEAD"), lines[4].rfind('3'), "{out}");
+
+        // a Celery queue keeps no funcscale retries, running set or dead letters: "-", not 0
+        let celery = Status {
+            namespace: Some("shop".into()),
+            pools: vec![],
+            queues: vec![QueueView {
+                namespace: "shop".into(),
+                name: "celery".into(),
+                format: QueueFormat::Celery,
+                depth: Some(7),
+                redis: RedisView {
+                    live: Some(QueueOverview {
+                        depth: 7,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+        };
+        let out = render(&celery);
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["celery", "7", "-", "-", "-", "-", "-", "7", "-", "-", "-"],
+            "{out}"
+        );
     }
 }

@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     /// A trace file (CSV: `second,arrivals,task_ms[,scheduled_per_minute]`, one row per
-    /// group of tasks arriving in a second; see docs/operations.md). Repeat for several.
+    /// group of tasks arriving in a second; see docs/keda-comparison.md, "Traces from files"). Repeat for several.
     /// Without it the built-in traces run (steady, bursty, diurnal, cron-spiky).
     #[arg(long = "trace", value_name = "FILE")]
     pub traces: Vec<std::path::PathBuf>,

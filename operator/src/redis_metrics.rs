@@ -101,11 +101,6 @@ impl RedisEndpoint {
         )
     }
 
-    /// The ACL username given apart from the URL, if any.
-    pub fn username(&self) -> Option<&str> {
-        self.0.username.as_deref()
-    }
-
     /// Whether a password is given, apart or in the URL.
     pub fn has_password(&self) -> bool {
         self.0.password.is_some()

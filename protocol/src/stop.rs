@@ -9,7 +9,7 @@
 //!   operator renews while its scale-down waits, so a dead operator never leaves workers
 //!   stuck. A worker whose pod is marked takes no new task, finishes the ones it runs and
 //!   answers `/readyz` with 503 (so the ReplicaSet, which deletes not-ready pods first,
-//!   removes exactly the marked pods); when the mark goes (cleared, or expired) it takes tasks
+//!   removes the marked pods); when the mark goes (cleared, or expired) it takes tasks
 //!   and turns ready again.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +96,25 @@ pub fn deployment_of_pod(pod: &str) -> Option<&str> {
     (!deployment.is_empty()).then_some(deployment)
 }
 
+/// Whether `pod` is a pod of Deployment `deployment`'s ReplicaSets, by its generated name
+/// `<deployment>-<template hash>-<5 characters>`; a long name is cut to 58 characters
+/// before its 5 random ones (Kubernetes' generated names), so the cut base must be a prefix
+/// of `<deployment>-`.
+pub fn pod_of_deployment(pod: &str, deployment: &str) -> bool {
+    const GENERATED_BASE_MAX: usize = 58;
+    if deployment_of_pod(pod) == Some(deployment) {
+        return true;
+    }
+    let own = format!("{deployment}-");
+    pod.len() == GENERATED_BASE_MAX + 5
+        && pod.is_char_boundary(GENERATED_BASE_MAX)
+        && (own.starts_with(&pod[..GENERATED_BASE_MAX])
+            || pod[..GENERATED_BASE_MAX].starts_with(&own))
+        && pod[..GENERATED_BASE_MAX]
+            .strip_prefix(&own)
+            .is_none_or(|hash| !hash.contains('-'))
+}
+
 /// Running tasks per pod: `pods` are the replies of [`slot_pods_pipeline`] (one per slot).
 /// A slot runs one task at a time; a slot of unknown pod is left out.
 pub fn count_by_pod(pods: &[Option<String>]) -> BTreeMap<String, u64> {
@@ -116,6 +135,14 @@ mod tests {
         assert_eq!(deployment_of_pod("w-5d8f7c9b4-x7k2p"), Some("w"));
         assert_eq!(deployment_of_pod("worker-1"), None);
         assert_eq!(deployment_of_pod("host"), None);
+        assert!(pod_of_deployment("w-2-5d8f7c9b4-x7k2p", "w-2"));
+        assert!(!pod_of_deployment("w-2-5d8f7c9b4-x7k2p", "w"));
+        // a long name: the generated base cut to 58 characters, then 5 random ones
+        let long = "a-very-long-pool-name-for-the-nightly-reports-of-team-x";
+        let base = format!("{long}-6c9f8d7b5d-");
+        let pod = format!("{}{}", &base[..58], "q2w3e");
+        assert!(pod_of_deployment(&pod, long));
+        assert!(!pod_of_deployment(&pod, "a-very-long-pool-name"));
     }
 
     #[test]

@@ -242,12 +242,14 @@ pub enum DeadLettersAction {
         json: bool,
     },
     /// Put dead letters back into their queue: same id, attempt count reset.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "id_prefix", "all"])))]
     Requeue {
         /// Which.
         #[command(flatten)]
         select: DeadSelect,
     },
     /// Delete dead letters (asks for confirmation on a terminal).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "id_prefix", "all"])))]
     Purge {
         /// Which.
         #[command(flatten)]
@@ -1135,6 +1137,22 @@ mod tests {
         };
         assert_eq!(r.queues, ["a", "b"]);
         assert!(matches!(r.handler, Handler::Exec(ref c) if c == "cat"));
+    }
+
+    #[test]
+    fn dead_letters_requeue_and_purge_insist_on_a_selection_before_connecting() {
+        for action in ["requeue", "purge"] {
+            let e =
+                Cli::try_parse_from(["fw", "dead-letters", action, "--queue", "q"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{action}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--id") && msg.contains("--id-prefix") && msg.contains("--all"),
+                "{msg}"
+            );
+        }
+        // list defaults to every dead letter
+        assert!(Cli::try_parse_from(["fw", "dead-letters", "list", "--queue", "q"]).is_ok());
     }
 
     #[test]

@@ -176,20 +176,15 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
             None if config.default_redis.has_password() => {
                 return Err(Error::invalid(
                     "spec.queues",
-                    "the queues use the operator's default Redis, whose URL carries a password: it is never \
-                     written into a pod spec; start the operator with --worker-redis-secret NAME/KEY (a Secret \
+                    "the queues use the operator's default Redis, which takes a password (in its URL or \
+                     from --redis-password): it is never written into a pod spec; start the operator with --worker-redis-secret NAME/KEY (a Secret \
                      in the pool's namespace) or give the queues spec.redis",
                 ));
             }
-            // a password-less URL goes into the pod spec as it is, with the username the
-            // operator was given apart from it (`--redis-username`, an ACL user without password)
-            None => {
-                let mut v = vec![env(connection::URL_ENV, config.default_redis.url())];
-                if let Some(u) = config.default_redis.username() {
-                    v.push(env(connection::USERNAME_ENV, u));
-                }
-                v
-            }
+            // a password-less URL goes into the pod spec as it is (the operator's own
+            // `--redis-username` stays the operator's: the pods get theirs from the URL or
+            // from `--worker-redis-secret`)
+            None => vec![env("FUNCSCALE_REDIS_URL", config.default_redis.url())],
         },
     };
     out.push(env("FUNCSCALE_PREFIX", config.keys.prefix()));
@@ -1073,19 +1068,19 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(redis_env(None, &c).unwrap_err().category(), "invalid_spec");
-        // a username alone (an ACL user without password) goes with the URL
+        // the operator's username alone stays the operator's: the pods get the URL only
         let c = Config {
             default_redis: crate::redis_metrics::RedisEndpoint::with_credentials(
                 "redis://r:6379/0",
-                Some("app"),
+                Some("op"),
                 None,
             ),
             ..Config::default()
         };
         let e = redis_env(None, &c).unwrap();
-        assert_eq!(
-            (e[1].name.as_str(), e[1].value.as_deref()),
-            ("FUNCSCALE_REDIS_USERNAME", Some("app"))
+        assert!(
+            e.iter().all(|e| e.name != "FUNCSCALE_REDIS_USERNAME"),
+            "{e:?}"
         );
     }
 }

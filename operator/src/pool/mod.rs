@@ -85,16 +85,26 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     // a queue other pools serve too: its running tasks count where they run (two pipelined
     // round trips, only for pools sharing a queue)
     let mut readings = readings;
-    let shared: Vec<&str> = readings
+    // (funcscale queues only: the foreign formats keep no running set)
+    let own_format = |queue: &str| {
+        valid
+            .queues
+            .iter()
+            .any(|q| q.name_any() == queue && q.spec.format == crate::crd::QueueFormat::Funcscale)
+    };
+    let shared: Vec<String> = readings
         .iter()
-        .filter(|r| r.share < 1.0)
-        .map(|r| r.name.as_str())
+        .filter(|r| r.share < 1.0 && own_format(&r.name))
+        .map(|r| r.name.clone())
         .collect();
     if !shared.is_empty() && pool.spec.autoscaling.is_some() {
-        match scale_down::running_here(&ctx, &ns, &name, &valid, &shared).await {
+        let names: Vec<&str> = shared.iter().map(String::as_str).collect();
+        match scale_down::running_here(&ctx, &ns, &name, &valid, &names).await {
             Ok(by_queue) => {
-                for r in readings.iter_mut().filter(|r| r.share < 1.0) {
-                    r.running_here = Some(by_queue.get(&r.name).copied().unwrap_or(0));
+                for r in readings.iter_mut() {
+                    if let Some(n) = by_queue.get(&r.name) {
+                        r.running_here = Some(*n);
+                    }
                 }
             }
             Err(e) => {

@@ -16,7 +16,8 @@
 //!    [`REMOVE_COST`] (harmless where the API server ignores it);
 //! 3. holds `replicas` at N until every chosen pod is not ready (or gone), at most
 //!    [`NOT_READY_WAIT`] — on an API server that honours the deletion cost (1.22+) it does not
-//!    wait — then lowers `replicas` to M: the ReplicaSet deletes exactly the chosen pods.
+//!    wait — then lowers `replicas` to M: the ReplicaSet deletes the chosen pods (unless
+//!    another pod is unscheduled, pending or not ready: those go first).
 //!
 //! If the policy wants N or more pods again before that, the marks and annotations are
 //! removed and the workers take tasks again. Marks expire by themselves, so a dead operator
@@ -187,7 +188,15 @@ pub async fn plan(
     let Some((from, to)) = shrinking else {
         if desired.is_none() {
             // the sizing holds (its metrics are unavailable): so does a scale-down in
-            // progress; its marks expire by themselves if this lasts
+            // progress, its pods kept marked (they take no task meanwhile), so that when the
+            // sizing resumes the pods it lowers to are still the idle ones
+            if let Some(p) = pending {
+                let names: Vec<&str> = p.pods.iter().map(String::as_str).collect();
+                let reason = format!("scale-down of pool {name} from {} to {} pods", p.from, p.to);
+                if let Err(e) = mark(ctx, ns, valid, &names, &reason).await {
+                    tracing::debug!(pool = %key, error = %e, "cannot renew the stop marks while the sizing holds: they expire");
+                }
+            }
             return Plan::now(desired);
         }
         if let Some(p) = pending {
@@ -485,8 +494,7 @@ pub async fn running_here(
                         .get(s)
                         .copied()
                         .flatten()
-                        .and_then(stop::deployment_of_pod)
-                        == Some(name)
+                        .is_some_and(|pod| stop::pod_of_deployment(pod, name))
                 })
                 .count() as u64;
             (queue.clone(), here)

@@ -103,6 +103,9 @@ pub struct Options {
     /// Environment of the operator process (e.g. `FUNCSCALE_REDIS_PASSWORD`); the test's own
     /// `FUNCSCALE_REDIS_*` never reach it.
     pub operator_env: Vec<(String, String)>,
+    /// More images the scenario's process kubelet can run (e.g. a Celery application from
+    /// a virtualenv, [`celery_image`]); the local funcscale-worker is always one.
+    pub images: Vec<crate::node::ImageRule>,
 }
 
 /// Label on every FuncQueue and FuncWorkerPool a scenario applies (see
@@ -125,6 +128,7 @@ impl Options {
             operator: true,
             operator_args: Vec::new(),
             operator_env: Vec::new(),
+            images: Vec::new(),
         }
     }
 }
@@ -232,6 +236,7 @@ impl Scenario {
             let mut kc = KubeletConfig::new(&node, &log_dir);
             kc.api_server = Some(cp.api_server()?);
             kc.images.push(worker_image(&worker_bin));
+            kc.images.extend(opts.images.iter().cloned());
             let kubelet = Kubelet::start(client.clone(), kc).await?;
             (
                 Target::ControlPlane(Box::new(kubelet)),
@@ -710,6 +715,41 @@ impl Drop for ReplicaHistory {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A Celery application image (repository `repository`): Celery and `funcscale-celery` from
+/// the e2e virtualenv (`e2e/control-plane/celery-venv.sh`), the module `module` with this
+/// source in its working directory (on `PYTHONPATH`), and `env` as the image's ENV. Returns
+/// the rule and the virtualenv's directory (its `bin/python` runs producers).
+pub fn celery_image(
+    repository: &str,
+    dir: &Path,
+    module: &str,
+    source: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(crate::node::ImageRule, PathBuf)> {
+    let out = std::process::Command::new(
+        crate::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
+    )
+    .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "celery-venv.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let app = dir.join(format!("{module}-app"));
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join(format!("{module}.py")), source)?;
+    let mut r = crate::node::ImageRule::new(repository);
+    r.path.push(venv.join("bin"));
+    r.env.insert("PYTHONPATH".into(), app.display().to_string());
+    r.env.insert("HOME".into(), app.display().to_string());
+    for (k, v) in env {
+        r.env.insert(k.to_string(), v.to_string());
+    }
+    r.workdir = Some(app);
+    Ok((r, venv))
 }
 
 /// A private `redis-server` on a free port (for outage scenarios: never stop the shared one;

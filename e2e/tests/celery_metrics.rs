@@ -3,7 +3,8 @@
 //! depth over every priority list kombu uses (default and custom `priority_steps`, `sep`,
 //! `global_keyprefix`), the oldest task's age from the `funcscale_enqueued_ms` header, and
 //! the tasks delivered to workers (prefetch + `acks_late`) but not acknowledged as in-flight,
-//! per queue. Each test has its own queue names and key prefix, so tests run in parallel.
+//! per queue; and the commands the operator renders for `spec.celery` pools start real Celery.
+//! Each test has its own queue names and key prefix, so tests run in parallel.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,8 +13,14 @@ use std::time::Duration;
 use funcscale_e2e::control_plane::repo_root;
 use funcscale_e2e::scenario::REDIS_URL as URL;
 use funcscale_e2e::wait::eventually;
-use funcscale_operator::crd::{CeleryTransport, FuncQueue, FuncQueueSpec, QueueFormat};
+use funcscale_operator::context::Config;
+use funcscale_operator::crd::{
+    CeleryApp as CeleryApp_, CeleryPoolKind, CeleryTransport, FuncQueue, FuncQueueSpec,
+    FuncWorkerPool, FuncWorkerPoolSpec, PoolRole, ProcessLimits, QueueFormat,
+};
+use funcscale_operator::pool::build;
 use funcscale_operator::pool::size::{QueueReading, aggregate};
+use funcscale_operator::pool::validate::Valid;
 use funcscale_operator::redis_metrics::{
     MetricsCache, Poller, PollerConfig, QueueId, QueueMetrics, QueueTarget, Reading, RedisEndpoint,
     Registry,
@@ -357,4 +364,102 @@ async fn celery_in_flight_is_each_queues_unacknowledged_tasks() {
     drop((_a, _b));
     let _: () = c.del(&unacked).await.unwrap_or(());
     cleanup(&prefix).await;
+}
+
+/// The rendered command of a pool: `$(VAR)` expanded from the container's env values (as a
+/// kubelet does), the beat's schedule file moved into `dir` (the pod's `/tmp`).
+fn rendered(pool: &FuncWorkerPool, valid: &Valid, dir: &Path) -> Vec<String> {
+    let d = build::build(pool, "ns", valid, Some(1), &Config::default()).unwrap();
+    let c = d.deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    c.command
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            a.replace("$(FUNCSCALE_POD_NAME)", "pod-1")
+                .replace("/tmp/", &format!("{}/", dir.display()))
+        })
+        .collect()
+}
+
+/// Run `argv` (from the venv) until `ready` is in its log, then SIGTERM it.
+fn starts(app: &CeleryApp, argv: &[String], ready: &str, log: &Path) {
+    let mut cmd = app.command(&argv[0], 1);
+    cmd.args(&argv[1..])
+        .env("CELERY_BROKER_URL", URL)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    let mut child = Killed(cmd.spawn().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(ready) {
+            break;
+        }
+        let exited = child.0.try_wait().unwrap();
+        assert!(
+            exited.is_none() && std::time::Instant::now() < deadline,
+            "{argv:?} did not log {ready:?} (exit: {exited:?}):\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(child);
+}
+
+/// Real Celery takes every flag the operator renders: a prefork worker with all four limits
+/// (memory in KiB), a threads worker, and beat with its schedule file.
+#[tokio::test]
+async fn rendered_celery_commands_start_real_celery() {
+    let app = CeleryApp::new(serde_json::json!({}));
+    let name = unique("render");
+    let q = std::sync::Arc::new(celery_queue(&name, None));
+    let valid = Valid {
+        queues: vec![q.clone()],
+        redis: None,
+        redis_identity: "default".into(),
+        beat_conflict: None,
+        celery_queues: vec![q],
+    };
+    let mut pool = FuncWorkerPool::new(
+        "w",
+        FuncWorkerPoolSpec {
+            queues: vec![name.clone()],
+            processes_per_pod: 2,
+            celery: Some(CeleryApp_ {
+                app: "tasks".into(),
+                ..Default::default()
+            }),
+            limits: Some(ProcessLimits {
+                max_tasks_per_child: Some(100),
+                max_memory_per_child_mb: Some(700),
+                soft_time_limit_seconds: Some(50),
+                hard_time_limit_seconds: Some(60),
+            }),
+            ..Default::default()
+        },
+    );
+    pool.metadata.uid = Some("u".into());
+    let dir = app.dir.path().to_path_buf();
+    let argv = rendered(&pool, &valid, &dir);
+    assert!(argv.contains(&"716800".to_string()), "{argv:?}");
+    starts(&app, &argv, " ready.", &dir.join("prefork.log"));
+    let log = std::fs::read_to_string(dir.join("prefork.log")).unwrap();
+    assert!(
+        log.contains("pod-1@"),
+        "the worker is named after its pod:\n{log}"
+    );
+
+    pool.spec.limits = None;
+    pool.spec.celery.as_mut().unwrap().pool = CeleryPoolKind::Threads;
+    let argv = rendered(&pool, &valid, &dir);
+    starts(&app, &argv, " ready.", &dir.join("threads.log"));
+
+    pool.spec.role = PoolRole::Beat;
+    pool.spec.queues = vec![];
+    let argv = rendered(&pool, &valid, &dir);
+    assert!(
+        argv.iter().any(|a| a.ends_with("/celerybeat-schedule")),
+        "{argv:?}"
+    );
+    starts(&app, &argv, "beat: Starting", &dir.join("beat.log"));
+    cleanup(&format!("_kombu.binding*.{name}")).await;
 }

@@ -3,15 +3,18 @@
 //! depth over every priority list kombu uses (default and custom `priority_steps`, `sep`,
 //! `global_keyprefix`), the oldest task's age from the `funcscale_enqueued_ms` header, and
 //! the tasks delivered to workers (prefetch + `acks_late`) but not acknowledged as in-flight,
-//! per queue; and the commands the operator renders for `spec.celery` pools start real Celery.
-//! Each test has its own queue names and key prefix, so tests run in parallel.
+//! per queue; the commands the operator renders for `spec.celery` pools start real Celery; and,
+//! on the real control plane with the process kubelet, a `spec.celery` pool keeps the pods its
+//! unacknowledged tasks occupy and lets them go once the tasks are acknowledged. Each test has
+//! its own queue names and key prefix, so tests run in parallel.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use funcscale_e2e::control_plane::repo_root;
-use funcscale_e2e::scenario::REDIS_URL as URL;
+use funcscale_e2e::node::ImageRule;
+use funcscale_e2e::scenario::{Options, REDIS_URL as URL, Scenario};
 use funcscale_e2e::wait::eventually;
 use funcscale_operator::context::Config;
 use funcscale_operator::crd::{
@@ -462,4 +465,107 @@ async fn rendered_celery_commands_start_real_celery() {
     );
     starts(&app, &argv, "beat: Starting", &dir.join("beat.log"));
     cleanup(&format!("_kombu.binding*.{name}")).await;
+}
+
+/// A `spec.celery` pool on the real control plane (Celery from the venv under the process
+/// kubelet), `minReplicas: 0` and no stabilization window: two 30 s tasks with `acks_late`
+/// start it; once its worker holds both (nothing waits, nothing arrives, no completions yet),
+/// the queue reports them running and the pool keeps its pod instead of going to zero under
+/// them; once they are acknowledged, it goes to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_celery_pool_keeps_the_pods_its_unacknowledged_tasks_occupy() {
+    let prefix = format!("{}:", unique("pool"));
+    let transport = serde_json::json!({"global_keyprefix": prefix});
+    let app = CeleryApp::new(transport.clone());
+    let dir = app.dir.path().display().to_string();
+    let mut image = ImageRule::new("celery/tasks");
+    image.path.push(app.venv.join("bin"));
+    image.env.insert("PYTHONPATH".into(), dir.clone());
+    image.env.insert("HOME".into(), dir);
+    image.workdir = Some(app.dir.path().to_path_buf());
+    let mut opts = Options::new("celerypool");
+    opts.images.push(image);
+    let s = Scenario::start(opts).await.unwrap();
+    let queue = unique("jobs");
+    s.apply_queue(
+        "jobs",
+        serde_json::json!({"format": "Celery", "key": queue, "taskTimeMs": 1000,
+            "celery": {"globalKeyprefix": prefix}}),
+    )
+    .await
+    .unwrap();
+    let env = serde_json::json!([
+        {"name": "BROKER", "value": s.opts.redis_url},
+        {"name": "TRANSPORT", "value": transport.to_string()},
+        {"name": "PREFETCH", "value": "1"}
+    ]);
+    s.apply_pool(
+        "w",
+        serde_json::json!({"queues": ["jobs"], "processesPerPod": 2,
+            "image": "registry.example.com/celery/tasks:1",
+            "celery": {"app": "tasks", "pool": "threads",
+                "extraArgs": ["--without-gossip", "--without-mingle", "--without-heartbeat"]},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "drainTargetSeconds": 600,
+                "scaleDownStabilizationSeconds": 0},
+            "podTemplate": {"spec": {"containers": [{"name": "worker", "env": env}]}}}),
+    )
+    .await
+    .unwrap();
+    app.publish(serde_json::json!([[queue, 0, 2, null, 30]]));
+    let published = std::time::Instant::now();
+
+    // the pool starts, and its worker takes both tasks (threads × 2, prefetch 1)
+    let mut c = con().await;
+    let (list, unacked) = (format!("{prefix}{queue}"), format!("{prefix}unacked"));
+    let held = eventually(
+        Duration::from_secs(60),
+        "the worker holding both tasks",
+        || {
+            let (mut c, list, unacked) = (c.clone(), list.clone(), unacked.clone());
+            async move {
+                let waiting: u64 = c.llen(&list).await.ok()?;
+                let held: u64 = c.hlen(&unacked).await.ok()?;
+                (waiting == 0 && held == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    if let Err(e) = held {
+        panic!("{e}: pods {:?}", s.replicas("w").await);
+    }
+    let running = eventually(
+        Duration::from_secs(10),
+        "the queue reporting 2 running",
+        || async {
+            let q = s.queues().get("jobs").await.ok()?;
+            (q.status?.running == Some(2)).then_some(())
+        },
+    )
+    .await;
+    running.unwrap();
+    // while they run (until 30 s after publishing): the pod stays
+    while published.elapsed() < Duration::from_secs(24) {
+        let (want, _) = s.replicas("w").await.unwrap().unwrap();
+        assert!(
+            want >= 1,
+            "the pool went to {want} pods under 2 running tasks ({:.0} s after publishing)",
+            published.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // acknowledged: nothing held, the pool goes to zero
+    eventually(
+        Duration::from_secs(60),
+        "the pool at zero after the acks",
+        || async {
+            let held: u64 = c.clone().hlen(&unacked).await.ok()?;
+            let (want, _) = s.replicas("w").await.ok()??;
+            (held == 0 && want == 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    s.shutdown().await;
+    let _: () = c.del(&unacked).await.unwrap_or(());
+    cleanup(&prefix).await;
 }

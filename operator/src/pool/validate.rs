@@ -518,4 +518,38 @@ mod tests {
         pool.spec.limits = Some(Default::default());
         assert!(validate(&pool, "ns", &d, &Keys::default()).is_ok());
     }
+
+    /// A Celery beat fires no funcscale schedule: its pods get the Redis of the Celery queues
+    /// it names (where its lease lives), not the operator's default.
+    #[test]
+    fn a_celery_beat_uses_the_redis_of_its_celery_queues() {
+        let mut pool = celery_pool(&["c"]);
+        pool.spec.role = PoolRole::Beat;
+        let mut broker = FuncQueue::new(
+            "c",
+            crate::crd::FuncQueueSpec {
+                format: QueueFormat::Celery,
+                ..Default::default()
+            },
+        );
+        broker.spec.redis = Some(RedisConnection {
+            url: Some("redis://broker:6379/3".into()),
+            ..Default::default()
+        });
+        let d = Dereferenced {
+            queues: vec![("c".into(), Some(Arc::new(broker)))],
+            ..Default::default()
+        };
+        let v = validate(&pool, "ns", &d, &Keys::default()).unwrap();
+        assert_eq!(
+            v.redis.and_then(|r| r.url).as_deref(),
+            Some("redis://broker:6379/3")
+        );
+        assert_eq!(v.celery_queues.len(), 1);
+        // without queues: the operator's default Redis
+        let mut pool = celery_pool(&[]);
+        pool.spec.role = PoolRole::Beat;
+        let v = validate(&pool, "ns", &Dereferenced::default(), &Keys::default()).unwrap();
+        assert!(v.redis.is_none() && v.celery_queues.is_empty());
+    }
 }

@@ -529,7 +529,8 @@ pub struct FuncWorkerPoolSpec {
     /// <the Celery queue names of queues> -c <processesPerPod> -P <pool> -n <pod>@%h` with
     /// `limits` as Celery's own flags (or `celery -A <app> beat` for a Beat pool), so the
     /// queues, the concurrency and the limits cannot disagree with what runs. Not together
-    /// with `command`. Every queue of the pool must have format `Celery`.
+    /// with `command`, `handler` or `queueOrder: Priority` (kombu's `queue_order_strategy`
+    /// decides Celery's order). Every queue of the pool must have format `Celery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryApp>,
 

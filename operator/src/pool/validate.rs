@@ -235,6 +235,18 @@ fn check_command_and_limits(pool: &FuncWorkerPool) -> Result<()> {
                 "spec.celery and spec.command are both set: with spec.celery funcscale renders the celery command itself; remove one of them",
             ));
         }
+        if spec.handler.is_some() {
+            return Err(Error::invalid(
+                "spec.handler",
+                "a handler is for funcscale-worker; a spec.celery pool runs the app's Celery tasks: remove handler",
+            ));
+        }
+        if spec.queue_order == crate::crd::QueueOrder::Priority {
+            return Err(Error::invalid(
+                "spec.queueOrder",
+                "funcscale cannot set the order in which Celery takes its queues: kombu's Redis transport takes them round robin unless the app sets broker_transport_options queue_order_strategy 'priority' (then in the order of spec.queues); remove queueOrder",
+            ));
+        }
         if spec.role == PoolRole::Worker && c.scheduler.is_some() {
             return Err(Error::invalid(
                 "spec.celery.scheduler",
@@ -468,6 +480,18 @@ mod tests {
         pool.spec.celery.as_mut().unwrap().scheduler = Some("x.Y".into());
         let e = invalid(&pool, &deref(&[("c", QueueFormat::Celery)]));
         assert!(e.contains("spec.celery.scheduler"), "{e}");
+        // what only funcscale-worker reads is refused, not ignored
+        let mut pool = celery_pool(&["c"]);
+        pool.spec.handler = Some("builtin".into());
+        let e = invalid(&pool, &deref(&[("c", QueueFormat::Celery)]));
+        assert!(e.starts_with("invalid spec: spec.handler:"), "{e}");
+        let mut pool = celery_pool(&["c"]);
+        pool.spec.queue_order = crate::crd::QueueOrder::Priority;
+        let e = invalid(&pool, &deref(&[("c", QueueFormat::Celery)]));
+        assert!(
+            e.contains("spec.queueOrder: funcscale cannot set the order"),
+            "{e}"
+        );
     }
 
     fn limits(f: impl FnOnce(&mut crate::crd::ProcessLimits)) -> Option<crate::crd::ProcessLimits> {

@@ -50,13 +50,28 @@ def main(root="manifests/examples"):
         check(p["spec"]["resources"]["requests"] == {"cpu": "2.5", "memory": "4Gi"},
               f"attached-heavy: {p['metadata']['name']} requests cpu 2.5, memory 4Gi")
 
-    # Celery adoption: Celery-format queue on key `celery`, pool running the app's own command
+    # Celery adoption: Celery-format queue on key `celery`, a worker and a beat pool running the
+    # app through spec.celery (funcscale renders the celery command)
     docs = load(f"{root}/celery-adoption.yaml")
     queues, pools = kinds(docs, "FuncQueue"), kinds(docs, "FuncWorkerPool")
     check(any(q["spec"].get("format") == "Celery" and q["spec"].get("key") == "celery" for q in queues.values()),
           "celery-adoption: a FuncQueue with format Celery and key celery")
-    check(any(p["spec"].get("command") and p["spec"].get("queues") for p in pools.values()),
-          "celery-adoption: a worker pool running the Celery image via command")
+    check(any(p["spec"].get("celery") and p["spec"].get("queues") for p in pools.values()),
+          "celery-adoption: a worker pool running the Celery app through spec.celery")
+    check(any(p["spec"].get("celery") and p["spec"].get("role") == "Beat" for p in pools.values()),
+          "celery-adoption: a Beat pool running celery beat through spec.celery")
+    check(not any(p["spec"].get("command") for p in pools.values()),
+          "celery-adoption: no pool with its own command (spec.celery renders it)")
+
+    # Celery priority queues: high_priority / celery / low_priority, a worker pool each
+    docs = load(f"{root}/celery-priority-queues.yaml")
+    queues, pools = kinds(docs, "FuncQueue"), kinds(docs, "FuncWorkerPool")
+    keys = {q["spec"].get("key") for q in queues.values() if q["spec"].get("format") == "Celery"}
+    check(keys == {"high_priority", "celery", "low_priority"},
+          "celery-priority-queues: Celery queues high_priority, celery, low_priority")
+    served = [p["spec"]["queues"] for p in pools.values() if p["spec"].get("celery")]
+    check(sorted(len(q) for q in served) == [1, 1, 1] and {q[0] for q in served} == set(queues),
+          "celery-priority-queues: one spec.celery worker pool per queue")
 
     # HPA: autoscaling/v2 HPA on a FuncWorkerPool with replicas and no autoscaling
     docs = load(f"{root}/hpa.yaml")
@@ -68,7 +83,7 @@ def main(root="manifests/examples"):
     target = pools.get(ref["name"])
     check(target is not None and "replicas" in target["spec"] and "autoscaling" not in target["spec"],
           "hpa: the target pool has replicas and no autoscaling")
-    print("  examples cover the seed topologies (standalone, attached/heavy, Celery adoption, HPA)")
+    print("  examples cover the seed topologies (standalone, attached/heavy, Celery adoption, Celery priority queues, HPA)")
 
 
 if __name__ == "__main__":

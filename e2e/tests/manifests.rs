@@ -28,9 +28,9 @@ use serde_json::json;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// A Celery application image (`registry.example.com/shop/app`): Celery from the e2e
-/// virtualenv, with a `shop` module whose broker is `CELERY_BROKER_URL`.
-fn celery_image(dir: &Path) -> anyhow::Result<ImageRule> {
+/// A Celery application image (`registry.example.com/<repository>`): Celery from the e2e
+/// virtualenv, with a module `module` whose broker is `CELERY_BROKER_URL`.
+fn celery_image(dir: &Path, repository: &str, module: &str) -> anyhow::Result<ImageRule> {
     let out = std::process::Command::new(repo_root().join("e2e/control-plane/celery-venv.sh"))
         .output()?;
     anyhow::ensure!(
@@ -39,15 +39,17 @@ fn celery_image(dir: &Path) -> anyhow::Result<ImageRule> {
         String::from_utf8_lossy(&out.stderr)
     );
     let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let app = dir.join("shop-app");
+    let app = dir.join(format!("{module}-app"));
     std::fs::create_dir_all(&app)?;
     std::fs::write(
-        app.join("shop.py"),
-        "import os\nfrom celery import Celery\n\
-         app = Celery('shop', broker=os.environ['CELERY_BROKER_URL'])\n\
-         @app.task\ndef ping():\n    return 'pong'\n",
+        app.join(format!("{module}.py")),
+        format!(
+            "import os\nfrom celery import Celery\n\
+             app = Celery('{module}', broker=os.environ['CELERY_BROKER_URL'])\n\
+             @app.task\ndef ping():\n    return 'pong'\n"
+        ),
     )?;
-    let mut r = ImageRule::new("shop/app");
+    let mut r = ImageRule::new(repository);
     r.path.push(venv.join("bin"));
     r.env.insert("PYTHONPATH".into(), app.display().to_string());
     r.env.insert("HOME".into(), app.display().to_string());
@@ -236,7 +238,8 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
             renderer.repository = "reports/renderer".into();
             renderer
         },
-        celery_image(scratch.path())?,
+        celery_image(scratch.path(), "shop/app", "shop")?,
+        celery_image(scratch.path(), "func/func", "func")?,
         operator_image()?,
     ];
     let cp = ControlPlane::ensure().await?;

@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::resolve::{Route, UrlFlag, route};
 use crate::{Failure, connect, own_endpoint};
 use funcscale_operator::connection;
-use funcscale_operator::crd::{Condition, FuncQueue, FuncWorkerPool, PoolRole, QueueFormat};
+use funcscale_operator::crd::{
+    Condition, FuncQueue, FuncQueueSpec, FuncWorkerPool, PoolRole, QueueFormat,
+};
 use funcscale_operator::error::Error;
 use funcscale_operator::redis_metrics::{RedisEndpoint, queue_lists};
 
@@ -197,14 +199,7 @@ pub async fn gather(
         for i in idx {
             let q = items[i];
             let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());
-            let read = live(
-                &mut con,
-                keys,
-                &id,
-                q.spec.format,
-                q.spec.key.as_deref(),
-                now,
-            );
+            let read = live(&mut con, keys, &id, &q.spec, now);
             match read.await {
                 Ok(o) => status.queues[i].redis.live = Some(o),
                 Err(e) => status.queues[i].redis.error = Some(format!("reading {ep}: {e}")),
@@ -220,15 +215,14 @@ async fn live<C>(
     con: &mut C,
     keys: &Keys,
     name: &str,
-    format: QueueFormat,
-    key: Option<&str>,
+    spec: &FuncQueueSpec,
     now: u64,
 ) -> redis::RedisResult<QueueOverview>
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut o = records::queue_overview(con, keys, name, now).await?;
-    let (lists, _) = queue_lists(format, key, name, keys);
+    let (lists, _) = queue_lists(spec, name, keys);
     if lists != [keys.queue(name)] {
         let mut pipe = redis::pipe();
         for l in &lists {

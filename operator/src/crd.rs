@@ -80,7 +80,9 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 )]
 pub struct FuncQueueSpec {
     /// Redis list that holds the waiting tasks of an adopted queue (format `Celery`, `Rq`
-    /// or `Sidekiq`), e.g. `celery` for Celery's default queue. funcscale's own queues
+    /// or `Sidekiq`), e.g. `celery` for Celery's default queue. For a Celery queue it is the
+    /// Celery queue name (the `-Q` of its workers; kombu adds `celery.globalKeyprefix` and
+    /// the priority lists); without it, the FuncQueue's name. funcscale's own queues
     /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`). A
     /// list that a queue of another namespace on the same Redis already uses is refused
     /// for the younger of the two (`Ready=False`, reason `KeyConflict`, naming both).
@@ -89,10 +91,17 @@ pub struct FuncQueueSpec {
     pub key: Option<String>,
 
     /// Who writes the tasks, which decides how the depth is read:
-    /// `Funcscale` (default), `Celery` (the list plus its priority sub-lists),
+    /// `Funcscale` (default), `Celery` (the list plus its priority sub-lists, see `celery`),
     /// `Rq` (the `rq:queue:<name>` list) or `Sidekiq` (the `queue:<name>` list).
     #[serde(default)]
     pub format: QueueFormat,
+
+    /// Celery's Redis transport options of an adopted Celery queue (format `Celery`): the
+    /// same `priority_steps`, `sep` and `global_keyprefix` as the application's
+    /// `broker_transport_options`, so the depth reads every priority list kombu uses and the
+    /// running tasks are read from its `unacked` hash. Unset: kombu's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub celery: Option<CeleryTransport>,
 
     /// Redis connection for this queue. Without it the operator's default connection is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,6 +242,55 @@ fn default_max_retries() -> u32 {
     3
 }
 
+/// kombu's Redis transport options (`broker_transport_options` of the Celery app) that decide
+/// where a Celery queue's messages are: the list `<globalKeyprefix><queue>` for priority step
+/// 0 and `<globalKeyprefix><queue><separator><step>` for every other step; tasks delivered to
+/// a worker but not acknowledged are in the hash `<globalKeyprefix><unackedKey>`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CeleryTransport {
+    /// kombu's `priority_steps`: ascending, distinct, each 0..=255. Default `[0, 3, 6, 9]`.
+    #[serde(default = "default_priority_steps")]
+    #[schemars(length(min = 1, max = 256))]
+    pub priority_steps: Vec<u8>,
+    /// kombu's `sep`, between the queue name and the priority step. Default `"\x06\x16"`.
+    #[serde(default = "default_celery_separator")]
+    #[schemars(length(min = 1, max = 64))]
+    pub separator: String,
+    /// kombu's `global_keyprefix`, put before every key of the transport. Default empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256))]
+    pub global_keyprefix: String,
+    /// kombu's `unacked_key`: the hash of delivered, unacknowledged messages. Default
+    /// `unacked`.
+    #[serde(default = "default_unacked_key")]
+    #[schemars(length(min = 1, max = 256))]
+    pub unacked_key: String,
+}
+
+impl Default for CeleryTransport {
+    fn default() -> Self {
+        Self {
+            priority_steps: default_priority_steps(),
+            separator: default_celery_separator(),
+            global_keyprefix: String::new(),
+            unacked_key: default_unacked_key(),
+        }
+    }
+}
+
+fn default_priority_steps() -> Vec<u8> {
+    funcscale_protocol::foreign::CELERY_PRIORITY_STEPS.to_vec()
+}
+
+fn default_celery_separator() -> String {
+    funcscale_protocol::foreign::CELERY_PRIORITY_SEP.into()
+}
+
+fn default_unacked_key() -> String {
+    funcscale_protocol::foreign::CELERY_UNACKED_KEY.into()
+}
+
 /// Which system writes the queue, and so how its depth is read.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
@@ -331,7 +389,9 @@ pub struct FuncQueueStatus {
     /// Tasks waiting in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u64>,
-    /// Age in seconds of the oldest waiting task (when the queue format records it).
+    /// Age in seconds of the oldest waiting task (when the queue format records it; for
+    /// Celery, when producers set the `funcscale_enqueued_ms` header, as `funcscale-celery`
+    /// does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_task_age_seconds: Option<f64>,
     /// Tasks enqueued per second, averaged over the last polls.
@@ -344,8 +404,9 @@ pub struct FuncQueueStatus {
     /// backlog when pools are sized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries_waiting: Option<u64>,
-    /// Tasks running now: read from the workers' running set (funcscale queues), else
-    /// estimated as completion rate × task time.
+    /// Tasks running now: read from the workers' running set (funcscale queues) or, for
+    /// Celery queues, the tasks delivered to workers and not acknowledged (kombu's `unacked`
+    /// hash: running or prefetched); else estimated as completion rate × task time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<u64>,
     /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.
@@ -424,6 +485,8 @@ pub struct FuncQueueStatus {
     validation = Rule::new("self.role != 'Beat' || !has(self.replicas) || self.replicas == 1").message("a Beat pool runs exactly one replica: replicas must be 1").field_path(".replicas"),
     validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set either replicas (fixed size, kubectl scale, HPA) or autoscaling, not both").field_path(".replicas"),
     validation = Rule::new("self.role == 'Beat' || self.queues.size() > 0").message("a Worker pool needs at least one queue").field_path(".queues"),
+    validation = Rule::new("!has(self.celery) || !has(self.command) || size(self.command) == 0").message("set either celery (funcscale renders the celery command) or command, not both").field_path(".celery"),
+    validation = Rule::new("self.role == 'Beat' || !has(self.celery) || !has(self.celery.scheduler)").message("celery.scheduler is for a Beat pool (celery beat -S)").field_path(".celery.scheduler"),
     validation = Rule::new("!has(self.limits) || !has(self.limits.softTimeLimitSeconds) || !has(self.limits.hardTimeLimitSeconds) || self.limits.softTimeLimitSeconds <= self.limits.hardTimeLimitSeconds").message("softTimeLimitSeconds must not exceed hardTimeLimitSeconds").field_path(".limits")
 )]
 pub struct FuncWorkerPoolSpec {
@@ -454,12 +517,24 @@ pub struct FuncWorkerPoolSpec {
     pub image: Option<String>,
 
     /// Command to run instead of `funcscale-worker run --queues ... --processes ...` (or
-    /// `funcscale-worker beat ...`), e.g. your own `celery worker`. Such a container gets no
-    /// readiness or liveness probe (funcscale's worker serves them on port 9090, your program
-    /// need not): set them in `podTemplate` under the container's name (`worker`, or `beat`
-    /// for a Beat pool).
+    /// `funcscale-worker beat ...`), e.g. your own worker program (for Celery prefer
+    /// `celery`). Such a container gets no readiness or liveness probe (funcscale's worker
+    /// serves them on port 9090, your program need not): set them in `podTemplate` under the
+    /// container's name (`worker`, or `beat` for a Beat pool). funcscale cannot apply
+    /// `limits` to it: a pool with a command and limits is refused (`SpecValid=False`). The
+    /// command replaces the image's entrypoint and its init, so the pod shares one process
+    /// namespace (`shareProcessNamespace`), whose pause process reaps orphaned processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+
+    /// Run a Celery application: funcscale renders the command, `celery -A <app> worker -Q
+    /// <the Celery queue names of queues> -c <processesPerPod> -P <pool> -n <pod>@%h` with
+    /// `limits` as Celery's own flags (or `celery -A <app> beat` for a Beat pool), so the
+    /// queues, the concurrency and the limits cannot disagree with what runs. Not together
+    /// with `command`, `handler` or `queueOrder: Priority` (kombu's `queue_order_strategy`
+    /// decides Celery's order). Every queue of the pool must have format `Celery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub celery: Option<CeleryApp>,
 
     /// Task handler for the default command: `builtin` (noop/sleep/fail, for trials), or
     /// `exec:<program>` to run a program per task with the task as JSON on stdin.
@@ -501,6 +576,100 @@ fn default_processes_per_pod() -> u32 {
     5
 }
 
+/// The Celery application a pool runs (`spec.celery`).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CeleryApp {
+    /// The application, as `celery -A` takes it, e.g. `shop` or `proj.celery:app`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub app: String,
+    /// Celery's execution pool (`-P`): `prefork` (default), `threads`, `solo`, `eventlet` or
+    /// `gevent`. Only `prefork` applies every limit; `gevent` applies only
+    /// `hardTimeLimitSeconds`; `threads`, `solo` and `eventlet` none (a pool setting a limit
+    /// its Celery pool cannot apply is refused).
+    #[serde(default)]
+    pub pool: CeleryPoolKind,
+    /// Celery's `--loglevel`. Default `INFO`.
+    #[serde(default)]
+    pub log_level: CeleryLogLevel,
+    /// Arguments appended to the rendered command, e.g. `[--prefetch-multiplier, "1"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub extra_args: Vec<String>,
+    /// Beat pools only: Celery beat's scheduler class (`-S`). Unset: Celery's own
+    /// (`celery.beat:PersistentScheduler`, its schedule file in `/tmp`). Set
+    /// `funcscale_celery.GuardedScheduler` (from the `funcscale-celery` package, installed in
+    /// the image) to send ticks only while holding funcscale's fenced beat lease, so two beat
+    /// pods (a rollout, a split brain) never send one tick twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub scheduler: Option<String>,
+}
+
+/// Celery's execution pool (`celery worker -P`).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CeleryPoolKind {
+    /// Child processes (Celery's default).
+    #[default]
+    Prefork,
+    /// Threads.
+    Threads,
+    /// One task at a time in the worker process.
+    Solo,
+    /// eventlet green threads.
+    Eventlet,
+    /// gevent green threads.
+    Gevent,
+}
+
+impl CeleryPoolKind {
+    /// How `celery worker -P` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeleryPoolKind::Prefork => "prefork",
+            CeleryPoolKind::Threads => "threads",
+            CeleryPoolKind::Solo => "solo",
+            CeleryPoolKind::Eventlet => "eventlet",
+            CeleryPoolKind::Gevent => "gevent",
+        }
+    }
+}
+
+/// Celery's log level.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CeleryLogLevel {
+    /// DEBUG.
+    Debug,
+    /// INFO.
+    #[default]
+    Info,
+    /// WARNING.
+    Warning,
+    /// ERROR.
+    Error,
+    /// CRITICAL.
+    Critical,
+}
+
+impl CeleryLogLevel {
+    /// How `celery --loglevel` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeleryLogLevel::Debug => "DEBUG",
+            CeleryLogLevel::Info => "INFO",
+            CeleryLogLevel::Warning => "WARNING",
+            CeleryLogLevel::Error => "ERROR",
+            CeleryLogLevel::Critical => "CRITICAL",
+        }
+    }
+}
+
 /// Whether a pool runs tasks or the cron beat.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
@@ -536,7 +705,12 @@ pub struct Resources {
     pub limits: std::collections::BTreeMap<String, String>,
 }
 
-/// Per-process limits of a worker.
+/// Per-process limits of a worker: flags of `funcscale-worker run`, or of `celery worker` for
+/// a `celery` pool (`--max-tasks-per-child`, `--max-memory-per-child` in KiB,
+/// `--soft-time-limit`, `--time-limit`; Celery's prefork pool applies all, gevent only the
+/// hard limit, threads, solo and eventlet none). A limit the pool cannot apply is refused
+/// (`SpecValid=False` naming it), as are limits on a pool with its own `command` or a Beat
+/// pool.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessLimits {

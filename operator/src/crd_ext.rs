@@ -128,7 +128,7 @@ fn adopts_keys(q: &FuncQueue) -> bool {
 
 /// The list a queue's tasks wait in (`status.key`).
 pub fn list_key(q: &FuncQueue, queue_id: &str, keys: &Keys) -> String {
-    crate::redis_metrics::queue_lists(q.spec.format, q.spec.key.as_deref(), queue_id, keys)
+    crate::redis_metrics::queue_lists(&q.spec, queue_id, keys)
         .0
         .into_iter()
         .next()

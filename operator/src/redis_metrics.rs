@@ -18,7 +18,7 @@ use funcscale_protocol::foreign::{self, sidekiq_enqueued_ms};
 use funcscale_protocol::{Envelope, Keys, QueueStats, cron};
 use redis::Value;
 
-use crate::crd::{FuncQueue, QueueFormat};
+use crate::crd::{FuncQueue, FuncQueueSpec, QueueFormat};
 
 /// A queue: namespace and name of its `FuncQueue`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -286,8 +286,10 @@ pub enum OldestTask {
     /// RQ job id at the left end (RQ pushes right, pops left); its job hash holds
     /// `enqueued_at` (UTC, RFC 3339), read by [`foreign::rq_oldest_cmd`] in the same pipeline.
     RqLeft,
-    /// The format records no enqueue time (Celery: the message carries none).
-    Unknown,
+    /// Celery messages at the right end of every priority list (kombu pushes left, pops
+    /// right): the earliest `funcscale_enqueued_ms` header of their tails (set by the
+    /// `funcscale-celery` integration at publish; without it the age is unknown).
+    CeleryHeader,
 }
 
 /// What to read for one queue.
@@ -297,7 +299,7 @@ pub struct QueueTarget {
     pub endpoint: RedisEndpoint,
     /// Lists whose lengths sum to the depth.
     pub lists: Vec<String>,
-    /// How to read the oldest task (from `lists[0]`).
+    /// How to read the oldest task (from `lists[0]`; from every list for Celery).
     pub oldest: OldestTask,
     /// Stats hash the workers publish.
     pub stats_key: String,
@@ -313,6 +315,9 @@ pub struct QueueTarget {
     pub delayed_key: Option<String>,
     /// Tasks running now (zset of in-flight lists, `Keys::running`), where the format has one.
     pub running_key: Option<String>,
+    /// Celery: kombu's `unacked` hash and the queue name its entries are routed by; the
+    /// entries of this queue are its tasks delivered to workers and not acknowledged.
+    pub celery_unacked: Option<(String, String)>,
 }
 
 impl QueueTarget {
@@ -325,7 +330,7 @@ impl QueueTarget {
         period_ms: u64,
     ) -> Self {
         let spec = &q.spec;
-        let (lists, oldest) = queue_lists(spec.format, spec.key.as_deref(), name, keys);
+        let (lists, oldest) = queue_lists(spec, name, keys);
         // funcscale workers keep retries and running tasks per queue name
         let own = spec.format == QueueFormat::Funcscale;
         // one rounding rule for both halves of M: rates summed exactly, rounded once
@@ -347,26 +352,44 @@ impl QueueTarget {
             task_time_hint_ms: spec.task_time_ms as f64,
             delayed_key: own.then(|| keys.delayed(name)),
             running_key: own.then(|| keys.running(name)),
+            celery_unacked: (spec.format == QueueFormat::Celery).then(|| {
+                let t = spec.celery.clone().unwrap_or_default();
+                (
+                    celery_layout(&t).unacked_key(),
+                    spec.key.clone().unwrap_or_else(|| name.to_string()),
+                )
+            }),
         }
     }
 }
 
-/// The Redis lists holding a queue's waiting tasks, by format (what that system calls depth).
-pub fn queue_lists(
-    format: QueueFormat,
-    key: Option<&str>,
-    name: &str,
-    keys: &Keys,
-) -> (Vec<String>, OldestTask) {
-    match format {
+/// kombu's layout of a FuncQueue's Celery transport options.
+pub fn celery_layout(t: &crate::crd::CeleryTransport) -> foreign::CeleryLayout<'_> {
+    foreign::CeleryLayout {
+        priority_steps: &t.priority_steps,
+        sep: &t.separator,
+        global_keyprefix: &t.global_keyprefix,
+        unacked_key: &t.unacked_key,
+    }
+}
+
+/// The Redis lists holding a queue's waiting tasks, by format (what that system calls depth):
+/// `name` is the queue's id. A Celery queue's name is `spec.key` (else the FuncQueue's
+/// name), its lists those of every priority step of `spec.celery` (kombu's defaults unset).
+pub fn queue_lists(spec: &FuncQueueSpec, name: &str, keys: &Keys) -> (Vec<String>, OldestTask) {
+    let key = spec.key.as_deref();
+    match spec.format {
         QueueFormat::Funcscale => (
             vec![key.map_or_else(|| keys.queue(name), str::to_string)],
             OldestTask::FuncscaleRight,
         ),
-        QueueFormat::Celery => (
-            foreign::celery_queue_keys(key.unwrap_or(name)),
-            OldestTask::Unknown,
-        ),
+        QueueFormat::Celery => {
+            let t = spec.celery.clone().unwrap_or_default();
+            (
+                celery_layout(&t).queue_keys(key.unwrap_or(name)),
+                OldestTask::CeleryHeader,
+            )
+        }
         QueueFormat::Rq => (
             vec![key.map_or_else(|| foreign::rq_queue_key(name), str::to_string)],
             OldestTask::RqLeft,
@@ -399,11 +422,15 @@ pub struct QueueMetrics {
     pub task_time_ms: f64,
     /// Whether `task_time_ms` was measured by workers.
     pub task_time_measured: bool,
-    /// Tasks running now: read from the queue's running set (funcscale format), else
-    /// estimated as completion rate × T (Little's law).
+    /// Tasks running now: read from the queue's running set (funcscale format) or, for
+    /// Celery, the tasks delivered to workers and not acknowledged (kombu's `unacked` hash:
+    /// running, or prefetched by a worker); else estimated as completion rate × T (Little's
+    /// law).
     pub in_flight: u64,
     /// Whether `in_flight` was read (else estimated).
     pub in_flight_measured: bool,
+    /// Whether the queue has a delayed set that was read (funcscale format).
+    pub retries_read: bool,
     /// Retries waiting in the delayed set (due or not).
     pub retries_waiting: u64,
     /// Retries whose due time has passed (not yet moved to the queue by a worker): backlog.
@@ -626,7 +653,7 @@ pub struct Poller {
     counters: HashMap<QueueId, Counters>,
 }
 
-const COMMANDS_PER_QUEUE_EXTRA: usize = 3; // LINDEX, HGETALL, GET
+const COMMANDS_PER_QUEUE_EXTRA: usize = 3; // LINDEX (one per list for Celery), HGETALL, GET
 
 impl Poller {
     /// A poller reading the targets of `registry` into `cache`.
@@ -782,6 +809,7 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
             .running
             .unwrap_or_else(|| (completion * task_time_ms / 1000.0).round() as u64),
         in_flight_measured: raw.running.is_some(),
+        retries_read: t.delayed_key.is_some(),
         retries_waiting: raw.retries_waiting,
         retries_due: raw.retries_due,
         next_retry_due_ms: raw.next_retry_due_ms,
@@ -876,9 +904,10 @@ pub(crate) async fn connect(
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, or [`foreign::rq_oldest_cmd`]), `HGETALL <stats>`, `GET <per-period>`;
-/// where the format has them, of the delayed set `ZCARD`, `ZCOUNT -inf <now>` (due) and the
-/// earliest entry (`ZRANGE 0 0 WITHSCORES`), and `ZCARD` of the running set.
+/// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]),
+/// `HGETALL <stats>`, `GET <per-period>`; where the format has them, of the delayed set
+/// `ZCARD`, `ZCOUNT -inf <now>` (due) and the earliest entry (`ZRANGE 0 0 WITHSCORES`),
+/// `ZCARD` of the running set, and for Celery [`foreign::celery_unacked_cmd`].
 fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipeline {
     let n: usize = queues
         .iter()
@@ -887,6 +916,11 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
                 + COMMANDS_PER_QUEUE_EXTRA
                 + t.delayed_key.as_ref().map_or(0, |_| 3)
                 + t.running_key.as_ref().map_or(0, |_| 1)
+                + if t.oldest == OldestTask::CeleryHeader {
+                    t.lists.len() - 1
+                } else {
+                    0
+                }
         })
         .sum();
     let mut pipe = redis::Pipeline::with_capacity(n);
@@ -895,9 +929,18 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
             pipe.cmd("LLEN").arg(l);
         }
         match t.oldest {
-            OldestTask::RqLeft => pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0])),
-            _ => pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1),
-        };
+            OldestTask::RqLeft => {
+                pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0]));
+            }
+            OldestTask::CeleryHeader => {
+                for l in &t.lists {
+                    pipe.cmd("LINDEX").arg(l).arg(-1);
+                }
+            }
+            _ => {
+                pipe.cmd("LINDEX").arg(&t.lists[0]).arg(-1);
+            }
+        }
         pipe.cmd("HGETALL").arg(&t.stats_key);
         pipe.cmd("GET").arg(&t.per_period_key);
         if let Some(d) = &t.delayed_key {
@@ -909,7 +952,29 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
             pipe.cmd("ZCARD").arg(r);
         }
     }
+    // the unacked hash is one per Celery transport, shared by its queues: one script each
+    for (hash, names) in unacked_groups(queues) {
+        pipe.add_command(foreign::celery_unacked_cmd(
+            &hash,
+            names.iter().map(String::as_str),
+        ));
+    }
     pipe
+}
+
+/// The Celery queues of `queues` by their `unacked` hash: (hash, distinct queue names), in a
+/// fixed order (the pipeline's and its parser's).
+fn unacked_groups(queues: &[(QueueId, QueueTarget)]) -> BTreeMap<String, Vec<String>> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, t) in queues {
+        if let Some((hash, name)) = &t.celery_unacked {
+            let names = groups.entry(hash.clone()).or_default();
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    groups
 }
 
 fn parse_pipeline(
@@ -927,6 +992,18 @@ fn parse_pipeline(
         }
         let oldest = next()?;
         let oldest_ms = match (t.oldest, as_string(&oldest)) {
+            (OldestTask::CeleryHeader, first) => {
+                // the tail of each priority list; the earliest header of them
+                let mut tails = vec![first];
+                for _ in 1..t.lists.len() {
+                    tails.push(as_string(&next()?));
+                }
+                tails
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| foreign::celery_enqueued_ms(&m))
+                    .min()
+            }
             (OldestTask::FuncscaleRight, Some(s)) => {
                 Envelope::from_json(&s).ok().map(|e| e.enqueued_at_ms)
             }
@@ -980,6 +1057,29 @@ fn parse_pipeline(
             next_retry_due_ms,
             running,
         });
+    }
+    // the Celery queues' unacknowledged tasks, after every queue's own commands
+    let mut unacked: HashMap<(String, String), u64> = HashMap::new();
+    for (hash, names) in unacked_groups(queues) {
+        let counts = match next()? {
+            Value::Array(items) if items.len() == names.len() => items,
+            other => {
+                return Err(format!(
+                    "Celery's unacked key {hash:?}: expected {} counts, got {other:?} (wrong key type?)",
+                    names.len()
+                ));
+            }
+        };
+        for (name, n) in names.into_iter().zip(counts) {
+            let n = as_u64(&n)
+                .ok_or_else(|| format!("Celery's unacked key {hash:?}: {n:?} is not a count"))?;
+            unacked.insert((hash.clone(), name), n);
+        }
+    }
+    for ((_, t), raw) in queues.iter().zip(out.iter_mut()) {
+        if let Some(key) = &t.celery_unacked {
+            raw.running = unacked.get(key).copied();
+        }
     }
     Ok(out)
 }

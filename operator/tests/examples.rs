@@ -115,7 +115,7 @@ fn every_example_pool_renders_containers_the_api_server_accepts() {
 fn example_pools_with_their_own_command_get_only_the_probes_they_ask_for() {
     let mut own = 0;
     for (file, pool, containers) in rendered() {
-        if pool.spec.command.is_empty() {
+        if pool.spec.command.is_empty() && pool.spec.celery.is_none() {
             continue;
         }
         own += 1;
@@ -134,14 +134,51 @@ fn example_pools_with_their_own_command_get_only_the_probes_they_ask_for() {
                 asked(field),
                 "{file}: pool {name} runs {:?}: {field} must be there exactly when its \
                  podTemplate sets one, got {probe:?}",
-                pool.spec.command
+                c.command
             );
         }
     }
     assert!(
-        own >= 2,
-        "the Celery example has two pools with their own command"
+        own >= 5,
+        "the Celery examples have five pools running Celery, found {own}"
     );
+}
+
+/// Every `spec.celery` example pool runs `celery -A <app>`, a worker on the Celery names of
+/// its queues with its processesPerPod as the concurrency.
+#[test]
+fn example_celery_pools_run_celery_on_their_queues() {
+    let mut n = 0;
+    for (file, pool, containers) in rendered() {
+        let Some(celery) = &pool.spec.celery else {
+            continue;
+        };
+        n += 1;
+        let name = pool.name_any();
+        let containers =
+            containers.unwrap_or_else(|e| panic!("{file}: pool {name} is refused: {e}"));
+        let cmd = containers[0].command.clone().unwrap();
+        assert_eq!(
+            cmd[..3],
+            ["celery", "-A", celery.app.as_str()],
+            "{file}: {name}"
+        );
+        if pool.spec.role == PoolRole::Worker {
+            let at = |flag: &str| {
+                cmd.iter()
+                    .position(|a| a == flag)
+                    .map(|i| cmd[i + 1].clone())
+                    .unwrap_or_else(|| panic!("{file}: {name}: no {flag} in {cmd:?}"))
+            };
+            assert_eq!(at("-c"), pool.spec.processes_per_pod.to_string());
+            assert_eq!(
+                at("-Q").split(',').count(),
+                pool.spec.queues.len(),
+                "{file}: {name}: one Celery queue per FuncQueue"
+            );
+        }
+    }
+    assert!(n >= 5, "only {n} Celery example pools");
 }
 
 /// The chart's PodMonitor scrapes worker pods by a port name: every example pool that runs
@@ -167,8 +204,8 @@ fn worker_pods_declare_the_port_the_pod_monitor_scrapes() {
     let mut checked = 0;
     for (file, pool, containers) in rendered() {
         let Ok(containers) = containers else { continue };
-        if !pool.spec.command.is_empty() {
-            continue; // its own program: it serves what it serves
+        if !pool.spec.command.is_empty() || pool.spec.celery.is_some() {
+            continue; // its own program, or Celery: it serves what it serves
         }
         let c = &containers[0];
         let names: Vec<String> = c

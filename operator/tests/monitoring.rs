@@ -19,6 +19,14 @@ const SOURCES: &[(&str, &[&str])] = &[
     ("README.md", &[]),
 ];
 
+/// `funcscale_` names that are not metrics: the Celery message header the `funcscale-celery`
+/// integration sets at publish (`funcscale_protocol::foreign::CELERY_ENQUEUED_HEADER`), and
+/// that Python package's module.
+const NOT_METRICS: &[&str] = &[
+    funcscale_protocol::foreign::CELERY_ENQUEUED_HEADER,
+    "funcscale_celery",
+];
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -87,7 +95,7 @@ fn exported() -> BTreeSet<String> {
 fn unknown(text: &str, known: &BTreeSet<String>) -> Vec<String> {
     metric_names(text)
         .into_iter()
-        .filter(|(_, name)| !known.contains(name))
+        .filter(|(_, name)| !known.contains(name) && !NOT_METRICS.contains(&name.as_str()))
         .map(|(line, name)| format!("{line}: {name}"))
         .collect()
 }

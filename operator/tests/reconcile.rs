@@ -2415,3 +2415,99 @@ async fn schedules_on_a_foreign_queue_are_an_invalid_spec() {
         .unwrap();
     assert!(!funcscale_operator::crd_ext::beat_fires(&q));
 }
+
+/// Celery transport options kombu cannot have (priority steps out of order) are an
+/// InvalidSpec naming the field; a pool with its own command and a limit it cannot apply is
+/// refused, not run without the limit; a `spec.celery` pool gets the celery command.
+#[tokio::test]
+async fn celery_specs_are_checked_and_rendered_by_the_reconcile() {
+    let mut env = Env::new(false).await;
+    let mut spec = queue_spec();
+    spec.format = QueueFormat::Celery;
+    spec.key = Some("high_priority".into());
+    spec.celery = Some(funcscale_operator::crd::CeleryTransport {
+        priority_steps: vec![0, 6, 3],
+        ..Default::default()
+    });
+    env.add_queue("bad-steps", spec.clone()).await;
+    env.reconcile_queue("bad-steps").await;
+    let st = env.queue_status("bad-steps").await;
+    let c = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .starts_with("spec.celery.prioritySteps: priority steps must be ascending"),
+        "{}",
+        c.message
+    );
+
+    spec.celery = None;
+    env.add_queue("high", spec).await;
+    let mut pool = autoscaled(&["high"], 1, 5);
+    pool.command = vec!["celery".into(), "-A".into(), "shop".into(), "worker".into()];
+    pool.limits = Some(funcscale_operator::crd::ProcessLimits {
+        hard_time_limit_seconds: Some(300),
+        ..Default::default()
+    });
+    env.add_pool("own", pool.clone()).await;
+    assert_eq!(
+        env.reconcile_pool("own").await.unwrap(),
+        Action::await_change()
+    );
+    let c = condition(&env.pool("own").await, "SpecValid").clone();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .starts_with("spec.limits.hardTimeLimitSeconds: funcscale cannot apply limits"),
+        "{}",
+        c.message
+    );
+    assert!(env.deployment("own").await.is_none());
+
+    pool.command = vec![];
+    pool.celery = Some(funcscale_operator::crd::CeleryApp {
+        app: "shop".into(),
+        ..Default::default()
+    });
+    env.add_pool("rendered", pool).await;
+    env.set_metrics("high", 0, 500.0);
+    env.reconcile_pool("rendered").await.unwrap();
+    assert_eq!(
+        condition(&env.pool("rendered").await, "SpecValid").status,
+        "True"
+    );
+    let spec = env
+        .deployment("rendered")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let cmd = spec.containers[0].command.clone().unwrap();
+    assert_eq!(
+        cmd[..7],
+        [
+            "celery",
+            "-A",
+            "shop",
+            "worker",
+            "-Q",
+            "high_priority",
+            "-c"
+        ]
+    );
+    assert!(
+        cmd.windows(2).any(|w| w == ["--time-limit", "300"]),
+        "{cmd:?}"
+    );
+    assert_eq!(spec.termination_grace_period_seconds, Some(330));
+    assert_eq!(spec.share_process_namespace, Some(true));
+}

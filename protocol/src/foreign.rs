@@ -2,24 +2,118 @@
 //! transport), RQ and Sidekiq keep their waiting jobs, and how to read the oldest one's age.
 //! These keys have no funcscale prefix: the other system owns them.
 
-/// Separator kombu's Redis transport (Celery) puts between a queue name and its priority.
+/// Separator kombu's Redis transport (Celery) puts between a queue name and its priority
+/// (kombu `Channel.sep`, transport option `sep`).
 pub const CELERY_PRIORITY_SEP: &str = "\x06\x16";
 /// kombu's default `priority_steps`: priority 0 lives in the list named after the queue.
 pub const CELERY_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// kombu's default `unacked_key`: the hash of messages delivered but not acknowledged
+/// (delivery tag -> JSON `[message, exchange, routing_key]`).
+pub const CELERY_UNACKED_KEY: &str = "unacked";
+/// The message header in which `funcscale-celery` records when a task was published (unix ms):
+/// the oldest waiting task's age of a Celery queue.
+pub const CELERY_ENQUEUED_HEADER: &str = "funcscale_enqueued_ms";
 
-/// The Redis lists of a Celery queue on the Redis broker: `<queue>` and one list per
-/// non-zero priority step, `<queue>\x06\x16<step>` (kombu `Channel._q_for_pri`).
+/// Where kombu's Redis transport keeps a Celery queue: its transport options
+/// `priority_steps`, `sep` and `global_keyprefix`, `unacked_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CeleryLayout<'a> {
+    /// `priority_steps` (ascending).
+    pub priority_steps: &'a [u8],
+    /// `sep`.
+    pub sep: &'a str,
+    /// `global_keyprefix`.
+    pub global_keyprefix: &'a str,
+    /// `unacked_key`.
+    pub unacked_key: &'a str,
+}
+
+impl Default for CeleryLayout<'static> {
+    fn default() -> Self {
+        Self {
+            priority_steps: &CELERY_PRIORITY_STEPS,
+            sep: CELERY_PRIORITY_SEP,
+            global_keyprefix: "",
+            unacked_key: CELERY_UNACKED_KEY,
+        }
+    }
+}
+
+impl CeleryLayout<'_> {
+    /// The Redis lists of Celery queue `queue`, highest priority (lowest step) first: kombu
+    /// `Channel._q_for_pri` for each step, `<queue>` for step 0 and `<queue><sep><step>`
+    /// otherwise, each behind `global_keyprefix` (kombu prefixes `LPUSH`, `LLEN`, `BRPOP`).
+    pub fn queue_keys(&self, queue: &str) -> Vec<String> {
+        let prefix = self.global_keyprefix;
+        let mut out: Vec<String> = self
+            .priority_steps
+            .iter()
+            .map(|p| {
+                if *p == 0 {
+                    format!("{prefix}{queue}")
+                } else {
+                    format!("{prefix}{queue}{}{p}", self.sep)
+                }
+            })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// The hash of delivered, unacknowledged messages (kombu prefixes `HSET`/`HDEL` too).
+    pub fn unacked_key(&self) -> String {
+        format!("{}{}", self.global_keyprefix, self.unacked_key)
+    }
+}
+
+/// Why a Celery layout is refused: the first problem, naming the option.
+pub fn check_priority_steps(steps: &[u8]) -> Result<(), String> {
+    if steps.is_empty() {
+        return Err("priority steps must not be empty (kombu's default is [0, 3, 6, 9])".into());
+    }
+    if let Some(w) = steps.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "priority steps must be ascending and distinct, as kombu's priority_steps are: {} is followed by {}",
+            w[0], w[1]
+        ));
+    }
+    Ok(())
+}
+
+/// The Redis lists of a Celery queue with kombu's default transport options.
 pub fn celery_queue_keys(queue: &str) -> Vec<String> {
-    CELERY_PRIORITY_STEPS
-        .iter()
-        .map(|p| {
-            if *p == 0 {
-                queue.to_string()
-            } else {
-                format!("{queue}{CELERY_PRIORITY_SEP}{p}")
-            }
-        })
-        .collect()
+    CeleryLayout::default().queue_keys(queue)
+}
+
+/// The command counting, for each of the Celery queues `queues`, its messages delivered to a
+/// worker and not acknowledged, in the transport's `unacked` hash `unacked_key`
+/// (`lua/celery_unacked.lua`: one command of a pipeline, one count per queue, in order).
+pub fn celery_unacked_cmd<'a>(
+    unacked_key: &str,
+    queues: impl IntoIterator<Item = &'a str>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(crate::scripts::CELERY_UNACKED)
+        .arg(1)
+        .arg(unacked_key);
+    for q in queues {
+        cmd.arg(q);
+    }
+    cmd
+}
+
+/// When a Celery message (kombu's JSON: `body`, `headers`, `properties`, ...) was published,
+/// from its [`CELERY_ENQUEUED_HEADER`] header (unix ms, a number or a numeric string); `None`
+/// when the producer did not set it.
+pub fn celery_enqueued_ms(message: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(message).ok()?;
+    let h = v.get("headers")?.get(CELERY_ENQUEUED_HEADER)?;
+    let ms = match h {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (ms.is_finite() && ms > 0.0).then_some(ms as u64)
 }
 
 /// The list of an RQ queue: `rq:queue:<name>` (job ids; RQ pushes right, pops left).
@@ -82,9 +176,45 @@ mod tests {
                 "celery\x06\x169"
             ]
         );
+        let custom = CeleryLayout {
+            priority_steps: &[0, 1, 2, 5],
+            sep: ":",
+            global_keyprefix: "app1:",
+            unacked_key: "unacked",
+        };
+        assert_eq!(
+            custom.queue_keys("hi"),
+            ["app1:hi", "app1:hi:1", "app1:hi:2", "app1:hi:5"]
+        );
+        assert_eq!(custom.unacked_key(), "app1:unacked");
+        // steps without 0: kombu never uses the bare list
+        let no_zero = CeleryLayout {
+            priority_steps: &[1, 9],
+            ..CeleryLayout::default()
+        };
+        assert_eq!(no_zero.queue_keys("q"), ["q\x06\x161", "q\x06\x169"]);
         assert_eq!(rq_queue_key("default"), "rq:queue:default");
         assert_eq!(rq_job_key("j1"), "rq:job:j1");
         assert_eq!(sidekiq_queue_key("default"), "queue:default");
+    }
+
+    #[test]
+    fn celery_steps_and_header() {
+        assert!(check_priority_steps(&[0, 3, 6, 9]).is_ok());
+        assert!(check_priority_steps(&[]).is_err());
+        let e = check_priority_steps(&[0, 6, 3]).unwrap_err();
+        assert!(e.contains("6 is followed by 3"), "{e}");
+        assert!(check_priority_steps(&[0, 0]).is_err());
+        assert_eq!(
+            celery_enqueued_ms(r#"{"body":"x","headers":{"funcscale_enqueued_ms":1700000000500}}"#),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            celery_enqueued_ms(r#"{"headers":{"funcscale_enqueued_ms":"1700000000500.7"}}"#),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(celery_enqueued_ms(r#"{"headers":{"id":"x"}}"#), None);
+        assert_eq!(celery_enqueued_ms("not json"), None);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub const RECORD_DURATION: &str = lua!("record_duration");
 /// Workers: sample the running tasks into the current minute's counts.
 pub const SAMPLE_EXECUTING: &str = lua!("sample_executing");
 
+/// The operator: Celery tasks delivered but not acknowledged (kombu's `unacked` hash), per
+/// queue.
+pub const CELERY_UNACKED: &str = lua!("celery_unacked");
+
 /// Records: walk one index on the server (`tasks list`).
 pub const SCAN_INDEX: &str = lua!("scan_index");
 /// Records: move dead letters back to their queue (`dead-letters requeue`).

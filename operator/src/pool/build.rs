@@ -199,11 +199,106 @@ pub fn drain_seconds(pool: &FuncWorkerPool) -> i64 {
         .unwrap_or(DEFAULT_DRAIN_SECONDS)
 }
 
+/// Where a Celery beat pod keeps its schedule file (the writable `/tmp` volume).
+pub const CELERY_BEAT_SCHEDULE_FILE: &str = "/tmp/celerybeat-schedule";
+
+/// The Celery queue a FuncQueue of format Celery is: its `spec.key`, else its name (the list
+/// of priority 0 without kombu's `global_keyprefix`).
+pub fn celery_queue_name(q: &FuncQueue) -> String {
+    q.spec.key.clone().unwrap_or_else(|| q.name_any())
+}
+
+/// `FUNCSCALE_CELERY_QUEUES` of a `spec.celery` pool: a JSON object from each Celery queue
+/// name to the queue's id in funcscale's keys (what the operator reads its stats under), for
+/// the `funcscale-celery` integration.
+pub fn celery_queues_env(ns: &str, valid: &Valid) -> String {
+    let map: BTreeMap<String, String> = valid
+        .celery_queues
+        .iter()
+        .map(|q| (celery_queue_name(q), crate::crd_ext::queue_id(q, ns)))
+        .collect();
+    serde_json::to_string(&map).expect("a map of strings serializes")
+}
+
+/// The command of a `spec.celery` pool. Worker: `celery -A <app> worker -Q <queues> -c
+/// <processesPerPod> -P <pool> -n <pod>@%h --loglevel <level>` with the limits as Celery's
+/// flags (`--time-limit`, `--soft-time-limit`, `--max-tasks-per-child`,
+/// `--max-memory-per-child` in KiB); Beat: `celery -A <app> beat -s <file> --loglevel
+/// <level> [-S <scheduler>]`; then `extraArgs`. `$(FUNCSCALE_POD_NAME)` is expanded by the
+/// kubelet from the pod's environment.
+pub fn celery_command(
+    pool: &FuncWorkerPool,
+    c: &crate::crd::CeleryApp,
+    valid: &Valid,
+) -> Vec<String> {
+    let mut out: Vec<String> = vec!["celery".into(), "-A".into(), c.app.clone()];
+    match pool.spec.role {
+        PoolRole::Worker => {
+            let queues: Vec<String> = valid
+                .celery_queues
+                .iter()
+                .map(|q| celery_queue_name(q))
+                .collect();
+            out.extend([
+                "worker".into(),
+                "-Q".into(),
+                queues.join(","),
+                "-c".into(),
+                pool.spec.processes_per_pod.to_string(),
+                "-P".into(),
+                c.pool.as_str().into(),
+                "-n".into(),
+                "$(FUNCSCALE_POD_NAME)@%h".into(),
+                "--loglevel".into(),
+                c.log_level.as_str().into(),
+            ]);
+            if let Some(l) = &pool.spec.limits {
+                let flags = [
+                    ("--time-limit", l.hard_time_limit_seconds.map(u64::from)),
+                    (
+                        "--soft-time-limit",
+                        l.soft_time_limit_seconds.map(u64::from),
+                    ),
+                    ("--max-tasks-per-child", l.max_tasks_per_child),
+                    // Celery counts resident memory in KiB
+                    (
+                        "--max-memory-per-child",
+                        l.max_memory_per_child_mb.map(|mb| mb.saturating_mul(1024)),
+                    ),
+                ];
+                for (flag, v) in flags {
+                    if let Some(v) = v {
+                        out.extend([flag.to_string(), v.to_string()]);
+                    }
+                }
+            }
+        }
+        PoolRole::Beat => {
+            out.extend([
+                "beat".into(),
+                "-s".into(),
+                CELERY_BEAT_SCHEDULE_FILE.into(),
+                "--loglevel".into(),
+                c.log_level.as_str().into(),
+            ]);
+            if let Some(s) = &c.scheduler {
+                out.extend(["-S".into(), s.clone()]);
+            }
+        }
+    }
+    out.extend(c.extra_args.iter().cloned());
+    out
+}
+
 /// The container command: the worker takes the ids in Redis of its queues (`valid.queues`,
-/// in `spec.queues` order); the beat fires the schedules of namespace `ns`.
+/// in `spec.queues` order); the beat fires the schedules of namespace `ns`. A pool's own
+/// `command` as given; a `spec.celery` pool's [`celery_command`].
 pub fn command(pool: &FuncWorkerPool, ns: &str, valid: &Valid) -> Vec<String> {
     if !pool.spec.command.is_empty() {
         return pool.spec.command.clone();
+    }
+    if let Some(c) = &pool.spec.celery {
+        return celery_command(pool, c, valid);
     }
     let mut c: Vec<String> = match pool.spec.role {
         PoolRole::Beat => vec![
@@ -293,7 +388,8 @@ fn deployment(
     let name = pool.name_any();
     let labels = labels(pool, &name);
     let beat = pool.spec.role == PoolRole::Beat;
-    let own_command = !pool.spec.command.is_empty();
+    // a program that is not funcscale-worker: its own command, or Celery
+    let own_command = !pool.spec.command.is_empty() || pool.spec.celery.is_some();
     let mut env = vec![
         env("FUNCSCALE_POOL", name.clone()),
         // the address the declared `metrics` port serves: explicit, so that what the pod
@@ -308,6 +404,12 @@ fn deployment(
         field_env("FUNCSCALE_POD_NAMESPACE", "metadata.namespace"),
     ];
     env.extend(redis_env(valid.redis.as_ref(), config)?);
+    if pool.spec.celery.is_some() {
+        env.push(self::env(
+            "FUNCSCALE_CELERY_QUEUES",
+            celery_queues_env(ns, valid),
+        ));
+    }
     let resources = pool.spec.resources.as_ref().map(|r| {
         let q = |m: &BTreeMap<String, String>| {
             (!m.is_empty()).then(|| {
@@ -332,11 +434,14 @@ fn deployment(
         ),
         command: Some(command(pool, ns, valid)),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(WORKER_PORT_NAME.into()),
-            container_port: WORKER_HEALTH_PORT,
-            ..Default::default()
-        }]),
+        // Celery serves nothing on :9090 (a PodMonitor would scrape a closed port)
+        ports: pool.spec.celery.is_none().then(|| {
+            vec![ContainerPort {
+                name: Some(WORKER_PORT_NAME.into()),
+                container_port: WORKER_HEALTH_PORT,
+                ..Default::default()
+            }]
+        }),
         // funcscale-worker (run and beat) serves /readyz and /healthz on :9090; a pool's own
         // command (Celery, ...) serves nothing there, and a kubelet would never find it Ready
         // and restart it: it gets the probes its podTemplate sets, and no others
@@ -376,6 +481,11 @@ fn deployment(
         spec: Some(PodSpec {
             containers: vec![container],
             termination_grace_period_seconds: Some(drain_seconds(pool) + GRACE_MARGIN_SECONDS),
+            // funcscale-worker's image starts it under an init (tini) that reaps orphaned
+            // grandchildren; a command of its own (Celery, ...) replaces the image's
+            // entrypoint, init included: the pod's pause process (PID 1 of a shared process
+            // namespace) reaps them instead
+            share_process_namespace: own_command.then_some(true),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 seccomp_profile: Some(SeccompProfile {
@@ -635,6 +745,7 @@ mod tests {
             redis: None,
             redis_identity: "default".into(),
             beat_conflict: None,
+            celery_queues: vec![],
         }
     }
 
@@ -894,6 +1005,162 @@ mod tests {
             .unwrap()
             .containers
             .remove(0)
+    }
+
+    fn celery_queue(name: &str, key: Option<&str>) -> Arc<FuncQueue> {
+        Arc::new(FuncQueue::new(
+            name,
+            FuncQueueSpec {
+                format: crate::crd::QueueFormat::Celery,
+                key: key.map(str::to_string),
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn pod_spec(p: &FuncWorkerPool, v: &Valid) -> PodSpec {
+        build(p, "shop", v, Some(1), &Config::default())
+            .unwrap()
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn a_celery_worker_gets_its_queues_concurrency_and_limits_as_celery_flags() {
+        let mut p = pool();
+        p.spec.queues = vec!["high".into(), "default".into()];
+        p.spec.processes_per_pod = 8;
+        p.spec.celery = Some(crate::crd::CeleryApp {
+            app: "shop.celery:app".into(),
+            log_level: crate::crd::CeleryLogLevel::Warning,
+            extra_args: vec!["--prefetch-multiplier".into(), "1".into()],
+            ..Default::default()
+        });
+        p.spec.limits = Some(crate::crd::ProcessLimits {
+            max_tasks_per_child: Some(100),
+            max_memory_per_child_mb: Some(512),
+            soft_time_limit_seconds: Some(240),
+            hard_time_limit_seconds: Some(300),
+        });
+        let mut v = valid();
+        v.celery_queues = vec![
+            celery_queue("high", Some("high_priority")),
+            celery_queue("default", None),
+        ];
+        let spec = pod_spec(&p, &v);
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.command.clone().unwrap(),
+            [
+                "celery",
+                "-A",
+                "shop.celery:app",
+                "worker",
+                "-Q",
+                "high_priority,default",
+                "-c",
+                "8",
+                "-P",
+                "prefork",
+                "-n",
+                "$(FUNCSCALE_POD_NAME)@%h",
+                "--loglevel",
+                "WARNING",
+                "--time-limit",
+                "300",
+                "--soft-time-limit",
+                "240",
+                "--max-tasks-per-child",
+                "100",
+                // 512 MiB in Celery's KiB
+                "--max-memory-per-child",
+                "524288",
+                "--prefetch-multiplier",
+                "1",
+            ]
+        );
+        // warm shutdown on SIGTERM waits for running tasks: grace above the hard limit
+        assert_eq!(
+            spec.termination_grace_period_seconds,
+            Some(300 + GRACE_MARGIN_SECONDS)
+        );
+        // the pod name the command expands, and the integration's queue map
+        let env = c.env.clone().unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).cloned();
+        assert!(get("FUNCSCALE_POD_NAME").is_some_and(|e| e.value_from.is_some()));
+        assert!(get("FUNCSCALE_POD_NAMESPACE").is_some());
+        assert!(get("FUNCSCALE_REDIS_URL").is_some() && get("FUNCSCALE_PREFIX").is_some());
+        let map: serde_json::Value =
+            serde_json::from_str(&get("FUNCSCALE_CELERY_QUEUES").unwrap().value.unwrap()).unwrap();
+        // adopted queues keep their ids by name (the keys the operator reads stats under)
+        assert_eq!(
+            map,
+            serde_json::json!({"high_priority": "high", "default": "default"})
+        );
+        // nothing serves :9090 in a Celery pod: no port, no probe a real pod cannot pass
+        assert_eq!(c.ports, None);
+        assert_eq!((&c.readiness_probe, &c.liveness_probe), (&None, &None));
+        // the command replaces the image's init: the pause process reaps orphans
+        assert_eq!(spec.share_process_namespace, Some(true));
+        // without limits: no limit flags, the default grace
+        p.spec.limits = None;
+        p.spec.celery.as_mut().unwrap().pool = crate::crd::CeleryPoolKind::Threads;
+        let spec = pod_spec(&p, &v);
+        let cmd = spec.containers[0].command.clone().unwrap();
+        assert!(cmd.windows(2).any(|w| w == ["-P", "threads"]), "{cmd:?}");
+        assert!(
+            !cmd.iter()
+                .any(|a| a.contains("limit") || a.contains("child"))
+        );
+        assert_eq!(
+            spec.termination_grace_period_seconds,
+            Some(DEFAULT_DRAIN_SECONDS + GRACE_MARGIN_SECONDS)
+        );
+    }
+
+    #[test]
+    fn a_celery_beat_runs_celery_beat_with_its_schedule_in_tmp() {
+        let mut p = pool();
+        p.spec.role = PoolRole::Beat;
+        p.spec.queues = vec![];
+        p.spec.celery = Some(crate::crd::CeleryApp {
+            app: "shop".into(),
+            scheduler: Some("funcscale_celery.GuardedScheduler".into()),
+            ..Default::default()
+        });
+        let spec = pod_spec(&p, &valid());
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "beat");
+        assert_eq!(
+            c.command.clone().unwrap(),
+            [
+                "celery",
+                "-A",
+                "shop",
+                "beat",
+                "-s",
+                "/tmp/celerybeat-schedule",
+                "--loglevel",
+                "INFO",
+                "-S",
+                "funcscale_celery.GuardedScheduler"
+            ]
+        );
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/tmp" && m.read_only != Some(true))
+        );
+        assert_eq!(c.readiness_probe, None);
+        assert_eq!(spec.share_process_namespace, Some(true));
+        // funcscale's own worker keeps its image's init
+        let spec = pod_spec(&pool(), &valid());
+        assert_eq!(spec.share_process_namespace, None);
     }
 
     #[test]

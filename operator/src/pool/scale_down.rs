@@ -161,9 +161,10 @@ impl Plan {
 }
 
 /// Whether the pool's pods obey stop marks: funcscale workers (not a Beat, not a pool's own
-/// command).
+/// command, not Celery: their pods never turn not ready on a mark, so a scale-down would wait
+/// for nothing).
 fn obeys_marks(pool: &FuncWorkerPool) -> bool {
-    pool.spec.role == PoolRole::Worker && pool.spec.command.is_empty()
+    pool.spec.role == PoolRole::Worker && pool.spec.command.is_empty() && pool.spec.celery.is_none()
 }
 
 /// The replicas to write for a pool whose Deployment has `current` and whose sizing wants
@@ -686,6 +687,27 @@ mod tests {
         assert!(may_lower(&chosen, &pods, 1_000, 1_000 + wait));
         let pods = [pod("a", 0, false, 0), pod("c", 1, true, 0)];
         assert!(may_lower(&chosen, &pods, 1_000, 2_000), "b is gone");
+    }
+
+    #[test]
+    fn only_funcscale_workers_are_marked() {
+        use crate::crd::{CeleryApp, FuncWorkerPoolSpec};
+        let mut p = FuncWorkerPool::new("w", FuncWorkerPoolSpec::default());
+        assert!(obeys_marks(&p));
+        p.spec.celery = Some(CeleryApp {
+            app: "shop".into(),
+            ..Default::default()
+        });
+        assert!(
+            !obeys_marks(&p),
+            "Celery pods serve no /readyz to turn not ready"
+        );
+        p.spec.celery = None;
+        p.spec.command = vec!["my-worker".into()];
+        assert!(!obeys_marks(&p));
+        p.spec.command = vec![];
+        p.spec.role = PoolRole::Beat;
+        assert!(!obeys_marks(&p));
     }
 
     #[test]

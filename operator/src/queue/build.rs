@@ -76,8 +76,8 @@ pub fn readings(
             st.oldest_task_age_seconds = m.oldest_age_seconds.map(round1);
             st.arrival_rate = Some(round1(m.arrival_rate));
             st.completion_rate = Some(round1(m.completion_rate));
-            // the delayed and running sets are read for the same (funcscale) queues
-            st.retries_waiting = m.in_flight_measured.then_some(m.retries_waiting);
+            // only funcscale queues have a delayed set
+            st.retries_waiting = m.retries_read.then_some(m.retries_waiting);
             st.running = Some(m.in_flight);
             st.task_time_ms = Some(round1(m.task_time_ms));
             st.task_time_source = Some(
@@ -233,6 +233,7 @@ mod tests {
             scheduled_per_period: 7,
             in_flight: 4,
             in_flight_measured: true,
+            retries_read: true,
             retries_waiting: 2,
             ..Default::default()
         };

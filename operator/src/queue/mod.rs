@@ -67,12 +67,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     st.observed_generation = g;
     // where producers find the queue: its id in Redis and its list
     let queue_id = crate::crd_ext::queue_id(&q, &id.namespace);
-    let (lists, _) = crate::redis_metrics::queue_lists(
-        q.spec.format,
-        q.spec.key.as_deref(),
-        &queue_id,
-        &ctx.config.keys,
-    );
+    let (lists, _) = crate::redis_metrics::queue_lists(&q.spec, &queue_id, &ctx.config.keys);
     st.key = lists.into_iter().next();
     st.queue_id = Some(queue_id);
 
@@ -108,7 +103,10 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
             ),
         )
     });
-    let endpoint = match bad_cron.or(foreign_schedules) {
+    let endpoint = match bad_cron
+        .or(foreign_schedules)
+        .or_else(|| celery_transport_error(&q.spec))
+    {
         Some(e) => Err(e),
         None => d.endpoint,
     };
@@ -221,5 +219,54 @@ mod tests {
         ] {
             assert_eq!(refresh_after(&busy, resync), STATUS_INTERVAL, "{busy:?}");
         }
+    }
+}
+
+/// What the schema cannot check of `spec.celery`: it belongs to a Celery queue, and its
+/// priority steps are ascending and distinct, as kombu needs them.
+pub fn celery_transport_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
+    let t = spec.celery.as_ref()?;
+    if spec.format != crate::crd::QueueFormat::Celery {
+        return Some(Error::invalid(
+            "spec.celery",
+            format!(
+                "Celery transport options are for a queue of format Celery, this one is {:?}: set format: Celery or remove celery",
+                spec.format
+            ),
+        ));
+    }
+    funcscale_protocol::foreign::check_priority_steps(&t.priority_steps)
+        .err()
+        .map(|why| Error::invalid("spec.celery.prioritySteps", why))
+}
+
+#[cfg(test)]
+mod celery_tests {
+    use super::*;
+    use crate::crd::{CeleryTransport, FuncQueueSpec, QueueFormat};
+
+    #[test]
+    fn celery_transport_options_are_checked() {
+        let mut spec = FuncQueueSpec {
+            format: QueueFormat::Celery,
+            celery: Some(CeleryTransport::default()),
+            ..Default::default()
+        };
+        assert!(celery_transport_error(&spec).is_none());
+        spec.celery.as_mut().unwrap().priority_steps = vec![0, 9, 3];
+        let e = celery_transport_error(&spec).unwrap().to_string();
+        assert!(
+            e.contains("spec.celery.prioritySteps") && e.contains("9 is followed by 3"),
+            "{e}"
+        );
+        spec.celery.as_mut().unwrap().priority_steps = vec![];
+        assert!(celery_transport_error(&spec).is_some());
+        spec.celery = Some(CeleryTransport::default());
+        spec.format = QueueFormat::Rq;
+        let e = celery_transport_error(&spec).unwrap().to_string();
+        assert!(
+            e.contains("spec.celery") && e.contains("format Celery"),
+            "{e}"
+        );
     }
 }

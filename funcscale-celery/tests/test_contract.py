@@ -63,9 +63,9 @@ def test_every_message_carries_its_enqueue_time(scope, r):
     assert len(msgs) == 2
     for m in msgs:
         assert before <= m["headers"][ENQUEUED_HEADER] <= after, m["headers"]
-    # and each is an arrival of the funcscale queue
+    # and each is an arrival of the funcscale queue (written by the background thread)
     k = Keys(scope.prefix, scope.namespace)
-    assert r.hget(k.stats(scope.queue_id), "enqueued") == "2"
+    wait_for(lambda: r.hget(k.stats(scope.queue_id), "enqueued") == "2", 5, what="2 arrivals")
     bucket = k.counts(scope.queue_id, before // 60_000)
     if before // 60_000 == after // 60_000:
         assert r.hgetall(bucket) == {"submitted": "2", "fmt": "2"}
@@ -74,6 +74,7 @@ def test_every_message_carries_its_enqueue_time(scope, r):
     app.send_task("app.noop", queue=scope.celery_queue + "-other")
     m = json.loads(r.lindex(scope.kombu_prefix + scope.celery_queue + "-other", -1))
     assert m["headers"][ENQUEUED_HEADER] >= before
+    time.sleep(0.3)  # 6 flushes
     assert r.hget(k.stats(scope.queue_id), "enqueued") == "2"
 
 

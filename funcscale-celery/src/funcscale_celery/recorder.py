@@ -20,17 +20,27 @@ Per mapped queue (``Config.queues``: Celery queue -> funcscale queue id ``q``):
   ``retried``; the minute's count bucket gets ``completed`` / ``failed`` + ``dead`` /
   ``failed`` + ``retried`` (format 2, as ``records::add_counts`` writes them).
 
-A Redis error never fails or delays a task beyond the socket timeout: it is logged (at most
-every 10 s) and the write is dropped.
+The writes are not made on the task's path: a signal handler appends what happened to a list
+that a background thread of the process sends every 50 ms in one pipeline (counters summed),
+as the Rust worker adds its counts every second; so the cost per task is one list append, and a
+task's start and end reach Redis at most ~50 ms late. The thread also sends the heartbeats (every
+3 s) and forgets dead slots (every 5 s). A process that stops (worker shutdown, pool child exit,
+interpreter exit) sends what is pending first.
+
+A Redis error never fails or delays a task: it is logged (at most every 10 s) and that batch of
+writes is dropped.
 """
 
 from __future__ import annotations
 
+import atexit
 import heapq
+import itertools
 import logging
 import os
 import threading
 import time
+from collections import Counter
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .config import Config
@@ -42,6 +52,7 @@ log = logging.getLogger("funcscale_celery")
 #: The message header holding the enqueue time (unix ms) of a task.
 ENQUEUED_HEADER = "funcscale_enqueued_ms"
 
+FLUSH_EVERY_S = 0.05
 HEARTBEAT_EVERY_S = WORKER_TTL_MS / 5 / 1000.0
 REAP_EVERY_S = WORKER_TTL_MS / 3 / 1000.0
 
@@ -78,6 +89,11 @@ class Recorder:
         self._reset_process_state()
         self._last_error_log = 0.0
         self.errors = 0
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if os.getpid() == self._pid and self._ops:
+            self.flush()
 
     # ---- per process state (a forked child starts afresh) ----
 
@@ -85,7 +101,9 @@ class Recorder:
         self._free: List[int] = []
         self._next = 0
         self._owned: Set[str] = set()
-        self._running: Dict[str, Tuple[str, str, float]] = {}
+        self._running: Dict[str, Tuple[str, str, float, int]] = {}
+        self._runs = itertools.count()
+        self._ops: List[tuple] = []
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
 
@@ -132,9 +150,9 @@ class Recorder:
                 self._next += 1
         slot = self.slot_name(k)
         if slot not in self._owned:
+            # registered with the task's start, in the same batch
             self._owned.add(slot)
-            self.heartbeat([slot])
-        self._ensure_thread()
+            self._push(("beat", slot))
         return slot
 
     def _give_slot(self, slot: str) -> None:
@@ -143,25 +161,28 @@ class Recorder:
         with self._lock:
             heapq.heappush(self._free, k)
 
+    def _heartbeat_cmds(self, pipe: Any, slots: List[str], now: int) -> None:
+        for s in slots:
+            pipe.zadd(self.keys.workers(), {s: now})
+            pipe.hset(
+                self.keys.worker(s),
+                mapping={
+                    WORKER_POD_FIELD: self.config.pod,
+                    "queues": self._queue_list,
+                    "processes": str(self.processes),
+                    "heartbeat_ms": str(now),
+                },
+            )
+            pipe.pexpire(self.keys.worker(s), WORKER_TTL_MS * 4)
+
     def heartbeat(self, slots: Optional[List[str]] = None) -> None:
+        """Register the process's slots as live (as the Rust worker's heartbeat does)."""
         slots = sorted(self._owned) if slots is None else slots
         if not slots:
             return
-        now = now_ms()
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for s in slots:
-                pipe.zadd(self.keys.workers(), {s: now})
-                pipe.hset(
-                    self.keys.worker(s),
-                    mapping={
-                        WORKER_POD_FIELD: self.config.pod,
-                        "queues": self._queue_list,
-                        "processes": str(self.processes),
-                        "heartbeat_ms": str(now),
-                    },
-                )
-                pipe.pexpire(self.keys.worker(s), WORKER_TTL_MS * 4)
+            self._heartbeat_cmds(pipe, slots, now_ms())
             pipe.execute()
         except Exception as e:
             self._error("heartbeat", e)
@@ -203,17 +224,81 @@ class Recorder:
 
     def _background(self) -> None:
         stop = self._stop
+        next_beat = time.monotonic() + HEARTBEAT_EVERY_S
         next_reap = time.monotonic() + REAP_EVERY_S
-        while not stop.wait(HEARTBEAT_EVERY_S):
-            self.heartbeat()
-            if time.monotonic() >= next_reap:
-                next_reap = time.monotonic() + REAP_EVERY_S
+        while not stop.wait(FLUSH_EVERY_S):
+            self.flush()
+            t = time.monotonic()
+            if t >= next_beat:
+                next_beat = t + HEARTBEAT_EVERY_S
+                self.heartbeat()
+            if t >= next_reap:
+                next_reap = t + REAP_EVERY_S
                 self.reap()
+
+    def _push(self, op: tuple) -> None:
+        with self._lock:
+            self._ops.append(op)
+        if self._thread is None or not self._thread.is_alive():
+            self._ensure_thread()
+
+    def flush(self) -> None:
+        """Send the pending writes in one pipeline (counters summed per key)."""
+        with self._lock:
+            ops, self._ops = self._ops, []
+        if not ops:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            stats: Counter = Counter()
+            counts: Counter = Counter()
+            # a task that started and finished within this batch was never seen running:
+            # its running-set entry is neither added nor removed
+            started = {op[-1] for op in ops if op[0] == "start"}
+            short = {op[-1] for op in ops if op[0] == "finish" and op[-1] in started}
+            for op in ops:
+                kind, qid = op[0], op[1]
+                if kind == "beat":
+                    self._heartbeat_cmds(pipe, [qid], now_ms())
+                elif kind == "arrive":
+                    stats[(qid, "enqueued")] += 1
+                    counts[(qid, op[2], "submitted")] += 1
+                elif kind == "start":
+                    if op[-1] not in short:
+                        pipe.zadd(self.keys.running(qid), {op[2]: op[3]})
+                else:  # finish
+                    _, _, member, duration, now, outcome, counted, extra, run = op
+                    if run not in short:
+                        pipe.zrem(self.keys.running(qid), member)
+                    if outcome is not None:
+                        self._record(
+                            keys=[self.keys.stats(qid)],
+                            args=[duration, now, STATS_HALF_LIFE_MS, outcome],
+                            client=pipe,
+                        )
+                    for f in counted:
+                        counts[(qid, now // 60_000, f)] += 1
+                    if extra:
+                        stats[(qid, extra)] += 1
+            for (qid, f), n in stats.items():
+                pipe.hincrby(self.keys.stats(qid), f, n)
+            buckets = set()
+            for (qid, minute, f), n in counts.items():
+                bucket = self.keys.counts(qid, minute)
+                pipe.hincrby(bucket, f, n)
+                buckets.add(bucket)
+            for bucket in buckets:
+                pipe.hset(bucket, "fmt", COUNTS_FORMAT)
+                pipe.pexpire(bucket, COUNTS_RETENTION_MS)
+            pipe.execute()
+        except Exception as e:
+            self._error("writing %d task events" % len(ops), e)
 
     def shutdown(self) -> None:
         """Deregister this process's slots (a worker that stops, as the Rust worker drains)."""
         self._check_fork()
         self._stop.set()
+        self.flush()
         slots = sorted(self._owned)
         if not slots:
             return
@@ -250,16 +335,8 @@ class Recorder:
                 return
         except (TypeError, ValueError):
             pass
-        try:
-            bucket = self.keys.counts(qid, now // 60_000)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hincrby(self.keys.stats(qid), "enqueued", 1)
-            pipe.hincrby(bucket, "submitted", 1)
-            pipe.hset(bucket, "fmt", COUNTS_FORMAT)
-            pipe.pexpire(bucket, COUNTS_RETENTION_MS)
-            pipe.execute()
-        except Exception as e:
-            self._error("counting an arrival", e)
+        self._check_fork()
+        self._push(("arrive", qid, now // 60_000))
 
     def on_prerun(self, task_id=None, task=None, **_kw):
         self._check_fork()
@@ -270,46 +347,23 @@ class Recorder:
         if qid is None or task_id is None:
             return
         slot = self._take_slot()
-        self._running[task_id] = (qid, slot, time.monotonic())
-        try:
-            self.redis.zadd(self.keys.running(qid), {self.keys.inflight(slot): now_ms()})
-        except Exception as e:
-            self._error("entering a running task", e)
+        run = next(self._runs)  # this attempt (a retry has the task's id again)
+        self._running[task_id] = (qid, slot, time.monotonic(), run)
+        self._push(("start", qid, self.keys.inflight(slot), now_ms(), run))
 
     def on_postrun(self, task_id=None, state=None, **_kw):
         entry = self._running.pop(task_id, None) if task_id is not None else None
         if entry is None:
             return
-        qid, slot, t0 = entry
+        qid, slot, t0, run = entry
         duration = max(0, int(round((time.monotonic() - t0) * 1000)))
-        now = now_ms()
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(self.keys.running(qid), self.keys.inflight(slot))
-            counted: List[str] = []
-            if state == "SUCCESS":
-                outcome, counted = "completed", ["completed"]
-            elif state == "FAILURE":
-                outcome, counted = "failed", ["failed", "dead"]
-                pipe.hincrby(self.keys.stats(qid), "dead", 1)
-            elif state == "RETRY":
-                outcome, counted = "failed", ["failed", "retried"]
-                pipe.hincrby(self.keys.stats(qid), "retried", 1)
-            else:  # IGNORED, REJECTED: no attempt outcome to count
-                outcome = None
-            if outcome is not None:
-                self._record(
-                    keys=[self.keys.stats(qid)],
-                    args=[duration, now, STATS_HALF_LIFE_MS, outcome],
-                    client=pipe,
-                )
-                bucket = self.keys.counts(qid, now // 60_000)
-                for f in counted:
-                    pipe.hincrby(bucket, f, 1)
-                pipe.hset(bucket, "fmt", COUNTS_FORMAT)
-                pipe.pexpire(bucket, COUNTS_RETENTION_MS)
-            pipe.execute()
-        except Exception as e:
-            self._error("recording a finished task", e)
-        finally:
-            self._give_slot(slot)
+        if state == "SUCCESS":
+            outcome, counted, extra = "completed", ("completed",), None
+        elif state == "FAILURE":
+            outcome, counted, extra = "failed", ("failed", "dead"), "dead"
+        elif state == "RETRY":
+            outcome, counted, extra = "failed", ("failed", "retried"), "retried"
+        else:  # IGNORED, REJECTED: no attempt outcome to count
+            outcome, counted, extra = None, (), None
+        self._push(("finish", qid, self.keys.inflight(slot), duration, now_ms(), outcome, counted, extra, run))
+        self._give_slot(slot)

@@ -58,8 +58,19 @@ class Scope:
         self.kombu_prefix = "fsck-%s:" % tag
         self.queue_name = "jobs"
         self.queue_id = "{%s.%s}" % (self.namespace, self.queue_name)
+        #: what FUNCSCALE_CELERY_QUEUES maps the Celery queue to
+        self.mapped = "%s.%s" % (self.namespace, self.queue_name)
+        #: the namespace of the worker slots' keys
+        self.slot_ns = self.namespace
         self.side = "fsct-side-%s" % tag  # tasks record their side effects under this prefix
         self.pod = "pod-%s" % tag
+
+    def bare(self):
+        """The queue by its bare id (a FuncQueue the operator keys by name: foreign format or
+        legacyKeys): worker slots in the unscoped registry."""
+        self.queue_id = self.mapped = self.queue_name
+        self.slot_ns = None
+        return self
 
     def env(self, **extra):
         e = dict(os.environ)
@@ -71,7 +82,7 @@ class Scope:
             FUNCSCALE_PREFIX=self.prefix,
             FUNCSCALE_POD_NAME=self.pod,
             FUNCSCALE_POD_NAMESPACE=self.namespace,
-            FUNCSCALE_CELERY_QUEUES='{"%s": "%s.%s"}' % (self.celery_queue, self.namespace, self.queue_name),
+            FUNCSCALE_CELERY_QUEUES='{"%s": "%s"}' % (self.celery_queue, self.mapped),
             FSCT_BROKER=REDIS_URL,
             FSCT_KOMBU_PREFIX=self.kombu_prefix,
             FSCT_QUEUE=self.celery_queue,

@@ -24,7 +24,7 @@ def publisher(scope, install=True, **install_kw):
     )
     if install:
         kw = dict(
-            queues={scope.celery_queue: "%s.%s" % (scope.namespace, scope.queue_name)},
+            queues={scope.celery_queue: scope.mapped},
             redis_url=REDIS_URL,
             prefix=scope.prefix,
             pod=scope.pod,
@@ -42,7 +42,7 @@ def broker_list(scope):
 def rust_contract(scope, slot, minute, read=True):
     """What the Rust protocol crate makes of the scope's keys (protocol/tests/celery_contract.rs):
     its key names and, with ``read``, the stats, counts and running tasks it parses."""
-    cargo = shutil.which("cargo")
+    cargo = shutil.which(os.environ.get("CARGO") or "cargo")
     if cargo is None:
         if os.environ.get("FUNCSCALE_CELERY_SKIP_RUST") == "1":
             pytest.skip("cargo not found and FUNCSCALE_CELERY_SKIP_RUST=1")
@@ -51,6 +51,7 @@ def rust_contract(scope, slot, minute, read=True):
     env.update(
         FSC_PREFIX=scope.prefix,
         FSC_NAMESPACE=scope.namespace,
+        FSC_SLOT_NAMESPACE=scope.slot_ns or "",
         FSC_QUEUE=scope.queue_id,
         FSC_SLOT=slot,
         FSC_MINUTE=str(minute),

@@ -27,7 +27,14 @@ def test_a_good_environment():
     assert c.keys.stats("{team-a.jobs}") == "fs2:stats:{team-a.jobs}"
     # the namespace may come from the queues alone; ids may be given with their braces
     c = load(FUNCSCALE_POD_NAMESPACE=None, FUNCSCALE_CELERY_QUEUES='{"a": "{b.c}"}')
-    assert (c.namespace, c.queues) == ("b", {"a": "{b.c}"})
+    assert (c.namespace, c.beat_namespace, c.queues) == ("b", "b", {"a": "{b.c}"})
+    # a bare id (the operator keys a FuncQueue of format Celery by its name): the slots' keys
+    # have no namespace, as the Rust worker's and the operator's scale-down scope them; the
+    # beat lease is the pod's namespace's
+    c = load(FUNCSCALE_CELERY_QUEUES='{"celery": "celery", "hi": "high-priority"}')
+    assert c.queues == {"celery": "celery", "hi": "high-priority"}
+    assert (c.namespace, c.beat_namespace) == (None, "team-a")
+    assert c.keys.workers() == "funcscale:workers"
 
 
 @pytest.mark.parametrize(
@@ -40,7 +47,9 @@ def test_a_good_environment():
         ({"FUNCSCALE_CELERY_QUEUES": "{nope"}, "FUNCSCALE_CELERY_QUEUES is not JSON"),
         ({"FUNCSCALE_CELERY_QUEUES": '["celery"]'}, "FUNCSCALE_CELERY_QUEUES must be a JSON object"),
         ({"FUNCSCALE_CELERY_QUEUES": "{}"}, "FUNCSCALE_CELERY_QUEUES maps no queue"),
-        ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "jobs"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is 'jobs'"),
+        ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "{jobs}"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is '{jobs}'"),
+        ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "Team_A.jobs"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is 'Team_A.jobs'"),
+        ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "a b"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is 'a b'"),
         ({"FUNCSCALE_CELERY_QUEUES": '{"celery": 3}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' must be a string"),
         ({"FUNCSCALE_CELERY_QUEUES": '{"a": "x.j", "b": "y.j"}', "FUNCSCALE_POD_NAMESPACE": None}, "several namespaces"),
         ({"FUNCSCALE_POD_NAMESPACE": "team-b"}, "FUNCSCALE_CELERY_QUEUES maps queues of namespace 'team-a', but FUNCSCALE_POD_NAMESPACE is 'team-b'"),
@@ -72,8 +81,8 @@ def test_install_raises_at_install_time(monkeypatch):
     assert rec.config.prefix == "from-arg"
     assert funcscale_celery.install(app) is rec, "installing twice is one install"
     # the bad argument is named as the argument
-    with pytest.raises(ConfigError, match="queues: the funcscale queue of 'q' is 'x'"):
-        funcscale_celery.install(Celery("fsct-cfg2", set_as_current=False), queues={"q": "x"})
+    with pytest.raises(ConfigError, match="queues: the funcscale queue of 'q' is 'x:y'"):
+        funcscale_celery.install(Celery("fsct-cfg2", set_as_current=False), queues={"q": "x:y"})
 
 
 def test_guarded_scheduler_needs_a_namespace(monkeypatch):

@@ -51,7 +51,10 @@ def test_keys_are_the_rust_crates(scope):
     }
 
 
-def test_every_message_carries_its_enqueue_time(scope, r):
+@pytest.mark.parametrize("ids", ["namespaced", "bare"])
+def test_every_message_carries_its_enqueue_time(scope, r, ids):
+    if ids == "bare":
+        scope.bare()
     app = publisher(scope)
     before = int(time.time() * 1000)
     app.send_task("app.noop", queue=scope.celery_queue)
@@ -78,8 +81,11 @@ def test_every_message_carries_its_enqueue_time(scope, r):
     assert r.hget(k.stats(scope.queue_id), "enqueued") == "2"
 
 
-def test_a_worker_reports_running_tasks_task_time_and_outcomes(scope, r, procs):
-    k = Keys(scope.prefix, scope.namespace)
+@pytest.mark.parametrize("ids", ["namespaced", "bare"])
+def test_a_worker_reports_running_tasks_task_time_and_outcomes(scope, r, procs, ids):
+    if ids == "bare":
+        scope.bare()
+    k = Keys(scope.prefix, scope.slot_ns)
     q = scope.queue_id
     start_worker(procs, scope, concurrency=2)
     app = publisher(scope)
@@ -143,7 +149,7 @@ def test_a_worker_reports_running_tasks_task_time_and_outcomes(scope, r, procs):
 def test_a_slot_killed_mid_task_is_forgotten(scope, r, procs):
     """A worker killed while it runs a task leaves its slot in the running set; the next worker's
     reaper forgets it once its heartbeat is older than the TTL (lua/forget.lua)."""
-    k = Keys(scope.prefix, scope.namespace)
+    k = Keys(scope.prefix, scope.slot_ns)
     q = scope.queue_id
     w = start_worker(procs, scope, concurrency=1, name="victim")
     app = publisher(scope)

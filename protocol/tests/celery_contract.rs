@@ -21,7 +21,10 @@ fn celery_contract_read() {
     let queue = var("FSC_QUEUE");
     let slot = var("FSC_SLOT");
     let minute: u64 = var("FSC_MINUTE").parse().expect("FSC_MINUTE: unix minutes");
-    let keys = Keys::new(prefix).in_namespace(Some(ns.clone()));
+    // the worker slots' keys are scoped by the namespace the queue ids name (none for a bare
+    // id), as `Worker::build` and the operator's scale-down scope them
+    let slot_ns = std::env::var("FSC_SLOT_NAMESPACE").unwrap_or_else(|_| ns.clone());
+    let keys = Keys::new(prefix).in_namespace(Some(slot_ns));
     let mut out = serde_json::json!({
         "keys": {
             "stats": keys.stats(&queue),

@@ -88,7 +88,7 @@ class GuardedScheduler(PersistentScheduler):
 
         rec = installed(app)
         cfg = rec.config if rec is not None else _config.load(need_queues=False)
-        if not cfg.namespace:
+        if not cfg.beat_namespace:
             raise _config.ConfigError(
                 "%s is not set (and %s names no queue): the beat lease is a namespace's"
                 % (_config.ENV_POD_NAMESPACE, _config.ENV_QUEUES)
@@ -96,9 +96,9 @@ class GuardedScheduler(PersistentScheduler):
         self.fs_config = cfg
         self.fs_redis = cfg.client()
         keys = cfg.keys
-        self.fs_lease_key = keys.beat_lease(cfg.namespace)
-        self.fs_fence_key = keys.beat_fence(cfg.namespace)
-        self.fs_sent_key = keys.celery_beat_sent(cfg.namespace)
+        self.fs_lease_key = keys.beat_lease(cfg.beat_namespace)
+        self.fs_fence_key = keys.beat_fence(cfg.beat_namespace)
+        self.fs_sent_key = keys.celery_beat_sent(cfg.beat_namespace)
         self.fs_ttl_ms = int(app.conf.get("funcscale_beat_lease_ttl_ms") or DEFAULT_LEASE_TTL_MS)
         self.fs_holder = "celery-beat-%s-%d-%04x" % (cfg.pod, os.getpid(), random.getrandbits(16))
         self._acquire = self.fs_redis.register_script(lua("lease_acquire"))

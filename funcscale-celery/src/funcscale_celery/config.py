@@ -65,15 +65,22 @@ def _parse_queues(raw: Any, source: str) -> Dict[str, str]:
                 "%s: the funcscale queue of %r must be a string "
                 '"<namespace>.<FuncQueue name>", got %r' % (source, celery_queue, target)
             )
-        inner = target[1:-1] if target.startswith("{") and target.endswith("}") else target
+        braced = target.startswith("{") and target.endswith("}")
+        inner = target[1:-1] if braced else target
         ns, dot, name = inner.partition(".")
-        if not dot or not _DNS_LABEL.match(ns) or not _QUEUE_NAME.match(name):
+        if dot and _DNS_LABEL.match(ns) and _QUEUE_NAME.match(name):
+            # a FuncQueue's id, `{<namespace>.<name>}` (given with or without the braces)
+            out[celery_queue] = "{%s.%s}" % (ns, name)
+        elif not braced and not dot and _QUEUE_NAME.match(target):
+            # a bare id: a queue keyed by its name alone (the operator's id of a FuncQueue of
+            # a foreign format or with legacyKeys)
+            out[celery_queue] = target
+        else:
             raise ConfigError(
-                "%s: the funcscale queue of %r is %r; expected "
-                '"<namespace>.<FuncQueue name>" (e.g. "default.jobs")'
+                "%s: the funcscale queue of %r is %r; expected its queue id: "
+                '"<namespace>.<FuncQueue name>" (e.g. "default.jobs"), or a bare FuncQueue name'
                 % (source, celery_queue, target)
             )
-        out[celery_queue] = "{%s.%s}" % (ns, name)
     return out
 
 
@@ -88,7 +95,13 @@ class Config:
     username: Optional[str] = field(default=None, repr=False)
     password: Optional[str] = field(default=None, repr=False)
     pod: str = ""
+    #: The namespace of the worker slots' keys (registry, in-flight lists): the one the queue
+    #: ids name, as the Rust worker and the operator's scale-down scope them; ``None`` when the
+    #: ids are bare (the keys of earlier versions).
     namespace: Optional[str] = None
+    #: The namespace whose beat lease the beat guard takes: ``FUNCSCALE_POD_NAMESPACE``, else the
+    #: one the queue ids name.
+    beat_namespace: Optional[str] = None
 
     @property
     def keys(self) -> Keys:
@@ -168,17 +181,17 @@ def load(
             )
     else:
         mapped = _parse_queues(raw_queues, q_source)
-    spaces = sorted({queue_id_namespace(q) for q in mapped.values()})
+    spaces = sorted({n for n in (queue_id_namespace(q) for q in mapped.values()) if n})
     if len(spaces) > 1:
         raise ConfigError(
             "%s maps queues of several namespaces (%s): one process serves the queues of "
             "one namespace" % (q_source, ", ".join(spaces))
         )
-    ns = ns_given or (spaces[0] if spaces else None)
-    if ns_given and spaces and spaces[0] != ns_given:
+    scope = spaces[0] if spaces else None
+    if ns_given and scope and scope != ns_given:
         raise ConfigError(
             "%s maps queues of namespace %r, but %s is %r"
-            % (q_source, spaces[0], ns_source, ns_given)
+            % (q_source, scope, ns_source, ns_given)
         )
     pod_name = pod if pod is not None else (env.get(ENV_POD_NAME) or socket.gethostname())
     if not pod_name or ":" in pod_name or any(c.isspace() for c in pod_name):
@@ -190,5 +203,6 @@ def load(
         username=_given(username if username is not None else env.get(ENV_REDIS_USERNAME)),
         password=_given(password if password is not None else env.get(ENV_REDIS_PASSWORD)),
         pod=pod_name,
-        namespace=ns,
+        namespace=scope,
+        beat_namespace=ns_given or scope,
     )

@@ -43,6 +43,8 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+import redis
+
 from .config import Config
 from .keys import COUNTS_FORMAT, COUNTS_RETENTION_MS, STATS_HALF_LIFE_MS, WORKER_POD_FIELD, WORKER_TTL_MS
 from .scripts import lua, with_record_lib
@@ -254,6 +256,9 @@ class Recorder:
             counts: Counter = Counter()
             # a task that started and finished within this batch was never seen running:
             # its running-set entry is neither added nor removed
+            # record_duration.lua by its SHA (one command per finish; a Redis that lost its
+            # scripts answers NOSCRIPT for those only, sent again after loading the script)
+            evals: List[Tuple[int, tuple]] = []
             started = {op[-1] for op in ops if op[0] == "start"}
             short = {op[-1] for op in ops if op[0] == "finish" and op[-1] in started}
             for op in ops:
@@ -271,11 +276,9 @@ class Recorder:
                     if run not in short:
                         pipe.zrem(self.keys.running(qid), member)
                     if outcome is not None:
-                        self._record(
-                            keys=[self.keys.stats(qid)],
-                            args=[duration, now, STATS_HALF_LIFE_MS, outcome],
-                            client=pipe,
-                        )
+                        args = (self.keys.stats(qid), duration, now, STATS_HALF_LIFE_MS, outcome)
+                        evals.append((len(pipe), args))
+                        pipe.execute_command("EVALSHA", self._record.sha, 1, *args)
                     for f in counted:
                         counts[(qid, now // 60_000, f)] += 1
                     if extra:
@@ -290,7 +293,17 @@ class Recorder:
             for bucket in buckets:
                 pipe.hset(bucket, "fmt", COUNTS_FORMAT)
                 pipe.pexpire(bucket, COUNTS_RETENTION_MS)
-            pipe.execute()
+            results = pipe.execute(raise_on_error=False)
+            again = [args for i, args in evals if isinstance(results[i], redis.exceptions.NoScriptError)]
+            if again:
+                self.redis.script_load(lua("record_duration"))
+                retry = self.redis.pipeline(transaction=False)
+                for args in again:
+                    retry.execute_command("EVALSHA", self._record.sha, 1, *args)
+                results = retry.execute(raise_on_error=False)
+            failed = [x for x in results if isinstance(x, Exception)]
+            if failed:
+                self._error("writing %d task events" % len(ops), failed[0])
         except Exception as e:
             self._error("writing %d task events" % len(ops), e)
 

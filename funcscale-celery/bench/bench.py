@@ -3,8 +3,10 @@
 
 Each run publishes N no-op tasks (the publish rate is measured too: install() adds the enqueue
 header and the arrival count to every publish), then starts a real Celery worker on them and
-times the first task's start to the last task's end. Both modes alternate within each round,
-on the same Redis (broker and funcscale), with fresh keys per run.
+times the first task's start to the last task's end, and takes the worker process's CPU time
+over the same span (from /proc: the integration's background thread included), which a busy
+machine disturbs less than the wall-clock rate. Both modes alternate within each round, on the
+same Redis (broker and funcscale), with fresh keys per run.
 
     python bench/bench.py [--tasks 2000] [--rounds 5] [--pool solo] [--concurrency 1]
 """
@@ -28,6 +30,13 @@ import funcscale_celery
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 URL = os.environ.get("FUNCSCALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def proc_cpu(pid):
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(r, n, install, pool, concurrency, tmp):
@@ -65,10 +74,14 @@ def one_run(r, n, install, pool, concurrency, tmp):
         )
         try:
             deadline = time.monotonic() + 300
+            cpu0 = None
             while not r.exists(key + ":end"):
                 if w.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the bench worker failed: see %s" % log.name)
-                time.sleep(0.05)
+                if cpu0 is None and r.exists(key + ":start"):
+                    cpu0 = proc_cpu(w.pid)
+                time.sleep(0.01)
+            cpu = proc_cpu(w.pid) - (cpu0 if cpu0 is not None else proc_cpu(w.pid))
             start, end = float(r.get(key + ":start")), float(r.get(key + ":end"))
         finally:
             os.killpg(w.pid, signal.SIGTERM)
@@ -76,7 +89,7 @@ def one_run(r, n, install, pool, concurrency, tmp):
         if install:
             completed = int(r.hget("%s:stats:{%s.jobs}" % (prefix, ns), "completed") or 0)
             assert completed == n, "the installed worker recorded %d of %d completions" % (completed, n)
-        return (n - 1) / (end - start), publish_rate
+        return (n - 1) / (end - start), publish_rate, cpu * 1e6 / (n - 1)
     finally:
         for pat in (prefix + ":*", kprefix + "*", side + "*"):
             for k in r.scan_iter(match=pat, count=1000):
@@ -94,27 +107,33 @@ def main():
     r.ping()
     runs = {False: [], True: []}
     pubs = {False: [], True: []}
+    cpus = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="fsc-bench-") as tmp:
         for i in range(a.rounds):
             order = (False, True) if i % 2 == 0 else (True, False)
             row = {}
             for install in order:
-                tput, pub = one_run(r, a.tasks, install, a.pool, a.concurrency, tmp)
+                tput, pub, cpu = one_run(r, a.tasks, install, a.pool, a.concurrency, tmp)
                 runs[install].append(tput)
                 pubs[install].append(pub)
-                row[install] = (tput, pub)
+                cpus[install].append(cpu)
+                row[install] = (tput, pub, cpu)
             print(
-                "round %d: worker %7.0f tasks/s without, %7.0f with install(); publish %6.0f/s without, %6.0f/s with"
-                % (i + 1, row[False][0], row[True][0], row[False][1], row[True][1]),
+                "round %d: worker %5.0f tasks/s without, %5.0f with install(); worker CPU %4.0f us/task without, "
+                "%4.0f with; publish %5.0f/s without, %5.0f/s with"
+                % (i + 1, row[False][0], row[True][0], row[False][2], row[True][2], row[False][1], row[True][1]),
                 flush=True,
             )
     off, on = statistics.median(runs[False]), statistics.median(runs[True])
     poff, pon = statistics.median(pubs[False]), statistics.median(pubs[True])
+    coff, con = statistics.median(cpus[False]), statistics.median(cpus[True])
     ratios = [b / a_ for a_, b in zip(runs[False], runs[True])]
     print(
         "funcscale-celery cost (%d no-op tasks, -P %s -c %d, %d rounds, medians): worker %.0f -> %.0f tasks/s "
-        "(with/without %.2f; median of per-round ratios %.2f); publish %.0f -> %.0f tasks/s (%.2f)"
-        % (a.tasks, a.pool, a.concurrency, a.rounds, off, on, on / off, statistics.median(ratios), poff, pon, pon / poff)
+        "(with/without %.2f; median of per-round ratios %.2f); worker CPU %.0f -> %.0f us/task (+%.0f us, %.2f); "
+        "publish %.0f -> %.0f tasks/s (%.2f); load average %.1f"
+        % (a.tasks, a.pool, a.concurrency, a.rounds, off, on, on / off, statistics.median(ratios),
+           coff, con, con - coff, con / coff, poff, pon, pon / poff, os.getloadavg()[0])
     )
 
 

@@ -55,6 +55,7 @@ def test_two_guarded_beats_send_each_tick_once(scope, r, procs):
     for b in beats:
         procs.stop(b)
         assert b.returncode == 0, procs.log(b)[-3000:]
+    assert r.get(lease) is None, "the beat that held the lease released it when it stopped"
     wait_for(lambda: r.llen(broker_list(scope)) == 0, 30, what="the worker to run every tick")
     time.sleep(1)
     ticks = [json.loads(t) for t in r.lrange(scope.side + ":ticks", 0, -1)]

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-try:  # Python >= 3.9
-    from importlib.resources import files as _files
-except ImportError:  # pragma: no cover - Python 3.8
-    from importlib_resources import files as _files  # type: ignore
+from importlib.resources import files as _files
 
 #: The scripts shipped, by file name (without ``.lua``).
 SHIPPED = (

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use funcscale_protocol::{CountBucket, Keys, QueueStats, stop};
 
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run by funcscale-celery's tests)"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set (run by funcscale-celery's tests)"))
 }
 
 #[test]

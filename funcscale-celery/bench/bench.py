@@ -98,7 +98,7 @@ def one_run(r, n, install, pool, concurrency, tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", type=int, default=2000)
+    ap.add_argument("--tasks", type=int, default=1500)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pool", default="solo")
     ap.add_argument("--concurrency", type=int, default=1)

@@ -59,6 +59,13 @@ def hold(tag, ms=0):
 
 
 @app.task
+def stuck(tag):
+    """Runs until the test SIGKILLs its process (recorded): no task_postrun, no process exit."""
+    _side.rpush(SIDE + ":pids", os.getpid())
+    time.sleep(60)
+
+
+@app.task
 def boom():
     raise ValueError("boom")
 

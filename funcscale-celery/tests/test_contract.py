@@ -2,6 +2,8 @@
 with real Celery workers on the real Redis, and read back by the Rust protocol crate."""
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -156,8 +158,6 @@ def test_a_slot_killed_mid_task_is_forgotten(scope, r, procs):
     app.send_task("app.hold", args=["x"], queue=scope.celery_queue)
     wait_for(lambda: r.zcard(k.running(q)) == 1, 30, what="the task to run")
     dead_slot = r.zrange(k.running(q), 0, -1)[0][len(k.inflight("")):]
-    import signal
-
     procs.stop(w, signal.SIGKILL)
     # its heartbeat ages: pretend 20 s passed instead of waiting for them
     r.zadd(k.workers(), {dead_slot: int(time.time() * 1000) - 20_000})
@@ -166,6 +166,42 @@ def test_a_slot_killed_mid_task_is_forgotten(scope, r, procs):
     wait_for(lambda: r.zscore(k.workers(), dead_slot) is None, 30, what="the dead slot to be forgotten")
     assert r.exists(k.worker(dead_slot)) == 0
     wait_for(lambda: k.inflight(dead_slot) not in r.zrange(k.running(q), 0, -1), 5, what="the running set to lose it")
+
+
+def test_a_pool_process_killed_mid_task_leaves_no_running_task(scope, r, procs):
+    """A prefork child SIGKILLed (the OOM killer) never finishes its task nor runs its exit
+    handlers; the child that replaces it (same index, same slot, heartbeat alive) takes the
+    entry out of the running set as it starts."""
+    k = Keys(scope.prefix, scope.slot_ns)
+    q = scope.queue_id
+    start_worker(procs, scope, concurrency=1)
+    app = publisher(scope)
+    app.send_task("app.stuck", args=["x"], queue=scope.celery_queue)
+    pid = int(wait_for(lambda: r.lindex(scope.side + ":pids", 0), 30, what="the task to run"))
+    wait_for(lambda: r.zcard(k.running(q)) == 1, 5, what="the running entry")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: r.zcard(k.running(q)) == 0, 10, what="the running set to be empty after the kill")
+    # and the new child runs tasks as before
+    app.send_task("app.record", args=["after"], queue=scope.celery_queue)
+    wait_for(lambda: r.lrange(scope.side + ":ran", 0, -1) == ["after"], 30, what="a task after the kill")
+
+
+@pytest.mark.parametrize("pool", ["threads"])
+def test_concurrent_tasks_of_one_process_are_separate_slots(scope, r, procs, pool):
+    k = Keys(scope.prefix, scope.slot_ns)
+    q = scope.queue_id
+    start_worker(procs, scope, concurrency=2, pool=pool)
+    app = publisher(scope)
+    app.send_task("app.hold", args=["a"], queue=scope.celery_queue)
+    app.send_task("app.hold", args=["b"], queue=scope.celery_queue)
+    members = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(r.zrange(k.running(q), 0, -1)), 30, what="2 running")
+    slots = sorted(m[len(k.inflight("")):] for m in members)
+    assert slots[0].endswith(".0") and slots[1].endswith(".0-1"), slots
+    for s in slots:
+        assert r.hget(k.worker(s), "pod") == scope.pod
+    r.rpush(scope.side + ":release:a", 1)
+    r.rpush(scope.side + ":release:b", 1)
+    wait_for(lambda: r.zcard(k.running(q)) == 0, 30, what="both to finish")
 
 
 def test_the_beat_send_script(scope, r):

@@ -108,10 +108,14 @@ def install(
     def on_shutdown(sender=None, **kw):
         rec.shutdown()
 
+    def on_process_init(sender=None, **kw):
+        rec.process_started()
+
     signals.before_task_publish.connect(on_publish, weak=False, dispatch_uid=uid + ".publish")
     signals.task_prerun.connect(on_prerun, weak=False, dispatch_uid=uid + ".prerun")
     signals.task_postrun.connect(on_postrun, weak=False, dispatch_uid=uid + ".postrun")
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=uid + ".init")
+    signals.worker_process_init.connect(on_process_init, weak=False, dispatch_uid=uid + ".pinit")
     signals.worker_process_shutdown.connect(on_shutdown, weak=False, dispatch_uid=uid + ".pshutdown")
     signals.worker_shutdown.connect(on_shutdown, weak=False, dispatch_uid=uid + ".shutdown")
     setattr(app, _ATTR, rec)

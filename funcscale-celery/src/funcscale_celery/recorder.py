@@ -265,6 +265,8 @@ class Recorder:
                 kind, qid = op[0], op[1]
                 if kind == "beat":
                     self._heartbeat_cmds(pipe, [qid], now_ms())
+                elif kind == "clear":
+                    pipe.zrem(self.keys.running(qid), op[2])
                 elif kind == "arrive":
                     stats[(qid, "enqueued")] += 1
                     counts[(qid, op[2], "submitted")] += 1
@@ -306,6 +308,16 @@ class Recorder:
                 self._error("writing %d task events" % len(ops), failed[0])
         except Exception as e:
             self._error("writing %d task events" % len(ops), e)
+
+    def process_started(self) -> None:
+        """A pool process starts (``worker_process_init``): it runs nothing, so its slot is in
+        no running set. A process that replaces one killed mid-task (hard time limit, memory
+        limit, a crash) has the same index, hence the same slot: the entry its predecessor left
+        goes now, not when this process next finishes a task."""
+        self._check_fork()
+        slot = self.slot_name(0)
+        for q in sorted(set(self.config.queues.values())):
+            self._push(("clear", q, self.keys.inflight(slot)))
 
     def shutdown(self) -> None:
         """Deregister this process's slots (a worker that stops, as the Rust worker drains)."""

@@ -125,7 +125,12 @@ def test_a_worker_reports_running_tasks_task_time_and_outcomes(scope, r, procs, 
     app.send_task("app.boom", queue=scope.celery_queue)
     app.send_task("app.flaky", args=["f"], queue=scope.celery_queue)
     wait_for(lambda: r.llen(scope.side + ":ran") == 7, 30, what="the tasks to run")
-    stats = wait_for(lambda: (lambda h: h if h.get("dead") == "1" and h.get("completed") == "7" else None)(r.hgetall(k.stats(q))), 10, what="the stats")
+    # all 9 outcomes (each child process sends its own: wait for every one)
+    stats = wait_for(
+        lambda: (lambda h: h if (h.get("dead"), h.get("completed"), h.get("retried")) == ("1", "7", "1") else None)(r.hgetall(k.stats(q))),
+        10,
+        what="the stats",
+    )
     assert r.zcard(k.running(q)) == 0, "finished tasks leave the running set"
     # the fields record_duration.lua and the counters write, with the operator's names
     assert stats["enqueued"] == "8", "8 arrivals; the retry's republish is not one"

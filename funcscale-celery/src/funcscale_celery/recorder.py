@@ -251,63 +251,71 @@ class Recorder:
         if not ops:
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            stats: Counter = Counter()
-            counts: Counter = Counter()
-            # a task that started and finished within this batch was never seen running:
-            # its running-set entry is neither added nor removed
-            # record_duration.lua by its SHA (one command per finish; a Redis that lost its
-            # scripts answers NOSCRIPT for those only, sent again after loading the script)
-            evals: List[Tuple[int, tuple]] = []
-            started = {op[-1] for op in ops if op[0] == "start"}
-            short = {op[-1] for op in ops if op[0] == "finish" and op[-1] in started}
-            for op in ops:
-                kind, qid = op[0], op[1]
-                if kind == "beat":
-                    self._heartbeat_cmds(pipe, [qid], now_ms())
-                elif kind == "clear":
-                    pipe.zrem(self.keys.running(qid), op[2])
-                elif kind == "arrive":
-                    stats[(qid, "enqueued")] += 1
-                    counts[(qid, op[2], "submitted")] += 1
-                elif kind == "start":
-                    if op[-1] not in short:
-                        pipe.zadd(self.keys.running(qid), {op[2]: op[3]})
-                else:  # finish
-                    _, _, member, duration, now, outcome, counted, extra, run = op
-                    if run not in short:
-                        pipe.zrem(self.keys.running(qid), member)
-                    if outcome is not None:
-                        args = (self.keys.stats(qid), duration, now, STATS_HALF_LIFE_MS, outcome)
-                        evals.append((len(pipe), args))
-                        pipe.execute_command("EVALSHA", self._record.sha, 1, *args)
-                    for f in counted:
-                        counts[(qid, now // 60_000, f)] += 1
-                    if extra:
-                        stats[(qid, extra)] += 1
-            for (qid, f), n in stats.items():
-                pipe.hincrby(self.keys.stats(qid), f, n)
-            buckets = set()
-            for (qid, minute, f), n in counts.items():
-                bucket = self.keys.counts(qid, minute)
-                pipe.hincrby(bucket, f, n)
-                buckets.add(bucket)
-            for bucket in buckets:
-                pipe.hset(bucket, "fmt", COUNTS_FORMAT)
-                pipe.pexpire(bucket, COUNTS_RETENTION_MS)
-            results = pipe.execute(raise_on_error=False)
-            again = [args for i, args in evals if isinstance(results[i], redis.exceptions.NoScriptError)]
-            if again:
-                self.redis.script_load(lua("record_duration"))
-                retry = self.redis.pipeline(transaction=False)
-                for args in again:
-                    retry.execute_command("EVALSHA", self._record.sha, 1, *args)
-                results = retry.execute(raise_on_error=False)
-            failed = [x for x in results if isinstance(x, Exception)]
-            if failed:
-                self._error("writing %d task events" % len(ops), failed[0])
+            try:
+                self._send(ops)
+            except redis.exceptions.ConnectionError:
+                # a pooled connection to a Redis that restarted fails once (nothing ran on
+                # it): once more on a new connection; refused again, the batch is dropped
+                self._send(ops)
         except Exception as e:
             self._error("writing %d task events" % len(ops), e)
+
+    def _send(self, ops: List[tuple]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        stats: Counter = Counter()
+        counts: Counter = Counter()
+        # record_duration.lua by its SHA (one command per finish; a Redis that lost its
+        # scripts answers NOSCRIPT for those only, sent again after loading the script)
+        evals: List[Tuple[int, tuple]] = []
+        # a task that started and finished within this batch was never seen running:
+        # its running-set entry is neither added nor removed
+        started = {op[-1] for op in ops if op[0] == "start"}
+        short = {op[-1] for op in ops if op[0] == "finish" and op[-1] in started}
+        for op in ops:
+            kind, qid = op[0], op[1]
+            if kind == "beat":
+                self._heartbeat_cmds(pipe, [qid], now_ms())
+            elif kind == "clear":
+                pipe.zrem(self.keys.running(qid), op[2])
+            elif kind == "arrive":
+                stats[(qid, "enqueued")] += 1
+                counts[(qid, op[2], "submitted")] += 1
+            elif kind == "start":
+                if op[-1] not in short:
+                    pipe.zadd(self.keys.running(qid), {op[2]: op[3]})
+            else:  # finish
+                _, _, member, duration, now, outcome, counted, extra, run = op
+                if run not in short:
+                    pipe.zrem(self.keys.running(qid), member)
+                if outcome is not None:
+                    args = (self.keys.stats(qid), duration, now, STATS_HALF_LIFE_MS, outcome)
+                    evals.append((len(pipe), args))
+                    pipe.execute_command("EVALSHA", self._record.sha, 1, *args)
+                for f in counted:
+                    counts[(qid, now // 60_000, f)] += 1
+                if extra:
+                    stats[(qid, extra)] += 1
+        for (qid, f), n in stats.items():
+            pipe.hincrby(self.keys.stats(qid), f, n)
+        buckets = set()
+        for (qid, minute, f), n in counts.items():
+            bucket = self.keys.counts(qid, minute)
+            pipe.hincrby(bucket, f, n)
+            buckets.add(bucket)
+        for bucket in buckets:
+            pipe.hset(bucket, "fmt", COUNTS_FORMAT)
+            pipe.pexpire(bucket, COUNTS_RETENTION_MS)
+        results = pipe.execute(raise_on_error=False)
+        again = [args for i, args in evals if isinstance(results[i], redis.exceptions.NoScriptError)]
+        if again:
+            self.redis.script_load(lua("record_duration"))
+            retry = self.redis.pipeline(transaction=False)
+            for args in again:
+                retry.execute_command("EVALSHA", self._record.sha, 1, *args)
+            results = retry.execute(raise_on_error=False)
+        failed = [x for x in results if isinstance(x, Exception)]
+        if failed:
+            self._error("writing %d task events" % len(ops), failed[0])
 
     def process_started(self) -> None:
         """A pool process starts (``worker_process_init``): it runs nothing, so its slot is in

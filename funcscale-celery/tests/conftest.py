@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+import funcscale_celery
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 REDIS_URL = os.environ.get("FUNCSCALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -94,6 +96,12 @@ class Scope:
         return e
 
     def cleanup(self):
+        # what the test process's own recorders still hold (a test that failed early) first,
+        # so nothing is written after the keys are gone
+        for app in getattr(self, "apps", []):
+            rec = funcscale_celery.installed(app)
+            if rec is not None:
+                rec.flush()
         for pat in (self.prefix + ":*", self.kombu_prefix + "*", self.side + "*"):
             for k in self.r.scan_iter(match=pat, count=1000):
                 self.r.delete(k)

@@ -31,6 +31,7 @@ def publisher(scope, install=True, **install_kw):
         )
         kw.update(install_kw)
         funcscale_celery.install(app, **kw)
+    scope.apps = getattr(scope, "apps", []) + [app]
     return app
 
 

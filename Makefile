@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CRDS  := crds/funcscale-crds.yaml
 
-.PHONY: all build test crds crds-check lint fmt ci demo demo-plan e2e e2e-cluster bench redis chart-check install-bundle docs image control-plane control-plane-down
+.PHONY: all build test crds crds-check lint fmt ci demo demo-plan e2e e2e-cluster bench redis chart-check install-bundle docs image control-plane control-plane-down celery-test celery-bench celery-test-venv
 
 all: build
 
@@ -10,11 +10,31 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## test: every test (unit, property, CRD schema, real Redis at 127.0.0.1:6379, and the e2e
-##   scenarios on the real control plane, which spawn the operator and worker binaries: built first)
+##   scenarios on the real control plane, which spawn the operator and worker binaries: built first),
+##   then funcscale-celery's (make celery-test)
 test: redis control-plane
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) celery-test
+
+## celery-test: the Celery integration's tests (funcscale-celery/tests: real Celery workers and
+##   beats as subprocesses on the real Redis at 127.0.0.1:6379, what they wrote read back by the
+##   Rust protocol crate), in a virtualenv ($(CELERY_TEST_VENV)) with the package installed from
+##   the repository path
+CELERY_TEST_VENV ?= $(CURDIR)/target/celery-test-venv
+celery-test: redis celery-test-venv
+	cd funcscale-celery && CARGO=$(CARGO) $(CELERY_TEST_VENV)/bin/python -m pytest -q
+
+celery-test-venv:
+	@test -x $(CELERY_TEST_VENV)/bin/python || python3 -m venv $(CELERY_TEST_VENV)
+	@$(CELERY_TEST_VENV)/bin/pip install -q --disable-pip-version-check 'celery[redis]>=5.3,<6' 'pytest>=7'
+	@$(CELERY_TEST_VENV)/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps ./funcscale-celery
+
+## celery-bench: the Celery integration's cost: no-op task throughput of a real Celery worker
+##   with and without funcscale_celery.install(app), in the same run (5 rounds, medians)
+celery-bench: redis celery-test-venv
+	cd funcscale-celery && $(CELERY_TEST_VENV)/bin/python bench/bench.py
 
 ## crds: regenerate crds/ from the Rust types
 crds:
@@ -86,7 +106,8 @@ e2e-cluster: build
 	@test -n "$$FUNCSCALE_E2E_REDIS_URL" || { echo "e2e-cluster: set FUNCSCALE_E2E_REDIS_URL (reachable from pods and from here)"; exit 1; }
 	FUNCSCALE_E2E_CLUSTER=1 $(CARGO) nextest run -p funcscale-e2e --no-fail-fast --test scenarios
 
-## bench: worker throughput (vs Celery, redis-benchmark), the operator's poll benchmark, task
+## bench: worker throughput (vs Celery, redis-benchmark), the Celery integration's cost
+##   (make celery-bench), the operator's poll benchmark, task
 ##   records (cost: throughput on/off; query latency over 100,000 records), the
 ##   policy simulator (funcscale vs the work bound, a tuned KEDA, KEDA defaults, HPA on CPU), the running operator at scale
 ##   (CPU and memory of the release binary with 1,000 pools and 10,000 queues: SCALE_POOLS), and
@@ -95,6 +116,7 @@ e2e-cluster: build
 bench: redis control-plane
 	$(CARGO) build --release --workspace --bins
 	e2e/bench/worker_bench.sh
+	$(MAKE) celery-bench
 	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture
 	$(CARGO) nextest run -p funcscale-worker --cargo-profile release --test bench_records --run-ignored only --no-capture
 	$(CARGO) run -q --release -p funcscale-operator -- simulate

@@ -185,6 +185,18 @@ impl Keys {
         }
     }
 
+    /// The Celery beat ticks sent under the beat lease of `namespace` (hash: schedule entry name
+    /// -> last sent tick, unix ms): `lua/celery_beat_send.lua` checks and records a tick there,
+    /// with the lease, before funcscale-celery's `GuardedScheduler` sends it, so two Celery beats
+    /// never send one tick twice. Next to the lease, in its hash tag. `None`: the key beside the
+    /// lease of earlier versions.
+    pub fn celery_beat_sent(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}:beat:{{{ns}}}:celery-sent", self.prefix),
+            None => format!("{}:beat:celery-sent", self.prefix),
+        }
+    }
+
     /// Last fired tick of each schedule of `queue`.
     pub fn beat_last(&self, queue: &str) -> String {
         format!("{}:beat:last:{queue}", self.prefix)
@@ -270,6 +282,8 @@ mod tests {
             k.beat_fence(None),
             k.beat_lease(Some("ns")),
             k.beat_fence(Some("ns")),
+            k.celery_beat_sent(None),
+            k.celery_beat_sent(Some("ns")),
             k.beat_last("a"),
             k.schedule_queues(None),
             k.schedule_queues(Some("ns")),
@@ -328,6 +342,15 @@ mod tests {
         assert_ne!(k.beat_lease(Some("a")), k.beat_lease(Some("b")));
         assert_ne!(k.beat_fence(Some("a")), k.beat_fence(Some("b")));
         assert_eq!(k.beat_lease(None), "funcscale:beat:lease");
+        // the Celery beat's sent ticks: per namespace, in the lease's hash tag (one script
+        // touches both: one Redis Cluster slot)
+        assert_ne!(k.celery_beat_sent(Some("a")), k.celery_beat_sent(Some("b")));
+        assert_eq!(
+            k.celery_beat_sent(Some("a")),
+            "funcscale:beat:{a}:celery-sent"
+        );
+        assert!(k.beat_lease(Some("a")).contains("{a}"));
+        assert_eq!(k.celery_beat_sent(None), "funcscale:beat:celery-sent");
         // records: the same task id in two tenants' queues is two records
         assert_ne!(k.task(&a, "t1"), k.task(&b, "t1"));
         assert_eq!(k.task(&a, "t1"), "funcscale:task:{a.jobs}:t1");

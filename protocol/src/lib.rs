@@ -31,6 +31,7 @@
 //! | `funcscale:schedules-queues:{<ns>}` | set | queues of a namespace that have a dynamic schedules registry (its beat reads it, and the shared `funcscale:schedules-queues` of earlier versions) |
 //! | `funcscale:beat:{<namespace>}:lease` | string | the beat lease of a namespace: holder (`<holder> <token>`), with a TTL; `funcscale:beat:lease` for a beat without a namespace |
 //! | `funcscale:beat:{<namespace>}:fence` | string (int) | fencing token counter, incremented per lease acquisition (`funcscale:beat:fence` without a namespace) |
+//! | `funcscale:beat:{<namespace>}:celery-sent` | hash | Celery beat ticks sent under the namespace's lease (funcscale-celery's `GuardedScheduler`): schedule entry name → last sent tick (unix ms), checked and written by [`scripts::CELERY_BEAT_SEND`] ([`Keys::celery_beat_sent`]); `funcscale:beat:celery-sent` without a namespace |
 //! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
 //! | `funcscale:task:<queue>:<id>` | hash | task record (`funcscale:task:<id>` in earlier versions, still read) ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |

@@ -30,6 +30,10 @@ pub const LEASE_ACQUIRE: &str = lua!("lease_acquire");
 pub const LEASE_RENEW: &str = lua!("lease_renew");
 /// The beat lease: release when held.
 pub const LEASE_RELEASE: &str = lua!("lease_release");
+/// Celery beat (funcscale-celery's `GuardedScheduler`, which ships a copy): may this beat send
+/// this tick of a schedule entry? Checks the lease value (fencing token) and that the tick was
+/// not sent yet ([`crate::Keys::celery_beat_sent`]), and records it.
+pub const CELERY_BEAT_SEND: &str = lua!("celery_beat_send");
 /// The schedules registry: add or replace entries, keeping M per minute exact.
 pub const SCHEDULES_ADD: &str = lua!("schedules_add");
 /// The schedules registry: remove entries, keeping M per minute exact.
@@ -77,13 +81,14 @@ pub const OUTBOX_REQUEUE_PARKED: &str = lua!("outbox_requeue_parked");
 pub const RQ_OLDEST: &str = lua!("rq_oldest");
 
 /// Every script, by file name (for the tests).
-pub const ALL: [(&str, &str); 24] = [
+pub const ALL: [(&str, &str); 26] = [
     ("record_lib", RECORD_LIB),
     ("enqueue", ENQUEUE),
     ("beat_fire", BEAT_FIRE),
     ("lease_acquire", LEASE_ACQUIRE),
     ("lease_renew", LEASE_RENEW),
     ("lease_release", LEASE_RELEASE),
+    ("celery_beat_send", CELERY_BEAT_SEND),
     ("schedules_add", SCHEDULES_ADD),
     ("schedules_remove", SCHEDULES_REMOVE),
     ("fetch", FETCH),
@@ -95,6 +100,7 @@ pub const ALL: [(&str, &str); 24] = [
     ("forget", FORGET),
     ("record_duration", RECORD_DURATION),
     ("sample_executing", SAMPLE_EXECUTING),
+    ("celery_unacked", CELERY_UNACKED),
     ("scan_index", SCAN_INDEX),
     ("requeue_dead", REQUEUE_DEAD),
     ("trim", TRIM),

@@ -37,6 +37,13 @@ def test_a_good_environment():
     assert c.keys.workers() == "funcscale:workers"
 
 
+def test_an_empty_queue_map_is_valid():
+    # a Celery beat pool that names no queue gets `{}` from the operator: it must start
+    c = load(FUNCSCALE_CELERY_QUEUES="{}")
+    assert c.queues == {}
+    assert c.beat_namespace == "team-a"
+
+
 @pytest.mark.parametrize(
     "env, names",
     [
@@ -46,7 +53,6 @@ def test_a_good_environment():
         ({"FUNCSCALE_CELERY_QUEUES": None}, "FUNCSCALE_CELERY_QUEUES is not set"),
         ({"FUNCSCALE_CELERY_QUEUES": "{nope"}, "FUNCSCALE_CELERY_QUEUES is not JSON"),
         ({"FUNCSCALE_CELERY_QUEUES": '["celery"]'}, "FUNCSCALE_CELERY_QUEUES must be a JSON object"),
-        ({"FUNCSCALE_CELERY_QUEUES": "{}"}, "FUNCSCALE_CELERY_QUEUES maps no queue"),
         ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "{jobs}"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is '{jobs}'"),
         ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "Team_A.jobs"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is 'Team_A.jobs'"),
         ({"FUNCSCALE_CELERY_QUEUES": '{"celery": "a b"}'}, "FUNCSCALE_CELERY_QUEUES: the funcscale queue of 'celery' is 'a b'"),

@@ -54,8 +54,9 @@ def _parse_queues(raw: Any, source: str) -> Dict[str, str]:
             "%s must be a JSON object mapping a Celery queue name to a funcscale queue id "
             '"<namespace>.<FuncQueue name>", got %s' % (source, type(raw).__name__)
         )
-    if not raw:
-        raise ConfigError("%s maps no queue: name at least one Celery queue" % source)
+    # an empty object is valid: a process that maps no queue (e.g. a Celery beat whose pool
+    # names none) reports nothing per queue but still sets the enqueue-time header and can
+    # guard the beat
     out: Dict[str, str] = {}
     for celery_queue, target in raw.items():
         if not isinstance(celery_queue, str) or not celery_queue:

@@ -267,6 +267,9 @@ pub enum OldestTask {
     /// right): the earliest `funcscale_enqueued_ms` header of their tails (set by the
     /// `funcscale-celery` integration at publish; without it the age is unknown).
     CeleryHeader,
+    /// A Redis Stream read by a consumer group: the time part of the first undelivered
+    /// entry's id (read with the lag by [`foreign::stream_group_cmd`]).
+    StreamId,
 }
 
 /// What to read for one queue.
@@ -295,6 +298,9 @@ pub struct QueueTarget {
     /// Celery: kombu's `unacked` hash and the queue name its entries are routed by; the
     /// entries of this queue are its tasks delivered to workers and not acknowledged.
     pub celery_unacked: Option<(String, String)>,
+    /// Stream: the consumer group of the stream `lists[0]`; its lag is the depth, its
+    /// pending entries the running tasks.
+    pub stream_group: Option<String>,
 }
 
 impl QueueTarget {
@@ -336,6 +342,9 @@ impl QueueTarget {
                     spec.key.clone().unwrap_or_else(|| name.to_string()),
                 )
             }),
+            stream_group: (spec.format == QueueFormat::Stream)
+                .then(|| spec.stream.as_ref().map(|s| s.group.clone()))
+                .flatten(),
         }
     }
 }
@@ -375,6 +384,7 @@ pub fn queue_lists(spec: &FuncQueueSpec, name: &str, keys: &Keys) -> (Vec<String
             vec![key.map_or_else(|| foreign::sidekiq_queue_key(name), str::to_string)],
             OldestTask::SidekiqRight,
         ),
+        QueueFormat::Stream => (vec![key.unwrap_or(name).to_string()], OldestTask::StreamId),
     }
 }
 
@@ -401,8 +411,8 @@ pub struct QueueMetrics {
     pub task_time_measured: bool,
     /// Tasks running now: read from the queue's running set (funcscale format) or, for
     /// Celery, the tasks delivered to workers and not acknowledged (kombu's `unacked` hash:
-    /// running, or prefetched by a worker); else estimated as completion rate × T (Little's
-    /// law).
+    /// running, or prefetched by a worker), for a Stream the group's pending entries
+    /// (delivered, not acknowledged); else estimated as completion rate × T (Little's law).
     pub in_flight: u64,
     /// Whether `in_flight` was read (else estimated).
     pub in_flight_measured: bool,
@@ -421,6 +431,11 @@ pub struct QueueMetrics {
     pub scheduled_per_minute: f64,
     /// When the numbers were read (unix ms).
     pub polled_at_ms: u64,
+    /// Read, but what was read is not the queue a user expects: (reason, message) of the
+    /// queue's `Ready=False` (a Stream whose stream or consumer group does not exist).
+    pub not_ready: Option<(&'static str, String)>,
+    /// `depth` is a lower bound (a Stream's lag Redis could not give and too long to count).
+    pub depth_lower_bound: bool,
 }
 
 /// The last reading of a queue.
@@ -753,6 +768,7 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
         && a.task_time_measured == b.task_time_measured
         && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
         && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
+        && a.not_ready == b.not_ready
 }
 
 struct Raw {
@@ -764,6 +780,8 @@ struct Raw {
     retries_waiting: u64,
     next_retry_due_ms: Option<u64>,
     running: Option<u64>,
+    not_ready: Option<(&'static str, String)>,
+    depth_lower_bound: bool,
 }
 
 fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMetrics {
@@ -796,6 +814,8 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
         ),
         scheduled_per_minute: t.static_per_minute + raw.dynamic_per_minute,
         polled_at_ms: now_ms,
+        not_ready: raw.not_ready.clone(),
+        depth_lower_bound: raw.depth_lower_bound,
     }
 }
 
@@ -881,7 +901,8 @@ pub(crate) async fn connect(
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]),
+/// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]) — for a
+/// Stream [`foreign::stream_group_cmd`] in place of both —
 /// `HGETALL <stats>`, `GET <per-period>`; where the format has them, of the delayed set
 /// `ZCARD`, `ZCOUNT -inf <now>` (due) and the earliest entry (`ZRANGE 0 0 WITHSCORES`),
 /// `ZCARD` of the running set, and for Celery [`foreign::celery_unacked_cmd`].
@@ -902,10 +923,16 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
         .sum();
     let mut pipe = redis::Pipeline::with_capacity(n);
     for (_, t) in queues {
-        for l in &t.lists {
-            pipe.cmd("LLEN").arg(l);
+        if let Some(group) = &t.stream_group {
+            // lag, pending and the first undelivered entry at once, in place of LLEN + LINDEX
+            pipe.add_command(foreign::stream_group_cmd(&t.lists[0], group));
+        } else {
+            for l in &t.lists {
+                pipe.cmd("LLEN").arg(l);
+            }
         }
         match t.oldest {
+            OldestTask::StreamId => {}
             OldestTask::RqLeft => {
                 pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0]));
             }
@@ -963,12 +990,59 @@ fn parse_pipeline(
     let mut out = Vec::with_capacity(queues.len());
     for (id, t) in queues {
         let mut depth = 0u64;
-        for _ in &t.lists {
-            depth += as_u64(&next()?)
-                .ok_or_else(|| format!("{id}: LLEN reply is not an integer (wrong key type?)"))?;
-        }
-        let oldest = next()?;
+        let mut running = None;
+        let mut not_ready = None;
+        let mut depth_lower_bound = false;
+        let oldest = if let Some(group) = &t.stream_group {
+            let key = &t.lists[0];
+            match foreign::parse_stream_group(&next()?).map_err(|e| format!("{id}: {e}"))? {
+                foreign::StreamGroup::Found {
+                    lag,
+                    exact,
+                    pending,
+                    first_undelivered,
+                } => {
+                    depth = lag;
+                    depth_lower_bound = !exact;
+                    running = Some(pending);
+                    first_undelivered.map_or(Value::Nil, |s| Value::BulkString(s.into_bytes()))
+                }
+                foreign::StreamGroup::NoStream => {
+                    running = Some(0);
+                    not_ready = Some((
+                        "StreamMissing",
+                        format!(
+                            "stream {key:?} does not exist: depth 0 until a producer adds to it; create it with its consumer group: XGROUP CREATE {key} {group} $ MKSTREAM"
+                        ),
+                    ));
+                    Value::Nil
+                }
+                foreign::StreamGroup::NoGroup => {
+                    running = Some(0);
+                    not_ready = Some((
+                        "StreamGroupMissing",
+                        format!(
+                            "stream {key:?} has no consumer group {group:?}: depth 0 until it exists (its lag is unknown); create it (XGROUP CREATE {key} {group} $, or 0 to deliver the entries already there) or keep a consumer running (minReplicas >= 1) that creates it"
+                        ),
+                    ));
+                    Value::Nil
+                }
+                foreign::StreamGroup::WrongType(ty) => {
+                    return Err(format!(
+                        "{id}: key {key:?} is a {ty}, not a stream (wrong key type?)"
+                    ));
+                }
+            }
+        } else {
+            for _ in &t.lists {
+                depth += as_u64(&next()?).ok_or_else(|| {
+                    format!("{id}: LLEN reply is not an integer (wrong key type?)")
+                })?;
+            }
+            next()?
+        };
         let oldest_ms = match (t.oldest, as_string(&oldest)) {
+            (OldestTask::StreamId, Some(s)) => foreign::stream_id_ms(&s),
             (OldestTask::CeleryHeader, first) => {
                 // the tail of each priority list; the earliest header of them
                 let mut tails = vec![first];
@@ -1018,12 +1092,11 @@ fn parse_pipeline(
             retries_due = as_u64(&next()?).ok_or_else(wrong)?;
             next_retry_due_ms = first_score(&next()?);
         }
-        let running = match &t.running_key {
-            Some(_) => Some(as_u64(&next()?).ok_or_else(|| {
+        if t.running_key.is_some() {
+            running = Some(as_u64(&next()?).ok_or_else(|| {
                 format!("{id}: the running set is not a sorted set (wrong key type?)")
-            })?),
-            None => None,
-        };
+            })?);
+        }
         out.push(Raw {
             depth,
             oldest_ms,
@@ -1033,6 +1106,8 @@ fn parse_pipeline(
             retries_waiting,
             next_retry_due_ms,
             running,
+            not_ready,
+            depth_lower_bound,
         });
     }
     // the Celery queues' unacknowledged tasks, after every queue's own commands

@@ -730,6 +730,7 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         QueueFormat::Celery,
         QueueFormat::Rq,
         QueueFormat::Sidekiq,
+        QueueFormat::Stream,
     ];
     let mut c = con().await;
     for i in 0..400 {
@@ -738,7 +739,9 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         let key =
             (format != QueueFormat::Funcscale).then(|| format!("{}:foreign:{name}", keys.prefix()));
         let mut q = queue(&name, format, key);
-        if i % 7 == 0 {
+        if format == QueueFormat::Stream {
+            q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+        } else if i % 7 == 0 {
             q.spec.schedules = vec![Schedule {
                 name: "tick".into(),
                 cron: "* * * * *".into(),
@@ -758,6 +761,12 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         )
         .await
         .unwrap();
+    // a Stream queue with its group and two undelivered entries (the others have no stream)
+    let stream = format!("{}:foreign:q4", keys.prefix());
+    for _ in 0..2 {
+        let _: String = c.xadd(&stream, "*", &[("f", 1)]).await.unwrap();
+    }
+    let _: () = c.xgroup_create(&stream, "g", "0").await.unwrap();
     let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
 
     // the first poll connects (handshake turns); count the polls after it
@@ -779,6 +788,8 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
     );
     assert_eq!(ok(&cache, &QueueId::new("ns", "q0")).depth, 1);
     assert_eq!(ok(&cache, &QueueId::new("ns", "q399")).depth, 0);
+    assert_eq!(ok(&cache, &QueueId::new("ns", "q4")).depth, 2);
+    let _: () = c.del(&stream).await.unwrap();
 
     // the counter sees sequential commands as separate turns (so the 1 above means something)
     let mut direct = redis::Client::open(format!("redis://127.0.0.1:{}/0", proxy.port))

@@ -98,6 +98,8 @@ pub struct Options {
     pub label: Option<String>,
     /// Start an operator (default); `false`: another scenario's operator serves this one.
     pub operator: bool,
+    /// Images the process kubelet runs besides funcscale-worker (a consumer of one's own).
+    pub images: Vec<ImageRule>,
 }
 
 /// Label on every FuncQueue and FuncWorkerPool a scenario applies (see
@@ -118,6 +120,7 @@ impl Options {
             cluster_wide: false,
             label: None,
             operator: true,
+            images: Vec::new(),
         }
     }
 }
@@ -225,6 +228,7 @@ impl Scenario {
             let mut kc = KubeletConfig::new(&node, &log_dir);
             kc.api_server = Some(cp.api_server()?);
             kc.images.push(worker_image(&worker_bin));
+            kc.images.extend(opts.images.iter().cloned());
             let kubelet = Kubelet::start(client.clone(), kc).await?;
             (
                 Target::ControlPlane(Box::new(kubelet)),

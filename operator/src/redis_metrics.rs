@@ -647,6 +647,10 @@ pub struct Poller {
 
 const COMMANDS_PER_QUEUE_EXTRA: usize = 3; // LINDEX (one per list for Celery), HGETALL, GET
 
+/// The SHA1 of the stream script (`EVALSHA` after one `SCRIPT LOAD` per poll).
+static STREAM_GROUP_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(foreign::stream_group_sha);
+
 impl Poller {
     /// A poller reading the targets of `registry` into `cache`.
     pub fn new(registry: Registry, cache: MetricsCache, config: PollerConfig) -> Self {
@@ -902,7 +906,8 @@ pub(crate) async fn connect(
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
 /// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]) — for a
-/// Stream [`foreign::stream_group_cmd`] in place of both —
+/// Stream [`foreign::stream_group_sha_cmd`] in place of both, after one
+/// [`foreign::stream_group_load_cmd`] at the head of the pipeline —
 /// `HGETALL <stats>`, `GET <per-period>`; where the format has them, of the delayed set
 /// `ZCARD`, `ZCOUNT -inf <now>` (due) and the earliest entry (`ZRANGE 0 0 WITHSCORES`),
 /// `ZCARD` of the running set, and for Celery [`foreign::celery_unacked_cmd`].
@@ -921,11 +926,20 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
                 }
         })
         .sum();
-    let mut pipe = redis::Pipeline::with_capacity(n);
+    let mut pipe = redis::Pipeline::with_capacity(n + 1);
+    // the stream script's text once per poll, its SHA per stream
+    let streams = queues.iter().any(|(_, t)| t.stream_group.is_some());
+    if streams {
+        pipe.add_command(foreign::stream_group_load_cmd());
+    }
     for (_, t) in queues {
         if let Some(group) = &t.stream_group {
             // lag, pending and the first undelivered entry at once, in place of LLEN + LINDEX
-            pipe.add_command(foreign::stream_group_cmd(&t.lists[0], group));
+            pipe.add_command(foreign::stream_group_sha_cmd(
+                &STREAM_GROUP_SHA,
+                &t.lists[0],
+                group,
+            ));
         } else {
             for l in &t.lists {
                 pipe.cmd("LLEN").arg(l);
@@ -987,6 +1001,12 @@ fn parse_pipeline(
 ) -> Result<Vec<Raw>, String> {
     let mut it = values.into_iter();
     let mut next = || it.next().ok_or_else(|| "short pipeline reply".to_string());
+    if queues.iter().any(|(_, t)| t.stream_group.is_some()) {
+        let loaded = next()?;
+        if as_string(&loaded).as_deref() != Some(STREAM_GROUP_SHA.as_str()) {
+            return Err(format!("SCRIPT LOAD of the stream script: {loaded:?}"));
+        }
+    }
     let mut out = Vec::with_capacity(queues.len());
     for (id, t) in queues {
         let mut depth = 0u64;

@@ -179,6 +179,34 @@ pub fn stream_group_cmd(stream: &str, group: &str) -> redis::Cmd {
     cmd
 }
 
+/// The SHA1 of the stream script, for [`stream_group_sha_cmd`].
+pub fn stream_group_sha() -> String {
+    redis::Script::new(crate::scripts::STREAM_GROUP)
+        .get_hash()
+        .to_string()
+}
+
+/// `SCRIPT LOAD` of the stream script (its reply is [`stream_group_sha`]): put once at the
+/// head of a pipeline, so that the pipeline's [`stream_group_sha_cmd`]s, one per stream, do
+/// not each carry the script's text (and never meet `NOSCRIPT`, even right after a restart or
+/// a failover of Redis).
+pub fn stream_group_load_cmd() -> redis::Cmd {
+    let mut cmd = redis::cmd("SCRIPT");
+    cmd.arg("LOAD").arg(crate::scripts::STREAM_GROUP);
+    cmd
+}
+
+/// [`stream_group_cmd`] by the script's SHA1 (`EVALSHA`), after [`stream_group_load_cmd`].
+pub fn stream_group_sha_cmd(sha: &str, stream: &str, group: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(STREAM_COUNT_CAP);
+    cmd
+}
+
 /// A Redis Stream consumer group as [`stream_group_cmd`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamGroup {

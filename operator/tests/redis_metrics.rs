@@ -1195,3 +1195,63 @@ async fn a_stream_queue_on_a_list_key_is_unavailable() {
     }
     let _: () = c.del(&key).await.unwrap();
 }
+
+/// The ACL rules docs/operations.md gives the operator read a Stream queue: the stream's key
+/// in its `~` patterns (EVALSHA checks the keys a script declares for read and write, even for
+/// a read-only script: `%R~` is not enough) and `+evalsha +script|load`. Without either the
+/// reading fails with Redis's NOPERM (reason RedisAuthFailed).
+#[tokio::test]
+async fn the_documented_acl_reads_a_stream_queue() {
+    let key = unique("stream-acl");
+    let mut c = con().await;
+    let _: String = c.xadd(&key, "*", &[("n", 1)]).await.unwrap();
+    let _: () = c.xgroup_create(&key, "g", "0").await.unwrap();
+    let keys = Keys::new(unique("stream-acl-p"));
+    let mut q = queue("s", QueueFormat::Stream, Some(key.clone()));
+    q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+    let documented = format!(
+        "~{}:* ~{key} %R~* +@read +hset +hdel +eval +evalsha +script|load +@connection -@dangerous",
+        keys.prefix()
+    );
+    let without_key = documented.replace(&format!(" ~{key}"), "");
+    let without_evalsha = documented.replace(" +evalsha +script|load", "");
+    for (rules, reads) in [
+        (&documented, true),
+        (&without_key, false),
+        (&without_evalsha, false),
+    ] {
+        let user = unique("stream-acl-user");
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg(&user).arg("on").arg(">pw");
+        for r in rules.split(' ') {
+            setuser.arg(r);
+        }
+        let _: () = setuser.query_async(&mut c).await.unwrap();
+        let registry = Registry::default();
+        let cache = MetricsCache::default();
+        let id = QueueId::new("ns", "s");
+        let endpoint =
+            RedisEndpoint::with_password(&format!("redis://{user}@127.0.0.1:6379/0"), "pw");
+        registry.upsert(
+            id.clone(),
+            QueueTarget::for_queue(&q, "s", endpoint, &keys, 60_000),
+        );
+        Poller::new(registry, cache.clone(), PollerConfig::default())
+            .poll_once(now_ms())
+            .await;
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        match (cache.get(&id), reads) {
+            (Some(Reading::Ok(m)), true) => assert_eq!(m.depth, 1),
+            (Some(Reading::Unavailable { error, reason, .. }), false) => {
+                assert_eq!(reason.as_str(), "RedisAuthFailed", "{error}")
+            }
+            (other, _) => panic!("{rules}: {other:?}"),
+        }
+    }
+    let _: () = c.del(&key).await.unwrap();
+}

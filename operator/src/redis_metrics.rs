@@ -241,6 +241,9 @@ pub enum UnavailableReason {
     Unreachable,
     /// Redis refused the credentials or the ACL user's rights: `RedisAuthFailed`.
     AuthFailed,
+    /// This queue's key holds another type than its format reads (the other queues of that
+    /// Redis are read): `WrongKeyType`.
+    WrongKeyType,
 }
 
 impl UnavailableReason {
@@ -249,6 +252,7 @@ impl UnavailableReason {
         match self {
             UnavailableReason::Unreachable => "RedisUnavailable",
             UnavailableReason::AuthFailed => "RedisAuthFailed",
+            UnavailableReason::WrongKeyType => "WrongKeyType",
         }
     }
 }
@@ -714,6 +718,25 @@ impl Poller {
                     conn.last_error = None;
                     report.ok_endpoints += 1;
                     for ((id, target), raw) in queues.into_iter().zip(raws) {
+                        if let Some(error) = raw.wrong_type {
+                            let since_ms = match cache.get(&id) {
+                                Some(Reading::Unavailable { since_ms, .. }) => *since_ms,
+                                _ => {
+                                    report.changed.push(id.clone());
+                                    now_ms
+                                }
+                            };
+                            let reason = UnavailableReason::WrongKeyType;
+                            cache.insert(
+                                id,
+                                Reading::Unavailable {
+                                    error,
+                                    reason,
+                                    since_ms,
+                                },
+                            );
+                            continue;
+                        }
                         let counters = self.counters.entry(id.clone()).or_default();
                         let sample = Sample {
                             at_ms: now_ms,
@@ -786,6 +809,8 @@ struct Raw {
     running: Option<u64>,
     not_ready: Option<(&'static str, String)>,
     depth_lower_bound: bool,
+    /// The queue's key holds another type: its reading is this message, not numbers.
+    wrong_type: Option<String>,
 }
 
 fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMetrics {
@@ -1013,6 +1038,7 @@ fn parse_pipeline(
         let mut running = None;
         let mut not_ready = None;
         let mut depth_lower_bound = false;
+        let mut wrong_type = None;
         let oldest = if let Some(group) = &t.stream_group {
             let key = &t.lists[0];
             match foreign::parse_stream_group(&next()?).map_err(|e| format!("{id}: {e}"))? {
@@ -1048,9 +1074,11 @@ fn parse_pipeline(
                     Value::Nil
                 }
                 foreign::StreamGroup::WrongType(ty) => {
-                    return Err(format!(
-                        "{id}: key {key:?} is a {ty}, not a stream (wrong key type?)"
+                    // this queue only: the other queues of this Redis are read
+                    wrong_type = Some(format!(
+                        "key {key:?} is a {ty}, not a stream: check spec.key (format Stream reads a Redis Stream)"
                     ));
+                    Value::Nil
                 }
             }
         } else {
@@ -1128,6 +1156,7 @@ fn parse_pipeline(
             running,
             not_ready,
             depth_lower_bound,
+            wrong_type,
         });
     }
     // the Celery queues' unacknowledged tasks, after every queue's own commands

@@ -1177,15 +1177,29 @@ async fn stream_lag_without_redis_counts_at_most_the_cap() {
     let _: () = c.del(&key).await.unwrap();
 }
 
-/// A Stream queue whose key holds a list: its Redis reading fails with a message naming the key
-/// (as a list queue's key of the wrong type does), not a depth.
+/// A Stream queue whose key holds a list: that queue's reading is unavailable with a message
+/// naming the key (reason WrongKeyType), not a depth; the other queues of that Redis are read.
 #[tokio::test]
-async fn a_stream_queue_on_a_list_key_is_unavailable() {
+async fn a_stream_queue_on_a_list_key_is_unavailable_alone() {
     let key = unique("stream-wrong");
     let mut c = con().await;
     let _: () = c.rpush(&key, "x").await.unwrap();
-    match poll_stream("w", &key, "g", now_ms()).await {
-        Some(Reading::Unavailable { error, .. }) => {
+    let keys = Keys::new(unique("stream-wrong-p"));
+    let mut q = queue("w", QueueFormat::Stream, Some(key.clone()));
+    q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+    let (registry, cache, fine) = one_queue("fine", RedisEndpoint::new(URL), &keys);
+    let wrong = QueueId::new("ns", "w");
+    registry.upsert(
+        wrong.clone(),
+        QueueTarget::for_queue(&q, "w", RedisEndpoint::new(URL), &keys, 60_000),
+    );
+    let report = Poller::new(registry, cache.clone(), PollerConfig::default())
+        .poll_once(now_ms())
+        .await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    match cache.get(&wrong) {
+        Some(Reading::Unavailable { error, reason, .. }) => {
+            assert_eq!(reason.as_str(), "WrongKeyType");
             assert!(
                 error.contains(&key) && error.contains("not a stream"),
                 "{error}"
@@ -1193,6 +1207,7 @@ async fn a_stream_queue_on_a_list_key_is_unavailable() {
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(ok(&cache, &fine).depth, 0);
     let _: () = c.del(&key).await.unwrap();
 }
 

@@ -45,7 +45,7 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
         name = "Key",
         type_ = "string",
         json_path = ".status.key",
-        description = "the Redis list producers push to",
+        description = "the Redis list (or stream) producers push to",
         priority = 1
     ),
     printcolumn(name = "Depth", type_ = "integer", json_path = ".status.depth"),
@@ -404,14 +404,15 @@ pub struct SecretKeyRef {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FuncQueueStatus {
-    /// The Redis list producers push the queue's tasks to.
+    /// The Redis list producers push the queue's tasks to (for format `Stream`: the stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The queue's id in Redis: what a task envelope carries in `queue` and what
     /// `funcscale-worker --queue` takes (or the name with `--namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_id: Option<String>,
-    /// Tasks waiting in the queue.
+    /// Tasks waiting in the queue (for format `Stream`: the consumer group's lag, entries not
+    /// yet delivered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u64>,
     /// Age in seconds of the oldest waiting task (when the queue format records it; for
@@ -431,7 +432,8 @@ pub struct FuncQueueStatus {
     pub retries_waiting: Option<u64>,
     /// Tasks running now: read from the workers' running set (funcscale queues) or, for
     /// Celery queues, the tasks delivered to workers and not acknowledged (kombu's `unacked`
-    /// hash: running or prefetched); else estimated as completion rate × task time.
+    /// hash: running or prefetched), for Stream queues the consumer group's pending entries
+    /// (delivered, not acknowledged); else estimated as completion rate × task time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<u64>,
     /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.

@@ -417,7 +417,7 @@ pub struct FuncQueueStatus {
     pub depth: Option<u64>,
     /// Age in seconds of the oldest waiting task (when the queue format records it; for
     /// Celery, when producers set the `funcscale_enqueued_ms` header, as `funcscale-celery`
-    /// does).
+    /// does; for a Stream, from the first undelivered entry's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_task_age_seconds: Option<f64>,
     /// Tasks enqueued per second, averaged over the last polls.

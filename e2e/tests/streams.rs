@@ -1,7 +1,8 @@
 //! A Redis Stream adopted by a FuncQueue (`format: Stream`) on the real control plane: the
 //! pool runs the user's own consumer (Python with redis-py, from the e2e Celery virtualenv, as
 //! an image of the process kubelet), grows from zero on the consumer group's lag, consumes
-//! every entry (side effects counted) and goes back to zero. Needs `cargo build --workspace
+//! every entry exactly once (side effects counted) although a consumer is SIGKILLed while
+//! entries flow (its pending entry is claimed by another consumer), and goes back to zero. Needs `cargo build --workspace
 //! --bins` first, Redis at 127.0.0.1:6379 and python3 (the virtualenv is made once).
 
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ fn pod_logs(s: &Scenario) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_queue_scales_from_zero_on_lag_and_back() {
-    const N: i64 = 300;
+    const N: i64 = 400;
     let dir = tempfile::tempdir().unwrap();
     let s = Scenario::start(Options {
         images: vec![consumer_image(dir.path()).unwrap()],
@@ -122,7 +123,7 @@ async fn a_stream_queue_scales_from_zero_on_lag_and_back() {
         .unwrap();
     s.apply_queue(
         "events",
-        json!({"format": "Stream", "key": stream, "stream": {"group": "g"}, "taskTimeMs": 20}),
+        json!({"format": "Stream", "key": stream, "stream": {"group": "g"}, "taskTimeMs": 50}),
     )
     .await
     .unwrap();
@@ -131,7 +132,7 @@ async fn a_stream_queue_scales_from_zero_on_lag_and_back() {
         json!({"queues": ["events"], "processesPerPod": 1,
             "image": "registry.example.com/stream-consumer:1",
             "command": ["python", "consumer.py", funcscale_e2e::scenario::REDIS_URL, stream, "g",
-                done_set, done_list, "20"],
+                done_set, done_list, "50"],
             "autoscaling": {"minReplicas": 0, "maxReplicas": 4, "drainTargetSeconds": 2,
                 "activationDepth": 0, "periodMs": 60000,
                 "scaleDownStabilizationSeconds": 3, "scaleUpMaxStep": 4}}),
@@ -185,6 +186,18 @@ async fn a_stream_queue_scales_from_zero_on_lag_and_back() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(&s)));
 
+    // a consumer dies hard while entries flow: what it held stays pending until another
+    // consumer claims it (XAUTOCLAIM after 5 s idle)
+    eventually(Duration::from_secs(30), "entries flowing", || {
+        let mut con = con.clone();
+        let done_set = done_set.clone();
+        async move { (int(&mut con, "SCARD", &done_set).await >= 20).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(&s)));
+    s.kill_pod("consumer").await.unwrap();
+    let consumed_at_kill = int(&mut con, "SCARD", &done_set).await;
+
     // every entry consumed and acknowledged
     eventually(Duration::from_secs(120), "every entry consumed", || {
         let mut con = con.clone();
@@ -229,10 +242,12 @@ async fn a_stream_queue_scales_from_zero_on_lag_and_back() {
     let ready = q.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True", "{ready:?}");
     eprintln!(
-        "stream: lag seen {depth}, replicas {:?} (max {})",
+        "stream: lag seen {depth}, a consumer killed after {consumed_at_kill} entries, replicas \
+         {:?} (max {})",
         history.values(),
         history.max()
     );
+    assert!(consumed_at_kill < N, "the kill came after the work");
     let _: () = redis::cmd("DEL")
         .arg(&[&stream, &done_set, &done_list])
         .query_async(&mut con)

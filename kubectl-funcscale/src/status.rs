@@ -18,6 +18,7 @@ use funcscale_operator::crd::{
 };
 use funcscale_operator::error::Error;
 use funcscale_operator::redis_metrics::{RedisEndpoint, queue_lists};
+use funcscale_protocol::foreign;
 
 /// Everything `status` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -223,7 +224,30 @@ where
 {
     let mut o = records::queue_overview(con, keys, name, now).await?;
     let (lists, _) = queue_lists(spec, name, keys);
-    if lists != [keys.queue(name)] {
+    if let (QueueFormat::Stream, Some(stream)) = (spec.format, &spec.stream) {
+        // waiting: the consumer group's lag; running: its pending entries
+        let v: redis::Value = foreign::stream_group_cmd(&lists[0], &stream.group)
+            .query_async(con)
+            .await?;
+        let unexpected = |detail: String| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "reading the stream",
+                detail,
+            ))
+        };
+        (o.depth, o.executing) = match foreign::parse_stream_group(&v).map_err(unexpected)? {
+            foreign::StreamGroup::Found { lag, pending, .. } => (lag, pending),
+            // the operator's Ready condition says which is missing
+            foreign::StreamGroup::NoStream | foreign::StreamGroup::NoGroup => (0, 0),
+            foreign::StreamGroup::WrongType(t) => {
+                return Err(unexpected(format!(
+                    "key {:?} is a {t}, not a stream",
+                    lists[0]
+                )));
+            }
+        };
+    } else if lists != [keys.queue(name)] {
         let mut pipe = redis::pipe();
         for l in &lists {
             pipe.llen(l);
@@ -423,6 +447,7 @@ pub fn render(s: &Status) -> String {
             if let Some(e) = &q.redis.error {
                 notes.push(format!("redis: {e}"));
             }
+            let stream = q.format == QueueFormat::Stream;
             let mut row = vec![
                 q.name.clone(),
                 opt(q.depth),
@@ -436,9 +461,10 @@ pub fn render(s: &Status) -> String {
                     q.consumers.join(",")
                 },
                 opt(live.map(|o| o.depth)),
-                // funcscale's own books: none for a foreign queue
+                // funcscale's own books: none for a foreign queue; a Stream's running
+                // are its group's pending entries
                 opt(live.filter(|_| own).map(|o| o.delayed)),
-                opt(live.filter(|_| own).map(|o| o.executing)),
+                opt(live.filter(|_| own || stream).map(|o| o.executing)),
                 opt(live.filter(|_| own).map(|o| o.dead_letters)),
                 notes.join("; "),
             ];
@@ -575,5 +601,74 @@ mod tests {
             ["celery", "7", "-", "-", "-", "-", "-", "7", "-", "-", "-"],
             "{out}"
         );
+    }
+
+    /// A Stream queue, read live from the real Redis: waiting is the group's lag, running its
+    /// pending entries, and retries and dead letters (which a stream does not have) are "-".
+    #[tokio::test]
+    async fn a_stream_queue_shows_its_lag_and_pending_entries() {
+        use redis::AsyncCommands;
+        let key = format!("t-plugin-stream-{}", std::process::id());
+        let mut con = redis::Client::open("redis://127.0.0.1:6379/0")
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let _: String = con.xadd(&key, "*", &[("n", i)]).await.unwrap();
+        }
+        let _: () = con.xgroup_create(&key, "g", "0").await.unwrap();
+        let _: redis::streams::StreamReadReply = con
+            .xread_options(
+                &[&key],
+                &[">"],
+                &redis::streams::StreamReadOptions::default()
+                    .group("g", "c1")
+                    .count(2),
+            )
+            .await
+            .unwrap();
+        let spec = FuncQueueSpec {
+            format: QueueFormat::Stream,
+            key: Some(key.clone()),
+            stream: Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() }),
+            ..Default::default()
+        };
+        let keys = Keys::new(format!("t-plugin-{}", std::process::id()));
+        let o = live(&mut con, &keys, "events", &spec, 0).await.unwrap();
+        assert_eq!((o.depth, o.executing), (3, 2));
+        let s = Status {
+            namespace: Some("prod".into()),
+            queues: vec![QueueView {
+                name: "events".into(),
+                format: QueueFormat::Stream,
+                depth: Some(3),
+                redis: RedisView {
+                    live: Some(o),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let out = render(&s);
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["events", "3", "-", "-", "-", "-", "-", "3", "-", "2", "-"]
+        );
+        // a key of another type: an error naming it, not a number
+        let list = format!("{key}-list");
+        let _: () = con.rpush(&list, "x").await.unwrap();
+        let spec = FuncQueueSpec {
+            key: Some(list.clone()),
+            ..spec
+        };
+        let e = live(&mut con, &keys, "events", &spec, 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a stream") && e.contains(&list), "{e}");
+        let _: () = con.del(&[&key, &list]).await.unwrap();
     }
 }

@@ -45,7 +45,7 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
         name = "Key",
         type_ = "string",
         json_path = ".status.key",
-        description = "the Redis list producers push to",
+        description = "the Redis list (or stream) producers push to",
         priority = 1
     ),
     printcolumn(name = "Depth", type_ = "integer", json_path = ".status.depth"),
@@ -76,13 +76,15 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.retryBackoff) || !has(self.retryBackoff.baseMs) || !has(self.retryBackoff.maxMs) || self.retryBackoff.baseMs <= self.retryBackoff.maxMs").message("retryBackoff.baseMs must not exceed retryBackoff.maxMs").field_path(".retryBackoff")
+    validation = Rule::new("!has(self.retryBackoff) || !has(self.retryBackoff.baseMs) || !has(self.retryBackoff.maxMs) || self.retryBackoff.baseMs <= self.retryBackoff.maxMs").message("retryBackoff.baseMs must not exceed retryBackoff.maxMs").field_path(".retryBackoff"),
+    validation = Rule::new("has(self.stream) == (has(self.format) && self.format == 'Stream')").message("stream (the consumer group) is set exactly when format is Stream: a Stream queue needs stream.group, and only a Stream queue has one").field_path(".stream")
 )]
 pub struct FuncQueueSpec {
     /// Redis list that holds the waiting tasks of an adopted queue (format `Celery`, `Rq`
     /// or `Sidekiq`), e.g. `celery` for Celery's default queue. For a Celery queue it is the
     /// Celery queue name (the `-Q` of its workers; kombu adds `celery.globalKeyprefix` and
-    /// the priority lists); without it, the FuncQueue's name. funcscale's own queues
+    /// the priority lists); without it, the FuncQueue's name. For format `Stream` it is the
+    /// Redis Stream's key (what producers `XADD` to); without it, the FuncQueue's name. funcscale's own queues
     /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`). A
     /// list that a queue of another namespace on the same Redis already uses is refused
     /// for the younger of the two (`Ready=False`, reason `KeyConflict`, naming both).
@@ -92,7 +94,8 @@ pub struct FuncQueueSpec {
 
     /// Who writes the tasks, which decides how the depth is read:
     /// `Funcscale` (default), `Celery` (the list plus its priority sub-lists, see `celery`),
-    /// `Rq` (the `rq:queue:<name>` list) or `Sidekiq` (the `queue:<name>` list).
+    /// `Rq` (the `rq:queue:<name>` list), `Sidekiq` (the `queue:<name>` list) or `Stream`
+    /// (a Redis Stream read by a consumer group, see `stream`: the depth is the group's lag).
     #[serde(default)]
     pub format: QueueFormat,
 
@@ -102,6 +105,16 @@ pub struct FuncQueueSpec {
     /// running tasks are read from its `unacked` hash. Unset: kombu's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryTransport>,
+
+    /// The consumer group of an adopted Redis Stream (format `Stream`, required there; the
+    /// stream is `key`). The depth is the group's lag: entries added to the stream and not
+    /// yet delivered to any consumer of the group; `status.running` is its pending entries
+    /// (delivered with `XREADGROUP`, not yet acknowledged with `XACK`); the oldest task's age
+    /// is that of the first undelivered entry, from its id. The operator only reads the
+    /// stream (it never creates the group, reads entries for a consumer or acknowledges
+    /// them): pools of a Stream queue run your own consumer (`image` and `command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamGroupRef>,
 
     /// Redis connection for this queue. Without it the operator's default connection is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +304,18 @@ fn default_unacked_key() -> String {
     funcscale_protocol::foreign::CELERY_UNACKED_KEY.into()
 }
 
+/// The consumer group of a Redis Stream (FuncQueue format `Stream`).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamGroupRef {
+    /// Name of the consumer group whose backlog sizes the pools, as your consumers pass it
+    /// to `XREADGROUP GROUP <group> <consumer>`. Create it before the pool may scale to zero
+    /// (`XGROUP CREATE <key> <group> $ MKSTREAM`): until it exists the queue's depth is 0 and
+    /// `Ready=False` (reason `StreamGroupMissing`) says so.
+    #[schemars(length(min = 1, max = 256))]
+    pub group: String,
+}
+
 /// Which system writes the queue, and so how its depth is read.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
@@ -306,6 +331,8 @@ pub enum QueueFormat {
     Rq,
     /// A Sidekiq queue (`queue:<name>` unless `key` is set).
     Sidekiq,
+    /// A Redis Stream (`key`, else the queue's name) read by the consumer group `stream.group`.
+    Stream,
 }
 
 /// A cron schedule: the beat enqueues `function` into the queue at every tick.
@@ -379,19 +406,20 @@ pub struct SecretKeyRef {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FuncQueueStatus {
-    /// The Redis list producers push the queue's tasks to.
+    /// The Redis list producers push the queue's tasks to (for format `Stream`: the stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The queue's id in Redis: what a task envelope carries in `queue` and what
     /// `funcscale-worker --queue` takes (or the name with `--namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_id: Option<String>,
-    /// Tasks waiting in the queue.
+    /// Tasks waiting in the queue (for format `Stream`: the consumer group's lag, entries not
+    /// yet delivered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u64>,
     /// Age in seconds of the oldest waiting task (when the queue format records it; for
     /// Celery, when producers set the `funcscale_enqueued_ms` header, as `funcscale-celery`
-    /// does).
+    /// does; for a Stream, from the first undelivered entry's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_task_age_seconds: Option<f64>,
     /// Tasks enqueued per second, averaged over the last polls.
@@ -406,7 +434,8 @@ pub struct FuncQueueStatus {
     pub retries_waiting: Option<u64>,
     /// Tasks running now: read from the workers' running set (funcscale queues) or, for
     /// Celery queues, the tasks delivered to workers and not acknowledged (kombu's `unacked`
-    /// hash: running or prefetched); else estimated as completion rate × task time.
+    /// hash: running or prefetched), for Stream queues the consumer group's pending entries
+    /// (delivered, not acknowledged); else estimated as completion rate × task time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<u64>,
     /// Task time in ms used for sizing: measured by the workers, else `spec.taskTimeMs`.

@@ -264,6 +264,9 @@ pub enum UnavailableReason {
     Unreachable,
     /// Redis refused the credentials or the ACL user's rights: `RedisAuthFailed`.
     AuthFailed,
+    /// This queue's key holds another type than its format reads (the other queues of that
+    /// Redis are read): `WrongKeyType`.
+    WrongKeyType,
 }
 
 impl UnavailableReason {
@@ -272,6 +275,7 @@ impl UnavailableReason {
         match self {
             UnavailableReason::Unreachable => "RedisUnavailable",
             UnavailableReason::AuthFailed => "RedisAuthFailed",
+            UnavailableReason::WrongKeyType => "WrongKeyType",
         }
     }
 }
@@ -290,6 +294,9 @@ pub enum OldestTask {
     /// right): the earliest `funcscale_enqueued_ms` header of their tails (set by the
     /// `funcscale-celery` integration at publish; without it the age is unknown).
     CeleryHeader,
+    /// A Redis Stream read by a consumer group: the time part of the first undelivered
+    /// entry's id (read with the lag by [`foreign::stream_group_cmd`]).
+    StreamId,
 }
 
 /// What to read for one queue.
@@ -318,6 +325,9 @@ pub struct QueueTarget {
     /// Celery: kombu's `unacked` hash and the queue name its entries are routed by; the
     /// entries of this queue are its tasks delivered to workers and not acknowledged.
     pub celery_unacked: Option<(String, String)>,
+    /// Stream: the consumer group of the stream `lists[0]`; its lag is the depth, its
+    /// pending entries the running tasks.
+    pub stream_group: Option<String>,
 }
 
 impl QueueTarget {
@@ -359,6 +369,9 @@ impl QueueTarget {
                     spec.key.clone().unwrap_or_else(|| name.to_string()),
                 )
             }),
+            stream_group: (spec.format == QueueFormat::Stream)
+                .then(|| spec.stream.as_ref().map(|s| s.group.clone()))
+                .flatten(),
         }
     }
 }
@@ -398,6 +411,7 @@ pub fn queue_lists(spec: &FuncQueueSpec, name: &str, keys: &Keys) -> (Vec<String
             vec![key.map_or_else(|| foreign::sidekiq_queue_key(name), str::to_string)],
             OldestTask::SidekiqRight,
         ),
+        QueueFormat::Stream => (vec![key.unwrap_or(name).to_string()], OldestTask::StreamId),
     }
 }
 
@@ -424,8 +438,8 @@ pub struct QueueMetrics {
     pub task_time_measured: bool,
     /// Tasks running now: read from the queue's running set (funcscale format) or, for
     /// Celery, the tasks delivered to workers and not acknowledged (kombu's `unacked` hash:
-    /// running, or prefetched by a worker); else estimated as completion rate × T (Little's
-    /// law).
+    /// running, or prefetched by a worker), for a Stream the group's pending entries
+    /// (delivered, not acknowledged); else estimated as completion rate × T (Little's law).
     pub in_flight: u64,
     /// Whether `in_flight` was read (else estimated).
     pub in_flight_measured: bool,
@@ -444,6 +458,11 @@ pub struct QueueMetrics {
     pub scheduled_per_minute: f64,
     /// When the numbers were read (unix ms).
     pub polled_at_ms: u64,
+    /// Read, but what was read is not the queue a user expects: (reason, message) of the
+    /// queue's `Ready=False` (a Stream whose stream or consumer group does not exist).
+    pub not_ready: Option<(&'static str, String)>,
+    /// `depth` is a lower bound (a Stream's lag Redis could not give and too long to count).
+    pub depth_lower_bound: bool,
 }
 
 /// The last reading of a queue.
@@ -655,6 +674,10 @@ pub struct Poller {
 
 const COMMANDS_PER_QUEUE_EXTRA: usize = 3; // LINDEX (one per list for Celery), HGETALL, GET
 
+/// The SHA1 of the stream script (`EVALSHA` after one `SCRIPT LOAD` per poll).
+static STREAM_GROUP_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(foreign::stream_group_sha);
+
 impl Poller {
     /// A poller reading the targets of `registry` into `cache`.
     pub fn new(registry: Registry, cache: MetricsCache, config: PollerConfig) -> Self {
@@ -718,6 +741,25 @@ impl Poller {
                     conn.last_error = None;
                     report.ok_endpoints += 1;
                     for ((id, target), raw) in queues.into_iter().zip(raws) {
+                        if let Some(error) = raw.wrong_type {
+                            let since_ms = match cache.get(&id) {
+                                Some(Reading::Unavailable { since_ms, .. }) => *since_ms,
+                                _ => {
+                                    report.changed.push(id.clone());
+                                    now_ms
+                                }
+                            };
+                            let reason = UnavailableReason::WrongKeyType;
+                            cache.insert(
+                                id,
+                                Reading::Unavailable {
+                                    error,
+                                    reason,
+                                    since_ms,
+                                },
+                            );
+                            continue;
+                        }
                         let counters = self.counters.entry(id.clone()).or_default();
                         let sample = Sample {
                             at_ms: now_ms,
@@ -776,6 +818,7 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
         && a.task_time_measured == b.task_time_measured
         && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
         && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
+        && a.not_ready == b.not_ready
 }
 
 struct Raw {
@@ -787,6 +830,10 @@ struct Raw {
     retries_waiting: u64,
     next_retry_due_ms: Option<u64>,
     running: Option<u64>,
+    not_ready: Option<(&'static str, String)>,
+    depth_lower_bound: bool,
+    /// The queue's key holds another type: its reading is this message, not numbers.
+    wrong_type: Option<String>,
 }
 
 fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMetrics {
@@ -819,6 +866,8 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
         ),
         scheduled_per_minute: t.static_per_minute + raw.dynamic_per_minute,
         polled_at_ms: now_ms,
+        not_ready: raw.not_ready.clone(),
+        depth_lower_bound: raw.depth_lower_bound,
     }
 }
 
@@ -904,7 +953,9 @@ pub(crate) async fn connect(
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
-/// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]),
+/// (`LINDEX <list> -1`, of every list for Celery, or [`foreign::rq_oldest_cmd`]) — for a
+/// Stream [`foreign::stream_group_sha_cmd`] in place of both, after one
+/// [`foreign::stream_group_load_cmd`] at the head of the pipeline —
 /// `HGETALL <stats>`, `GET <per-period>`; where the format has them, of the delayed set
 /// `ZCARD`, `ZCOUNT -inf <now>` (due) and the earliest entry (`ZRANGE 0 0 WITHSCORES`),
 /// `ZCARD` of the running set, and for Celery [`foreign::celery_unacked_cmd`].
@@ -923,12 +974,27 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
                 }
         })
         .sum();
-    let mut pipe = redis::Pipeline::with_capacity(n);
+    let mut pipe = redis::Pipeline::with_capacity(n + 1);
+    // the stream script's text once per poll, its SHA per stream
+    let streams = queues.iter().any(|(_, t)| t.stream_group.is_some());
+    if streams {
+        pipe.add_command(foreign::stream_group_load_cmd());
+    }
     for (_, t) in queues {
-        for l in &t.lists {
-            pipe.cmd("LLEN").arg(l);
+        if let Some(group) = &t.stream_group {
+            // lag, pending and the first undelivered entry at once, in place of LLEN + LINDEX
+            pipe.add_command(foreign::stream_group_sha_cmd(
+                &STREAM_GROUP_SHA,
+                &t.lists[0],
+                group,
+            ));
+        } else {
+            for l in &t.lists {
+                pipe.cmd("LLEN").arg(l);
+            }
         }
         match t.oldest {
+            OldestTask::StreamId => {}
             OldestTask::RqLeft => {
                 pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0]));
             }
@@ -983,15 +1049,71 @@ fn parse_pipeline(
 ) -> Result<Vec<Raw>, String> {
     let mut it = values.into_iter();
     let mut next = || it.next().ok_or_else(|| "short pipeline reply".to_string());
+    if queues.iter().any(|(_, t)| t.stream_group.is_some()) {
+        let loaded = next()?;
+        if as_string(&loaded).as_deref() != Some(STREAM_GROUP_SHA.as_str()) {
+            return Err(format!("SCRIPT LOAD of the stream script: {loaded:?}"));
+        }
+    }
     let mut out = Vec::with_capacity(queues.len());
     for (id, t) in queues {
         let mut depth = 0u64;
-        for _ in &t.lists {
-            depth += as_u64(&next()?)
-                .ok_or_else(|| format!("{id}: LLEN reply is not an integer (wrong key type?)"))?;
-        }
-        let oldest = next()?;
+        let mut running = None;
+        let mut not_ready = None;
+        let mut depth_lower_bound = false;
+        let mut wrong_type = None;
+        let oldest = if let Some(group) = &t.stream_group {
+            let key = &t.lists[0];
+            match foreign::parse_stream_group(&next()?).map_err(|e| format!("{id}: {e}"))? {
+                foreign::StreamGroup::Found {
+                    lag,
+                    exact,
+                    pending,
+                    first_undelivered,
+                } => {
+                    depth = lag;
+                    depth_lower_bound = !exact;
+                    running = Some(pending);
+                    first_undelivered.map_or(Value::Nil, |s| Value::BulkString(s.into_bytes()))
+                }
+                foreign::StreamGroup::NoStream => {
+                    running = Some(0);
+                    not_ready = Some((
+                        "StreamMissing",
+                        format!(
+                            "stream {key:?} does not exist: depth 0 until a producer adds to it; create it with its consumer group: XGROUP CREATE {key} {group} $ MKSTREAM"
+                        ),
+                    ));
+                    Value::Nil
+                }
+                foreign::StreamGroup::NoGroup => {
+                    running = Some(0);
+                    not_ready = Some((
+                        "StreamGroupMissing",
+                        format!(
+                            "stream {key:?} has no consumer group {group:?}: depth 0 until it exists (its lag is unknown); create it (XGROUP CREATE {key} {group} $, or 0 to deliver the entries already there) or keep a consumer running (minReplicas >= 1) that creates it"
+                        ),
+                    ));
+                    Value::Nil
+                }
+                foreign::StreamGroup::WrongType(ty) => {
+                    // this queue only: the other queues of this Redis are read
+                    wrong_type = Some(format!(
+                        "key {key:?} is a {ty}, not a stream: check spec.key (format Stream reads a Redis Stream)"
+                    ));
+                    Value::Nil
+                }
+            }
+        } else {
+            for _ in &t.lists {
+                depth += as_u64(&next()?).ok_or_else(|| {
+                    format!("{id}: LLEN reply is not an integer (wrong key type?)")
+                })?;
+            }
+            next()?
+        };
         let oldest_ms = match (t.oldest, as_string(&oldest)) {
+            (OldestTask::StreamId, Some(s)) => foreign::stream_id_ms(&s),
             (OldestTask::CeleryHeader, first) => {
                 // the tail of each priority list; the earliest header of them
                 let mut tails = vec![first];
@@ -1041,12 +1163,11 @@ fn parse_pipeline(
             retries_due = as_u64(&next()?).ok_or_else(wrong)?;
             next_retry_due_ms = first_score(&next()?);
         }
-        let running = match &t.running_key {
-            Some(_) => Some(as_u64(&next()?).ok_or_else(|| {
+        if t.running_key.is_some() {
+            running = Some(as_u64(&next()?).ok_or_else(|| {
                 format!("{id}: the running set is not a sorted set (wrong key type?)")
-            })?),
-            None => None,
-        };
+            })?);
+        }
         out.push(Raw {
             depth,
             oldest_ms,
@@ -1056,6 +1177,9 @@ fn parse_pipeline(
             retries_waiting,
             next_retry_due_ms,
             running,
+            not_ready,
+            depth_lower_bound,
+            wrong_type,
         });
     }
     // the Celery queues' unacknowledged tasks, after every queue's own commands

@@ -2511,3 +2511,134 @@ async fn celery_specs_are_checked_and_rendered_by_the_reconcile() {
     assert_eq!(spec.termination_grace_period_seconds, Some(330));
     assert_eq!(spec.share_process_namespace, Some(true));
 }
+
+/// A Stream queue on the real Redis: its status shows the consumer group's lag as depth and
+/// its pending entries as running, and a pool running the user's consumer is sized from them,
+/// from zero and back to zero.
+#[tokio::test]
+async fn a_stream_queue_reports_lag_and_pending_and_sizes_its_pool() {
+    use funcscale_operator::poll_loop;
+    use funcscale_operator::redis_metrics::{Poller, PollerConfig};
+    use redis::AsyncCommands;
+
+    let (mut env, keys) = env_with_prefix("stream").await;
+    let stream = format!("{}:events", keys.prefix());
+    let mut con = redis_con().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut spec = queue_spec();
+    spec.format = QueueFormat::Stream;
+    spec.key = Some(stream.clone());
+    spec.stream = Some(StreamGroupRef { group: "g".into() });
+    // without its group (an API server without CEL rules lets it through): InvalidSpec
+    let mut no_group = spec.clone();
+    no_group.stream = None;
+    env.add_queue("no-group", no_group).await;
+    env.reconcile_queue("no-group").await;
+    let c = env.queue_condition("no-group", "Ready").await.unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message.starts_with("spec.stream.group: "),
+        "{}",
+        c.message
+    );
+    env.add_queue("events", spec).await;
+    let mut pool = autoscaled(&["events"], 0, 50);
+    pool.image = Some("registry.example.com/consumer:1".into());
+    pool.command = vec!["consumer".into(), "--group".into(), "g".into()];
+    env.add_pool("consumer", pool).await;
+    env.reconcile_queue("events").await; // registers the queue for polling
+    let mut poller = Poller::new(
+        env.ctx.registry.clone(),
+        env.ctx.cache.clone(),
+        PollerConfig::default(),
+    );
+    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    env.reconcile_queue("events").await;
+    env.reconcile_pool("consumer").await.unwrap();
+    let st = env.queue_status("events").await;
+    assert_eq!((st.depth, st.running), (Some(0), Some(0)));
+    assert_eq!(st.key.as_deref(), Some(stream.as_str()));
+    assert_eq!(
+        replicas(&env.deployment("consumer").await.unwrap()),
+        Some(0)
+    );
+
+    // 2410 entries added, 10 of them delivered to a consumer and not acknowledged
+    let mut pipe = redis::pipe();
+    for i in 0..2410 {
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
+    let delivered: redis::streams::StreamReadReply = con
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group("g", "c1")
+                .count(10),
+        )
+        .await
+        .unwrap();
+    env.advance(Duration::from_secs(1));
+    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    env.reconcile_queue("events").await;
+    let st = env.queue_status("events").await;
+    assert_eq!((st.depth, st.running), (Some(2400), Some(10)));
+    assert!(st.oldest_task_age_seconds.is_some(), "{st:?}");
+    // by hand: 2400 waiting × 500 ms / 60 s drain target = 20 busy processes (more than the
+    // 10 running) / 5 per pod = 4 pods
+    env.reconcile_pool("consumer").await.unwrap();
+    assert_eq!(
+        replicas(&env.deployment("consumer").await.unwrap()),
+        Some(4)
+    );
+
+    // every entry delivered and acknowledged: no lag, nothing pending, back to zero after the
+    // stabilization window
+    let rest: redis::streams::StreamReadReply = con
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group("g", "c1")
+                .count(5000),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = delivered
+        .keys
+        .into_iter()
+        .chain(rest.keys)
+        .flat_map(|k| k.ids.into_iter().map(|e| e.id))
+        .collect();
+    assert_eq!(ids.len(), 2410);
+    let _: i64 = con.xack(&stream, "g", &ids).await.unwrap();
+    env.advance(Duration::from_secs(301));
+    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    env.reconcile_queue("events").await;
+    let st = env.queue_status("events").await;
+    assert_eq!((st.depth, st.running), (Some(0), Some(0)));
+    env.reconcile_pool("consumer").await.unwrap();
+    let st = env.pool("consumer").await.status.unwrap();
+    assert_eq!(st.desired_replicas, 0, "{:?}", st.decision);
+    let _: () = con.del(&stream).await.unwrap();
+}

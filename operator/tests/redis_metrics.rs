@@ -730,6 +730,7 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         QueueFormat::Celery,
         QueueFormat::Rq,
         QueueFormat::Sidekiq,
+        QueueFormat::Stream,
     ];
     let mut c = con().await;
     for i in 0..400 {
@@ -738,7 +739,9 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         let key =
             (format != QueueFormat::Funcscale).then(|| format!("{}:foreign:{name}", keys.prefix()));
         let mut q = queue(&name, format, key);
-        if i % 7 == 0 {
+        if format == QueueFormat::Stream {
+            q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+        } else if i % 7 == 0 {
             q.spec.schedules = vec![Schedule {
                 name: "tick".into(),
                 cron: "* * * * *".into(),
@@ -758,6 +761,12 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
         )
         .await
         .unwrap();
+    // a Stream queue with its group and two undelivered entries (the others have no stream)
+    let stream = format!("{}:foreign:q4", keys.prefix());
+    for _ in 0..2 {
+        let _: String = c.xadd(&stream, "*", &[("f", 1)]).await.unwrap();
+    }
+    let _: () = c.xgroup_create(&stream, "g", "0").await.unwrap();
     let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
 
     // the first poll connects (handshake turns); count the polls after it
@@ -779,6 +788,8 @@ async fn one_pipelined_round_trip_per_redis_per_poll() {
     );
     assert_eq!(ok(&cache, &QueueId::new("ns", "q0")).depth, 1);
     assert_eq!(ok(&cache, &QueueId::new("ns", "q399")).depth, 0);
+    assert_eq!(ok(&cache, &QueueId::new("ns", "q4")).depth, 2);
+    let _: () = c.del(&stream).await.unwrap();
 
     // the counter sees sequential commands as separate turns (so the 1 above means something)
     let mut direct = redis::Client::open(format!("redis://127.0.0.1:{}/0", proxy.port))
@@ -958,4 +969,304 @@ async fn tls_child_polls_over_rediss() {
         .await;
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(ok(&cache, &id).depth, 3);
+}
+
+/// A Stream FuncQueue `ns/<name>` adopting `key` with consumer group `group`, on its own
+/// registry: the reading after one poll at `now`.
+async fn poll_stream(name: &str, key: &str, group: &str, now: u64) -> Option<Reading> {
+    let mut q = queue(name, QueueFormat::Stream, Some(key.to_string()));
+    q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef {
+        group: group.to_string(),
+    });
+    let registry = Registry::default();
+    let cache = MetricsCache::default();
+    let id = QueueId::new("ns", name);
+    let keys = Keys::new(unique("stream-p"));
+    registry.upsert(
+        id.clone(),
+        QueueTarget::for_queue(&q, name, RedisEndpoint::new(URL), &keys, 60_000),
+    );
+    Poller::new(registry, cache.clone(), PollerConfig::default())
+        .poll_once(now)
+        .await;
+    cache.get(&id)
+}
+
+/// `XINFO GROUPS` `lag` of `group` (nil: Redis cannot give it).
+async fn redis_lag(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    group: &str,
+) -> Option<i64> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(c)
+        .await
+        .unwrap();
+    let g = groups
+        .into_iter()
+        .find(|g| g.get("name") == Some(&redis::Value::BulkString(group.as_bytes().to_vec())))
+        .unwrap();
+    match g.get("lag") {
+        Some(redis::Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// Deliver up to `n` new entries of `key` to `consumer` of `group` (`XREADGROUP ... >`): their ids.
+async fn deliver(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    group: &str,
+    n: usize,
+) -> Vec<String> {
+    let reply: redis::streams::StreamReadReply = c
+        .xread_options(
+            &[key],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group(group, "c1")
+                .count(n),
+        )
+        .await
+        .unwrap();
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|k| k.ids.into_iter().map(|e| e.id))
+        .collect()
+}
+
+#[tokio::test]
+async fn stream_group_lag_pending_and_oldest() {
+    let key = unique("stream");
+    let group = "workers";
+    let mut c = con().await;
+    let now = now_ms();
+    let expect = |r: Option<Reading>| match r {
+        Some(Reading::Ok(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    // no stream yet: depth 0, and the queue says why
+    let m = expect(poll_stream("s", &key, group, now).await);
+    assert_eq!((m.depth, m.in_flight, m.oldest_age_seconds), (0, 0, None));
+    let (reason, msg) = m.not_ready.expect("not ready");
+    assert_eq!(reason, "StreamMissing");
+    assert!(msg.contains(&key), "{msg}");
+
+    // ten entries, one a second, the first 60 s ago (ids as XADD * makes them: ms-seq)
+    let base = now - 60_000;
+    for i in 0..10u64 {
+        let _: String = c
+            .xadd(&key, format!("{}-0", base + i * 1_000), &[("n", i)])
+            .await
+            .unwrap();
+    }
+    // no group yet: depth 0, naming key and group
+    let m = expect(poll_stream("s", &key, group, now).await);
+    assert_eq!(m.depth, 0);
+    let (reason, msg) = m.not_ready.expect("not ready");
+    assert_eq!(reason, "StreamGroupMissing");
+    assert!(msg.contains(&key) && msg.contains(group), "{msg}");
+
+    // a group from the start: all ten undelivered, the oldest 60 s old
+    let _: () = c.xgroup_create(&key, group, "0").await.unwrap();
+    let m = expect(poll_stream("s", &key, group, now).await);
+    assert_eq!((m.depth, m.in_flight, m.in_flight_measured), (10, 0, true));
+    assert_eq!(m.oldest_age_seconds, Some(60.0));
+    assert_eq!(m.not_ready, None);
+
+    // four delivered (pending), two of them acknowledged
+    let ids = deliver(&mut c, &key, group, 4).await;
+    assert_eq!(ids.len(), 4);
+    let _: i64 = c.xack(&key, group, &ids[..2]).await.unwrap();
+    assert_eq!(redis_lag(&mut c, &key, group).await, Some(6));
+    let m = expect(poll_stream("s", &key, group, now).await);
+    // by hand: 10 added - 4 delivered = 6 lag; 4 delivered - 2 acked = 2 pending; the first
+    // undelivered is entry 4, added 56 s ago
+    assert_eq!((m.depth, m.in_flight), (6, 2));
+    assert_eq!(m.oldest_age_seconds, Some(56.0));
+    assert!(!m.depth_lower_bound);
+
+    // an undelivered entry deleted: Redis cannot give the lag any more; it is counted
+    let _: i64 = c
+        .xdel(&key, &[format!("{}-0", base + 6_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        redis_lag(&mut c, &key, group).await,
+        None,
+        "the lag-nil path"
+    );
+    let m = expect(poll_stream("s", &key, group, now).await);
+    // entries 4, 5, 7, 8, 9
+    assert_eq!((m.depth, m.in_flight), (5, 2));
+    assert_eq!(m.oldest_age_seconds, Some(56.0));
+
+    // a trim of undelivered entries: MAXLEN 3 keeps 7, 8, 9
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let m = expect(poll_stream("s", &key, group, now).await);
+    // by hand: 7, 8 and 9 wait (Redis 7.0's lag still counts the trimmed 4 and 5, which no
+    // consumer will ever get); the PEL keeps the two delivered, unacknowledged ids
+    assert_eq!((m.depth, m.in_flight), (3, 2));
+    assert_eq!(m.oldest_age_seconds, Some(53.0));
+
+    // everything delivered: no lag, no oldest waiting task
+    assert_eq!(deliver(&mut c, &key, group, 100).await.len(), 3);
+    let m = expect(poll_stream("s", &key, group, now).await);
+    assert_eq!((m.depth, m.in_flight, m.oldest_age_seconds), (0, 5, None));
+    let _: () = c.del(&key).await.unwrap();
+}
+
+/// When Redis cannot give the lag of a long stream, the count stays bounded: the undelivered
+/// side up to the cap, else the length minus the delivered side, else the cap as a lower bound.
+#[tokio::test]
+async fn stream_lag_without_redis_counts_at_most_the_cap() {
+    use funcscale_protocol::foreign::STREAM_COUNT_CAP;
+    let key = unique("stream-big");
+    let group = "g";
+    let mut c = con().await;
+    let add = |n: u64| {
+        let mut p = redis::pipe();
+        for _ in 0..n {
+            p.cmd("XADD").arg(&key).arg("*").arg("f").arg(1).ignore();
+        }
+        p
+    };
+    let cap = STREAM_COUNT_CAP;
+    let _: () = add(cap + 50).query_async(&mut c).await.unwrap();
+    let _: () = c.xgroup_create(&key, group, "0").await.unwrap();
+    let ids = deliver(&mut c, &key, group, 10).await;
+    // delete the first undelivered entry: the lag is nil
+    let next: redis::streams::StreamRangeReply = c
+        .xrange_count(&key, format!("({}", ids[9]), "+", 1)
+        .await
+        .unwrap();
+    let _: i64 = c.xdel(&key, &[&next.ids[0].id]).await.unwrap();
+    assert_eq!(redis_lag(&mut c, &key, group).await, None);
+    let m = match poll_stream("big", &key, group, now_ms()).await {
+        Some(Reading::Ok(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    // by hand: cap + 50 added, one deleted, 10 delivered
+    assert_eq!((m.depth, m.depth_lower_bound), (cap + 50 - 1 - 10, false));
+    assert_eq!(m.in_flight, 10);
+
+    // more than the cap delivered as well: the cap, a lower bound
+    assert_eq!(
+        deliver(&mut c, &key, group, cap as usize).await.len(),
+        cap as usize
+    );
+    let _: () = add(cap + 5).query_async(&mut c).await.unwrap();
+    let next: redis::streams::StreamRangeReply =
+        c.xrevrange_count(&key, "+", "-", 1).await.unwrap();
+    let _: i64 = c.xdel(&key, &[&next.ids[0].id]).await.unwrap();
+    assert_eq!(redis_lag(&mut c, &key, group).await, None);
+    let m = match poll_stream("big", &key, group, now_ms()).await {
+        Some(Reading::Ok(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((m.depth, m.depth_lower_bound), (cap, true));
+    let _: () = c.del(&key).await.unwrap();
+}
+
+/// A Stream queue whose key holds a list: that queue's reading is unavailable with a message
+/// naming the key (reason WrongKeyType), not a depth; the other queues of that Redis are read.
+#[tokio::test]
+async fn a_stream_queue_on_a_list_key_is_unavailable_alone() {
+    let key = unique("stream-wrong");
+    let mut c = con().await;
+    let _: () = c.rpush(&key, "x").await.unwrap();
+    let keys = Keys::new(unique("stream-wrong-p"));
+    let mut q = queue("w", QueueFormat::Stream, Some(key.clone()));
+    q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+    let (registry, cache, fine) = one_queue("fine", RedisEndpoint::new(URL), &keys);
+    let wrong = QueueId::new("ns", "w");
+    registry.upsert(
+        wrong.clone(),
+        QueueTarget::for_queue(&q, "w", RedisEndpoint::new(URL), &keys, 60_000),
+    );
+    let report = Poller::new(registry, cache.clone(), PollerConfig::default())
+        .poll_once(now_ms())
+        .await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    match cache.get(&wrong) {
+        Some(Reading::Unavailable { error, reason, .. }) => {
+            assert_eq!(reason.as_str(), "WrongKeyType");
+            assert!(
+                error.contains(&key) && error.contains("not a stream"),
+                "{error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ok(&cache, &fine).depth, 0);
+    let _: () = c.del(&key).await.unwrap();
+}
+
+/// The ACL rules docs/operations.md gives the operator read a Stream queue: the stream's key
+/// in its `~` patterns (EVALSHA checks the keys a script declares for read and write, even for
+/// a read-only script: `%R~` is not enough) and `+evalsha +script|load`. Without either the
+/// reading fails with Redis's NOPERM (reason RedisAuthFailed).
+#[tokio::test]
+async fn the_documented_acl_reads_a_stream_queue() {
+    let key = unique("stream-acl");
+    let mut c = con().await;
+    let _: String = c.xadd(&key, "*", &[("n", 1)]).await.unwrap();
+    let _: () = c.xgroup_create(&key, "g", "0").await.unwrap();
+    let keys = Keys::new(unique("stream-acl-p"));
+    let mut q = queue("s", QueueFormat::Stream, Some(key.clone()));
+    q.spec.stream = Some(funcscale_operator::crd::StreamGroupRef { group: "g".into() });
+    let documented = format!(
+        "~{}:* ~{key} %R~* +@read +hset +hdel +eval +evalsha +script|load +@connection -@dangerous",
+        keys.prefix()
+    );
+    let without_key = documented.replace(&format!(" ~{key}"), "");
+    let without_evalsha = documented.replace(" +evalsha +script|load", "");
+    for (rules, reads) in [
+        (&documented, true),
+        (&without_key, false),
+        (&without_evalsha, false),
+    ] {
+        let user = unique("stream-acl-user");
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg(&user).arg("on").arg(">pw");
+        for r in rules.split(' ') {
+            setuser.arg(r);
+        }
+        let _: () = setuser.query_async(&mut c).await.unwrap();
+        let registry = Registry::default();
+        let cache = MetricsCache::default();
+        let id = QueueId::new("ns", "s");
+        let endpoint =
+            RedisEndpoint::with_password(&format!("redis://{user}@127.0.0.1:6379/0"), "pw");
+        registry.upsert(
+            id.clone(),
+            QueueTarget::for_queue(&q, "s", endpoint, &keys, 60_000),
+        );
+        Poller::new(registry, cache.clone(), PollerConfig::default())
+            .poll_once(now_ms())
+            .await;
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        match (cache.get(&id), reads) {
+            (Some(Reading::Ok(m)), true) => assert_eq!(m.depth, 1),
+            (Some(Reading::Unavailable { error, reason, .. }), false) => {
+                assert_eq!(reason.as_str(), "RedisAuthFailed", "{error}")
+            }
+            (other, _) => panic!("{rules}: {other:?}"),
+        }
+    }
+    let _: () = c.del(&key).await.unwrap();
 }

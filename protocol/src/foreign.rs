@@ -1,5 +1,6 @@
 //! Foreign queue systems whose queues a `FuncQueue` can adopt: where Celery (kombu's Redis
-//! transport), RQ and Sidekiq keep their waiting jobs, and how to read the oldest one's age.
+//! transport), RQ and Sidekiq keep their waiting jobs, and how to read the oldest one's age;
+//! and how a Redis Stream consumer group's backlog is read.
 //! These keys have no funcscale prefix: the other system owns them.
 
 /// Separator kombu's Redis transport (Celery) puts between a queue name and its priority
@@ -161,6 +162,115 @@ pub fn sidekiq_enqueued_ms(job: &str) -> Option<u64> {
     })
 }
 
+/// The most stream entries one `XRANGE` of [`stream_group_cmd`] counts when Redis cannot give
+/// a consumer group's lag (after `XDEL`/`XTRIM` of undelivered entries, or Redis < 7).
+pub const STREAM_COUNT_CAP: u64 = 10_000;
+
+/// The command reading the consumer group `group` of the Redis Stream `stream`
+/// (`lua/stream_group.lua`, one command of a pipeline): its lag, pending entries and first
+/// undelivered entry; parse the reply with [`parse_stream_group`].
+pub fn stream_group_cmd(stream: &str, group: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(crate::scripts::STREAM_GROUP)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(STREAM_COUNT_CAP);
+    cmd
+}
+
+/// The SHA1 of the stream script, for [`stream_group_sha_cmd`].
+pub fn stream_group_sha() -> String {
+    redis::Script::new(crate::scripts::STREAM_GROUP)
+        .get_hash()
+        .to_string()
+}
+
+/// `SCRIPT LOAD` of the stream script (its reply is [`stream_group_sha`]): put once at the
+/// head of a pipeline, so that the pipeline's [`stream_group_sha_cmd`]s, one per stream, do
+/// not each carry the script's text (and never meet `NOSCRIPT`, even right after a restart or
+/// a failover of Redis).
+pub fn stream_group_load_cmd() -> redis::Cmd {
+    let mut cmd = redis::cmd("SCRIPT");
+    cmd.arg("LOAD").arg(crate::scripts::STREAM_GROUP);
+    cmd
+}
+
+/// [`stream_group_cmd`] by the script's SHA1 (`EVALSHA`), after [`stream_group_load_cmd`].
+pub fn stream_group_sha_cmd(sha: &str, stream: &str, group: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(STREAM_COUNT_CAP);
+    cmd
+}
+
+/// A Redis Stream consumer group as [`stream_group_cmd`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamGroup {
+    /// The group exists.
+    Found {
+        /// Entries not yet delivered to the group (its lag).
+        lag: u64,
+        /// Whether `lag` is exact; false when Redis could not give it and there were more
+        /// than [`STREAM_COUNT_CAP`] entries on both sides of `last-delivered-id` to count:
+        /// `lag` is then [`STREAM_COUNT_CAP`], a lower bound.
+        exact: bool,
+        /// Entries delivered to a consumer of the group and not acknowledged (`pending`).
+        pending: u64,
+        /// The first undelivered entry's id, if any.
+        first_undelivered: Option<String>,
+    },
+    /// No key of that name.
+    NoStream,
+    /// The stream has no group of that name.
+    NoGroup,
+    /// The key holds another type (named).
+    WrongType(String),
+}
+
+/// The reply of [`stream_group_cmd`].
+pub fn parse_stream_group(v: &redis::Value) -> Result<StreamGroup, String> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    let Value::Array(items) = v else {
+        return Err(format!("unexpected stream reading {v:?}"));
+    };
+    let bad = || format!("unexpected stream reading {items:?}");
+    match items.first().and_then(text).as_deref() {
+        Some("ok") if items.len() == 5 => Ok(StreamGroup::Found {
+            lag: int(&items[1]).ok_or_else(bad)?,
+            pending: int(&items[2]).ok_or_else(bad)?,
+            first_undelivered: text(&items[3]),
+            exact: int(&items[4]) == Some(1),
+        }),
+        Some("nostream") => Ok(StreamGroup::NoStream),
+        Some("nogroup") => Ok(StreamGroup::NoGroup),
+        Some("wrongtype") => Ok(StreamGroup::WrongType(
+            items.get(1).and_then(text).unwrap_or_default(),
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// The time part (unix ms) of a stream entry id `<ms>-<seq>`, when it is one: ids that
+/// `XADD *` generates are; an explicit id whose first part is before 2001 or not a number is
+/// not taken for a time.
+pub fn stream_id_ms(id: &str) -> Option<u64> {
+    let ms: u64 = id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()?;
+    (ms >= 1_000_000_000_000).then_some(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +325,37 @@ mod tests {
         );
         assert_eq!(celery_enqueued_ms(r#"{"headers":{"id":"x"}}"#), None);
         assert_eq!(celery_enqueued_ms("not json"), None);
+    }
+
+    #[test]
+    fn stream_ids_and_replies() {
+        use redis::Value;
+        assert_eq!(stream_id_ms("1700000000500-3"), Some(1_700_000_000_500));
+        assert_eq!(stream_id_ms("1700000000500"), Some(1_700_000_000_500));
+        assert_eq!(stream_id_ms("5-0"), None);
+        assert_eq!(stream_id_ms("x-1"), None);
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            parse_stream_group(&Value::Array(vec![
+                b("ok"),
+                Value::Int(7),
+                Value::Int(2),
+                b("1700000000500-0"),
+                Value::Int(1)
+            ])),
+            Ok(StreamGroup::Found {
+                lag: 7,
+                exact: true,
+                pending: 2,
+                first_undelivered: Some("1700000000500-0".into())
+            })
+        );
+        assert_eq!(
+            parse_stream_group(&Value::Array(vec![b("wrongtype"), b("list")])),
+            Ok(StreamGroup::WrongType("list".into()))
+        );
+        assert!(parse_stream_group(&Value::Int(3)).is_err());
+        assert!(parse_stream_group(&Value::Array(vec![b("ok"), Value::Int(1)])).is_err());
     }
 
     #[test]

@@ -80,8 +80,12 @@ pub const OUTBOX_REQUEUE_PARKED: &str = lua!("outbox_requeue_parked");
 /// The operator: the oldest RQ job's `enqueued_at` (see `foreign::rq_oldest_cmd`).
 pub const RQ_OLDEST: &str = lua!("rq_oldest");
 
+/// The operator: a Redis Stream consumer group's lag, pending entries and first undelivered
+/// entry (see `foreign::stream_group_cmd`).
+pub const STREAM_GROUP: &str = lua!("stream_group");
+
 /// Every script, by file name (for the tests).
-pub const ALL: [(&str, &str); 26] = [
+pub const ALL: [(&str, &str); 27] = [
     ("record_lib", RECORD_LIB),
     ("enqueue", ENQUEUE),
     ("beat_fire", BEAT_FIRE),
@@ -108,6 +112,7 @@ pub const ALL: [(&str, &str); 26] = [
     ("outbox_settle", OUTBOX_SETTLE),
     ("outbox_requeue_parked", OUTBOX_REQUEUE_PARKED),
     ("rq_oldest", RQ_OLDEST),
+    ("stream_group", STREAM_GROUP),
 ];
 
 #[cfg(test)]

@@ -118,10 +118,12 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
                         "FuncQueue {} is a {:?} queue: funcscale-worker cannot run its tasks; {}",
                         q.name_any(),
                         q.spec.format,
-                        if q.spec.format == QueueFormat::Celery {
-                            "set spec.celery (funcscale runs celery worker for it) or image and command to your own worker"
-                        } else {
-                            "set image and command to that system's worker"
+                        match q.spec.format {
+                            QueueFormat::Celery =>
+                                "set spec.celery (funcscale runs celery worker for it) or image and command to your own worker",
+                            QueueFormat::Stream =>
+                                "set image and command to your stream consumer (it reads the queue's consumer group with XREADGROUP and acknowledges with XACK)",
+                            _ => "set image and command to that system's worker",
                         }
                     ),
                 ));
@@ -465,6 +467,27 @@ mod tests {
         plain.spec.celery = None;
         let e = invalid(&plain, &deref(&[("c", QueueFormat::Celery)]));
         assert!(e.contains("set spec.celery"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_queue_is_served_by_the_users_consumer() {
+        let mut pool = celery_pool(&["s"]);
+        pool.spec.celery = None;
+        let d = deref(&[("s", QueueFormat::Stream)]);
+        let e = invalid(&pool, &d);
+        assert!(
+            e.contains("spec.queues[0]: FuncQueue s is a Stream queue")
+                && e.contains("your stream consumer"),
+            "{e}"
+        );
+        pool.spec.command = vec!["python".into(), "consumer.py".into()];
+        assert!(validate(&pool, "ns", &d, &Keys::default()).is_ok());
+        // spec.celery renders a Celery worker: it does not read streams
+        let e = invalid(&celery_pool(&["s"]), &d);
+        assert!(
+            e.contains("FuncQueue s is a Stream queue, but spec.celery"),
+            "{e}"
+        );
     }
 
     #[test]

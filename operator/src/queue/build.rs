@@ -90,12 +90,22 @@ pub fn readings(
             );
             st.scheduled_per_period = Some(m.scheduled_per_period);
             st.last_poll_time = Some(rfc3339(m.polled_at_ms));
+            let polled = if m.depth_lower_bound {
+                "depth is a lower bound: Redis could not give the consumer group's lag (entries were deleted or trimmed before delivery) and there were too many entries to count"
+            } else {
+                ""
+            };
             conditions::set(
                 &mut st.conditions,
-                new("MetricsAvailable", true, "Polled", "", g),
+                new("MetricsAvailable", true, "Polled", polled, g),
                 now,
             );
-            conditions::set(&mut st.conditions, new("Ready", true, "Polled", "", g), now);
+            // read, but not what the queue names (a Stream without its stream or group)
+            let ready = match &m.not_ready {
+                Some((reason, msg)) => new("Ready", false, reason, msg.clone(), g),
+                None => new("Ready", true, "Polled", "", g),
+            };
+            conditions::set(&mut st.conditions, ready, now);
             // an empty queue waits for nothing: 0 (the age alert resolves); a format that
             // records no enqueue time has no age to report: no series, not 0
             let oldest_age = match (m.oldest_age_seconds, m.depth) {
@@ -258,6 +268,16 @@ mod tests {
         assert_eq!(st.task_time_source.as_deref(), Some("Measured"));
         assert_eq!((st.running, st.retries_waiting), (Some(4), Some(2)));
         assert_eq!(condition(&st, "Ready"), ("True", "Polled"));
+        // a Stream without its group: numbers read (0), the queue not ready, saying why
+        let no_group = QueueMetrics {
+            depth: 0,
+            not_ready: Some(("StreamGroupMissing", "no group g".into())),
+            ..m.clone()
+        };
+        readings(&mut st, Some(&Reading::Ok(no_group)), Some(2), NOW);
+        assert_eq!(condition(&st, "Ready"), ("False", "StreamGroupMissing"));
+        assert_eq!(condition(&st, "MetricsAvailable"), ("True", "Polled"));
+        assert_eq!(st.depth, Some(0));
         let empty = QueueMetrics { depth: 0, ..m };
         let g = readings(&mut st, Some(&Reading::Ok(empty)), Some(2), NOW);
         assert_eq!(

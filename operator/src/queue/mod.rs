@@ -106,6 +106,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     let endpoint = match bad_cron
         .or(foreign_schedules)
         .or_else(|| celery_transport_error(&q.spec))
+        .or_else(|| stream_spec_error(&q.spec))
     {
         Some(e) => Err(e),
         None => d.endpoint,
@@ -266,6 +267,66 @@ mod celery_tests {
         let e = celery_transport_error(&spec).unwrap().to_string();
         assert!(
             e.contains("spec.celery") && e.contains("format Celery"),
+            "{e}"
+        );
+    }
+}
+
+/// What the schema cannot check (or an API server without CEL rules does not) of a Stream
+/// queue: it names its consumer group, only a Stream queue has one, and it has no schedules
+/// (the beat's funcscale envelopes would be entries no consumer of the stream understands).
+pub fn stream_spec_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
+    use crate::crd::QueueFormat;
+    match (&spec.stream, spec.format) {
+        (None, QueueFormat::Stream) => Some(Error::invalid(
+            "spec.stream.group",
+            "a Stream queue needs the consumer group whose lag sizes its pools: set stream.group to the group your consumers read with XREADGROUP",
+        )),
+        (Some(_), QueueFormat::Stream) if !spec.schedules.is_empty() => Some(Error::invalid(
+            "spec.schedules",
+            "a Stream queue holds your producers' entries: funcscale's beat would push funcscale tasks into a list no consumer of the stream reads; keep these schedules in the system's own scheduler, or give the schedules to a funcscale queue",
+        )),
+        (Some(_), QueueFormat::Stream) => None,
+        (Some(_), format) => Some(Error::invalid(
+            "spec.stream",
+            format!(
+                "a consumer group is for a queue of format Stream, this one is {format:?}: set format: Stream or remove stream"
+            ),
+        )),
+        (None, _) => None,
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::crd::{FuncQueueSpec, QueueFormat, Schedule, StreamGroupRef};
+
+    #[test]
+    fn a_stream_queue_names_its_group_and_has_no_schedules() {
+        let mut spec = FuncQueueSpec {
+            format: QueueFormat::Stream,
+            ..Default::default()
+        };
+        let e = stream_spec_error(&spec).unwrap().to_string();
+        assert!(e.contains("spec.stream.group"), "{e}");
+        spec.stream = Some(StreamGroupRef {
+            group: "workers".into(),
+        });
+        assert!(stream_spec_error(&spec).is_none());
+        spec.schedules = vec![Schedule {
+            name: "tick".into(),
+            cron: "* * * * *".into(),
+            function: "f".into(),
+            args: vec![],
+        }];
+        let e = stream_spec_error(&spec).unwrap().to_string();
+        assert!(e.contains("spec.schedules"), "{e}");
+        spec.schedules.clear();
+        spec.format = QueueFormat::Rq;
+        let e = stream_spec_error(&spec).unwrap().to_string();
+        assert!(
+            e.contains("spec.stream") && e.contains("format Stream"),
             "{e}"
         );
     }

@@ -31,30 +31,12 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// A Celery application image (`registry.example.com/<repository>`): Celery from the e2e
 /// virtualenv, with a module `module` whose broker is `CELERY_BROKER_URL`.
 fn celery_image(dir: &Path, repository: &str, module: &str) -> anyhow::Result<ImageRule> {
-    let out = std::process::Command::new(repo_root().join("e2e/control-plane/celery-venv.sh"))
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "celery-venv.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let source = format!(
+        "import os\nfrom celery import Celery\n\
+         app = Celery('{module}', broker=os.environ['CELERY_BROKER_URL'])\n\
+         @app.task\ndef ping():\n    return 'pong'\n"
     );
-    let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let app = dir.join(format!("{module}-app"));
-    std::fs::create_dir_all(&app)?;
-    std::fs::write(
-        app.join(format!("{module}.py")),
-        format!(
-            "import os\nfrom celery import Celery\n\
-             app = Celery('{module}', broker=os.environ['CELERY_BROKER_URL'])\n\
-             @app.task\ndef ping():\n    return 'pong'\n"
-        ),
-    )?;
-    let mut r = ImageRule::new(repository);
-    r.path.push(venv.join("bin"));
-    r.env.insert("PYTHONPATH".into(), app.display().to_string());
-    r.env.insert("HOME".into(), app.display().to_string());
-    r.workdir = Some(app);
-    Ok(r)
+    Ok(funcscale_e2e::scenario::celery_image(repository, dir, module, &source, &[])?.0)
 }
 
 fn operator_image() -> anyhow::Result<ImageRule> {

@@ -5,10 +5,9 @@
 //! entries flow (its pending entry is claimed by another consumer), and goes back to zero. Needs `cargo build --workspace
 //! --bins` first, Redis at 127.0.0.1:6379 and python3 (the virtualenv is made once).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use funcscale_e2e::control_plane::repo_root;
 use funcscale_e2e::eventually;
 use funcscale_e2e::node::ImageRule;
 use funcscale_e2e::scenario::{Options, ReplicaHistory, Scenario};
@@ -46,20 +45,7 @@ while not stopping:
 /// The consumer image (`registry.example.com/stream-consumer`): the e2e virtualenv's Python
 /// (it has redis-py) with `consumer.py` in its working directory.
 fn consumer_image(dir: &Path) -> anyhow::Result<ImageRule> {
-    let out = std::process::Command::new(repo_root().join("e2e/control-plane/celery-venv.sh"))
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "celery-venv.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    std::fs::write(dir.join("consumer.py"), CONSUMER)?;
-    let mut r = ImageRule::new("stream-consumer");
-    r.path.push(venv.join("bin"));
-    r.env.insert("HOME".into(), dir.display().to_string());
-    r.workdir = Some(dir.to_path_buf());
-    Ok(r)
+    Ok(funcscale_e2e::scenario::celery_image("stream-consumer", dir, "consumer", CONSUMER, &[])?.0)
 }
 
 async fn int(con: &mut redis::aio::MultiplexedConnection, cmd: &str, key: &str) -> i64 {

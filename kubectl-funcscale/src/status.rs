@@ -90,6 +90,9 @@ pub struct QueueView {
     pub arrivals_per_minute: Option<f64>,
     pub completions_per_minute: Option<f64>,
     pub task_time_ms: Option<f64>,
+    /// Running tasks as the operator read them (`.status.running`; for a Celery queue its
+    /// workers' unacknowledged tasks).
+    pub running: Option<u64>,
     pub consumers: Vec<String>,
     /// Conditions whose status is `False`.
     pub problems: Vec<ConditionView>,
@@ -312,6 +315,7 @@ fn queue_view(q: &FuncQueue) -> QueueView {
         arrivals_per_minute: st.arrival_rate.map(|r| r * 60.0),
         completions_per_minute: st.completion_rate.map(|r| r * 60.0),
         task_time_ms: st.task_time_ms,
+        running: st.running,
         consumers: st.consumers.clone(),
         problems: st
             .conditions
@@ -464,7 +468,12 @@ pub fn render(s: &Status) -> String {
                 // funcscale's own books: none for a foreign queue; a Stream's running
                 // are its group's pending entries
                 opt(live.filter(|_| own).map(|o| o.delayed)),
-                opt(live.filter(|_| own || stream).map(|o| o.executing)),
+                // (a Celery queue's: the operator's reading of its unacked tasks)
+                if own || stream {
+                    opt(live.map(|o| o.executing))
+                } else {
+                    opt(q.running)
+                },
                 opt(live.filter(|_| own).map(|o| o.dead_letters)),
                 notes.join("; "),
             ];
@@ -584,6 +593,7 @@ mod tests {
                 name: "celery".into(),
                 format: QueueFormat::Celery,
                 depth: Some(7),
+                running: Some(2),
                 redis: RedisView {
                     live: Some(QueueOverview {
                         depth: 7,
@@ -598,7 +608,7 @@ mod tests {
         let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             row,
-            ["celery", "7", "-", "-", "-", "-", "-", "7", "-", "-", "-"],
+            ["celery", "7", "-", "-", "-", "-", "-", "7", "-", "2", "-"],
             "{out}"
         );
     }

@@ -565,8 +565,10 @@ pub struct FuncWorkerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryApp>,
 
-    /// Task handler for the default command: `builtin` (noop/sleep/fail, for trials), or
-    /// `exec:<program>` to run a program per task with the task as JSON on stdin.
+    /// Task handler for the default command: `builtin` (noop, sleep, fail, record, flaky: for
+    /// trials), `exec:<program>` to run a program per task with the task as JSON on stdin,
+    /// `pool:<program>` (a long-lived child per process, JSON lines) or `http:<url>` (a POST
+    /// per task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub handler: Option<String>,
@@ -743,12 +745,16 @@ pub struct Resources {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessLimits {
-    /// Replace a worker process after it has run this many tasks.
+    /// Replace a worker process after it has run this many tasks (funcscale-worker: the
+    /// `exec:` / `pool:` handlers' children; the `builtin` and `http:` handlers run in the
+    /// worker process and have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tasks_per_child: Option<u64>,
-    /// Kill a worker process whose memory exceeds this many MiB: its task's attempt fails
-    /// (retried as `maxRetries` allows) and a new process takes its place.
+    /// Memory per worker process in MiB. funcscale-worker (`exec:` / `pool:` handlers' children
+    /// only) kills a child over it: its task's attempt fails (retried as `maxRetries` allows)
+    /// and a new child takes its place. Celery (`celery` pools) replaces a child over it after
+    /// its current task finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_memory_per_child_mb: Option<u64>,

@@ -25,6 +25,9 @@ const SOURCES: &[(&str, &[&str])] = &[
 const NOT_METRICS: &[&str] = &[
     funcscale_protocol::foreign::CELERY_ENQUEUED_HEADER,
     "funcscale_celery",
+    // funcscale-celery's beat guard: a Celery setting and a message header (docs/celery.md)
+    "funcscale_beat_lease_ttl_ms",
+    "funcscale_beat_tick_ms",
 ];
 
 fn root() -> PathBuf {

@@ -5,7 +5,8 @@
 //!   equal to what is in Redis over kombu's priority lists;
 //! - the pool grows from the task time its workers measured (the hint is far off), drains the
 //!   queue, and shrinks; a scale-down while long tasks run loses none (each task records that
-//!   it ran: the side effects are counted, not Celery's books);
+//!   it ran: the side effects are counted, not Celery's books), and with `acks_late` the tasks
+//!   of a pod that crashes mid-task come back and run;
 //! - two Celery beats (the Beat pool's pod and a second beat started beside it, a split
 //!   brain) guarded by `funcscale_celery.GuardedScheduler` send no tick twice for a minute.
 //!
@@ -31,7 +32,10 @@ import funcscale_celery
 
 app = Celery("e2eapp", broker=os.environ["CELERY_BROKER_URL"])
 app.conf.update(
-    broker_transport_options={"global_keyprefix": os.environ["E2E_KEYPREFIX"]},
+    # a short visibility timeout: a crashed worker's unacknowledged tasks come back within
+    # seconds (kombu's default is an hour); longer than any task here
+    broker_transport_options={"global_keyprefix": os.environ["E2E_KEYPREFIX"],
+                              "visibility_timeout": 20},
     task_default_queue=os.environ["E2E_QUEUE"],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -44,6 +48,7 @@ side = redis.Redis.from_url(os.environ["E2E_SIDE_URL"])
 
 @app.task
 def work(ms, marker):
+    side.sadd(marker + ":started", work.request.id)
     time.sleep(ms / 1000.0)
     side.sadd(marker, work.request.id)
     side.rpush(marker + ":runs", work.request.id)
@@ -282,13 +287,11 @@ async fn a_celery_app_is_sized_drained_and_beaten_once() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
     produce(LONG, 8_000, long.clone()).await;
+    let long_started = format!("{long}:started");
     eventually(
         Duration::from_secs(30),
         "the long tasks running",
-        || async {
-            let st = s.queues().get(&queue).await.ok()?.status?;
-            (st.running.unwrap_or(0) >= 9).then_some(())
-        },
+        || async { (int(&con, "SCARD", &long_started).await == i64::from(LONG)).then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
@@ -302,6 +305,32 @@ async fn a_celery_app_is_sized_drained_and_beaten_once() {
             "{e}: {} of {LONG} ran; replicas {:?}\n{}",
             futures_block(int(&con, "SCARD", &long)),
             history.values(),
+            logs(&s)
+        )
+    });
+
+    // 3b. a pod that crashes mid-task (SIGKILL, no warm shutdown): with acks_late its
+    // unacknowledged tasks come back (after the visibility timeout) and run; none is lost
+    const CRASHED: u32 = 4;
+    let crashed = format!("{side}:crashed");
+    produce(CRASHED, 5_000, crashed.clone()).await;
+    let started = format!("{crashed}:started");
+    eventually(Duration::from_secs(30), "the 4 tasks running", || async {
+        (int(&con, "SCARD", &started).await == i64::from(CRASHED)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s)));
+    s.kill_pod("fixed").await.unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "every crashed task ran",
+        || async { (int(&con, "SCARD", &crashed).await == i64::from(CRASHED)).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} of {CRASHED} ran\n{}",
+            futures_block(int(&con, "SCARD", &crashed)),
             logs(&s)
         )
     });
@@ -371,6 +400,11 @@ async fn a_celery_app_is_sized_drained_and_beaten_once() {
         .arg(format!("{done}:runs"))
         .arg(&long)
         .arg(format!("{long}:runs"))
+        .arg(&crashed)
+        .arg(format!("{crashed}:runs"))
+        .arg(&started)
+        .arg(format!("{done}:started"))
+        .arg(format!("{long}:started"))
         .arg(&ticks)
         .query_async(&mut con.clone())
         .await

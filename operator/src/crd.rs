@@ -83,7 +83,8 @@ pub struct FuncQueueSpec {
     /// Redis list that holds the waiting tasks of an adopted queue (format `Celery`, `Rq`
     /// or `Sidekiq`), e.g. `celery` for Celery's default queue. For a Celery queue it is the
     /// Celery queue name (the `-Q` of its workers; kombu adds `celery.globalKeyprefix` and
-    /// the priority lists); without it, the FuncQueue's name. For format `Stream` it is the
+    /// the priority lists); without it, the FuncQueue's name (a Celery FuncQueue's name has no
+    /// dot, `InvalidSpec` on `metadata.name`: for a dotted Celery queue set it here). For format `Stream` it is the
     /// Redis Stream's key (what producers `XADD` to); without it, the FuncQueue's name. funcscale's own queues
     /// (format `Funcscale`) use `funcscale:q:{<namespace>.<name>}` (see `status.key`). A
     /// list that a queue of another namespace on the same Redis already uses is refused

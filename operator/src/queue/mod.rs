@@ -106,6 +106,7 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     let endpoint = match bad_cron
         .or(foreign_schedules)
         .or_else(|| celery_transport_error(&q.spec))
+        .or_else(|| celery_name_error(&q.name_any(), &q.spec))
         .or_else(|| stream_spec_error(&q.spec))
     {
         Some(e) => Err(e),
@@ -241,10 +242,40 @@ pub fn celery_transport_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error>
         .map(|why| Error::invalid("spec.celery.prioritySteps", why))
 }
 
+/// A Celery queue's id in funcscale's keys is its bare name, and `funcscale-celery` reads a
+/// dotted id as `<namespace>.<name>` (`FUNCSCALE_CELERY_QUEUES`): a name with a dot would make
+/// its pods' integration refuse to start (or report under keys nobody reads).
+pub fn celery_name_error(name: &str, spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
+    (spec.format == crate::crd::QueueFormat::Celery && name.contains('.')).then(|| {
+        Error::invalid(
+            "metadata.name",
+            format!(
+                "a Celery queue's name must not contain '.' ({name:?}): funcscale-celery would read it as <namespace>.<name>; name the FuncQueue without dots and set spec.key to the Celery queue's name"
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod celery_tests {
     use super::*;
     use crate::crd::{CeleryTransport, FuncQueueSpec, QueueFormat};
+
+    #[test]
+    fn a_dotted_celery_queue_name_is_refused() {
+        let celery = FuncQueueSpec {
+            format: QueueFormat::Celery,
+            ..Default::default()
+        };
+        let e = celery_name_error("orders.v2", &celery).unwrap().to_string();
+        assert!(
+            e.contains("metadata.name: a Celery queue") && e.contains("spec.key"),
+            "{e}"
+        );
+        assert!(celery_name_error("orders-v2", &celery).is_none());
+        // funcscale's own ids are namespaced and braced: a dot is fine there
+        assert!(celery_name_error("orders.v2", &FuncQueueSpec::default()).is_none());
+    }
 
     #[test]
     fn celery_transport_options_are_checked() {

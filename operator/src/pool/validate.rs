@@ -84,6 +84,23 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
             .cloned()
             .collect(),
     };
+    // a Celery beat fires no funcscale schedule, and takes the namespace's one beat lease: the
+    // namespace's funcscale schedules would never fire
+    let scheduled: Vec<String> = queues
+        .iter()
+        .filter(|q| !q.spec.schedules.is_empty())
+        .map(|q| q.name_any())
+        .collect();
+    if pool.spec.role == PoolRole::Beat && pool.spec.celery.is_some() && !scheduled.is_empty() {
+        let names = scheduled;
+        return Err(Error::invalid(
+            "spec.celery",
+            format!(
+                "a Celery beat fires no funcscale schedule, and FuncQueues {} of namespace {ns} have schedules (spec.schedules) that only a funcscale beat fires; a namespace runs one beat (they share its lease): move those schedules into Celery's beat_schedule, or run a funcscale Beat pool (no spec.celery)",
+                names.join(", ")
+            ),
+        ));
+    }
     // a Celery pool's queues: every one a Celery queue (the `-Q` names are theirs)
     let mut celery_queues = Vec::new();
     if pool.spec.celery.is_some() {
@@ -467,6 +484,37 @@ mod tests {
         plain.spec.celery = None;
         let e = invalid(&plain, &deref(&[("c", QueueFormat::Celery)]));
         assert!(e.contains("set spec.celery"), "{e}");
+    }
+
+    #[test]
+    fn a_celery_beat_in_a_namespace_with_funcscale_schedules_is_refused() {
+        let mut beat = celery_pool(&[]);
+        beat.spec.role = PoolRole::Beat;
+        let mut scheduled = FuncQueue::new(
+            "reports",
+            FuncQueueSpec {
+                schedules: vec![crate::crd::Schedule {
+                    name: "nightly".into(),
+                    cron: "0 3 * * *".into(),
+                    function: "report".into(),
+                    args: vec![],
+                }],
+                ..Default::default()
+            },
+        );
+        scheduled.metadata.namespace = Some("ns".into());
+        let d = Dereferenced {
+            namespace_queues: vec![Arc::new(scheduled)],
+            ..Default::default()
+        };
+        let e = invalid(&beat, &d);
+        assert!(
+            e.contains("spec.celery: a Celery beat fires no funcscale schedule")
+                && e.contains("FuncQueues reports"),
+            "{e}"
+        );
+        // without funcscale schedules in the namespace it is fine
+        assert!(validate(&beat, "ns", &Dereferenced::default(), &Keys::default()).is_ok());
     }
 
     #[test]

@@ -118,3 +118,21 @@ def test_username_and_password_replace_the_urls(own_redis):
 
     with pytest.raises(redis.AuthenticationError):
         config.load(env={"FUNCSCALE_REDIS_URL": url, "FUNCSCALE_CELERY_QUEUES": '{"celery": "a.b"}'}).client().ping()
+
+
+def test_a_sentinel_url_is_read_as_the_rust_crate_reads_it():
+    s = config.parse_sentinel_url("redis+sentinel://app:p%40ss@s1:26380,S2,[::1]:5000/mymaster/3")
+    assert s.sentinels == (("s1", 26380), ("S2", 26379), ("::1", 5000))
+    assert (s.master, s.db, s.username, s.password, s.tls) == ("mymaster", 3, "app", "p@ss", False)
+    assert config.parse_sentinel_url("rediss+sentinel://s1/m").tls
+    assert config.parse_sentinel_url("redis://h:1/0") is None
+    c = load(
+        FUNCSCALE_REDIS_URL="redis+sentinel://s1/m",
+        FUNCSCALE_REDIS_SENTINEL_PASSWORD="spw\n",
+        FUNCSCALE_REDIS_PASSWORD="pw",
+    )
+    assert (c.sentinel_password, c.password) == ("spw", "pw")
+    for bad in ["redis+sentinel://s1", "redis+sentinel://s1/", "redis+sentinel://s1,,s2/m",
+                "redis+sentinel://s1/m/x"]:
+        with pytest.raises(ConfigError, match="FUNCSCALE_REDIS_URL"):
+            load(FUNCSCALE_REDIS_URL=bad)

@@ -464,7 +464,7 @@ async fn queue_connection(
     flag: &UrlFlag,
     queue: Option<&str>,
     verbose: bool,
-) -> Result<redis::aio::MultiplexedConnection, Failure> {
+) -> Result<funcscale_connect::Conn, Failure> {
     let (endpoint, why) = match queue {
         // an explicit URL needs no cluster
         _ if flag.explicit && flag.url.is_some() => (
@@ -560,26 +560,21 @@ pub enum ConnectError {
     Connect(#[source] redis::RedisError),
 }
 
-/// One multiplexed connection with bounded connect and response times (a CLI must not hang on
-/// an unreachable Redis), checked with a `PING` to log in: a refused password is
-/// [`ConnectError::Auth`].
+/// A connection with bounded connect and response times (a CLI must not hang on an
+/// unreachable Redis), checked with a `PING` to log in: a refused password is
+/// [`ConnectError::Auth`]. For a Sentinel set, its current master.
 pub async fn connect(
     endpoint: &RedisEndpoint,
     timeout: Duration,
-) -> Result<redis::aio::MultiplexedConnection, ConnectError> {
-    let info = endpoint.connection_info().map_err(ConnectError::Url)?;
-    let client = redis::Client::open(info).map_err(ConnectError::Connect)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    let checked = async {
-        let mut con = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        redis::cmd("PING").query_async::<()>(&mut con).await?;
-        Ok::<_, redis::RedisError>(con)
+) -> Result<funcscale_connect::Conn, ConnectError> {
+    let target = endpoint.target().map_err(ConnectError::Url)?;
+    let config = funcscale_connect::Config {
+        connection_timeout: timeout,
+        response_timeout: Some(Duration::from_secs(30)),
+        retries: Some(1),
+        ..funcscale_connect::Config::default()
     };
-    checked
+    funcscale_connect::Conn::connect(&target, &config)
         .await
         .map_err(|e| match funcscale_protocol::connection::auth_failure(&e) {
             Some(why) => ConnectError::Auth {

@@ -128,6 +128,10 @@ impl UrlFlag {
             self.auth.username.as_deref(),
             self.auth.password.as_deref(),
         )
+        .with_sentinel_credentials(
+            self.auth.sentinel_username.as_deref(),
+            self.auth.sentinel_password.as_deref(),
+        )
     }
 
     fn origin(&self) -> &'static str {

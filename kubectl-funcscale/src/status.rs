@@ -112,6 +112,10 @@ pub struct RedisView {
     pub live: Option<QueueOverview>,
     /// Why there are no live figures.
     pub error: Option<String>,
+    /// The topology read (`standalone`, `sentinel`).
+    pub topology: Option<String>,
+    /// `host:port` of the node read (for Sentinel: the master).
+    pub node: Option<String>,
 }
 
 /// Read pools and queues (`namespace` `None`: all namespaces), then each queue's Redis.
@@ -201,6 +205,8 @@ pub async fn gather(
             }
         };
         for i in idx {
+            status.queues[i].redis.topology = Some(con.target().topology().to_string());
+            status.queues[i].redis.node = Some(con.node());
             let q = items[i];
             let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());
             let read = live(&mut con, keys, &id, &q.spec, now);
@@ -451,6 +457,12 @@ pub fn render(s: &Status) -> String {
             if let Some(e) = &q.redis.error {
                 notes.push(format!("redis: {e}"));
             }
+            // one server is the default: only another topology is worth a note
+            if let (Some(t), Some(node)) = (&q.redis.topology, &q.redis.node)
+                && t != "standalone"
+            {
+                notes.push(format!("{t}: master {node}"));
+            }
             let stream = q.format == QueueFormat::Stream;
             let mut row = vec![
                 q.name.clone(),
@@ -583,6 +595,16 @@ mod tests {
         );
         // the columns line up: DEAD in the header starts where q8's dead letters are
         assert_eq!(lines[3].find("DEAD"), lines[4].rfind('3'), "{out}");
+
+        // a queue on a Sentinel set names the master it was read from; one server says nothing
+        let mut on_sentinel = s.clone();
+        on_sentinel.queues[0].redis.topology = Some("sentinel".into());
+        on_sentinel.queues[0].redis.node = Some("10.0.0.7:6379".into());
+        on_sentinel.queues[1].redis.topology = Some("standalone".into());
+        on_sentinel.queues[1].redis.node = Some("10.0.0.8:6379".into());
+        let out = render(&on_sentinel);
+        assert!(out.contains("sentinel: master 10.0.0.7:6379"), "{out}");
+        assert!(!out.contains("10.0.0.8"), "{out}");
 
         // a Celery queue keeps no funcscale retries, running set or dead letters: "-", not 0
         let celery = Status {

@@ -29,7 +29,8 @@ use crate::{http, pool, queue, telemetry, triggers, watches};
 /// Arguments of `run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Redis of queues that do not name their own (`spec.redis`).
+    /// Redis of queues that do not name their own (`spec.redis`): `redis://`, `rediss://`, or a
+    /// Sentinel set's master `redis+sentinel://host:26379,host2/<master>[/db]`.
     #[arg(
         long,
         env = "FUNCSCALE_REDIS_URL",
@@ -45,6 +46,14 @@ pub struct RunArgs {
     /// `--worker-redis-secret`: a password is never written into a pod spec.
     #[arg(long, env = funcscale_protocol::connection::PASSWORD_ENV, hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// ACL username the sentinels of a `redis+sentinel://` `--redis-url` require.
+    #[arg(long, env = funcscale_protocol::connection::SENTINEL_USERNAME_ENV, hide_env_values = true)]
+    pub redis_sentinel_username: Option<String>,
+    /// Password the sentinels of a `redis+sentinel://` `--redis-url` require (prefer the
+    /// environment variable). Pools on the default Redis then need queues with `spec.redis`:
+    /// a password is never written into a pod spec.
+    #[arg(long, env = funcscale_protocol::connection::SENTINEL_PASSWORD_ENV, hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
     /// Secret `NAME/KEY` in each pool's namespace with the default Redis URL for the worker
     /// pods (needed when `--redis-url` carries a password: it is never put in a pod spec).
     #[arg(long, env = "FUNCSCALE_WORKER_REDIS_SECRET", value_parser = parse_secret_ref)]
@@ -286,6 +295,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.redis_url,
             args.redis_username.as_deref(),
             args.redis_password.as_deref(),
+        )
+        .with_sentinel_credentials(
+            args.redis_sentinel_username.as_deref(),
+            args.redis_sentinel_password.as_deref(),
         ),
         worker_redis_secret: args.worker_redis_secret.clone(),
         keys: funcscale_protocol::Keys::new(args.key_prefix.clone()),

@@ -165,8 +165,8 @@ pub async fn resolve(
     now_ms: u64,
 ) -> Result<RedisEndpoint> {
     let value = |r, field| secret_value(&client, secrets, now_ms, ns, r, field);
-    match source(spec) {
-        Source::Default => Ok(default.clone()),
+    let endpoint = match source(spec) {
+        Source::Default => Ok::<_, Error>(default.clone()),
         Source::Url(url) => Ok(RedisEndpoint::new(url)),
         Source::UrlSecret(r) => Ok(RedisEndpoint::new(
             value(r, "spec.redis.urlSecretRef").await?.trim(),
@@ -191,7 +191,28 @@ pub async fn resolve(
                 password.as_deref(),
             ))
         }
+    }?;
+    // the sentinels' own login, for a redis+sentinel:// URL
+    let Some(conn) = spec
+        .redis
+        .as_ref()
+        .filter(|_| !matches!(source(spec), Source::Default))
+    else {
+        return Ok(endpoint);
+    };
+    let sentinel_username = match &conn.sentinel_username_secret_ref {
+        Some(r) => Some(value(r, "spec.redis.sentinelUsernameSecretRef").await?),
+        None => None,
+    };
+    let sentinel_password = match &conn.sentinel_password_secret_ref {
+        Some(r) => Some(value(r, "spec.redis.sentinelPasswordSecretRef").await?),
+        None => None,
+    };
+    if sentinel_username.is_none() && sentinel_password.is_none() {
+        return Ok(endpoint);
     }
+    Ok(endpoint
+        .with_sentinel_credentials(sentinel_username.as_deref(), sentinel_password.as_deref()))
 }
 
 /// Why `r` cannot be read (`None`: it can): the Secret or its key is missing.
@@ -344,8 +365,7 @@ mod tests {
             .unwrap();
         assert_eq!(ep.url(), "redis://:s3cret@r:6379/2");
         let settings = |ep: &RedisEndpoint| {
-            let info = ep.connection_info().unwrap();
-            let s = info.redis_settings();
+            let s = ep.redis_settings().unwrap();
             (
                 s.username().map(str::to_string),
                 s.password().map(str::to_string),

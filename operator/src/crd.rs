@@ -370,12 +370,15 @@ pub struct Schedule {
     validation = Rule::new("!has(self.usernameSecretRef) || has(self.url)").message("usernameSecretRef needs url (the URL without its credentials)")
 )]
 pub struct RedisConnection {
-    /// Redis URL without a password, e.g. `redis://redis.queues:6379/0` or
-    /// `rediss://user@redis.example:6380/2` for TLS.
+    /// Redis URL without a password, e.g. `redis://redis.queues:6379/0`,
+    /// `rediss://user@redis.example:6380/2` for TLS, or a Sentinel set's master:
+    /// `redis+sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/mymaster/0`
+    /// (`rediss+sentinel://` for TLS; the hosts are sentinels, port 26379 by default; workers,
+    /// beat and operator follow a failover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^rediss?://"))]
+    #[schemars(regex(pattern = "^rediss?(\\+sentinel)?://"))]
     #[x_kube(
-        validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("the Redis URL carries a password: put it in a Secret and use urlSecretRef or passwordSecretRef")
+        validation = Rule::new("!self.matches('^rediss?(\\\\+sentinel)?://[^/@]*:[^/@]*@')").message("the Redis URL carries a password: put it in a Secret and use urlSecretRef or passwordSecretRef")
     )]
     pub url: Option<String>,
     /// The whole Redis URL (password included) from a key of a Secret in the queue's namespace.
@@ -390,6 +393,16 @@ pub struct RedisConnection {
     /// (it replaces a username in `url`). The pods get it as `FUNCSCALE_REDIS_USERNAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeyRef>,
+    /// For a `redis+sentinel://` URL (in `url` or `urlSecretRef`): the password the sentinels
+    /// themselves require (their `requirepass`, or the ACL user's), from a key of a Secret in
+    /// the queue's namespace. The data nodes' password is `passwordSecretRef` (or in the URL of
+    /// `urlSecretRef`). The pods get it as `FUNCSCALE_REDIS_SENTINEL_PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_secret_ref: Option<SecretKeyRef>,
+    /// For a `redis+sentinel://` URL: the ACL username the sentinels require, from a key of a
+    /// Secret. The pods get it as `FUNCSCALE_REDIS_SENTINEL_USERNAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_username_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the same namespace.
@@ -452,6 +465,10 @@ pub struct FuncQueueStatus {
     /// Worker pools that serve this queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
+    /// Which Redis the operator read the queue from: the topology (`standalone`, `sentinel`)
+    /// and the node that answered (for Sentinel the master then: it changes with a failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<QueueRedisStatus>,
     /// When the operator last read this queue from Redis (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_poll_time: Option<String>,
@@ -470,6 +487,17 @@ pub struct FuncQueueStatus {
 // ---------------------------------------------------------------------------------------------
 // FuncWorkerPool
 // ---------------------------------------------------------------------------------------------
+
+/// Which Redis a queue was read from.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRedisStatus {
+    /// `standalone` (one server) or `sentinel` (a Sentinel set's master).
+    pub topology: String,
+    /// `host:port` of the node that answered the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
 
 /// A pool of worker pods serving one or more queues, or the single beat pod.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -75,6 +75,7 @@ pub async fn tick(
     ctx.metrics
         .redis_poll_errors
         .inc_by(report.errors.len() as u64);
+    ctx.metrics.record_nodes(&report.nodes);
     let mut pools: Vec<ObjectRef<FuncWorkerPool>> = report
         .changed
         .iter()

@@ -57,6 +57,9 @@ struct Credentials {
     url: String,
     username: Option<String>,
     password: Option<String>,
+    /// The sentinels' own login, for a `redis+sentinel://` URL.
+    sentinel_username: Option<String>,
+    sentinel_password: Option<String>,
 }
 
 impl RedisEndpoint {
@@ -66,6 +69,8 @@ impl RedisEndpoint {
             url: url.into(),
             username: None,
             password: None,
+            sentinel_username: None,
+            sentinel_password: None,
         }))
     }
 
@@ -82,7 +87,28 @@ impl RedisEndpoint {
             url: url.to_string(),
             username: given(username).map(str::to_string),
             password: given(password).map(str::to_string),
+            sentinel_username: None,
+            sentinel_password: None,
         }))
+    }
+
+    /// The same endpoint with the login of the sentinels of a `redis+sentinel://` URL (each
+    /// ignored when not set or empty).
+    pub fn with_sentinel_credentials(self, username: Option<&str>, password: Option<&str>) -> Self {
+        use funcscale_protocol::connection::given;
+        let c = &self.0;
+        Self(Arc::new(Credentials {
+            url: c.url.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
+            sentinel_username: given(username).map(str::to_string),
+            sentinel_password: given(password).map(str::to_string),
+        }))
+    }
+
+    /// Whether the sentinels' own password is set (it never goes into a pod spec either).
+    pub fn has_sentinel_password(&self) -> bool {
+        self.0.sentinel_password.is_some()
     }
 
     /// The URL as given (it may carry credentials: never log it, log the endpoint).
@@ -90,15 +116,36 @@ impl RedisEndpoint {
         &self.0.url
     }
 
-    /// What to connect with: the URL with the credentials given apart.
-    pub fn connection_info(
+    /// What to connect to: the URL with the credentials given apart (one server, or a
+    /// Sentinel set's master).
+    pub fn target(
         &self,
-    ) -> Result<redis::ConnectionInfo, funcscale_protocol::connection::InvalidUrl> {
-        funcscale_protocol::connection::connection_info(
+    ) -> Result<funcscale_protocol::connection::Target, funcscale_protocol::connection::InvalidUrl>
+    {
+        funcscale_protocol::connection::target(
             &self.0.url,
-            self.0.username.as_deref(),
-            self.0.password.as_deref(),
+            funcscale_protocol::connection::Credentials {
+                username: self.0.username.as_deref(),
+                password: self.0.password.as_deref(),
+                sentinel_username: self.0.sentinel_username.as_deref(),
+                sentinel_password: self.0.sentinel_password.as_deref(),
+            },
         )
+    }
+
+    /// `standalone` or `sentinel` (`standalone` when the URL does not parse).
+    pub fn topology(&self) -> &'static str {
+        self.target().map_or("standalone", |t| t.topology())
+    }
+
+    /// The data nodes' database, username and password.
+    pub fn redis_settings(
+        &self,
+    ) -> Result<redis::RedisConnectionInfo, funcscale_protocol::connection::InvalidUrl> {
+        Ok(match self.target()? {
+            funcscale_protocol::connection::Target::Node(info) => info.redis_settings().clone(),
+            funcscale_protocol::connection::Target::Sentinel(s) => s.node,
+        })
     }
 
     /// Whether a password is given, apart or in the URL.
@@ -113,32 +160,22 @@ impl RedisEndpoint {
     }
 
     /// Which Redis database this is, whatever the URL's spelling and credentials:
-    /// `host:port/db` (the host lowercased; a socket path as is), or the redacted URL when it
-    /// does not parse. Two queues whose Secrets hold URLs of one server and database have one
-    /// identity. (Two host names of one server — a DNS alias, an IP — are not known to be one.)
+    /// `host:port/db` (the host lowercased; a socket path as is), for a Sentinel set
+    /// `sentinel:<master>@<sentinels>/db`, or the redacted URL when it does not parse. Two
+    /// queues whose Secrets hold URLs of one server and database have one identity. (Two host
+    /// names of one server — a DNS alias, an IP — are not known to be one.)
     pub fn identity(&self) -> String {
-        match self.connection_info() {
-            Ok(info) => {
-                let db = info.redis_settings().db();
-                let addr = match info.addr() {
-                    redis::ConnectionAddr::Tcp(h, p)
-                    | redis::ConnectionAddr::TcpTls {
-                        host: h, port: p, ..
-                    } => {
-                        format!("{}:{p}", h.to_ascii_lowercase())
-                    }
-                    other => other.to_string(),
-                };
-                format!("{addr}/{db}")
-            }
+        match self.target() {
+            Ok(t) => t.identity(),
             Err(_) => self.redacted(),
         }
     }
 
-    /// `host:port` of the endpoint (for messages), or the redacted URL when it does not parse.
+    /// `host:port` of the endpoint, or `master <name> via sentinels ...` (for messages), or
+    /// the redacted URL when it does not parse.
     pub fn node(&self) -> String {
-        match self.connection_info() {
-            Ok(info) => funcscale_protocol::connection::node(&info),
+        match self.target() {
+            Ok(t) => t.describe(),
             Err(_) => self.redacted(),
         }
     }
@@ -224,6 +261,24 @@ pub enum RedisError {
     /// A command failed.
     #[error("{0}")]
     Command(#[source] redis::RedisError),
+    /// A command failed on this node (a poll: the node is named, e.g. the master a Sentinel
+    /// set had when the connection dropped).
+    #[error("Redis at {node}: {source}")]
+    AtNode {
+        /// `host:port` (for Sentinel, with the master's name and the sentinels).
+        node: String,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No answer from this node within the response timeout.
+    #[error("no answer from Redis at {node} within {timeout:?}")]
+    NodeTimeout {
+        /// `host:port`.
+        node: String,
+        /// The response timeout.
+        timeout: Duration,
+    },
     /// A reply that is not what the protocol says.
     #[error("{0}")]
     Reply(String),
@@ -463,6 +518,10 @@ pub struct QueueMetrics {
     pub not_ready: Option<(&'static str, String)>,
     /// `depth` is a lower bound (a Stream's lag Redis could not give and too long to count).
     pub depth_lower_bound: bool,
+    /// The queue's Redis topology: `standalone` or `sentinel`.
+    pub topology: &'static str,
+    /// `host:port` of the node the reading came from (for Sentinel, the master then).
+    pub node: String,
 }
 
 /// The last reading of a queue.
@@ -558,6 +617,21 @@ pub struct PollReport {
     pub ok_endpoints: usize,
     /// Queues read.
     pub queues: usize,
+    /// The node each instance read fine was read from.
+    pub nodes: Vec<EndpointNode>,
+}
+
+/// Which node answered for a Redis instance in a poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointNode {
+    /// The instance's identity ([`RedisEndpoint::identity`]: no credentials).
+    pub redis: String,
+    /// `standalone` or `sentinel`.
+    pub topology: &'static str,
+    /// `host:port` of the node (for Sentinel, the current master).
+    pub node: String,
+    /// Master switches (Sentinel failovers) the operator's connection followed.
+    pub switches: u64,
 }
 
 /// Poller configuration.
@@ -585,7 +659,7 @@ impl Default for PollerConfig {
 }
 
 struct Conn {
-    manager: Option<redis::aio::ConnectionManager>,
+    manager: Option<funcscale_connect::Conn>,
     failures: u32,
     next_attempt: Option<Instant>,
     last_error: Option<(String, UnavailableReason)>,
@@ -736,6 +810,14 @@ impl Poller {
             report.queues += queues.len();
             match result {
                 Ok(raws) => {
+                    if let Some(c) = &conn.manager {
+                        report.nodes.push(EndpointNode {
+                            redis: endpoint.identity(),
+                            topology: c.target().topology(),
+                            node: c.node(),
+                            switches: c.switches(),
+                        });
+                    }
                     conn.failures = 0;
                     conn.next_attempt = None;
                     conn.last_error = None;
@@ -768,7 +850,11 @@ impl Poller {
                             backlog: raw.depth + raw.retries_due,
                         };
                         let rates = counters.push(sample, window_ms);
-                        let m = to_metrics(&target, &raw, rates, now_ms);
+                        let mut m = to_metrics(&target, &raw, rates, now_ms);
+                        if let Some(c) = &conn.manager {
+                            m.topology = c.target().topology();
+                            m.node = c.node();
+                        }
                         let changed = match cache.get(&id) {
                             Some(Reading::Ok(old)) => !same_numbers(old, &m),
                             _ => true,
@@ -819,6 +905,7 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
         && (a.task_time_ms - b.task_time_ms).abs() < 0.05 * a.task_time_ms.max(1.0)
         && (a.arrival_rate - b.arrival_rate).abs() < 0.05 * a.arrival_rate.max(1.0)
         && a.not_ready == b.not_ready
+        && a.node == b.node
 }
 
 struct Raw {
@@ -868,6 +955,8 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
         polled_at_ms: now_ms,
         not_ready: raw.not_ready.clone(),
         depth_lower_bound: raw.depth_lower_bound,
+        topology: "standalone",
+        node: String::new(),
     }
 }
 
@@ -891,12 +980,21 @@ async fn read_endpoint(
             conn.manager = Some(connect(endpoint, config).await?);
         }
         let manager = conn.manager.as_mut().expect("just connected");
+        let node = manager.describe();
         let pipe = build_pipeline(queues, now_ms);
         let values: Vec<Value> =
             tokio::time::timeout(config.response_timeout, pipe.query_async(manager))
                 .await
-                .map_err(|_| RedisError::ResponseTimeout(config.response_timeout))?
-                .map_err(|e| RedisError::classify(endpoint, e, RedisError::Command))?;
+                .map_err(|_| RedisError::NodeTimeout {
+                    node: node.clone(),
+                    timeout: config.response_timeout,
+                })?
+                .map_err(|e| {
+                    RedisError::classify(endpoint, e, |source| RedisError::AtNode {
+                        node: node.clone(),
+                        source,
+                    })
+                })?;
         parse_pipeline(queues, values).map_err(RedisError::Reply)
     }
     .await;
@@ -916,40 +1014,45 @@ async fn read_endpoint(
     result
 }
 
-/// Connect to `endpoint` (TLS from its URL, user and password from the URL or given apart)
-/// with the poller's timeouts.
+/// Connect to `endpoint` (TLS from its URL, user and password from the URL or given apart;
+/// for a Sentinel set its current master, followed across failovers) with the poller's
+/// timeouts.
 pub(crate) async fn connect(
     endpoint: &RedisEndpoint,
     config: &PollerConfig,
-) -> Result<redis::aio::ConnectionManager, RedisError> {
-    let info = endpoint
-        .connection_info()
-        .map_err(|source| RedisError::InvalidUrl {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
-    let client = redis::Client::open(info).map_err(|source| RedisError::Connect {
+) -> Result<funcscale_connect::Conn, RedisError> {
+    let target = endpoint.target().map_err(|source| RedisError::InvalidUrl {
         endpoint: endpoint.clone(),
         source,
     })?;
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout))
-        .set_number_of_retries(1);
-    tokio::time::timeout(
-        config.connect_timeout + Duration::from_millis(500),
-        redis::aio::ConnectionManager::new_with_config(client, cfg),
-    )
-    .await
-    .map_err(|_| RedisError::ConnectTimeout {
-        endpoint: endpoint.clone(),
-    })?
-    .map_err(|source| {
-        RedisError::classify(endpoint, source, |source| RedisError::Connect {
+    let cfg = funcscale_connect::Config {
+        connection_timeout: config.connect_timeout,
+        response_timeout: Some(config.response_timeout),
+        retries: Some(1),
+        // one connection per Redis: the first poll tells a refused login
+        probe: false,
+        ..funcscale_connect::Config::default()
+    };
+    // a Sentinel set: asking the sentinels, then checking the master, takes a few round trips
+    let limit = match &target {
+        funcscale_protocol::connection::Target::Node(_) => {
+            config.connect_timeout + Duration::from_millis(500)
+        }
+        funcscale_protocol::connection::Target::Sentinel(_) => {
+            config.connect_timeout * 4 + Duration::from_millis(500)
+        }
+    };
+    tokio::time::timeout(limit, funcscale_connect::Conn::connect(&target, &cfg))
+        .await
+        .map_err(|_| RedisError::ConnectTimeout {
             endpoint: endpoint.clone(),
-            source,
+        })?
+        .map_err(|source| {
+            RedisError::classify(endpoint, source, |source| RedisError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })
         })
-    })
 }
 
 /// The pipeline reading all `queues`: per queue `LLEN` of each list, the oldest entry
@@ -1256,9 +1359,9 @@ mod tests {
             "rediss://app@redis.example:6380/2",
             "the password stays apart"
         );
-        let info = e.connection_info().unwrap();
-        assert_eq!(info.redis_settings().username(), Some("app"));
-        assert_eq!(info.redis_settings().password(), Some("p@ss:w"));
+        let info = e.redis_settings().unwrap();
+        assert_eq!(info.username(), Some("app"));
+        assert_eq!(info.password(), Some("p@ss:w"));
         assert_eq!(e.redacted(), "rediss://app:***@redis.example:6380/2");
         assert_eq!(format!("{e:?}"), "rediss://app:***@redis.example:6380/2");
         assert_eq!(e.node(), "redis.example:6380");
@@ -1267,10 +1370,7 @@ mod tests {
         assert!(e.has_password());
         let e = RedisEndpoint::with_credentials("redis://:old@redis:6379/0", Some("ops"), None);
         assert_eq!(e.redacted(), "redis://ops:***@redis:6379/0");
-        assert_eq!(
-            e.connection_info().unwrap().redis_settings().password(),
-            Some("old")
-        );
+        assert_eq!(e.redis_settings().unwrap().password(), Some("old"));
         assert!(!RedisEndpoint::new("rediss://user@redis:6379/0").has_password());
     }
 

@@ -41,10 +41,18 @@ pub struct Metrics {
     pub redis_poll_duration: Histogram,
     /// Failed polls of one Redis instance.
     pub redis_poll_errors: IntCounter,
+    /// 1 for the node each Redis instance was last read from, by instance (`redis`: its
+    /// identity, no credentials), `topology` (`standalone`, `sentinel`) and `node`
+    /// (`host:port`; for Sentinel the current master: a failover moves the 1 to a new series).
+    pub redis_node: IntGaugeVec,
+    /// Master switches (Sentinel failovers) the operator's connection to a Redis followed.
+    pub redis_master_switches: IntCounterVec,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
     /// The names of all registered metrics (see [`Metrics::names`]).
     names: Vec<String>,
+    /// Per Redis instance: the topology, node and switch count of the last poll.
+    nodes_seen: std::sync::Arc<Mutex<NodesSeen>>,
 }
 
 impl Default for Metrics {
@@ -150,6 +158,22 @@ impl Metrics {
             "Polls of a Redis instance that failed",
         )
         .expect("valid metric");
+        let redis_node = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_redis_node",
+                "1 for the node a Redis instance was last read from (for Sentinel: its master)",
+            ),
+            &["redis", "topology", "node"],
+        )
+        .expect("valid metric");
+        let redis_master_switches = IntCounterVec::new(
+            Opts::new(
+                "funcscale_redis_master_switches_total",
+                "Master switches (Sentinel failovers) the operator's connection to a Redis followed",
+            ),
+            &["redis"],
+        )
+        .expect("valid metric");
         let leader = IntGauge::new(
             "funcscale_leader",
             "1 while this replica holds the leader lease",
@@ -169,6 +193,8 @@ impl Metrics {
             Box::new(beat_ready.clone()),
             Box::new(redis_poll_duration.clone()),
             Box::new(redis_poll_errors.clone()),
+            Box::new(redis_node.clone()),
+            Box::new(redis_master_switches.clone()),
             Box::new(leader.clone()),
         ] {
             names.extend(crate::metric_names::series_names(c.as_ref()));
@@ -188,8 +214,46 @@ impl Metrics {
             beat_ready,
             redis_poll_duration,
             redis_poll_errors,
+            redis_node,
+            redis_master_switches,
             leader,
             names,
+            nodes_seen: Default::default(),
+        }
+    }
+
+    /// Record which node answered for each Redis instance in a poll: the instance's old node
+    /// series goes when a failover moved it; the switch counter adds the switches the
+    /// connection followed since the last poll (a new connection counts from 0 again).
+    pub fn record_nodes(&self, nodes: &[crate::redis_metrics::EndpointNode]) {
+        let mut last = self.nodes_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for n in nodes {
+            let (old_node, old_switches) = last
+                .get(&n.redis)
+                .map(|(t, node, sw)| ((*t, node.clone()), *sw))
+                .unzip();
+            if let Some((topology, node)) = &old_node
+                && (node != &n.node || *topology != n.topology)
+            {
+                let _ = self.redis_node.remove_label_values(&[
+                    n.redis.as_str(),
+                    topology,
+                    node.as_str(),
+                ]);
+            }
+            self.redis_node
+                .with_label_values(&[&n.redis, n.topology, &n.node])
+                .set(1);
+            let added = match old_switches {
+                Some(seen) if n.switches >= seen => n.switches - seen,
+                Some(_) | None => n.switches,
+            };
+            if added > 0 {
+                self.redis_master_switches
+                    .with_label_values(&[&n.redis])
+                    .inc_by(added);
+            }
+            last.insert(n.redis.clone(), (n.topology, n.node.clone(), n.switches));
         }
     }
 
@@ -209,6 +273,9 @@ impl Metrics {
         buf
     }
 }
+
+/// Per Redis instance (its identity): the topology, node and master switches of the last poll.
+type NodesSeen = std::collections::HashMap<String, (&'static str, String, u64)>;
 
 /// What `/readyz` reports: the API is reachable and the CRDs established, and the watches run.
 /// Redis is not part of it: one tenant's unreachable Redis must not take the operator out of
@@ -273,4 +340,46 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+    use crate::redis_metrics::EndpointNode;
+
+    fn node(node: &str, switches: u64) -> EndpointNode {
+        EndpointNode {
+            redis: "sentinel:m@s1:26379/0".into(),
+            topology: "sentinel",
+            node: node.into(),
+            switches,
+        }
+    }
+
+    #[test]
+    fn a_failover_moves_the_node_series_and_counts_the_switch() {
+        let m = Metrics::new();
+        m.record_nodes(&[node("10.0.0.1:6379", 0)]);
+        m.record_nodes(&[node("10.0.0.2:6379", 1)]);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"funcscale_redis_node{node="10.0.0.2:6379",redis="sentinel:m@s1:26379/0",topology="sentinel"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("10.0.0.1:6379"), "{text}");
+        assert!(
+            text.contains(
+                r#"funcscale_redis_master_switches_total{redis="sentinel:m@s1:26379/0"} 1"#
+            ),
+            "{text}"
+        );
+        // a new connection counts from 0 again: its switches add, the old ones stay counted
+        m.record_nodes(&[node("10.0.0.2:6379", 0)]);
+        m.record_nodes(&[node("10.0.0.1:6379", 1)]);
+        assert!(
+            m.encode().contains(
+                r#"funcscale_redis_master_switches_total{redis="sentinel:m@s1:26379/0"} 2"#
+            )
+        );
+    }
 }

@@ -1735,8 +1735,8 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
             resolve(client, &spec, NS, &default, &ctx.secrets, ctx.now_ms())
                 .await
                 .map(|e| {
-                    let info = e.connection_info().unwrap();
-                    let pw = info.redis_settings().password().unwrap_or_default();
+                    let info = e.redis_settings().unwrap();
+                    let pw = info.password().unwrap_or_default();
                     format!("{} {pw}", e.url())
                 })
                 .map_err(|e| e.to_string())

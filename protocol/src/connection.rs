@@ -1,8 +1,16 @@
 //! How a program reaches a queue's Redis: a URL plus, optionally, a username and a password
 //! given apart from it (an environment variable filled from a Kubernetes Secret, a flag). The
-//! operator renders these settings into the pods ([`PASSWORD_ENV`], [`USERNAME_ENV`]) and the
-//! worker, the beat, the CLI, the operator's poller and the kubectl plugin all turn them into
-//! a connection with [`connection_info`], so they cannot disagree about precedence.
+//! operator renders these settings into the pods ([`PASSWORD_ENV`], [`USERNAME_ENV`],
+//! [`SENTINEL_USERNAME_ENV`], [`SENTINEL_PASSWORD_ENV`]) and the worker, the beat, the CLI, the
+//! operator's poller and the kubectl plugin all turn them into a [`Target`] with [`target`], so
+//! they cannot disagree about precedence.
+//!
+//! **Topologies**: `redis://[user[:password]@]host[:port][/db]` (`rediss://` for TLS) is one
+//! server. `redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db]`
+//! (`rediss+sentinel://` for TLS to the sentinels and the data nodes) is the master named
+//! `<master>` of a Sentinel set: the hosts are sentinels (port 26379 when not given), the
+//! credentials and the database are the data nodes'. Sentinels that require a password of
+//! their own get it (and an ACL username) apart from the URL, never in it.
 //!
 //! **Precedence**: a username or password given apart from the URL replaces the one the URL
 //! carries; what is not given apart is taken from the URL (`redis://user:pass@host:port/db`).
@@ -10,10 +18,10 @@
 //! logs in as the ACL user `app`; a password alone logs in as the `default` user
 //! (`requirepass`).
 //!
-//! No I/O here: [`connection_info`] parses, [`auth_failure`] classifies a
-//! [`redis::RedisError`] the programs got back.
+//! No I/O here: [`target`] parses, [`auth_failure`] classifies a [`redis::RedisError`] the
+//! programs got back; the `funcscale-connect` crate connects.
 
-use redis::{ConnectionInfo, IntoConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 /// Environment variable holding the Redis URL (`--redis-url`).
 pub const URL_ENV: &str = "FUNCSCALE_REDIS_URL";
@@ -21,18 +29,225 @@ pub const URL_ENV: &str = "FUNCSCALE_REDIS_URL";
 pub const USERNAME_ENV: &str = "FUNCSCALE_REDIS_USERNAME";
 /// Environment variable holding the Redis password (`--redis-password`); replaces the URL's.
 pub const PASSWORD_ENV: &str = "FUNCSCALE_REDIS_PASSWORD";
+/// Environment variable holding the ACL username the sentinels of a `redis+sentinel://` URL
+/// require (`--redis-sentinel-username`).
+pub const SENTINEL_USERNAME_ENV: &str = "FUNCSCALE_REDIS_SENTINEL_USERNAME";
+/// Environment variable holding the password the sentinels of a `redis+sentinel://` URL require
+/// (`--redis-sentinel-password`).
+pub const SENTINEL_PASSWORD_ENV: &str = "FUNCSCALE_REDIS_SENTINEL_PASSWORD";
+/// The port of a sentinel whose address in the URL has none.
+pub const SENTINEL_PORT: u16 = 26379;
 
 /// A URL that does not parse as a Redis URL.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "not a Redis URL ({kind}): expected redis://[user[:password]@]host[:port][/db] or rediss://… — {source}"
+    "not a Redis URL ({kind}): expected redis://[user[:password]@]host[:port][/db], rediss://…, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db]{}",
+    source.as_ref().map(|s| format!(" — {s}")).unwrap_or_default()
 )]
 pub struct InvalidUrl {
     /// What was wrong, without the URL (it may hold a password).
     kind: String,
-    /// The client library's error.
+    /// The client library's error, if it gave one.
     #[source]
-    source: redis::RedisError,
+    source: Option<redis::RedisError>,
+}
+
+impl InvalidUrl {
+    fn new(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            source: None,
+        }
+    }
+
+    fn from_redis(source: redis::RedisError) -> Self {
+        Self {
+            kind: format!("{:?}", source.kind()),
+            source: Some(source),
+        }
+    }
+}
+
+/// Where a program's Redis is: one server, or the master of a Sentinel set (found, and found
+/// again after a failover, through the sentinels).
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One server (`redis://`, `rediss://`, `redis+unix://`).
+    Node(ConnectionInfo),
+    /// The master of a Sentinel set (`redis+sentinel://`, `rediss+sentinel://`).
+    Sentinel(SentinelTarget),
+}
+
+/// A Sentinel set's master: its name, the sentinels to ask, and how to log in to each.
+#[derive(Clone, Debug)]
+pub struct SentinelTarget {
+    /// The master's name (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The sentinels, in the URL's order (`TcpTls` for `rediss+sentinel://`).
+    pub sentinels: Vec<ConnectionAddr>,
+    /// The data nodes' database, username and password.
+    pub node: redis::RedisConnectionInfo,
+    /// The sentinels' own username and password (both `None`: the sentinels need none).
+    pub sentinel_auth: redis::RedisConnectionInfo,
+    /// TLS to the data nodes (and the sentinels): `Some(insecure)`.
+    pub tls: Option<bool>,
+}
+
+/// The credentials given apart from a URL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Credentials<'a> {
+    /// The data nodes' ACL username ([`USERNAME_ENV`]).
+    pub username: Option<&'a str>,
+    /// The data nodes' password ([`PASSWORD_ENV`]).
+    pub password: Option<&'a str>,
+    /// The sentinels' ACL username ([`SENTINEL_USERNAME_ENV`]).
+    pub sentinel_username: Option<&'a str>,
+    /// The sentinels' password ([`SENTINEL_PASSWORD_ENV`]).
+    pub sentinel_password: Option<&'a str>,
+}
+
+impl Target {
+    /// `standalone` or `sentinel`: what status and metrics call the topology.
+    pub fn topology(&self) -> &'static str {
+        match self {
+            Target::Node(_) => "standalone",
+            Target::Sentinel(_) => "sentinel",
+        }
+    }
+
+    /// The database number.
+    pub fn db(&self) -> i64 {
+        match self {
+            Target::Node(info) => info.redis_settings().db(),
+            Target::Sentinel(s) => s.node.db(),
+        }
+    }
+
+    /// Names the Redis in messages without credentials: `host:port` of a server, or
+    /// `master <name> via sentinels h1:p1,h2:p2` (the master's own address changes with a
+    /// failover: the connection tells the current one).
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Node(info) => node(info),
+            Target::Sentinel(s) => format!(
+                "master {} via sentinels {}",
+                s.master,
+                s.sentinels
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    /// Which Redis database this is, whatever the URL's spelling and credentials: `host:port/db`
+    /// (host lowercased; a socket path as is), or for a Sentinel set
+    /// `sentinel:<master>@<sentinels, sorted>/db`.
+    pub fn identity(&self) -> String {
+        match self {
+            Target::Node(info) => format!("{}/{}", addr_identity(info.addr()), self.db()),
+            Target::Sentinel(s) => {
+                let mut addrs: Vec<String> = s.sentinels.iter().map(addr_identity).collect();
+                addrs.sort();
+                addrs.dedup();
+                format!("sentinel:{}@{}/{}", s.master, addrs.join(","), self.db())
+            }
+        }
+    }
+}
+
+fn addr_identity(addr: &ConnectionAddr) -> String {
+    match addr {
+        ConnectionAddr::Tcp(h, p)
+        | ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => {
+            format!("{}:{p}", h.to_ascii_lowercase())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The [`Target`] of `url` with the credentials given apart (each replaces the URL's when set
+/// and not empty, see [`connection_info`]).
+pub fn target(url: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
+    let url = url.trim();
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+        (true, rest)
+    } else {
+        return connection_info(url, creds.username, creds.password).map(Target::Node);
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut path = path.split('/');
+    let master = path.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(InvalidUrl::new(
+            "no master name: the path of a redis+sentinel:// URL is /<master>[/db]",
+        ));
+    }
+    let db = path.next().filter(|d| !d.is_empty());
+    if path.next().is_some() {
+        return Err(InvalidUrl::new(
+            "the path of a redis+sentinel:// URL is /<master>[/db]",
+        ));
+    }
+    if hosts.is_empty() {
+        return Err(InvalidUrl::new("no sentinel address"));
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let suffix = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    let mut sentinels = Vec::new();
+    let mut node = None;
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(InvalidUrl::new("an empty sentinel address"));
+        }
+        // a bracketed IPv6 address without a port, or a name without one
+        let with_port = if host.ends_with(']') || !host.contains(':') {
+            format!("{host}:{SENTINEL_PORT}")
+        } else {
+            host.to_string()
+        };
+        // each sentinel parsed as a server URL: the library decodes the credentials, the
+        // database and the TLS fragment the same way as for `redis://`
+        let one = format!(
+            "{scheme}://{}{with_port}/{}{suffix}",
+            userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
+            db.unwrap_or("0"),
+        );
+        let info = connection_info(&one, creds.username, creds.password)?;
+        sentinels.push(info.addr().clone());
+        node.get_or_insert_with(|| info.redis_settings().clone());
+    }
+    let insecure = sentinels.first().and_then(|a| match a {
+        ConnectionAddr::TcpTls { insecure, .. } => Some(*insecure),
+        _ => None,
+    });
+    let mut sentinel_auth = redis::RedisConnectionInfo::default();
+    if let Some(u) = given(creds.sentinel_username) {
+        sentinel_auth = sentinel_auth.set_username(u);
+    }
+    if let Some(p) = given(creds.sentinel_password) {
+        sentinel_auth = sentinel_auth.set_password(p);
+    }
+    Ok(Target::Sentinel(SentinelTarget {
+        master: master.to_string(),
+        sentinels,
+        node: node.unwrap_or_default(),
+        sentinel_auth,
+        tls: insecure,
+    }))
 }
 
 /// The connection to `url`, with `username` / `password` (when given, and not empty)
@@ -45,10 +260,7 @@ pub fn connection_info(
     username: Option<&str>,
     password: Option<&str>,
 ) -> Result<ConnectionInfo, InvalidUrl> {
-    let info = url.into_connection_info().map_err(|source| InvalidUrl {
-        kind: format!("{:?}", source.kind()),
-        source,
-    })?;
+    let info = url.into_connection_info().map_err(InvalidUrl::from_redis)?;
     let mut settings = info.redis_settings().clone();
     if let Some(u) = given(username) {
         settings = settings.set_username(u);
@@ -148,6 +360,63 @@ mod tests {
         // empty values (an env var from an empty Secret key) are not given
         let i = connection_info("redis://app:url-pw@h:1/0", Some(""), Some("")).unwrap();
         assert_eq!(creds(&i), (Some("app"), Some("url-pw"), 0));
+    }
+
+    #[test]
+    fn a_sentinel_url_names_the_master_the_sentinels_and_the_data_nodes_login() {
+        let t = target(
+            "redis+sentinel://app:url-pw@s1:26380,S2,[::1]:5000/mymaster/3",
+            Credentials {
+                password: Some("env-pw\n"),
+                sentinel_password: Some("sentinel-pw"),
+                ..Credentials::default()
+            },
+        )
+        .unwrap();
+        let Target::Sentinel(s) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(
+            s.sentinels
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["s1:26380", "S2:26379", "::1:5000"]
+        );
+        assert_eq!(
+            (s.node.username(), s.node.password(), s.node.db()),
+            (Some("app"), Some("env-pw"), 3)
+        );
+        assert_eq!(
+            (s.sentinel_auth.username(), s.sentinel_auth.password()),
+            (None, Some("sentinel-pw"))
+        );
+        assert_eq!(s.tls, None);
+        assert_eq!(t.topology(), "sentinel");
+        assert_eq!(
+            t.identity(),
+            "sentinel:mymaster@::1:5000,s1:26380,s2:26379/3"
+        );
+        assert!(!t.describe().contains("pw"), "{}", t.describe());
+
+        // rediss+sentinel:// needs the client's TLS feature: tested in funcscale-connect
+
+        let t = target("redis://h:1/2", Credentials::default()).unwrap();
+        assert_eq!((t.topology(), t.identity()), ("standalone", "h:1/2".into()));
+
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1:26379/",
+            "redis+sentinel:///m",
+            "redis+sentinel://s1,,s2/m",
+            "redis+sentinel://s1/m/0/x",
+            "redis+sentinel://:secret@s1/m/notadb",
+        ] {
+            let e = target(bad, Credentials::default()).unwrap_err().to_string();
+            assert!(e.contains("redis+sentinel://"), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl From<BeatMetrics> for prometheus::Registry {
 /// The cron trigger.
 pub struct Beat {
     config: BeatConfig,
-    redis: redis::aio::ConnectionManager,
+    redis: funcscale_connect::Conn,
     metrics: BeatMetrics,
     file: Table,
     file_text: Option<String>,
@@ -307,10 +307,10 @@ pub struct Beat {
 impl Beat {
     /// Connect and build a beat.
     pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
-        let (client, mut redis) = config.redis_auth.connect(&config.redis_url).await?;
+        let mut redis = config.redis_auth.connect(&config.redis_url).await?;
         let ns = config.namespace.as_deref();
         let lease = [config.keys.beat_lease(ns), config.keys.beat_fence(ns)];
-        RedisAuth::check_keys(&client, &mut redis, &lease).await?;
+        RedisAuth::check_keys(&mut redis, &lease).await?;
         Ok(Self {
             config,
             redis,

@@ -29,7 +29,9 @@ pub struct Cli {
 /// password.
 #[derive(Args, Clone)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS.
+    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or a Sentinel
+    /// set's master: redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db]
+    /// (followed across failovers).
     #[arg(
         long,
         env = "FUNCSCALE_REDIS_URL",
@@ -73,9 +75,10 @@ impl RedisArgs {
         }
     }
 
-    /// A connection to `--redis-url` (reconnecting), checked to log in.
-    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        Ok(self.auth.connect(&self.redis_url).await?.1)
+    /// A connection to `--redis-url` (reconnecting; for Sentinel, following the master), checked
+    /// to log in.
+    pub async fn connect(&self) -> anyhow::Result<funcscale_connect::Conn> {
+        self.auth.connect(&self.redis_url).await
     }
 }
 

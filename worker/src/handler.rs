@@ -71,7 +71,7 @@ pub struct TaskContext {
     /// The task.
     pub envelope: Envelope,
     soft: watch::Receiver<bool>,
-    redis: redis::aio::ConnectionManager,
+    redis: funcscale_connect::Conn,
 }
 
 impl TaskContext {
@@ -90,7 +90,7 @@ impl TaskContext {
     }
 
     /// A connection to the worker's Redis (multiplexed; cheap to clone).
-    pub fn redis(&self) -> redis::aio::ConnectionManager {
+    pub fn redis(&self) -> funcscale_connect::Conn {
         self.redis.clone()
     }
 
@@ -177,7 +177,7 @@ impl Handler {
         slot: usize,
         envelope: &Envelope,
         limits: Limits,
-        redis: redis::aio::ConnectionManager,
+        redis: funcscale_connect::Conn,
         http: &HttpClient,
         cancel: watch::Receiver<bool>,
     ) -> Outcome {
@@ -309,7 +309,7 @@ async fn run_function(
     f: HandlerFn,
     envelope: Envelope,
     limits: Limits,
-    redis: redis::aio::ConnectionManager,
+    redis: funcscale_connect::Conn,
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let (soft_tx, soft_rx) = watch::channel(false);

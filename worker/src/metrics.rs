@@ -217,14 +217,14 @@ fn render(registry: &Registry) -> String {
 /// be marked for removal by a scale-down (`funcscale_protocol::stop`).
 #[derive(Clone)]
 pub struct Health {
-    redis: redis::aio::ConnectionManager,
+    redis: funcscale_connect::Conn,
     draining: Arc<AtomicBool>,
     stop_mark: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Health {
     /// Health backed by `redis`.
-    pub fn new(redis: redis::aio::ConnectionManager) -> Self {
+    pub fn new(redis: funcscale_connect::Conn) -> Self {
         Self {
             redis,
             draining: Arc::new(AtomicBool::new(false)),

@@ -56,7 +56,7 @@ async fn post(http: &HttpClient, item: &OutboxItem) -> Result<(), String> {
 /// Claim up to `limit` due deliveries and attempt them (concurrently). Returns how many
 /// were delivered.
 pub async fn deliver_due(
-    con: &redis::aio::ConnectionManager,
+    con: &funcscale_connect::Conn,
     keys: &Keys,
     http: &HttpClient,
     limit: usize,

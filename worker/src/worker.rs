@@ -52,6 +52,7 @@ use crate::protocol::records::OUTCOME_FIELDS;
 use crate::protocol::{
     self, DEFAULT_MAX_RETRIES, Envelope, Keys, QueueConfig, StatsField, WORKER_TTL_MS, scripts,
 };
+use funcscale_connect::Conn;
 use funcscale_protocol::connection;
 
 pub use crate::clock::now_ms;
@@ -253,7 +254,7 @@ impl WorkerBuilder {
             }
         };
         anyhow::ensure!(!self.config.queues.is_empty(), "no queues to consume");
-        let (client, mut redis) = self
+        let mut redis = self
             .config
             .redis_auth
             .connect(&self.config.redis_url)
@@ -266,13 +267,12 @@ impl WorkerBuilder {
             .map(|q| self.config.keys.queue(q))
             .collect();
         keys.push(self.config.keys.workers());
-        RedisAuth::check_keys(&client, &mut redis, &keys).await?;
+        RedisAuth::check_keys(&mut redis, &keys).await?;
         let (stopped, stopped_rx) = watch::channel(None);
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
                 handler,
-                client,
                 redis: redis.clone(),
                 metrics: self.metrics.unwrap_or_default(),
                 http: handler::http_client(),
@@ -287,9 +287,10 @@ impl WorkerBuilder {
 
 /// Username and password given apart from the Redis URL (`--redis-username`,
 /// `--redis-password`, or their environment variables, which the operator fills from the
-/// FuncQueue's Secret). Each replaces the URL's when set and not empty; see
-/// [`funcscale_protocol::connection`]. `Debug` never shows the password.
-/// The same flags serve `funcscale-worker` and `kubectl funcscale` (`#[command(flatten)]`).
+/// FuncQueue's Secret), and those of the sentinels of a `redis+sentinel://` URL. Each replaces
+/// the URL's when set and not empty; see [`funcscale_protocol::connection`]. `Debug` never
+/// shows a password. The same flags serve `funcscale-worker` and `kubectl funcscale`
+/// (`#[command(flatten)]`).
 #[derive(clap::Args, Clone, Default, PartialEq, Eq)]
 pub struct RedisAuth {
     /// Redis ACL username; replaces the one in the Redis URL.
@@ -312,6 +313,26 @@ pub struct RedisAuth {
         value_name = "PASSWORD"
     )]
     pub password: Option<String>,
+    /// ACL username the sentinels of a redis+sentinel:// URL require.
+    #[arg(
+        id = "redis_sentinel_username",
+        long = "redis-sentinel-username",
+        env = "FUNCSCALE_REDIS_SENTINEL_USERNAME",
+        global = true,
+        value_name = "USER"
+    )]
+    pub sentinel_username: Option<String>,
+    /// Password the sentinels of a redis+sentinel:// URL require (their `requirepass`, or the
+    /// ACL user's). Prefer the environment variable.
+    #[arg(
+        id = "redis_sentinel_password",
+        long = "redis-sentinel-password",
+        env = "FUNCSCALE_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        value_name = "PASSWORD"
+    )]
+    pub sentinel_password: Option<String>,
 }
 
 impl std::fmt::Debug for RedisAuth {
@@ -319,60 +340,51 @@ impl std::fmt::Debug for RedisAuth {
         f.debug_struct("RedisAuth")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("sentinel_username", &self.sentinel_username)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }
 
 impl RedisAuth {
-    /// A client for `url` with these credentials.
-    pub fn client(&self, url: &str) -> anyhow::Result<redis::Client> {
-        let info =
-            connection::connection_info(url, self.username.as_deref(), self.password.as_deref())
-                .with_context(|| format!("--redis-url / {}", connection::URL_ENV))?;
-        redis::Client::open(info).with_context(|| format!("--redis-url / {}", connection::URL_ENV))
+    /// Where `url` with these credentials leads.
+    pub fn target(&self, url: &str) -> anyhow::Result<connection::Target> {
+        connection::target(
+            url,
+            connection::Credentials {
+                username: self.username.as_deref(),
+                password: self.password.as_deref(),
+                sentinel_username: self.sentinel_username.as_deref(),
+                sentinel_password: self.sentinel_password.as_deref(),
+            },
+        )
+        .with_context(|| format!("--redis-url / {}", connection::URL_ENV))
     }
 
     /// Connect to `url` and check with a `PING` that Redis accepts the credentials: a refusal
     /// (`NOAUTH`, `WRONGPASS`, `NOPERM`) is an error naming the settings to fix, so a process
-    /// that cannot log in exits at once with a reason instead of retrying in silence.
-    pub async fn connect(
-        &self,
-        url: &str,
-    ) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-        let client = self.client(url)?;
-        let node = connection::node(client.get_connection_info());
-        let checked = async {
-            // one plain connection first: the manager retries a refused login for seconds
-            let cfg = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(5)));
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut probe).await?;
-            connection_manager(&client).await
-        }
-        .await;
-        match checked {
-            Ok(con) => Ok((client, con)),
-            Err(e) => Err(refused(&node, e, "connecting to")),
+    /// that cannot log in exits at once with a reason instead of retrying in silence. For a
+    /// Sentinel set, the connection follows the master across failovers.
+    pub async fn connect(&self, url: &str) -> anyhow::Result<Conn> {
+        let target = self.target(url)?;
+        match Conn::connect(&target, &connect_config()).await {
+            Ok(con) => Ok(con),
+            Err(e) => Err(refused(&target.describe(), e, "connecting to")),
         }
     }
 
     /// Check that the logged-in user may touch `keys` (`EXISTS`): an ACL user without rights
     /// on them (`NOPERM`) is an error now, not a loop of failed fetches.
-    pub async fn check_keys(
-        client: &redis::Client,
-        con: &mut redis::aio::ConnectionManager,
-        keys: &[String],
-    ) -> anyhow::Result<()> {
-        let node = connection::node(client.get_connection_info());
+    pub async fn check_keys(con: &mut Conn, keys: &[String]) -> anyhow::Result<()> {
         for key in keys {
             redis::cmd("EXISTS")
                 .arg(key)
                 .query_async::<u64>(con)
                 .await
-                .map_err(|e| refused(&node, e, "reading"))?;
+                .map_err(|e| refused(&con.describe(), e, "reading"))?;
         }
         Ok(())
     }
@@ -384,24 +396,32 @@ fn refused(node: &str, e: redis::RedisError, doing: &str) -> anyhow::Error {
     match connection::auth_failure(&e) {
         Some(why) => anyhow::Error::new(e).context(format!(
             "Redis at {node} {}: check the password ({} / --redis-password) and the \
-             username ({} / --redis-username, or the user in {} / --redis-url)",
+             username ({} / --redis-username, or the user in {} / --redis-url){}",
             why.describe(),
             connection::PASSWORD_ENV,
             connection::USERNAME_ENV,
             connection::URL_ENV,
+            if node.contains("via sentinels") {
+                format!(
+                    ", or the sentinels' ({} / --redis-sentinel-password, {} / --redis-sentinel-username)",
+                    connection::SENTINEL_PASSWORD_ENV,
+                    connection::SENTINEL_USERNAME_ENV
+                )
+            } else {
+                String::new()
+            }
         )),
         None => anyhow::Error::new(e).context(format!("{doing} Redis at {node}")),
     }
 }
 
-/// A connection manager with timeouts suited to bulk scripts.
-pub async fn connection_manager(
-    client: &redis::Client,
-) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(30)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    client.get_connection_manager_with_config(cfg).await
+/// The timeouts of the worker's connections: long replies for bulk scripts.
+pub fn connect_config() -> funcscale_connect::Config {
+    funcscale_connect::Config {
+        connection_timeout: Duration::from_secs(5),
+        response_timeout: Some(Duration::from_secs(30)),
+        ..funcscale_connect::Config::default()
+    }
 }
 
 /// Lua scripts of the worker (all keys come from [`Keys`]).
@@ -435,8 +455,7 @@ impl Scripts {
 struct Inner {
     config: WorkerConfig,
     handler: Handler,
-    client: redis::Client,
-    redis: redis::aio::ConnectionManager,
+    redis: Conn,
     metrics: Metrics,
     http: HttpClient,
     scripts: Scripts,
@@ -895,11 +914,7 @@ impl Inner {
                     // Nothing anywhere: block on one queue (rotating), briefly when there are others.
                     if blocking.is_none() {
                         let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-                        match self
-                            .client
-                            .get_multiplexed_async_connection_with_config(&cfg)
-                            .await
-                        {
+                        match self.redis.dedicated(&cfg).await {
                             Ok(c) => blocking = Some(c),
                             Err(e) => {
                                 tracing::warn!(error = %e, "redis connection failed");
@@ -939,6 +954,8 @@ impl Inner {
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "blocking fetch failed");
+                            // a failover shows here first when every queue is empty
+                            self.redis.after_error(&e);
                             blocking = None;
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                             continue;
@@ -1258,11 +1275,7 @@ impl Inner {
 }
 
 /// Put every task of a slot's in-flight list back at the head of its queue.
-async fn requeue_inflight(
-    con: &mut redis::aio::ConnectionManager,
-    keys: &Keys,
-    slot: &str,
-) -> redis::RedisResult<u64> {
+async fn requeue_inflight(con: &mut Conn, keys: &Keys, slot: &str) -> redis::RedisResult<u64> {
     let inflight = keys.inflight(slot);
     let items: Vec<String> = con.lrange(&inflight, 0, -1).await?;
     let script = redis::Script::new(scripts::REQUEUE);
@@ -1293,7 +1306,7 @@ async fn requeue_inflight(
 /// `own`), then forget those slots. Safe to run from several workers at once. Returns the
 /// number of tasks put back.
 pub async fn reap_dead(
-    con: &redis::aio::ConnectionManager,
+    con: &Conn,
     keys: &Keys,
     ttl_ms: u64,
     own: &[String],

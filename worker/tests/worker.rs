@@ -671,11 +671,7 @@ async fn metrics_and_health_endpoints() {
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut manager = None;
     for _ in 0..100 {
-        if let Ok(c) = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_manager()
-            .await
-        {
+        if let Ok(c) = funcscale_connect::Conn::open(&url).await {
             manager = Some(c);
             break;
         }

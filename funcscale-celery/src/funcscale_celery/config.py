@@ -16,6 +16,9 @@ from .keys import DEFAULT_PREFIX, Keys, queue_id_namespace
 ENV_REDIS_URL = "FUNCSCALE_REDIS_URL"
 ENV_REDIS_USERNAME = "FUNCSCALE_REDIS_USERNAME"
 ENV_REDIS_PASSWORD = "FUNCSCALE_REDIS_PASSWORD"
+ENV_REDIS_SENTINEL_USERNAME = "FUNCSCALE_REDIS_SENTINEL_USERNAME"
+ENV_REDIS_SENTINEL_PASSWORD = "FUNCSCALE_REDIS_SENTINEL_PASSWORD"
+SENTINEL_PORT = 26379
 ENV_PREFIX = "FUNCSCALE_PREFIX"
 ENV_POD_NAME = "FUNCSCALE_POD_NAME"
 ENV_POD_NAMESPACE = "FUNCSCALE_POD_NAMESPACE"
@@ -28,6 +31,64 @@ _QUEUE_NAME = re.compile(r"^[^{}:\s]+$")
 
 class ConfigError(ValueError):
     """Missing or invalid configuration; the message names the variable (or argument)."""
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A ``redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db]`` URL
+    (``rediss+sentinel://`` for TLS), read as the Rust crate's ``connection::target`` reads it:
+    the hosts are sentinels (port 26379 when not given); the credentials and the database are
+    the data nodes'."""
+
+    sentinels: tuple
+    master: str
+    db: int = 0
+    username: Optional[str] = field(default=None, repr=False)
+    password: Optional[str] = field(default=None, repr=False)
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> Optional[SentinelUrl]:
+    """The sentinel URL ``url`` is, ``None`` for any other URL; ``ValueError`` when it is a
+    sentinel URL that does not parse."""
+    from urllib.parse import unquote
+
+    for scheme, tls in (("redis+sentinel://", False), ("rediss+sentinel://", True)):
+        if url.startswith(scheme):
+            rest = url[len(scheme):].split("#", 1)[0]
+            break
+    else:
+        return None
+    userinfo, at, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    parts = path.split("/") if path else []
+    if not parts or not parts[0]:
+        raise ValueError("no master name: the path of a redis+sentinel:// URL is /<master>[/db]")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("the path of a redis+sentinel:// URL is /<master>[/db]")
+    sentinels = []
+    for host in hosts.split(","):
+        if not host:
+            raise ValueError("an empty sentinel address")
+        if host.startswith("["):
+            name, _, port = host[1:].partition("]")
+            port = port.lstrip(":")
+        elif host.count(":") == 1:
+            name, _, port = host.partition(":")
+        else:
+            name, port = host, ""
+        if not name or (port and not port.isdigit()):
+            raise ValueError("a sentinel address is host[:port]")
+        sentinels.append((name, int(port) if port else SENTINEL_PORT))
+    user, _, pw = userinfo.partition(":") if at else ("", "", "")
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        master=parts[0],
+        db=int(parts[1]) if len(parts) == 2 and parts[1] else 0,
+        username=unquote(user) or None,
+        password=unquote(pw) or None,
+        tls=tls,
+    )
 
 
 def _given(v: Optional[str]) -> Optional[str]:
@@ -95,6 +156,8 @@ class Config:
     prefix: str = DEFAULT_PREFIX
     username: Optional[str] = field(default=None, repr=False)
     password: Optional[str] = field(default=None, repr=False)
+    sentinel_username: Optional[str] = field(default=None, repr=False)
+    sentinel_password: Optional[str] = field(default=None, repr=False)
     pod: str = ""
     #: The namespace of the worker slots' keys (registry, in-flight lists): the one the queue
     #: ids name, as the Rust worker and the operator's scale-down scope them; ``None`` when the
@@ -118,7 +181,32 @@ class Config:
     def client(self, socket_timeout: float = 2.0) -> "redis.Redis":
         """A client of the funcscale Redis: the URL, with the username and password given
         apart replacing the URL's; short timeouts, so that a Redis that is down costs a task
-        little time."""
+        little time. For a ``redis+sentinel://`` URL, a client of the master the sentinels
+        name, found again after a failover (redis-py's ``Sentinel.master_for``)."""
+        sentinel = parse_sentinel_url(self.redis_url)
+        if sentinel is not None:
+            from redis.sentinel import Sentinel
+
+            node = dict(
+                db=sentinel.db,
+                username=self.username if self.username is not None else sentinel.username,
+                password=self.password if self.password is not None else sentinel.password,
+                socket_connect_timeout=min(socket_timeout, 1.0),
+                socket_timeout=socket_timeout,
+                decode_responses=True,
+            )
+            sentinel_kwargs = dict(
+                username=self.sentinel_username,
+                password=self.sentinel_password,
+                socket_connect_timeout=min(socket_timeout, 1.0),
+                socket_timeout=socket_timeout,
+            )
+            if sentinel.tls:
+                node["ssl"] = True
+                sentinel_kwargs["ssl"] = True
+            return Sentinel(
+                list(sentinel.sentinels), sentinel_kwargs=sentinel_kwargs, **node
+            ).master_for(sentinel.master)
         opts = redis.connection.parse_url(self.redis_url)
         if self.username is not None:
             opts["username"] = self.username
@@ -150,10 +238,12 @@ def load(
     if not url:
         raise ConfigError(
             "%s is not set: the URL of funcscale's Redis (redis://host:6379/0; "
-            "rediss:// for TLS)" % ENV_REDIS_URL
+            "rediss:// for TLS; redis+sentinel://sentinel:26379/<master>/0 for a Sentinel set)"
+            % ENV_REDIS_URL
         )
     try:
-        redis.connection.parse_url(url)
+        if parse_sentinel_url(url) is None:
+            redis.connection.parse_url(url)
     except ValueError as e:
         raise ConfigError("%s is not a Redis URL: %s" % (url_source, e)) from None
 
@@ -203,6 +293,8 @@ def load(
         prefix=p,
         username=_given(username if username is not None else env.get(ENV_REDIS_USERNAME)),
         password=_given(password if password is not None else env.get(ENV_REDIS_PASSWORD)),
+        sentinel_username=_given(env.get(ENV_REDIS_SENTINEL_USERNAME)),
+        sentinel_password=_given(env.get(ENV_REDIS_SENTINEL_PASSWORD)),
         pod=pod_name,
         namespace=scope,
         beat_namespace=ns_given or scope,

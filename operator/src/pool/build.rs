@@ -149,13 +149,14 @@ fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 /// Redis environment of the pods: `FUNCSCALE_REDIS_URL` (value, or from the Secret), and
 /// `FUNCSCALE_REDIS_PASSWORD` / `FUNCSCALE_REDIS_USERNAME` when the password / ACL username is
 /// a separate Secret key (the worker lets them replace the URL's:
-/// [`funcscale_protocol::connection`]).
+/// [`funcscale_protocol::connection`]), `FUNCSCALE_REDIS_SENTINEL_PASSWORD` /
+/// `FUNCSCALE_REDIS_SENTINEL_USERNAME` for the sentinels of a `redis+sentinel://` URL.
 pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<EnvVar>> {
     let mut out = match conn {
         Some(RedisConnection {
             url_secret_ref: Some(s),
             ..
-        }) => vec![env_secret("FUNCSCALE_REDIS_URL", &s.name, &s.key)],
+        }) => vec![env_secret(connection::URL_ENV, &s.name, &s.key)],
         Some(RedisConnection {
             url: Some(url),
             password_secret_ref,
@@ -170,6 +171,14 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
                 v.push(env_secret(connection::USERNAME_ENV, &u.name, &u.key));
             }
             v
+        }
+        _ if config.default_redis.has_sentinel_password() => {
+            return Err(Error::invalid(
+                "spec.queues",
+                "the queues use the operator's default Redis, whose sentinels take a password \
+                 (--redis-sentinel-password): it is never written into a pod spec; give the queues \
+                 spec.redis with sentinelPasswordSecretRef",
+            ));
         }
         _ => match &config.worker_redis_secret {
             Some(s) => vec![env_secret("FUNCSCALE_REDIS_URL", &s.name, &s.key)],
@@ -187,6 +196,23 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
             None => vec![env("FUNCSCALE_REDIS_URL", config.default_redis.url())],
         },
     };
+    // the sentinels' own login goes with the queue's URL (in `url` or `urlSecretRef`)
+    if let Some(c) = conn.filter(|c| c.url.is_some() || c.url_secret_ref.is_some()) {
+        if let Some(p) = &c.sentinel_password_secret_ref {
+            out.push(env_secret(
+                connection::SENTINEL_PASSWORD_ENV,
+                &p.name,
+                &p.key,
+            ));
+        }
+        if let Some(u) = &c.sentinel_username_secret_ref {
+            out.push(env_secret(
+                connection::SENTINEL_USERNAME_ENV,
+                &u.name,
+                &u.key,
+            ));
+        }
+    }
     out.push(env("FUNCSCALE_PREFIX", config.keys.prefix()));
     Ok(out)
 }

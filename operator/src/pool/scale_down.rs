@@ -398,7 +398,7 @@ async fn redis(
     ctx: &Context,
     ns: &str,
     valid: &Valid,
-) -> anyhow::Result<(redis::aio::ConnectionManager, Vec<String>)> {
+) -> anyhow::Result<(funcscale_connect::Conn, Vec<String>)> {
     let first = valid
         .queues
         .first()

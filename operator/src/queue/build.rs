@@ -90,6 +90,10 @@ pub fn readings(
             );
             st.scheduled_per_period = Some(m.scheduled_per_period);
             st.last_poll_time = Some(rfc3339(m.polled_at_ms));
+            st.redis = (!m.node.is_empty()).then(|| crate::crd::QueueRedisStatus {
+                topology: m.topology.to_string(),
+                node: Some(m.node.clone()),
+            });
             let polled = if m.depth_lower_bound {
                 "depth is a lower bound: Redis could not give the consumer group's lag (entries were deleted or trimmed before delivery) and there were too many entries to count"
             } else {
@@ -245,9 +249,18 @@ mod tests {
             in_flight_measured: true,
             retries_read: true,
             retries_waiting: 2,
+            topology: "sentinel",
+            node: "10.0.0.7:6379".into(),
             ..Default::default()
         };
         let g = readings(&mut st, Some(&Reading::Ok(m.clone())), Some(2), NOW);
+        assert_eq!(
+            st.redis,
+            Some(crate::crd::QueueRedisStatus {
+                topology: "sentinel".into(),
+                node: Some("10.0.0.7:6379".into())
+            })
+        );
         assert_eq!(
             g,
             Gauges {

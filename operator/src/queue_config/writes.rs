@@ -26,7 +26,7 @@ pub struct QueueConfigs {
     pub(crate) written: Mutex<HashMap<String, Written>>,
     /// Held across the connect: thousands of queue reconciles starting at once must share one
     /// connect per endpoint, not each open their own (a connect storm times them all out).
-    conns: tokio::sync::Mutex<HashMap<RedisEndpoint, redis::aio::ConnectionManager>>,
+    conns: tokio::sync::Mutex<HashMap<RedisEndpoint, funcscale_connect::Conn>>,
 }
 
 impl QueueConfigs {
@@ -52,7 +52,7 @@ impl QueueConfigs {
     pub(crate) async fn connection(
         &self,
         endpoint: &RedisEndpoint,
-    ) -> Result<redis::aio::ConnectionManager, RedisError> {
+    ) -> Result<funcscale_connect::Conn, RedisError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(endpoint) {
             return Ok(c.clone());

@@ -1,0 +1,529 @@
+//! The Redis connection every funcscale program uses — worker, beat, producer CLI, operator,
+//! kubectl plugin — whatever the topology of the [`Target`] (see
+//! [`funcscale_protocol::connection`]):
+//!
+//! - **One server**: a [`redis::aio::ConnectionManager`], which reconnects to its address by
+//!   itself after an I/O error.
+//! - **A Sentinel set's master**: the sentinels are asked for the master (and the master's
+//!   `ROLE` is checked) at connect time, and again whenever a command fails the way a failover
+//!   makes it fail — the connection drops or is refused, a command times out, or the node
+//!   answers `READONLY` because it is a replica now. A watcher also asks a sentinel every
+//!   [`Config::check_every`] which node is the master, so a connection that meets no error (an
+//!   idle one, or one reading from a demoted master that is still up) switches too. The error
+//!   that revealed the failover is still returned: the caller retries as it does for any Redis
+//!   error (nothing is re-sent behind its back, so no command runs twice).
+//!
+//! A [`Conn`] is cheap to clone; clones share one connection (and, for Sentinel, one watcher,
+//! which ends when the last clone is dropped).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use funcscale_protocol::connection::{SentinelTarget, Target};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// How a [`Conn`] connects and how long it waits.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Limit on opening one TCP connection (and logging in).
+    pub connection_timeout: Duration,
+    /// Limit on one command's reply (`None`: wait as long as it takes).
+    pub response_timeout: Option<Duration>,
+    /// How often the connection manager retries a reconnect before the command fails
+    /// (`None`: the library's default).
+    pub retries: Option<usize>,
+    /// For a Sentinel set: how often a sentinel is asked which node is the master.
+    pub check_every: Duration,
+    /// Check the login with a `PING` on a plain connection before the manager is made (the
+    /// manager retries a refused login for seconds): a refusal is an error at once. `false`:
+    /// one connection only, the first command tells.
+    pub probe: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            connection_timeout: Duration::from_secs(5),
+            response_timeout: Some(Duration::from_secs(30)),
+            retries: None,
+            check_every: Duration::from_secs(1),
+            probe: true,
+        }
+    }
+}
+
+impl Config {
+    fn manager(&self) -> ConnectionManagerConfig {
+        let mut cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(self.response_timeout);
+        if let Some(n) = self.retries {
+            cfg = cfg.set_number_of_retries(n);
+        }
+        cfg
+    }
+
+    fn plain(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(self.response_timeout)
+    }
+}
+
+/// A connection to a [`Target`]'s Redis (for a Sentinel set, to its current master). Use it
+/// like a [`ConnectionManager`]: it implements [`ConnectionLike`].
+#[derive(Clone)]
+pub struct Conn(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Node(Box<NodeConn>),
+    Sentinel(Arc<Shared>),
+}
+
+#[derive(Clone)]
+struct NodeConn {
+    manager: ConnectionManager,
+    client: Client,
+    target: Arc<Target>,
+}
+
+/// What the clones of a Sentinel connection share.
+struct Shared {
+    target: Arc<Target>,
+    sentinel: SentinelTarget,
+    config: Config,
+    /// The sentinels' client: finds the master; its lock makes one failover search at a time.
+    finder: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<Current>,
+    /// Master switches seen since connecting.
+    switches: AtomicU64,
+    /// A search started after an error is running.
+    searching: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Current {
+    manager: ConnectionManager,
+    client: Client,
+    /// `host:port` of the master.
+    addr: String,
+    /// Bumped at each switch: a search started before one is not repeated after it.
+    generation: u64,
+}
+
+impl Conn {
+    /// Connect to `target` and (with [`Config::probe`]) check with a `PING` that Redis accepts
+    /// the login (a refused one is an error now, not a manager retrying for seconds). For a
+    /// Sentinel set, the master the sentinels name, after checking that it is one.
+    pub async fn connect(target: &Target, config: &Config) -> RedisResult<Conn> {
+        let target = Arc::new(target.clone());
+        match &*target {
+            Target::Node(info) => {
+                let client = Client::open(info.clone())?;
+                let manager = open(&client, config).await?;
+                Ok(Conn(Inner::Node(Box::new(NodeConn {
+                    manager,
+                    client,
+                    target,
+                }))))
+            }
+            Target::Sentinel(s) => {
+                let mut finder = sentinel_client(s)?;
+                let client =
+                    within(config.connection_timeout * 3, finder.async_get_client()).await??;
+                let manager = open(&client, config).await?;
+                let current = Current {
+                    addr: addr_of(&client),
+                    manager,
+                    client,
+                    generation: 0,
+                };
+                let shared = Arc::new(Shared {
+                    sentinel: s.clone(),
+                    target,
+                    config: config.clone(),
+                    finder: tokio::sync::Mutex::new(finder),
+                    current: RwLock::new(current),
+                    switches: AtomicU64::new(0),
+                    searching: AtomicBool::new(false),
+                });
+                tokio::spawn(watch(Arc::downgrade(&shared)));
+                Ok(Conn(Inner::Sentinel(shared)))
+            }
+        }
+    }
+
+    /// [`Conn::connect`] to `url` (credentials in the URL only), with the default [`Config`].
+    pub async fn open(url: &str) -> RedisResult<Conn> {
+        let target =
+            funcscale_protocol::connection::target(url, Default::default()).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "invalid Redis URL",
+                    e.to_string(),
+                ))
+            })?;
+        Self::connect(&target, &Config::default()).await
+    }
+
+    /// What this connects to.
+    pub fn target(&self) -> &Target {
+        match &self.0 {
+            Inner::Node(n) => &n.target,
+            Inner::Sentinel(s) => &s.target,
+        }
+    }
+
+    /// `host:port` of the node commands go to now (for Sentinel, the current master).
+    pub fn node(&self) -> String {
+        match &self.0 {
+            Inner::Node(n) => addr_of(&n.client),
+            Inner::Sentinel(s) => s.current().addr,
+        }
+    }
+
+    /// The node commands go to and how it was found, for messages: `host:port`, or
+    /// `host:port (master <name> via sentinels ...)`.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            Inner::Node(_) => self.node(),
+            Inner::Sentinel(s) => format!("{} ({})", self.node(), s.target.describe()),
+        }
+    }
+
+    /// Master switches this connection followed (always 0 for one server).
+    pub fn switches(&self) -> u64 {
+        match &self.0 {
+            Inner::Node(_) => 0,
+            Inner::Sentinel(s) => s.switches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A connection of its own to the current node, e.g. for blocking commands (`BLMOVE`) that
+    /// must not hold up the shared one. It does not follow a failover: open a new one after an
+    /// error (this checks the master first when the error came from a failover).
+    pub async fn dedicated(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> RedisResult<MultiplexedConnection> {
+        let client = match &self.0 {
+            Inner::Node(n) => n.client.clone(),
+            Inner::Sentinel(s) => s.current().client,
+        };
+        client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+    }
+
+    /// After an error on a [`Conn::dedicated`] connection: for a Sentinel set, check the
+    /// master when `e` is how a failover shows (no-op otherwise).
+    pub fn after_error(&self, e: &redis::RedisError) {
+        if let Inner::Sentinel(s) = &self.0 {
+            let seen = s.current().generation;
+            Shared::after_error(s, e, seen);
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Current {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After `e` on the connection of generation `seen`: when it is how a failover shows,
+    /// search the master again, in the background (the caller gets its error at once; while
+    /// the old master is gone, a search can wait for connect timeouts). One search at a time.
+    fn after_error(this: &Arc<Self>, e: &redis::RedisError, seen: u64) {
+        if !failover_sign(e) || this.searching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let s = this.clone();
+        tokio::spawn(async move {
+            if let Err(err) = s.switch(seen, None).await {
+                tracing::debug!(error = %err, master = %s.sentinel.master, "master not found yet");
+            }
+            s.searching.store(false, Ordering::Release);
+        });
+    }
+
+    /// Ask the sentinels for the master; when it is not the node of generation `seen` (and no
+    /// other search has switched since), connect to it and make it current. `named`: the
+    /// address a sentinel just named, when the watcher saw it differ.
+    async fn switch(&self, seen: u64, named: Option<&str>) -> RedisResult<bool> {
+        let mut finder = self.finder.lock().await;
+        let now = self.current();
+        if now.generation != seen {
+            return Ok(false); // another search switched meanwhile
+        }
+        if named.is_some_and(|n| n == now.addr) {
+            return Ok(false);
+        }
+        let client = within(
+            self.config.connection_timeout * 3,
+            finder.async_get_client(),
+        )
+        .await??;
+        let addr = addr_of(&client);
+        if addr == now.addr {
+            return Ok(false); // still the master: the manager reconnects by itself
+        }
+        let manager = open(&client, &self.config).await?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            manager,
+            client,
+            addr: addr.clone(),
+            generation: seen + 1,
+        };
+        self.switches.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            master = %self.sentinel.master,
+            from = %now.addr,
+            to = %addr,
+            "Redis master switched (Sentinel failover): commands go to the new master"
+        );
+        Ok(true)
+    }
+}
+
+/// Every [`Config::check_every`], ask a sentinel which node is the master; switch when it is
+/// not the current one. Ends when the last [`Conn`] clone is dropped.
+async fn watch(shared: Weak<Shared>) {
+    let mut sentinel: Option<MultiplexedConnection> = None;
+    loop {
+        let every = match shared.upgrade() {
+            Some(s) => s.config.check_every,
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(s) = shared.upgrade() else { return };
+        let seen = s.current().generation;
+        let named = match ask_master(&s, &mut sentinel).await {
+            Ok(Some(addr)) => addr,
+            Ok(None) => continue, // the sentinels know no master by that name right now
+            Err(e) => {
+                sentinel = None;
+                tracing::debug!(error = %e, master = %s.sentinel.master, "no sentinel answered");
+                continue;
+            }
+        };
+        if named != s.current().addr
+            && let Err(e) = s.switch(seen, Some(&named)).await
+        {
+            tracing::debug!(error = %e, master = %s.sentinel.master, "master not reachable yet");
+        }
+    }
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a (cached) sentinel connection: `host:port`.
+async fn ask_master(
+    s: &Shared,
+    cached: &mut Option<MultiplexedConnection>,
+) -> RedisResult<Option<String>> {
+    if cached.is_none() {
+        let client = {
+            let mut finder = s.finder.lock().await;
+            within(
+                s.config.connection_timeout,
+                finder.async_get_sentinel_client(),
+            )
+            .await??
+        };
+        *cached = Some(
+            client
+                .get_multiplexed_async_connection_with_config(&s.config.plain())
+                .await?,
+        );
+    }
+    let con = cached.as_mut().expect("set above");
+    let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(&s.sentinel.master)
+        .query_async(con)
+        .await?;
+    Ok(reply.map(|(host, port)| format!("{host}:{port}")))
+}
+
+/// Whether `e` is how a failover shows on the old master's connection: it dropped, was
+/// refused, timed out, or the node is a replica now (`READONLY`).
+pub fn failover_sign(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+        || e.to_string().contains("READONLY")
+}
+
+fn sentinel_client(s: &SentinelTarget) -> RedisResult<SentinelClient> {
+    let mut b = SentinelClientBuilder::new(
+        s.sentinels.iter().cloned(),
+        &s.master,
+        SentinelServerType::Master,
+    )?
+    .set_client_to_redis_db(s.node.db());
+    if let Some(u) = s.node.username() {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = s.node.password() {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(u) = s.sentinel_auth.username() {
+        b = b.set_client_to_sentinel_username(u);
+    }
+    if let Some(p) = s.sentinel_auth.password() {
+        b = b.set_client_to_sentinel_password(p);
+    }
+    if let Some(insecure) = s.tls {
+        let mode = if insecure {
+            redis::TlsMode::Insecure
+        } else {
+            redis::TlsMode::Secure
+        };
+        b = b
+            .set_client_to_redis_tls_mode(mode)
+            .set_client_to_sentinel_tls_mode(mode);
+    }
+    b.build()
+}
+
+/// A manager for `client`, after a plain connection's `PING` showed the login works
+/// ([`Config::probe`]).
+async fn open(client: &Client, config: &Config) -> RedisResult<ConnectionManager> {
+    if config.probe {
+        let mut probe = client
+            .get_multiplexed_async_connection_with_config(&config.plain())
+            .await?;
+        redis::cmd("PING").query_async::<()>(&mut probe).await?;
+    }
+    within(
+        config.connection_timeout + Duration::from_millis(500),
+        client.get_connection_manager_with_config(config.manager()),
+    )
+    .await?
+}
+
+async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> RedisResult<T> {
+    tokio::time::timeout(limit, f).await.map_err(|_| {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Redis did not answer in time",
+        ))
+    })
+}
+
+fn addr_of(client: &Client) -> String {
+    funcscale_protocol::connection::node(client.get_connection_info())
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            Inner::Node(n) => n.manager.req_packed_command(cmd),
+            Inner::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let Current {
+                        mut manager,
+                        generation,
+                        ..
+                    } = s.current();
+                    let r = manager.req_packed_command(cmd).await;
+                    if let Err(e) = &r {
+                        Shared::after_error(&s, e, generation);
+                    }
+                    r
+                })
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            Inner::Node(n) => n.manager.req_packed_commands(pipeline, offset, count),
+            Inner::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let Current {
+                        mut manager,
+                        generation,
+                        ..
+                    } = s.current();
+                    let r = manager.req_packed_commands(pipeline, offset, count).await;
+                    if let Err(e) = &r {
+                        Shared::after_error(&s, e, generation);
+                    }
+                    r
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.target().db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use funcscale_protocol::connection::{Credentials, Target, target};
+
+    #[test]
+    fn a_tls_sentinel_url_uses_tls_to_the_sentinels_and_the_nodes() {
+        let t = target("rediss+sentinel://s1/m#insecure", Credentials::default()).unwrap();
+        let Target::Sentinel(s) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!((s.tls, s.node.db()), (Some(true), 0));
+        assert!(matches!(
+            s.sentinels[0],
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        ));
+        let t = target("rediss+sentinel://s1/m", Credentials::default()).unwrap();
+        let Target::Sentinel(s) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(s.tls, Some(false));
+    }
+
+    #[test]
+    fn failover_signs_are_dropped_refused_timed_out_or_readonly() {
+        let io = |k| redis::RedisError::from(std::io::Error::new(k, "x"));
+        assert!(super::failover_sign(&io(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+        assert!(super::failover_sign(&io(std::io::ErrorKind::BrokenPipe)));
+        assert!(super::failover_sign(&io(std::io::ErrorKind::TimedOut)));
+        let server = |text: &str| {
+            redis::RedisError::from((redis::ErrorKind::Extension, "server", text.to_string()))
+        };
+        assert!(super::failover_sign(&server(
+            "READONLY You can't write against a read only replica."
+        )));
+        assert!(!super::failover_sign(&server(
+            "NOSCRIPT No matching script"
+        )));
+        assert!(!super::failover_sign(&server(
+            "WRONGTYPE Operation against a key"
+        )));
+    }
+}

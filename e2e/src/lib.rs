@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod control_plane;
 pub mod kubelet;
 pub mod node;
+pub mod redis_topology;
 pub mod scenario;
 pub mod wait;
 

@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod control_plane;
+pub mod docs;
 pub mod kubelet;
 pub mod node;
 pub mod redis_topology;

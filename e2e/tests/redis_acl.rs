@@ -10,6 +10,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use funcscale_e2e::docs::documented_rule;
 use funcscale_e2e::eventually;
 use funcscale_e2e::scenario::{Options, PrivateRedis, Scenario, bin};
 use funcscale_protocol::connection::{PASSWORD_ENV, USERNAME_ENV, connection_info};
@@ -18,25 +19,6 @@ use serde_json::json;
 const OPERATOR_PW: &str = "op-pw";
 const WORKER_PW: &str = "wk-pw";
 const ADMIN_PW: &str = "admin-pw";
-
-/// The `ACL SETUSER <user> ...` rule `docs/operations.md` documents for `user`, with its
-/// password and, for the key patterns, the scenario's prefix in place of `funcscale`.
-fn documented_rule(user: &str, password: &str, prefix: &str) -> Vec<String> {
-    let doc = include_str!("../../docs/operations.md");
-    let head = format!("ACL SETUSER {user} ");
-    let line = doc
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&head))
-        .unwrap_or_else(|| panic!("docs/operations.md documents no `{head}...` line"));
-    let mut rule = vec![user.to_string()];
-    for word in line.split_whitespace() {
-        rule.push(match word {
-            ">PASSWORD" => format!(">{password}"),
-            w => w.replace("~funcscale:", &format!("~{prefix}:")),
-        });
-    }
-    rule
-}
 
 async fn connect(url: &str, user: &str, pw: &str) -> redis::aio::MultiplexedConnection {
     let info = connection_info(url, Some(user), Some(pw)).unwrap();

@@ -212,3 +212,85 @@ fn sentinel_additions() -> Vec<String> {
     let words = line.split('`').next().unwrap();
     words.split_whitespace().map(str::to_string).collect()
 }
+
+/// `funcscale-celery`'s client (what its recorder and beat guard write through) on the same
+/// URL form: redis-py's `Sentinel.master_for` finds the master, and after a SIGKILL the
+/// promoted replica.
+#[tokio::test]
+async fn the_celery_integration_writes_to_the_master_across_a_failover() {
+    let out = std::process::Command::new(
+        funcscale_e2e::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python =
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python");
+    const SENTINEL_PW: &str = "s-pw";
+    let mut set = SentinelSet::start(SentinelOptions {
+        sentinel_auth: Some(Auth::password(SENTINEL_PW)),
+        data_auth: Some(Auth::password("d-pw")),
+        ..SentinelOptions::default()
+    })
+    .await
+    .unwrap();
+    // one INCR through the integration's client; prints the node that answered
+    let incr = |set: &SentinelSet| {
+        std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import time\n\
+                 from funcscale_celery import config\n\
+                 c = config.load(need_queues=False).client()\n\
+                 for _ in range(100):\n\
+                 \x20   try:\n\
+                 \x20       print(c.incr('sentinel-conn:celery'), c.connection_pool.get_master_address()[1]); break\n\
+                 \x20   except Exception as e:\n\
+                 \x20       time.sleep(0.2)\n\
+                 else:\n\
+                 \x20   raise SystemExit('no write: %s' % e)\n",
+            ])
+            .env("FUNCSCALE_REDIS_URL", set.url())
+            .env("FUNCSCALE_POD_NAMESPACE", "sentinel-conn")
+            .envs(set.env())
+            .output()
+            .unwrap()
+    };
+    let first = incr(&set);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let old = set.master_port().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        format!("1 {old}")
+    );
+    let mut master = set.master_connection().await.unwrap();
+    let _: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(2000)
+        .query_async(&mut master)
+        .await
+        .unwrap();
+    set.kill_master().await.unwrap();
+    let new = set
+        .wait_for_new_master(old, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let second = incr(&set);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        format!("2 {new}")
+    );
+}

@@ -12,7 +12,6 @@ pub mod crd;
 pub mod crd_ext;
 pub mod error;
 pub mod events;
-pub mod http;
 pub mod key_index;
 pub mod leader;
 pub mod metric_names;

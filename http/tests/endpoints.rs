@@ -56,8 +56,10 @@ async fn metrics_health_and_readiness_with_conditions() {
         r.starts_with("HTTP/1.1 503") && r.contains("FuncQueues"),
         "{r}"
     );
-    // the reason is the condition set not ready last, not a stale one
+    // the reason is the condition set not ready last, and not a stale one once it is ready
     health.set("api", false, "Kubernetes API: refused");
+    let r = get(addr, "/readyz").await;
+    assert!(r.contains("not ready: Kubernetes API: refused"), "{r}");
     health.set("api", true, "");
     let r = get(addr, "/readyz").await;
     assert!(r.contains("FuncQueues") && !r.contains("refused"), "{r}");

@@ -22,7 +22,6 @@ pub mod pool_index;
 pub mod queue;
 pub mod queue_config;
 pub mod redis_metrics;
-pub mod sim;
 pub mod telemetry;
 pub mod triggers;
 pub mod watches;

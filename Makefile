@@ -89,7 +89,7 @@ demo: redis
 demo-plan: build
 	$(CARGO) run -q -p funcscale-operator -- capacity --monitors 10000 --task-ms 500
 	$(CARGO) run -q -p funcscale-operator -- capacity --table
-	$(CARGO) run -q -p funcscale-operator -- simulate
+	$(CARGO) run -q -p funcscale-sim --
 
 ## e2e: the closed-loop scenarios (burst, beat, Redis outage, operator restart/takeover,
 ##   invalid resources, cron load), the chart and every example applied and brought to Ready,
@@ -119,7 +119,7 @@ bench: redis control-plane
 	$(MAKE) celery-bench
 	$(CARGO) nextest run -p funcscale-operator --cargo-profile release --test bench --run-ignored only --no-capture
 	$(CARGO) nextest run -p funcscale-worker --cargo-profile release --test bench_records --run-ignored only --no-capture
-	$(CARGO) run -q --release -p funcscale-operator -- simulate
+	$(CARGO) run -q --release -p funcscale-sim --
 	FUNCSCALE_SCALE_POOLS=$${SCALE_POOLS:-1000} $(CARGO) nextest run -p funcscale-e2e \
 	    --cargo-profile release --test scale_bench --run-ignored only --no-capture
 	$(CARGO) build --workspace --bins

@@ -19,12 +19,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt, Resource};
 use tokio::sync::watch;
 
-use crate::context::{Config, Context, default_worker_image, system_clock};
+use crate::context::{Config, Shared, default_worker_image, system_clock};
 use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::leader::LeaseLock;
 use crate::redis_metrics::RedisEndpoint;
-use crate::telemetry::{Health, LogFormat, Metrics};
-use crate::{http, pool, queue, telemetry, triggers, watches};
+use crate::telemetry::{LogFormat, Metrics, READY_API, READY_WATCHES};
+use crate::{pool, queue, telemetry, triggers, watches};
 
 /// Arguments of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -182,18 +182,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     install_crypto_provider();
     let metrics = Metrics::new();
-    let health = Arc::new(Health::new());
+    let health = telemetry::health();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
     spawn_signal_handler(stop_tx.clone());
 
-    let listener = http::bind(args.metrics_addr)
+    let listener = funcscale_http::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "serving /metrics /healthz /readyz");
-    let http_task = tokio::spawn(http::serve(
+    let http_task = tokio::spawn(funcscale_http::serve(
         listener,
-        metrics.clone(),
+        metrics.registry.clone(),
         health.clone(),
         stop.clone().wait(),
     ));
@@ -206,7 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => {
                 let why = explain(&e);
                 tracing::error!(error = %why, retry_in = ?delay, "Kubernetes API not usable yet; /readyz reports not ready");
-                health.set_api(false, &format!("Kubernetes API: {why}"));
+                health.set(READY_API, false, &format!("Kubernetes API: {why}"));
                 if stop.sleep(delay).await {
                     return finish(http_task).await;
                 }
@@ -214,7 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
-    health.set_api(true, "");
+    health.set(READY_API, true, "");
     tracing::info!("Kubernetes API reachable, CRDs established");
 
     // 2. leadership
@@ -239,7 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (lost_tx, mut lost_rx) = watch::channel(false);
     if let Some(lock) = &lock {
         // a standby is "ready": it has nothing to watch until it leads
-        health.set_watches(true, "");
+        health.set(READY_WATCHES, true, "");
         let clock = system_clock();
         let mut said = false;
         loop {
@@ -260,7 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         tracing::info!(identity, "leading");
         metrics.leader.set(1);
-        health.set_watches(false, "starting watches");
+        health.set(READY_WATCHES, false, "starting watches");
         tokio::spawn(renew(lock.clone(), stop.clone(), lost_tx, metrics.clone()));
     } else {
         metrics.leader.set(1);
@@ -304,13 +304,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         keys: funcscale_protocol::Keys::new(args.key_prefix.clone()),
         ..Config::default()
     };
-    let ctx = Arc::new(Context::new(
+    let shared = Arc::new(Shared::new(
         client.clone(),
         config,
         metrics.clone(),
         queue_store.clone(),
-        pool_store.clone(),
         system_clock(),
+    ));
+    let queue_configs = Arc::default();
+    let queue_ctx = Arc::new(queue::Context::new(
+        shared.clone(),
+        Arc::clone(&queue_configs),
+    ));
+    let pool_ctx = Arc::new(pool::Context::new(
+        shared,
+        pool_store.clone(),
+        queue_configs,
     ));
     // the poll loop's triggers (a full channel only delays them until the resync) and the
     // controllers' for each other (spec changes: few, never dropped)
@@ -343,7 +352,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         watches::deployment_key,
     ));
     let pools = Controller::for_stream(
-        triggers::pool_stream(pool_events, ctx.index.clone(), send.clone()),
+        triggers::pool_stream(pool_events, queue_ctx.shared.index.clone(), send.clone()),
         pool_store.clone(),
     )
     .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
@@ -353,21 +362,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .reconcile_on(poll_pools_rx)
     .reconcile_on(pool_rx)
     .graceful_shutdown_on(stop.clone().wait())
-    .run(pool::reconcile, pool::error_policy, ctx.clone())
+    .run(pool::reconcile, pool::error_policy, pool_ctx.clone())
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "pool controller");
         }
     });
     let queues = Controller::for_stream(
-        triggers::queue_stream(queue_events, ctx.index.clone(), ctx.key_index.clone(), send),
+        triggers::queue_stream(
+            queue_events,
+            queue_ctx.shared.index.clone(),
+            queue_ctx.shared.key_index.clone(),
+            send,
+        ),
         queue_store.clone(),
     )
     .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
     .reconcile_on(poll_queues_rx)
     .reconcile_on(queue_rx)
     .graceful_shutdown_on(stop.clone().wait())
-    .run(queue::reconcile, queue::error_policy, ctx.clone())
+    .run(queue::reconcile, queue::error_policy, queue_ctx.clone())
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "queue controller");
@@ -379,12 +393,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             while !(pools_listed.load(Ordering::SeqCst) && queues_listed.load(Ordering::SeqCst)) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            health.set_watches(true, "");
+            health.set(READY_WATCHES, true, "");
             tracing::info!("watches ready");
         });
     }
     let poll = tokio::spawn(crate::poll_loop::run(
-        ctx.clone(),
+        queue_ctx.clone(),
+        pool_ctx.clone(),
         args.poll_interval,
         crate::poll_loop::Triggers {
             pools: poll_pools_tx,

@@ -1,19 +1,24 @@
-//! What every reconcile shares: client, event recorder, metrics, configuration, the
-//! reflector stores and the queue → pools index, the Redis metrics cache, per-pool policy
-//! history and per-object backoff.
+//! What both controllers share ([`Shared`]: client, event recorder, metrics, configuration,
+//! the FuncQueue store, the pool and key indexes, the poller's registry and cache, the Secret cache, the clock), the per-object
+//! [`Backoff`] and the one [`error_policy`]. Each controller keeps its own state in its own
+//! context ([`crate::queue::Context`], [`crate::pool::Context`]); this module depends on
+//! neither controller.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funcscale_protocol::Keys;
-use kube::Client;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::{FuncQueue, FuncWorkerPool};
+use crate::connection::SecretCache;
+use crate::crd::FuncQueue;
+use crate::error::{Error, Result};
 use crate::key_index::KeyIndex;
-use crate::policy::History;
 use crate::pool_index::PoolIndex;
 use crate::redis_metrics::{MetricsCache, RedisEndpoint, Registry};
 use crate::telemetry::Metrics;
@@ -84,27 +89,49 @@ pub fn rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Per-object failure counts for exponential backoff.
-#[derive(Default)]
-pub struct Backoff(Mutex<HashMap<String, u32>>);
+/// Per-object failure counts for exponential backoff, keyed by a typed object key.
+pub struct Backoff<K>(Mutex<HashMap<K, u32>>);
 
-impl Backoff {
+impl<K> Default for Backoff<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq + Clone> Backoff<K> {
     /// Record a failure of `key`; returns the delay before the next attempt
     /// (1 s, 2 s, 4 s, ... up to 5 min).
-    pub fn failed(&self, key: &str) -> Duration {
+    pub fn failed(&self, key: &K) -> Duration {
         let mut m = self.0.lock().expect("backoff lock");
-        let n = m.entry(key.to_string()).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
     /// Forget the failures of `key` after a success.
-    pub fn succeeded(&self, key: &str) {
+    pub fn succeeded(&self, key: &K) {
         self.0.lock().expect("backoff lock").remove(key);
     }
 }
 
-/// Shared state of the controllers.
-pub struct Context {
+/// The typed key of a namespaced object (what the stores, the backoff and the per-object
+/// memories are keyed by).
+pub fn object_key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> ObjectRef<K> {
+    ObjectRef::new(name).within(namespace)
+}
+
+/// `namespace/name` of a key, for logs.
+pub fn key_text<K: Resource<DynamicType = ()>>(key: &ObjectRef<K>) -> String {
+    format!(
+        "{}/{}",
+        key.namespace.as_deref().unwrap_or_default(),
+        key.name
+    )
+}
+
+/// What both controllers share: the client, the one event recorder, metrics, settings, the
+/// FuncQueue store, the pool and key indexes, the poller's registry and readings, the Secret cache and the clock. Each controller's own
+/// state is in its context ([`crate::queue::Context`], [`crate::pool::Context`]).
+pub struct Shared {
     /// Kubernetes client.
     pub client: Client,
     /// Event recorder (one for the operator).
@@ -113,45 +140,33 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub config: Config,
-    /// All FuncQueues the operator watches.
+    /// All FuncQueues the operator watches (the queue controller's objects, and what pools
+    /// point at).
     pub queues: Store<FuncQueue>,
-    /// All FuncWorkerPools the operator watches.
-    pub pools: Store<FuncWorkerPool>,
-    /// The pools serving each queue, written from the same events as `pools`.
+    /// The pools serving each queue, written from the pool watch events (a queue's
+    /// consumers, a pool's neighbours on a queue, the pools a queue change wakes).
     pub index: PoolIndex,
-    /// The queues that could share each queue's keys, written from the same events as
-    /// `queues`.
+    /// The queues that could share each queue's keys, written from the queue watch events
+    /// (queues and pools refuse such queues).
     pub key_index: KeyIndex,
-    /// Queues the Redis poller reads.
+    /// Queues the Redis poller reads, with their endpoints (the queue controller registers
+    /// them; a pool's scale-down reaches its queues' Redis through it).
     pub registry: Registry,
-    /// Last Redis readings.
+    /// Last Redis readings (the poller writes, both controllers read).
     pub cache: MetricsCache,
-    /// Policy history per pool (`namespace/name`).
-    pub histories: Mutex<HashMap<String, History>>,
-    /// Per-object backoff.
-    pub backoff: Backoff,
-    /// Per pool: hash of the last applied objects and the Deployment generation the apply
-    /// produced. Unchanged hash and generation mean nothing to apply (saves a PATCH per
-    /// poll-triggered reconcile); any edit by someone else bumps the generation.
-    pub applied: Mutex<HashMap<String, (u64, Option<i64>)>>,
-    /// Per queue: the settings last written to its Redis; one connection per endpoint.
-    pub queue_configs: crate::queue_config::writes::QueueConfigs,
     /// Secrets the queues' connections reference, reused for a minute.
-    pub secrets: crate::connection::SecretCache,
-    /// Scale-downs waiting for the pods they remove to stop taking tasks.
-    pub scale_downs: crate::pool::scale_down_state::ScaleDowns,
+    pub secrets: SecretCache,
     /// Wall clock.
     pub clock: Clock,
 }
 
-impl Context {
-    /// A context with fresh metrics, registry, cache and history.
+impl Shared {
+    /// Shared state with a fresh recorder, cache and Secret cache.
     pub fn new(
         client: Client,
         config: Config,
         metrics: Metrics,
         queues: Store<FuncQueue>,
-        pools: Store<FuncWorkerPool>,
         clock: Clock,
     ) -> Self {
         let recorder = Recorder::new(
@@ -161,24 +176,17 @@ impl Context {
                 instance: None,
             },
         );
-        let key_index = KeyIndex::new(config.keys.clone());
         Self {
+            key_index: KeyIndex::new(config.keys.clone()),
             client,
             recorder,
             metrics,
             config,
             queues,
-            pools,
             index: PoolIndex::default(),
-            key_index,
             registry: Registry::default(),
             cache: MetricsCache::default(),
-            histories: Mutex::new(HashMap::new()),
-            backoff: Backoff::default(),
-            applied: Mutex::new(HashMap::new()),
-            queue_configs: Default::default(),
-            secrets: Default::default(),
-            scale_downs: Default::default(),
+            secrets: SecretCache::default(),
             clock,
         }
     }
@@ -187,6 +195,54 @@ impl Context {
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
     }
+
+    /// Resolve the Redis endpoint of `q` (of namespace `ns`), reading Secrets when referenced.
+    pub async fn endpoint(&self, q: &FuncQueue, ns: &str) -> Result<RedisEndpoint> {
+        crate::connection::resolve(
+            self.client.clone(),
+            &q.spec,
+            ns,
+            &self.config.default_redis,
+            &self.secrets,
+            self.now_ms(),
+        )
+        .await
+    }
+
+    /// Which Redis `q` (of namespace `ns`) uses, its Secrets read
+    /// ([`RedisEndpoint::identity`]); the spec's own identity when they cannot be read.
+    pub async fn redis_identity(&self, q: Arc<FuncQueue>, ns: String) -> String {
+        match self.endpoint(&q, &ns).await {
+            Ok(e) => e.identity(),
+            Err(_) => crate::crd_ext::queue_redis_identity(&q, &ns),
+        }
+    }
+}
+
+/// What the one [`error_policy`] needs of a controller's context.
+pub trait ControllerContext {
+    /// The reconciled kind.
+    type Object: Resource<DynamicType = ()>;
+    /// The controller's name: the `controller` label of the metrics, and in logs.
+    const CONTROLLER: &'static str;
+    /// The state both controllers share.
+    fn shared(&self) -> &Shared;
+    /// The controller's per-object backoff.
+    fn backoff(&self) -> &Backoff<ObjectRef<Self::Object>>;
+}
+
+/// Errors back off per object (1 s, 2 s, 4 s, ... 5 min); never a hot loop. Counted in
+/// `funcscale_reconcile_failures_total` by controller and error category.
+pub fn error_policy<C: ControllerContext>(obj: Arc<C::Object>, err: &Error, ctx: Arc<C>) -> Action {
+    ctx.shared()
+        .metrics
+        .failures
+        .with_label_values(&[C::CONTROLLER, err.category()])
+        .inc();
+    let key = object_key::<C::Object>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    let delay = ctx.backoff().failed(&key);
+    tracing::warn!(controller = C::CONTROLLER, object = %key_text(&key), error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 #[cfg(test)]
@@ -195,16 +251,19 @@ mod tests {
 
     #[test]
     fn backoff_grows_per_object_and_resets() {
-        let b = Backoff::default();
-        assert_eq!(b.failed("a"), Duration::from_secs(1));
-        assert_eq!(b.failed("a"), Duration::from_secs(2));
-        assert_eq!(b.failed("b"), Duration::from_secs(1));
+        let b = Backoff::<ObjectRef<FuncQueue>>::default();
+        let (a, other) = (object_key("ns", "a"), object_key("ns", "b"));
+        assert_eq!(b.failed(&a), Duration::from_secs(1));
+        assert_eq!(b.failed(&a), Duration::from_secs(2));
+        assert_eq!(b.failed(&other), Duration::from_secs(1));
+        assert_eq!(b.failed(&object_key("other", "a")), Duration::from_secs(1));
         for _ in 0..20 {
-            b.failed("a");
+            b.failed(&a);
         }
-        assert_eq!(b.failed("a"), Duration::from_secs(256));
-        b.succeeded("a");
-        assert_eq!(b.failed("a"), Duration::from_secs(1));
+        assert_eq!(b.failed(&a), Duration::from_secs(256));
+        b.succeeded(&a);
+        assert_eq!(b.failed(&a), Duration::from_secs(1));
+        assert_eq!(key_text(&a), "ns/a");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 }

@@ -830,7 +830,7 @@ pub struct Autoscaling {
     pub period_ms: u64,
     /// Seconds a lower size must be recommended continuously before the pool shrinks
     /// (the HPA's default is 300; 60 measured as 3× fewer pod-seconds on bursty load with no
-    /// change undone within a minute: `funcscale-operator simulate`).
+    /// change undone within a minute: `funcscale-sim`).
     #[serde(default = "default_stabilization_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: u32,

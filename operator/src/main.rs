@@ -10,7 +10,6 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        Command::Simulate(args) => or_usage_error("simulate", cli::simulate(&args)),
         Command::Crd => print!("{}", funcscale_operator::crd::crds_yaml()),
         Command::Capacity(args) => or_usage_error("capacity", cli::capacity(&args)),
     }

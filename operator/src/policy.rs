@@ -25,7 +25,7 @@ use crate::crd::{Autoscaling, DecisionStatus};
 
 /// Milliseconds in the default cron period (one minute).
 pub const DEFAULT_PERIOD_MS: u64 = 60_000;
-/// How far ahead arrivals count in the queue load (H): 15 s. Chosen with `simulate` on the
+/// How far ahead arrivals count in the queue load (H): 15 s. Chosen with `funcscale-sim` on the
 /// built-in traces (H = 15 s against H = W = 60 s: pod-seconds 1.52 → 1.01 × the work bound on
 /// steady load, 3.10 → 2.17 on bursty, 1.57 → 1.32 on diurnal, p95 wait within the drain
 /// target on all four; see docs/keda-comparison.md).

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
 
-use crate::context::Context;
 use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::redis_metrics::{PollReport, Poller, PollerConfig};
+use crate::{pool, queue};
 
 /// One poll: prune deleted queues and pools (and their metric series), read Redis, record
 /// metrics; returns the report and the pools to reconcile.
 pub async fn tick(
-    ctx: &Context,
+    queue_ctx: &queue::Context,
+    pool_ctx: &pool::Context,
     poller: &mut Poller,
 ) -> (PollReport, Vec<ObjectRef<FuncWorkerPool>>) {
+    let ctx = &queue_ctx.shared;
     let queues = ctx.queues.clone();
     let mut gone_queues = Vec::new();
     ctx.registry.retain(|id| {
@@ -37,34 +39,40 @@ pub async fn tick(
         let _ = m.queue_metrics_available.remove_label_values(&labels);
     }
     // forget the policy history, apply record and series of deleted pools
-    let live = |key: &String| {
-        key.split_once('/')
-            .is_some_and(|(ns, name)| ctx.pools.get(&ObjectRef::new(name).within(ns)).is_some())
-    };
+    let live = |key: &ObjectRef<FuncWorkerPool>| pool_ctx.pools.get(key).is_some();
     let mut gone_pools = Vec::new();
-    ctx.histories.lock().expect("history lock").retain(|k, _| {
-        let keep = live(k);
-        if !keep {
-            gone_pools.push(k.clone());
-        }
-        keep
-    });
-    ctx.applied
+    pool_ctx
+        .histories
+        .lock()
+        .expect("history lock")
+        .retain(|k, _| {
+            let keep = live(k);
+            if !keep {
+                gone_pools.push(k.clone());
+            }
+            keep
+        });
+    pool_ctx
+        .applied
         .lock()
         .expect("applied lock")
         .retain(|k, _| live(k));
-    ctx.scale_downs.retain(live);
+    pool_ctx.scale_downs.retain(live);
     for key in gone_pools {
-        if let Some((ns, name)) = key.split_once('/') {
-            let _ = ctx.metrics.pool_desired.remove_label_values(&[ns, name]);
-            let _ = ctx.metrics.pool_current.remove_label_values(&[ns, name]);
-            let _ = ctx.metrics.beat_ready.remove_label_values(&[ns, name]);
-        }
+        let labels = [
+            key.namespace.as_deref().unwrap_or_default(),
+            key.name.as_str(),
+        ];
+        let _ = ctx.metrics.pool_desired.remove_label_values(&labels);
+        let _ = ctx.metrics.pool_current.remove_label_values(&labels);
+        let _ = ctx.metrics.beat_ready.remove_label_values(&labels);
     }
-    ctx.queue_configs
-        .prune(|key| {
-            key.split_once('/')
-                .is_some_and(|(ns, name)| queues.get(&ObjectRef::new(name).within(ns)).is_some())
+    queue_ctx
+        .queue_configs
+        .prune(|id| {
+            queues
+                .get(&ObjectRef::new(&id.name).within(&id.namespace))
+                .is_some()
         })
         .await;
     let started = std::time::Instant::now();
@@ -96,14 +104,15 @@ pub struct Triggers {
 
 /// Poll every `interval` until `stop` resolves.
 pub async fn run(
-    ctx: Arc<Context>,
+    queue_ctx: Arc<queue::Context>,
+    pool_ctx: Arc<pool::Context>,
     interval: Duration,
     mut trigger: Triggers,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut poller = Poller::new(
-        ctx.registry.clone(),
-        ctx.cache.clone(),
+        queue_ctx.shared.registry.clone(),
+        queue_ctx.shared.cache.clone(),
         PollerConfig::default(),
     );
     let mut every = tokio::time::interval(interval);
@@ -115,7 +124,7 @@ pub async fn run(
             _ = &mut stop => return,
             _ = every.tick() => {}
         }
-        let (report, pools) = tick(&ctx, &mut poller).await;
+        let (report, pools) = tick(&queue_ctx, &pool_ctx, &mut poller).await;
         // one tenant's Redis down is that tenant's problem, not the operator's: it shows in its
         // queues' MetricsAvailable/Ready conditions, `funcscale_queue_metrics_available` and
         // `funcscale_redis_poll_errors_total`, and here once per change; `/readyz` stays up so

@@ -1,8 +1,5 @@
 //! Prometheus metrics, readiness state and logging setup.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use prometheus::core::Collector;
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -52,7 +49,7 @@ pub struct Metrics {
     /// The names of all registered metrics (see [`Metrics::names`]).
     names: Vec<String>,
     /// Per Redis instance: the topology, node and switch count of the last poll.
-    nodes_seen: std::sync::Arc<Mutex<NodesSeen>>,
+    nodes_seen: std::sync::Arc<std::sync::Mutex<NodesSeen>>,
 }
 
 impl Default for Metrics {
@@ -277,48 +274,18 @@ impl Metrics {
 /// Per Redis instance (its identity): the topology, node and master switches of the last poll.
 type NodesSeen = std::collections::HashMap<String, (&'static str, String, u64)>;
 
-/// What `/readyz` reports: the API is reachable and the CRDs established, and the watches run.
-/// Redis is not part of it: one tenant's unreachable Redis must not take the operator out of
-/// its Service and its rollout for every other tenant (that Redis shows in its queues'
+/// The `/readyz` condition: the API server is reachable and the CRDs established.
+/// Redis is not part of readiness: one tenant's unreachable Redis must not take the operator
+/// out of its Service and its rollout for every other tenant (that Redis shows in its queues'
 /// conditions and metrics instead).
-#[derive(Default)]
-pub struct Health {
-    api: AtomicBool,
-    watches: AtomicBool,
-    reason: Mutex<String>,
-}
+pub const READY_API: &str = "api";
+/// The `/readyz` condition: the controllers' watches run.
+pub const READY_WATCHES: &str = "watches";
 
-impl Health {
-    /// New state: nothing ready, with a reason.
-    pub fn new() -> Self {
-        let h = Self::default();
-        *h.reason.lock().expect("health lock") = "starting".into();
-        h
-    }
-    /// API server reachable and CRDs established.
-    pub fn set_api(&self, ok: bool, why: &str) {
-        self.api.store(ok, Ordering::Relaxed);
-        self.note(ok, why);
-    }
-    /// Controllers' watches running.
-    pub fn set_watches(&self, ok: bool, why: &str) {
-        self.watches.store(ok, Ordering::Relaxed);
-        self.note(ok, why);
-    }
-    fn note(&self, ok: bool, why: &str) {
-        if !ok {
-            *self.reason.lock().expect("health lock") = why.to_string();
-        }
-    }
-    /// Ready, or why not.
-    pub fn ready(&self) -> Result<(), String> {
-        let ok = self.api.load(Ordering::Relaxed) && self.watches.load(Ordering::Relaxed);
-        if ok {
-            Ok(())
-        } else {
-            Err(self.reason.lock().expect("health lock").clone())
-        }
-    }
+/// The operator's readiness ([`funcscale_http::Health`]): not ready (`starting`) until the API
+/// is usable and the watches run.
+pub fn health() -> funcscale_http::Health {
+    funcscale_http::Health::starting(&[READY_API, READY_WATCHES], "starting")
 }
 
 /// Log format.

@@ -230,7 +230,7 @@ fn size_and_build_1000_pools() {
 #[tokio::test]
 #[ignore = "benchmark"]
 async fn reconcile_1000_pools_against_the_in_memory_api() {
-    use funcscale_operator::context::Context;
+    use funcscale_operator::context::Shared;
     use kube::api::{Api, PostParams};
     use kube::runtime::{reflector, watcher};
     const N: usize = 1000;
@@ -243,13 +243,17 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
         .unwrap();
     let (queues, mut qw) = reflector::store();
     let (pools_store, mut pw) = reflector::store();
-    let ctx = Arc::new(Context::new(
+    let shared = Arc::new(Shared::new(
         client.clone(),
         Config::default(),
         funcscale_operator::telemetry::Metrics::new(),
         queues,
-        pools_store,
         Arc::new(now_ms),
+    ));
+    let ctx = Arc::new(funcscale_operator::pool::Context::new(
+        shared.clone(),
+        pools_store,
+        Arc::default(),
     ));
     let qapi: Api<FuncQueue> = Api::namespaced(client.clone(), "bench");
     let papi: Api<FuncWorkerPool> = Api::namespaced(client.clone(), "bench");
@@ -270,7 +274,7 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
             .unwrap();
         let ev = watcher::Event::Apply(q);
         qw.apply_watcher_event(&ev);
-        ctx.key_index.apply(&ev);
+        shared.key_index.apply(&ev);
         let spec = FuncWorkerPoolSpec {
             queues: vec![format!("q{i}")],
             processes_per_pod: 5,
@@ -294,9 +298,9 @@ async fn reconcile_1000_pools_against_the_in_memory_api() {
             .unwrap();
         let ev = watcher::Event::Apply(p.clone());
         pw.apply_watcher_event(&ev);
-        ctx.index.apply(&ev);
+        shared.index.apply(&ev);
         pools.push(p);
-        ctx.cache.set(
+        shared.cache.set(
             QueueId::new("bench", format!("q{i}")),
             Reading::Ok(QueueMetrics {
                 depth: 1000,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use funcscale_operator::context::{Config, Context};
+use funcscale_operator::context::{Config, Shared};
 use funcscale_operator::crd::*;
 use funcscale_operator::redis_metrics::{QueueId, QueueMetrics, Reading};
 use funcscale_operator::{pool, queue};
@@ -35,7 +35,9 @@ fn kind_of(v: &serde_json::Value) -> String {
 
 struct Env {
     client: Client,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    queue_ctx: Arc<queue::Context>,
+    pool_ctx: Arc<pool::Context>,
     ops: Ops,
     /// `reason: note` of every Event created.
     events: Ops,
@@ -112,17 +114,24 @@ impl Env {
         let (pools, pools_w) = reflector::store();
         let clock = Arc::new(AtomicU64::new(T0));
         let c2 = clock.clone();
-        let ctx = Arc::new(Context::new(
+        let shared = Arc::new(Shared::new(
             client.clone(),
             config,
             funcscale_operator::telemetry::Metrics::new(),
             queues,
-            pools,
             Arc::new(move || c2.load(Ordering::SeqCst)),
         ));
+        let queue_configs = Arc::default();
+        let queue_ctx = Arc::new(queue::Context::new(
+            shared.clone(),
+            Arc::clone(&queue_configs),
+        ));
+        let pool_ctx = Arc::new(pool::Context::new(shared.clone(), pools, queue_configs));
         Self {
             client,
-            ctx,
+            shared,
+            queue_ctx,
+            pool_ctx,
             ops,
             events,
             clock,
@@ -135,14 +144,14 @@ impl Env {
     /// A pool watch event, to the store and the index (as the operator's pool stream does).
     fn pool_event(&mut self, e: watcher::Event<FuncWorkerPool>) {
         self.pools_w.apply_watcher_event(&e);
-        self.ctx.index.apply(&e);
+        self.shared.index.apply(&e);
     }
 
     /// A queue watch event, to the store and the key index (as the operator's queue stream
     /// does).
     fn queue_event(&mut self, e: watcher::Event<FuncQueue>) {
         self.queues_w.apply_watcher_event(&e);
-        self.ctx.key_index.apply(&e);
+        self.shared.key_index.apply(&e);
     }
 
     fn take_ops(&self) -> Vec<String> {
@@ -200,11 +209,11 @@ impl Env {
 
     async fn reconcile_pool(&self, name: &str) -> Result<Action, funcscale_operator::error::Error> {
         let p = Arc::new(self.pool(name).await);
-        pool::reconcile(p, self.ctx.clone()).await
+        pool::reconcile(p, self.pool_ctx.clone()).await
     }
 
     fn set_metrics(&self, queue: &str, depth: u64, task_ms: f64) {
-        self.ctx.cache.set(
+        self.shared.cache.set(
             QueueId::new(NS, queue),
             Reading::Ok(QueueMetrics {
                 depth,
@@ -446,7 +455,7 @@ async fn redis_unavailable_holds_the_size() {
     let before = replicas(&env.deployment("w").await.unwrap());
     assert!(before.unwrap() > 0);
     env.advance(Duration::from_secs(1000));
-    env.ctx.cache.set(
+    env.shared.cache.set(
         QueueId::new(NS, "q1"),
         Reading::Unavailable {
             error: "cannot connect to redis://x:6379: refused".into(),
@@ -612,7 +621,7 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
     // a Secret is not watched: it looks again at the resync, for one created later
     assert_eq!(
         env.reconcile_pool("w2").await.unwrap(),
-        Action::requeue(env.ctx.config.resync)
+        Action::requeue(env.shared.config.resync)
     );
     let p = env.pool("w2").await;
     assert!(
@@ -867,23 +876,23 @@ async fn api_conflicts_back_off_per_object() {
     env.add_pool("w", autoscaled(&["q1"], 1, 5)).await;
     env.set_metrics("q1", 0, 500.0);
     let p = Arc::new(env.pool("w").await);
-    let err = pool::reconcile(p.clone(), env.ctx.clone())
+    let err = pool::reconcile(p.clone(), env.pool_ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(err.category(), "conflict", "{err}");
     assert_eq!(
-        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        pool::error_policy(p.clone(), &err, env.pool_ctx.clone()),
         Action::requeue(Duration::from_secs(1))
     );
     assert_eq!(
-        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        pool::error_policy(p.clone(), &err, env.pool_ctx.clone()),
         Action::requeue(Duration::from_secs(2))
     );
     assert_eq!(
-        pool::error_policy(p.clone(), &err, env.ctx.clone()),
+        pool::error_policy(p.clone(), &err, env.pool_ctx.clone()),
         Action::requeue(Duration::from_secs(4))
     );
-    let m = env.ctx.metrics.encode();
+    let m = env.shared.metrics.encode();
     assert!(
         m.contains(
             r#"funcscale_reconcile_failures_total{category="conflict",controller="pool"} 3"#
@@ -896,7 +905,7 @@ async fn api_conflicts_back_off_per_object() {
 async fn queue_status_reports_metrics_consumers_and_unserved_queues() {
     let mut env = Env::new(false).await;
     let q = env.add_queue("lonely", queue_spec()).await;
-    env.ctx.cache.set(
+    env.shared.cache.set(
         QueueId::new(NS, "lonely"),
         Reading::Ok(QueueMetrics {
             depth: 12,
@@ -910,11 +919,14 @@ async fn queue_status_reports_metrics_consumers_and_unserved_queues() {
             ..Default::default()
         }),
     );
-    queue::reconcile(Arc::new(q), env.ctx.clone())
+    queue::reconcile(Arc::new(q), env.queue_ctx.clone())
         .await
         .unwrap();
     assert!(
-        env.ctx.registry.get(&QueueId::new(NS, "lonely")).is_some(),
+        env.shared
+            .registry
+            .get(&QueueId::new(NS, "lonely"))
+            .is_some(),
         "registered for polling"
     );
     let q = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
@@ -937,7 +949,7 @@ async fn queue_status_reports_metrics_consumers_and_unserved_queues() {
     );
 
     env.add_pool("w", autoscaled(&["lonely"], 1, 5)).await;
-    queue::reconcile(Arc::new(q), env.ctx.clone())
+    queue::reconcile(Arc::new(q), env.queue_ctx.clone())
         .await
         .unwrap();
     let st = Api::<FuncQueue>::namespaced(env.client.clone(), NS)
@@ -964,7 +976,7 @@ async fn a_queue_change_maps_to_every_pool_serving_it() {
     env.add_pool("b", autoscaled(&["q2"], 1, 5)).await;
     env.add_pool("c", autoscaled(&["q3"], 1, 5)).await;
     let mut names: Vec<String> = env
-        .ctx
+        .shared
         .index
         .pools_for_queue(NS, "q2")
         .into_iter()
@@ -972,7 +984,7 @@ async fn a_queue_change_maps_to_every_pool_serving_it() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["a", "b"]);
-    assert!(env.ctx.index.pools_for_queue("other", "q2").is_empty());
+    assert!(env.shared.index.pools_for_queue("other", "q2").is_empty());
 }
 
 #[tokio::test]
@@ -1030,15 +1042,15 @@ async fn a_depth_change_reaches_the_deployment_within_one_poll() {
     let mut env = Env::with_config(false, config).await;
     let q = env.add_queue("q1", queue_spec()).await;
     env.add_pool("w", autoscaled(&["q1"], 1, 50)).await;
-    queue::reconcile(Arc::new(q), env.ctx.clone())
+    queue::reconcile(Arc::new(q), env.queue_ctx.clone())
         .await
         .unwrap(); // registers q1 for polling
     let mut poller = Poller::new(
-        env.ctx.registry.clone(),
-        env.ctx.cache.clone(),
+        env.shared.registry.clone(),
+        env.shared.cache.clone(),
         PollerConfig::default(),
     );
-    let (_, pools) = poll_loop::tick(&env.ctx, &mut poller).await;
+    let (_, pools) = poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
     assert_eq!(
         pools.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         vec!["w"]
@@ -1064,7 +1076,7 @@ async fn a_depth_change_reaches_the_deployment_within_one_poll() {
     }
     let _: () = pipe.query_async(&mut con).await.unwrap();
     let started = std::time::Instant::now();
-    let (report, pools) = poll_loop::tick(&env.ctx, &mut poller).await;
+    let (report, pools) = poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
     assert!(report.errors.is_empty(), "{report:?}");
     for p in pools {
         env.reconcile_pool(&p.name).await.unwrap();
@@ -1104,20 +1116,20 @@ async fn deleted_objects_leave_no_metric_series() {
         )
         .await;
     let mut poller = Poller::new(
-        env.ctx.registry.clone(),
-        env.ctx.cache.clone(),
+        env.shared.registry.clone(),
+        env.shared.cache.clone(),
         PollerConfig::default(),
     );
-    queue::reconcile(Arc::new(q.clone()), env.ctx.clone())
+    queue::reconcile(Arc::new(q.clone()), env.queue_ctx.clone())
         .await
         .unwrap();
-    poll_loop::tick(&env.ctx, &mut poller).await;
-    queue::reconcile(Arc::new(q.clone()), env.ctx.clone())
+    poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
+    queue::reconcile(Arc::new(q.clone()), env.queue_ctx.clone())
         .await
         .unwrap();
     env.reconcile_pool("gone-w").await.unwrap();
     env.reconcile_pool("gone-b").await.unwrap();
-    let text = env.ctx.metrics.encode();
+    let text = env.shared.metrics.encode();
     for series in [
         "funcscale_queue_depth{name=\"gone-q\"",
         "funcscale_queue_oldest_task_age_seconds{name=\"gone-q\"",
@@ -1136,8 +1148,8 @@ async fn deleted_objects_leave_no_metric_series() {
     env.queue_event(watcher::Event::Delete(q));
     env.pool_event(watcher::Event::Delete(p));
     env.pool_event(watcher::Event::Delete(b));
-    poll_loop::tick(&env.ctx, &mut poller).await;
-    let text = env.ctx.metrics.encode();
+    poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
+    let text = env.shared.metrics.encode();
     assert!(
         !text
             .lines()
@@ -1149,7 +1161,7 @@ async fn deleted_objects_leave_no_metric_series() {
 /// The value of the operator's series `metric` for `labels` (`namespace="team",queue="q"`), if
 /// it is exported.
 fn series(env: &Env, metric: &str, labels: &str) -> Option<f64> {
-    let text = env.ctx.metrics.encode();
+    let text = env.shared.metrics.encode();
     let prefix = format!("{metric}{{{labels}}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -1179,26 +1191,38 @@ async fn queue_gauges_follow_the_reading() {
         })
     };
 
-    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    queue::reconcile(q.clone(), env.queue_ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(series(&env, available, labels), Some(0.0), "not polled yet");
 
-    env.ctx
+    env.shared
         .cache
         .set(QueueId::new(NS, "q"), reading(7, Some(420.5)));
-    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    queue::reconcile(q.clone(), env.queue_ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(series(&env, age, labels), Some(420.5));
     assert_eq!(series(&env, available, labels), Some(1.0));
     assert_eq!(series(&env, "funcscale_queue_depth", labels), Some(7.0));
 
-    env.ctx.cache.set(QueueId::new(NS, "q"), reading(0, None));
-    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    env.shared
+        .cache
+        .set(QueueId::new(NS, "q"), reading(0, None));
+    queue::reconcile(q.clone(), env.queue_ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(series(&env, age, labels), Some(0.0), "empty queue");
 
-    env.ctx.cache.set(QueueId::new(NS, "q"), reading(3, None));
-    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    env.shared
+        .cache
+        .set(QueueId::new(NS, "q"), reading(3, None));
+    queue::reconcile(q.clone(), env.queue_ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(series(&env, age, labels), None, "age unknown: no series");
 
-    env.ctx.cache.set(
+    env.shared.cache.set(
         QueueId::new(NS, "q"),
         Reading::Unavailable {
             error: "connection refused".into(),
@@ -1206,7 +1230,9 @@ async fn queue_gauges_follow_the_reading() {
             since_ms: T0,
         },
     );
-    queue::reconcile(q.clone(), env.ctx.clone()).await.unwrap();
+    queue::reconcile(q.clone(), env.queue_ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(series(&env, available, labels), Some(0.0), "Redis down");
 }
 
@@ -1300,7 +1326,7 @@ impl Env {
             .get(name)
             .await
             .unwrap();
-        queue::reconcile(Arc::new(q), self.ctx.clone())
+        queue::reconcile(Arc::new(q), self.queue_ctx.clone())
             .await
             .unwrap()
     }
@@ -1439,7 +1465,7 @@ async fn queue_settings_are_written_cleared_and_rewritten_only_on_change_or_refr
         "not rewritten before the refresh interval"
     );
     // ... until the refresh interval has passed (Redis flushed, edited by hand)
-    env.advance(env.ctx.config.queue_config_refresh);
+    env.advance(env.shared.config.queue_config_refresh);
     env.reconcile_queue("orders").await;
     assert_eq!(
         stored_config(&keys, "orders").await.record_max_age_ms,
@@ -1730,7 +1756,7 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
     let url = |env: &Env| {
         let spec = spec.clone();
         let default = default.clone();
-        let (client, ctx) = (env.client.clone(), env.ctx.clone());
+        let (client, ctx) = (env.client.clone(), env.shared.clone());
         async move {
             resolve(client, &spec, NS, &default, &ctx.secrets, ctx.now_ms())
                 .await
@@ -1777,7 +1803,7 @@ async fn secrets_of_connections_are_read_at_most_once_a_minute() {
         .delete("redis-auth", &Default::default())
         .await
         .unwrap();
-    let ctx = env.ctx.clone();
+    let ctx = env.shared.clone();
     assert_eq!(
         check_secret(&env.client, &ctx.secrets, ctx.now_ms(), NS, &r)
             .await
@@ -1854,7 +1880,7 @@ async fn explicit_keys_naming_one_list_from_two_namespaces_are_refused() {
             .get(name)
             .await
             .unwrap();
-        queue::reconcile(Arc::new(q), env.ctx.clone())
+        queue::reconcile(Arc::new(q), env.queue_ctx.clone())
             .await
             .unwrap();
         let st = Api::<FuncQueue>::namespaced(env.client.clone(), ns)
@@ -2049,7 +2075,7 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
                 .await
                 .unwrap(),
         ),
-        env.ctx.clone(),
+        env.pool_ctx.clone(),
     )
     .await;
     assert!(other.is_ok(), "{other:?}");
@@ -2089,12 +2115,12 @@ async fn queues_show_their_namespaced_key_and_legacy_twins_are_refused() {
         .get("jobs")
         .await
         .unwrap();
-    let freed = env.ctx.key_index.apply(&watcher::Event::Delete(older));
+    let freed = env.shared.key_index.apply(&watcher::Event::Delete(older));
     assert_eq!(
         freed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [format!("{NS}/jobs")]
     );
-    let woken = env.ctx.index.pools_for_queue(NS, "jobs");
+    let woken = env.shared.index.pools_for_queue(NS, "jobs");
     assert!(
         woken.iter().any(|r| r.name == "w") && woken.iter().any(|r| r.name == "beat"),
         "{woken:?}"
@@ -2559,11 +2585,11 @@ async fn a_stream_queue_reports_lag_and_pending_and_sizes_its_pool() {
     env.add_pool("consumer", pool).await;
     env.reconcile_queue("events").await; // registers the queue for polling
     let mut poller = Poller::new(
-        env.ctx.registry.clone(),
-        env.ctx.cache.clone(),
+        env.shared.registry.clone(),
+        env.shared.cache.clone(),
         PollerConfig::default(),
     );
-    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    let (report, _) = poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
     assert!(report.errors.is_empty(), "{report:?}");
     env.reconcile_queue("events").await;
     env.reconcile_pool("consumer").await.unwrap();
@@ -2597,7 +2623,7 @@ async fn a_stream_queue_reports_lag_and_pending_and_sizes_its_pool() {
         .await
         .unwrap();
     env.advance(Duration::from_secs(1));
-    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    let (report, _) = poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
     assert!(report.errors.is_empty(), "{report:?}");
     env.reconcile_queue("events").await;
     let st = env.queue_status("events").await;
@@ -2632,7 +2658,7 @@ async fn a_stream_queue_reports_lag_and_pending_and_sizes_its_pool() {
     assert_eq!(ids.len(), 2410);
     let _: i64 = con.xack(&stream, "g", &ids).await.unwrap();
     env.advance(Duration::from_secs(301));
-    let (report, _) = poll_loop::tick(&env.ctx, &mut poller).await;
+    let (report, _) = poll_loop::tick(&env.queue_ctx, &env.pool_ctx, &mut poller).await;
     assert!(report.errors.is_empty(), "{report:?}");
     env.reconcile_queue("events").await;
     let st = env.queue_status("events").await;

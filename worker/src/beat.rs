@@ -330,7 +330,7 @@ impl Beat {
 
     /// Health for `/readyz` (Redis reachable).
     pub fn health(&self) -> crate::metrics::Health {
-        crate::metrics::Health::new(self.redis.clone())
+        crate::metrics::health(self.redis.clone(), None)
     }
 
     fn reload_file(&mut self) {

@@ -1,18 +1,14 @@
-//! Prometheus metrics of a worker and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! Prometheus metrics of a worker, its readiness inputs, and the `/metrics`, `/healthz`,
+//! `/readyz` endpoints (served by [`funcscale_http`]).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
+pub use funcscale_http::Health;
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// The worker's metrics. Labels are the queue and the function name (both bounded by what the
@@ -207,112 +203,56 @@ impl From<Metrics> for Registry {
     }
 }
 
-fn render(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
-}
-
-/// Readiness inputs: Redis must answer, the worker must not be draining, and its pod must not
-/// be marked for removal by a scale-down (`funcscale_protocol::stop`).
-#[derive(Clone)]
-pub struct Health {
+/// Readiness of a worker or beat, in this order: not draining ([`set_draining`]), its pod not
+/// marked for removal by a scale-down (`stop_mark` holds the mark's reason: workers only,
+/// `funcscale_protocol::stop`), and Redis answering a `PING` within 1 s.
+pub fn health(
     redis: funcscale_connect::Conn,
-    draining: Arc<AtomicBool>,
     stop_mark: Option<tokio::sync::watch::Receiver<Option<String>>>,
+) -> Health {
+    let mut h = Health::new();
+    if let Some(mark) = stop_mark {
+        h = h.with_probe(move || {
+            let reason = mark.borrow().clone();
+            async move {
+                match reason {
+                    Some(reason) => Err(format!(
+                        "stopping: the pod is marked for removal ({reason}); running tasks finish, no new ones are taken"
+                    )),
+                    None => Ok(()),
+                }
+            }
+        });
+    }
+    h.with_probe(move || {
+        let mut con = redis.clone();
+        async move {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("PING").query_async::<String>(&mut con),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("redis: {e}")),
+                Err(_) => Err("redis: timed out".into()),
+            }
+        }
+    })
 }
 
-impl Health {
-    /// Health backed by `redis`.
-    pub fn new(redis: funcscale_connect::Conn) -> Self {
-        Self {
-            redis,
-            draining: Arc::new(AtomicBool::new(false)),
-            stop_mark: None,
-        }
-    }
-
-    /// Not ready while `mark` holds the reason of the pod's stop mark.
-    pub fn with_stop_mark(mut self, mark: tokio::sync::watch::Receiver<Option<String>>) -> Self {
-        self.stop_mark = Some(mark);
-        self
-    }
-
-    /// Mark the process as draining (readyz turns false).
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    async fn ready(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err("draining".into());
-        }
-        if let Some(reason) = self.stop_mark.as_ref().and_then(|m| m.borrow().clone()) {
-            return Err(format!(
-                "stopping: the pod is marked for removal ({reason}); running tasks finish, no new ones are taken"
-            ));
-        }
-        let mut con = self.redis.clone();
-        match tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async::<String>(&mut con),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
-    }
+/// Mark the process as draining: `/readyz` answers 503 `not ready: draining` from now on.
+pub fn set_draining(health: &Health) {
+    health.set("draining", false, "draining");
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the returned task is aborted.
-/// Returns the bound address (useful with port 0).
+/// Serve `/metrics`, `/healthz`, `/readyz` (and the aliases `/livez`, `/ready`) on `addr` until
+/// the returned task is aborted ([`funcscale_http`]). Returns the bound address (useful with
+/// port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: impl Into<Registry>,
     health: Health,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let metrics: Registry = metrics.into();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            let health = health.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        let health = health.clone();
-                        async move {
-                            let (status, body) = match req.uri().path() {
-                                "/metrics" => (200, render(&metrics)),
-                                "/healthz" => (200, "ok\n".to_string()),
-                                "/readyz" => match health.ready().await {
-                                    Ok(()) => (200, "ok\n".to_string()),
-                                    Err(e) => (503, format!("not ready: {e}\n")),
-                                },
-                                _ => (404, "not found\n".to_string()),
-                            };
-                            let resp = hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(body)))
-                                .expect("valid response");
-                            Ok::<_, Infallible>(resp)
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    Ok((local, task))
+    funcscale_http::spawn(addr, metrics.into(), health).await
 }

@@ -280,7 +280,7 @@ impl WorkerBuilder {
                 counts: PendingCounts::default(),
                 stopped,
             }),
-            health: Health::new(redis).with_stop_mark(stopped_rx),
+            health: crate::metrics::health(redis, Some(stopped_rx)),
         })
     }
 }
@@ -609,7 +609,7 @@ impl Worker {
             }
         }
         tracing::info!(timeout = ?inner.config.drain_timeout, "draining");
-        self.health.set_draining();
+        crate::metrics::set_draining(&self.health);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(inner.config.drain_timeout, async {
             while slot_tasks.join_next().await.is_some() {}

@@ -677,7 +677,7 @@ async fn metrics_and_health_endpoints() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let health = funcscale_worker::metrics::Health::new(manager.expect("private redis-server up"));
+    let health = funcscale_worker::metrics::health(manager.expect("private redis-server up"), None);
     let (addr, server) = funcscale_worker::metrics::serve(
         "127.0.0.1:0".parse().unwrap(),
         funcscale_worker::metrics::Metrics::new(),

@@ -8,9 +8,10 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::context::Context;
 use crate::crd::{FuncQueue, FuncWorkerPool, PoolRole};
 use crate::error::Result;
+
+use super::Context;
 
 /// What a pool points at, as read now.
 #[derive(Clone, Debug, Default)]
@@ -40,12 +41,18 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         .spec
         .queues
         .iter()
-        .map(|q| (q.clone(), ctx.queues.get(&ObjectRef::new(q).within(ns))))
+        .map(|q| {
+            (
+                q.clone(),
+                ctx.shared.queues.get(&ObjectRef::new(q).within(ns)),
+            )
+        })
         .collect();
     // only a Beat pool needs them; and no String per queue: this runs for every reconcile
     // (10,000 queues × hundreds of reconciles a second made it the operator's hot spot)
     let mut namespace_queues: Vec<Arc<FuncQueue>> = if pool.spec.role == PoolRole::Beat {
-        ctx.queues
+        ctx.shared
+            .queues
             .state()
             .into_iter()
             .filter(|q| q.metadata.namespace.as_deref() == Some(ns))
@@ -69,16 +76,17 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
     let mut key_conflicts = Vec::new();
     for q in &used {
         let conflict = ctx
+            .shared
             .key_index
-            .conflict(q, ns, &ctx.queues, |q, ns| {
-                crate::queue::dereference::redis_identity(ctx, q, ns)
+            .conflict(q, ns, &ctx.shared.queues, |q, ns| {
+                ctx.shared.redis_identity(q, ns)
             })
             .await;
         if let Some(c) = conflict {
             key_conflicts.push((q.name_any(), c));
         }
     }
-    let now_ms = ctx.now_ms();
+    let now_ms = ctx.shared.now_ms();
     let mut missing_secrets = Vec::new();
     for q in &used {
         let Some(conn) = &q.spec.redis else { continue };
@@ -88,9 +96,14 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
             ("usernameSecretRef", &conn.username_secret_ref),
         ] {
             if let Some(r) = r
-                && let Some(why) =
-                    crate::connection::check_secret(&ctx.client, &ctx.secrets, now_ms, ns, r)
-                        .await?
+                && let Some(why) = crate::connection::check_secret(
+                    &ctx.shared.client,
+                    &ctx.shared.secrets,
+                    now_ms,
+                    ns,
+                    r,
+                )
+                .await?
             {
                 missing_secrets.push((
                     format!("FuncQueue {}: spec.redis.{field}", q.name_any()),
@@ -100,7 +113,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         }
     }
 
-    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+    let deployment = Api::<Deployment>::namespaced(ctx.shared.client.clone(), ns)
         .get_opt(&name)
         .await?;
     let other_beats = ctx
@@ -115,6 +128,7 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         .map(|p| {
             let pns = p.namespace().unwrap_or_default();
             let qs: Vec<Arc<FuncQueue>> = ctx
+                .shared
                 .queues
                 .state()
                 .into_iter()

@@ -9,28 +9,91 @@ pub mod size;
 pub mod status;
 pub mod validate;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use crate::context::{Context, rfc3339};
+use crate::context::{Backoff, ControllerContext, Shared, key_text, object_key, rfc3339};
 use crate::crd::{FuncQueue, FuncWorkerPool};
 use crate::error::{Error, Result};
+use crate::policy::History;
 use crate::pool_index::PoolIndex;
+use crate::queue_config::writes::QueueConfigs;
 use crate::redis_metrics::QueueId;
+use scale_down_state::ScaleDowns;
+
+/// What a pool's last apply wrote: the hash of the objects and the Deployment generation the
+/// apply produced.
+pub type Applied = (u64, Option<i64>);
+
+/// The pool controller's context: the state both controllers share and what only this
+/// controller keeps.
+pub struct Context {
+    /// Client, recorder, metrics, settings, the FuncQueue store, registry, readings, Secrets,
+    /// clock.
+    pub shared: Arc<Shared>,
+    /// All FuncWorkerPools the operator watches.
+    pub pools: Store<FuncWorkerPool>,
+    /// Policy history per pool.
+    pub histories: Mutex<HashMap<ObjectRef<FuncWorkerPool>, History>>,
+    /// Per pool: hash of the last applied objects and the Deployment generation the apply
+    /// produced. Unchanged hash and generation mean nothing to apply (saves a PATCH per
+    /// poll-triggered reconcile); any edit by someone else bumps the generation.
+    pub applied: Mutex<HashMap<ObjectRef<FuncWorkerPool>, Applied>>,
+    /// Scale-downs waiting for the pods they remove to stop taking tasks.
+    pub scale_downs: ScaleDowns,
+    /// One Redis connection per endpoint (shared with the queue controller's settings
+    /// writes): a scale-down marks pods through it.
+    pub queue_configs: Arc<QueueConfigs>,
+    /// Per-pool backoff of failed reconciles.
+    pub backoff: Backoff<ObjectRef<FuncWorkerPool>>,
+}
+
+impl Context {
+    /// A pool controller context with fresh histories, apply records and scale-downs.
+    pub fn new(
+        shared: Arc<Shared>,
+        pools: Store<FuncWorkerPool>,
+        queue_configs: Arc<QueueConfigs>,
+    ) -> Self {
+        Self {
+            shared,
+            pools,
+            histories: Mutex::default(),
+            applied: Mutex::default(),
+            scale_downs: ScaleDowns::default(),
+            queue_configs,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ControllerContext for Context {
+    type Object = FuncWorkerPool;
+    const CONTROLLER: &'static str = "pool";
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+    fn backoff(&self) -> &Backoff<ObjectRef<FuncWorkerPool>> {
+        &self.backoff
+    }
+}
 
 /// Reconcile one pool.
 pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx
+        .shared
         .metrics
         .reconcile_duration
         .with_label_values(&["pool"])
         .start_timer();
-    ctx.metrics
+    ctx.shared
+        .metrics
         .reconciliations
         .with_label_values(&["pool"])
         .inc();
@@ -38,17 +101,17 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = pool.name_any();
-    let key = format!("{ns}/{name}");
-    let api: Api<FuncWorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-    let now_ms = ctx.now_ms();
+    let key = object_key::<FuncWorkerPool>(&ns, &name);
+    let api: Api<FuncWorkerPool> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let now_ms = ctx.shared.now_ms();
     let now = rfc3339(now_ms);
 
     let deref = dereference::dereference(&pool, &ns, &ctx).await?;
-    let valid = match validate::validate(&pool, &ns, &deref, &ctx.config.keys) {
+    let valid = match validate::validate(&pool, &ns, &deref, &ctx.shared.config.keys) {
         Ok(v) => v,
         Err(Error::InvalidSpec { field, reason }) => {
             // a Secret is not watched: look again, slowly, for one created later
-            let retry = (!deref.missing_secrets.is_empty()).then_some(ctx.config.resync);
+            let retry = (!deref.missing_secrets.is_empty()).then_some(ctx.shared.config.resync);
             let action = invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await?;
             return Ok(retry.map_or(action, Action::requeue));
         }
@@ -63,6 +126,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
             // every Worker pool of the namespace serving q, from the index (this one from the
             // trigger, which may be newer than the store's copy)
             let sharing: Vec<Arc<FuncWorkerPool>> = ctx
+                .shared
                 .index
                 .consumers(&ns, q)
                 .iter()
@@ -76,7 +140,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
                 .collect();
             size::QueueReading {
                 name: q.clone(),
-                reading: ctx.cache.get(&QueueId::new(ns.clone(), q.clone())),
+                reading: ctx.shared.cache.get(&QueueId::new(ns.clone(), q.clone())),
                 share: size::share(&pool, &others),
                 running_here: None,
             }
@@ -108,7 +172,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
                 }
             }
             Err(e) => {
-                tracing::debug!(pool = %key, error = %e, "cannot read where the shared queues' tasks run: counting the pool's share")
+                tracing::debug!(pool = %key_text(&key), error = %e, "cannot read where the shared queues' tasks run: counting the pool's share")
             }
         }
     }
@@ -154,7 +218,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     if let Some((waiting, _)) = &plan.waiting {
         sizing.decision.message = format!("{} ({waiting})", sizing.decision.message);
     }
-    let desired = match build::build(&pool, &ns, &valid, plan.replicas, &ctx.config) {
+    let desired = match build::build(&pool, &ns, &valid, plan.replicas, &ctx.shared.config) {
         Ok(d) => d,
         Err(Error::InvalidSpec { field, reason }) => {
             return invalid(&api, &pool, &name, &field, &reason, &now, &ctx).await;
@@ -170,7 +234,7 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
     let applied = match (unchanged, deref.deployment.clone()) {
         (true, Some(d)) => d,
         _ => {
-            let d = match apply::apply(&ctx.client, &ns, &desired).await {
+            let d = match apply::apply(&ctx.shared.client, &ns, &desired).await {
                 Ok(d) => d,
                 Err(Error::Rejected {
                     kind,
@@ -263,26 +327,33 @@ pub async fn reconcile(pool: Arc<FuncWorkerPool>, ctx: Arc<Context>) -> Result<A
         valid.beat_conflict.as_deref(),
         &now,
     );
-    ctx.metrics
+    ctx.shared
+        .metrics
         .pool_desired
         .with_label_values(&[&ns, &name])
         .set(i64::from(st.desired_replicas));
-    ctx.metrics
+    ctx.shared
+        .metrics
         .pool_current
         .with_label_values(&[&ns, &name])
         .set(i64::from(st.replicas));
     if pool.spec.role == crate::crd::PoolRole::Beat {
-        ctx.metrics
+        ctx.shared
+            .metrics
             .beat_ready
             .with_label_values(&[&ns, &name])
             .set(i64::from(st.ready_replicas));
     } else {
-        let _ = ctx.metrics.beat_ready.remove_label_values(&[&ns, &name]);
+        let _ = ctx
+            .shared
+            .metrics
+            .beat_ready
+            .remove_label_values(&[&ns, &name]);
     }
     status::patch(&api, &pool, &name, st).await?;
-    ctx.backoff.succeeded(&format!("pool:{key}"));
+    ctx.backoff.succeeded(&key);
     timer.observe_duration();
-    let next = next_reconcile(&sizing, hold_ends_ms, now_ms, ctx.config.resync);
+    let next = next_reconcile(&sizing, hold_ends_ms, now_ms, ctx.shared.config.resync);
     Ok(Action::requeue(match plan.waiting {
         Some((_, recheck)) => next.min(recheck),
         None => next,
@@ -333,10 +404,7 @@ async fn invalid(
         )
         .await;
     }
-    ctx.backoff.succeeded(&format!(
-        "pool:{}/{name}",
-        pool.namespace().unwrap_or_default()
-    ));
+    ctx.backoff.succeeded(&ObjectRef::from_obj(pool));
     Ok(Action::await_change())
 }
 
@@ -352,7 +420,11 @@ async fn rejected(
     now: &str,
     ctx: &Context,
 ) -> Result<Action> {
-    ctx.metrics.apply_rejected.with_label_values(&[kind]).inc();
+    ctx.shared
+        .metrics
+        .apply_rejected
+        .with_label_values(&[kind])
+        .inc();
     tracing::warn!(
         pool = name,
         kind,
@@ -365,10 +437,7 @@ async fn rejected(
     if status::patch(api, pool, name, st).await? {
         publish(ctx, pool, EventType::Warning, &reason, message.to_string()).await;
     }
-    ctx.backoff.succeeded(&format!(
-        "pool:{}/{name}",
-        pool.namespace().unwrap_or_default()
-    ));
+    ctx.backoff.succeeded(&ObjectRef::from_obj(pool));
     Ok(Action::await_change())
 }
 
@@ -386,25 +455,19 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+    if let Err(e) = ctx
+        .shared
+        .recorder
+        .publish(&ev, &pool.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %e, "cannot publish event");
     }
 }
 
-/// Errors back off per object (1 s, 2 s, 4 s, ... 5 min); never a hot loop.
+/// Errors back off per pool ([`crate::context::error_policy`]).
 pub fn error_policy(pool: Arc<FuncWorkerPool>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .with_label_values(&["pool", err.category()])
-        .inc();
-    let key = format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    );
-    let delay = ctx.backoff.failed(&format!("pool:{key}"));
-    tracing::warn!(pool = %key, error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    crate::context::error_policy(pool, err, ctx)
 }
 
 /// Mapper from a queue to the pools it wakes, from the index: the Worker pools listing it and

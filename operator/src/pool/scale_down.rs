@@ -34,7 +34,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
-use crate::context::Context;
+use super::Context;
+use crate::context::{key_text, object_key};
 use crate::crd::{FuncWorkerPool, PoolRole};
 use crate::redis_metrics::QueueId;
 
@@ -180,7 +181,7 @@ pub async fn plan(
     desired: Option<i32>,
     now_ms: u64,
 ) -> Plan {
-    let key = format!("{ns}/{name}");
+    let key = object_key::<FuncWorkerPool>(ns, name);
     let pending = ctx.scale_downs.get(&key);
     let shrinking = match (current, desired) {
         (Some(from), Some(to)) if to < from && obeys_marks(pool) => Some((from, to)),
@@ -195,7 +196,7 @@ pub async fn plan(
                 let names: Vec<&str> = p.pods.iter().map(String::as_str).collect();
                 let reason = format!("scale-down of pool {name} from {} to {} pods", p.from, p.to);
                 if let Err(e) = mark(ctx, ns, valid, &names, &reason).await {
-                    tracing::debug!(pool = %key, error = %e, "cannot renew the stop marks while the sizing holds: they expire");
+                    tracing::debug!(pool = %key_text(&key), error = %e, "cannot renew the stop marks while the sizing holds: they expire");
                 }
             }
             return Plan::now(desired);
@@ -204,7 +205,7 @@ pub async fn plan(
             // no longer shrinking (the policy wants the pods again, or someone else changed
             // the Deployment): the marked pods take tasks again
             ctx.scale_downs.set(&key, None);
-            tracing::info!(pool = %key, pods = ?p.pods, "scale-down called off: the pods take tasks again");
+            tracing::info!(pool = %key_text(&key), pods = ?p.pods, "scale-down called off: the pods take tasks again");
             unmark(ctx, ns, name, valid, &p.pods).await;
         }
         return Plan::now(desired);
@@ -212,7 +213,7 @@ pub async fn plan(
     match step(ctx, ns, name, valid, (from, to), pending, now_ms).await {
         Ok(plan) => plan,
         Err(e) => {
-            tracing::warn!(pool = %key, error = %e, "cannot choose the idle pods of a scale-down: lowering replicas at once");
+            tracing::warn!(pool = %key_text(&key), error = %e, "cannot choose the idle pods of a scale-down: lowering replicas at once");
             ctx.scale_downs.set(&key, None);
             Plan {
                 unchosen: Some(format!(
@@ -233,7 +234,7 @@ async fn step(
     pending: Option<Pending>,
     now_ms: u64,
 ) -> anyhow::Result<Plan> {
-    let key = format!("{ns}/{name}");
+    let key = object_key::<FuncWorkerPool>(ns, name);
     let pods = pods(ctx, ns, name).await?;
     let reason = format!("scale-down of pool {name} from {from} to {to} pods");
     if let Some(p) = pending.clone().filter(|p| p.from == from && p.to == to) {
@@ -284,7 +285,7 @@ async fn step(
     }
     // pods that kept the cost of an earlier scale-down they survived (the ReplicaSet took a
     // not-ready pod instead) must not go before the chosen ones
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
     for p in stale_costs(&loads, &chosen) {
         annotate(&api, p, None).await;
     }
@@ -297,12 +298,12 @@ async fn step(
         .iter()
         .map(|c| (c.clone(), running.get(c).copied().unwrap_or(0)))
         .collect();
-    tracing::info!(pool = %key, from, to, chosen = ?with_running, "scale-down: stopping the least busy pods first");
+    tracing::info!(pool = %key_text(&key), from, to, chosen = ?with_running, "scale-down: stopping the least busy pods first");
     let honoured = *ctx
         .scale_downs
         .deletion_cost()
         .get_or_init(|| async {
-            match ctx.client.apiserver_version().await {
+            match ctx.shared.client.apiserver_version().await {
                 Ok(v) => honours_deletion_cost(&v.major, &v.minor),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the API server version: assuming it ignores pod-deletion-cost");
@@ -356,7 +357,7 @@ fn hold(
 
 /// The pool's pods that are not being deleted.
 async fn pods(ctx: &Context, ns: &str, name: &str) -> anyhow::Result<Vec<PodLoad>> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
     let selector = crate::crd_ext::selector_labels(name)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -404,6 +405,7 @@ async fn redis(
         .first()
         .ok_or_else(|| anyhow::anyhow!("the pool has no queue"))?;
     let target = ctx
+        .shared
         .registry
         .get(&QueueId::new(ns, first.name_any()))
         .ok_or_else(|| anyhow::anyhow!("queue {} is not registered yet", first.name_any()))?;
@@ -429,7 +431,7 @@ async fn running_by_pod(
         .iter()
         .find_map(|q| funcscale_protocol::Keys::queue_id_namespace(q))
         .map(String::from);
-    let keys = &ctx.config.keys.clone().in_namespace(scope);
+    let keys = &ctx.shared.config.keys.clone().in_namespace(scope);
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let sets: Vec<Vec<String>> = stop::running_slots_pipeline(keys, &ids)
         .query_async(&mut con)
@@ -465,7 +467,7 @@ pub async fn running_here(
         .iter()
         .find_map(|(_, q)| funcscale_protocol::Keys::queue_id_namespace(q))
         .map(String::from);
-    let keys = &ctx.config.keys.clone().in_namespace(scope);
+    let keys = &ctx.shared.config.keys.clone().in_namespace(scope);
     let id_refs: Vec<&str> = ids.iter().map(|(_, id)| id.as_str()).collect();
     let sets: Vec<Vec<String>> = stop::running_slots_pipeline(keys, &id_refs)
         .query_async(&mut con)
@@ -516,7 +518,14 @@ async fn mark(
     }
     let (mut con, _) = redis(ctx, ns, valid).await?;
     let mut pipe = redis::pipe();
-    stop::mark(&mut pipe, &ctx.config.keys, ns, pods, reason, STOP_TTL_MS);
+    stop::mark(
+        &mut pipe,
+        &ctx.shared.config.keys,
+        ns,
+        pods,
+        reason,
+        STOP_TTL_MS,
+    );
     let () = pipe.query_async(&mut con).await?;
     Ok(())
 }
@@ -529,7 +538,7 @@ async fn unmark(ctx: &Context, ns: &str, name: &str, valid: &Valid, pods: &[Stri
         let (mut con, _) = redis(ctx, ns, valid).await?;
         let mut pipe = redis::pipe();
         let names: Vec<&str> = pods.iter().map(String::as_str).collect();
-        stop::clear(&mut pipe, &ctx.config.keys, ns, &names);
+        stop::clear(&mut pipe, &ctx.shared.config.keys, ns, &names);
         let () = pipe.query_async(&mut con).await?;
         anyhow::Ok(())
     }
@@ -537,7 +546,7 @@ async fn unmark(ctx: &Context, ns: &str, name: &str, valid: &Valid, pods: &[Stri
     if let Err(e) = cleared {
         tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "cannot clear stop marks: they expire within {}s", STOP_TTL_MS / 1000);
     }
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
     for p in pods {
         annotate(&api, p, None).await;
     }

@@ -1,8 +1,12 @@
-//! The state of the scale-downs in progress (`pool::scale_down`), kept in the operator's
-//! context: plain data, no client.
+//! The state of the scale-downs in progress (`pool::scale_down`), kept in the pool
+//! controller's context: plain data, no client.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use kube::runtime::reflector::ObjectRef;
+
+use crate::crd::FuncWorkerPool;
 
 /// A scale-down waiting for its chosen pods to turn not ready.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,24 +21,24 @@ pub struct Pending {
     pub started_ms: u64,
 }
 
-/// The scale-downs in progress, per pool (`namespace/name`), and whether the API server
+/// The scale-downs in progress, per pool, and whether the API server
 /// honours the deletion cost (read once from `/version`).
 #[derive(Default)]
 pub struct ScaleDowns {
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<ObjectRef<FuncWorkerPool>, Pending>>,
     deletion_cost: tokio::sync::OnceCell<bool>,
 }
 
 impl ScaleDowns {
     /// Forget the scale-downs of pools that are gone (not `live`).
-    pub fn retain(&self, live: impl Fn(&String) -> bool) {
+    pub fn retain(&self, live: impl Fn(&ObjectRef<FuncWorkerPool>) -> bool) {
         self.pending
             .lock()
             .expect("scale-down lock")
             .retain(|k, _| live(k));
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Pending> {
+    pub(crate) fn get(&self, key: &ObjectRef<FuncWorkerPool>) -> Option<Pending> {
         self.pending
             .lock()
             .expect("scale-down lock")
@@ -47,10 +51,10 @@ impl ScaleDowns {
         &self.deletion_cost
     }
 
-    pub(crate) fn set(&self, key: &str, p: Option<Pending>) {
+    pub(crate) fn set(&self, key: &ObjectRef<FuncWorkerPool>, p: Option<Pending>) {
         let mut m = self.pending.lock().expect("scale-down lock");
         match p {
-            Some(p) => m.insert(key.to_string(), p),
+            Some(p) => m.insert(key.clone(), p),
             None => m.remove(key),
         };
     }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::context::Context;
 use crate::crd::{FuncQueue, FuncQueueStatus};
 use crate::redis_metrics::{QueueId, QueueTarget, RedisEndpoint};
 
+use super::Context;
 use super::build::{AgeGauge, Gauges};
 
 /// Write the queue's settings for the workers (retention, destinations) and register it
@@ -19,16 +19,24 @@ pub async fn redis(
     now: &str,
     ctx: &Context,
 ) -> Option<Duration> {
-    let config_retry =
-        crate::queue_config::reconcile_config(q, &id.namespace, &ep, st, now, ctx).await;
-    ctx.registry.upsert(
+    let config_retry = crate::queue_config::reconcile_config(
+        q,
+        &id.namespace,
+        &ep,
+        st,
+        now,
+        &ctx.shared,
+        &ctx.queue_configs,
+    )
+    .await;
+    ctx.shared.registry.upsert(
         id.clone(),
         QueueTarget::for_queue(
             q,
             &crate::crd_ext::queue_id(q, &id.namespace),
             ep,
-            &ctx.config.keys,
-            ctx.config.period_ms,
+            &ctx.shared.config.keys,
+            ctx.shared.config.period_ms,
         ),
     );
     config_retry
@@ -38,12 +46,13 @@ pub async fn redis(
 pub fn gauges(ctx: &Context, id: &QueueId, g: &Gauges) {
     let labels = [id.namespace.as_str(), id.name.as_str()];
     if let Some(depth) = g.depth {
-        ctx.metrics
+        ctx.shared
+            .metrics
             .queue_depth
             .with_label_values(&labels)
             .set(depth);
     }
-    let age = &ctx.metrics.queue_oldest_age;
+    let age = &ctx.shared.metrics.queue_oldest_age;
     match g.oldest_age {
         AgeGauge::Set(s) => age.with_label_values(&labels).set(s),
         AgeGauge::Remove => {
@@ -51,7 +60,8 @@ pub fn gauges(ctx: &Context, id: &QueueId, g: &Gauges) {
         }
         AgeGauge::Keep => {}
     }
-    ctx.metrics
+    ctx.shared
+        .metrics
         .queue_metrics_available
         .with_label_values(&labels)
         .set(i64::from(g.available));

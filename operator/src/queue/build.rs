@@ -3,8 +3,11 @@
 
 use crate::conditions::{self, new};
 use crate::context::rfc3339;
-use crate::crd::FuncQueueStatus;
-use crate::redis_metrics::Reading;
+use funcscale_protocol::Keys;
+
+use crate::crd::{FuncQueue, FuncQueueStatus};
+use crate::crd_ext::KeyConflict;
+use crate::redis_metrics::{QueueId, Reading};
 
 /// What the queue's gauges should say.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +186,32 @@ fn unavailable() -> Gauges {
         oldest_age: AgeGauge::Keep,
         available: false,
     }
+}
+
+/// Where producers find the queue (of namespace `ns`): its id in Redis and its list.
+pub fn location(st: &mut FuncQueueStatus, q: &FuncQueue, ns: &str, keys: &Keys) {
+    let queue_id = crate::crd_ext::queue_id(q, ns);
+    let (lists, _) = crate::redis_metrics::queue_lists(&q.spec, &queue_id, keys);
+    st.key = lists.into_iter().next();
+    st.queue_id = Some(queue_id);
+}
+
+/// Why queue `id` is refused for sharing keys with an older queue of another namespace, and
+/// whether the stored status already says so (its Event was published then).
+pub fn key_conflict(
+    id: &QueueId,
+    c: &KeyConflict,
+    stored: Option<&FuncQueueStatus>,
+) -> (String, bool) {
+    let other = &c.other;
+    let msg = format!(
+        "FuncQueue {id} and FuncQueue {other} on the same Redis would share {shared}; {other} is older and keeps it. Give {id} keys of its own: remove legacyKeys (its keys become namespaced), change spec.key, or rename it",
+        shared = c.shared,
+    );
+    let was = stored
+        .and_then(|s| conditions::get(&s.conditions, "Ready"))
+        .is_some_and(|c| c.reason == "KeyConflict");
+    (msg, was)
 }
 
 /// Whether `st` differs from the stored status, the poll time aside (an idle queue does not

@@ -1,10 +1,11 @@
 //! *Dereference*: what a queue points at and what is known about it — its Redis endpoint
 //! (Secrets included), the pools that consume it, the poller's last reading.
 
-use crate::context::Context;
 use crate::crd::FuncQueue;
 use crate::error::Result;
 use crate::redis_metrics::{QueueId, Reading, RedisEndpoint};
+
+use super::Context;
 
 /// What a queue points at, as read now.
 #[derive(Debug)]
@@ -21,40 +22,19 @@ pub struct Dereferenced {
     pub key_conflict: Option<crate::crd_ext::KeyConflict>,
 }
 
-/// Resolve the Redis endpoint of `q`, reading Secrets when referenced.
-pub async fn endpoint(q: &FuncQueue, ns: &str, ctx: &Context) -> Result<RedisEndpoint> {
-    crate::connection::resolve(
-        ctx.client.clone(),
-        &q.spec,
-        ns,
-        &ctx.config.default_redis,
-        &ctx.secrets,
-        ctx.now_ms(),
-    )
-    .await
-}
-
-/// Which Redis `q` (of namespace `ns`) uses, its Secrets read
-/// ([`RedisEndpoint::identity`]); the spec's own identity when they cannot be read.
-pub async fn redis_identity(ctx: &Context, q: std::sync::Arc<FuncQueue>, ns: String) -> String {
-    match endpoint(&q, &ns, ctx).await {
-        Ok(e) => e.identity(),
-        Err(_) => crate::crd_ext::queue_redis_identity(&q, &ns),
-    }
-}
-
 /// Read everything `q` depends on.
 pub async fn dereference(q: &FuncQueue, id: &QueueId, ctx: &Context) -> Dereferenced {
     Dereferenced {
-        consumers: ctx.index.consumers(&id.namespace, &id.name),
-        endpoint: endpoint(q, &id.namespace, ctx).await,
-        reading: ctx.cache.get(id),
+        consumers: ctx.shared.index.consumers(&id.namespace, &id.name),
+        endpoint: ctx.shared.endpoint(q, &id.namespace).await,
+        reading: ctx.shared.cache.get(id),
         // the few queues that could share its keys, from the index (a copy of 10,000 queue
         // references per reconcile was most of a queue reconcile's time)
         key_conflict: ctx
+            .shared
             .key_index
-            .conflict(q, &id.namespace, &ctx.queues, |q, ns| {
-                redis_identity(ctx, q, ns)
+            .conflict(q, &id.namespace, &ctx.shared.queues, |q, ns| {
+                ctx.shared.redis_identity(q, ns)
             })
             .await,
     }

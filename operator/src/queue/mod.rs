@@ -5,14 +5,16 @@
 //! [`crate::queue_config`]).
 //!
 //! The steps, as in the pool controller: [`dereference`] (endpoint, consumers, last
-//! reading) → [`build`] (pure: status and gauges) → [`apply`] (Event, Redis settings,
-//! registry, gauges) → [`status`] (patch when changed). Validation is the endpoint's: a
-//! spec whose Redis cannot be resolved is `InvalidSpec` on the queue's conditions.
+//! reading) → [`validate`] (pure: what the schema cannot check; a spec whose Redis cannot be
+//! resolved is invalid too) → [`build`] (pure: status and gauges) → [`apply`] (Event, Redis
+//! settings, registry, gauges) → [`status`] (patch when changed). A spec found invalid is
+//! `InvalidSpec` on the queue's conditions.
 
 pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +22,47 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use crate::context::{Context, rfc3339};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::context::{Backoff, ControllerContext, Shared, object_key, rfc3339};
 use crate::crd::{FuncQueue, FuncQueueStatus};
 use crate::error::{Error, Result};
+use crate::queue_config::writes::QueueConfigs;
 use crate::redis_metrics::QueueId;
 
-pub use dereference::endpoint;
+/// The queue controller's context: the state both controllers share and what only this
+/// controller keeps.
+pub struct Context {
+    /// Client, recorder, metrics, settings, the FuncQueue store, readings, Secrets, clock.
+    pub shared: Arc<Shared>,
+    /// Per queue: the settings last written to its Redis; one connection per endpoint
+    /// (shared with the pool controller's scale-downs).
+    pub queue_configs: Arc<QueueConfigs>,
+    /// Per-queue backoff of failed reconciles.
+    pub backoff: Backoff<ObjectRef<FuncQueue>>,
+}
+
+impl Context {
+    /// A queue controller context.
+    pub fn new(shared: Arc<Shared>, queue_configs: Arc<QueueConfigs>) -> Self {
+        Self {
+            shared,
+            queue_configs,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ControllerContext for Context {
+    type Object = FuncQueue;
+    const CONTROLLER: &'static str = "queue";
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+    fn backoff(&self) -> &Backoff<ObjectRef<FuncQueue>> {
+        &self.backoff
+    }
+}
 
 /// How often the status of a queue with work in it is refreshed from the metrics cache.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -48,11 +85,13 @@ pub fn refresh_after(st: &FuncQueueStatus, resync: Duration) -> Duration {
 /// Reconcile one queue.
 pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx
+        .shared
         .metrics
         .reconcile_duration
         .with_label_values(&["queue"])
         .start_timer();
-    ctx.metrics
+    ctx.shared
+        .metrics
         .reconciliations
         .with_label_values(&["queue"])
         .inc();
@@ -60,55 +99,20 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let id = QueueId::new(ns, q.name_any());
-    let now = rfc3339(ctx.now_ms());
+    let now = rfc3339(ctx.shared.now_ms());
     let g = q.metadata.generation;
     let stored = q.status.as_ref();
     let mut st = stored.cloned().unwrap_or_default();
     st.observed_generation = g;
-    // where producers find the queue: its id in Redis and its list
-    let queue_id = crate::crd_ext::queue_id(&q, &id.namespace);
-    let (lists, _) = crate::redis_metrics::queue_lists(&q.spec, &queue_id, &ctx.config.keys);
-    st.key = lists.into_iter().next();
-    st.queue_id = Some(queue_id);
+    build::location(&mut st, &q, &id.namespace, &ctx.shared.config.keys);
 
     let d = dereference::dereference(&q, &id, &ctx).await;
     let labels = (id.namespace.as_str(), id.name.as_str());
     if let Some(note) = build::served(&mut st, stored, &d.consumers, labels, g, &now) {
-        crate::events::warn(&ctx.recorder, q.as_ref(), "NotServed", note).await;
+        crate::events::warn(&ctx.shared.recorder, q.as_ref(), "NotServed", note).await;
     }
-    // a cron the schema cannot check (field values, ranges) is refused here, naming it
-    let bad_cron = q.spec.schedules.iter().enumerate().find_map(|(i, s)| {
-        funcscale_protocol::cron::Cron::parse(&s.cron)
-            .err()
-            .map(|e| {
-                Error::invalid(
-                    format!("spec.schedules[{i}].cron"),
-                    format!(
-                        "schedule {}: {:?} is not a valid cron expression: {e}",
-                        s.name, s.cron
-                    ),
-                )
-            })
-    });
-    // a foreign queue's tasks are the foreign system's messages: the beat's funcscale
-    // envelopes would wait there unread (Celery cannot parse them)
-    let foreign_schedules = (q.spec.format != crate::crd::QueueFormat::Funcscale
-        && !q.spec.schedules.is_empty())
-    .then(|| {
-        Error::invalid(
-            "spec.schedules",
-            format!(
-                "a {:?} queue holds {:?} messages: funcscale's beat would push funcscale tasks no {:?} worker reads; keep these schedules in the system's own scheduler (for Celery: celery beat, as a Beat pool with spec.celery or its own command), or give the schedules to a funcscale queue",
-                q.spec.format, q.spec.format, q.spec.format
-            ),
-        )
-    });
-    let endpoint = match bad_cron
-        .or(foreign_schedules)
-        .or_else(|| celery_transport_error(&q.spec))
-        .or_else(|| celery_name_error(&q.name_any(), &q.spec))
-        .or_else(|| stream_spec_error(&q.spec))
-    {
+    // validate: what the schema cannot check; an error makes the spec invalid
+    let endpoint = match validate::validate(&q) {
         Some(e) => Err(e),
         None => d.endpoint,
     };
@@ -118,18 +122,12 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
         // is refused, nothing of it written to Redis or polled
         Ok(_) if d.key_conflict.is_some() => {
             let c = d.key_conflict.unwrap_or_else(|| unreachable!());
-            let other = &c.other;
-            let msg = format!(
-                "FuncQueue {id} and FuncQueue {other} on the same Redis would share {shared}; {other} is older and keeps it. Give {id} keys of its own: remove legacyKeys (its keys become namespaced), change spec.key, or rename it",
-                shared = c.shared,
-            );
-            let was = stored
-                .and_then(|s| crate::conditions::get(&s.conditions, "Ready"))
-                .is_some_and(|c| c.reason == "KeyConflict");
+            let (msg, was) = build::key_conflict(&id, &c, stored);
             if !was {
-                crate::events::warn(&ctx.recorder, q.as_ref(), "KeyConflict", msg.clone()).await;
+                crate::events::warn(&ctx.shared.recorder, q.as_ref(), "KeyConflict", msg.clone())
+                    .await;
             }
-            ctx.registry.remove(&id);
+            ctx.shared.registry.remove(&id);
             let gauges = build::refused(&mut st, "KeyConflict", &msg, g, &now);
             apply::gauges(&ctx, &id, &gauges);
             Action::requeue(STATUS_INTERVAL)
@@ -139,11 +137,11 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
             let config_retry = apply::redis(&q, &id, ep, &mut st, &now, &ctx).await;
             let gauges = build::readings(&mut st, d.reading.as_ref(), g, &now);
             apply::gauges(&ctx, &id, &gauges);
-            let refresh = refresh_after(&st, ctx.config.resync);
+            let refresh = refresh_after(&st, ctx.shared.config.resync);
             Action::requeue(config_retry.map_or(refresh, |d| d.min(refresh)))
         }
         Err(Error::InvalidSpec { field, reason }) => {
-            ctx.registry.remove(&id);
+            ctx.shared.registry.remove(&id);
             let gauges = build::invalid(&mut st, &format!("{field}: {reason}"), g, &now);
             apply::gauges(&ctx, &id, &gauges);
             // a Secret may be created later without the queue changing: look again, slowly
@@ -155,25 +153,14 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     if build::changed(&st, stored) {
         status::patch(&ctx, &id, &st, stored).await?;
     }
-    ctx.backoff.succeeded(&format!("queue:{id}"));
+    ctx.backoff.succeeded(&object_key(&id.namespace, &id.name));
     timer.observe_duration();
     Ok(action)
 }
 
-/// Errors back off per object.
+/// Errors back off per queue ([`crate::context::error_policy`]).
 pub fn error_policy(q: Arc<FuncQueue>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .with_label_values(&["queue", err.category()])
-        .inc();
-    let key = format!(
-        "queue:{}/{}",
-        q.namespace().unwrap_or_default(),
-        q.name_any()
-    );
-    let delay = ctx.backoff.failed(&key);
-    tracing::warn!(queue = %key, error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    crate::context::error_policy(q, err, ctx)
 }
 
 #[cfg(test)]
@@ -221,144 +208,5 @@ mod tests {
         ] {
             assert_eq!(refresh_after(&busy, resync), STATUS_INTERVAL, "{busy:?}");
         }
-    }
-}
-
-/// What the schema cannot check of `spec.celery`: it belongs to a Celery queue, and its
-/// priority steps are ascending and distinct, as kombu needs them.
-pub fn celery_transport_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
-    let t = spec.celery.as_ref()?;
-    if spec.format != crate::crd::QueueFormat::Celery {
-        return Some(Error::invalid(
-            "spec.celery",
-            format!(
-                "Celery transport options are for a queue of format Celery, this one is {:?}: set format: Celery or remove celery",
-                spec.format
-            ),
-        ));
-    }
-    funcscale_protocol::foreign::check_priority_steps(&t.priority_steps)
-        .err()
-        .map(|why| Error::invalid("spec.celery.prioritySteps", why))
-}
-
-/// A Celery queue's id in funcscale's keys is its bare name, and `funcscale-celery` reads a
-/// dotted id as `<namespace>.<name>` (`FUNCSCALE_CELERY_QUEUES`): a name with a dot would make
-/// its pods' integration refuse to start (or report under keys nobody reads).
-pub fn celery_name_error(name: &str, spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
-    (spec.format == crate::crd::QueueFormat::Celery && name.contains('.')).then(|| {
-        Error::invalid(
-            "metadata.name",
-            format!(
-                "a Celery queue's name must not contain '.' ({name:?}): funcscale-celery would read it as <namespace>.<name>; name the FuncQueue without dots and set spec.key to the Celery queue's name"
-            ),
-        )
-    })
-}
-
-#[cfg(test)]
-mod celery_tests {
-    use super::*;
-    use crate::crd::{CeleryTransport, FuncQueueSpec, QueueFormat};
-
-    #[test]
-    fn a_dotted_celery_queue_name_is_refused() {
-        let celery = FuncQueueSpec {
-            format: QueueFormat::Celery,
-            ..Default::default()
-        };
-        let e = celery_name_error("orders.v2", &celery).unwrap().to_string();
-        assert!(
-            e.contains("metadata.name: a Celery queue") && e.contains("spec.key"),
-            "{e}"
-        );
-        assert!(celery_name_error("orders-v2", &celery).is_none());
-        // funcscale's own ids are namespaced and braced: a dot is fine there
-        assert!(celery_name_error("orders.v2", &FuncQueueSpec::default()).is_none());
-    }
-
-    #[test]
-    fn celery_transport_options_are_checked() {
-        let mut spec = FuncQueueSpec {
-            format: QueueFormat::Celery,
-            celery: Some(CeleryTransport::default()),
-            ..Default::default()
-        };
-        assert!(celery_transport_error(&spec).is_none());
-        spec.celery.as_mut().unwrap().priority_steps = vec![0, 9, 3];
-        let e = celery_transport_error(&spec).unwrap().to_string();
-        assert!(
-            e.contains("spec.celery.prioritySteps") && e.contains("9 is followed by 3"),
-            "{e}"
-        );
-        spec.celery.as_mut().unwrap().priority_steps = vec![];
-        assert!(celery_transport_error(&spec).is_some());
-        spec.celery = Some(CeleryTransport::default());
-        spec.format = QueueFormat::Rq;
-        let e = celery_transport_error(&spec).unwrap().to_string();
-        assert!(
-            e.contains("spec.celery") && e.contains("format Celery"),
-            "{e}"
-        );
-    }
-}
-
-/// What the schema cannot check (or an API server without CEL rules does not) of a Stream
-/// queue: it names its consumer group, only a Stream queue has one, and it has no schedules
-/// (the beat's funcscale envelopes would be entries no consumer of the stream understands).
-pub fn stream_spec_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
-    use crate::crd::QueueFormat;
-    match (&spec.stream, spec.format) {
-        (None, QueueFormat::Stream) => Some(Error::invalid(
-            "spec.stream.group",
-            "a Stream queue needs the consumer group whose lag sizes its pools: set stream.group to the group your consumers read with XREADGROUP",
-        )),
-        (Some(_), QueueFormat::Stream) if !spec.schedules.is_empty() => Some(Error::invalid(
-            "spec.schedules",
-            "a Stream queue holds your producers' entries: funcscale's beat would push funcscale tasks into a list no consumer of the stream reads; keep these schedules in the system's own scheduler, or give the schedules to a funcscale queue",
-        )),
-        (Some(_), QueueFormat::Stream) => None,
-        (Some(_), format) => Some(Error::invalid(
-            "spec.stream",
-            format!(
-                "a consumer group is for a queue of format Stream, this one is {format:?}: set format: Stream or remove stream"
-            ),
-        )),
-        (None, _) => None,
-    }
-}
-
-#[cfg(test)]
-mod stream_tests {
-    use super::*;
-    use crate::crd::{FuncQueueSpec, QueueFormat, Schedule, StreamGroupRef};
-
-    #[test]
-    fn a_stream_queue_names_its_group_and_has_no_schedules() {
-        let mut spec = FuncQueueSpec {
-            format: QueueFormat::Stream,
-            ..Default::default()
-        };
-        let e = stream_spec_error(&spec).unwrap().to_string();
-        assert!(e.contains("spec.stream.group"), "{e}");
-        spec.stream = Some(StreamGroupRef {
-            group: "workers".into(),
-        });
-        assert!(stream_spec_error(&spec).is_none());
-        spec.schedules = vec![Schedule {
-            name: "tick".into(),
-            cron: "* * * * *".into(),
-            function: "f".into(),
-            args: vec![],
-        }];
-        let e = stream_spec_error(&spec).unwrap().to_string();
-        assert!(e.contains("spec.schedules"), "{e}");
-        spec.schedules.clear();
-        spec.format = QueueFormat::Rq;
-        let e = stream_spec_error(&spec).unwrap().to_string();
-        assert!(
-            e.contains("spec.stream") && e.contains("format Stream"),
-            "{e}"
-        );
     }
 }

@@ -2,7 +2,7 @@
 
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::context::Context;
+use super::Context;
 use crate::crd::{FuncQueue, FuncQueueStatus};
 use crate::error::Result;
 use crate::redis_metrics::QueueId;
@@ -31,7 +31,7 @@ pub async fn patch(
     st: &FuncQueueStatus,
     stored: Option<&FuncQueueStatus>,
 ) -> Result<()> {
-    let api: Api<FuncQueue> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let api: Api<FuncQueue> = Api::namespaced(ctx.shared.client.clone(), &id.namespace);
     api.patch_status(
         &id.name,
         &PatchParams::default(),

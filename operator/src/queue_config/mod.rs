@@ -20,13 +20,13 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::conditions::{self, new};
-use crate::context::Context;
+use crate::context::Shared;
 use crate::crd::{FuncQueue, FuncQueueSpec, FuncQueueStatus, QueueFormat, TaskDestination};
-use crate::redis_metrics::{PollerConfig, RedisEndpoint, RedisError};
+use crate::redis_metrics::{PollerConfig, QueueId, RedisEndpoint, RedisError};
 
 pub mod writes;
 
-use writes::{Written, due};
+use writes::{QueueConfigs, Written, due};
 
 /// Condition type: whether `onSuccess` / `onFailure` can be delivered.
 pub const DESTINATIONS_READY: &str = "DestinationsReady";
@@ -101,7 +101,7 @@ async fn check_destination(
     ns: &str,
     endpoint: &RedisEndpoint,
     d: &TaskDestination,
-    ctx: &Context,
+    ctx: &Shared,
 ) -> Result<Destination, Problem> {
     let dest = to_destination(d).map_err(|m| Problem {
         reason: "InvalidDestination",
@@ -139,7 +139,7 @@ async fn check_destination(
         });
     }
     if target.spec.redis != q.spec.redis {
-        match crate::queue::dereference::endpoint(&target, ns, ctx).await {
+        match ctx.endpoint(&target, ns).await {
             Ok(e) if &e == endpoint => {}
             Ok(e) => {
                 return Err(Problem {
@@ -184,7 +184,8 @@ pub async fn reconcile_config(
     endpoint: &RedisEndpoint,
     st: &mut FuncQueueStatus,
     now: &str,
-    ctx: &Context,
+    ctx: &Shared,
+    configs: &QueueConfigs,
 ) -> Option<Duration> {
     let name = q.name_any();
     let g = q.metadata.generation;
@@ -245,12 +246,11 @@ pub async fn reconcile_config(
     // build + apply
     let [on_success, on_failure] = routable;
     let config = desired_config(&q.spec, (on_success, on_failure));
-    let key = format!("{ns}/{name}");
+    let key = QueueId::new(ns, &name);
     let queue = crate::crd_ext::queue_id(q, ns);
     let now_ms = ctx.now_ms();
     let refresh = ctx.config.queue_config_refresh;
-    let state = ctx
-        .queue_configs
+    let state = configs
         .written
         .lock()
         .expect("queue config lock")
@@ -261,21 +261,16 @@ pub async fn reconcile_config(
             .filter(|w| w.retry_at_ms > now_ms)
             .map(|w| Duration::from_millis(w.retry_at_ms - now_ms));
     }
-    let backoff_key = format!("queue-config:{key}");
-    match write(ctx, endpoint, &queue, &config).await {
+    match write(ctx, configs, endpoint, &queue, &config).await {
         Ok(()) => {
-            ctx.backoff.succeeded(&backoff_key);
-            ctx.queue_configs
-                .written
-                .lock()
-                .expect("queue config lock")
-                .insert(
-                    key.clone(),
-                    Written {
-                        last: Some((endpoint.clone(), config, now_ms)),
-                        retry_at_ms: 0,
-                    },
-                );
+            configs.backoff.succeeded(&key);
+            configs.written.lock().expect("queue config lock").insert(
+                key.clone(),
+                Written {
+                    last: Some((endpoint.clone(), config, now_ms)),
+                    retry_at_ms: 0,
+                },
+            );
             conditions::set(
                 &mut st.conditions,
                 new(
@@ -294,8 +289,8 @@ pub async fn reconcile_config(
             None
         }
         Err(e) => {
-            let delay = ctx.backoff.failed(&backoff_key);
-            let mut written = ctx.queue_configs.written.lock().expect("queue config lock");
+            let delay = configs.backoff.failed(&key);
+            let mut written = configs.written.lock().expect("queue config lock");
             let w = written.entry(key.clone()).or_default();
             w.retry_at_ms = now_ms.saturating_add(delay.as_millis() as u64);
             drop(written);
@@ -334,12 +329,13 @@ where
 }
 
 async fn write(
-    ctx: &Context,
+    ctx: &Shared,
+    configs: &QueueConfigs,
     endpoint: &RedisEndpoint,
     queue: &str,
     config: &QueueConfig,
 ) -> Result<(), WriteError> {
-    let mut con = ctx.queue_configs.connection(endpoint).await?;
+    let mut con = configs.connection(endpoint).await?;
     let timeout = PollerConfig::default().response_timeout;
     tokio::time::timeout(
         timeout,

@@ -1,7 +1,7 @@
 //! What the operator last wrote to each queue's Redis, and one connection per endpoint: the
 //! memory that lets the queue reconcile skip unchanged writes and back off after failures.
-//! Held by the `Context`; a leaf (no controller code), so the context does not depend on
-//! the controllers.
+//! Held (behind one `Arc`) by both controllers' contexts: the pool controller's scale-downs
+//! use its connections.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use funcscale_protocol::QueueConfig;
 
-use crate::redis_metrics::{PollerConfig, RedisEndpoint, RedisError};
+use crate::context::Backoff;
+use crate::redis_metrics::{PollerConfig, QueueId, RedisEndpoint, RedisError};
 
 /// What the operator last wrote for one queue, and its failures.
 #[derive(Clone, Debug, Default)]
@@ -20,21 +21,23 @@ pub(crate) struct Written {
     pub(crate) retry_at_ms: u64,
 }
 
-/// Per-queue memory of the writes and one Redis connection per endpoint (in the `Context`).
+/// Per-queue memory of the writes, their backoff, and one Redis connection per endpoint.
 #[derive(Default)]
 pub struct QueueConfigs {
-    pub(crate) written: Mutex<HashMap<String, Written>>,
+    pub(crate) written: Mutex<HashMap<QueueId, Written>>,
+    /// Failed writes back off per queue.
+    pub(crate) backoff: Backoff<QueueId>,
     /// Held across the connect: thousands of queue reconciles starting at once must share one
     /// connect per endpoint, not each open their own (a connect storm times them all out).
     conns: tokio::sync::Mutex<HashMap<RedisEndpoint, funcscale_connect::Conn>>,
 }
 
 impl QueueConfigs {
-    /// Forget queues that are gone (not in `live`, `namespace/name`) and connections that
-    /// no remembered queue uses.
+    /// Forget queues that are gone (not `live`) and connections that no remembered queue
+    /// uses.
     /// Called by the poll loop (once per poll, not per write: that was O(queues²) on the
     /// first pass over 10,000 queues).
-    pub async fn prune(&self, live: impl Fn(&str) -> bool) {
+    pub async fn prune(&self, live: impl Fn(&QueueId) -> bool) {
         let used: HashSet<RedisEndpoint> = {
             let mut written = self.written.lock().expect("queue config lock");
             written.retain(|k, _| live(k));

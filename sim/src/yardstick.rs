@@ -3,7 +3,7 @@
 //! its settings (the best a careful KEDA user could do), KEDA with its defaults, and an HPA on
 //! CPU.
 
-use crate::policy::PolicyConfig;
+use funcscale_operator::policy::PolicyConfig;
 
 use super::{Funcscale, HpaCpu, Keda, KedaSettings, Report, SimConfig, Trace, simulate};
 
@@ -207,7 +207,7 @@ pub fn render(comparisons: &[Comparison]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Row;
+    use crate::Row;
 
     fn bursty_short() -> Trace {
         let rows = (0..1200u64)

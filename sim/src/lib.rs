@@ -1,5 +1,5 @@
 //! A discrete-time simulator of one queue and one pool, to grade scaling policies on the same
-//! load traces against yardsticks: funcscale's [`policy`](crate::policy), KEDA's Redis list
+//! load traces against yardsticks: funcscale's [`policy`](funcscale_operator::policy), KEDA's Redis list
 //! scaler (with its defaults, and tuned over a grid of its settings), an HPA on CPU, and the
 //! work bound no policy can beat.
 //!
@@ -11,6 +11,7 @@
 //! Pods take `pod_start_s` to take tasks; a removed pod finishes its running tasks (drain),
 //! so no policy loses a task and every policy is judged on the same work.
 
+pub mod cli;
 mod scalers;
 mod trace;
 mod yardstick;
@@ -19,7 +20,7 @@ use std::collections::VecDeque;
 
 use funcscale_protocol::{STATS_HALF_LIFE_MS, TaskTimeAverage};
 
-use crate::redis_metrics::{Counters, PollerConfig, Sample};
+use funcscale_operator::redis_metrics::{Counters, PollerConfig, Sample};
 
 pub use scalers::{Funcscale, HpaCpu, Keda, KedaSettings, Scaler, View};
 pub use trace::{MAX_SECOND, MAX_TASK_MS, Row, Trace, TraceError, standard_traces};
@@ -267,7 +268,7 @@ pub fn simulate(trace: &Trace, scaler: &mut dyn Scaler, cfg: &SimConfig) -> Repo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicyConfig;
+    use funcscale_operator::policy::PolicyConfig;
 
     fn funcscale(max: i32) -> Funcscale {
         Funcscale::new(PolicyConfig {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::policy::{self, History, Input, Observation, PolicyConfig};
+use funcscale_operator::policy::{self, History, Input, Observation, PolicyConfig};
 
 /// What a scaler sees at a decision: what the operator (or KEDA's metrics) could read live.
 #[derive(Clone, Debug, PartialEq)]

@@ -197,6 +197,15 @@ impl Conn {
         }
     }
 
+    /// Bumped at each master switch (always 0 for one server): a [`Conn::dedicated`]
+    /// connection opened at another generation points at a node that is no longer the master.
+    pub fn generation(&self) -> u64 {
+        match &self.0 {
+            Inner::Node(_) => 0,
+            Inner::Sentinel(s) => s.current().generation,
+        }
+    }
+
     /// Master switches this connection followed (always 0 for one server).
     pub fn switches(&self) -> u64 {
         match &self.0 {
@@ -207,7 +216,8 @@ impl Conn {
 
     /// A connection of its own to the current node, e.g. for blocking commands (`BLMOVE`) that
     /// must not hold up the shared one. It does not follow a failover: open a new one after an
-    /// error (this checks the master first when the error came from a failover).
+    /// error (report it with [`Conn::after_error`]) and when [`Conn::generation`] moved on
+    /// since it was opened.
     pub async fn dedicated(
         &self,
         config: &AsyncConnectionConfig,
@@ -300,10 +310,16 @@ impl Shared {
     }
 }
 
+/// How long the watcher waits for a sentinel (connect, and each answer): short, so that a
+/// sentinel that went down with the master (a sidecar) costs little before the next is asked.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Every [`Config::check_every`], ask a sentinel which node is the master; switch when it is
-/// not the current one. Ends when the last [`Conn`] clone is dropped.
+/// not the current one. The sentinels are asked in turn from the one that last answered: one
+/// that does not answer is left for the next. Ends when the last [`Conn`] clone is dropped.
 async fn watch(shared: Weak<Shared>) {
-    let mut sentinel: Option<MultiplexedConnection> = None;
+    let mut sentinel: Option<(usize, MultiplexedConnection)> = None;
+    let mut next = 0;
     loop {
         let every = match shared.upgrade() {
             Some(s) => s.config.check_every,
@@ -312,14 +328,9 @@ async fn watch(shared: Weak<Shared>) {
         tokio::time::sleep(every).await;
         let Some(s) = shared.upgrade() else { return };
         let seen = s.current().generation;
-        let named = match ask_master(&s, &mut sentinel).await {
-            Ok(Some(addr)) => addr,
-            Ok(None) => continue, // the sentinels know no master by that name right now
-            Err(e) => {
-                sentinel = None;
-                tracing::debug!(error = %e, master = %s.sentinel.master, "no sentinel answered");
-                continue;
-            }
+        let named = match ask_master(&s, &mut sentinel, &mut next).await {
+            Some(addr) => addr,
+            None => continue, // no sentinel answered, or none knows the master right now
         };
         if named != s.current().addr
             && let Err(e) = s.switch(seen, Some(&named)).await
@@ -329,37 +340,68 @@ async fn watch(shared: Weak<Shared>) {
     }
 }
 
-/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a (cached) sentinel connection: `host:port`.
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` (`host:port`) from the cached sentinel connection, else
+/// from the sentinels in turn starting at `next`.
 async fn ask_master(
     s: &Shared,
-    cached: &mut Option<MultiplexedConnection>,
-) -> RedisResult<Option<String>> {
-    if cached.is_none() {
-        let client = {
-            let mut finder = s.finder.lock().await;
-            within(
-                s.config.connection_timeout,
-                finder.async_get_sentinel_client(),
-            )
-            .await??
-        };
-        *cached = Some(
-            client
-                .get_multiplexed_async_connection_with_config(&s.config.plain())
-                .await?,
-        );
+    cached: &mut Option<(usize, MultiplexedConnection)>,
+    next: &mut usize,
+) -> Option<String> {
+    let n = s.sentinel.sentinels.len();
+    for _ in 0..=n {
+        if cached.is_none() {
+            let i = *next % n;
+            *next = i + 1;
+            match within(SENTINEL_TIMEOUT, sentinel_connection(s, i)).await {
+                Ok(Ok(c)) => *cached = Some((i, c)),
+                Ok(Err(e)) | Err(e) => {
+                    tracing::debug!(error = %e, sentinel = %s.sentinel.sentinels[i], "sentinel not reachable");
+                    continue;
+                }
+            }
+        }
+        let (i, con) = cached.as_mut().expect("set above");
+        let reply = within(
+            SENTINEL_TIMEOUT,
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&s.sentinel.master)
+                .query_async::<Option<(String, u16)>>(con),
+        )
+        .await;
+        match reply {
+            Ok(Ok(addr)) => {
+                *next = *i; // keep asking the one that answers
+                return addr.map(|(host, port)| format!("{host}:{port}"));
+            }
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(error = %e, sentinel = %s.sentinel.sentinels[*i], "sentinel did not answer");
+                *next = *i + 1;
+                *cached = None;
+            }
+        }
     }
-    let con = cached.as_mut().expect("set above");
-    let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
-        .arg("GET-MASTER-ADDR-BY-NAME")
-        .arg(&s.sentinel.master)
-        .query_async(con)
-        .await?;
-    Ok(reply.map(|(host, port)| format!("{host}:{port}")))
+    None
+}
+
+/// A connection to sentinel `i` with the sentinels' login and short timeouts.
+async fn sentinel_connection(s: &Shared, i: usize) -> RedisResult<MultiplexedConnection> {
+    use redis::IntoConnectionInfo as _;
+    let info = s.sentinel.sentinels[i]
+        .clone()
+        .into_connection_info()?
+        .set_redis_settings(s.sentinel.sentinel_auth.clone());
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+    Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// Whether `e` is how a failover shows on the old master's connection: it dropped, was
-/// refused, timed out, or the node is a replica now (`READONLY`).
+/// refused, timed out, or the node is a replica now (`READONLY`, or `UNBLOCKED` for a blocked
+/// command).
 pub fn failover_sign(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
@@ -367,6 +409,8 @@ pub fn failover_sign(e: &redis::RedisError) -> bool {
         || e.is_timeout()
         || e.code() == Some("READONLY")
         || e.to_string().contains("READONLY")
+        // a blocked client released because the node changed role (master → replica)
+        || e.to_string().contains("UNBLOCKED")
 }
 
 fn sentinel_client(s: &SentinelTarget) -> RedisResult<SentinelClient> {

@@ -125,6 +125,8 @@ def test_a_sentinel_url_is_read_as_the_rust_crate_reads_it():
     assert s.sentinels == (("s1", 26380), ("S2", 26379), ("::1", 5000))
     assert (s.master, s.db, s.username, s.password, s.tls) == ("mymaster", 3, "app", "p@ss", False)
     assert config.parse_sentinel_url("rediss+sentinel://s1/m").tls
+    assert config.parse_sentinel_url("rediss+sentinel://s1/m#insecure").insecure
+    assert config.parse_sentinel_url("redis+sentinel://s1/m/").db == 0
     assert config.parse_sentinel_url("redis://h:1/0") is None
     c = load(
         FUNCSCALE_REDIS_URL="redis+sentinel://s1/m",
@@ -132,7 +134,10 @@ def test_a_sentinel_url_is_read_as_the_rust_crate_reads_it():
         FUNCSCALE_REDIS_PASSWORD="pw",
     )
     assert (c.sentinel_password, c.password) == ("spw", "pw")
+    # the same URLs the Rust crate refuses (protocol/src/connection.rs)
     for bad in ["redis+sentinel://s1", "redis+sentinel://s1/", "redis+sentinel://s1,,s2/m",
-                "redis+sentinel://s1/m/x"]:
+                "redis+sentinel://s1/m/x", "redis+sentinel://s1/m/0/x",
+                "redis+sentinel://s1/m/0?protocol=resp3", "redis+sentinel://s1:/m",
+                "redis+sentinel://::1:26379/m"]:
         with pytest.raises(ConfigError, match="FUNCSCALE_REDIS_URL"):
             load(FUNCSCALE_REDIS_URL=bad)

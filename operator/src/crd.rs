@@ -367,7 +367,9 @@ pub struct Schedule {
 #[x_kube(
     validation = Rule::new("!(has(self.url) && has(self.urlSecretRef))").message("set either url or urlSecretRef, not both"),
     validation = Rule::new("!has(self.passwordSecretRef) || has(self.url)").message("passwordSecretRef needs url (the URL without its password)"),
-    validation = Rule::new("!has(self.usernameSecretRef) || has(self.url)").message("usernameSecretRef needs url (the URL without its credentials)")
+    validation = Rule::new("!has(self.usernameSecretRef) || has(self.url)").message("usernameSecretRef needs url (the URL without its credentials)"),
+    validation = Rule::new("!has(self.sentinelPasswordSecretRef) || has(self.url) || has(self.urlSecretRef)").message("sentinelPasswordSecretRef needs url or urlSecretRef (a redis+sentinel:// URL)"),
+    validation = Rule::new("!has(self.sentinelUsernameSecretRef) || has(self.url) || has(self.urlSecretRef)").message("sentinelUsernameSecretRef needs url or urlSecretRef (a redis+sentinel:// URL)")
 )]
 pub struct RedisConnection {
     /// Redis URL without a password, e.g. `redis://redis.queues:6379/0`,

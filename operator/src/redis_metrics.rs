@@ -624,6 +624,8 @@ pub struct PollReport {
 /// Which node answered for a Redis instance in a poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointNode {
+    /// The connection's endpoint (password hidden): one per URL and credentials.
+    pub endpoint: String,
     /// The instance's identity ([`RedisEndpoint::identity`]: no credentials).
     pub redis: String,
     /// `standalone` or `sentinel`.
@@ -663,6 +665,9 @@ struct Conn {
     failures: u32,
     next_attempt: Option<Instant>,
     last_error: Option<(String, UnavailableReason)>,
+    /// The connection's master generation at the last failure: a Sentinel switch since then
+    /// ends the backoff (the new master is read at the next poll).
+    generation_at_failure: u64,
 }
 
 /// One poll's counters of a queue.
@@ -792,6 +797,7 @@ impl Poller {
                 failures: 0,
                 next_attempt: None,
                 last_error: None,
+                generation_at_failure: 0,
             });
             let config = config.clone();
             jobs.push(async move {
@@ -812,6 +818,7 @@ impl Poller {
                 Ok(raws) => {
                     if let Some(c) = &conn.manager {
                         report.nodes.push(EndpointNode {
+                            endpoint: endpoint.to_string(),
                             redis: endpoint.identity(),
                             topology: c.target().topology(),
                             node: c.node(),
@@ -967,8 +974,13 @@ async fn read_endpoint(
     config: &PollerConfig,
     now_ms: u64,
 ) -> Result<Vec<Raw>, (String, UnavailableReason)> {
+    let switched = conn
+        .manager
+        .as_ref()
+        .is_some_and(|m| m.generation() != conn.generation_at_failure);
     if let Some(at) = conn.next_attempt
         && Instant::now() < at
+        && !switched
     {
         return Err(conn
             .last_error
@@ -1009,6 +1021,7 @@ async fn read_endpoint(
             .min(config.max_backoff);
         conn.next_attempt = Some(Instant::now() + backoff);
         conn.last_error = result.as_ref().err().cloned();
+        conn.generation_at_failure = conn.manager.as_ref().map_or(0, |m| m.generation());
         tracing::warn!(redis = %endpoint, error = %e, failures = conn.failures, retry_in = ?backoff, "Redis poll failed");
     }
     result

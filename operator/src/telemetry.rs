@@ -219,38 +219,37 @@ impl Metrics {
         }
     }
 
-    /// Record which node answered for each Redis instance in a poll: the instance's old node
-    /// series goes when a failover moved it; the switch counter adds the switches the
-    /// connection followed since the last poll (a new connection counts from 0 again).
+    /// Record which node answered for each Redis instance in a poll: an instance's old node
+    /// series goes when a failover moved it (and no other connection to it still reads it);
+    /// the switch counter adds the switches each connection followed since the last poll (a
+    /// new connection counts from 0 again).
     pub fn record_nodes(&self, nodes: &[crate::redis_metrics::EndpointNode]) {
         let mut last = self.nodes_seen.lock().unwrap_or_else(|e| e.into_inner());
         for n in nodes {
-            let (old_node, old_switches) = last
-                .get(&n.redis)
-                .map(|(t, node, sw)| ((*t, node.clone()), *sw))
-                .unzip();
-            if let Some((topology, node)) = &old_node
-                && (node != &n.node || *topology != n.topology)
-            {
-                let _ = self.redis_node.remove_label_values(&[
-                    n.redis.as_str(),
-                    topology,
-                    node.as_str(),
-                ]);
-            }
-            self.redis_node
-                .with_label_values(&[&n.redis, n.topology, &n.node])
-                .set(1);
-            let added = match old_switches {
-                Some(seen) if n.switches >= seen => n.switches - seen,
-                Some(_) | None => n.switches,
+            let now = (n.redis.clone(), n.topology, n.node.clone(), n.switches);
+            let old = last.insert(n.endpoint.clone(), now);
+            let added = match &old {
+                Some((_, _, _, seen)) if n.switches >= *seen => n.switches - seen,
+                _ => n.switches,
             };
             if added > 0 {
                 self.redis_master_switches
                     .with_label_values(&[&n.redis])
                     .inc_by(added);
             }
-            last.insert(n.redis.clone(), (n.topology, n.node.clone(), n.switches));
+            if let Some((redis, topology, node, _)) = old
+                && (node != n.node || topology != n.topology)
+                && !last
+                    .values()
+                    .any(|(r, t, o, _)| *r == redis && *t == topology && *o == node)
+            {
+                let _ =
+                    self.redis_node
+                        .remove_label_values(&[redis.as_str(), topology, node.as_str()]);
+            }
+            self.redis_node
+                .with_label_values(&[&n.redis, n.topology, &n.node])
+                .set(1);
         }
     }
 
@@ -271,8 +270,9 @@ impl Metrics {
     }
 }
 
-/// Per Redis instance (its identity): the topology, node and master switches of the last poll.
-type NodesSeen = std::collections::HashMap<String, (&'static str, String, u64)>;
+/// Per connection (its endpoint, password hidden): the Redis identity, topology, node and
+/// master switches of the last poll.
+type NodesSeen = std::collections::HashMap<String, (String, &'static str, String, u64)>;
 
 /// The `/readyz` condition: the API server is reachable and the CRDs established.
 /// Redis is not part of readiness: one tenant's unreachable Redis must not take the operator
@@ -316,6 +316,7 @@ mod node_tests {
 
     fn node(node: &str, switches: u64) -> EndpointNode {
         EndpointNode {
+            endpoint: "redis+sentinel://s1:26379/m/0".into(),
             redis: "sentinel:m@s1:26379/0".into(),
             topology: "sentinel",
             node: node.into(),
@@ -347,6 +348,22 @@ mod node_tests {
             m.encode().contains(
                 r#"funcscale_redis_master_switches_total{redis="sentinel:m@s1:26379/0"} 2"#
             )
+        );
+        // two connections to one Redis (two credentials) with different switch counts: each
+        // is counted once, not again at every poll
+        let other = |n: &str, sw| EndpointNode {
+            endpoint: "redis+sentinel://app@s1:26379/m/0".into(),
+            ..node(n, sw)
+        };
+        for _ in 0..3 {
+            m.record_nodes(&[node("10.0.0.1:6379", 1), other("10.0.0.1:6379", 0)]);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"funcscale_redis_master_switches_total{redis="sentinel:m@s1:26379/0"} 2"#
+            ),
+            "{text}"
         );
     }
 }

@@ -184,6 +184,11 @@ pub fn target(url: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
         Some((r, f)) => (r, Some(f)),
         None => (rest, None),
     };
+    if rest.contains('?') {
+        return Err(InvalidUrl::new(
+            "a redis+sentinel:// URL takes no query parameters",
+        ));
+    }
     let (userinfo, rest) = match rest.rsplit_once('@') {
         Some((u, r)) => (Some(u), r),
         None => (None, rest),
@@ -212,6 +217,14 @@ pub fn target(url: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
     for host in hosts.split(',') {
         if host.is_empty() {
             return Err(InvalidUrl::new("an empty sentinel address"));
+        }
+        if host.ends_with(':') {
+            return Err(InvalidUrl::new("a sentinel address with an empty port"));
+        }
+        if host.matches(':').count() > 1 && !host.starts_with('[') {
+            return Err(InvalidUrl::new(
+                "an IPv6 sentinel address goes in brackets: [::1]:26379",
+            ));
         }
         // a bracketed IPv6 address without a port, or a name without one
         let with_port = if host.ends_with(']') || !host.contains(':') {
@@ -402,6 +415,10 @@ mod tests {
 
         // rediss+sentinel:// needs the client's TLS feature: tested in funcscale-connect
 
+        // a trailing slash is no database given
+        let t = target("redis+sentinel://s1/m/", Credentials::default()).unwrap();
+        assert_eq!(t.identity(), "sentinel:m@s1:26379/0");
+
         let t = target("redis://h:1/2", Credentials::default()).unwrap();
         assert_eq!((t.topology(), t.identity()), ("standalone", "h:1/2".into()));
 
@@ -412,6 +429,9 @@ mod tests {
             "redis+sentinel://s1,,s2/m",
             "redis+sentinel://s1/m/0/x",
             "redis+sentinel://:secret@s1/m/notadb",
+            "redis+sentinel://s1/m/0?protocol=resp3",
+            "redis+sentinel://s1:/m",
+            "redis+sentinel://::1:26379/m",
         ] {
             let e = target(bad, Credentials::default()).unwrap_err().to_string();
             assert!(e.contains("redis+sentinel://"), "{bad}: {e}");

@@ -879,7 +879,8 @@ impl Inner {
         let keys = &self.config.keys;
         let inflight = keys.inflight(&slot);
         let mut turn = index;
-        let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
+        // the blocking connection, and the master generation it was opened at
+        let mut blocking: Option<(redis::aio::MultiplexedConnection, u64)> = None;
         let mut con = self.redis.clone();
         let multi = self.config.queues.len() > 1;
         let mut marked = self.stopped.subscribe();
@@ -912,18 +913,32 @@ impl Inner {
                 }
                 Ok(None) => {
                     // Nothing anywhere: block on one queue (rotating), briefly when there are others.
+                    // a Sentinel failover moved the shared connection: this one may be on the
+                    // old master (demoted, or gone without a reset, where BLMOVE would wait)
+                    if blocking
+                        .as_ref()
+                        .is_some_and(|(_, g)| *g != self.redis.generation())
+                    {
+                        blocking = None;
+                    }
                     if blocking.is_none() {
-                        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                        // a reply is due within the block's timeout (≤ 1 s): a node that went
+                        // silent (no TCP reset) is given up after a few seconds more
+                        let cfg = redis::AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(Duration::from_secs(5)))
+                            .set_response_timeout(Some(Duration::from_secs(6)));
+                        let generation = self.redis.generation();
                         match self.redis.dedicated(&cfg).await {
-                            Ok(c) => blocking = Some(c),
+                            Ok(c) => blocking = Some((c, generation)),
                             Err(e) => {
-                                tracing::warn!(error = %e, "redis connection failed");
+                                self.redis.after_error(&e);
+                                tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
                                 tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                                 continue;
                             }
                         }
                     }
-                    let Some(bcon) = blocking.as_mut() else {
+                    let Some((bcon, _)) = blocking.as_mut() else {
                         continue;
                     };
                     let from = self.config.queues[order[0]].as_str();
@@ -953,7 +968,7 @@ impl Inner {
                         }
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %e, "blocking fetch failed");
+                            tracing::warn!(error = %e, node = %self.redis.describe(), "blocking fetch failed");
                             // a failover shows here first when every queue is empty
                             self.redis.after_error(&e);
                             blocking = None;
@@ -963,7 +978,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "fetch failed");
+                    tracing::warn!(error = %e, node = %self.redis.describe(), "fetch failed");
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                     continue;
                 }

@@ -46,6 +46,8 @@ class SentinelUrl:
     username: Optional[str] = field(default=None, repr=False)
     password: Optional[str] = field(default=None, repr=False)
     tls: bool = False
+    #: ``#insecure`` at the end of the URL: no certificate check (as the Rust crate reads it).
+    insecure: bool = False
 
 
 def parse_sentinel_url(url: str) -> Optional[SentinelUrl]:
@@ -55,13 +57,17 @@ def parse_sentinel_url(url: str) -> Optional[SentinelUrl]:
 
     for scheme, tls in (("redis+sentinel://", False), ("rediss+sentinel://", True)):
         if url.startswith(scheme):
-            rest = url[len(scheme):].split("#", 1)[0]
+            rest, _, fragment = url[len(scheme):].partition("#")
             break
     else:
         return None
+    if "?" in rest:
+        raise ValueError("a redis+sentinel:// URL takes no query parameters")
     userinfo, at, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
     parts = path.split("/") if path else []
+    if len(parts) == 2 and not parts[1]:
+        parts = parts[:1]  # a trailing slash: no database given
     if not parts or not parts[0]:
         raise ValueError("no master name: the path of a redis+sentinel:// URL is /<master>[/db]")
     if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
@@ -71,12 +77,17 @@ def parse_sentinel_url(url: str) -> Optional[SentinelUrl]:
         if not host:
             raise ValueError("an empty sentinel address")
         if host.startswith("["):
-            name, _, port = host[1:].partition("]")
-            port = port.lstrip(":")
-        elif host.count(":") == 1:
-            name, _, port = host.partition(":")
+            name, _, after = host[1:].partition("]")
+            if after and not after.startswith(":"):
+                raise ValueError("a sentinel address is host[:port]")
+            has_port, port = bool(after), after[1:]
+        elif host.count(":") > 1:
+            raise ValueError("an IPv6 sentinel address goes in brackets: [::1]:26379")
         else:
-            name, port = host, ""
+            name, colon, port = host.partition(":")
+            has_port = bool(colon)
+        if has_port and not port:
+            raise ValueError("a sentinel address with an empty port")
         if not name or (port and not port.isdigit()):
             raise ValueError("a sentinel address is host[:port]")
         sentinels.append((name, int(port) if port else SENTINEL_PORT))
@@ -88,6 +99,7 @@ def parse_sentinel_url(url: str) -> Optional[SentinelUrl]:
         username=unquote(user) or None,
         password=unquote(pw) or None,
         tls=tls,
+        insecure=fragment == "insecure",
     )
 
 
@@ -204,6 +216,9 @@ class Config:
             if sentinel.tls:
                 node["ssl"] = True
                 sentinel_kwargs["ssl"] = True
+                if sentinel.insecure:
+                    node["ssl_cert_reqs"] = "none"
+                    sentinel_kwargs["ssl_cert_reqs"] = "none"
             return Sentinel(
                 list(sentinel.sentinels), sentinel_kwargs=sentinel_kwargs, **node
             ).master_for(sentinel.master)

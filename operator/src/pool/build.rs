@@ -177,7 +177,8 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
                 "spec.queues",
                 "the queues use the operator's default Redis, whose sentinels take a password \
                  (--redis-sentinel-password): it is never written into a pod spec; give the queues \
-                 spec.redis with sentinelPasswordSecretRef",
+                 spec.redis with the redis+sentinel:// url (or urlSecretRef) and \
+                 sentinelPasswordSecretRef",
             ));
         }
         _ => match &config.worker_redis_secret {

@@ -606,6 +606,9 @@ async fn proxy(listener: tokio::net::TcpListener, target: u16, cut: Arc<AtomicBo
             let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                 return;
             };
+            // no Nagle: a WAIT's GETACK and the replica's ACK are small writes, each awaited
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
             let (ri, wi) = inbound.into_split();
             let (ro, wo) = outbound.into_split();
             tokio::join!(pipe(ri, wo, cut.clone()), pipe(ro, wi, cut));

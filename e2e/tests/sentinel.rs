@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use funcscale_e2e::eventually;
-use funcscale_e2e::redis_topology::{SentinelOptions, SentinelSet};
+use funcscale_e2e::redis_topology::{Auth, SentinelOptions, SentinelSet};
 use funcscale_e2e::scenario::{Options, ReplicaHistory, Scenario};
 use serde_json::json;
 
@@ -270,23 +270,63 @@ async fn last_poll(s: &Scenario, queue: &str) -> Option<k8s_openapi::jiff::Times
 /// the master is SIGKILLed after a third of them: a replica is promoted, every acknowledged
 /// task runs at least once (its side effect is a line in a file, outside Redis), the beat's
 /// schedule fires after the failover, the operator keeps reading the queue (its status moves
-/// on) and the pool's size is held through the switch.
+/// on) and the pool's size is held through the switch; workers and beat reconnect (the same
+/// processes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the redis+sentinel:// connection layer (connect/), not merged yet"]
 async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
+    failover_scenario("sentinel", false).await;
+}
+
+/// The same with a password on the data nodes and an ACL user on the sentinels, each from a
+/// Secret (`passwordSecretRef`, `sentinelUsernameSecretRef`, `sentinelPasswordSecretRef`);
+/// the operator, the producer and the check connections get them from the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_with_passwords_from_secrets() {
+    failover_scenario("sentinel-auth", true).await;
+}
+
+async fn failover_scenario(name: &str, auth: bool) {
     if funcscale_e2e::scenario::real_cluster() {
         eprintln!("skipped against a real cluster: pods cannot reach this machine's Sentinel set");
         return;
     }
     const N: usize = 60;
-    let mut set = SentinelSet::start(SentinelOptions::default())
-        .await
-        .unwrap();
+    let mut set = SentinelSet::start(SentinelOptions {
+        data_auth: auth.then(|| Auth::password("d@ta pw#1")),
+        sentinel_auth: auth.then(|| Auth::user("watcher", "s3nt:nel/pw")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let url = set.url();
     let env = set.env();
-    let mut opts = Options::new("sentinel");
+    let mut opts = Options::new(name);
     opts.redis_url = url.clone();
+    opts.operator_env = env.clone();
     let s = Scenario::start(opts).await.unwrap();
+    let mut redis = json!({"url": url});
+    if auth {
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(s.client.clone(), &s.ns);
+        let data: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_lowercase().replace('_', "-"), format!("{v}\n")))
+            .collect();
+        secrets
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "redis-auth"}, "stringData": data
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let key = |k: &str| json!({"name": "redis-auth", "key": k});
+        redis["passwordSecretRef"] = key("funcscale-redis-password");
+        redis["sentinelUsernameSecretRef"] = key("funcscale-redis-sentinel-username");
+        redis["sentinelPasswordSecretRef"] = key("funcscale-redis-sentinel-password");
+    }
 
     // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir)
     let side = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -297,7 +337,7 @@ async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
     );
     s.apply_queue(
         "jobs",
-        json!({"taskTimeMs": 100, "maxRetries": 5, "redis": {"url": url},
+        json!({"taskTimeMs": 100, "maxRetries": 5, "redis": redis,
             "schedules": [{"name": "tick", "cron": "*/2 * * * * *", "function": "tick", "args": []}]}),
     )
     .await
@@ -408,6 +448,29 @@ async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
         assert_eq!(replicas, 2);
     }
     let size_at_kill = s.replicas("w").await.unwrap().unwrap().0;
+    // what the pool says about its metrics through the switch
+    let seen_conditions = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sampler = {
+        let (pools, seen) = (s.pools(), seen_conditions.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(p) = pools.get("w").await
+                    && let Some(c) = p.status.and_then(|st| {
+                        st.conditions
+                            .into_iter()
+                            .find(|c| c.type_ == "MetricsAvailable")
+                    })
+                {
+                    let mut v = seen.lock().unwrap();
+                    if v.last() != Some(&(c.status.clone(), c.reason.clone())) {
+                        eprintln!("MetricsAvailable={} {}: {}", c.status, c.reason, c.message);
+                        v.push((c.status, c.reason));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let poll_at_kill = last_poll(&s, "jobs").await;
     let killed = Instant::now();
     let old = set.kill_master().await.unwrap();
@@ -480,6 +543,19 @@ async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
+    sampler.abort();
+    // the switch showed in the pool's condition (the sentinels take over a second to act: the
+    // operator's polls fail meanwhile), and it holds the size while saying so
+    let seen = seen_conditions.lock().unwrap().clone();
+    assert!(
+        seen.contains(&("False".into(), "RedisUnavailable".into())),
+        "MetricsAvailable through the switch: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(st, reason)| st == "True" || reason == "RedisUnavailable"),
+        "MetricsAvailable through the switch: {seen:?}"
+    );
     // the pool's size was held through the switch (never below its size at the kill)
     let sizes = history.values();
     assert!(
@@ -492,9 +568,10 @@ async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
     let (_, executions) = side_effects(&done);
     eprintln!(
         "sentinel failover: {N} tasks acknowledged, {} failed pushes re-sent, {executions} \
-         executions in all, pool sizes {sizes:?}, worker processes before {worker_pids:?} \
-         after {pids_after:?}",
-        failed_pushes.load(Ordering::SeqCst)
+         executions in all, pool sizes {sizes:?}, MetricsAvailable through the switch \
+         {:?}, worker processes before {worker_pids:?} after {pids_after:?}",
+        failed_pushes.load(Ordering::SeqCst),
+        seen_conditions.lock().unwrap()
     );
     assert_eq!(
         worker_pids,

@@ -425,6 +425,28 @@ impl SentinelSet {
         self.data_connection(p).await
     }
 
+    /// How many replicas (up to `replicas`, waiting at most `timeout`) have every write the
+    /// master took so far, from any client: a write of its own, then `WAIT` (which counts the
+    /// replicas that acknowledged this client's last write; replication is in order). A test
+    /// that must not measure the last moment's replication loss waits for 2.
+    pub async fn wait_replicated(
+        &mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<u32> {
+        let mut con = self.master_connection().await?;
+        let _: () = redis::cmd("SET")
+            .arg("funcscale-e2e:replication-fence")
+            .arg(1)
+            .query_async(&mut con)
+            .await?;
+        Ok(redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut con)
+            .await?)
+    }
+
     /// SIGKILL the current master (as the sentinels name it); returns its port.
     pub async fn kill_master(&mut self) -> anyhow::Result<u16> {
         let port = self.master_port().await?;
@@ -677,10 +699,8 @@ mod tests {
         assert_eq!(set.master_port().await.unwrap(), ports[0]);
         let mut con = set.master_connection().await.unwrap();
         assert_eq!(lpush_get(&mut con, "k").await, ["x"]);
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(2)
-            .arg(1000)
-            .query_async(&mut con)
+        let acked = set
+            .wait_replicated(2, Duration::from_secs(1))
             .await
             .unwrap();
         assert_eq!(acked, 2);

@@ -431,22 +431,11 @@ async fn failover_scenario(name: &str, auth: bool) {
     // the writes acknowledged so far are on both replicas (a write of ours, then WAIT 2): what
     // asynchronous replication loses in the last moment is measured apart
     // (`failover_write_loss_by_setting`)
-    {
-        let mut con = set.master_connection().await.unwrap();
-        let _: () = redis::cmd("SET")
-            .arg(format!("{}-fence", s.prefix))
-            .arg(1)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let replicas: u32 = redis::cmd("WAIT")
-            .arg(2)
-            .arg(2000)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert_eq!(replicas, 2);
-    }
+    let replicas = set
+        .wait_replicated(2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(replicas, 2);
     let size_at_kill = s.replicas("w").await.unwrap().unwrap().0;
     // what the pool says about its metrics through the switch
     let seen_conditions = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));

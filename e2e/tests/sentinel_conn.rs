@@ -57,11 +57,7 @@ async fn a_connection_follows_a_killed_master_to_the_promoted_replica() {
     let key = "sentinel-conn:killed";
     incr_until_ok(&mut con, key, Duration::from_secs(5)).await;
     // the write reached both replicas before the kill: nothing of it is lost
-    let mut master = set.master_connection().await.unwrap();
-    let _: i64 = redis::cmd("WAIT")
-        .arg(2)
-        .arg(2000)
-        .query_async(&mut master)
+    set.wait_replicated(2, Duration::from_secs(2))
         .await
         .unwrap();
 
@@ -271,11 +267,7 @@ async fn the_celery_integration_writes_to_the_master_across_a_failover() {
         String::from_utf8_lossy(&first.stdout).trim(),
         format!("1 {old}")
     );
-    let mut master = set.master_connection().await.unwrap();
-    let _: i64 = redis::cmd("WAIT")
-        .arg(2)
-        .arg(2000)
-        .query_async(&mut master)
+    set.wait_replicated(2, Duration::from_secs(2))
         .await
         .unwrap();
     set.kill_master().await.unwrap();

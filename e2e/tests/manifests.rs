@@ -170,6 +170,80 @@ async fn redis_secret(client: &Client, ns: &str, name: &str, key: &str) -> anyho
     Ok(())
 }
 
+/// For an example whose FuncQueues name a Sentinel set (`redis+sentinel://` url with
+/// `passwordSecretRef` / `sentinelPasswordSecretRef`): start a real set with those passwords,
+/// point the queues at its sentinels (same master name and database), and create the Secrets
+/// the refs name. `None` when the example has no such queue.
+async fn sentinel_for(
+    client: &Client,
+    ns: &str,
+    objects: &mut [serde_json::Value],
+) -> anyhow::Result<Option<funcscale_e2e::redis_topology::SentinelSet>> {
+    use funcscale_e2e::redis_topology::{Auth, SentinelOptions, SentinelSet};
+    let Some(redis) = objects
+        .iter()
+        .filter(|o| o["kind"] == "FuncQueue")
+        .map(|o| o["spec"]["redis"].clone())
+        .find(|r| {
+            r["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("redis+sentinel://"))
+        })
+    else {
+        return Ok(None);
+    };
+    let url = redis["url"].as_str().unwrap_or_default();
+    let path: Vec<&str> = url
+        .rsplit_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, p)| p.split('/').collect())
+        .unwrap_or_default();
+    let (master, db) = (path[0].to_string(), path.get(1).copied().unwrap_or("0"));
+    const DATA_PW: &str = "example-data-pw";
+    const SENTINEL_PW: &str = "example-sentinel-pw";
+    let set = SentinelSet::start(SentinelOptions {
+        master_name: master,
+        data_auth: Some(Auth::password(DATA_PW)),
+        sentinel_auth: Some(Auth::password(SENTINEL_PW)),
+        ..SentinelOptions::default()
+    })
+    .await?;
+    let ours = format!("{}/{db}", set.url());
+    for o in objects.iter_mut().filter(|o| o["kind"] == "FuncQueue") {
+        if o["spec"]["redis"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("redis+sentinel://"))
+        {
+            o["spec"]["redis"]["url"] = json!(ours);
+        }
+    }
+    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (field, value) in [
+        ("passwordSecretRef", DATA_PW),
+        ("sentinelPasswordSecretRef", SENTINEL_PW),
+    ] {
+        if let (Some(name), Some(key)) =
+            (redis[field]["name"].as_str(), redis[field]["key"].as_str())
+        {
+            secrets
+                .entry(name.to_string())
+                .or_default()
+                .insert(key.to_string(), value.to_string());
+        }
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (name, data) in secrets {
+        api.patch(
+            &name,
+            &PatchParams::apply("funcscale-e2e").force(),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": ns}, "stringData": data})),
+        )
+        .await?;
+    }
+    Ok(Some(set))
+}
+
 /// What the example's pods ask of a node: their `nodeSelector` labels. (Their tolerations
 /// are not made taints: the chart's operator runs on the same node.)
 fn node_labels(objects: &[serde_json::Value]) -> BTreeMap<String, String> {
@@ -272,9 +346,10 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
         .tempdir()?;
     let mut kubelets = Vec::new();
     let mut spaces = Vec::new();
+    let mut sentinel_sets = Vec::new();
     for (i, f) in examples.iter().enumerate() {
         let stem = f.file_stem().unwrap().to_string_lossy().to_string();
-        let objects = docs(&std::fs::read_to_string(f)?)?;
+        let mut objects = docs(&std::fs::read_to_string(f)?)?;
         let ns = format!("ex-{stem}-{pid}");
         let node = format!("n-{ns}");
         let mut kc = KubeletConfig::new(&node, &logs.path().join(&stem));
@@ -296,6 +371,12 @@ async fn the_chart_and_every_example_run_on_the_real_api_server() -> anyhow::Res
             .await?,
         );
         let what = format!("manifests/examples/{stem}.yaml");
+        // a queue on a Sentinel set: a real one (master, two replicas, three sentinels, each
+        // with the password the example's Secret names), its sentinels in place of the
+        // example's hosts, and that Secret created as the example's comment says
+        if let Some(set) = sentinel_for(&client, &ns, &mut objects).await? {
+            sentinel_sets.push(set);
+        }
         notes.extend(apply_all(&client, &discovery, objects, &ns, &what, &mut failures).await);
         // the examples' broker Secrets name hosts of their own: point them at this Redis, as
         // a user creates theirs out of band

@@ -4,7 +4,7 @@
 //! use its connections.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funcscale_protocol::QueueConfig;
@@ -27,9 +27,11 @@ pub struct QueueConfigs {
     pub(crate) written: Mutex<HashMap<QueueId, Written>>,
     /// Failed writes back off per queue.
     pub(crate) backoff: Backoff<QueueId>,
-    /// Held across the connect: thousands of queue reconciles starting at once must share one
-    /// connect per endpoint, not each open their own (a connect storm times them all out).
-    conns: tokio::sync::Mutex<HashMap<RedisEndpoint, funcscale_connect::Conn>>,
+    /// One cell per endpoint, held across its connect: thousands of queue reconciles starting
+    /// at once share one connect per endpoint, not each open their own (a connect storm times
+    /// them all out), and a slow endpoint (a Sentinel set whose sentinels do not answer) holds
+    /// up only its own queues.
+    conns: Mutex<HashMap<RedisEndpoint, Arc<tokio::sync::OnceCell<funcscale_connect::Conn>>>>,
 }
 
 impl QueueConfigs {
@@ -46,7 +48,10 @@ impl QueueConfigs {
                 .filter_map(|w| w.last.as_ref().map(|(e, _, _)| e.clone()))
                 .collect()
         };
-        self.conns.lock().await.retain(|e, _| used.contains(e));
+        self.conns
+            .lock()
+            .expect("queue config connections lock")
+            .retain(|e, _| used.contains(e));
     }
 
     /// The endpoint's connection, opened once. A `ConnectionManager` reconnects by itself
@@ -56,13 +61,18 @@ impl QueueConfigs {
         &self,
         endpoint: &RedisEndpoint,
     ) -> Result<funcscale_connect::Conn, RedisError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let c = crate::redis_metrics::connect(endpoint, &PollerConfig::default()).await?;
-        conns.insert(endpoint.clone(), c.clone());
-        Ok(c)
+        let cell = self
+            .conns
+            .lock()
+            .expect("queue config connections lock")
+            .entry(endpoint.clone())
+            .or_default()
+            .clone();
+        // a failed connect leaves the cell empty: the next write tries again
+        let config = PollerConfig::default();
+        cell.get_or_try_init(|| crate::redis_metrics::connect(endpoint, &config))
+            .await
+            .cloned()
     }
 }
 

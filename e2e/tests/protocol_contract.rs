@@ -12,6 +12,7 @@
 //! | `Keys::stats` | enqueue (`enqueued`), workers' finishes (`completed`, task time) | the poll: arrival and completion rates, T |
 //! | `Keys::schedules_per_period` | the registry (`protocol::schedules_add`/`remove`) | the poll: M |
 //! | `Keys::queue_config` | the operator (`queue_config::write_config`) | the workers' scripts: destinations, retention; the workers: retries |
+//! | `Keys::delayed` | workers' finishes of a failed attempt with retries left (due time from the queue's backoff) | the poll: retries waiting, retries due (backlog) and the next due time |
 
 use std::time::Duration;
 
@@ -423,6 +424,80 @@ async fn a_queues_retry_settings_reach_the_tasks_producers_enqueue() {
         started.elapsed() < Duration::from_millis(3_000),
         "{:?}",
         started.elapsed()
+    );
+    cleanup(&keys).await;
+}
+
+/// `Keys::delayed`: a task that fails with retries left, in the worker's code, waits in the
+/// delayed set with its due time (the operator-written queue backoff, 60 s); the operator
+/// reads it as a retry waiting (not backlog) until that time and as a due one (backlog) after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tasks_retry_is_the_waiting_then_due_retry_the_operator_reads() {
+    let keys = prefix("delayed");
+    let (mut poller, cache, id) = poller(&keys, "flaky", &[]);
+    let spec = FuncQueueSpec {
+        max_retries: 2,
+        retry_backoff: Some(RetryBackoff {
+            base_ms: Some(60_000),
+            max_ms: Some(60_000),
+        }),
+        ..Default::default()
+    };
+    let config = queue_config::desired_config(&spec, (None, None));
+    queue_config::write_config(&mut con().await, &keys, "flaky", &config)
+        .await
+        .unwrap();
+    let mut task = Envelope::new("f1", "fail", "flaky", now_ms());
+    task.args = serde_json::json!(["boom"]);
+    protocol::enqueue(&mut con().await, &keys, "flaky", &[task])
+        .await
+        .unwrap();
+    let (stop, running) = worker(&keys, "flaky").await;
+    let delayed = keys.delayed("flaky");
+    let (raw, due) = eventually(Duration::from_secs(20), "the retry waiting", || {
+        let delayed = delayed.clone();
+        async move {
+            let set: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&delayed)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut con().await)
+                .await
+                .unwrap();
+            (set.len() == 1).then(|| set[0].clone())
+        }
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let retry = Envelope::from_json(&raw).unwrap();
+    assert_eq!((retry.id.as_str(), retry.attempt), ("f1", 1));
+    let due = due as u64;
+    let now = now_ms();
+    assert!(
+        due > now + 20_000,
+        "the queue's 60 s backoff: due {due}, now {now}"
+    );
+
+    let m = read(&mut poller, &cache, &id, now).await;
+    assert!(m.retries_read, "{m:?}");
+    assert_eq!(
+        (
+            m.depth,
+            m.retries_waiting,
+            m.retries_due,
+            m.next_retry_due_ms
+        ),
+        (0, 1, 0, Some(due)),
+        "waiting, not due"
+    );
+    let m = read(&mut poller, &cache, &id, due + 1).await;
+    assert_eq!(
+        (m.depth, m.retries_waiting, m.retries_due),
+        (0, 1, 1),
+        "due once its time has passed"
     );
     cleanup(&keys).await;
 }

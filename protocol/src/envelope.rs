@@ -81,8 +81,7 @@ impl Envelope {
 
     /// Parse an envelope; an envelope from a newer major format is refused.
     pub fn from_json(s: &str) -> Result<Self, EnvelopeError> {
-        let env: Self =
-            serde_json::from_str(s).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let env: Self = serde_json::from_str(s).map_err(EnvelopeError::Malformed)?;
         if env.version > ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(env.version));
         }
@@ -91,11 +90,11 @@ impl Envelope {
 }
 
 /// Why an envelope could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     /// Not JSON, or fields missing.
     #[error("malformed task envelope: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
     /// Written by a newer funcscale.
     #[error("task envelope version {0} is newer than this worker understands")]
     UnsupportedVersion(u32),
@@ -120,13 +119,29 @@ mod tests {
         assert_eq!(Envelope::from_json(&e.to_json()).unwrap(), e);
         let mut newer = e.clone();
         newer.version = ENVELOPE_VERSION + 1;
-        assert_eq!(
+        assert!(matches!(
             Envelope::from_json(&newer.to_json()),
-            Err(EnvelopeError::UnsupportedVersion(ENVELOPE_VERSION + 1))
-        );
+            Err(EnvelopeError::UnsupportedVersion(v)) if v == ENVELOPE_VERSION + 1
+        ));
         assert!(matches!(
             Envelope::from_json("{"),
             Err(EnvelopeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_malformed_envelope_keeps_the_json_error_as_its_source() {
+        let err = Envelope::from_json(r#"{"v":1,"id":"x"}"#).unwrap_err();
+        let source = std::error::Error::source(&err).expect("the JSON error is the source");
+        let json = source
+            .downcast_ref::<serde_json::Error>()
+            .expect("a serde_json::Error");
+        assert!(json.to_string().contains("missing field"), "{json}");
+        // the message still says what went wrong
+        assert!(
+            err.to_string()
+                .starts_with("malformed task envelope: missing field"),
+            "{err}"
+        );
     }
 }

@@ -66,6 +66,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod stats;
 pub mod stop;
+pub mod task_status;
 
 pub use envelope::{DEFAULT_MAX_RETRIES, ENVELOPE_VERSION, Envelope, EnvelopeError};
 pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};
@@ -73,9 +74,10 @@ pub use outbox::{OUTBOX_MAX_ATTEMPTS, OutboxItem};
 pub use queue_config::{Destination, QueueConfig};
 pub use records::{
     COUNTS_RETENTION_MS, CountBucket, RECORD_MAX_AGE_MS, RECORD_MAX_COUNT, RECORD_TRIM_EVERY,
-    TaskRecord, TaskStatus,
+    TaskRecord,
 };
 pub use schedules::ScheduleEntry;
 pub use stats::{
     DURATION_BUCKETS_MS, QueueStats, STATS_HALF_LIFE_MS, StatsField, TaskTimeAverage, bucket_field,
 };
+pub use task_status::TaskStatus;

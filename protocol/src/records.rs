@@ -4,50 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Status of a task record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskStatus {
-    /// Waiting in the queue.
-    Queued,
-    /// Running (recorded once the attempt has run for the worker's `RECORD_START_AFTER`; a shorter
-    /// attempt goes from queued or retrying straight to its outcome).
-    Started,
-    /// Finished successfully.
-    Succeeded,
-    /// Failed; a retry is scheduled.
-    Retrying,
-    /// Failed for good; in the dead-letter list.
-    Dead,
-}
-
-impl TaskStatus {
-    /// All statuses.
-    pub const ALL: [TaskStatus; 5] = [
-        Self::Queued,
-        Self::Started,
-        Self::Succeeded,
-        Self::Retrying,
-        Self::Dead,
-    ];
-
-    /// The name stored in Redis.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Started => "started",
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Dead => "dead",
-        }
-    }
-
-    /// Parse a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.name() == s)
-    }
-}
-
 /// Default retention of task records by age.
 pub const RECORD_MAX_AGE_MS: u64 = 24 * 3_600_000;
 /// Default retention of task records by count, per queue.
@@ -67,7 +23,7 @@ pub struct TaskRecord {
     pub queue: String,
     /// Function.
     pub func: String,
-    /// Status name (see [`TaskStatus`]).
+    /// Status name (see [`crate::TaskStatus`]).
     pub status: String,
     /// Attempt (0-based) of the last transition.
     pub attempt: Option<u32>,
@@ -217,14 +173,6 @@ pub fn add_counts(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_round_trip() {
-        for s in TaskStatus::ALL {
-            assert_eq!(TaskStatus::parse(s.name()), Some(s));
-        }
-        assert_eq!(TaskStatus::parse("running"), None);
-    }
 
     #[test]
     fn count_buckets_of_both_formats() {

@@ -5,7 +5,9 @@
 //!
 //! What counts as a dependency: a path that starts with `crate::`, `super::` or `self::`
 //! (in a `use` tree or anywhere in the code, `#[cfg(test)]` modules included) from a module to
-//! the module that path names. An edge between two modules is lifted to the two sibling modules
+//! the module that path names; a name a module re-exports (`pub use`, `pub(crate) use`) names
+//! the module that defines it (`crate::TaskStatus`, re-exported at the root from `task_status`,
+//! is a dependency on `task_status`, not on the root). An edge between two modules is lifted to the two sibling modules
 //! under their nearest common parent (`pool::validate::rules` → `pool::dereference` counts as
 //! `pool::validate` → `pool::dereference`); an edge between a module and one of its own ancestors
 //! or descendants is nesting, not a dependency, and is left out. A cycle is a strongly connected
@@ -166,26 +168,48 @@ fn ident_at(c: &[char], mut i: usize) -> (String, usize) {
     (c[start..i].iter().collect(), i)
 }
 
+/// One path of a path tree: its segments, the name it is imported as (`as name`), and whether
+/// it ends in a glob (`a::*`).
+#[derive(Debug, Clone, Default)]
+struct Leaf {
+    path: Vec<String>,
+    alias: Option<String>,
+    glob: bool,
+}
+
 /// The paths of a path tree starting at `toks[i]` (a segment after `crate::` etc.): `a::b`,
-/// `a::{b, c::d}`, `{a, b}`; returns the expanded paths and the index after the tree.
-fn path_tree(toks: &[(Tok, usize)], mut i: usize) -> (Vec<Vec<String>>, usize) {
+/// `a::{b, c::d as e}`, `{a, b}`, `a::*`; returns the expanded paths and the index after the tree.
+fn path_tree(toks: &[(Tok, usize)], mut i: usize) -> (Vec<Leaf>, usize) {
+    let tok = |i: usize| toks.get(i).map(|t| &t.0);
     let mut prefix = Vec::new();
     loop {
-        match toks.get(i).map(|t| &t.0) {
+        match tok(i) {
             Some(Tok::Ident(id)) => {
                 prefix.push(id.clone());
                 i += 1;
-                if toks.get(i).map(|t| &t.0) == Some(&Tok::Sep) {
+                if tok(i) == Some(&Tok::Sep) {
                     i += 1;
                     continue;
                 }
-                return (vec![prefix], i);
+                let mut alias = None;
+                if tok(i) == Some(&Tok::Ident("as".into()))
+                    && let Some(Tok::Ident(name)) = tok(i + 1)
+                {
+                    alias = Some(name.clone());
+                    i += 2;
+                }
+                let leaf = Leaf {
+                    path: prefix,
+                    alias,
+                    glob: false,
+                };
+                return (vec![leaf], i);
             }
             Some(Tok::Open) => {
                 let mut all = Vec::new();
                 i += 1;
                 loop {
-                    match toks.get(i).map(|t| &t.0) {
+                    match tok(i) {
                         Some(Tok::Close) => {
                             i += 1;
                             break;
@@ -193,18 +217,16 @@ fn path_tree(toks: &[(Tok, usize)], mut i: usize) -> (Vec<Vec<String>>, usize) {
                         Some(Tok::Comma) => i += 1,
                         None => break,
                         _ => {
-                            let (paths, next) = path_tree(toks, i);
-                            for p in paths {
+                            let (leaves, next) = path_tree(toks, i);
+                            for mut leaf in leaves {
                                 let mut full = prefix.clone();
-                                full.extend(p);
-                                all.push(full);
+                                full.extend(leaf.path);
+                                leaf.path = full;
+                                all.push(leaf);
                             }
-                            // skip `as name` and anything else up to the next `,` or `}`
+                            // skip anything else up to the next `,` or `}`
                             i = next.max(i + 1);
-                            while !matches!(
-                                toks.get(i).map(|t| &t.0),
-                                None | Some(Tok::Comma) | Some(Tok::Close)
-                            ) {
+                            while !matches!(tok(i), None | Some(Tok::Comma) | Some(Tok::Close)) {
                                 i += 1;
                             }
                         }
@@ -212,14 +234,42 @@ fn path_tree(toks: &[(Tok, usize)], mut i: usize) -> (Vec<Vec<String>>, usize) {
                 }
                 return (all, i);
             }
-            _ => return (vec![prefix], i), // `*` or the end of the path
+            other => {
+                // `*` or the end of the path
+                let glob = other == Some(&Tok::Other('*'));
+                let leaf = Leaf {
+                    path: prefix,
+                    alias: None,
+                    glob,
+                };
+                return (vec![leaf], i + usize::from(glob));
+            }
         }
     }
 }
 
+/// Re-exports: (module, name) → (the module whose `pub use` names it, the path it names).
+type Reexports = BTreeMap<(ModPath, String), (ModPath, Vec<String>)>;
+
 /// The module a path names: the longest prefix of it (resolved against `current`) that is a
-/// known module.
-fn resolve(current: &[String], path: &[String], modules: &BTreeSet<ModPath>) -> Option<ModPath> {
+/// known module, following re-exports: a name a module re-exports (`pub use records::TaskStatus`
+/// in the root) stands for the module that defines it, so `crate::TaskStatus` names `records`.
+fn resolve(
+    current: &[String],
+    path: &[String],
+    modules: &BTreeSet<ModPath>,
+    reexports: &Reexports,
+) -> Option<ModPath> {
+    resolve_at(current, path, modules, reexports, 0)
+}
+
+fn resolve_at(
+    current: &[String],
+    path: &[String],
+    modules: &BTreeSet<ModPath>,
+    reexports: &Reexports,
+    depth: usize,
+) -> Option<ModPath> {
     let mut segs = path.iter().peekable();
     let mut base: ModPath = match segs.next()?.as_str() {
         "crate" => Vec::new(),
@@ -234,12 +284,76 @@ fn resolve(current: &[String], path: &[String], modules: &BTreeSet<ModPath>) -> 
     for seg in segs {
         let mut next = base.clone();
         next.push(seg.clone());
-        if !modules.contains(&next) {
-            break;
+        if modules.contains(&next) {
+            base = next;
+            continue;
         }
-        base = next;
+        // a re-exported name: continue in the module it comes from (a chain of re-exports
+        // is followed a few steps; a loop of them is a compile error anyway)
+        match reexports.get(&(base.clone(), seg.clone())) {
+            Some((at, target)) if depth < 8 => {
+                match resolve_at(at, target, modules, reexports, depth + 1) {
+                    Some(defined_in) => base = defined_in,
+                    None => break,
+                }
+            }
+            _ => break,
+        }
     }
     Some(base)
+}
+
+/// The re-exports of a crate: every `pub use` / `pub(crate) use` (at any module level) of an
+/// item or module of the crate itself (`pub use self::x::Y`, `pub use x::{A, B as C}`,
+/// `pub use crate::x::Y`, `pub use super::x::Y`). Globs (`pub use x::*`), `self` in a brace
+/// list, and paths into other crates are left out.
+fn reexports(lexed: &[(ModPath, String, Toks)], modules: &BTreeSet<ModPath>) -> Reexports {
+    let mut out = Reexports::new();
+    for (module, _, toks) in lexed {
+        walk(module, toks, |current, i, _| {
+            if toks[i].0 != Tok::Ident("use".into()) || !after_pub(toks, i) {
+                return;
+            }
+            let (leaves, _) = path_tree(toks, i + 1);
+            for leaf in leaves {
+                let Some(last) = leaf.path.last() else {
+                    continue;
+                };
+                if leaf.glob || last == "self" {
+                    continue;
+                }
+                let name = leaf.alias.clone().unwrap_or_else(|| last.clone());
+                let mut path = leaf.path.clone();
+                if !matches!(path[0].as_str(), "crate" | "self" | "super") {
+                    // 2018 paths: `x::Y` names the child module `x`, else another crate
+                    let mut child = current.to_vec();
+                    child.push(path[0].clone());
+                    if !modules.contains(&child) {
+                        continue;
+                    }
+                    path.insert(0, "self".into());
+                }
+                out.insert((current.to_vec(), name), (current.to_vec(), path));
+            }
+        });
+    }
+    out
+}
+
+/// Whether the `use` at `toks[i]` is preceded by `pub` or `pub(...)`.
+fn after_pub(toks: &[(Tok, usize)], i: usize) -> bool {
+    let pub_at = |j: usize| toks[j].0 == Tok::Ident("pub".into());
+    if i >= 1 && pub_at(i - 1) {
+        return true;
+    }
+    if i >= 1 && toks[i - 1].0 == Tok::Other(')') {
+        let mut j = i - 1;
+        while j > 0 && toks[j].0 != Tok::Other('(') {
+            j -= 1;
+        }
+        return j >= 1 && i - j <= 5 && pub_at(j - 1);
+    }
+    false
 }
 
 /// The module path of a file below `src/`: `lib.rs` → root, `a.rs`/`a/mod.rs` → `a`, `a/b.rs` → `a::b`.
@@ -270,6 +384,7 @@ fn references(files: &[(PathBuf, String)]) -> (BTreeSet<ModPath>, Vec<Reference>
             modules.insert(current.to_vec());
         });
     }
+    let reexports = reexports(&lexed, &modules);
     let mut refs = Vec::new();
     for (module, file, toks) in &lexed {
         walk(module, toks, |current, i, line| {
@@ -285,8 +400,8 @@ fn references(files: &[(PathBuf, String)]) -> (BTreeSet<ModPath>, Vec<Reference>
             let (paths, _) = path_tree(toks, i + 2);
             for tail in paths {
                 let mut path = vec![head.clone()];
-                path.extend(tail);
-                if let Some(to) = resolve(current, &path, &modules) {
+                path.extend(tail.path);
+                if let Some(to) = resolve(current, &path, &modules, &reexports) {
                     refs.push(Reference {
                         from: current.to_vec(),
                         to,
@@ -570,4 +685,34 @@ fn nesting_strings_comments_and_one_way_use_are_no_cycle() {
     let (_, refs) = references(&src);
     assert!(cycles(&refs).is_empty(), "{:?}", cycles(&refs));
     assert!(refs.iter().any(|r| r.from == ["a"] && r.to == ["b"]));
+}
+
+#[test]
+fn finds_a_cycle_through_re_exports() {
+    // `crate::A` and `crate::Bee` are re-exports at the root: they name `a` and `b`, not the root
+    let src = files(&[
+        (
+            "lib.rs",
+            "pub mod a; pub mod b; pub mod c;\npub use a::A;\npub use self::b::{B as Bee, self};",
+        ),
+        ("a.rs", "pub struct A;\nuse crate::Bee;"),
+        ("b.rs", "pub struct B;\nfn f() { crate::A::new(); }"),
+        // a chain: `c` re-exports `crate::A` again, and `pub(crate) use crate::x::Y` is one too
+        ("c.rs", "pub(crate) use crate::A as CA;"),
+    ]);
+    let (_, refs) = references(&src);
+    let found = cycles(&refs);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("cycle: a <-> b\n"), "{}", found[0]);
+    assert!(found[0].contains("b.rs:2 (b -> a)"), "{}", found[0]);
+    let src = files(&[
+        ("lib.rs", "pub mod a; pub mod b; pub mod c;\npub use a::A;"),
+        ("a.rs", "pub struct A;\nuse crate::c::CA;\nuse crate::b::B;"),
+        ("b.rs", "pub struct B;\nfn f() { crate::c::CA::new(); }"),
+        ("c.rs", "pub(crate) use crate::A as CA;"),
+    ]);
+    let (_, refs) = references(&src);
+    let found = cycles(&refs);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("cycle: a <-> b\n"), "{}", found[0]);
 }

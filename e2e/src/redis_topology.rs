@@ -75,15 +75,15 @@ impl Default for SentinelOptions {
     }
 }
 
-/// One `redis-server` process of the set.
+/// One `redis-server` process of the set (and of a [`crate::redis_cluster::RedisCluster`]).
 #[derive(Debug)]
-struct Node {
-    port: u16,
-    child: Option<Child>,
+pub(crate) struct Node {
+    pub(crate) port: u16,
+    pub(crate) child: Option<Child>,
 }
 
 impl Node {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
@@ -108,7 +108,7 @@ pub struct SentinelSet {
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// `n` distinct free loopback ports (all held open while choosing).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;

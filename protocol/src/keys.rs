@@ -6,6 +6,43 @@ pub const DEFAULT_PREFIX: &str = "funcscale";
 /// in-flight tasks are recovered.
 pub const WORKER_TTL_MS: u64 = 15_000;
 
+/// Number of Redis Cluster hash slots.
+pub const SLOTS: u16 = 16384;
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM: polynomial 0x1021, initial value 0)
+/// of its hash tag, mod [`SLOTS`]. The hash tag is what lies between the first `{` and the
+/// first `}` after it when that is not empty; otherwise the whole key is hashed (Redis'
+/// `keyHashSlot`). Two keys share a slot — and one script may touch both on a cluster — when
+/// they have the same tag.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16_xmodem(tagged.unwrap_or(bytes)) % SLOTS
+}
+
+/// CRC16-XMODEM (CCITT polynomial 0x1021, initial value 0, no reflection, no final XOR): the
+/// checksum Redis Cluster hashes keys with.
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// Key names under one prefix, for the workers of one namespace ([`Keys::in_namespace`])
 /// or, without one, as earlier versions named them.
 ///
@@ -263,6 +300,207 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_is_redis_clusters_hash_slot() {
+        // CRC16-XMODEM's check value ("123456789" → 0x31C3)
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        assert_eq!(slot("123456789"), 0x31C3);
+        // CLUSTER KEYSLOT on redis-server 7.0 (e2e/tests/redis_cluster_harness.rs compares
+        // many more with a running cluster)
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("somekey"), 11058);
+        assert_eq!(slot(""), 0);
+        assert_eq!(slot("{a}"), 15495);
+        assert_eq!(slot("{a.jobs}"), 14395);
+        assert_eq!(slot("{a.mail}"), 3379);
+        assert_eq!(slot("funcscale:beat:lease"), 15419);
+        assert_eq!(slot("funcscale:beat:fence"), 5591);
+        // the hash tag: between the first `{` and the next `}`, when not empty
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+        assert_eq!(slot("x{a}"), slot("y{a}z"));
+        // an empty or unclosed tag: the whole key
+        assert_eq!(slot("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{bar"), crc16_xmodem(b"foo{bar") % SLOTS);
+        assert_eq!(slot("foo}bar{"), crc16_xmodem(b"foo}bar{") % SLOTS);
+        assert_eq!(slot("{}"), crc16_xmodem(b"{}") % SLOTS);
+        // bytes, not chars
+        assert_eq!(slot("{é}x"), crc16_xmodem("é".as_bytes()) % SLOTS);
+        assert!(
+            ["", "a", "{x}", "\u{10ffff}"]
+                .iter()
+                .all(|k| slot(k) < SLOTS)
+        );
+    }
+
+    /// The names of the `Keys` methods that return a key (`pub fn ...(&self, ...) -> String`),
+    /// read from this file: a key method added later must be classified below.
+    fn key_fns() -> std::collections::BTreeSet<String> {
+        let src = include_str!("keys.rs");
+        let start = src.find("\nimpl Keys {").expect("impl Keys");
+        let end = start + src[start..].find("\n}\n").expect("end of impl Keys");
+        src[start..end]
+            .split("pub fn ")
+            .skip(1)
+            // the signature, wherever rustfmt wraps it
+            .map(|f| &f[..f.find('{').expect("fn body")])
+            .filter(|sig| sig.contains("&self") && sig.contains("-> String"))
+            .map(|sig| sig[..sig.find(['(', '<']).expect("fn name")].to_string())
+            .collect()
+    }
+
+    /// Redis Cluster: a script or multi-key command may touch only keys of one hash slot.
+    /// Every per-queue key carries the queue id `{<ns>.<name>}` as its hash tag, so every key
+    /// of one queue hashes to the slot of its list; the keys of a namespace's scope carry
+    /// `{<ns>}`. Keys that do not follow this today are listed as known exceptions, with the
+    /// step of docs (`/work/notes/cluster-design.md` §6) that deals with them.
+    #[test]
+    fn every_per_queue_key_hashes_to_the_queues_slot() {
+        type QueueKey = fn(&Keys, &str) -> Vec<String>;
+        let per_queue: &[(&str, QueueKey)] = &[
+            ("queue", |k, q| vec![k.queue(q)]),
+            ("running", |k, q| vec![k.running(q)]),
+            ("delayed", |k, q| vec![k.delayed(q)]),
+            ("dead", |k, q| vec![k.dead(q)]),
+            ("stats", |k, q| vec![k.stats(q)]),
+            ("schedules", |k, q| vec![k.schedules(q)]),
+            ("schedules_per_period", |k, q| {
+                vec![k.schedules_per_period(q)]
+            }),
+            ("beat_last", |k, q| vec![k.beat_last(q)]),
+            ("task", |k, q| {
+                ["t1", "{x}", "a}b{c", "", "é"]
+                    .iter()
+                    .map(|id| k.task(q, id))
+                    .collect()
+            }),
+            ("tasks", |k, q| vec![k.tasks(q)]),
+            ("tasks_status", |k, q| {
+                crate::TaskStatus::ALL
+                    .iter()
+                    .map(|s| k.tasks_status(q, *s))
+                    .collect()
+            }),
+            ("tasks_func", |k, q| {
+                ["send_mail", "{f}", "m.f:g"]
+                    .iter()
+                    .map(|f| k.tasks_func(q, f))
+                    .collect()
+            }),
+            ("tasks_ids", |k, q| vec![k.tasks_ids(q)]),
+            ("counts", |k, q| {
+                [0, 29_000_000, u64::MAX]
+                    .iter()
+                    .map(|m| k.counts(q, *m))
+                    .collect()
+            }),
+            ("queue_config", |k, q| vec![k.queue_config(q)]),
+        ];
+        type NsKey = fn(&Keys, &str) -> Vec<String>;
+        // keys of a namespace's scope (`k` is `in_namespace(Some(ns))`)
+        let per_namespace: &[(&str, NsKey)] = &[
+            ("inflight", |k, _| {
+                vec![k.inflight("w-1-ab.0"), k.inflight("{w}")]
+            }),
+            ("workers", |k, _| vec![k.workers()]),
+            ("worker", |k, _| vec![k.worker("w-1-ab.0"), k.worker("{w}")]),
+            ("outbox", |k, _| vec![k.outbox()]),
+            ("outbox_dead", |k, _| vec![k.outbox_dead()]),
+            ("beat_lease", |k, ns| vec![k.beat_lease(Some(ns))]),
+            ("beat_fence", |k, ns| vec![k.beat_fence(Some(ns))]),
+            ("celery_beat_sent", |k, ns| {
+                vec![k.celery_beat_sent(Some(ns))]
+            }),
+            ("schedule_queues", |k, ns| vec![k.schedule_queues(Some(ns))]),
+        ];
+        // Known exceptions: keys with no hash tag (the whole key is hashed), so they share no
+        // slot with anything. Not changed here; the design says what becomes of them.
+        let exceptions: &[(&str, NsKey, &str)] = &[
+            // one string per pod, only ever read or written alone; §2.6 / step 10 keeps the
+            // keys and sends marks through `query_grouped` (one pipeline split by slot)
+            (
+                "stop",
+                |k, ns| vec![k.stop(ns, "pod-1"), k.stop(ns, "pod-2")],
+                "step 10",
+            ),
+            // records of earlier versions keyed by id alone; §2.5 / step 9: never read or
+            // written on a cluster (`legacy=0`), they cannot exist there
+            ("task_legacy", |k, _| vec![k.task_legacy("t1")], "step 9"),
+        ];
+        // The same keys without a namespace (as earlier versions named them): untagged.
+        // §2.1 / §2.3 (steps 4-6, 8): workers and beat on a cluster require a namespace.
+        let unscoped = |k: &Keys| {
+            vec![
+                k.inflight("w.0"),
+                k.workers(),
+                k.worker("w.0"),
+                k.outbox(),
+                k.outbox_dead(),
+                k.beat_lease(None),
+                k.beat_fence(None),
+                k.celery_beat_sent(None),
+                k.schedule_queues(None),
+            ]
+        };
+        // Legacy queue ids (a bare name: `legacyKeys`, adopted or hand-run queues): the
+        // per-queue keys of one such queue spread over slots (`q:jobs` 5636, `stats:jobs`
+        // 2090). §2.6 / step 10: the operator refuses them on a cluster.
+
+        let mut classified: Vec<&str> = per_queue.iter().map(|(n, _)| *n).collect();
+        classified.extend(per_namespace.iter().map(|(n, _)| *n));
+        classified.extend(exceptions.iter().map(|(n, _, _)| *n));
+        let classified: std::collections::BTreeSet<String> =
+            classified.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            classified,
+            key_fns(),
+            "every key function of Keys is classified here (per queue, per namespace, or a \
+             known exception)"
+        );
+
+        for prefix in ["funcscale", "t1", "a:b"] {
+            for (ns, name) in [
+                ("a", "jobs"),
+                ("team-7", "mail"),
+                ("x", "q.8"),
+                ("n", "a}b"),
+            ] {
+                let k = Keys::new(prefix).in_namespace(Some(ns.to_string()));
+                let q = Keys::queue_id(ns, name);
+                let want = slot(&k.queue(&q));
+                assert_eq!(want, slot(&q));
+                for (f, keys) in per_queue {
+                    for key in keys(&k, &q) {
+                        assert_eq!(slot(&key), want, "{f}: {key} is not in the slot of {q}");
+                    }
+                }
+                let ns_slot = slot(&format!("{{{ns}}}"));
+                for (f, keys) in per_namespace {
+                    for key in keys(&k, ns) {
+                        assert_eq!(
+                            slot(&key),
+                            ns_slot,
+                            "{f}: {key} is not in the slot of {{{ns}}}"
+                        );
+                    }
+                }
+                for (f, keys, _) in exceptions {
+                    for key in keys(&k, ns) {
+                        assert!(!key.contains('{'), "{f}: {key} has a hash tag now");
+                    }
+                }
+                for key in unscoped(&k.unscoped()) {
+                    assert!(!key.contains('{'), "{key} has a hash tag now");
+                }
+            }
+        }
+        let k = Keys::default();
+        assert_ne!(slot(&k.queue("jobs")), slot(&k.stats("jobs")));
+    }
 
     #[test]
     fn keys_share_the_prefix() {

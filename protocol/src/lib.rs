@@ -44,6 +44,8 @@
 //! | `funcscale:outbox:{<ns>}:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times (`funcscale:outbox:dead` without a namespace) |
 //!
 //! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
+//! On Redis Cluster a key's hash slot is [`keys::slot`]: the per-queue keys of a FuncQueue
+//! share the slot of its id, the `{<ns>}` keys the slot of their namespace.
 //! Foreign systems' keys (no prefix: theirs) are in [`foreign`].
 //!
 //! # Scripts

@@ -328,8 +328,9 @@ async fn failover_scenario(name: &str, auth: bool) {
         redis["sentinelPasswordSecretRef"] = key("funcscale-redis-sentinel-password");
     }
 
-    // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir)
-    let side = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir; the checkout,
+    // and so CARGO_TARGET_TMPDIR, may itself be under /tmp, as CI's fresh clone is)
+    let side = tempfile::tempdir_in("/var/tmp").unwrap();
     let done = side.path().join("done");
     let handler = format!(
         "exec:echo \"$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID\" >> {}",

@@ -674,7 +674,8 @@ async fn an_add_racing_a_remove_never_hides_a_registry_from_the_beat() {
             };
             let (removed, len) = tokio::join!(remove, add);
             assert_eq!(removed.unwrap(), 1);
-            assert_eq!(len.unwrap(), 1);
+            // 2 when the add's script ran before the removal's
+            assert!((1..=2).contains(&len.unwrap()));
         }
     });
     futures::future::join_all(races).await;

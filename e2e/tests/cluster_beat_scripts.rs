@@ -88,8 +88,9 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
     let mut con = cluster_client(&c).await;
 
     // the lease: acquire, renew, release (the namespace's slot)
+    let lease_acquire = redis::Script::new(scripts::LEASE_ACQUIRE);
     let acquire = |holder: &str| {
-        let mut inv = redis::Script::new(scripts::LEASE_ACQUIRE).key(keys.beat_lease(Some(ns)));
+        let mut inv = lease_acquire.key(keys.beat_lease(Some(ns)));
         inv.key(keys.beat_fence(Some(ns))).arg(holder).arg(60_000);
         inv
     };

@@ -157,7 +157,7 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
         fire(&mut con, &strict, &keys, 1, &queues[0], &[103])
             .await
             .unwrap(),
-        vec![-1]
+        vec![-2]
     );
     assert_eq!(int(&mut con, &["LLEN", &keys.queue(&queues[0])]).await, 3);
     assert_eq!(

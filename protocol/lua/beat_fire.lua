@@ -1,14 +1,15 @@
 -- Lua: fire beat ticks of one queue. KEYS = last-fired hash, queue, stats (all in the queue's
 -- hash tag: the script touches one slot); ARGV = fencing token, prefix, queue, now ms, then
 -- (field, tick, envelope JSON, id, func) quintuples. The fence lives in the queue's slot, field
--- `_fence` of the last-fired hash: a token older than the stored one is refused (returns -1,
--- nothing written): a beat that lost the lease is stopped once the new holder touched this
--- queue; else the token is stored. A tick newer than the schedule's last fired one is pushed,
+-- `_fence` of the last-fired hash: a token older than the stored one is refused (returns minus
+-- the stored token, nothing written): a beat that lost the lease is stopped once the new holder
+-- touched this queue, and learns the token to take next (`lease_acquire`'s minimum); else the
+-- token is stored. A tick newer than the schedule's last fired one is pushed,
 -- counted and recorded (status `queued`) exactly as enqueue.lua does; a tick at or before it
 -- is skipped, whoever fires it, so no tick is enqueued twice. Returns the ticks enqueued.
 local token = tonumber(ARGV[1])
 local fence = tonumber(redis.call('HGET', KEYS[1], '_fence') or '0')
-if token < fence then return -1 end
+if token < fence then return -fence end
 if token > fence then redis.call('HSET', KEYS[1], '_fence', ARGV[1]) end
 local P, q, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local n = 0

@@ -310,6 +310,9 @@ pub struct Beat {
     file_queues: Vec<String>,
     registry: Table,
     fired: u64,
+    /// The highest queue fence this beat was refused by: its next lease takes at least that
+    /// token, so a counter that lags the fences (its node failed over) catches up in one step.
+    fence_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Beat {
@@ -328,6 +331,7 @@ impl Beat {
             file_queues: Vec::new(),
             registry: Table::default(),
             fired: 0,
+            fence_seen: Default::default(),
         })
     }
 
@@ -383,11 +387,8 @@ impl Beat {
         }
         let mut list = Vec::new();
         for q in queues.into_iter().filter(|q| self.fires_registry_of(q)) {
-            // a removal leaves the queue in the set (see `funcscale_protocol::schedules`)
-            let len: u64 = con.hlen(keys.schedules(&q)).await?;
-            if len == 0 {
-                continue;
-            }
+            // a removal leaves the queue in the set (see `funcscale_protocol::schedules`): its
+            // emptied registry lists nothing
             for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {
                 list.push(Schedule {
                     queue: q.clone(),
@@ -429,6 +430,7 @@ impl Beat {
             .key(keys.beat_fence(self.config.namespace.as_deref()))
             .arg(&self.config.holder)
             .arg(self.lease_ttl_ms())
+            .arg(self.fence_seen.load(std::sync::atomic::Ordering::Relaxed))
             .invoke_async(&mut con)
             .await?;
         Ok(token.map(|token| Held {
@@ -475,13 +477,23 @@ impl Beat {
                         tracing::info!(holder = %self.config.holder, token = h.token, "beat lease acquired");
                         let grace = ttl.as_secs() as i64 + 2;
                         cursor = now_s - grace;
-                        if self.config.missed == Missed::CatchUpOnce
-                            && let Err(e) = self.catch_up(&h, now_s - grace).await
-                        {
-                            tracing::warn!(error = %e, "catching up missed ticks failed");
+                        let mut kept = true;
+                        if self.config.missed == Missed::CatchUpOnce {
+                            match self.catch_up(&h, now_s - grace).await {
+                                Ok(k) => kept = k,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "catching up missed ticks failed")
+                                }
+                            }
                         }
-                        last_renew = h.renewed;
-                        held = Some(h);
+                        if kept {
+                            last_renew = h.renewed;
+                            held = Some(h);
+                        } else {
+                            // refused while catching up: as when firing (below)
+                            tracing::warn!(token = h.token, "beat lease lost while catching up");
+                            let _ = self.release(&h.value).await;
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "acquiring the beat lease failed"),
@@ -537,7 +549,8 @@ impl Beat {
     }
 
     /// Fire the latest missed tick (before `before`) of every schedule that has fired before.
-    async fn catch_up(&mut self, held: &Held, before: i64) -> anyhow::Result<()> {
+    /// Ok(false) when the lease turned out not to be ours (as [`Self::fire`]).
+    async fn catch_up(&mut self, held: &Held, before: i64) -> anyhow::Result<bool> {
         let mut con = self.redis.clone();
         let mut lasts: HashMap<String, HashMap<String, i64>> = HashMap::new();
         let mut due = Vec::new();
@@ -559,11 +572,11 @@ impl Beat {
                 }
             }
         }
-        if !due.is_empty() {
-            tracing::info!(count = due.len(), "catching up missed ticks once");
-            self.enqueue_due(held, due).await?;
+        if due.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        tracing::info!(count = due.len(), "catching up missed ticks once");
+        Ok(self.enqueue_due(held, due).await?)
     }
 
     /// Fire everything due in `(from, to]`. Ok(false) when the lease turned out not to be ours.
@@ -618,7 +631,7 @@ impl Beat {
     /// [`CHUNKS_PER_PIPELINE`] `beat_fire` calls of [`TICKS_PER_CALL`] ticks, all in the
     /// queue's slot), first renew the lease (`lease_renew`, the namespace's slot): a lost lease
     /// stops this and every other queue of the firing. A `beat_fire` refused by the queue's
-    /// fence (-1: a newer holder fired here) stops it too.
+    /// fence (a negative reply, minus the newer holder's token) stops it too.
     async fn fire_queue(
         &self,
         held: &Held,
@@ -675,10 +688,14 @@ impl Beat {
             match pipe.query_async::<Vec<i64>>(&mut con).await {
                 Ok(replies) => {
                     out.enqueued += replies.iter().filter(|r| **r > 0).sum::<i64>() as u64;
-                    if replies.contains(&-1) {
+                    if let Some(fence) = replies.iter().find(|r| **r < 0) {
+                        // the stored token: the next acquire takes at least it
+                        let fence = fence.unsigned_abs();
+                        self.fence_seen.fetch_max(fence, Ordering::Relaxed);
                         tracing::warn!(
                             queue,
                             token = held.token,
+                            fence,
                             "a newer beat fired this queue: this beat lost the lease"
                         );
                         lost.store(true, Ordering::Relaxed);

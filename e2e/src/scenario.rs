@@ -718,6 +718,69 @@ impl Drop for ReplicaHistory {
     }
 }
 
+/// The e2e virtualenv with Celery and `funcscale-celery` (made by
+/// `e2e/control-plane/celery-venv.sh` the first time): its directory (`bin/python`).
+pub fn celery_venv() -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new(
+        crate::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
+    )
+    .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "celery-venv.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// `funcscale-worker ARGS` (the built binary, [`bin`]) with `env` and none of this process's
+/// FUNCSCALE_* (but FUNCSCALE_E2E_*) and SSL_CERT_* variables: what a test gives is all it
+/// gets (the URL holds no password unless the test puts it there). Killed when dropped.
+pub fn worker_command(env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
+    let mut c =
+        tokio::process::Command::new(bin("funcscale-worker").expect("funcscale-worker built"));
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("FUNCSCALE_") && !k.starts_with("FUNCSCALE_E2E"))
+            || k.starts_with("SSL_CERT_")
+        {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Run a [`worker_command`] to its end (at most `limit`), its output echoed to stderr.
+pub async fn worker_output(
+    env: &[(&str, &str)],
+    args: &[&str],
+    limit: Duration,
+) -> std::process::Output {
+    let out = tokio::time::timeout(limit, worker_command(env, args).output())
+        .await
+        .expect("the command finishes")
+        .expect("funcscale-worker runs");
+    eprintln!(
+        "$ funcscale-worker {}\n{}-> {:?}",
+        args.join(" "),
+        output_text(&out),
+        out.status.code()
+    );
+    out
+}
+
+/// A finished command's stdout and stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A Celery application image (repository `repository`): Celery and `funcscale-celery` from
 /// the e2e virtualenv (`e2e/control-plane/celery-venv.sh`), the module `module` with this
 /// source in its working directory (on `PYTHONPATH`), and `env` as the image's ENV. Returns
@@ -729,16 +792,7 @@ pub fn celery_image(
     source: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(crate::node::ImageRule, PathBuf)> {
-    let out = std::process::Command::new(
-        crate::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
-    )
-    .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "celery-venv.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let venv = celery_venv()?;
     let app = dir.join(format!("{module}-app"));
     std::fs::create_dir_all(&app)?;
     std::fs::write(app.join(format!("{module}.py")), source)?;

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use funcscale_e2e::control_plane::repo_root;
 use funcscale_e2e::node::ImageRule;
 use funcscale_e2e::scenario::{Options, REDIS_URL as URL, Scenario};
 use funcscale_e2e::wait::eventually;
@@ -66,15 +65,7 @@ struct CeleryApp {
 
 impl CeleryApp {
     fn new(transport: serde_json::Value) -> Self {
-        let out = Command::new(repo_root().join("e2e/control-plane/celery-venv.sh"))
-            .output()
-            .expect("celery-venv.sh runs");
-        assert!(
-            out.status.success(),
-            "celery-venv.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let venv = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let venv = funcscale_e2e::scenario::celery_venv().expect("celery-venv.sh runs");
         let dir = tempfile::Builder::new()
             .prefix("funcscale-celery-")
             .tempdir()

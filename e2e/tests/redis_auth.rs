@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use funcscale_e2e::TestCluster;
-use funcscale_e2e::scenario::{PrivateRedis, bin};
+use funcscale_e2e::scenario::{PrivateRedis, bin, output_text, worker_command, worker_output};
 use funcscale_operator::crd::FuncQueue;
 use funcscale_operator::redis_metrics::{
     MetricsCache, Poller, PollerConfig, QueueId, QueueTarget, Reading, RedisEndpoint, Registry,
@@ -46,36 +46,12 @@ async fn admin(
         .unwrap()
 }
 
-/// `funcscale-worker ARGS` with only these FUNCSCALE_* variables (the URL never holds the
-/// password unless the test puts it there).
 fn worker_cmd(env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(bin("funcscale-worker").unwrap());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("FUNCSCALE_") && !k.starts_with("FUNCSCALE_E2E") {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
+    worker_command(env, args)
 }
 
-/// Run a `funcscale-worker` command to its end.
 async fn worker_out(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let out = tokio::time::timeout(TIMEOUT, worker_cmd(env, args).output())
-        .await
-        .expect("the command finishes")
-        .unwrap();
-    eprintln!(
-        "$ funcscale-worker {}\n{}{}-> {:?}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
+    worker_output(env, args, TIMEOUT).await
 }
 
 /// A long-running `funcscale-worker` (run, beat), stopped with SIGTERM.
@@ -118,11 +94,7 @@ async fn wait_for_members(con: &redis::aio::MultiplexedConnection, key: &str, n:
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 /// `requirepass`: the producer CLI, a worker and the beat get the password only through

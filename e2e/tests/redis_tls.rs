@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use funcscale_e2e::redis_topology::{Auth, SentinelOptions, SentinelSet};
-use funcscale_e2e::scenario::bin;
+use funcscale_e2e::scenario::{celery_venv, output_text, worker_command, worker_output};
 use serde_json::json;
 
 const PW: &str = "tls-data-pw";
@@ -35,56 +35,17 @@ async fn tls_set() -> SentinelSet {
     .unwrap()
 }
 
-/// `funcscale-worker ARGS` with only `env` among the FUNCSCALE_* and SSL_CERT_* variables.
-fn worker_cmd(env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(bin("funcscale-worker").unwrap());
-    for (k, _) in std::env::vars() {
-        if (k.starts_with("FUNCSCALE_") && !k.starts_with("FUNCSCALE_E2E"))
-            || k.starts_with("SSL_CERT_")
-        {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
-
-async fn worker_out(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let out = tokio::time::timeout(TIMEOUT, worker_cmd(env, args).output())
-        .await
-        .expect("the command finishes")
-        .unwrap();
-    eprintln!(
-        "$ funcscale-worker {}\n{}{}-> {:?}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `enqueue` of `count` `record` tasks (ids `<id>-<n>`) adding to set `done`.
 async fn enqueue(env: &[(&str, &str)], done: &str, id: &str, count: u32) -> Output {
     let args = json!([done]).to_string();
     let count = count.to_string();
-    worker_out(
+    worker_output(
         env,
         &[
             "enqueue", "--queue", "jobs", "--func", "record", "--args", &args, "--count", &count,
             "--id", id,
         ],
+        TIMEOUT,
     )
     .await
 }
@@ -116,8 +77,8 @@ async fn worker_and_cli_over_tls_sentinel_follow_a_failover() {
         ("SSL_CERT_FILE", ca.as_str()),
     ];
     let out = enqueue(&env, &done, "a", 20).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let mut worker = worker_cmd(
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut worker = worker_command(
         &env,
         &[
             "run",
@@ -157,7 +118,7 @@ async fn worker_and_cli_over_tls_sentinel_follow_a_failover() {
         assert!(
             Instant::now() < deadline,
             "no enqueue after the failover: {}",
-            text(&out)
+            output_text(&out)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -214,8 +175,8 @@ async fn certificates_are_verified_unless_the_url_says_insecure() {
     };
 
     let untrusted = run(with(&[("FUNCSCALE_REDIS_URL", url.clone())]), "untrusted").await;
-    assert!(!untrusted.status.success(), "{}", text(&untrusted));
-    let msg = text(&untrusted);
+    assert!(!untrusted.status.success(), "{}", output_text(&untrusted));
+    let msg = output_text(&untrusted);
     assert!(
         msg.contains("certificate") && msg.contains("UnknownIssuer"),
         "the refusal does not say the certificate is not trusted: {msg}"
@@ -227,7 +188,7 @@ async fn certificates_are_verified_unless_the_url_says_insecure() {
         "insecure",
     )
     .await;
-    assert!(insecure.status.success(), "{}", text(&insecure));
+    assert!(insecure.status.success(), "{}", output_text(&insecure));
 
     let master = set.master_port().await.unwrap();
     let node = run(
@@ -241,7 +202,7 @@ async fn certificates_are_verified_unless_the_url_says_insecure() {
         "node",
     )
     .await;
-    assert!(node.status.success(), "{}", text(&node));
+    assert!(node.status.success(), "{}", output_text(&node));
     let node_insecure = run(
         with(&[(
             "FUNCSCALE_REDIS_URL",
@@ -250,7 +211,11 @@ async fn certificates_are_verified_unless_the_url_says_insecure() {
         "node-insecure",
     )
     .await;
-    assert!(node_insecure.status.success(), "{}", text(&node_insecure));
+    assert!(
+        node_insecure.status.success(),
+        "{}",
+        output_text(&node_insecure)
+    );
 
     let mut con = set.master_connection().await.unwrap();
     let queued: u64 = redis::cmd("LLEN")
@@ -268,18 +233,7 @@ async fn certificates_are_verified_unless_the_url_says_insecure() {
 /// the CA from `SSL_CERT_FILE`, and with `#insecure` and no CA; refused without either.
 #[tokio::test]
 async fn the_celery_integration_speaks_tls_to_sentinels_and_master() {
-    let out = std::process::Command::new(
-        funcscale_e2e::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python =
-        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python");
+    let python = celery_venv().unwrap().join("bin/python");
     let mut set = tls_set().await;
     let ca = set.ca().unwrap().ca.display().to_string();
     let incr = |url: String, ca: Option<&str>| {
@@ -319,17 +273,17 @@ async fn the_celery_integration_speaks_tls_to_sentinels_and_master() {
         c.output().unwrap()
     };
     let trusted = incr(set.url(), Some(&ca));
-    assert!(trusted.status.success(), "{}", text(&trusted));
+    assert!(trusted.status.success(), "{}", output_text(&trusted));
     assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "1");
     let insecure = incr(format!("{}#insecure", set.url()), None);
-    assert!(insecure.status.success(), "{}", text(&insecure));
+    assert!(insecure.status.success(), "{}", output_text(&insecure));
     assert_eq!(String::from_utf8_lossy(&insecure.stdout).trim(), "2");
     let refused = incr(set.url(), None);
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(!refused.status.success(), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("CERTIFICATE_VERIFY_FAILED"),
+        output_text(&refused).contains("CERTIFICATE_VERIFY_FAILED"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     let mut con = set.master_connection().await.unwrap();
     let v: u64 = redis::cmd("GET")

@@ -214,18 +214,9 @@ fn sentinel_additions() -> Vec<String> {
 /// promoted replica.
 #[tokio::test]
 async fn the_celery_integration_writes_to_the_master_across_a_failover() {
-    let out = std::process::Command::new(
-        funcscale_e2e::control_plane::repo_root().join("e2e/control-plane/celery-venv.sh"),
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python =
-        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python");
+    let python = funcscale_e2e::scenario::celery_venv()
+        .unwrap()
+        .join("bin/python");
     const SENTINEL_PW: &str = "s-pw";
     let mut set = SentinelSet::start(SentinelOptions {
         sentinel_auth: Some(Auth::password(SENTINEL_PW)),

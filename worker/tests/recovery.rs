@@ -104,13 +104,22 @@ async fn a_forgotten_slots_running_list_is_swept() {
     w.stop().await;
 }
 
-/// A drain cut short puts each running task back on the queue it came from, from that queue's
+/// A worker first puts back what an earlier process of its name left in its per-queue lists;
+/// a drain cut short puts each running task back on the queue it came from, from that queue's
 /// in-flight list, and empties the running sets and the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_puts_back_each_queues_list() {
     let s = Space::new("drain2");
     let (qa, qb) = ("{d2.a}", "{d2.b}");
     let ks = s.keys.clone().in_namespace(Some("d2".into()));
+    // left by an earlier process named `dw`
+    let left = s.env("left", "noop", qb, json!([]));
+    let _: () = redis::pipe()
+        .lpush(ks.inflight_q(qb, "dw.1"), left.to_json())
+        .zadd(s.keys.running(qb), ks.inflight_q(qb, "dw.1"), now_ms())
+        .query_async(&mut s.con().await)
+        .await
+        .unwrap();
     s.enqueue(qa, &[s.env("ta", "sleep", qa, json!([60_000]))])
         .await;
     s.enqueue(qb, &[s.env("tb", "sleep", qb, json!([60_000]))])
@@ -120,10 +129,15 @@ async fn a_drain_puts_back_each_queues_list() {
         c.drain_timeout = Duration::from_millis(300);
     }))
     .await;
-    wait_until("both running", Duration::from_secs(10), || async {
-        s.int(&["ZCARD", &s.keys.running(qa)]).await == 1
-            && s.int(&["ZCARD", &s.keys.running(qb)]).await == 1
-    })
+    wait_until(
+        "the left task ran, both running",
+        Duration::from_secs(10),
+        || async {
+            s.stat(qb, "completed").await == 1
+                && s.int(&["ZCARD", &s.keys.running(qa)]).await == 1
+                && s.int(&["ZCARD", &s.keys.running(qb)]).await == 1
+        },
+    )
     .await;
     let mut held = 0;
     for q in [qa, qb] {

@@ -77,6 +77,7 @@ async fn delivery_scripts_touch_one_slot_per_call() {
         queues.push(queue_on(&mut c, ns, m).await);
     }
     let mut con = cluster_client(&c).await;
+    let enqueue = strict(scripts::ENQUEUE);
     let fetch = strict(scripts::FETCH);
     let claim = strict(scripts::CLAIM);
     let started = strict(scripts::STARTED);
@@ -90,10 +91,16 @@ async fn delivery_scripts_touch_one_slot_per_call() {
         let inflight = keys.inflight_q(q, slot_id);
         let running = keys.running(q);
         let (a, b) = (env("a", q), env("b", q));
-        let _: () = con
-            .lpush(keys.queue(q), vec![a.to_json(), b.to_json()])
-            .await
-            .unwrap();
+        // enqueued with their records (a task's record exists before it runs: the scripts
+        // below then never look for a record of an earlier version, `Keys::task_legacy`,
+        // which has no hash tag — step 9 of the plan)
+        let mut inv = enqueue.key(keys.queue(q));
+        inv.key(keys.stats(q)).arg(keys.prefix()).arg(q).arg(500u64);
+        for e in [&a, &b] {
+            inv.arg(e.to_json()).arg(&e.id).arg(&e.func).arg("");
+        }
+        let n: i64 = inv.invoke_async(&mut con).await.unwrap();
+        assert_eq!(n, 2);
 
         // fetch: one triple, the queue's slot
         let got: Option<(String, usize)> = fetch

@@ -136,7 +136,7 @@ async fn delivery_scripts_touch_one_slot_per_call() {
         }
         let raw = fixed.to_json();
         let listed: Vec<String> = con.lrange(&inflight, 0, -1).await.unwrap();
-        assert_eq!(listed, [raw.clone()]);
+        assert_eq!(listed, std::slice::from_ref(&raw));
 
         // started: the record (undeclared keys of the queue's slot)
         let n: i64 = started
@@ -210,7 +210,7 @@ async fn delivery_scripts_touch_one_slot_per_call() {
             assert_eq!(n, want, "{q}");
         }
         let back: Vec<String> = con.lrange(keys.queue(q), 0, -1).await.unwrap();
-        assert_eq!(back, [raw_b.clone()], "{q}: back in its queue");
+        assert_eq!(back, std::slice::from_ref(&raw_b), "{q}: back in its queue");
         assert_eq!(con.zcard::<_, i64>(&running).await.unwrap(), 0);
 
         // a malformed entry goes to the queue's own dead letters

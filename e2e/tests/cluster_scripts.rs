@@ -116,6 +116,18 @@ async fn delivery_scripts_touch_one_slot_per_call() {
             (Envelope::from_json(&raw).unwrap().id.as_str(), i),
             ("a", 1)
         );
+        // re-sent (its reply lost): the same task again, no second one taken, same start
+        let again: Option<(String, usize)> = fetch
+            .key(keys.queue(q))
+            .key(&inflight)
+            .key(&running)
+            .arg(1_500u64)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(again, Some((raw.clone(), 1)), "{q}");
+        assert_eq!(con.llen::<_, i64>(keys.queue(q)).await.unwrap(), 1);
+        assert_eq!(con.llen::<_, i64>(&inflight).await.unwrap(), 1);
         let r: Option<f64> = con.zscore(&running, &inflight).await.unwrap();
         assert_eq!(r, Some(1_000.0), "{q}: the list entered the running set");
 

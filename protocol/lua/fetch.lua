@@ -4,6 +4,16 @@
 -- and enters the list in that queue's running set, at once. Returns {task, i} (i: the
 -- triple, from 1). Every key of a triple is in the queue's hash slot: on Redis Cluster one
 -- call carries the triples of one slot.
+-- A slot fetches only when free, so a task already in one of its lists is what an earlier
+-- call of this fetch moved and whose reply was lost (a cluster client re-sends after a
+-- timeout or a redirection): that task is returned again, and no second one is taken.
+for i = 1, #KEYS, 3 do
+  local v = redis.call('LINDEX', KEYS[i + 1], -1)
+  if v then
+    redis.call('ZADD', KEYS[i + 2], 'NX', ARGV[1], KEYS[i + 1])
+    return {v, (i + 2) / 3}
+  end
+end
 for i = 1, #KEYS, 3 do
   local v = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', 'LEFT')
   if v then

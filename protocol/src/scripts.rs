@@ -41,7 +41,8 @@ pub const SCHEDULES_REMOVE: &str = lua!("schedules_remove");
 
 /// Workers: move the next task of the first non-empty queue to the slot's in-flight list of
 /// that queue (and the list into that queue's running set); KEYS are (queue, in-flight list,
-/// running set) triples.
+/// running set) triples. Idempotent: a task already in one of the lists (a re-sent call) is
+/// returned again.
 pub const FETCH: &str = lua!("fetch");
 /// Workers: after a blocking move, enter the in-flight list in the queue's running set.
 pub const CLAIM: &str = lua!("claim");

@@ -71,6 +71,9 @@ async fn delivers_and_acknowledges() {
     assert_eq!(s.int(&["EXISTS", &s.keys.worker(&slot)]).await, 0);
 }
 
+/// The upgrade pass: a slot of an earlier version (registry `Keys::workers`, one in-flight
+/// list per slot `Keys::inflight`, written here by hand) that died with tasks in flight is
+/// recovered by a worker of this version and forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_tasks_of_a_dead_worker() {
     let s = Space::new("recover");
@@ -204,7 +207,8 @@ async fn running_set_follows_the_in_flight_lists() {
     w.stop().await;
     assert_eq!(s.int(&["ZCARD", &running("qc")]).await, 0);
 
-    // a worker that died with a task in flight: the reaper puts it back, the set follows
+    // a worker of an earlier version (layout 1, written by hand) that died with a task in
+    // flight: the reaper's upgrade pass puts it back, the set follows
     let mut con = s.con().await;
     let ghost = "ghost-2.0";
     let e = s.env("lost", "sleep", "qd", json!([10]));

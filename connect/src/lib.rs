@@ -117,11 +117,20 @@ struct Current {
     generation: u64,
 }
 
+/// Pick rustls' crypto provider (ring) for this process, once, before any TLS connection: in a
+/// workspace build both of rustls' providers are compiled in (ring for kube, aws-lc-rs for
+/// redis), and rustls then refuses to choose — the first `rediss://` connection panicked.
+/// [`Conn::connect`] calls it; harmless when a provider is already installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Conn {
     /// Connect to `target` and (with [`Config::probe`]) check with a `PING` that Redis accepts
     /// the login (a refused one is an error now, not a manager retrying for seconds). For a
     /// Sentinel set, the master the sentinels name, after checking that it is one.
     pub async fn connect(target: &Target, config: &Config) -> RedisResult<Conn> {
+        install_crypto_provider();
         let target = Arc::new(target.clone());
         match &*target {
             Target::Node(info) => {

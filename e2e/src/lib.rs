@@ -13,6 +13,7 @@ pub mod node;
 pub mod redis_cluster;
 pub mod redis_topology;
 pub mod scenario;
+pub mod tls;
 pub mod wait;
 
 pub use apiserver::{ApiServer, ServerConfig, TestCluster};

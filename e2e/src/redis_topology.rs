@@ -16,6 +16,8 @@ use anyhow::Context as _;
 use redis::IntoConnectionInfo as _;
 use redis::aio::MultiplexedConnection;
 
+use crate::tls::TestCa;
+
 /// Credentials: a password (`requirepass`), or an ACL user with its password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
@@ -59,6 +61,10 @@ pub struct SentinelOptions {
     /// The replicas replicate through a proxy of this process each, which
     /// [`SentinelSet::partition_master`] can cut (default: directly from the master).
     pub replication_proxy: bool,
+    /// Every node and sentinel speaks TLS only (`port 0`, `tls-port`), with a CA and a server
+    /// certificate the set makes in its directory ([`SentinelSet::ca`]); replication and the
+    /// sentinels' own links use TLS too. [`SentinelSet::url`] is then `rediss+sentinel://`.
+    pub tls: bool,
 }
 
 impl Default for SentinelOptions {
@@ -71,6 +77,7 @@ impl Default for SentinelOptions {
             down_after: Duration::from_millis(1000),
             failover_timeout: Duration::from_millis(5000),
             replication_proxy: false,
+            tls: false,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct SentinelSet {
     /// Replication proxies ([`SentinelOptions::replication_proxy`]) and their switch.
     proxies: Vec<tokio::task::JoinHandle<()>>,
     cut: Arc<AtomicBool>,
+    /// The CA and the nodes' certificate ([`SentinelOptions::tls`]).
+    ca: Option<TestCa>,
 }
 
 /// How long [`SentinelSet::start`] waits for the set to settle.
@@ -125,7 +134,19 @@ fn quote(s: &str) -> String {
 
 /// A connection to `127.0.0.1:port` with `auth`.
 pub async fn connect(port: u16, auth: Option<&Auth>) -> redis::RedisResult<MultiplexedConnection> {
-    let info = format!("redis://127.0.0.1:{port}").into_connection_info()?;
+    connect_with(port, auth, None).await
+}
+
+/// A connection to `127.0.0.1:port` with `auth`, over TLS trusting `ca` when given.
+pub async fn connect_with(
+    port: u16,
+    auth: Option<&Auth>,
+    ca: Option<&TestCa>,
+) -> redis::RedisResult<MultiplexedConnection> {
+    // both rustls providers are compiled in: pick one (as funcscale_connect does)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scheme = if ca.is_some() { "rediss" } else { "redis" };
+    let info = format!("{scheme}://127.0.0.1:{port}").into_connection_info()?;
     let mut settings = info.redis_settings().clone();
     if let Some(a) = auth {
         if let Some(u) = &a.username {
@@ -134,7 +155,19 @@ pub async fn connect(port: u16, auth: Option<&Auth>) -> redis::RedisResult<Multi
         settings = settings.set_password(&a.password);
     }
     let info = info.set_redis_settings(settings);
-    let client = redis::Client::open(info)?;
+    let client = match ca {
+        Some(ca) => {
+            let certs = ca.certificates().map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "test CA",
+                    e.to_string(),
+                ))
+            })?;
+            redis::Client::build_with_tls(info, certs)?
+        }
+        None => redis::Client::open(info)?,
+    };
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)));
@@ -172,7 +205,11 @@ impl SentinelSet {
             dir,
             proxies: Vec::new(),
             cut: Arc::new(AtomicBool::new(false)),
+            ca: None,
         };
+        if set.opts.tls {
+            set.ca = Some(TestCa::create(set.dir.path())?);
+        }
         let master = set.data[0].port;
         for i in 0..3 {
             let replica_of = if i == 0 {
@@ -206,15 +243,15 @@ impl SentinelSet {
     }
 
     fn data_conf(&self, port: u16, replica_of: Option<u16>) -> PathBuf {
-        let mut lines = vec![
-            format!("port {port}"),
+        let mut lines = self.listen(port);
+        lines.extend([
             "bind 127.0.0.1".into(),
             format!("dir {}", self.dir.path().display()),
             format!("dbfilename dump-{port}.rdb"),
             format!("logfile {}", self.log(port).display()),
             "save \"\"".into(),
             "appendonly no".into(),
-        ];
+        ]);
         if let Some(m) = replica_of {
             lines.push(format!("replicaof 127.0.0.1 {m}"));
         }
@@ -248,8 +285,8 @@ impl SentinelSet {
 
     fn sentinel_conf(&self, port: u16, master: u16) -> anyhow::Result<PathBuf> {
         let name = &self.opts.master_name;
-        let mut lines = vec![
-            format!("port {port}"),
+        let mut lines = self.listen(port);
+        lines.extend([
             "bind 127.0.0.1".into(),
             format!("dir {}", self.dir.path().display()),
             format!("logfile {}", self.log(port).display()),
@@ -263,7 +300,7 @@ impl SentinelSet {
                 self.opts.failover_timeout.as_millis()
             ),
             format!("sentinel parallel-syncs {name} 1"),
-        ];
+        ]);
         if let Some(a) = &self.opts.data_auth {
             if let Some(u) = &a.username {
                 lines.push(format!("sentinel auth-user {name} {u}"));
@@ -298,6 +335,19 @@ impl SentinelSet {
         Ok(path)
     }
 
+    /// `port <port>`, or with TLS the lines of [`TestCa::server_config`].
+    fn listen(&self, port: u16) -> Vec<String> {
+        match &self.ca {
+            Some(ca) => ca.server_config(port),
+            None => vec![format!("port {port}")],
+        }
+    }
+
+    /// The CA the nodes' certificate is signed by ([`SentinelOptions::tls`]).
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
+    }
+
     fn log(&self, port: u16) -> PathBuf {
         self.dir.path().join(format!("{port}.log"))
     }
@@ -317,10 +367,12 @@ impl SentinelSet {
 
     /// The URL funcscale takes for this set:
     /// `redis+sentinel://127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/<master name>`
+    /// (`rediss+sentinel://` with [`SentinelOptions::tls`])
     /// (credentials apart: [`Self::env`]).
     pub fn url(&self) -> String {
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
         format!(
-            "redis+sentinel://{}/{}",
+            "{scheme}+sentinel://{}/{}",
             self.sentinel_addrs().join(","),
             self.opts.master_name
         )
@@ -371,14 +423,14 @@ impl SentinelSet {
 
     /// A connection to data node `port` (with the data nodes' credentials).
     pub async fn data_connection(&self, port: u16) -> anyhow::Result<MultiplexedConnection> {
-        connect(port, self.opts.data_auth.as_ref())
+        connect_with(port, self.opts.data_auth.as_ref(), self.ca.as_ref())
             .await
             .with_context(|| format!("connect to the data node 127.0.0.1:{port}"))
     }
 
     /// A connection to sentinel `port` (with the sentinels' credentials).
     pub async fn sentinel_connection(&self, port: u16) -> anyhow::Result<MultiplexedConnection> {
-        connect(port, self.opts.sentinel_auth.as_ref())
+        connect_with(port, self.opts.sentinel_auth.as_ref(), self.ca.as_ref())
             .await
             .with_context(|| format!("connect to the sentinel 127.0.0.1:{port}"))
     }
@@ -772,6 +824,30 @@ mod tests {
                     "sentinel-pw".into()
                 ),
             ]
+        );
+        drop(set);
+        failover(opts).await;
+    }
+
+    /// The same over TLS only (nodes, replication and sentinels): a plain-text connection
+    /// gets nothing, the set fails over as without TLS.
+    #[tokio::test]
+    async fn over_tls() {
+        let opts = SentinelOptions {
+            tls: true,
+            data_auth: Some(Auth::password("tls-pw")),
+            ..Default::default()
+        };
+        let set = SentinelSet::start(opts.clone()).await.unwrap();
+        assert!(set.url().starts_with("rediss+sentinel://"), "{}", set.url());
+        let plain = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut con = connect(set.sentinel_ports()[0], None).await?;
+            redis::cmd("PING").query_async::<String>(&mut con).await
+        })
+        .await;
+        assert!(
+            !matches!(plain, Ok(Ok(_))),
+            "plain text answered: {plain:?}"
         );
         drop(set);
         failover(opts).await;

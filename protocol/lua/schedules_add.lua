@@ -1,8 +1,10 @@
--- Lua: add or replace registry entries. KEYS[1] = registry hash, KEYS[2] = per-period key,
--- KEYS[3] = registry queues set; ARGV[1] = queue, then (id, stored JSON, per-minute) triples.
--- The per-period key changes by exactly the difference, in the same script.
+-- Lua: add or replace registry entries. KEYS[1] = registry hash, KEYS[2] = per-period key (both
+-- in the queue's hash tag: one slot on Redis Cluster); ARGV = (id, stored JSON, per-minute)
+-- triples. The per-period key changes by exactly the difference, in the same script. The
+-- caller has added the queue to the namespace's registry queues set before (`SADD`, another
+-- slot), so the beat finds every registry this script fills.
 local delta = 0
-for i = 2, #ARGV, 3 do
+for i = 1, #ARGV, 3 do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   if old then
     local ok, dec = pcall(cjson.decode, old)
@@ -11,7 +13,6 @@ for i = 2, #ARGV, 3 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   delta = delta + tonumber(ARGV[i + 2])
 end
-redis.call('SADD', KEYS[3], ARGV[1])
 local v = tonumber(redis.call('INCRBYFLOAT', KEYS[2], string.format('%.9f', delta)))
 -- keep it short and exact-looking: 6 decimals at most, "30000" rather than "30000.000000"
 local txt = string.format('%.6f', v):gsub('0+$', ''):gsub('%.$', '')

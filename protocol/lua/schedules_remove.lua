@@ -1,7 +1,10 @@
--- Lua: remove registry entries. KEYS as in add; ARGV[1] = queue, then ids. Returns the count removed.
+-- Lua: remove registry entries. KEYS as in add; ARGV = ids. Returns the count removed. The
+-- queue stays in the registry queues set even when its registry is now empty (a removal there
+-- racing an add, whose SADD runs before its script, would hide the added registry from the
+-- beat); the beat skips members whose registry is empty.
 local delta = 0
 local n = 0
-for i = 2, #ARGV do
+for i = 1, #ARGV do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   if old then
     local ok, dec = pcall(cjson.decode, old)
@@ -15,5 +18,4 @@ local v = tonumber(redis.call('INCRBYFLOAT', KEYS[2], string.format('%.9f', delt
 local txt = string.format('%.6f', v):gsub('0+$', ''):gsub('%.$', '')
 if txt == '-0' or math.abs(v) < 1e-6 then txt = '0' end
 redis.call('SET', KEYS[2], txt)
-if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
 return n

@@ -30,11 +30,11 @@
 //! | `funcscale:stop:<namespace>/<pod>` | string | stop mark of a pod a scale-down removes (the reason; TTL [`stop::STOP_TTL_MS`], renewed by the operator): its workers take no new task and report not ready ([`stop`]) |
 //! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
 //! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |
-//! | `funcscale:schedules-queues:{<ns>}` | set | queues of a namespace that have a dynamic schedules registry (its beat reads it, and the shared `funcscale:schedules-queues` of earlier versions) |
+//! | `funcscale:schedules-queues:{<ns>}` | set | queues of a namespace that have (or had) a dynamic schedules registry: added before the first entry ([`schedules::register_cmd`]), never removed by a removal (the beat skips empty registries); its beat reads it, and the shared `funcscale:schedules-queues` of earlier versions |
 //! | `funcscale:beat:{<namespace>}:lease` | string | the beat lease of a namespace: holder (`<holder> <token>`), with a TTL; `funcscale:beat:lease` for a beat without a namespace |
 //! | `funcscale:beat:{<namespace>}:fence` | string (int) | fencing token counter, incremented per lease acquisition (`funcscale:beat:fence` without a namespace) |
 //! | `funcscale:beat:{<namespace>}:celery-sent` | hash | Celery beat ticks sent under the namespace's lease (funcscale-celery's `GuardedScheduler`): schedule entry name → last sent tick (unix ms), checked and written by [`scripts::CELERY_BEAT_SEND`] ([`Keys::celery_beat_sent`]); `funcscale:beat:celery-sent` without a namespace |
-//! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds) |
+//! | `funcscale:beat:last:<queue>` | hash | schedule → last fired tick (unix seconds); field `_fence`: the newest lease token that fired the queue (`beat_fire.lua` refuses an older one) |
 //! | `funcscale:task:<queue>:<id>` | hash | task record (`funcscale:task:<id>` in earlier versions, still read) ([`TaskRecord`]): status, queue, func, attempt, worker, times, error |
 //! | `funcscale:tasks:<queue>:s:<status>` | zset | record ids per status, scored by last update (ms); together every record of `queue`: the time index (queries merge them) and retention order |
 //! | `funcscale:tasks:<queue>:f:<func>` | zset | record ids per function (a set: scored by when the record got that function, not updated on later writes) |

@@ -17,7 +17,7 @@ pub enum Destination {
         func: Option<String>,
     },
     /// POST to a URL through the outbox (retried with backoff; parked in `Keys::outbox_dead`
-    /// after [`OUTBOX_MAX_ATTEMPTS`] failures, until `outbox requeue`).
+    /// after [`OUTBOX_MAX_ATTEMPTS`](crate::OUTBOX_MAX_ATTEMPTS) failures, until `outbox requeue`).
     Url(String),
 }
 

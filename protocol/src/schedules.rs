@@ -1,6 +1,14 @@
 //! The dynamic schedules registry (`Keys::schedules`, `Keys::schedules_per_period`,
 //! `Keys::schedule_queues`): entries added and removed by producers (`funcscale-worker
 //! schedules`), fired by the beat, and counted into M per minute in the same script call.
+//!
+//! The scripts touch the queue's registry and per-period key only (the queue's hash tag: one
+//! slot on Redis Cluster). The namespace's set of queues with a registry is in another slot,
+//! so an add first sends [`register_cmd`] (`SADD`), then [`add_pipeline`]; a removal never
+//! takes the queue out of the set (an `SREM` after a removal that emptied the registry,
+//! racing an add whose `SADD` came first, would hide the added entries from the beat
+//! forever). The beat skips members whose registry is empty; the set is bounded by the
+//! namespace's queue ids that ever had a registry.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +39,19 @@ struct StoredSchedule<'a> {
 /// Entries added or removed per script call.
 const CHUNK: usize = 1_000;
 
+/// `SADD` of `queue` to the registry queues set of its namespace: sent (and answered) before
+/// [`add_pipeline`], so whenever the registry has entries the beat finds the queue.
+pub fn register_cmd(keys: &Keys, queue: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SADD");
+    cmd.arg(keys.schedule_queues(Keys::queue_id_namespace(queue)))
+        .arg(queue);
+    cmd
+}
+
 /// The commands adding (or replacing) entries of the registry of `queue`, with each entry's
 /// executions per minute (`cron::Cron::per_minute`): the per-period key changes by exactly
 /// the difference, in the same atomic script call (chunks of 1,000). Each reply is the
-/// registry's size after its chunk.
+/// registry's size after its chunk. Send [`register_cmd`] first.
 pub fn add_pipeline(
     keys: &Keys,
     queue: &str,
@@ -65,8 +82,8 @@ pub fn remove_pipeline(keys: &Keys, queue: &str, ids: &[String]) -> redis::Pipel
     })
 }
 
-/// One call of a registry script per chunk of `items`: KEYS = registry, per-period key,
-/// registry queues; ARGV = queue, then what `args` adds per item.
+/// One call of a registry script per chunk of `items`: KEYS = registry, per-period key (one
+/// slot); ARGV = what `args` adds per item.
 fn registry_pipeline<T>(
     lua: &str,
     keys: &Keys,
@@ -79,9 +96,7 @@ fn registry_pipeline<T>(
     pipe.load_script(&script).ignore();
     for chunk in items.chunks(CHUNK) {
         let mut inv = script.key(keys.schedules(queue));
-        inv.key(keys.schedules_per_period(queue))
-            .key(keys.schedule_queues(Keys::queue_id_namespace(queue)))
-            .arg(queue);
+        inv.key(keys.schedules_per_period(queue));
         for item in chunk {
             args(&mut inv, item);
         }

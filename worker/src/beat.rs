@@ -10,9 +10,16 @@
 //!   `<holder> <token>`, token from `Keys::beat_fence`). It renews every TTL/3 and stops
 //!   firing as soon as the last successful renewal is older than TTL/2, so it has stopped
 //!   well before the lease can expire and another beat take it.
-//! - Each firing is one Lua script that checks the lease value is still the caller's (the
-//!   fencing token) and that the schedule's last fired tick is older, then records the tick
-//!   and enqueues — so a tick is enqueued at most once even across a failover.
+//! - Firing touches one slot per call (Redis Cluster): the due ticks are grouped by queue; for
+//!   each queue (a bounded number concurrently) the beat renews the lease (`lease_renew`, the
+//!   namespace's slot) and then sends one pipeline of `beat_fire` calls (the queue's slot;
+//!   5,000 ticks per pipeline, renewing again before the next). A lost lease stops the firing.
+//! - `beat_fire` checks the fencing token against field `_fence` of the queue's
+//!   `Keys::beat_last` (refused when older: a newer holder already fired this queue, so a
+//!   beat paused between its renewal and its pipeline is stopped there; else the token is
+//!   stored) and fires only ticks newer than the schedule's last fired one, recording the
+//!   tick and enqueueing in the same script: a tick is enqueued at most once, whichever beat
+//!   sends it, even across a failover.
 //! - After acquiring the lease a beat re-evaluates the last `TTL + 2 s` (ticks a crashed
 //!   holder may have missed; already fired ones are refused by the script). Older missed
 //!   ticks are skipped, or with `--missed catch-up-once` the latest missed tick of each
@@ -25,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use redis::AsyncCommands;
 use serde::Deserialize;
 
@@ -375,6 +383,11 @@ impl Beat {
         }
         let mut list = Vec::new();
         for q in queues.into_iter().filter(|q| self.fires_registry_of(q)) {
+            // a removal leaves the queue in the set (see `funcscale_protocol::schedules`)
+            let len: u64 = con.hlen(keys.schedules(&q)).await?;
+            if len == 0 {
+                continue;
+            }
             for (id, e) in protocol::schedules_list(&mut con, keys, &q).await? {
                 list.push(Schedule {
                     queue: q.clone(),
@@ -476,21 +489,11 @@ impl Beat {
                 Some(h) => {
                     if last_renew.elapsed() >= ttl / 3 {
                         let before = Instant::now();
-                        let renewed: redis::RedisResult<i64> =
-                            redis::Script::new(scripts::LEASE_RENEW)
-                                .key(
-                                    self.config
-                                        .keys
-                                        .beat_lease(self.config.namespace.as_deref()),
-                                )
-                                .arg(&h.value)
-                                .arg(self.lease_ttl_ms())
-                                .invoke_async(&mut self.redis.clone())
-                                .await;
+                        let renewed = self.renew(&h.value).await;
                         last_renew = before;
                         match renewed {
-                            Ok(1) => h.renewed = before,
-                            Ok(_) => {
+                            Ok(true) => h.renewed = before,
+                            Ok(false) => {
                                 tracing::warn!(token = h.token, "beat lease lost");
                                 held = None;
                                 continue;
@@ -511,6 +514,12 @@ impl Beat {
                             Ok(true) => cursor = now_s,
                             Ok(false) => {
                                 tracing::warn!(token = h.token, "beat lease lost while firing");
+                                // A queue's fence refused the token while the lease may still
+                                // be ours: the token counter lags that queue's fence (a token
+                                // of the counter's master lost in a failover). Give the lease
+                                // up (a no-op when another holder has it): the next acquire
+                                // takes a new, higher token.
+                                let _ = self.release(&h.value).await;
                                 held = None;
                             }
                             Err(e) => tracing::warn!(error = %e, "firing failed; will retry"),
@@ -520,15 +529,7 @@ impl Beat {
             }
         }
         if let Some(h) = held {
-            let _: redis::RedisResult<i64> = redis::Script::new(scripts::LEASE_RELEASE)
-                .key(
-                    self.config
-                        .keys
-                        .beat_lease(self.config.namespace.as_deref()),
-                )
-                .arg(&h.value)
-                .invoke_async(&mut self.redis.clone())
-                .await;
+            let _ = self.release(&h.value).await;
             tracing::info!(fired = self.fired, "beat lease released");
         }
         self.metrics.leader.set(0);
@@ -580,26 +581,75 @@ impl Beat {
         held: &Held,
         due: Vec<(Arc<Schedule>, i64)>,
     ) -> redis::RedisResult<bool> {
-        let keys = &self.config.keys;
-        let mut by_queue: HashMap<&str, Vec<&(Arc<Schedule>, i64)>> = HashMap::new();
-        for d in &due {
-            by_queue.entry(d.0.queue.as_str()).or_default().push(d);
+        let mut by_queue: HashMap<String, Vec<(Arc<Schedule>, i64)>> = HashMap::new();
+        for d in due {
+            by_queue.entry(d.0.queue.clone()).or_default().push(d);
         }
         let script = protocol::beat_fire_script();
-        // one round trip per 10 chunks (5,000 ticks): each reply comes well within the
-        // response timeout however large the tick, and every chunk extends the lease it checks
-        let mut pipes = vec![redis::pipe()];
-        pipes[0].load_script(&script).ignore();
-        let mut in_pipe = 0;
         let now = now_ms();
-        let ttl_ms = self.lease_ttl_ms();
-        for (queue, list) in by_queue {
-            for chunk in list.chunks(500) {
-                if in_pipe == 10 {
-                    pipes.push(redis::pipe());
-                    in_pipe = 0;
+        let lost = std::sync::atomic::AtomicBool::new(false);
+        let this = &*self;
+        // one queue's ticks touch its slot only (one pipeline per queue on Redis Cluster);
+        // queues are sent concurrently, a bounded number at a time
+        let firings: Vec<_> = by_queue
+            .iter()
+            .map(|(queue, list)| this.fire_queue(held, &script, queue, list, now, &lost))
+            .collect();
+        let outcomes: Vec<QueueFired> = futures::stream::iter(firings)
+            .buffer_unordered(QUEUES_IN_FLIGHT)
+            .collect()
+            .await;
+        let n: u64 = outcomes.iter().map(|o| o.enqueued).sum();
+        self.fired += n;
+        self.metrics.fired.inc_by(n);
+        if n > 0 {
+            tracing::debug!(enqueued = n, "ticks fired");
+        }
+        if lost.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match outcomes.into_iter().find_map(|o| o.error) {
+            Some(e) => Err(e),
+            None => Ok(true),
+        }
+    }
+
+    /// Fire the due ticks of one queue: for each pipeline (SCRIPT LOAD and up to
+    /// [`CHUNKS_PER_PIPELINE`] `beat_fire` calls of [`TICKS_PER_CALL`] ticks, all in the
+    /// queue's slot), first renew the lease (`lease_renew`, the namespace's slot): a lost lease
+    /// stops this and every other queue of the firing. A `beat_fire` refused by the queue's
+    /// fence (-1: a newer holder fired here) stops it too.
+    async fn fire_queue(
+        &self,
+        held: &Held,
+        script: &redis::Script,
+        queue: &str,
+        list: &[(Arc<Schedule>, i64)],
+        now: u64,
+        lost: &std::sync::atomic::AtomicBool,
+    ) -> QueueFired {
+        use std::sync::atomic::Ordering;
+        let keys = &self.config.keys;
+        let mut out = QueueFired::default();
+        let mut con = self.redis.clone();
+        for calls in list.chunks(TICKS_PER_CALL * CHUNKS_PER_PIPELINE) {
+            if lost.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.renew(&held.value).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::Relaxed);
+                    break;
                 }
-                in_pipe += 1;
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.load_script(script).ignore();
+            for chunk in calls.chunks(TICKS_PER_CALL) {
                 let envs: Vec<Envelope> = chunk
                     .iter()
                     .map(|(s, tick)| {
@@ -618,39 +668,76 @@ impl Beat {
                     .iter()
                     .zip(&envs)
                     .map(|((s, tick), env)| (s.field.as_str(), *tick, env));
-                let pipe = pipes.last_mut().expect("one pipe at least");
                 pipe.invoke_script(&protocol::beat_fire_invocation(
-                    &script,
-                    keys,
-                    (self.config.namespace.as_deref(), &held.value, ttl_ms),
-                    queue,
-                    now,
-                    ticks,
+                    script, keys, held.token, queue, now, ticks,
                 ));
             }
-        }
-        let mut results: Vec<i64> = Vec::new();
-        for pipe in pipes {
-            let part: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
-            let lost = part.contains(&-1);
-            results.extend(part);
-            if lost {
-                break;
+            match pipe.query_async::<Vec<i64>>(&mut con).await {
+                Ok(replies) => {
+                    out.enqueued += replies.iter().filter(|r| **r > 0).sum::<i64>() as u64;
+                    if replies.contains(&-1) {
+                        tracing::warn!(
+                            queue,
+                            token = held.token,
+                            "a newer beat fired this queue: this beat lost the lease"
+                        );
+                        lost.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
             }
         }
-        let n: i64 = results.iter().filter(|r| **r > 0).sum();
-        if results.contains(&-1) {
-            self.fired += n as u64;
-            self.metrics.fired.inc_by(n as u64);
-            return Ok(false);
-        }
-        self.fired += n as u64;
-        self.metrics.fired.inc_by(n as u64);
-        if n > 0 {
-            tracing::debug!(enqueued = n, "ticks fired");
-        }
-        Ok(true)
+        out
     }
+
+    /// Give up the lease if `value` still holds it.
+    async fn release(&self, value: &str) -> redis::RedisResult<i64> {
+        redis::Script::new(scripts::LEASE_RELEASE)
+            .key(
+                self.config
+                    .keys
+                    .beat_lease(self.config.namespace.as_deref()),
+            )
+            .arg(value)
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Extend the lease while `value` holds it: Ok(false) when it is lost.
+    async fn renew(&self, value: &str) -> redis::RedisResult<bool> {
+        let renewed: i64 = redis::Script::new(scripts::LEASE_RENEW)
+            .key(
+                self.config
+                    .keys
+                    .beat_lease(self.config.namespace.as_deref()),
+            )
+            .arg(value)
+            .arg(self.lease_ttl_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(renewed == 1)
+    }
+}
+
+/// Ticks per `beat_fire` call.
+const TICKS_PER_CALL: usize = 500;
+
+/// `beat_fire` calls per pipeline (5,000 ticks): each reply comes well within the response
+/// timeout however large a queue's tick, and the lease is renewed before each pipeline.
+const CHUNKS_PER_PIPELINE: usize = 10;
+
+/// Queues whose ticks are sent at once.
+const QUEUES_IN_FLIGHT: usize = 16;
+
+/// What firing one queue did.
+#[derive(Default)]
+struct QueueFired {
+    enqueued: u64,
+    error: Option<redis::RedisError>,
 }
 
 #[cfg(test)]

@@ -64,25 +64,26 @@ pub fn beat_fire_script() -> redis::Script {
 }
 
 /// One call of [`beat_fire_script`] for `queue`: `ticks` are (schedule field, tick, envelope).
-/// Returns -1 when `lease_value` no longer holds the lease of `namespace`, else the number of
-/// ticks enqueued (and the lease is extended by `lease_ttl_ms`).
+/// Every key is in the queue's hash tag (one slot on Redis Cluster). Returns -1 when
+/// `fence_token` is older than the newest token that fired this queue (field `_fence` of
+/// `Keys::beat_last`: the caller lost the lease to a beat that already fired here; nothing is
+/// written), else stores the token and returns the number of ticks enqueued (a tick at or
+/// before the schedule's last fired one is skipped).
 pub fn beat_fire_invocation<'a, 'b>(
     script: &'a redis::Script,
     keys: &Keys,
-    (namespace, lease_value, lease_ttl_ms): (Option<&str>, &str, u64),
+    fence_token: u64,
     queue: &str,
     now_ms: u64,
     ticks: impl IntoIterator<Item = (&'b str, i64, &'b Envelope)>,
 ) -> redis::ScriptInvocation<'a> {
-    let mut inv = script.key(keys.beat_lease(namespace));
-    inv.key(keys.beat_last(queue))
-        .key(keys.queue(queue))
+    let mut inv = script.key(keys.beat_last(queue));
+    inv.key(keys.queue(queue))
         .key(keys.stats(queue))
-        .arg(lease_value)
+        .arg(fence_token)
         .arg(keys.prefix())
         .arg(queue)
-        .arg(now_ms)
-        .arg(lease_ttl_ms);
+        .arg(now_ms);
     for (field, tick, env) in ticks {
         inv.arg(field)
             .arg(tick)
@@ -137,7 +138,8 @@ where
 
 /// Add (or replace) entries of the dynamic schedules registry of `queue`; `per_minute` gives
 /// each entry's executions per minute (see `cron::Cron::per_minute`). The per-period key is
-/// maintained in the same atomic script call (chunks of 1,000, pipelined).
+/// maintained in the same atomic script call (chunks of 1,000, pipelined); the queue joins
+/// its namespace's registry queues set (`SADD`) before.
 pub async fn schedules_add<C>(
     con: &mut C,
     keys: &Keys,
@@ -147,13 +149,19 @@ pub async fn schedules_add<C>(
 where
     C: redis::aio::ConnectionLike + Send,
 {
+    // the set first: a beat reading it between the two finds an empty registry (skipped),
+    // never a registry it does not know of
+    let _: u64 = schedules::register_cmd(keys, queue)
+        .query_async(con)
+        .await?;
     let lens: Vec<u64> = schedules::add_pipeline(keys, queue, entries)
         .query_async(con)
         .await?;
     Ok(lens.last().copied().unwrap_or(0))
 }
 
-/// Remove entries of the registry of `queue`; returns how many existed.
+/// Remove entries of the registry of `queue`; returns how many existed. The queue stays in
+/// the registry queues set (see `funcscale_protocol::schedules`).
 pub async fn schedules_remove<C>(
     con: &mut C,
     keys: &Keys,

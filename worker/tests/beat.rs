@@ -555,3 +555,197 @@ async fn fired_ticks_have_queued_records_like_any_enqueue() {
         .sum();
     assert_eq!(submitted as usize, ticks.len());
 }
+
+/// `beat_fire` of `queue` under `token`: one tick per `(field, tick)`.
+async fn fire_as(s: &Space, token: u64, queue: &str, ticks: &[(&str, i64)]) -> i64 {
+    let envs: Vec<Envelope> = ticks
+        .iter()
+        .map(|(f, t)| Envelope::new(format!("{queue}/{f}@{t}"), "noop", queue, now_ms()))
+        .collect();
+    let script = protocol::beat_fire_script();
+    let inv = protocol::beat_fire_invocation(
+        &script,
+        &s.keys,
+        token,
+        queue,
+        now_ms(),
+        ticks.iter().zip(&envs).map(|((f, t), e)| (*f, *t, e)),
+    );
+    inv.invoke_async(&mut s.con().await).await.unwrap()
+}
+
+/// Take the lease of no namespace for `holder` (TTL 60 s): its fencing token.
+async fn acquire(s: &Space, holder: &str) -> Option<u64> {
+    redis::Script::new(protocol::scripts::LEASE_ACQUIRE)
+        .key(s.keys.beat_lease(None))
+        .key(s.keys.beat_fence(None))
+        .arg(holder)
+        .arg(60_000)
+        .invoke_async(&mut s.con().await)
+        .await
+        .unwrap()
+}
+
+/// Two beats overlapping: `a` held the lease (token 1), it expired, `b` took it (token 2) and
+/// fired; `a`, paused after its last renewal, then sends its pipelines with token 1. The fence
+/// in each queue's slot (field `_fence` of `beat:last`) refuses `a` on every queue `b` has
+/// touched — even a tick `b` has not fired yet — and no tick is ever enqueued twice (on a queue
+/// `b` has not touched yet `a` may still fire; `b` then skips that tick).
+#[tokio::test]
+async fn an_old_lease_holder_is_fenced_once_the_new_one_fired_the_queue() {
+    let s = Space::new("beatfence2");
+    assert_eq!(acquire(&s, "a").await, Some(1));
+    assert_eq!(fire_as(&s, 1, "q1", &[("file:t", 100)]).await, 1);
+    assert_eq!(fire_as(&s, 1, "q2", &[("file:t", 100)]).await, 1);
+    // a's lease expires, b takes it over and fires q1's next tick
+    let _: () = redis::cmd("DEL")
+        .arg(s.keys.beat_lease(None))
+        .query_async(&mut s.con().await)
+        .await
+        .unwrap();
+    assert_eq!(acquire(&s, "b").await, Some(2));
+    assert_eq!(acquire(&s, "a").await, None, "b holds the lease");
+    assert_eq!(fire_as(&s, 2, "q1", &[("file:t", 101)]).await, 1);
+    // a wakes up: refused on q1, for the tick b fired and for one b has not fired yet
+    assert_eq!(
+        fire_as(&s, 1, "q1", &[("file:t", 101), ("file:t", 102)]).await,
+        -1,
+        "the old holder fired into a queue the new holder had fired"
+    );
+    assert_eq!(s.int(&["LLEN", &s.keys.queue("q1")]).await, 2);
+    assert_eq!(
+        s.int(&["HGET", &s.keys.beat_last("q1"), "file:t"]).await,
+        101
+    );
+    // q2 untouched by b: a's tick 101 goes in, b's same tick is skipped, then a is fenced
+    assert_eq!(fire_as(&s, 1, "q2", &[("file:t", 101)]).await, 1);
+    assert_eq!(fire_as(&s, 2, "q2", &[("file:t", 101)]).await, 0);
+    assert_eq!(fire_as(&s, 1, "q2", &[("file:t", 102)]).await, -1);
+    assert_eq!(fire_as(&s, 2, "q2", &[("file:t", 102)]).await, 1);
+    for q in ["q1", "q2"] {
+        let ticks = fired(&s, q).await; // panics on a duplicate
+        assert_eq!(ticks.len() as i64, s.stat(q, "enqueued").await);
+        assert_eq!(s.int(&["HGET", &s.keys.beat_last(q), "_fence"]).await, 2);
+    }
+    assert_eq!(fired(&s, "q1").await.len(), 2);
+    assert_eq!(fired(&s, "q2").await.len(), 3);
+}
+
+/// A removal of a queue's last registry entry racing an add to the same queue (the add's
+/// `SADD` to the namespace's registry set and its script are two commands, in two slots on
+/// Redis Cluster): whatever the interleaving, a registry with entries stays in the set, and
+/// the beat of the namespace fires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_racing_a_remove_never_hides_a_registry_from_the_beat() {
+    let s = Space::new("schedrace");
+    let ns = "race";
+    let queues: Vec<String> = (0..300)
+        .map(|i| Keys::queue_id(ns, &format!("q{i}")))
+        .collect();
+    let entry = |cron: &str| ScheduleEntry {
+        cron: cron.into(),
+        func: "noop".into(),
+        args: json!([]),
+    };
+    let mut con = s.con().await;
+    for q in &queues {
+        protocol::schedules_add(
+            &mut con,
+            &s.keys,
+            q,
+            &[("x".into(), entry("0 0 1 1 *"), 0.0)],
+        )
+        .await
+        .unwrap();
+    }
+    // per queue: remove x (the registry becomes empty) and add y at once, on two connections
+    let races = queues.iter().enumerate().map(|(i, q)| {
+        let keys = s.keys.clone();
+        let (remover, adder) = (s.con(), s.con());
+        let y = entry("* * * * * *");
+        async move {
+            let (mut remover, mut adder) = (remover.await, adder.await);
+            let x = ["x".to_string()];
+            let remove = protocol::schedules_remove(&mut remover, &keys, q, &x);
+            let add = async {
+                // spread the add over the removal's round trips
+                tokio::time::sleep(Duration::from_micros((i as u64 % 10) * 50)).await;
+                protocol::schedules_add(&mut adder, &keys, q, &[("y".into(), y, 60.0)]).await
+            };
+            let (removed, len) = tokio::join!(remove, add);
+            assert_eq!(removed.unwrap(), 1);
+            // 2 when the add's script ran before the removal's
+            assert!((1..=2).contains(&len.unwrap()));
+        }
+    });
+    futures::future::join_all(races).await;
+    let set = s.keys.schedule_queues(Some(ns));
+    for q in &queues {
+        assert_eq!(s.int(&["HLEN", &s.keys.schedules(q)]).await, 1);
+        assert_eq!(
+            s.int(&["SISMEMBER", &set, q]).await,
+            1,
+            "{q} has a registry the beat cannot find"
+        );
+    }
+    // an emptied registry stays a member; the beat skips it
+    protocol::schedules_remove(&mut con, &s.keys, &queues[0], &["y".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.int(&["SISMEMBER", &set, &queues[0]]).await, 1);
+    let beat = start(BeatConfig {
+        namespace: Some(ns.into()),
+        ..config(&s, "beat-race", None)
+    })
+    .await;
+    wait_until(
+        "the beat fires every raced registry",
+        Duration::from_secs(20),
+        || async {
+            let mut con = s.con().await;
+            let mut pipe = redis::pipe();
+            for q in &queues[1..] {
+                pipe.llen(s.keys.queue(q));
+            }
+            let lens: Vec<i64> = pipe.query_async(&mut con).await.unwrap();
+            lens.iter().all(|n| *n > 0)
+        },
+    )
+    .await;
+    beat.stop().await;
+    assert_eq!(s.int(&["LLEN", &s.keys.queue(&queues[0])]).await, 0);
+    for q in &queues[1..4] {
+        assert!(
+            fired(&s, q)
+                .await
+                .iter()
+                .all(|(f, _)| f.ends_with("/reg:y"))
+        );
+    }
+}
+
+/// The token counter behind a queue's fence (its increments lost with a failed master of the
+/// namespace's slot, on Redis Cluster): the queue's fence refuses the beat's token though the
+/// beat holds the lease. The beat gives the lease up and takes it again with a higher token
+/// until the fence lets it fire — it does not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_whose_token_lags_a_queues_fence_catches_up() {
+    let s = Space::new("fencelag");
+    let file = yaml_file(&s, EVERY_SECOND);
+    let _: () = redis::cmd("HSET")
+        .arg(s.keys.beat_last("q"))
+        .arg("_fence")
+        .arg(4)
+        .query_async(&mut s.con().await)
+        .await
+        .unwrap();
+    let a = start(config(&s, "a", Some(file.clone()))).await;
+    wait_until("a fires", Duration::from_secs(15), || async {
+        s.int(&["LLEN", &s.keys.queue("q")]).await >= 2
+    })
+    .await;
+    a.stop().await;
+    assert!(s.int(&["GET", &s.keys.beat_fence(None)]).await >= 4);
+    fired(&s, "q").await; // no duplicate
+    let _ = std::fs::remove_file(file);
+}

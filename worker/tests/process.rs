@@ -380,10 +380,13 @@ async fn enqueue_and_schedules_commands() {
     .await;
     cli(&s, &["schedules", "remove", "--queue", "m", "--id", "slow"]).await;
     assert_eq!(s.int(&["GET", &s.keys.schedules_per_period("m")]).await, 0);
+    // the emptied registry stays in the set (a removal there could hide a racing add's
+    // registry); the beat skips it
+    assert_eq!(s.int(&["HLEN", &s.keys.schedules("m")]).await, 0);
     assert_eq!(
         s.int(&["SISMEMBER", &s.keys.schedule_queues(None), "m"])
             .await,
-        0
+        1
     );
 }
 

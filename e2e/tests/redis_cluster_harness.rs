@@ -140,12 +140,13 @@ fn funcscale_keys() -> Vec<String> {
                 keys.extend(ids.iter().map(|id| k.task(q, id)));
                 keys.extend(TaskStatus::ALL.iter().map(|s| k.tasks_status(q, *s)));
                 keys.extend(funcs.iter().map(|f| k.tasks_func(q, f)));
+                keys.extend(["w-1-ab.0", "{w}"].iter().map(|w| k.inflight_q(q, w)));
             }
             keys.extend(ids.iter().map(|id| k.task_legacy(id)));
             for w in ["w-1-ab.0", "w-2-cd.4", "{w}"] {
                 keys.extend([k.inflight(w), k.worker(w)]);
             }
-            keys.extend([k.workers(), k.outbox(), k.outbox_dead()]);
+            keys.extend([k.workers(), k.slots(), k.outbox(), k.outbox_dead()]);
             keys.extend([
                 k.beat_lease(ns),
                 k.beat_fence(ns),

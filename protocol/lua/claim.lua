@@ -1,4 +1,4 @@
--- KEYS[1] = in-flight list, KEYS[2] = running set of the task's queue; ARGV = task, now ms,
+-- KEYS[1] = in-flight list of the queue (`Keys::inflight_q`), KEYS[2] = its running set; ARGV = task, now ms,
 -- optionally the task's corrected text. After a blocking move (`BLMOVE` cannot run in a
 -- script): enters the in-flight list in the running set, if the task is still in flight (a
 -- reaper may have put it back). With a corrected text (an envelope whose `queue` names

@@ -1,12 +1,24 @@
--- KEYS[1] = in-flight list, then per queue in the order to try: KEYS[2i] = the queue,
--- KEYS[2i+1] = its running set; ARGV[1] = now ms. Moves the next task of the first non-empty
--- queue into the in-flight list and enters the list in that queue's running set, at once.
--- Returns {task, index}.
-for i = 2, #KEYS, 2 do
-  local v = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+-- KEYS = per queue in the order to try, a triple: KEYS[3i-2] = the queue, KEYS[3i-1] = the
+-- slot's in-flight list of that queue (`Keys::inflight_q`), KEYS[3i] = its running set;
+-- ARGV[1] = now ms. Moves the next task of the first non-empty queue into its in-flight list
+-- and enters the list in that queue's running set, at once. Returns {task, i} (i: the
+-- triple, from 1). Every key of a triple is in the queue's hash slot: on Redis Cluster one
+-- call carries the triples of one slot.
+-- A slot fetches only when free, so a task already in one of its lists is what an earlier
+-- call of this fetch moved and whose reply was lost (a cluster client re-sends after a
+-- timeout or a redirection): that task is returned again, and no second one is taken.
+for i = 1, #KEYS, 3 do
+  local v = redis.call('LINDEX', KEYS[i + 1], -1)
   if v then
-    redis.call('ZADD', KEYS[i + 1], ARGV[1], KEYS[1])
-    return {v, i / 2}
+    redis.call('ZADD', KEYS[i + 2], 'NX', ARGV[1], KEYS[i + 1])
+    return {v, (i + 2) / 3}
+  end
+end
+for i = 1, #KEYS, 3 do
+  local v = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', 'LEFT')
+  if v then
+    redis.call('ZADD', KEYS[i + 2], ARGV[1], KEYS[i + 1])
+    return {v, (i + 2) / 3}
   end
 end
 return false

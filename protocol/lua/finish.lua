@@ -1,4 +1,4 @@
--- KEYS[1] = in-flight, KEYS[2] = target (delayed zset | dead list | unused), KEYS[3] = stats;
+-- KEYS[1] = in-flight list of the queue (`Keys::inflight_q`), KEYS[2] = target (delayed zset | dead list | unused), KEYS[3] = stats;
 -- ARGV = task, mode (ack|retry|dead), new task text, due ms, prefix, queue, id (empty: no
 -- record, no destination), func, now ms, records (`1`|`0`), attempt, worker slot, duration
 -- ms, started ms, payload JSON (result or error), error text, start recorded (`1`|`0`: a

@@ -1,5 +1,5 @@
 -- Records an attempt as started, if it is still in flight (a finish that got there first
--- has written the final record). KEYS[1] = in-flight list; ARGV = prefix, task, slot,
+-- has written the final record). KEYS[1] = in-flight list (`Keys::inflight_q`); ARGV = prefix, task, slot,
 -- started ms. Returns 1 when recorded.
 if not redis.call('LPOS', KEYS[1], ARGV[2]) then return 0 end
 fs_started(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))

@@ -2,7 +2,7 @@
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "funcscale";
-/// A worker whose heartbeat (its score in [`Keys::workers`]) is older than this is dead; its
+/// A worker whose heartbeat (its score in [`Keys::slots`]) is older than this is dead; its
 /// in-flight tasks are recovered.
 pub const WORKER_TTL_MS: u64 = 15_000;
 
@@ -137,19 +137,65 @@ impl Keys {
         format!("{}:{worker}", self.scoped("inflight"))
     }
 
-    /// The slot id of an in-flight list key of this scope ([`Keys::inflight`]), e.g. a member
-    /// of [`Keys::running`]; `None` for a key of another prefix or namespace.
+    /// In-flight tasks of worker slot `slot` taken from `queue` (layout 2): one list per
+    /// queue a slot serves (at most one of them holds a task), in the queue's hash tag, so
+    /// every script that moves a task of `queue` touches one Redis Cluster slot. A legacy
+    /// queue id (a bare name, no tag) of a namespaced scope also names the namespace:
+    /// worker ids come from pod names, which repeat across namespaces.
+    pub fn inflight_q(&self, queue: &str, slot: &str) -> String {
+        match (&self.namespace, Self::queue_id_namespace(queue)) {
+            (Some(ns), None) => format!("{}:inflight:{{{ns}}}:{queue}:{slot}", self.prefix),
+            _ => format!("{}:inflight:{queue}:{slot}", self.prefix),
+        }
+    }
+
+    /// The slot id of an in-flight list key of this scope, e.g. a member of
+    /// [`Keys::running`]: either shape, [`Keys::inflight_q`] (layout 2) or [`Keys::inflight`]
+    /// (earlier versions; still written by funcscale-celery's slots). `None` for a key of
+    /// another prefix or namespace.
     pub fn inflight_slot<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(self.scoped("inflight").as_str())?
-            .strip_prefix(':')
-            // a slot id has no colon: a longer key is another scope's
-            .filter(|s| !s.is_empty() && !s.contains(':'))
+        self.parse_inflight(key).map(|(_, slot)| slot)
+    }
+
+    /// An in-flight list key of this scope split into its queue (`None`: the one list per
+    /// slot of earlier versions, [`Keys::inflight`]) and slot id.
+    pub fn parse_inflight<'a>(&self, key: &'a str) -> Option<(Option<&'a str>, &'a str)> {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":inflight:")?;
+        // a slot id has no colon
+        let (middle, slot) = match rest.rsplit_once(':') {
+            Some((m, s)) => (Some(m), s),
+            None => (None, rest),
+        };
+        if slot.is_empty() {
+            return None;
+        }
+        let tag = self.namespace.as_ref().map(|ns| format!("{{{ns}}}"));
+        match (middle, &self.namespace, tag) {
+            // earlier versions: `inflight:<slot>` / `inflight:{ns}:<slot>`
+            (None, None, _) => Some((None, slot)),
+            (Some(m), Some(_), Some(t)) if m == t => Some((None, slot)),
+            // layout 2, a queue of this namespace: `inflight:{ns.q}:<slot>`
+            (Some(m), Some(ns), _) if Self::queue_id_namespace(m) == Some(ns.as_str()) => {
+                Some((Some(m), slot))
+            }
+            // layout 2, a legacy queue id: `inflight:{ns}:<queue>:<slot>` / `inflight:<queue>:<slot>`
+            (Some(m), Some(_), Some(t)) => m
+                .strip_prefix(t.as_str())?
+                .strip_prefix(':')
+                .filter(|q| !q.is_empty() && Self::queue_id_namespace(q).is_none())
+                .map(|q| (Some(q), slot)),
+            (Some(m), None, _) => (!m.is_empty() && !m.starts_with('{')).then_some((Some(m), slot)),
+            _ => None,
+        }
     }
 
     /// Tasks running now from `queue`: a zset of the in-flight list keys
-    /// ([`Keys::inflight`]) of the slots running one, scored by when the slot fetched it
+    /// ([`Keys::inflight_q`]) of the slots running one, scored by when the slot fetched it
     /// (ms). The worker's scripts keep it in step with the in-flight lists: fetch adds,
-    /// finish and requeue (drain, reaper) remove, forgetting a dead slot cleans up.
+    /// finish and requeue (drain, reaper) remove, the reaper's release of a dead slot's
+    /// empty list and the running-set sweep clean up.
     pub fn running(&self, queue: &str) -> String {
         format!("{}:running:{queue}", self.prefix)
     }
@@ -169,12 +215,23 @@ impl Keys {
         format!("{}:stats:{queue}", self.prefix)
     }
 
-    /// Live workers (of the scope's namespace), scored by last heartbeat (ms).
+    /// The worker registry of earlier versions (layout 1): slots scored by last heartbeat
+    /// (ms). Read by the reaper only, to recover an old worker's in-flight list
+    /// ([`Keys::inflight`]) after a rolling update (and written by funcscale-celery's slots).
     pub fn workers(&self) -> String {
         self.scoped("workers")
     }
 
-    /// Description hash of one worker (of the scope's namespace).
+    /// The worker registry (layout 2): live worker slots of the scope's namespace, scored by
+    /// last heartbeat (ms). A new key, so an old worker's reaper never sees, and never
+    /// forgets, a slot of this layout.
+    pub fn slots(&self) -> String {
+        self.scoped("slots")
+    }
+
+    /// Description hash of one worker slot (of the scope's namespace): `pod`, `queues`,
+    /// `processes`, `heartbeat_ms`, `layout` (`2`). Layout 2 sets no TTL: the reaper reads a
+    /// dead slot's queues there, then deletes it.
     pub fn worker(&self, worker: &str) -> String {
         format!("{}:{worker}", self.scoped("worker"))
     }
@@ -364,6 +421,9 @@ mod tests {
         let per_queue: &[(&str, QueueKey)] = &[
             ("queue", |k, q| vec![k.queue(q)]),
             ("running", |k, q| vec![k.running(q)]),
+            ("inflight_q", |k, q| {
+                vec![k.inflight_q(q, "w-1-ab.0"), k.inflight_q(q, "{w}")]
+            }),
             ("delayed", |k, q| vec![k.delayed(q)]),
             ("dead", |k, q| vec![k.dead(q)]),
             ("stats", |k, q| vec![k.stats(q)]),
@@ -407,6 +467,7 @@ mod tests {
                 vec![k.inflight("w-1-ab.0"), k.inflight("{w}")]
             }),
             ("workers", |k, _| vec![k.workers()]),
+            ("slots", |k, _| vec![k.slots()]),
             ("worker", |k, _| vec![k.worker("w-1-ab.0"), k.worker("{w}")]),
             ("outbox", |k, _| vec![k.outbox()]),
             ("outbox_dead", |k, _| vec![k.outbox_dead()]),
@@ -437,7 +498,9 @@ mod tests {
             vec![
                 k.inflight("w.0"),
                 k.workers(),
+                k.slots(),
                 k.worker("w.0"),
+                k.inflight_q("jobs", "w.0"),
                 k.outbox(),
                 k.outbox_dead(),
                 k.beat_lease(None),
@@ -528,6 +591,8 @@ mod tests {
             k.task("a", "i"),
             k.task_legacy("i"),
             k.clone().in_namespace(Some("ns".into())).workers(),
+            k.clone().in_namespace(Some("ns".into())).slots(),
+            k.inflight_q("a", "w"),
             k.clone().in_namespace(Some("ns".into())).inflight("w"),
             k.stop("ns", "pod"),
         ] {
@@ -539,6 +604,42 @@ mod tests {
     #[test]
     fn inflight_keys_name_their_slot() {
         let k = Keys::new("t1");
+        // layout 2: one list per queue, in the queue's hash tag; both shapes parse
+        let a = k.clone().in_namespace(Some("a".into()));
+        let (qa, qb) = (Keys::queue_id("a", "jobs"), Keys::queue_id("b", "jobs"));
+        assert_eq!(a.inflight_q(&qa, "w.0"), "t1:inflight:{a.jobs}:w.0");
+        assert_eq!(slot(&a.inflight_q(&qa, "w.0")), slot(&a.queue(&qa)));
+        assert_eq!(
+            a.parse_inflight(&a.inflight_q(&qa, "w.0")),
+            Some((Some(qa.as_str()), "w.0"))
+        );
+        assert_eq!(a.parse_inflight(&a.inflight("w.0")), Some((None, "w.0")));
+        assert_eq!(
+            a.inflight_slot(&a.inflight_q(&qb, "w.0")),
+            None,
+            "another namespace's queue"
+        );
+        assert_eq!(a.inflight_slot(&k.inflight_q("jobs", "w.0")), None);
+        assert_eq!(k.inflight_slot(&a.inflight_q(&qa, "w.0")), None);
+        // a legacy queue id: the namespace is in the key (pod names repeat across namespaces)
+        assert_eq!(a.inflight_q("jobs", "w.0"), "t1:inflight:{a}:jobs:w.0");
+        assert_ne!(
+            a.inflight_q("jobs", "w.0"),
+            k.clone()
+                .in_namespace(Some("b".into()))
+                .inflight_q("jobs", "w.0")
+        );
+        assert_eq!(
+            a.parse_inflight(&a.inflight_q("jobs", "w.0")),
+            Some((Some("jobs"), "w.0"))
+        );
+        assert_eq!(
+            k.parse_inflight(&k.inflight_q("jobs", "w.0")),
+            Some((Some("jobs"), "w.0"))
+        );
+        assert_eq!(k.parse_inflight(&k.inflight("w.0")), Some((None, "w.0")));
+        assert_eq!(a.inflight_slot("t1:inflight:{a}:w.0:"), None);
+        assert_eq!(a.inflight_slot("t1:inflight:{a}::w.0"), None);
         assert_eq!(k.inflight_slot(&k.inflight("w-1-ab.3")), Some("w-1-ab.3"));
         assert_eq!(k.inflight_slot(&Keys::new("t2").inflight("w.0")), None);
         assert_eq!(k.inflight_slot("t1:inflight:"), None);

@@ -18,13 +18,15 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `funcscale:q:<queue>` | list | waiting tasks; producers `LPUSH`, workers move from the right (FIFO) |
-//! | `funcscale:inflight:{<ns>}:<worker>` | list | tasks a worker slot has taken and not yet acknowledged (`<ns>`: the namespace of the worker's queues; `funcscale:inflight:<worker>` for a worker without one, as earlier versions wrote) |
-//! | `funcscale:running:<queue>` | zset | in-flight lists holding a task of `queue` (scored by start, ms): the running tasks the operator reads |
+//! | `funcscale:inflight:<queue>:<worker>` | list | the task a worker slot has taken from `queue` and not yet acknowledged (layout 2: one list per queue and slot, in the queue's hash tag; `funcscale:inflight:{<ns>}:<queue>:<worker>` for a legacy queue id of a namespaced worker) |
+//! | `funcscale:inflight:{<ns>}:<worker>` | list | layout 1 (earlier versions): one in-flight list per slot, whatever its queue (`funcscale:inflight:<worker>` without a namespace); no longer written by workers, recovered by their reapers |
+//! | `funcscale:running:<queue>` | zset | in-flight lists (either layout) holding a task of `queue` (scored by start, ms): the running tasks the operator reads |
 //! | `funcscale:delayed:<queue>` | zset | tasks waiting for a retry, scored by due time (ms) |
 //! | `funcscale:dead:<queue>` | list | tasks that failed their last attempt (envelope with the error) |
 //! | `funcscale:stats:<queue>` | hash | counters and task-time statistics ([`StatsField`]) |
-//! | `funcscale:workers:{<ns>}` | zset | live worker slots of a namespace, scored by last heartbeat (ms); `funcscale:workers` without a namespace |
-//! | `funcscale:worker:{<ns>}:<worker>` | hash | a worker slot's queues, processes, heartbeat, and its pod (`pod`, [`stop::WORKER_POD_FIELD`]) |
+//! | `funcscale:slots:{<ns>}` | zset | the worker registry (layout 2): live worker slots of a namespace, scored by last heartbeat (ms); `funcscale:slots` without a namespace |
+//! | `funcscale:workers:{<ns>}` | zset | the worker registry of earlier versions (layout 1; funcscale-celery's slots still use it): read by the reapers to recover an old slot's in-flight list; `funcscale:workers` without a namespace |
+//! | `funcscale:worker:{<ns>}:<worker>` | hash | a worker slot's queues, processes, heartbeat, and its pod (`pod`, [`stop::WORKER_POD_FIELD`]); `layout` = `2` and no TTL for a layout-2 slot (the reaper deletes it when it forgets the slot) |
 //! | `funcscale:stop:<namespace>/<pod>` | string | stop mark of a pod a scale-down removes (the reason; TTL [`stop::STOP_TTL_MS`], renewed by the operator): its workers take no new task and report not ready ([`stop`]) |
 //! | `funcscale:schedules:<queue>` | hash | dynamic schedules registry: schedule id → [`ScheduleEntry`] JSON |
 //! | `funcscale:schedules:<queue>:per-period` | string (number) | executions per minute of the registry's entries (M per minute, [`cron::parse_per_minute`]); an integer for per-minute crons, a decimal (e.g. `0.2`) when entries fire less often |

@@ -39,8 +39,10 @@ pub const SCHEDULES_ADD: &str = lua!("schedules_add");
 /// The schedules registry: remove entries, keeping M per minute exact.
 pub const SCHEDULES_REMOVE: &str = lua!("schedules_remove");
 
-/// Workers: move the next task of the first non-empty queue to the in-flight list (and the
-/// list into that queue's running set).
+/// Workers: move the next task of the first non-empty queue to the slot's in-flight list of
+/// that queue (and the list into that queue's running set); KEYS are (queue, in-flight list,
+/// running set) triples. Idempotent: a task already in one of the lists (a re-sent call) is
+/// returned again.
 pub const FETCH: &str = lua!("fetch");
 /// Workers: after a blocking move, enter the in-flight list in the queue's running set.
 pub const CLAIM: &str = lua!("claim");
@@ -48,12 +50,21 @@ pub const CLAIM: &str = lua!("claim");
 pub const STARTED: &str = with_record_lib!("started");
 /// Workers: acknowledge, retry or dead-letter a task; its record and its destination.
 pub const FINISH: &str = with_record_lib!("finish");
-/// Workers: put an in-flight task back at the head of its queue.
+/// Workers: put an in-flight task back at the head of its queue (drain, reaper, sweep).
 pub const REQUEUE: &str = with_record_lib!("requeue");
+/// Workers: the reaper's upgrade pass: put a task of an earlier version's one in-flight list
+/// per slot ([`crate::Keys::inflight`]) back (touches several hash slots: not on a cluster).
+pub const REQUEUE_LEGACY: &str = with_record_lib!("requeue_legacy");
+/// Workers: the reaper takes a dead slot's empty in-flight list of a queue out of the queue's
+/// running set.
+pub const RELEASE: &str = lua!("release");
 /// Workers: move due retries from the delayed set to the queue.
 pub const PROMOTE: &str = lua!("promote");
-/// Workers: forget a dead worker slot once its in-flight list is empty.
+/// Workers (the upgrade pass) and funcscale-celery: forget a dead slot of the registry of
+/// earlier versions ([`crate::Keys::workers`]) once its in-flight list is empty.
 pub const FORGET: &str = with_record_lib!("forget");
+/// Workers: forget a dead slot of the registry ([`crate::Keys::slots`]) and its hash.
+pub const FORGET2: &str = lua!("forget2");
 /// Workers: the task time (decaying average and histogram) in the stats hash.
 pub const RECORD_DURATION: &str = lua!("record_duration");
 /// Workers: sample the running tasks into the current minute's counts.
@@ -85,7 +96,7 @@ pub const RQ_OLDEST: &str = lua!("rq_oldest");
 pub const STREAM_GROUP: &str = lua!("stream_group");
 
 /// Every script, by file name (for the tests).
-pub const ALL: [(&str, &str); 27] = [
+pub const ALL: [(&str, &str); 30] = [
     ("record_lib", RECORD_LIB),
     ("enqueue", ENQUEUE),
     ("beat_fire", BEAT_FIRE),
@@ -100,8 +111,11 @@ pub const ALL: [(&str, &str); 27] = [
     ("started", STARTED),
     ("finish", FINISH),
     ("requeue", REQUEUE),
+    ("requeue_legacy", REQUEUE_LEGACY),
+    ("release", RELEASE),
     ("promote", PROMOTE),
     ("forget", FORGET),
+    ("forget2", FORGET2),
     ("record_duration", RECORD_DURATION),
     ("sample_executing", SAMPLE_EXECUTING),
     ("celery_unacked", CELERY_UNACKED),

@@ -156,9 +156,15 @@ mod tests {
                 k.inflight("b-2-y.0"),
                 "other:inflight:z".into(),
             ],
+            // layout 2: per-queue lists name their slot too
+            vec![k.inflight_q("q", "c-3-z.0"), k.inflight_q("q", "a-1-x.0")],
         ];
         let slots = running_slots(&k, &replies);
-        assert_eq!(slots, ["a-1-x.0", "a-1-x.1", "b-2-y.0"]);
+        assert_eq!(slots, ["a-1-x.0", "a-1-x.1", "b-2-y.0", "c-3-z.0"]);
+        let a = k.clone().in_namespace(Some("a".into()));
+        let q = Keys::queue_id("a", "jobs");
+        let replies = vec![vec![a.inflight_q(&q, "p-1-x.0"), a.inflight("p-1-x.1")]];
+        assert_eq!(running_slots(&a, &replies), ["p-1-x.0", "p-1-x.1"]);
         let pods = [Some("pod-a".to_string()), Some("pod-a".into()), None];
         let counts = count_by_pod(&pods);
         assert_eq!(counts.get("pod-a"), Some(&2));

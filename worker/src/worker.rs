@@ -3,16 +3,21 @@
 //! graceful drain.
 //!
 //! # Delivery
-//! Each slot has its own in-flight list (`Keys::inflight("<worker>.<slot>")`). A free slot
-//! moves one task from the right of a queue into that list (one Lua script over the queues
-//! in fair or priority order, else a blocking `BLMOVE`), runs it, then in one script removes
-//! it from the in-flight list and — on failure — puts it in the delayed set (retry) or the
-//! dead-letter list. A slot only fetches when it is free, so a pod holds at most one task per
-//! process and the queue length is the true backlog.
+//! Each slot has one in-flight list per queue (`Keys::inflight_q(queue, "<worker>.<slot>")`,
+//! in the queue's hash tag: every script below touches one Redis Cluster slot). A free slot
+//! moves one task from the right of a queue into its list of that queue (one Lua script over
+//! the queues in fair or priority order, else a blocking `BLMOVE`), runs it, then in one
+//! script removes it from the in-flight list and — on failure — puts it in the delayed set
+//! (retry) or the dead-letter list. A slot only fetches when it is free, so a pod holds at
+//! most one task per process and the queue length is the true backlog.
 //!
-//! Slots heartbeat into `Keys::workers` (member = slot id). Any worker's reaper moves the
-//! in-flight tasks of slots whose heartbeat is older than the TTL back to the head of their
-//! queues, so a `kill -9` loses nothing (the task runs again: at-least-once).
+//! Slots heartbeat into `Keys::slots` (member = slot id) and describe themselves in
+//! `Keys::worker` (queues, pod; no TTL). Any worker's reaper moves the in-flight tasks of
+//! slots whose heartbeat is older than the TTL back to the head of their queues (the queues
+//! the dead slot's hash lists, and the reaper's own), so a `kill -9` loses nothing (the task
+//! runs again: at-least-once); a sweep of the running sets every 30 s recovers a list whose
+//! slot is registered nowhere. The reaper also recovers the one in-flight list per slot of
+//! earlier versions (`Keys::inflight`, registry `Keys::workers`) during a rolling update.
 //!
 //! # Example
 //! ```no_run
@@ -266,7 +271,7 @@ impl WorkerBuilder {
             .iter()
             .map(|q| self.config.keys.queue(q))
             .collect();
-        keys.push(self.config.keys.workers());
+        keys.push(self.config.keys.slots());
         RedisAuth::check_keys(&mut redis, &keys).await?;
         let (stopped, stopped_rx) = watch::channel(None);
         Ok(Worker {
@@ -430,6 +435,7 @@ struct Scripts {
     claim: redis::Script,
     finish: redis::Script,
     requeue: redis::Script,
+    release: redis::Script,
     promote: redis::Script,
     record: redis::Script,
     started: redis::Script,
@@ -445,6 +451,7 @@ impl Scripts {
             claim: redis::Script::new(scripts::CLAIM),
             finish: redis::Script::new(scripts::FINISH),
             requeue: redis::Script::new(scripts::REQUEUE),
+            release: redis::Script::new(scripts::RELEASE),
             promote: redis::Script::new(scripts::PROMOTE),
             record: redis::Script::new(scripts::RECORD_DURATION),
             started: redis::Script::new(scripts::STARTED),
@@ -479,6 +486,13 @@ impl Taken<'_> {
 
     fn written(mut self) {
         self.rows = None;
+    }
+
+    /// The rows of `queue` are written: they do not come back.
+    fn written_queue(&mut self, queue: &str) {
+        if let Some(rows) = self.rows.as_mut() {
+            rows.retain(|(q, _), _| q != queue);
+        }
     }
 }
 
@@ -629,7 +643,7 @@ impl Worker {
         let mut con = inner.redis.clone();
         let mut pipe = redis::pipe();
         for s in &slots {
-            pipe.zrem(inner.config.keys.workers(), s).ignore();
+            pipe.zrem(inner.config.keys.slots(), s).ignore();
             pipe.del(inner.config.keys.worker(s)).ignore();
         }
         let _: () = pipe.query_async(&mut con).await?;
@@ -639,17 +653,67 @@ impl Worker {
 }
 
 impl Inner {
-    /// Recover the tasks of dead slots of this worker's namespace, and (a namespaced worker)
-    /// of the registry earlier versions shared: after an upgrade, a slot of an old worker
-    /// that died still has its in-flight tasks there.
+    /// Recover the tasks of dead slots of this worker's namespace ([`reap_dead`]), and those
+    /// of the registries of earlier versions ([`reap_dead_legacy`]): the namespace's and (a
+    /// namespaced worker) the shared one. After a rolling update, a slot of an old worker that
+    /// died still has its in-flight tasks there.
+    // TODO(cluster): skip the legacy pass on Redis Cluster (`Conn::is_cluster()`): the old
+    // fetch always failed there with CROSSSLOT, so no old in-flight list can exist, and the
+    // legacy scripts touch several hash slots; workers on a cluster also need a namespace
+    // (the registry keys of a namespace-less worker have no hash tag).
     async fn reap(&self, slots: &[String]) -> redis::RedisResult<u64> {
         let keys = &self.config.keys;
         let ttl = self.config.worker_ttl_ms;
-        let mut n = reap_dead(&self.redis, keys, ttl, slots).await?;
+        let mut n = reap_dead(&self.redis, keys, ttl, slots, &self.config.queues).await?;
+        n += reap_dead_legacy(&self.redis, keys, ttl, slots).await?;
         if keys.namespace().is_some() {
-            n += reap_dead(&self.redis, &keys.unscoped(), ttl, slots).await?;
+            n += reap_dead_legacy(&self.redis, &keys.unscoped(), ttl, slots).await?;
         }
         Ok(n)
+    }
+
+    /// The running-set sweep: a member of the running set of one of our queues whose slot is
+    /// in neither registry, or only with an old heartbeat, is an in-flight list nobody would
+    /// reap (a slot forgotten while paused that fetched, then died, before its next
+    /// heartbeat): its tasks go back to the queue. Returns the number put back.
+    async fn sweep_running(&self, own: &[String]) -> redis::RedisResult<u64> {
+        let keys = &self.config.keys;
+        let mut con = self.redis.clone();
+        let cutoff = now_ms().saturating_sub(self.config.worker_ttl_ms) as f64;
+        let mut total = 0;
+        for q in &self.config.queues {
+            let members: Vec<String> = con.zrange(keys.running(q), 0, -1).await?;
+            for list in members {
+                // layout 1 lists are the legacy pass's (their registry entry names them)
+                let Some((Some(lq), slot)) = keys.parse_inflight(&list) else {
+                    continue;
+                };
+                if lq != q.as_str() || own.iter().any(|s| s == slot) {
+                    continue;
+                }
+                let (v2, v1): (Option<f64>, Option<f64>) = redis::pipe()
+                    .zscore(keys.slots(), slot)
+                    .zscore(keys.workers(), slot)
+                    .query_async(&mut con)
+                    .await?;
+                if [v2, v1].iter().flatten().any(|&beat| beat > cutoff) {
+                    continue;
+                }
+                let n = requeue_list(&mut con, keys, &list, q, true).await?;
+                let _: i64 = self
+                    .scripts
+                    .release
+                    .key(&list)
+                    .key(keys.running(q))
+                    .invoke_async(&mut con)
+                    .await?;
+                if n > 0 {
+                    tracing::warn!(slot, queue = %q, recovered = n, "recovered the tasks of an unregistered worker slot");
+                }
+                total += n;
+            }
+        }
+        Ok(total)
     }
 
     async fn heartbeat(&self, slots: &[String]) -> redis::RedisResult<()> {
@@ -657,7 +721,7 @@ impl Inner {
         let now = now_ms();
         let mut pipe = redis::pipe();
         for s in slots {
-            pipe.zadd(keys.workers(), s, now).ignore();
+            pipe.zadd(keys.slots(), s, now).ignore();
             pipe.hset_multiple(
                 keys.worker(s),
                 &[
@@ -671,11 +735,13 @@ impl Inner {
                     ("queues", &self.config.queues.join(",")),
                     ("processes", &self.config.processes.to_string()),
                     ("heartbeat_ms", &now.to_string()),
+                    ("layout", "2"),
                 ],
             )
             .ignore();
-            pipe.pexpire(keys.worker(s), (self.config.worker_ttl_ms * 4) as i64)
-                .ignore();
+            // no TTL: the reaper reads a dead slot's queues here, then deletes it (a hash an
+            // earlier process of this name left with one keeps none)
+            pipe.persist(keys.worker(s)).ignore();
         }
         let mut con = self.redis.clone();
         pipe.query_async(&mut con).await
@@ -697,12 +763,14 @@ impl Inner {
             let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
             let mut promote = every(250);
             let mut counts = every(1_000);
+            let mut sweep = every(SWEEP_EVERY_MS.min(self.config.worker_ttl_ms * 2).max(1_000));
             let mut stop_mark = every(STOP_CHECK_EVERY.as_millis() as u64);
             loop {
                 tokio::select! {
                     _ = stop_mark.tick(), if self.config.pod.is_some() => if let Err(e) = self.read_stop_mark().await { tracing::warn!(error = %e, "reading the pod's stop mark failed") },
                     _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
                     _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
+                    _ = sweep.tick() => if let Err(e) = self.sweep_running(&slots).await { tracing::warn!(error = %e, "running-set sweep failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
                     _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
                 }
@@ -764,22 +832,36 @@ impl Inner {
         Ok(())
     }
 
-    /// Add the pending outcome counts to their minute buckets (see [`PendingCounts`]).
+    /// Add the pending outcome counts to their minute buckets (see [`PendingCounts`]): one
+    /// MULTI/EXEC per queue (its buckets share the queue's hash slot).
     async fn flush_counts(&self) -> redis::RedisResult<()> {
-        let taken = self.counts.take();
+        let mut taken = self.counts.take();
         if taken.rows().is_empty() {
             return Ok(());
         }
         let keys = &self.config.keys;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut by_queue: std::collections::BTreeMap<String, Vec<(u64, [i64; 5])>> =
+            std::collections::BTreeMap::new();
         for ((queue, minute), row) in taken.rows() {
-            let counts: Vec<(&str, i64)> = OUTCOME_FIELDS.iter().copied().zip(*row).collect();
-            // with the bucket's format and expiry, as the scripts' counts set them
-            protocol::records::add_counts(&mut pipe, keys, queue, *minute, &counts);
+            by_queue
+                .entry(queue.clone())
+                .or_default()
+                .push((*minute, *row));
         }
-        // dropped unwritten on an error or a cancellation: the rows go back
-        let () = pipe.query_async(&mut self.redis.clone()).await?;
+        let mut con = self.redis.clone();
+        for (queue, rows) in by_queue {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (minute, row) in &rows {
+                let counts: Vec<(&str, i64)> = OUTCOME_FIELDS.iter().copied().zip(*row).collect();
+                // with the bucket's format and expiry, as the scripts' counts set them
+                protocol::records::add_counts(&mut pipe, keys, &queue, *minute, &counts);
+            }
+            // dropped unwritten on an error or a cancellation: the queues not written yet go
+            // back
+            let () = pipe.query_async(&mut con).await?;
+            taken.written_queue(&queue);
+        }
         taken.written();
         Ok(())
     }
@@ -853,10 +935,20 @@ impl Inner {
         Ok(())
     }
 
+    /// Put back what our slots hold: their lists of our queues, and the one list per slot of
+    /// an earlier version's process of the same name.
     async fn requeue_all(&self, slots: &[String]) -> redis::RedisResult<()> {
         let mut con = self.redis.clone();
+        let keys = &self.config.keys;
         for s in slots {
-            requeue_inflight(&mut con, &self.config.keys, s).await?;
+            let mut moved = 0;
+            for q in &self.config.queues {
+                moved += requeue_list(&mut con, keys, &keys.inflight_q(q, s), q, true).await?;
+            }
+            moved += requeue_legacy(&mut con, keys, s).await?;
+            if moved > 0 {
+                tracing::info!(slot = %s, moved, "put in-flight tasks back");
+            }
         }
         Ok(())
     }
@@ -877,7 +969,6 @@ impl Inner {
         cancel: watch::Receiver<bool>,
     ) {
         let keys = &self.config.keys;
-        let inflight = keys.inflight(&slot);
         let mut turn = index;
         // the blocking connection, and the master generation it was opened at
         let mut blocking: Option<(redis::aio::MultiplexedConnection, u64)> = None;
@@ -898,19 +989,29 @@ impl Inner {
             }
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);
-            let mut inv = self.scripts.fetch.key(&inflight);
-            for &i in &order {
-                let q = &self.config.queues[i];
-                inv.key(keys.queue(q)).key(keys.running(q));
-            }
-            inv.arg(now_ms());
-            let fetched: redis::RedisResult<Option<(String, usize)>> =
-                inv.invoke_async(&mut con).await;
-            let (raw, from) = match fetched {
-                Ok(Some((raw, n))) => {
-                    let i = order[n.saturating_sub(1).min(order.len() - 1)];
-                    (raw, self.config.queues[i].as_str())
+            let mut fetched: redis::RedisResult<Option<(String, usize)>> = Ok(None);
+            // TODO(cluster): `per_slot = self.redis.is_cluster()` once `Conn` says so
+            for group in fetch_groups(keys, &self.config.queues, &order, false) {
+                let mut inv = self.scripts.fetch.prepare_invoke();
+                for &i in &group {
+                    let q = &self.config.queues[i];
+                    inv.key(keys.queue(q))
+                        .key(keys.inflight_q(q, &slot))
+                        .key(keys.running(q));
                 }
+                inv.arg(now_ms());
+                fetched = inv
+                    .invoke_async::<Option<(String, usize)>>(&mut con)
+                    .await
+                    .map(|got| {
+                        got.map(|(raw, n)| (raw, group[n.saturating_sub(1).min(group.len() - 1)]))
+                    });
+                if !matches!(fetched, Ok(None)) {
+                    break;
+                }
+            }
+            let (raw, from) = match fetched {
+                Ok(Some((raw, i))) => (raw, self.config.queues[i].as_str()),
                 Ok(None) => {
                     // Nothing anywhere: block on one queue (rotating), briefly when there are others.
                     // a Sentinel failover moved the shared connection: this one may be on the
@@ -943,6 +1044,7 @@ impl Inner {
                     };
                     let from = self.config.queues[order[0]].as_str();
                     let q = keys.queue(from);
+                    let inflight = keys.inflight_q(from, &slot);
                     let wait = if multi { 0.2 } else { 1.0 };
                     let moved: redis::RedisResult<Option<String>> = tokio::select! {
                         r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
@@ -983,6 +1085,7 @@ impl Inner {
                     continue;
                 }
             };
+            let inflight = keys.inflight_q(from, &slot);
             if let Err(e) = self
                 .execute(index, &inflight, from, raw, cancel.clone())
                 .await
@@ -1256,11 +1359,14 @@ impl Inner {
                     .scripts
                     .requeue
                     .key(inflight)
-                    .key(keys.queue(&env.queue))
+                    .key(keys.queue(from))
+                    .key(keys.running(from))
                     .arg(&raw)
                     .arg(keys.prefix())
                     .arg(now_ms())
                     .arg(if self.config.records { "1" } else { "0" })
+                    .arg(from)
+                    .arg("0")
                     .invoke_async(&mut con)
                     .await?;
                 return Ok(());
@@ -1289,11 +1395,78 @@ impl Inner {
     }
 }
 
-/// Put every task of a slot's in-flight list back at the head of its queue.
-async fn requeue_inflight(con: &mut Conn, keys: &Keys, slot: &str) -> redis::RedisResult<u64> {
+/// How often a worker sweeps the running sets of its queues ([`Inner::sweep_running`]; at
+/// most twice the heartbeat TTL).
+pub const SWEEP_EVERY_MS: u64 = 30_000;
+
+/// The `fetch.lua` calls of one turn: indexes into `queues`, in the try order `order`, one
+/// group per call (each call tried in turn until one returns a task). `per_slot` false
+/// (standalone, Sentinel): every queue in one call, one round trip. `per_slot` true (Redis
+/// Cluster): one call per run of consecutive queues in one hash slot, so each call touches
+/// one slot.
+fn fetch_groups(
+    keys: &Keys,
+    queues: &[String],
+    order: &[usize],
+    per_slot: bool,
+) -> Vec<Vec<usize>> {
+    if !per_slot {
+        return vec![order.to_vec()];
+    }
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for &i in order {
+        let slot = protocol::keys::slot(&keys.queue(&queues[i]));
+        match groups.last_mut() {
+            Some((s, g)) if *s == slot => g.push(i),
+            _ => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Put every task of `list`, a slot's in-flight list of `queue` ([`Keys::inflight_q`]), back
+/// at the head of `queue` (a malformed one to its dead letters); the list leaves the
+/// queue's running set. One hash slot per call. Returns the number put back.
+async fn requeue_list(
+    con: &mut Conn,
+    keys: &Keys,
+    list: &str,
+    queue: &str,
+    records: bool,
+) -> redis::RedisResult<u64> {
+    let items: Vec<String> = con.lrange(list, 0, -1).await?;
+    let script = redis::Script::new(scripts::REQUEUE);
+    let mut moved = 0;
+    for raw in items {
+        let malformed = Envelope::from_json(&raw).is_err();
+        let target = if malformed {
+            keys.dead(queue)
+        } else {
+            keys.queue(queue)
+        };
+        let n: u64 = script
+            .key(list)
+            .key(target)
+            .key(keys.running(queue))
+            .arg(&raw)
+            .arg(keys.prefix())
+            .arg(now_ms())
+            .arg(if records { "1" } else { "0" })
+            .arg(queue)
+            .arg(if malformed { "1" } else { "0" })
+            .invoke_async(con)
+            .await?;
+        moved += n;
+    }
+    Ok(moved)
+}
+
+/// Put every task of a slot's one in-flight list of earlier versions ([`Keys::inflight`])
+/// back at the head of its queue (`requeue_legacy.lua`; several hash slots).
+async fn requeue_legacy(con: &mut Conn, keys: &Keys, slot: &str) -> redis::RedisResult<u64> {
     let inflight = keys.inflight(slot);
     let items: Vec<String> = con.lrange(&inflight, 0, -1).await?;
-    let script = redis::Script::new(scripts::REQUEUE);
+    let script = redis::Script::new(scripts::REQUEUE_LEGACY);
     let mut moved = 0;
     for raw in items {
         let target = match Envelope::from_json(&raw) {
@@ -1311,16 +1484,79 @@ async fn requeue_inflight(con: &mut Conn, keys: &Keys, slot: &str) -> redis::Red
             .await?;
         moved += n;
     }
-    if moved > 0 {
-        tracing::info!(slot, moved, "put in-flight tasks back");
-    }
     Ok(moved)
 }
 
-/// Recover the in-flight tasks of slots whose heartbeat is older than `ttl_ms` (never one of
-/// `own`), then forget those slots. Safe to run from several workers at once. Returns the
-/// number of tasks put back.
+/// Recover the in-flight tasks of the slots of [`Keys::slots`] whose heartbeat is older than
+/// `ttl_ms` (never one of `own`), then forget those slots. Per queue of the dead slot (the
+/// `queues` of its hash, and `queues`, ours): its tasks go back (`requeue.lua`), the empty
+/// list leaves the running set (`release.lua`); once every list is empty, `forget2.lua`
+/// removes the slot and its hash if its heartbeat is still old. Each call touches one hash
+/// slot. Safe to run from several workers at once. Returns the number of tasks put back.
 pub async fn reap_dead(
+    con: &Conn,
+    keys: &Keys,
+    ttl_ms: u64,
+    own: &[String],
+    queues: &[String],
+) -> redis::RedisResult<u64> {
+    let mut con = con.clone();
+    let cutoff = now_ms().saturating_sub(ttl_ms);
+    let dead: Vec<String> = con
+        .zrangebyscore_limit(keys.slots(), "-inf", cutoff, 0, 1_000)
+        .await?;
+    let release = redis::Script::new(scripts::RELEASE);
+    let forget = redis::Script::new(scripts::FORGET2);
+    let mut total = 0;
+    for slot in dead.iter().filter(|s| !own.contains(s)) {
+        let listed: Option<String> = con.hget(keys.worker(slot), "queues").await?;
+        let mut served: Vec<String> = listed
+            .iter()
+            .flat_map(|l| l.split(','))
+            .filter(|q| !q.is_empty())
+            .map(String::from)
+            .collect();
+        for q in queues {
+            if !served.contains(q) {
+                served.push(q.clone());
+            }
+        }
+        let mut n = 0;
+        let mut empty = true;
+        for q in &served {
+            let list = keys.inflight_q(q, slot);
+            n += requeue_list(&mut con, keys, &list, q, true).await?;
+            let released: i64 = release
+                .key(&list)
+                .key(keys.running(q))
+                .invoke_async(&mut con)
+                .await?;
+            empty &= released == 1;
+        }
+        total += n;
+        if n > 0 {
+            tracing::warn!(slot, recovered = n, "recovered tasks of a dead worker");
+        }
+        // a list that got a task meanwhile (the slot is alive after all): next time
+        if empty {
+            let _: i64 = forget
+                .key(keys.slots())
+                .key(keys.worker(slot))
+                .arg(slot)
+                .arg(cutoff)
+                .invoke_async(&mut con)
+                .await?;
+        }
+    }
+    Ok(total)
+}
+
+/// The upgrade pass: recover the in-flight tasks of the slots of the registry of earlier
+/// versions ([`Keys::workers`]) whose heartbeat is older than `ttl_ms` (never one of `own`),
+/// from their one list per slot ([`Keys::inflight`]), then forget those slots
+/// (`forget.lua`, which leaves a slot of [`Keys::slots`] alone: it is not in that registry).
+/// Also forgets funcscale-celery's dead slots. Returns the number of tasks put back.
+pub async fn reap_dead_legacy(
     con: &Conn,
     keys: &Keys,
     ttl_ms: u64,
@@ -1334,10 +1570,14 @@ pub async fn reap_dead(
     let forget = redis::Script::new(scripts::FORGET);
     let mut total = 0;
     for slot in dead.iter().filter(|s| !own.contains(s)) {
-        let n = requeue_inflight(&mut con, keys, slot).await?;
+        let n = requeue_legacy(&mut con, keys, slot).await?;
         total += n;
         if n > 0 {
-            tracing::warn!(slot, recovered = n, "recovered tasks of a dead worker");
+            tracing::warn!(
+                slot,
+                recovered = n,
+                "recovered tasks of a dead worker of an earlier version"
+            );
         }
         let _: i64 = forget
             .key(keys.workers())
@@ -1370,5 +1610,37 @@ mod tests {
         assert_eq!(t.rows()[&("q".to_string(), 1)], [2, 0, 0, 1, 0]);
         t.written();
         assert!(c.take().rows().is_empty(), "written rows are gone");
+    }
+
+    #[test]
+    fn a_partly_written_flush_returns_only_the_unwritten_queues() {
+        let c = PendingCounts::default();
+        c.add("a", 60_000, &[COMPLETED]);
+        c.add("b", 60_000, &[FAILED]);
+        {
+            let mut t = c.take();
+            t.written_queue("a");
+        }
+        let t = c.take();
+        assert_eq!(t.rows().len(), 1);
+        assert_eq!(t.rows()[&("b".to_string(), 1)], [0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn fetch_groups_are_one_call_or_runs_of_one_hash_slot() {
+        let keys = Keys::default();
+        let queues: Vec<String> = ["{a.x}", "{a.y}", "{a.x}", "{b.z}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            fetch_groups(&keys, &queues, &[3, 0, 1, 2], false),
+            [vec![3, 0, 1, 2]]
+        );
+        // {a.x} twice in a row shares a slot; order kept
+        assert_eq!(
+            fetch_groups(&keys, &queues, &[0, 2, 1, 3], true),
+            [vec![0, 2], vec![1], vec![3]]
+        );
     }
 }

@@ -76,7 +76,7 @@ async fn sigterm_finishes_running_tasks_and_takes_no_more() {
     assert_eq!(s.stat("q", "completed").await, 2);
     assert_eq!(s.int(&["LLEN", &s.keys.queue("q")]).await, 10);
     assert_eq!(inflight_total(&s).await, 0);
-    assert_eq!(s.int(&["ZCARD", &s.keys.workers()]).await, 0);
+    assert_eq!(s.int(&["ZCARD", &s.keys.slots()]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,6 +124,72 @@ async fn sigterm_puts_back_what_cannot_finish_in_time() {
     for r in raw {
         assert_eq!(Envelope::from_json(&r).unwrap().attempt, 0);
     }
+}
+
+/// A worker process SIGKILLed while two tasks of two queues run: its per-queue in-flight lists
+/// (layout 2, in each queue's hash tag) and its registry entry stay behind; another worker,
+/// serving only one of the queues, recovers both tasks (the dead slot's hash names the other
+/// queue), releases the lists and forgets the slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_task_another_worker_recovers_it() {
+    let s = Space::new("kill9");
+    let set = s.own("done");
+    let runs = s.own("runs");
+    let (qa, qb) = ("{k9.a}", "{k9.b}");
+    s.enqueue(qa, &[s.env("ta", "record", qa, json!([set, 3_000, runs]))])
+        .await;
+    s.enqueue(qb, &[s.env("tb", "record", qb, json!([set, 3_000, runs]))])
+        .await;
+    let args = |name: &'static str, queues: &'static str| {
+        [
+            "--queues",
+            queues,
+            "--processes",
+            "2",
+            "--worker-ttl-ms",
+            "1000",
+            "--name",
+            name,
+        ]
+    };
+    let mut victim = spawn_worker(&s, &args("victim", "{k9.a},{k9.b}"));
+    let ks = s.keys.clone().in_namespace(Some("k9".into()));
+    wait_until("both tasks in flight", Duration::from_secs(10), || async {
+        s.int(&["ZCARD", &s.keys.running(qa)]).await == 1
+            && s.int(&["ZCARD", &s.keys.running(qb)]).await == 1
+    })
+    .await;
+    // the tasks sit in the victim's per-queue lists
+    let lists = [ks.inflight_q(qa, "victim.0"), ks.inflight_q(qa, "victim.1")];
+    let mut held = 0;
+    for l in &lists {
+        held += s.int(&["LLEN", l]).await;
+    }
+    assert_eq!(held, 1, "one task of {qa} in the victim's lists of {qa}");
+    signal(&victim, Signal::SIGKILL);
+    let _ = victim.wait().await;
+    assert_eq!(inflight_total(&s).await, 2, "killed with both in flight");
+    assert_eq!(s.int(&["LLEN", &runs]).await, 2);
+    let mut rescuer = spawn_worker(&s, &args("rescuer", "{k9.a}"));
+    wait_until(
+        "the rescuer recovered both",
+        Duration::from_secs(15),
+        || async {
+            s.int(&["LLEN", &s.keys.queue(qb)]).await == 1 && s.int(&["LLEN", &runs]).await == 3
+        },
+    )
+    .await;
+    wait_until(
+        "the victim's slots are forgotten",
+        Duration::from_secs(5),
+        || async { s.int(&["ZCARD", &ks.slots()]).await == 2 },
+    )
+    .await;
+    assert_eq!(s.int(&["ZCARD", &s.keys.running(qb)]).await, 0);
+    assert_eq!(s.int(&["EXISTS", &ks.worker("victim.0")]).await, 0);
+    signal(&rescuer, Signal::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(10), rescuer.wait()).await;
+    assert_eq!(inflight_total(&s).await, 0);
 }
 
 /// 10,000 tasks, three worker processes of five slots, one of them SIGKILLed at random every

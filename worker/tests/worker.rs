@@ -30,7 +30,7 @@ async fn delivers_and_acknowledges() {
         .collect();
     s.enqueue("q", &envs).await;
     assert_eq!(s.stat("q", "enqueued").await, 200);
-    let w = Running::start(builder(&s, &["q"], 3)).await;
+    let w = Running::start(builder(&s, &["q"], 3).configure(|c| c.name = "dl-w".into())).await;
     wait_until(
         "200 tasks recorded and acknowledged",
         Duration::from_secs(20),
@@ -56,16 +56,24 @@ async fn delivers_and_acknowledges() {
     let stats = QueueStats::from_pairs(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
     assert_eq!(stats.completed, 200);
     assert!(stats.ewma_ms.is_some() && stats.percentile_ms(0.5).is_some());
-    // Three live slots heartbeat into the workers set.
-    assert_eq!(s.int(&["ZCARD", &s.keys.workers()]).await, 3);
+    // Three live slots heartbeat into the registry (layout 2; the old one stays empty), with
+    // hashes without a TTL.
+    assert_eq!(s.int(&["ZCARD", &s.keys.slots()]).await, 3);
+    assert_eq!(s.int(&["EXISTS", &s.keys.workers()]).await, 0);
+    let slot = "dl-w.0".to_string();
+    assert_eq!(s.int(&["TTL", &s.keys.worker(&slot)]).await, -1);
     w.stop().await;
     assert_eq!(
-        s.int(&["ZCARD", &s.keys.workers()]).await,
+        s.int(&["ZCARD", &s.keys.slots()]).await,
         0,
         "slots deregister on drain"
     );
+    assert_eq!(s.int(&["EXISTS", &s.keys.worker(&slot)]).await, 0);
 }
 
+/// The upgrade pass: a slot of an earlier version (registry `Keys::workers`, one in-flight
+/// list per slot `Keys::inflight`, written here by hand) that died with tasks in flight is
+/// recovered by a worker of this version and forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_tasks_of_a_dead_worker() {
     let s = Space::new("recover");
@@ -199,7 +207,8 @@ async fn running_set_follows_the_in_flight_lists() {
     w.stop().await;
     assert_eq!(s.int(&["ZCARD", &running("qc")]).await, 0);
 
-    // a worker that died with a task in flight: the reaper puts it back, the set follows
+    // a worker of an earlier version (layout 1, written by hand) that died with a task in
+    // flight: the reaper's upgrade pass puts it back, the set follows
     let mut con = s.con().await;
     let ghost = "ghost-2.0";
     let e = s.env("lost", "sleep", "qd", json!([10]));

@@ -470,8 +470,9 @@ pub struct FuncQueueStatus {
     /// Worker pools that serve this queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
-    /// Which Redis the operator read the queue from: the topology (`standalone`, `sentinel`)
-    /// and the node that answered (for Sentinel the master then: it changes with a failover).
+    /// Which Redis the operator read the queue from: the topology (`standalone`, `sentinel`,
+    /// `cluster`) and the node that answered (for Sentinel the master then: it changes with a
+    /// failover; for a cluster the master serving the queue's list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<QueueRedisStatus>,
     /// When the operator last read this queue from Redis (RFC 3339).
@@ -497,9 +498,11 @@ pub struct FuncQueueStatus {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRedisStatus {
-    /// `standalone` (one server) or `sentinel` (a Sentinel set's master).
+    /// `standalone` (one server), `sentinel` (a Sentinel set's master) or `cluster` (a Redis
+    /// Cluster).
     pub topology: String,
-    /// `host:port` of the node that answered the last poll.
+    /// `host:port` of the node that answered the last poll (for a cluster: the master serving
+    /// the queue's list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }

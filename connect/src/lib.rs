@@ -672,6 +672,40 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_cluster_url_uses_tls_to_every_node() {
+        let t = target(
+            "rediss+cluster://n1:7000,n2#insecure",
+            Credentials::default(),
+        )
+        .unwrap();
+        let Target::Cluster(c) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(c.tls, Some(true));
+        assert!(matches!(
+            c.seeds[1],
+            redis::ConnectionAddr::TcpTls {
+                insecure: true,
+                port: 6379,
+                ..
+            }
+        ));
+        // a node the cluster names (CLUSTER SLOTS gives host and port) gets TLS and the login
+        let info = c.info_for(redis::ConnectionAddr::Tcp("10.0.0.9".into(), 7005));
+        assert!(matches!(
+            info.addr(),
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        ));
+        let t = target("redis+cluster://n1:7000", Credentials::default()).unwrap();
+        let Target::Cluster(c) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(c.tls, None);
+        let info = c.info_for(redis::ConnectionAddr::Tcp("10.0.0.9".into(), 7005));
+        assert!(matches!(info.addr(), redis::ConnectionAddr::Tcp(..)));
+    }
+
+    #[test]
     fn failover_signs_are_dropped_refused_timed_out_or_readonly() {
         let io = |k| redis::RedisError::from(std::io::Error::new(k, "x"));
         assert!(super::failover_sign(&io(

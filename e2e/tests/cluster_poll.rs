@@ -193,3 +193,78 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The cluster additions docs/operations.md gives the operator's ACL user.
+const CLUSTER_ACL: &str = "+cluster|slots +cluster|nodes +asking +readonly";
+
+/// A cluster whose nodes have the operator's documented ACL user `funcscale-operator` (password `pw`,
+/// prefix `conn3acl`), with the cluster additions when `additions`.
+async fn cluster_with_operator_user(additions: bool) -> RedisCluster {
+    let mut rule = funcscale_e2e::docs::documented_rule("funcscale-operator", "pw", "conn3acl");
+    if additions {
+        rule.extend(CLUSTER_ACL.split_whitespace().map(String::from));
+    }
+    RedisCluster::start_with(ClusterOptions {
+        config: vec![format!("user {}", rule.join(" "))],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_documented_operator_acl_polls_a_cluster_with_the_cluster_additions_only() {
+    let doc = include_str!("../../docs/operations.md");
+    assert!(
+        doc.contains(CLUSTER_ACL),
+        "docs/operations.md gives no {CLUSTER_ACL}"
+    );
+    let keys = Keys::new("conn3acl");
+    for additions in [true, false] {
+        let mut c = cluster_with_operator_user(additions).await;
+        let mut con = cluster_client(&c).await;
+        let qid = "{ns.acl}";
+        let e = Envelope::new("t", "f", qid, now_ms() - 5_000);
+        let _: () = redis::cmd("LPUSH")
+            .arg(keys.queue(qid))
+            .arg(e.to_json())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let url = c
+            .url()
+            .replace("redis+cluster://", "redis+cluster://funcscale-operator:pw@");
+        let registry = Registry::default();
+        let cache = MetricsCache::default();
+        let id = QueueId::new("ns", "acl");
+        registry.upsert(
+            id.clone(),
+            QueueTarget::for_queue(
+                &queue("acl", QueueFormat::Funcscale),
+                qid,
+                RedisEndpoint::new(url),
+                &keys,
+                60_000,
+            ),
+        );
+        let config = PollerConfig {
+            response_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            ..PollerConfig::default()
+        };
+        Poller::new(registry, cache.clone(), config)
+            .poll_once(now_ms())
+            .await;
+        match (additions, cache.get(&id)) {
+            (true, Some(Reading::Ok(q))) => assert_eq!(q.depth, 1),
+            (false, Some(Reading::Unavailable { error, .. })) => {
+                assert!(
+                    error.contains("NOPERM") && error.contains("+cluster|slots"),
+                    "{error}"
+                )
+            }
+            (_, other) => panic!("additions {additions}: {other:?}"),
+        }
+        drop(c.master_ports().await);
+    }
+}

@@ -615,8 +615,8 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Send `pipe` (not a transaction: `MULTI`/`EXEC` are not grouped) and give back one reply per
-/// command, in the pipeline's order.
+/// Send `pipe` and give back one reply per command, in the pipeline's order. A transaction
+/// (`pipe.atomic()`) is refused: every command fails.
 ///
 /// - **One server / Sentinel**: the pipeline is sent as it is; when it fails (the node does not
 ///   answer...), every command gets that failure, naming the node.
@@ -631,6 +631,17 @@ impl ConnectionLike for Conn {
 ///   commands it was sent, each naming it `host:port (cluster, slots a-b)`. Commands may
 ///   therefore be sent more than once: use it for reads and idempotent writes.
 pub async fn query_grouped(conn: &mut Conn, pipe: &Pipeline) -> Grouped {
+    if pipe.is_transaction() {
+        let f = NodeFailure {
+            node: conn.describe(),
+            error: redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "query_grouped sends no transaction",
+                "send a MULTI/EXEC (of keys of one slot) through the Conn itself".to_string(),
+            )),
+        };
+        return Grouped((0..pipe.len()).map(|_| Err(f.clone())).collect());
+    }
     match &conn.0 {
         Inner::Cluster(c) => cluster::query_grouped(c, pipe).await,
         _ => {

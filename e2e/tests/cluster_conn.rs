@@ -327,6 +327,20 @@ async fn on_one_server_query_grouped_is_the_pipeline_as_is() {
         .arg("conn3:single:a");
     let v = query_grouped(&mut con, &pipe).await.into_values().unwrap();
     assert_eq!(v.iter().map(text).collect::<Vec<_>>(), ["OK", "x", "1"]);
+    // a transaction is refused, nothing sent
+    let mut tx = redis::pipe();
+    tx.atomic().cmd("SET").arg("conn3:single:a").arg("y");
+    let e = query_grouped(&mut con, &tx)
+        .await
+        .into_values()
+        .unwrap_err();
+    assert!(e.to_string().contains("no transaction"), "{e}");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("conn3:single:a")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!exists);
     // a node that does not answer: every command fails naming it
     let t = target("redis://127.0.0.1:1/0", Credentials::default()).unwrap();
     let cfg = Config {

@@ -222,7 +222,30 @@ async fn a_moved_slot_and_a_slot_mid_migration_are_followed() {
         .cmd("GET")
         .arg(&other);
     assert_eq!(read(query_grouped(&mut con, &pipe).await), ["1", "2", "3"]);
+    // a command on both keys, half moved: TRYAGAIN (re-sent once after 50 ms), for it alone
+    let mut both = redis::pipe();
+    both.cmd("MGET")
+        .arg(&moving)
+        .arg(&sibling)
+        .cmd("GET")
+        .arg(&other);
+    let started = Instant::now();
+    let g = query_grouped(&mut con, &both).await;
+    assert!(started.elapsed() >= funcscale_connect::TRYAGAIN_WAIT);
+    match &g.0[0] {
+        Ok(Value::ServerError(e)) => assert_eq!(e.code(), "TRYAGAIN", "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(text(g.0[1].as_ref().unwrap()), "3");
     c.finish_migration(m).await.unwrap();
+    let v = query_grouped(&mut con, &both).await.into_values().unwrap();
+    assert_eq!(
+        v[0],
+        Value::Array(vec![
+            Value::BulkString(b"1".to_vec()),
+            Value::BulkString(b"2".to_vec())
+        ])
+    );
     assert_eq!(read(query_grouped(&mut con, &pipe).await), ["1", "2", "3"]);
 }
 

@@ -1,6 +1,7 @@
 //! The operator's poll (`funcscale_operator::redis_metrics::Poller`) of queues on a real Redis
 //! Cluster (`funcscale_e2e::redis_cluster::RedisCluster`): queues on the three masters are read
 //! in one poll, the queue status says topology `cluster` and names each queue's master; a
+//! poll during a slot migration (held half-way, then finished) still reads the moved queue; a
 //! killed master makes only its queues unavailable (naming it), the others are read, and its
 //! queues are read again from the promoted replica. An RQ queue's oldest job (its hash on
 //! another slot) is read in two steps.
@@ -152,6 +153,27 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
             assert!((q.oldest_age_seconds.unwrap() - 30.0).abs() < 0.01, "{q:?}");
         }
         other => panic!("{rq_id}: {other:?}"),
+    }
+
+    // the first queue's slot moves to the third master, held half-way (its keys on both
+    // masters: ASK for those moved), then finished (MOVED)
+    let (_, first) = queues[0].clone();
+    let first_slot = slot(&keys.queue(&format!("{{ns.{}}}", first.name)));
+    let m = c
+        .migrate_slot_partly(first_slot, masters[2], 2)
+        .await
+        .unwrap();
+    assert!(m.moved >= 1, "{m:?}");
+    poller.poll_once(now + 500).await;
+    match cache.get(&first) {
+        Some(Reading::Ok(q)) => assert_eq!(q.depth, 1, "{first}"),
+        other => panic!("{first} mid-migration: {other:?}"),
+    }
+    c.finish_migration(m).await.unwrap();
+    poller.poll_once(now + 600).await;
+    match cache.get(&first) {
+        Some(Reading::Ok(q)) => assert_eq!(q.depth, 1, "{first}"),
+        other => panic!("{first} after the migration: {other:?}"),
     }
 
     // the writes reached the replicas; then the master of the second queue dies

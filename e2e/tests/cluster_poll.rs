@@ -180,7 +180,16 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (victim, dead_q) = queues[1].clone();
     c.kill_master(victim).await.unwrap();
-    poller.poll_once(now + 1000).await;
+    let report = poller.poll_once(now + 1000).await;
+    // one poll error: the dead master's (the poll-errors metric counts it)
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(
+        report.errors[0]
+            .1
+            .contains(&format!("127.0.0.1:{victim} (cluster, slots ")),
+        "{:?}",
+        report.errors
+    );
     match cache.get(&dead_q) {
         Some(Reading::Unavailable { error, .. }) => assert!(
             error.contains(&format!("127.0.0.1:{victim} (cluster, slots ")),

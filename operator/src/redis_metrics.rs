@@ -830,6 +830,22 @@ impl Poller {
                     conn.next_attempt = None;
                     conn.last_error = None;
                     report.ok_endpoints += 1;
+                    // a cluster's failed masters (their queues unavailable, the others read):
+                    // an error each, for the poll-errors metric and the log
+                    let mut failed_nodes: Vec<&str> = raws
+                        .iter()
+                        .filter_map(|r| r.unavailable.as_deref())
+                        .filter(|e| e.starts_with(NODE_FAILED))
+                        .collect();
+                    // one per node, whatever each of its commands got
+                    let node_of = |e: &str| e.split_once("): ").map_or(e, |(n, _)| n).to_string();
+                    failed_nodes.sort_by_key(|e| node_of(e));
+                    failed_nodes.dedup_by_key(|e| node_of(e));
+                    report.errors.extend(
+                        failed_nodes
+                            .into_iter()
+                            .map(|e| (endpoint.clone(), e.to_string())),
+                    );
                     for ((id, target), mut raw) in queues.into_iter().zip(raws) {
                         let failed = match (raw.wrong_type.take(), raw.unavailable.take()) {
                             (Some(e), _) => Some((e, UnavailableReason::WrongKeyType)),
@@ -1063,6 +1079,9 @@ async fn read_endpoint(
     result
 }
 
+/// How the reading of a queue whose cluster master failed begins (then the node and the error).
+const NODE_FAILED: &str = "Redis node ";
+
 /// [`read_endpoint`] on a Redis Cluster: every queue's commands in one pipeline split per master
 /// by [`funcscale_connect::query_grouped`] (one pipeline per master, concurrently); a master
 /// that fails makes only the queues whose commands it was sent unavailable, naming it
@@ -1146,7 +1165,7 @@ async fn read_cluster(
                 }
                 Ok(v) => values.push(v.clone()),
                 Err(f) => {
-                    failed.get_or_insert_with(|| format!("Redis node {f}"));
+                    failed.get_or_insert_with(|| format!("{NODE_FAILED}{f}"));
                 }
             }
         }

@@ -246,6 +246,20 @@ impl WorkerBuilder {
                 .map(String::from);
             self.config.keys = self.config.keys.clone().in_namespace(ns);
         }
+        // its in-flight lists and registry entries live in one namespace: a queue of another
+        // one would look like a dead slot's to that namespace's workers (run twice)
+        if let Some(ns) = self.config.keys.namespace()
+            && let Some(other) = self
+                .config
+                .queues
+                .iter()
+                .find(|q| Keys::queue_id_namespace(q).is_some_and(|n| n != ns))
+        {
+            anyhow::bail!(
+                "queue {other} is in another namespace than this worker's ({ns}): a worker \
+                 serves the queues of one namespace (run one worker per namespace)"
+            );
+        }
         let handler = match self.handler {
             Some(Handler::Functions(mut m)) => {
                 m.extend(self.functions);
@@ -679,31 +693,37 @@ impl Inner {
     async fn sweep_running(&self, own: &[String]) -> redis::RedisResult<u64> {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
-        let cutoff = now_ms().saturating_sub(self.config.worker_ttl_ms) as f64;
         let mut total = 0;
         for q in &self.config.queues {
             let members: Vec<String> = con.zrange(keys.running(q), 0, -1).await?;
-            for list in members {
-                // layout 1 lists are the legacy pass's (their registry entry names them)
-                let Some((Some(lq), slot)) = keys.parse_inflight(&list) else {
-                    continue;
-                };
-                if lq != q.as_str() || own.iter().any(|s| s == slot) {
+            // layout 1 lists are the legacy pass's (their registry entry names them)
+            let foreign: Vec<(String, String)> = members
+                .into_iter()
+                .filter_map(|list| {
+                    let (lq, slot) = keys.parse_inflight(&list)?;
+                    let slot = slot.to_string();
+                    (lq? == q.as_str() && !own.contains(&slot)).then_some((list, slot))
+                })
+                .collect();
+            if foreign.is_empty() {
+                continue;
+            }
+            // every slot's heartbeats in one round trip (live slots are the usual case)
+            let stale = self.stale_slots(&mut con, &foreign).await?;
+            for (list, slot) in foreign.iter().filter(|(_, s)| stale.contains(s)) {
+                // checked again just before: a slot that came back since keeps its task
+                if !self
+                    .stale_slots(&mut con, &[(list.clone(), slot.clone())])
+                    .await?
+                    .contains(slot)
+                {
                     continue;
                 }
-                let (v2, v1): (Option<f64>, Option<f64>) = redis::pipe()
-                    .zscore(keys.slots(), slot)
-                    .zscore(keys.workers(), slot)
-                    .query_async(&mut con)
-                    .await?;
-                if [v2, v1].iter().flatten().any(|&beat| beat > cutoff) {
-                    continue;
-                }
-                let n = requeue_list(&mut con, keys, &list, q, true).await?;
+                let n = requeue_list(&mut con, keys, list, q, true).await?;
                 let _: i64 = self
                     .scripts
                     .release
-                    .key(&list)
+                    .key(list)
                     .key(keys.running(q))
                     .invoke_async(&mut con)
                     .await?;
@@ -714,6 +734,28 @@ impl Inner {
             }
         }
         Ok(total)
+    }
+
+    /// The slots among `lists` (in-flight list, slot) with a heartbeat in neither registry
+    /// newer than the TTL: one pipelined round trip.
+    async fn stale_slots(
+        &self,
+        con: &mut Conn,
+        lists: &[(String, String)],
+    ) -> redis::RedisResult<Vec<String>> {
+        let keys = &self.config.keys;
+        let cutoff = now_ms().saturating_sub(self.config.worker_ttl_ms) as f64;
+        let mut pipe = redis::pipe();
+        for (_, slot) in lists {
+            pipe.zscore(keys.slots(), slot).zscore(keys.workers(), slot);
+        }
+        let beats: Vec<Option<f64>> = pipe.query_async(con).await?;
+        Ok(lists
+            .iter()
+            .zip(beats.chunks(2))
+            .filter(|(_, b)| !b.iter().flatten().any(|&beat| beat > cutoff))
+            .map(|((_, slot), _)| slot.clone())
+            .collect())
     }
 
     async fn heartbeat(&self, slots: &[String]) -> redis::RedisResult<()> {
@@ -747,11 +789,11 @@ impl Inner {
         pipe.query_async(&mut con).await
     }
 
-    /// Heartbeats, the reaper of dead slots, the mover of due retries and the count flush
-    /// (quick Redis calls) in one loop; queue gauges and record trimming in a second, URL
-    /// deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`) in a third, so a slow receiver
-    /// or a long trim never delays a heartbeat (which would let other workers reap this
-    /// worker's tasks while they run).
+    /// Heartbeats, the mover of due retries and the count flush (quick Redis calls) in one
+    /// loop; the reaper of dead slots and the running-set sweep in a second; queue gauges and
+    /// record trimming in a third, URL deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`)
+    /// in a fourth, so a slow receiver, a long trim or a long sweep never delays a heartbeat
+    /// (which would let other workers reap this worker's tasks while they run).
     async fn background(&self, slots: Vec<String>) {
         let every = |ms: u64| {
             let mut i = tokio::time::interval(Duration::from_millis(ms));
@@ -760,19 +802,33 @@ impl Inner {
         };
         let quick = async {
             let mut beat = every((self.config.worker_ttl_ms / 5).max(100));
-            let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
             let mut promote = every(250);
             let mut counts = every(1_000);
-            let mut sweep = every(SWEEP_EVERY_MS.min(self.config.worker_ttl_ms * 2).max(1_000));
             let mut stop_mark = every(STOP_CHECK_EVERY.as_millis() as u64);
             loop {
                 tokio::select! {
                     _ = stop_mark.tick(), if self.config.pod.is_some() => if let Err(e) = self.read_stop_mark().await { tracing::warn!(error = %e, "reading the pod's stop mark failed") },
                     _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
-                    _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
-                    _ = sweep.tick() => if let Err(e) = self.sweep_running(&slots).await { tracing::warn!(error = %e, "running-set sweep failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
                     _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
+                }
+            }
+        };
+        // the reaper and the running-set sweep read other slots' lists (round trips that grow
+        // with the pool): a loop of their own, so they never delay a heartbeat; the sweep's
+        // start is jittered so a pool's workers do not sweep together
+        let recovery = async {
+            let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
+            let sweep_ms = SWEEP_EVERY_MS.min(self.config.worker_ttl_ms * 2).max(1_000);
+            let mut sweep = tokio::time::interval_at(
+                tokio::time::Instant::now() + Duration::from_millis(fastrand::u64(..sweep_ms)),
+                Duration::from_millis(sweep_ms),
+            );
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
+                    _ = sweep.tick() => if let Err(e) = self.sweep_running(&slots).await { tracing::warn!(error = %e, "running-set sweep failed") },
                 }
             }
         };
@@ -803,7 +859,7 @@ impl Inner {
                 }
             }
         };
-        tokio::join!(quick, slow, deliveries);
+        tokio::join!(quick, recovery, slow, deliveries);
     }
 
     /// Read the pod's stop mark and follow it: no new tasks while it exists, tasks again when
@@ -1207,7 +1263,7 @@ impl Inner {
             self.limits(&env),
             self.redis.clone(),
             &self.http,
-            cancel,
+            cancel.clone(),
         );
         // The `started` record is written only once the attempt has run for
         // RECORD_START_AFTER, concurrently with the task. Most tasks end sooner: their finish
@@ -1306,11 +1362,21 @@ impl Inner {
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
                 // The queue's retry settings, read at each failure so a changed FuncQueue
                 // applies at once; the task's own count wins over the queue's.
+                // The task has run: an error here must not leave it to run again (it would
+                // stay in flight, and the slot's next fetch hands it back): the defaults then.
                 let queue_config = if err.retryable {
-                    let pairs: Vec<(String, String)> = QueueConfig::get_cmd(keys, &env.queue)
-                        .query_async(&mut con)
-                        .await?;
-                    QueueConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    match QueueConfig::get_cmd(keys, &env.queue)
+                        .query_async::<Vec<(String, String)>>(&mut con)
+                        .await
+                    {
+                        Ok(pairs) => QueueConfig::from_pairs(
+                            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        ),
+                        Err(e) => {
+                            tracing::warn!(queue = %env.queue, error = %e, "reading the queue's retry settings failed; using the defaults");
+                            QueueConfig::default()
+                        }
+                    }
                 } else {
                     QueueConfig::default()
                 };
@@ -1372,17 +1438,7 @@ impl Inner {
                 return Ok(());
             }
         }
-        let (done, _): (i64, i64) = match pipe.query_async(&mut con).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Script cache flushed: load and try once more.
-                let mut load = redis::pipe();
-                load.load_script(&self.scripts.finish)
-                    .load_script(&self.scripts.record);
-                let _: () = load.query_async(&mut con).await?;
-                pipe.query_async(&mut con).await?
-            }
-            r => r?,
-        };
+        let (done, _): (i64, i64) = self.send_finish(&mut con, &pipe, &cancel).await?;
         // 0: no longer in flight (put back by a reaper): this finish wrote nothing. Outcomes
         // are counted with records on or off; `long` (2) needs a started record.
         if done > 0 {
@@ -1392,6 +1448,50 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Send a finished task's finish pipeline until Redis takes it: the task has run, so
+    /// leaving it in flight would let the slot's next fetch hand it back and run it again.
+    /// `finish.lua` is idempotent (a second send finds the task gone and writes nothing).
+    /// Retries with backoff (0.25 s doubling to 5 s); gives up only when the drain cancels
+    /// the running tasks (the drain then puts the task back: it may run again, at least once).
+    async fn send_finish(
+        &self,
+        con: &mut Conn,
+        pipe: &redis::Pipeline,
+        cancel: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<(i64, i64)> {
+        let mut wait = Duration::from_millis(250);
+        let mut reloaded = false;
+        loop {
+            let e = match pipe.query_async(con).await {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && !reloaded {
+                reloaded = true;
+                // Script cache flushed (a restart, a failover): load and send again.
+                let mut load = redis::pipe();
+                load.load_script(&self.scripts.finish)
+                    .load_script(&self.scripts.record);
+                if let Ok(()) = load.query_async(con).await {
+                    continue;
+                }
+            }
+            if *cancel.borrow() {
+                return Err(e);
+            }
+            self.redis.after_error(&e);
+            tracing::warn!(error = %e, node = %self.redis.describe(), retry_in = ?wait, "finishing a task failed; retrying");
+            let mut cancel = cancel.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.wait_for(|c| *c) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
 }
 

@@ -109,8 +109,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLettersAction,
     },
-    /// List, replay or purge deliveries to URL destinations (pending, or parked after
-    /// their last attempt failed).
+    /// List, replay or purge deliveries to destinations (pending, or parked after their last
+    /// attempt failed), over the outboxes of the namespace's queues and the namespace's
+    /// outbox of earlier versions.
     Outbox {
         /// Action.
         #[command(subcommand)]
@@ -312,7 +313,7 @@ pub enum OutboxAction {
         #[arg(long)]
         json: bool,
     },
-    /// Move parked deliveries back into the outbox: due now, attempt count reset, same
+    /// Move parked deliveries back into their outbox: due now, attempt count reset, same
     /// delivery id (receivers still deduplicate).
     Requeue {
         /// Which.

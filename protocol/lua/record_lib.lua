@@ -34,9 +34,12 @@ local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
 -- the outbox of a queue (`Keys::queue_outbox`): in its hash tag, so staging a delivery touches
--- only the finishing task's slot; the forward marker of a delivery into queue `dq`
--- (`Keys::fwd_marker`), in the destination's tag
-local function fs_k_queue_outbox(P, q) return P .. ':outbox:' .. q end
+-- only the finishing task's slot (`outbox:q:<id>` for an id naming no namespace); the forward
+-- marker of a delivery into queue `dq` (`Keys::fwd_marker`), in the destination's tag
+local function fs_k_queue_outbox(P, q)
+  if string.match(q, '^{.*%..*}$') then return P .. ':outbox:' .. q end
+  return P .. ':outbox:q:' .. q
+end
 local function fs_k_fwd(P, dq, did) return P .. ':fwd:' .. dq .. ':' .. did end
 local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}

@@ -345,15 +345,21 @@ impl Keys {
     /// Pending deliveries to the destinations of `queue`'s tasks (a zset by due time, ms):
     /// URL deliveries ([`crate::OutboxItem`]) and tasks for a destination queue
     /// ([`crate::ForwardItem`]), staged by the finish script in the queue's hash tag (one
-    /// Redis Cluster slot with the task) and delivered by the workers of the queue. A queue
-    /// id has a dot and a namespace none, so this never names [`Keys::outbox`].
+    /// Redis Cluster slot with the task) and delivered by the workers of the queue:
+    /// `<prefix>:outbox:{<ns>.<name>}`. A queue id has a dot and a namespace none, so this
+    /// never names [`Keys::outbox`]; a legacy id (no namespace: a bare name, or any id
+    /// [`Keys::queue_id_namespace`] does not read) gets `<prefix>:outbox:q:<id>`, so no
+    /// name (`dead`, `{x}`) can meet an outbox of earlier versions.
     pub fn queue_outbox(&self, queue: &str) -> String {
-        format!("{}:outbox:{queue}", self.prefix)
+        match Self::queue_id_namespace(queue) {
+            Some(_) => format!("{}:outbox:{queue}", self.prefix),
+            None => format!("{}:outbox:q:{queue}", self.prefix),
+        }
     }
 
     /// Deliveries of `queue`'s outbox that failed for good (list), until replayed or purged.
     pub fn queue_outbox_dead(&self, queue: &str) -> String {
-        format!("{}:outbox:{queue}:dead", self.prefix)
+        format!("{}:dead", self.queue_outbox(queue))
     }
 
     /// The forward marker of delivery `id` into destination queue `queue` (string, 24 h TTL):
@@ -751,6 +757,11 @@ mod tests {
         assert_eq!(k.queue_outbox_dead(&a), "funcscale:outbox:{a.jobs}:dead");
         assert_ne!(k.queue_outbox(&a), k.queue_outbox(&b));
         assert_ne!(k.queue_outbox(&a), ka.outbox());
+        // legacy ids: never an outbox of earlier versions
+        assert_eq!(k.queue_outbox("jobs"), "funcscale:outbox:q:jobs");
+        assert_eq!(k.queue_outbox_dead("dead"), "funcscale:outbox:q:dead:dead");
+        assert_ne!(k.queue_outbox("dead"), k.outbox_dead());
+        assert_ne!(k.queue_outbox("{a}"), ka.outbox());
         assert_eq!(
             k.fwd_marker(&a, "t1:success"),
             "funcscale:fwd:{a.jobs}:t1:success"

@@ -216,7 +216,8 @@ mod tests {
             "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'a', 'i'), fs_k_task_legacy(P, 'i'), \
              fs_k_tasks_status(P, 'a', 'dead'), fs_k_tasks_func(P, 'a', 'f'), fs_k_tasks_ids(P, 'a'), \
              fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_queue_outbox(P, 'a'), fs_k_running(P, 'a'), fs_k_queue_outbox(P, '{{ns.a}}'), \
-             fs_k_fwd(P, '{{ns.a}}', 'i:success')}}"
+             fs_k_fwd(P, '{{ns.a}}', 'i:success'), fs_k_queue_outbox(P, '{{a}}'), fs_k_queue_outbox(P, '{{.}}'), \
+             fs_k_queue_outbox(P, '{{a.b'), fs_k_queue_outbox(P, '{{}}'), fs_k_queue_outbox(P, 'a.b}}')}}"
         );
         let got: Vec<String> = redis::Script::new(&probe)
             .arg("pfx")
@@ -239,6 +240,11 @@ mod tests {
                 k.running("a"),
                 k.queue_outbox("{ns.a}"),
                 k.fwd_marker("{ns.a}", "i:success"),
+                k.queue_outbox("{a}"),
+                k.queue_outbox("{.}"),
+                k.queue_outbox("{a.b"),
+                k.queue_outbox("{}"),
+                k.queue_outbox("a.b}"),
             ]
         );
     }

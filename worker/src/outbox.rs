@@ -80,7 +80,8 @@ impl Outbox {
 
 /// Every outbox of the scope that holds something: the per-queue outboxes of the scope's
 /// namespace's queues (found by `SCAN`; without a namespace, those of queue ids that name
-/// none) and the earlier versions' outbox of the scope (always listed).
+/// none, e.g. `legacyKeys` queues) and the earlier versions' outbox of the scope (always
+/// listed).
 pub async fn outboxes<C>(con: &mut C, keys: &Keys) -> redis::RedisResult<Vec<Outbox>>
 where
     C: redis::aio::ConnectionLike + Send,
@@ -105,13 +106,15 @@ where
             let Some(rest) = k.strip_prefix(head.as_str()) else {
                 continue;
             };
-            let q = rest.strip_suffix(":dead").unwrap_or(rest);
-            let ours = match keys.namespace() {
-                Some(ns) => Keys::queue_id_namespace(q) == Some(ns),
-                // no namespace: queue ids naming none (not an earlier version's `{ns}` outbox)
-                None => !q.starts_with('{') && q != "dead",
+            let rest = rest.strip_suffix(":dead").unwrap_or(rest);
+            // `outbox:q:<id>`: an id naming no namespace (listed without a namespace);
+            // `outbox:{<ns>.<name>}`: a queue of namespace `ns`
+            let q = match (rest.strip_prefix("q:"), keys.namespace()) {
+                (Some(id), None) => Some(id),
+                (None, Some(ns)) => Some(rest).filter(|q| Keys::queue_id_namespace(q) == Some(ns)),
+                _ => None,
             };
-            if ours {
+            if let Some(q) = q {
                 queues.insert(q.to_string());
             }
         }

@@ -236,3 +236,142 @@ async fn destinations_stage_in_the_queues_slot_and_forward_once_into_another_mas
         .unwrap();
     assert_eq!(claimed, [url_item.expect("the URL item")]);
 }
+
+/// A local HTTP receiver answering 200 to every request: the delivery ids it got.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ids = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                // headers, then the body of `content-length` bytes
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let header = |name: &str| {
+                        text[..end].lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                    };
+                    let len: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    ids.lock()
+                        .unwrap()
+                        .push(header("x-funcscale-delivery-id").unwrap_or_default());
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+/// The worker's own delivery code (`funcscale_worker::outbox`) over funcscale's cluster
+/// connection (`Conn::Cluster`): a queue item staged in a queue's outbox is forwarded into a
+/// queue on another master and settled, a URL item is POSTed; a re-delivery after a lost
+/// settle enqueues nothing; the gauges read every outbox a worker delivers (its queues' and
+/// the namespace's of earlier versions: three slots) without CROSSSLOT.
+#[tokio::test]
+async fn the_workers_delivery_code_runs_on_a_cluster_connection() {
+    use funcscale_worker::outbox::{self, Outbox};
+    funcscale_connect::install_crypto_provider();
+    let mut c = RedisCluster::start().await.unwrap();
+    let masters = c.master_ports().await.unwrap();
+    let ns = "cw";
+    let keys = Keys::new("cw1").in_namespace(Some(ns.into()));
+    let src = queue_on(&mut c, ns, masters[0]).await;
+    let dst = queue_on(&mut c, ns, masters[2]).await;
+    let conn = funcscale_connect::Conn::open(&c.url()).await.unwrap();
+    assert!(conn.is_cluster());
+    let (url, got) = receiver().await;
+    let env = Envelope::new("t-1:success", "collect", &dst, 1_000);
+    let fwd = serde_json::to_string(&ForwardItem {
+        id: env.id.clone(),
+        queue: dst.clone(),
+        func: env.func.clone(),
+        env: env.to_json(),
+    })
+    .unwrap();
+    let post = serde_json::to_string(&funcscale_protocol::OutboxItem {
+        id: "t-2:failure".into(),
+        url: url.clone(),
+        attempt: 0,
+        body: serde_json::json!({"event": "failure"}),
+        error: None,
+    })
+    .unwrap();
+    let mut con = conn.clone();
+    let ob = Outbox::of_queue(&keys, &src);
+    let _: () = con.zadd(&ob.pending, &fwd, 0).await.unwrap();
+    let _: () = con.zadd(&ob.pending, &post, 0).await.unwrap();
+    let http = funcscale_worker::handler::http_client();
+
+    let n = outbox::deliver_due(&conn, &keys, &ob, &http, 50)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(*got.lock().unwrap(), ["t-2:failure"]);
+    let waiting: Vec<String> = con.lrange(keys.queue(&dst), 0, -1).await.unwrap();
+    assert_eq!(waiting, [env.to_json()]);
+    assert_eq!(con.zcard::<_, i64>(&ob.pending).await.unwrap(), 0);
+
+    // the settle was lost: the item is due again; delivered (settled), not enqueued again
+    let _: () = con.zadd(&ob.pending, &fwd, 0).await.unwrap();
+    let n = outbox::deliver_due(&conn, &keys, &ob, &http, 50)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(con.llen::<_, i64>(keys.queue(&dst)).await.unwrap(), 1);
+    assert_eq!(con.zcard::<_, i64>(&ob.pending).await.unwrap(), 0);
+    // as the finishing worker delivers what it staged: forwarded once, settled
+    let _: () = con
+        .zadd(&ob.pending, &fwd, 9_999_999_999_999u64)
+        .await
+        .unwrap();
+    outbox::deliver_staged(&conn, &keys, &src, &fwd)
+        .await
+        .unwrap();
+    assert_eq!(con.llen::<_, i64>(keys.queue(&dst)).await.unwrap(), 1);
+    assert_eq!(con.zcard::<_, i64>(&ob.pending).await.unwrap(), 0);
+
+    // gauges over the outboxes of a worker of both queues (and the old ones)
+    let _: () = con
+        .lpush(Outbox::of_queue(&keys, &dst).dead, "not json")
+        .await
+        .unwrap();
+    let _: () = con.zadd(keys.outbox(), &post, 0).await.unwrap();
+    let all = Outbox::of_worker(&keys, &[src.clone(), dst.clone()], conn.is_cluster());
+    // the two queues' and the namespace's of earlier versions (the shared one's keys are in
+    // two slots, and it cannot exist on a cluster)
+    assert_eq!(all.len(), 3);
+    let (pending, parked) = outbox::sizes(&mut con, &all).await.unwrap();
+    assert_eq!((pending, parked), (1, 1));
+    // the namespace's outbox of earlier versions is drained too
+    let n = outbox::deliver_due(&conn, &keys, &Outbox::legacy(&keys), &http, 50)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(got.lock().unwrap().len(), 2);
+}

@@ -65,14 +65,21 @@ impl Outbox {
     }
 
     /// The outboxes a worker of `queues` delivers: its queues', then the earlier versions' of
-    /// its namespace and the shared one, drained until empty.
-    pub fn of_worker(keys: &Keys, queues: &[String]) -> Vec<Self> {
+    /// its namespace and, off a Redis Cluster (`cluster` false), the shared one, drained until
+    /// empty. The shared one's two keys hash to two slots (no scripts may move items between
+    /// them on a cluster), and it cannot exist there: earlier versions wrote it only for queue
+    /// ids naming no namespace, which a cluster refuses.
+    pub fn of_worker(keys: &Keys, queues: &[String], cluster: bool) -> Vec<Self> {
         let mut out: Vec<Self> = queues.iter().map(|q| Self::of_queue(keys, q)).collect();
         out.sort();
         out.dedup();
-        out.push(Self::legacy(keys));
         if keys.namespace().is_some() {
-            out.push(Self::legacy(&keys.unscoped()));
+            out.push(Self::legacy(keys));
+            if !cluster {
+                out.push(Self::legacy(&keys.unscoped()));
+            }
+        } else if !cluster {
+            out.push(Self::legacy(keys));
         }
         out
     }
@@ -490,12 +497,13 @@ pub async fn refresh_gauges<C>(
     con: &mut C,
     keys: &Keys,
     queues: &[String],
+    cluster: bool,
     metrics: &Metrics,
 ) -> redis::RedisResult<()>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let (pending, parked) = sizes(con, &Outbox::of_worker(keys, queues)).await?;
+    let (pending, parked) = sizes(con, &Outbox::of_worker(keys, queues, cluster)).await?;
     metrics.outbox_pending.set(pending as i64);
     metrics.outbox_parked.set(parked as i64);
     Ok(())

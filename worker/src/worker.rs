@@ -789,9 +789,13 @@ impl Inner {
         let deliveries = async {
             let mut outbox = every(200);
             // the outboxes of this worker's queues (each in its queue's slot), then the
-            // namespace's and the shared one that earlier versions wrote, until empty
+            // namespace's and (off a cluster) the shared one that earlier versions wrote
             let keys = &self.config.keys;
-            let outboxes = crate::outbox::Outbox::of_worker(keys, &self.config.queues);
+            let outboxes = crate::outbox::Outbox::of_worker(
+                keys,
+                &self.config.queues,
+                self.redis.is_cluster(),
+            );
             loop {
                 outbox.tick().await;
                 let done =
@@ -922,7 +926,14 @@ impl Inner {
                 .with_label_values(&[label])
                 .set(running as i64);
         }
-        crate::outbox::refresh_gauges(&mut con, keys, &self.config.queues, m).await?;
+        crate::outbox::refresh_gauges(
+            &mut con,
+            keys,
+            &self.config.queues,
+            self.redis.is_cluster(),
+            m,
+        )
+        .await?;
         Ok(())
     }
 

@@ -155,7 +155,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
             && s.int(&["ZCARD", &s.keys.queue_outbox("q")]).await == 0
     })
     .await;
-    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     assert_eq!(
@@ -217,7 +217,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id(), Some("b-1:success"));
-    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     assert_eq!(
@@ -335,7 +335,7 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].raw, "not json");
     let metrics = Metrics::new();
-    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     let mut buf = Vec::new();

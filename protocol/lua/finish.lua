@@ -6,8 +6,10 @@
 -- carries one, so the record may have an error to clear). Does nothing when the task is no
 -- longer in flight (a reaper already put it back), so a late finish never duplicates it, and
 -- returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
--- `PendingCounts` in the worker). The record and the destination (queue or outbox) are written in the
--- same script. The in-flight list leaves the queue's running set (`Keys::running`).
+-- `PendingCounts` in the worker); `{1|2, item}` when it staged a delivery to a destination
+-- queue (`ForwardItem` JSON, claimed for the caller, which forwards it). The record and the
+-- destination (in the queue's outbox, `Keys::queue_outbox`) are written in the same script, in
+-- the queue's slot. The in-flight list leaves the queue's running set (`Keys::running`).
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 -- the slot no longer runs a task of the queue
 redis.call('ZREM', fs_k_running(ARGV[5], ARGV[6]), KEYS[1])
@@ -39,10 +41,14 @@ if id ~= '' then
     local was = fs_rec(P, q, id, func, status, ARGV[9], extra, cfg, true, prev)
     if was == 'started' then done = 2 end
   end
+  local staged = nil
   if mode == 'ack' then
-    fs_dest(P, q, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
+    staged = fs_dest(P, q, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
   elseif mode == 'dead' then
-    fs_dest(P, q, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
+    staged = fs_dest(P, q, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
   end
+  -- a delivery to a queue staged in the queue's outbox, claimed for this worker: it forwards
+  -- it at once (`forward.lua`, then `outbox_settle.lua`)
+  if staged then return {done, staged} end
 end
 return done

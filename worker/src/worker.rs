@@ -844,17 +844,22 @@ impl Inner {
         };
         let deliveries = async {
             let mut outbox = every(200);
+            // the outboxes of this worker's queues (each in its queue's slot), then the
+            // namespace's and (off a cluster) the shared one that earlier versions wrote
+            let keys = &self.config.keys;
+            let outboxes = crate::outbox::Outbox::of_worker(
+                keys,
+                &self.config.queues,
+                self.redis.is_cluster(),
+            );
             loop {
                 outbox.tick().await;
-                // the namespace's outbox, and the shared one (a legacyKeys queue's, and what
-                // earlier versions left there)
-                let keys = &self.config.keys;
-                let mut r = crate::outbox::deliver_due(&self.redis, keys, &self.http, 50).await;
-                if r.is_ok() && keys.namespace().is_some() {
-                    r = crate::outbox::deliver_due(&self.redis, &keys.unscoped(), &self.http, 50)
-                        .await;
-                }
-                if let Err(e) = r {
+                let done =
+                    futures::future::join_all(outboxes.iter().map(|ob| {
+                        crate::outbox::deliver_due(&self.redis, keys, ob, &self.http, 50)
+                    }))
+                    .await;
+                if let Some(Err(e)) = done.into_iter().find(|r| r.is_err()) {
                     tracing::warn!(error = %e, "delivering to destinations failed");
                 }
             }
@@ -977,7 +982,14 @@ impl Inner {
                 .with_label_values(&[label])
                 .set(running as i64);
         }
-        crate::outbox::refresh_gauges(&mut con, keys, m).await?;
+        crate::outbox::refresh_gauges(
+            &mut con,
+            keys,
+            &self.config.queues,
+            self.redis.is_cluster(),
+            m,
+        )
+        .await?;
         Ok(())
     }
 
@@ -1438,7 +1450,18 @@ impl Inner {
                 return Ok(());
             }
         }
-        let (done, _): (i64, i64) = self.send_finish(&mut con, &pipe, &cancel).await?;
+        // the finish's reply: `done`, or `[done, item]` when it staged a delivery to a queue
+        let (reply, _): (redis::Value, i64) = self.send_finish(&mut con, &pipe, &cancel).await?;
+        let (done, staged): (i64, Option<String>) = match reply {
+            redis::Value::Array(v) if v.len() == 2 => {
+                let [done, item]: [redis::Value; 2] = v.try_into().expect("two elements");
+                (
+                    redis::from_redis_value(done)?,
+                    Some(redis::from_redis_value(item)?),
+                )
+            }
+            v => (redis::from_redis_value(v)?, None),
+        };
         // 0: no longer in flight (put back by a reaper): this finish wrote nothing. Outcomes
         // are counted with records on or off; `long` (2) needs a started record.
         if done > 0 {
@@ -1446,6 +1469,14 @@ impl Inner {
             if done == 2 {
                 self.counts.add(&env.queue, finish_ms, &[LONG]);
             }
+        }
+        // A delivery to a destination queue, staged claimed for this worker: forwarded now
+        // (the destination's slot), then settled (the queue's). A failure leaves it staged for
+        // the outbox loop of any worker of the queue once the claim lease ends.
+        if let Some(raw) = staged
+            && let Err(e) = crate::outbox::deliver_staged(&self.redis, keys, &env.queue, &raw).await
+        {
+            tracing::warn!(id = %env.id, error = %e, "delivery to a destination queue failed; the outbox retries it");
         }
         Ok(())
     }
@@ -1462,7 +1493,7 @@ impl Inner {
         con: &mut Conn,
         pipe: &redis::Pipeline,
         cancel: &watch::Receiver<bool>,
-    ) -> redis::RedisResult<(i64, i64)> {
+    ) -> redis::RedisResult<(redis::Value, i64)> {
         let mut wait = Duration::from_millis(250);
         let mut reloaded = false;
         loop {

@@ -285,6 +285,11 @@ impl ClusterShared {
         self.stale.store(true, Ordering::Release);
     }
 
+    /// Read the slot map again before its next use.
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// A plain connection of its own to the master serving `key`'s slot now.
     pub(crate) async fn dedicated_for(
         &self,

@@ -320,12 +320,18 @@ impl Conn {
             .await
     }
 
-    /// After an error on a [`Conn::dedicated`] connection: for a Sentinel set, check the
-    /// master when `e` is how a failover shows (no-op otherwise).
+    /// After an error on a [`Conn::dedicated`] / [`Conn::dedicated_for`] connection: for a
+    /// Sentinel set, check the master when `e` is how a failover shows; for a cluster, read
+    /// the slot map again before its next use (a `MOVED`, a migration or a failed master);
+    /// no-op for one server.
     pub fn after_error(&self, e: &redis::RedisError) {
-        if let Inner::Sentinel(s) = &self.0 {
-            let seen = s.current().generation;
-            Shared::after_error(s, e, seen);
+        match &self.0 {
+            Inner::Sentinel(s) => {
+                let seen = s.current().generation;
+                Shared::after_error(s, e, seen);
+            }
+            Inner::Cluster(c) => c.mark_stale(),
+            Inner::Node(_) => {}
         }
     }
 }

@@ -430,6 +430,10 @@ async fn the_beat_fires_a_per_second_schedule_on_two_masters_once_per_tick() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(stop(&mut beat, Duration::from_secs(10)).await, Some(0));
+    let stopped_s = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()) as i64;
     for q in &queues {
         let id = Keys::queue_id(NS, q);
         let items: Vec<String> = redis::cmd("LRANGE")
@@ -449,12 +453,17 @@ async fn the_beat_fires_a_per_second_schedule_on_two_masters_once_per_tick() {
         ticks.sort_unstable();
         eprintln!("{id}: {} ticks {ticks:?}", ticks.len());
         assert!(ticks.len() >= 3, "{id}: the beat fired on this master");
+        let last = *ticks.last().unwrap();
+        assert!(
+            (stopped_s - 3..=stopped_s).contains(&last),
+            "{id}: the beat fired until it stopped (last tick {last}, stopped at {stopped_s})"
+        );
         let distinct: BTreeSet<i64> = ticks.iter().copied().collect();
         assert_eq!(distinct.len(), ticks.len(), "{id}: no tick twice");
         for w in ticks.windows(2) {
             assert_eq!(
                 w[1] - w[0],
-                1_000,
+                1,
                 "{id}: one task per second, none skipped"
             );
         }

@@ -280,6 +280,17 @@ impl Conn {
         }
     }
 
+    /// For a cluster: a connection to each of its masters (`host:port` and a plain
+    /// connection, from the slot map [`query_grouped`] keeps), e.g. to `SCAN` every node: a
+    /// keyless command sent through the `Conn` itself reaches one node only. `None` for one
+    /// server or a Sentinel set (the `Conn` reaches all keys).
+    pub async fn each_master(&self) -> RedisResult<Option<Vec<(String, MultiplexedConnection)>>> {
+        match &self.0 {
+            Inner::Cluster(c) => Ok(Some(c.each_master().await?)),
+            _ => Ok(None),
+        }
+    }
+
     /// A plain connection of its own to the master that serves `key`'s hash slot now (on a
     /// cluster, from the slot map [`query_grouped`] keeps; elsewhere the same as
     /// [`Conn::dedicated`]), e.g. for a blocking `BLMOVE` on that key. Also returns the node,

@@ -186,7 +186,7 @@ async fn workers_lose_no_task_through_a_slot_migration_and_a_master_failover() {
     let queues = queues_on_masters(&mut c, &keys, 3).await;
     let ids: Vec<String> = queues.iter().map(|q| Keys::queue_id(NS, q)).collect();
     let mut con = cluster_client(&c).await;
-    let mut workers = vec![
+    let mut workers = [
         start_worker(&url, "w-a", &queues, &["--processes", "6"]),
         start_worker(&url, "w-b", &queues, &["--processes", "6"]),
     ];
@@ -461,11 +461,7 @@ async fn the_beat_fires_a_per_second_schedule_on_two_masters_once_per_tick() {
         let distinct: BTreeSet<i64> = ticks.iter().copied().collect();
         assert_eq!(distinct.len(), ticks.len(), "{id}: no tick twice");
         for w in ticks.windows(2) {
-            assert_eq!(
-                w[1] - w[0],
-                1,
-                "{id}: one task per second, none skipped"
-            );
+            assert_eq!(w[1] - w[0], 1, "{id}: one task per second, none skipped");
         }
     }
 }
@@ -537,4 +533,86 @@ async fn bench_worker_throughput_cluster_vs_one_node() {
          cluster/one node = {:.2}",
         cluster / single
     );
+}
+
+#[tokio::test]
+async fn the_cli_and_queue_discovery_work_on_a_cluster() {
+    let mut c = RedisCluster::start().await.unwrap();
+    let url = c.url();
+    let keys = Keys::default();
+    let queues = queues_on_masters(&mut c, &keys, 3).await;
+    let ids: Vec<String> = queues.iter().map(|q| Keys::queue_id(NS, q)).collect();
+    for (q, id) in queues.iter().zip(&ids) {
+        enqueue(
+            &url,
+            q,
+            q,
+            3,
+            &format!("done:{id}"),
+            &format!("runs:{id}"),
+            0,
+        )
+        .await;
+    }
+    // a failing task for the dead letters: no retry
+    let e = env(&url);
+    let out = worker_output(
+        &refs(&e),
+        &[
+            "enqueue",
+            "--queue",
+            &queues[0],
+            "--func",
+            "fail",
+            "--id",
+            "bad",
+            "--max-retries",
+            "0",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(out.status.success());
+    let mut w = start_worker(&url, "cli", &queues, &["--processes", "2"]);
+    let con = cluster_client(&c).await;
+    wait_drained(&mut c, &con, &ids, Duration::from_secs(30)).await;
+    assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
+    let q0 = queues[0].as_str();
+    for args in [
+        vec!["tasks", "list", "--queue", q0, "--json"],
+        vec!["tasks", "show", "q0-1", "--queue", q0],
+        vec!["tasks", "counts", "--queue", q0, "--json"],
+        vec!["dead-letters", "list", "--queue", q0],
+        vec!["outbox", "list"],
+        vec!["queue-config", "show", "--queue", q0],
+        vec!["schedules", "list", "--queue", q0],
+    ] {
+        let out = worker_output(&refs(&e), &args, Duration::from_secs(30)).await;
+        let text = funcscale_e2e::scenario::output_text(&out);
+        assert!(out.status.success(), "{args:?} on a cluster: {text}");
+        if args[..2] == ["tasks", "list"] {
+            assert_eq!(
+                text.matches("\"status\":\"succeeded\"").count(),
+                3,
+                "{text}"
+            );
+        }
+        if args[..2] == ["tasks", "show"] {
+            assert!(text.contains("succeeded"), "{text}");
+        }
+        if args[..2] == ["dead-letters", "list"] {
+            assert!(
+                text.contains("bad"),
+                "the failed task is a dead letter: {text}"
+            );
+        }
+    }
+    // queue discovery SCANs every master: the three queues are on three
+    let mut conn = funcscale_connect::Conn::open(&url).await.unwrap();
+    let found = funcscale_worker::records::discover_queues(&mut conn, &keys)
+        .await
+        .unwrap();
+    for id in &ids {
+        assert!(found.contains(id), "{id} discovered: {found:?}");
+    }
 }

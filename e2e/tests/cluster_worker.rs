@@ -616,3 +616,81 @@ async fn the_cli_and_queue_discovery_work_on_a_cluster() {
         assert!(found.contains(id), "{id} discovered: {found:?}");
     }
 }
+
+/// `BLMOVE` calls served by the masters so far (`INFO commandstats`).
+async fn blmove_calls(c: &mut RedisCluster) -> u64 {
+    let mut n = 0;
+    for port in c.master_ports().await.unwrap() {
+        let mut con = c.connection(port).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        n += info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_blmove:calls="))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+#[tokio::test]
+async fn an_idle_pool_waits_on_every_queue_and_starts_pushed_tasks_at_once() {
+    let mut c = RedisCluster::start().await.unwrap();
+    let url = c.url();
+    let keys = Keys::default();
+    let queues = queues_on_masters(&mut c, &keys, 3).await;
+    let ids: Vec<String> = queues.iter().map(|q| Keys::queue_id(NS, q)).collect();
+    let mut con = cluster_client(&c).await;
+    // as many slots as queues: each queue gets a waiter, each waits 1 s per BLMOVE
+    let mut w = start_worker(&url, "idle", &queues, &["--processes", "3"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = blmove_calls(&mut c).await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let per_s = (blmove_calls(&mut c).await - before) as f64 / t.elapsed().as_secs_f64();
+    eprintln!("idle: {per_s:.1} BLMOVE/s for 3 slots over 3 queues on 3 masters");
+    assert!(
+        per_s <= 4.5,
+        "every queue has a waiter: 1 s blocks, about 3 BLMOVE/s, not {per_s:.1}"
+    );
+    // tasks pushed to the idle pool start at once, on every master
+    let mut worst = 0;
+    for round in 0..4 {
+        for (q, id) in queues.iter().zip(&ids) {
+            let tag = format!("{q}-{round}");
+            enqueue(
+                &url,
+                q,
+                &tag,
+                1,
+                &format!("done:{id}"),
+                &format!("runs:{id}"),
+                0,
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for (q, id) in queues.iter().zip(&ids) {
+            // one task: its id is the tag itself
+            let task = keys.task(id, &format!("{q}-{round}"));
+            let (enq, started): (Option<u64>, Option<u64>) = redis::pipe()
+                .hget(&task, "enqueued_ms")
+                .hget(&task, "started_ms")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let (enq, started) = (enq.expect("a record"), started.expect("it ran"));
+            worst = worst.max(started.saturating_sub(enq));
+        }
+    }
+    eprintln!("idle pool: pushed tasks started within {worst} ms");
+    assert!(
+        worst < 150,
+        "a waiter on each queue takes its task at once ({worst} ms)"
+    );
+    assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
+}

@@ -43,6 +43,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -278,6 +279,17 @@ impl WorkerBuilder {
             .redis_auth
             .connect(&self.config.redis_url)
             .await?;
+        // the registry, heartbeats and outbox of a namespace share its hash tag `{ns}`; without
+        // one they are untagged keys in several hash slots, which no script may mix
+        if redis.is_cluster() && self.config.keys.namespace().is_none() {
+            anyhow::bail!(
+                "{}: a worker on a Redis Cluster needs a namespace: set --namespace / \
+                 FUNCSCALE_NAMESPACE, or consume queue ids that name one ({{<namespace>.<name>}}, \
+                 what the operator gives its pods); the worker registry keys need the {{<namespace>}} \
+                 hash tag",
+                redis.describe()
+            );
+        }
         // an ACL user without rights on the queues' keys: said now, not in failed fetches
         let mut keys: Vec<String> = self
             .config
@@ -288,6 +300,12 @@ impl WorkerBuilder {
         keys.push(self.config.keys.slots());
         RedisAuth::check_keys(&mut redis, &keys).await?;
         let (stopped, stopped_rx) = watch::channel(None);
+        let waiters = self
+            .config
+            .queues
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -298,6 +316,7 @@ impl WorkerBuilder {
                 scripts: Scripts::new(),
                 counts: PendingCounts::default(),
                 stopped,
+                waiters,
             }),
             health: crate::metrics::health(redis, Some(stopped_rx)),
         })
@@ -484,6 +503,18 @@ struct Inner {
     /// The reason of the pod's stop mark while there is one ([`WorkerConfig::pod`]): the slots
     /// take no new task and `/readyz` says why.
     stopped: watch::Sender<Option<String>>,
+    /// On a Redis Cluster: how many of this pod's slots block on each queue (index into
+    /// `config.queues`) now, so a free slot blocks on the queue with the fewest.
+    waiters: Vec<AtomicUsize>,
+}
+
+/// One slot blocking on queue `i` ([`Inner::waiters`]), counted while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts taken out of [`PendingCounts`] to be written: put back when dropped unwritten (a
@@ -671,14 +702,16 @@ impl Inner {
     /// of the registries of earlier versions ([`reap_dead_legacy`]): the namespace's and (a
     /// namespaced worker) the shared one. After a rolling update, a slot of an old worker that
     /// died still has its in-flight tasks there.
-    // TODO(cluster): skip the legacy pass on Redis Cluster (`Conn::is_cluster()`): the old
-    // fetch always failed there with CROSSSLOT, so no old in-flight list can exist, and the
-    // legacy scripts touch several hash slots; workers on a cluster also need a namespace
-    // (the registry keys of a namespace-less worker have no hash tag).
+    /// On a Redis Cluster only [`reap_dead`] runs: the fetch of earlier versions always
+    /// failed there (`CROSSSLOT`), so no list of theirs can exist, and the legacy scripts
+    /// touch several hash slots.
     async fn reap(&self, slots: &[String]) -> redis::RedisResult<u64> {
         let keys = &self.config.keys;
         let ttl = self.config.worker_ttl_ms;
         let mut n = reap_dead(&self.redis, keys, ttl, slots, &self.config.queues).await?;
+        if self.redis.is_cluster() {
+            return Ok(n);
+        }
         n += reap_dead_legacy(&self.redis, keys, ttl, slots).await?;
         if keys.namespace().is_some() {
             n += reap_dead_legacy(&self.redis, &keys.unscoped(), ttl, slots).await?;
@@ -1013,7 +1046,9 @@ impl Inner {
             for q in &self.config.queues {
                 moved += requeue_list(&mut con, keys, &keys.inflight_q(q, s), q, true).await?;
             }
-            moved += requeue_legacy(&mut con, keys, s).await?;
+            if !self.redis.is_cluster() {
+                moved += requeue_legacy(&mut con, keys, s).await?;
+            }
             if moved > 0 {
                 tracing::info!(slot = %s, moved, "put in-flight tasks back");
             }
@@ -1038,8 +1073,12 @@ impl Inner {
     ) {
         let keys = &self.config.keys;
         let mut turn = index;
-        // the blocking connection, and the master generation it was opened at
-        let mut blocking: Option<(redis::aio::MultiplexedConnection, u64)> = None;
+        let cluster = self.redis.is_cluster();
+        // the blocking connections and the generation each was opened at: one (key "") to the
+        // node or Sentinel master; on a cluster one per master (`host:port`) this slot blocked
+        // on, each opened to the master of the queue's hash slot
+        let mut blocking: HashMap<String, (redis::aio::MultiplexedConnection, u64)> =
+            HashMap::new();
         let mut con = self.redis.clone();
         let multi = self.config.queues.len() > 1;
         let mut marked = self.stopped.subscribe();
@@ -1058,8 +1097,8 @@ impl Inner {
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);
             let mut fetched: redis::RedisResult<Option<(String, usize)>> = Ok(None);
-            // TODO(cluster): `per_slot = self.redis.is_cluster()` once `Conn` says so
-            for group in fetch_groups(keys, &self.config.queues, &order, false) {
+            // on a cluster one call per hash slot, in the try order, until one has a task
+            for group in fetch_groups(keys, &self.config.queues, &order, cluster) {
                 let mut inv = self.scripts.fetch.prepare_invoke();
                 for &i in &group {
                     let q = &self.config.queues[i];
@@ -1081,39 +1120,70 @@ impl Inner {
             let (raw, from) = match fetched {
                 Ok(Some((raw, i))) => (raw, self.config.queues[i].as_str()),
                 Ok(None) => {
-                    // Nothing anywhere: block on one queue (rotating), briefly when there are others.
-                    // a Sentinel failover moved the shared connection: this one may be on the
-                    // old master (demoted, or gone without a reset, where BLMOVE would wait)
-                    if blocking
-                        .as_ref()
-                        .is_some_and(|(_, g)| *g != self.redis.generation())
-                    {
-                        blocking = None;
-                    }
-                    if blocking.is_none() {
-                        // a reply is due within the block's timeout (≤ 1 s): a node that went
-                        // silent (no TCP reset) is given up after a few seconds more
-                        let cfg = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(Duration::from_secs(5)))
-                            .set_response_timeout(Some(Duration::from_secs(6)));
-                        let generation = self.redis.generation();
-                        match self.redis.dedicated(&cfg).await {
-                            Ok(c) => blocking = Some((c, generation)),
-                            Err(e) => {
-                                self.redis.after_error(&e);
-                                tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
-                                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
-                                continue;
+                    // Nothing anywhere: block on one queue. One server or Sentinel: the first
+                    // of this turn's order (rotating), briefly when there are others. A
+                    // cluster: the queue fewest of this pod's slots block on (first in this
+                    // turn's order among equals), on the master of its hash slot; 1 s when
+                    // every queue has a waiter then, else as elsewhere.
+                    let (pick, _waiting) = if cluster {
+                        let i = order
+                            .iter()
+                            .copied()
+                            .min_by_key(|&i| self.waiters[i].load(Ordering::Relaxed))
+                            .unwrap_or(order[0]);
+                        self.waiters[i].fetch_add(1, Ordering::Relaxed);
+                        (i, Some(Waiting(&self.waiters[i])))
+                    } else {
+                        (order[0], None)
+                    };
+                    let covered =
+                        cluster && self.waiters.iter().all(|w| w.load(Ordering::Relaxed) > 0);
+                    let from = self.config.queues[pick].as_str();
+                    let q = keys.queue(from);
+                    // a failover or a changed slot map: connections opened before may be on a
+                    // node that no longer serves the queue (demoted, or gone without a reset,
+                    // where BLMOVE would wait)
+                    let generation = self.redis.generation();
+                    blocking.retain(|_, (_, g)| *g == generation);
+                    let known = if cluster {
+                        self.redis
+                            .master_of(q.as_bytes())
+                            .filter(|a| blocking.contains_key(a))
+                    } else {
+                        Some(String::new()).filter(|a| blocking.contains_key(a))
+                    };
+                    let addr = match known {
+                        Some(a) => a,
+                        None => {
+                            // a reply is due within the block's timeout (≤ 1 s): a node that
+                            // went silent (no TCP reset) is given up after a few seconds more
+                            let cfg = redis::AsyncConnectionConfig::new()
+                                .set_connection_timeout(Some(Duration::from_secs(5)))
+                                .set_response_timeout(Some(Duration::from_secs(6)));
+                            match self.redis.dedicated_for(q.as_bytes(), &cfg).await {
+                                Ok((node, c)) => {
+                                    let a = if cluster {
+                                        self.redis.master_of(q.as_bytes()).unwrap_or(node)
+                                    } else {
+                                        String::new()
+                                    };
+                                    blocking.insert(a.clone(), (c, generation));
+                                    a
+                                }
+                                Err(e) => {
+                                    self.redis.after_error(&e);
+                                    tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
+                                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                                    continue;
+                                }
                             }
                         }
-                    }
-                    let Some((bcon, _)) = blocking.as_mut() else {
+                    };
+                    let Some((bcon, _)) = blocking.get_mut(&addr) else {
                         continue;
                     };
-                    let from = self.config.queues[order[0]].as_str();
-                    let q = keys.queue(from);
                     let inflight = keys.inflight_q(from, &slot);
-                    let wait = if multi { 0.2 } else { 1.0 };
+                    let wait = if multi && !covered { 0.2 } else { 1.0 };
                     let moved: redis::RedisResult<Option<String>> = tokio::select! {
                         r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
                         // Stop waiting; a move that completes anyway is put back by the final sweep.
@@ -1138,10 +1208,17 @@ impl Inner {
                         }
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %e, node = %self.redis.describe(), "blocking fetch failed");
-                            // a failover shows here first when every queue is empty
+                            let node = if cluster {
+                                addr.clone()
+                            } else {
+                                self.redis.describe()
+                            };
+                            tracing::warn!(error = %e, node = %node, queue = %from, "blocking fetch failed");
+                            // a failover shows here first when every queue is empty; on a
+                            // cluster also a slot that moved (MOVED) or is moving (ASK,
+                            // TRYAGAIN): the slot map is read again before the next open
                             self.redis.after_error(&e);
-                            blocking = None;
+                            blocking.remove(&addr);
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                             continue;
                         }
@@ -1503,11 +1580,22 @@ impl Inner {
             };
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && !reloaded {
                 reloaded = true;
-                // Script cache flushed (a restart, a failover): load and send again.
-                let mut load = redis::pipe();
-                load.load_script(&self.scripts.finish)
-                    .load_script(&self.scripts.record);
-                if let Ok(()) = load.query_async(con).await {
+                // Script cache flushed (a restart, a failover): load and send again. One
+                // `SCRIPT LOAD` per script, which a cluster connection sends to every master
+                // (in a pipeline it would go to one node, maybe another).
+                let finish = self
+                    .scripts
+                    .finish
+                    .prepare_invoke()
+                    .load_async::<Conn>(con)
+                    .await;
+                let record = self
+                    .scripts
+                    .record
+                    .prepare_invoke()
+                    .load_async::<Conn>(con)
+                    .await;
+                if finish.is_ok() && record.is_ok() {
                     continue;
                 }
             }

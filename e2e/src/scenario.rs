@@ -807,6 +807,65 @@ pub fn celery_image(
     Ok((r, venv))
 }
 
+/// The side effects of `exec:echo "$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID" >> <path>` handlers so
+/// far: function name → distinct task ids, and the number of executions (lines).
+pub fn side_effects(
+    path: &Path,
+) -> (
+    std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    usize,
+) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut by_func: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut executions = 0;
+    for line in text.lines() {
+        if let Some((func, id)) = line.split_once(' ') {
+            by_func
+                .entry(func.to_string())
+                .or_default()
+                .insert(id.to_string());
+            executions += 1;
+        }
+    }
+    (by_func, executions)
+}
+
+/// The last 15 lines of the operator's log, of every pod's, and of the `*.log` files in
+/// `redis_dir` (a Sentinel set's or a Redis Cluster's directory), for a failure message.
+pub fn log_tails(s: &Scenario, redis_dir: &Path) -> String {
+    let mut out = String::new();
+    let mut files = vec![s.log_dir().join("operator-op-0.log")];
+    if let Ok(d) = std::fs::read_dir(s.log_dir().join("pods")) {
+        files.extend(d.flatten().map(|e| e.path()));
+    }
+    let mut dirs = vec![redis_dir.to_path_buf()];
+    // a cluster keeps each node's log in a directory of its own
+    if let Ok(d) = std::fs::read_dir(redis_dir) {
+        dirs.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for dir in dirs {
+        if let Ok(d) = std::fs::read_dir(dir) {
+            files.extend(
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "log")),
+            );
+        }
+    }
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(&f) {
+            let lines: Vec<&str> = t.lines().collect();
+            out.push_str(&format!(
+                "\n-- {}:\n{}",
+                f.display(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ));
+        }
+    }
+    out
+}
+
 /// A private `redis-server` on a free port (for outage scenarios: never stop the shared one;
 /// for password and ACL tests: `--requirepass`, `--user` lines).
 pub struct PrivateRedis {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use funcscale_e2e::eventually;
 use funcscale_e2e::redis_topology::{Auth, SentinelOptions, SentinelSet};
-use funcscale_e2e::scenario::{Options, ReplicaHistory, Scenario};
+use funcscale_e2e::scenario::{Options, ReplicaHistory, Scenario, log_tails, side_effects};
 use serde_json::json;
 
 /// How writes are acknowledged in a loss measurement.
@@ -216,47 +216,7 @@ async fn failover_write_loss_by_setting() {
 
 /// The tail of the scenario's logs and the Sentinel set's, to see why.
 fn logs(s: &Scenario, set: &SentinelSet) -> String {
-    let mut out = String::new();
-    let mut files = vec![s.log_dir().join("operator-op-0.log")];
-    if let Ok(d) = std::fs::read_dir(s.log_dir().join("pods")) {
-        files.extend(d.flatten().map(|e| e.path()));
-    }
-    if let Ok(d) = std::fs::read_dir(set.dir()) {
-        files.extend(
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "log")),
-        );
-    }
-    for f in files {
-        if let Ok(t) = std::fs::read_to_string(&f) {
-            let lines: Vec<&str> = t.lines().collect();
-            out.push_str(&format!(
-                "\n-- {}:\n{}",
-                f.display(),
-                lines[lines.len().saturating_sub(15)..].join("\n")
-            ));
-        }
-    }
-    out
-}
-
-/// The side effects so far: function name → distinct task ids (the handler appends
-/// `<function> <task id>` per execution).
-fn side_effects(path: &std::path::Path) -> (BTreeMap<String, BTreeSet<String>>, usize) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut by_func: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut executions = 0;
-    for line in text.lines() {
-        if let Some((func, id)) = line.split_once(' ') {
-            by_func
-                .entry(func.to_string())
-                .or_default()
-                .insert(id.to_string());
-            executions += 1;
-        }
-    }
-    (by_func, executions)
+    log_tails(s, set.dir())
 }
 
 /// The queue's `status.lastPollTime`, parsed.

@@ -559,6 +559,39 @@ async fn a_queue_chain_enqueues_once_even_when_the_settle_is_lost() {
     );
 }
 
+/// The forward marker tells a re-sent staging from a new one of the same delivery id: the same
+/// envelope twice enqueues once; another envelope under that id (a dead letter requeued and
+/// failing again, another source queue's task with the same id) is enqueued too.
+#[tokio::test]
+async fn a_new_staging_of_a_delivery_id_is_not_taken_for_a_resend() {
+    let s = Space::new("outbox-restage");
+    let keys = s.keys.clone().in_namespace(Some("ns".into()));
+    let q2 = Keys::queue_id("ns", "dst");
+    let redis = funcscale_connect::Conn::open(REDIS_URL).await.unwrap();
+    let item = |staged_ms: u64| {
+        let mut e = protocol::Envelope::new("t-1:failure", "on_failure", &q2, staged_ms);
+        e.kwargs = json!({"event": "failure"});
+        protocol::ForwardItem {
+            id: e.id.clone(),
+            queue: q2.clone(),
+            func: e.func.clone(),
+            env: e.to_json(),
+        }
+    };
+    let first = item(1_000);
+    assert!(outbox::forward(&redis, &keys, &first).await.unwrap());
+    assert!(
+        !outbox::forward(&redis, &keys, &first).await.unwrap(),
+        "a re-sent staging enqueued twice"
+    );
+    assert!(
+        outbox::forward(&redis, &keys, &item(2_000)).await.unwrap(),
+        "a new staging of the same delivery id was dropped"
+    );
+    assert_eq!(s.int(&["LLEN", &keys.queue(&q2)]).await, 2);
+    assert_eq!(s.int(&["HGET", &keys.stats(&q2), "enqueued"]).await, 2);
+}
+
 /// Upgrade: deliveries an earlier version staged in the namespace's outbox (and the shared
 /// one) are still delivered by the workers of the new layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

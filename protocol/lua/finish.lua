@@ -7,7 +7,25 @@
 -- longer in flight (a reaper already put it back), so a late finish never duplicates it, and
 -- returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
 -- `PendingCounts` in the worker). The record and the destination (queue or outbox) are written in the
--- same script. The in-flight list leaves the queue's running set (`Keys::running`).
+-- same script. The in-flight list leaves the queue's running set (`Keys::running`). Every
+-- undeclared key it writes (running set, record keys, counts, the destination's key) is
+-- probed first (`fs_local`: `TRYAGAIN`, nothing written, while the queue's slot migrates).
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+do
+  local P, q, id, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[2]
+  local err = fs_local(fs_k_running(P, q))
+  if not err and id ~= '' then
+    err = fs_local_queue(P, q, tonumber(ARGV[9]))
+    if not err and ARGV[10] == '1' then err = fs_local_task(P, q, id, ARGV[8]) end
+    if not err then
+      local c = fs_cfg(P, q)
+      local d = nil
+      if mode == 'ack' then d = c.ok elseif mode == 'dead' then d = c.ko end
+      if d and d ~= '' then err = fs_local(fs_k_outbox(P, q)) end
+    end
+  end
+  if err then return err end
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 -- the slot no longer runs a task of the queue
 redis.call('ZREM', fs_k_running(ARGV[5], ARGV[6]), KEYS[1])

@@ -4,16 +4,51 @@
 //!
 //! The programs wrap them in [`redis::Script`] once and invoke them with the keys from
 //! [`crate::Keys`].
+//!
+//! Redis Cluster: the record keys a script writes are built from `ARGV` (not declared in
+//! `KEYS`), all in the queue's hash slot. While that slot migrates, such a key the node no
+//! longer (or not yet) holds would fail the script after its earlier writes ran; so every
+//! write script probes the keys it will touch first and answers `TRYAGAIN` with nothing
+//! written (`fs_local` in `lua/record_lib.lua`; redis-rs' cluster client waits and re-sends),
+//! and is idempotent under a re-send (finish, requeue, claim, started: the in-flight list or
+//! the record says it was done; enqueue: an id recorded as enqueued at the call's `now` is
+//! skipped; the beat: its last-fired ticks). Records of earlier versions under the id alone
+//! (`Keys::task_legacy`, no hash tag) are only looked at where the node holds that key, i.e.
+//! never on a cluster (they cannot exist there).
+//!
+//! Feature `strict-scripts` (tests only): every script starts with `#!lua`, so on a cluster
+//! Redis refuses any access to a key of another slot than the declared keys', even when the
+//! node serves that slot too (without the shebang such an access works by luck until a
+//! reshard).
+
+#[cfg(feature = "strict-scripts")]
+macro_rules! shebang {
+    () => {
+        "#!lua\n"
+    };
+}
+
+#[cfg(not(feature = "strict-scripts"))]
+macro_rules! shebang {
+    () => {
+        ""
+    };
+}
 
 macro_rules! lua {
     ($name:literal) => {
-        include_str!(concat!("../lua/", $name, ".lua"))
+        concat!(shebang!(), include_str!(concat!("../lua/", $name, ".lua")))
     };
 }
 
 macro_rules! with_record_lib {
     ($name:literal) => {
-        concat!(lua!("record_lib"), "\n", lua!($name))
+        concat!(
+            shebang!(),
+            include_str!("../lua/record_lib.lua"),
+            "\n",
+            include_str!(concat!("../lua/", $name, ".lua"))
+        )
     };
 }
 

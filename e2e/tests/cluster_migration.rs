@@ -386,3 +386,64 @@ async fn trim_in_a_half_migrated_slot_deletes_nothing() {
     assert_eq!(ids.len(), 1);
     assert_eq!(con.exists::<_, bool>(&old_index).await.unwrap(), false);
 }
+
+/// A task with no record yet (enqueued without one, or by an earlier version) is recorded by
+/// started, finish and requeue on a cluster: the record an earlier version would have written
+/// under the id alone (`Keys::task_legacy`, no hash tag, another slot) is never looked at
+/// there (strict mode would fail the script on it).
+#[tokio::test]
+async fn records_of_earlier_versions_are_not_looked_at_on_a_cluster() {
+    let mut c = RedisCluster::start().await.unwrap();
+    let masters = c.master_ports().await.unwrap();
+    let ns = "ml";
+    let keys = Keys::new("ml9").in_namespace(Some(ns.into()));
+    let mut con = cluster_client(&c).await;
+    let started = redis::Script::new(scripts::STARTED);
+    let finish = redis::Script::new(scripts::FINISH);
+    let requeue = redis::Script::new(scripts::REQUEUE);
+    for &master in &masters {
+        let q = queue_on(&mut c, ns, master).await;
+        let slot_id = "w-1-ab.0";
+        let inflight = keys.inflight_q(&q, slot_id);
+        let (a, b) = (
+            Envelope::new("a", "noop", &q, 1_000),
+            Envelope::new("b", "noop", &q, 1_000),
+        );
+        assert_ne!(slot(&keys.task_legacy("a")), slot(&q));
+        let _: () = con.lpush(&inflight, a.to_json()).await.unwrap();
+        let n: i64 = started
+            .key(&inflight)
+            .arg(keys.prefix())
+            .arg(a.to_json())
+            .arg(slot_id)
+            .arg(1_299_995u64)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{q}");
+        let n: i64 = finish_inv(&finish, &keys, &q, &inflight, &a.to_json(), &a, slot_id)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "{q}");
+        let _: () = con.lpush(&inflight, b.to_json()).await.unwrap();
+        let n: i64 = requeue
+            .key(&inflight)
+            .key(keys.queue(&q))
+            .key(keys.running(&q))
+            .arg(b.to_json())
+            .arg(keys.prefix())
+            .arg(1_400_000u64)
+            .arg("1")
+            .arg(&q)
+            .arg("0")
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{q}");
+        for (id, want) in [("a", "succeeded"), ("b", "queued")] {
+            let s: Option<String> = con.hget(keys.task(&q, id), "status").await.unwrap();
+            assert_eq!(s.as_deref(), Some(want), "{q} {id}");
+        }
+    }
+}

@@ -323,7 +323,7 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     let members: Vec<String> = con.zrange(&running, 0, -1).await.unwrap();
     assert_eq!(
         members,
-        [in3.clone()],
+        std::slice::from_ref(&in3),
         "only slot 3 runs a task of the queue"
     );
     let queued: Vec<String> = con
@@ -384,7 +384,7 @@ async fn trim_in_a_half_migrated_slot_deletes_nothing() {
     assert_eq!(n, 2);
     let ids: Vec<String> = con.zrange(keys.tasks_ids(&q), 0, -1).await.unwrap();
     assert_eq!(ids.len(), 1);
-    assert_eq!(con.exists::<_, bool>(&old_index).await.unwrap(), false);
+    assert!(!con.exists::<_, bool>(&old_index).await.unwrap());
 }
 
 /// A task with no record yet (enqueued without one, or by an earlier version) is recorded by

@@ -92,8 +92,9 @@ end
 -- victims' records (and their function indexes) are probed before anything is deleted: one
 -- whose keys are not on this node (a slot migrating) is left for a later trim, or with
 -- `strict` the call deletes nothing and returns (0, a `TRYAGAIN` error reply). A record an
--- earlier version wrote under the id alone (no hash tag) is only looked at where it is local:
--- off a cluster (it cannot exist on one). Returns the count removed.
+-- earlier version wrote under the id alone (no hash tag) is looked at for an indexed id without
+-- a record, and only where it is local: off a cluster (it cannot exist on one). Returns the
+-- count removed.
 local function fs_trim(P, q, now, cfg, budget, strict)
   local victims, taken = {}, {}
   for i, s in ipairs(fs_statuses) do
@@ -122,14 +123,14 @@ local function fs_trim(P, q, now, cfg, budget, strict)
     local r, lh = {}, nil
     if ok then
       r = redis.call('HMGET', h, 'queue', 'status', 'func')
-      -- a record an earlier version wrote under the id alone, still of this queue
+      -- no record: one an earlier version wrote under the id alone, still of this queue? (Only
+      -- then, so that on a cluster, where the probe of that key errors on another node and
+      -- Redis counts the error in its errorstats, a trim probes it only for an indexed id
+      -- without a record.)
       local l = fs_k_task_legacy(P, id)
-      if fs_is_local(l) then
+      if not r[1] and fs_is_local(l) then
         local lr = redis.call('HMGET', l, 'queue', 'status', 'func')
-        if lr[1] == q then
-          lh = l
-          if not r[1] then r = lr end
-        end
+        if lr[1] == q then lh, r = l, lr end
       end
       if r[2] and not fs_is_local(fs_k_tasks_status(P, q, r[2])) then ok = false end
       if r[3] and not fs_is_local(fs_k_tasks_func(P, q, r[3])) then ok = false end
@@ -166,7 +167,9 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh
   local h = fs_k_task(P, q, id)
   -- a task that an earlier version recorded under its id alone (`Keys::task_legacy`, e.g.
   -- one in flight across the upgrade) keeps its record: moved under its queue
-  -- (off a cluster only: such a record has no hash tag, and cannot exist on a cluster)
+  -- (off a cluster only: such a record has no hash tag, and cannot exist on a cluster; there
+  -- the probe errors when another node serves its slot, counted in Redis' errorstats, but only
+  -- for a task written without a record)
   if not fresh and redis.call('EXISTS', h) == 0 then
     local lh = fs_k_task_legacy(P, id)
     if fs_is_local(lh) and redis.call('HGET', lh, 'queue') == q then redis.call('RENAME', lh, h) end

@@ -13,8 +13,17 @@
 //!   that revealed the failover is still returned: the caller retries as it does for any Redis
 //!   error (nothing is re-sent behind its back, so no command runs twice).
 //!
+//! - **A Redis Cluster**: redis-rs' cluster client ([`redis::cluster_async::ClusterConnection`]),
+//!   which sends each command to the master of its key's slot and follows `MOVED`/`ASK`/
+//!   `TRYAGAIN` and failovers by itself. A pipeline sent through it must keep to one slot; a
+//!   pipeline over many keys goes through [`query_grouped`] (one pipeline per master).
+//!
 //! A [`Conn`] is cheap to clone; clones share one connection (and, for Sentinel, one watcher,
 //! which ends when the last clone is dropped).
+
+mod cluster;
+
+pub use cluster::{Grouped, MAP_TTL, NodeFailure, TRYAGAIN_WAIT, slot_of};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -84,6 +93,7 @@ pub struct Conn(Inner);
 enum Inner {
     Node(Box<NodeConn>),
     Sentinel(Arc<Shared>),
+    Cluster(Arc<cluster::ClusterShared>),
 }
 
 #[derive(Clone)]
@@ -165,7 +175,17 @@ impl Conn {
                 tokio::spawn(watch(Arc::downgrade(&shared)));
                 Ok(Conn(Inner::Sentinel(shared)))
             }
+            Target::Cluster(c) => {
+                let shared = cluster::ClusterShared::connect(target.clone(), c, config).await?;
+                Ok(Conn(Inner::Cluster(shared)))
+            }
         }
+    }
+
+    /// Whether this is a Redis Cluster (a pipeline must keep to one slot, or go through
+    /// [`query_grouped`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Inner::Cluster(_))
     }
 
     /// [`Conn::connect`] to `url` (credentials in the URL only), with the default [`Config`].
@@ -186,40 +206,93 @@ impl Conn {
         match &self.0 {
             Inner::Node(n) => &n.target,
             Inner::Sentinel(s) => &s.target,
+            Inner::Cluster(c) => &c.target,
         }
     }
 
-    /// `host:port` of the node commands go to now (for Sentinel, the current master).
+    /// `host:port` of the node commands go to now (for Sentinel, the current master); for a
+    /// cluster, whose commands go to many nodes, its seed nodes `h1:p1,h2:p2`.
     pub fn node(&self) -> String {
         match &self.0 {
             Inner::Node(n) => addr_of(&n.client),
             Inner::Sentinel(s) => s.current().addr,
+            Inner::Cluster(c) => c
+                .cluster
+                .seeds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 
-    /// The node commands go to and how it was found, for messages: `host:port`, or
-    /// `host:port (master <name> via sentinels ...)`.
+    /// The node commands go to and how it was found, for messages: `host:port`,
+    /// `host:port (master <name> via sentinels ...)`, or for a cluster
+    /// `cluster of N masters h:p,... (cluster via seeds ...)` (the masters of the slot map
+    /// [`query_grouped`] last read; `cluster via seeds ...` before it read one).
     pub fn describe(&self) -> String {
         match &self.0 {
             Inner::Node(_) => self.node(),
             Inner::Sentinel(s) => format!("{} ({})", self.node(), s.target.describe()),
+            Inner::Cluster(c) => c.describe(),
         }
     }
 
     /// Bumped at each master switch (always 0 for one server): a [`Conn::dedicated`]
     /// connection opened at another generation points at a node that is no longer the master.
+    /// For a cluster: the number of times the slot map [`query_grouped`] reads (every
+    /// [`MAP_TTL`], after a `MOVED` or a failed node) gave some slots another master — a
+    /// [`Conn::dedicated_for`] connection opened at another generation may serve the slot no
+    /// more (redis-rs' own routing follows by itself and is not counted).
     pub fn generation(&self) -> u64 {
         match &self.0 {
             Inner::Node(_) => 0,
             Inner::Sentinel(s) => s.current().generation,
+            Inner::Cluster(c) => c.switches.load(Ordering::Relaxed),
         }
     }
 
-    /// Master switches this connection followed (always 0 for one server).
+    /// Master switches this connection followed (always 0 for one server; for a cluster, the
+    /// slot map changes [`Conn::generation`] counts).
     pub fn switches(&self) -> u64 {
         match &self.0 {
             Inner::Node(_) => 0,
             Inner::Sentinel(s) => s.switches.load(Ordering::Relaxed),
+            Inner::Cluster(c) => c.switches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// For a cluster: `host:port` of the master serving `key`'s slot in the slot map
+    /// [`query_grouped`] last read (`None` before one was read, and for other topologies).
+    pub fn master_of(&self, key: &[u8]) -> Option<String> {
+        match &self.0 {
+            Inner::Cluster(c) => c.master_of(key),
+            _ => None,
+        }
+    }
+
+    /// For a cluster: the number of masters in the slot map last read (0 before one was read,
+    /// and for other topologies).
+    pub fn cluster_masters(&self) -> usize {
+        match &self.0 {
+            Inner::Cluster(c) => c.master_count(),
+            _ => 0,
+        }
+    }
+
+    /// A plain connection of its own to the master that serves `key`'s hash slot now (on a
+    /// cluster, from the slot map [`query_grouped`] keeps; elsewhere the same as
+    /// [`Conn::dedicated`]), e.g. for a blocking `BLMOVE` on that key. Also returns the node,
+    /// `host:port (cluster, slots a-b)` on a cluster. It does not follow a slot migration or a
+    /// failover: open a new one after an error and when [`Conn::generation`] moved on.
+    pub async fn dedicated_for(
+        &self,
+        key: &[u8],
+        config: &AsyncConnectionConfig,
+    ) -> RedisResult<(String, MultiplexedConnection)> {
+        match &self.0 {
+            Inner::Cluster(c) => c.dedicated_for(key, config).await,
+            _ => Ok((self.node(), self.dedicated(config).await?)),
         }
     }
 
@@ -234,6 +307,13 @@ impl Conn {
         let client = match &self.0 {
             Inner::Node(n) => n.client.clone(),
             Inner::Sentinel(s) => s.current().client,
+            Inner::Cluster(c) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "a Redis Cluster has no one node: use Conn::dedicated_for(key)",
+                    c.target.describe(),
+                )));
+            }
         };
         client
             .get_multiplexed_async_connection_with_config(config)
@@ -502,6 +582,10 @@ impl ConnectionLike for Conn {
                     r
                 })
             }
+            Inner::Cluster(c) => {
+                let mut conn = c.conn.clone();
+                Box::pin(async move { conn.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -528,11 +612,60 @@ impl ConnectionLike for Conn {
                     r
                 })
             }
+            Inner::Cluster(c) => {
+                let mut conn = c.conn.clone();
+                Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         self.target().db()
+    }
+}
+
+/// Send `pipe` and give back one reply per command, in the pipeline's order. A transaction
+/// (`pipe.atomic()`) is refused: every command fails.
+///
+/// - **One server / Sentinel**: the pipeline is sent as it is; when it fails (the node does not
+///   answer...), every command gets that failure, naming the node.
+/// - **Cluster**: the commands are split by the slot of each one's first key and grouped per
+///   master (the slot map from `CLUSTER SLOTS`, read every [`MAP_TTL`] and after a `MOVED`);
+///   the groups are sent concurrently, one pipeline per master on a connection of its own.
+///   `SCRIPT ...` commands go into every group that runs a script (`EVAL*`, `FCALL*`), the
+///   reply is the first group's; other keyless commands go to one master. A `MOVED` reply
+///   makes the map be read again and the command be sent to the new master; `ASK` sends
+///   `ASKING` and the command to the node named; `TRYAGAIN` re-sends once after
+///   [`TRYAGAIN_WAIT`]. A master that fails (down, refusing, timed out) fails only the
+///   commands it was sent, each naming it `host:port (cluster, slots a-b)`. Commands may
+///   therefore be sent more than once: use it for reads and idempotent writes.
+pub async fn query_grouped(conn: &mut Conn, pipe: &Pipeline) -> Grouped {
+    if pipe.is_transaction() {
+        let f = NodeFailure {
+            node: conn.describe(),
+            error: redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "query_grouped sends no transaction",
+                "send a MULTI/EXEC (of keys of one slot) through the Conn itself".to_string(),
+            )),
+        };
+        return Grouped((0..pipe.len()).map(|_| Err(f.clone())).collect());
+    }
+    match &conn.0 {
+        Inner::Cluster(c) => cluster::query_grouped(c, pipe).await,
+        _ => {
+            let n = pipe.len();
+            match conn.req_packed_commands(pipe, 0, n).await {
+                Ok(values) => Grouped(values.into_iter().map(Ok).collect()),
+                Err(error) => {
+                    let f = NodeFailure {
+                        node: conn.describe(),
+                        error,
+                    };
+                    Grouped((0..n).map(|_| Err(f.clone())).collect())
+                }
+            }
+        }
     }
 }
 
@@ -556,6 +689,40 @@ mod tests {
             panic!("{t:?}")
         };
         assert_eq!(s.tls, Some(false));
+    }
+
+    #[test]
+    fn a_tls_cluster_url_uses_tls_to_every_node() {
+        let t = target(
+            "rediss+cluster://n1:7000,n2#insecure",
+            Credentials::default(),
+        )
+        .unwrap();
+        let Target::Cluster(c) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(c.tls, Some(true));
+        assert!(matches!(
+            c.seeds[1],
+            redis::ConnectionAddr::TcpTls {
+                insecure: true,
+                port: 6379,
+                ..
+            }
+        ));
+        // a node the cluster names (CLUSTER SLOTS gives host and port) gets TLS and the login
+        let info = c.info_for(redis::ConnectionAddr::Tcp("10.0.0.9".into(), 7005));
+        assert!(matches!(
+            info.addr(),
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        ));
+        let t = target("redis+cluster://n1:7000", Credentials::default()).unwrap();
+        let Target::Cluster(c) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(c.tls, None);
+        let info = c.info_for(redis::ConnectionAddr::Tcp("10.0.0.9".into(), 7005));
+        assert!(matches!(info.addr(), redis::ConnectionAddr::Tcp(..)));
     }
 
     #[test]

@@ -29,8 +29,9 @@ use crate::{pool, queue, telemetry, triggers, watches};
 /// Arguments of `run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Redis of queues that do not name their own (`spec.redis`): `redis://`, `rediss://`, or a
-    /// Sentinel set's master `redis+sentinel://host:26379,host2/<master>[/db]`.
+    /// Redis of queues that do not name their own (`spec.redis`): `redis://`, `rediss://`, a
+    /// Sentinel set's master `redis+sentinel://host:26379,host2/<master>[/db]`, or a Redis
+    /// Cluster `redis+cluster://host:6379,host2:6379` (polled; workers do not run there yet).
     #[arg(
         long,
         env = "FUNCSCALE_REDIS_URL",

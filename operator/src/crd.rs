@@ -376,11 +376,14 @@ pub struct RedisConnection {
     /// `rediss://user@redis.example:6380/2` for TLS, or a Sentinel set's master:
     /// `redis+sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/mymaster/0`
     /// (`rediss+sentinel://` for TLS; the hosts are sentinels, port 26379 by default; workers,
-    /// beat and operator follow a failover).
+    /// beat and operator follow a failover), or a Redis Cluster:
+    /// `redis+cluster://node-0.redis:6379,node-1.redis:6379` (`rediss+cluster://` for TLS;
+    /// seed nodes, database 0 only; the operator polls it, workers and beat do not run on a
+    /// cluster yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^rediss?(\\+sentinel)?://"))]
+    #[schemars(regex(pattern = "^rediss?(\\+sentinel|\\+cluster)?://"))]
     #[x_kube(
-        validation = Rule::new("!self.matches('^rediss?(\\\\+sentinel)?://[^/@]*:[^/@]*@')").message("the Redis URL carries a password: put it in a Secret and use urlSecretRef or passwordSecretRef")
+        validation = Rule::new("!self.matches('^rediss?(\\\\+sentinel|\\\\+cluster)?://[^/@]*:[^/@]*@')").message("the Redis URL carries a password: put it in a Secret and use urlSecretRef or passwordSecretRef")
     )]
     pub url: Option<String>,
     /// The whole Redis URL (password included) from a key of a Secret in the queue's namespace.
@@ -467,8 +470,9 @@ pub struct FuncQueueStatus {
     /// Worker pools that serve this queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
-    /// Which Redis the operator read the queue from: the topology (`standalone`, `sentinel`)
-    /// and the node that answered (for Sentinel the master then: it changes with a failover).
+    /// Which Redis the operator read the queue from: the topology (`standalone`, `sentinel`,
+    /// `cluster`) and the node that answered (for Sentinel the master then: it changes with a
+    /// failover; for a cluster the master serving the queue's list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<QueueRedisStatus>,
     /// When the operator last read this queue from Redis (RFC 3339).
@@ -494,9 +498,11 @@ pub struct FuncQueueStatus {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRedisStatus {
-    /// `standalone` (one server) or `sentinel` (a Sentinel set's master).
+    /// `standalone` (one server), `sentinel` (a Sentinel set's master) or `cluster` (a Redis
+    /// Cluster).
     pub topology: String,
-    /// `host:port` of the node that answered the last poll.
+    /// `host:port` of the node that answered the last poll (for a cluster: the master serving
+    /// the queue's list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }

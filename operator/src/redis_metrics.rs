@@ -133,7 +133,7 @@ impl RedisEndpoint {
         )
     }
 
-    /// `standalone` or `sentinel` (`standalone` when the URL does not parse).
+    /// `standalone`, `sentinel` or `cluster` (`standalone` when the URL does not parse).
     pub fn topology(&self) -> &'static str {
         self.target().map_or("standalone", |t| t.topology())
     }
@@ -145,6 +145,7 @@ impl RedisEndpoint {
         Ok(match self.target()? {
             funcscale_protocol::connection::Target::Node(info) => info.redis_settings().clone(),
             funcscale_protocol::connection::Target::Sentinel(s) => s.node,
+            funcscale_protocol::connection::Target::Cluster(c) => c.node,
         })
     }
 
@@ -829,8 +830,29 @@ impl Poller {
                     conn.next_attempt = None;
                     conn.last_error = None;
                     report.ok_endpoints += 1;
-                    for ((id, target), raw) in queues.into_iter().zip(raws) {
-                        if let Some(error) = raw.wrong_type {
+                    // a cluster's failed masters (their queues unavailable, the others read):
+                    // an error each, for the poll-errors metric and the log
+                    let mut failed_nodes: Vec<&str> = raws
+                        .iter()
+                        .filter_map(|r| r.unavailable.as_deref())
+                        .filter(|e| e.starts_with(NODE_FAILED))
+                        .collect();
+                    // one per node, whatever each of its commands got
+                    let node_of = |e: &str| e.split_once("): ").map_or(e, |(n, _)| n).to_string();
+                    failed_nodes.sort_by_key(|e| node_of(e));
+                    failed_nodes.dedup_by_key(|e| node_of(e));
+                    report.errors.extend(
+                        failed_nodes
+                            .into_iter()
+                            .map(|e| (endpoint.clone(), e.to_string())),
+                    );
+                    for ((id, target), mut raw) in queues.into_iter().zip(raws) {
+                        let failed = match (raw.wrong_type.take(), raw.unavailable.take()) {
+                            (Some(e), _) => Some((e, UnavailableReason::WrongKeyType)),
+                            (None, Some(e)) => Some((e, UnavailableReason::Unreachable)),
+                            (None, None) => None,
+                        };
+                        if let Some((error, reason)) = failed {
                             let since_ms = match cache.get(&id) {
                                 Some(Reading::Unavailable { since_ms, .. }) => *since_ms,
                                 _ => {
@@ -838,7 +860,6 @@ impl Poller {
                                     now_ms
                                 }
                             };
-                            let reason = UnavailableReason::WrongKeyType;
                             cache.insert(
                                 id,
                                 Reading::Unavailable {
@@ -860,7 +881,12 @@ impl Poller {
                         let mut m = to_metrics(&target, &raw, rates, now_ms);
                         if let Some(c) = &conn.manager {
                             m.topology = c.target().topology();
-                            m.node = c.node();
+                            // on a cluster: the master serving the queue's keys
+                            m.node = target
+                                .lists
+                                .first()
+                                .and_then(|l| c.master_of(l.as_bytes()))
+                                .unwrap_or_else(|| c.node());
                         }
                         let changed = match cache.get(&id) {
                             Some(Reading::Ok(old)) => !same_numbers(old, &m),
@@ -928,6 +954,29 @@ struct Raw {
     depth_lower_bound: bool,
     /// The queue's key holds another type: its reading is this message, not numbers.
     wrong_type: Option<String>,
+    /// On a Redis Cluster: the master serving this queue's keys failed (the other queues are
+    /// read); the message names the node.
+    unavailable: Option<String>,
+}
+
+impl Raw {
+    /// The reading of a queue whose node failed: `error`, no numbers.
+    fn unavailable(error: String) -> Raw {
+        Raw {
+            depth: 0,
+            oldest_ms: None,
+            stats: QueueStats::from_pairs([]),
+            dynamic_per_minute: 0.0,
+            retries_due: 0,
+            retries_waiting: 0,
+            next_retry_due_ms: None,
+            running: None,
+            not_ready: None,
+            depth_lower_bound: false,
+            wrong_type: None,
+            unavailable: Some(error),
+        }
+    }
 }
 
 fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMetrics {
@@ -992,6 +1041,9 @@ async fn read_endpoint(
             conn.manager = Some(connect(endpoint, config).await?);
         }
         let manager = conn.manager.as_mut().expect("just connected");
+        if manager.is_cluster() {
+            return read_cluster(manager, queues, config, now_ms).await;
+        }
         let node = manager.describe();
         let pipe = build_pipeline(queues, now_ms);
         let values: Vec<Value> =
@@ -1027,6 +1079,109 @@ async fn read_endpoint(
     result
 }
 
+/// How the reading of a queue whose cluster master failed begins (then the node and the error).
+const NODE_FAILED: &str = "Redis node ";
+
+/// [`read_endpoint`] on a Redis Cluster: every queue's commands in one pipeline split per master
+/// by [`funcscale_connect::query_grouped`] (one pipeline per master, concurrently); a master
+/// that fails makes only the queues whose commands it was sent unavailable, naming it
+/// (`host:port (cluster, slots a-b): ...`). An RQ queue's oldest job is read in two steps
+/// (`LINDEX` of the list, then `HGET` of the job hash, on another slot), the stream script is
+/// loaded once at the head.
+async fn read_cluster(
+    conn: &mut funcscale_connect::Conn,
+    queues: &[(QueueId, QueueTarget)],
+    config: &PollerConfig,
+    now_ms: u64,
+) -> Result<Vec<Raw>, RedisError> {
+    let node = conn.describe();
+    let limit = config.response_timeout * 3;
+    let mut pipe = redis::pipe();
+    let streams = queues.iter().any(|(_, t)| t.stream_group.is_some());
+    if streams {
+        pipe.add_command(foreign::stream_group_load_cmd());
+    }
+    // each queue's commands as build_pipeline gives them for the queue alone
+    let mut ranges = Vec::with_capacity(queues.len());
+    for q in queues {
+        let one = build_pipeline_for(std::slice::from_ref(q), now_ms, true);
+        let start = pipe.len();
+        let skip = usize::from(q.1.stream_group.is_some()); // its SCRIPT LOAD: once, above
+        for cmd in one.cmd_iter().skip(skip) {
+            pipe.add_command(cmd.clone());
+        }
+        ranges.push(start..pipe.len());
+    }
+    let grouped = tokio::time::timeout(limit, funcscale_connect::query_grouped(conn, &pipe))
+        .await
+        .map_err(|_| RedisError::NodeTimeout {
+            node: node.clone(),
+            timeout: limit,
+        })?;
+    let mut replies = grouped.0;
+    // RQ: the oldest job's id (LINDEX 0), then its hash's enqueued_at
+    let mut jobs = redis::pipe();
+    let mut job_of = Vec::new();
+    for ((_, t), r) in queues.iter().zip(&ranges) {
+        if t.oldest == OldestTask::RqLeft {
+            let at = r.start + t.lists.len();
+            if let Some(Ok(v)) = replies.get(at)
+                && let Some(id) = as_string(v)
+            {
+                jobs.cmd("HGET")
+                    .arg(foreign::rq_job_key(&id))
+                    .arg("enqueued_at");
+                job_of.push(at);
+            }
+        }
+    }
+    if !job_of.is_empty() {
+        let second = tokio::time::timeout(limit, funcscale_connect::query_grouped(conn, &jobs))
+            .await
+            .map_err(|_| RedisError::NodeTimeout {
+                node: node.clone(),
+                timeout: limit,
+            })?;
+        for (at, v) in job_of.into_iter().zip(second.0) {
+            replies[at] = v;
+        }
+    }
+    let mut out = Vec::with_capacity(queues.len());
+    for (q, r) in queues.iter().zip(ranges) {
+        let (id, t) = q;
+        let mut values = Vec::with_capacity(r.len() + 1);
+        let mut failed = None;
+        let head = if t.stream_group.is_some() {
+            Some(0)
+        } else {
+            None
+        };
+        for i in head.into_iter().chain(r) {
+            match &replies[i] {
+                Ok(Value::ServerError(e)) => {
+                    failed.get_or_insert_with(|| {
+                        format!("{id}: {}", redis::RedisError::from(e.clone()))
+                    });
+                }
+                Ok(v) => values.push(v.clone()),
+                Err(f) => {
+                    failed.get_or_insert_with(|| format!("{NODE_FAILED}{f}"));
+                }
+            }
+        }
+        out.push(match failed {
+            Some(e) => Raw::unavailable(e),
+            None => match parse_pipeline(std::slice::from_ref(q), values) {
+                Ok(mut one) => one
+                    .pop()
+                    .unwrap_or_else(|| Raw::unavailable(format!("{id}: short pipeline reply"))),
+                Err(e) => Raw::unavailable(e),
+            },
+        });
+    }
+    Ok(out)
+}
+
 /// Connect to `endpoint` (TLS from its URL, user and password from the URL or given apart;
 /// for a Sentinel set its current master, followed across failovers) with the poller's
 /// timeouts.
@@ -1051,7 +1206,9 @@ pub(crate) async fn connect(
         funcscale_protocol::connection::Target::Node(_) => {
             config.connect_timeout + Duration::from_millis(500)
         }
-        funcscale_protocol::connection::Target::Sentinel(_) => {
+        // a cluster: the seeds are asked for the slot map, then each master is connected to
+        funcscale_protocol::connection::Target::Sentinel(_)
+        | funcscale_protocol::connection::Target::Cluster(_) => {
             config.connect_timeout * 4 + Duration::from_millis(500)
         }
     };
@@ -1076,6 +1233,16 @@ pub(crate) async fn connect(
 /// `ZCARD`, `ZCOUNT -inf <now>` (due) and the earliest entry (`ZRANGE 0 0 WITHSCORES`),
 /// `ZCARD` of the running set, and for Celery [`foreign::celery_unacked_cmd`].
 fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipeline {
+    build_pipeline_for(queues, now_ms, false)
+}
+
+/// [`build_pipeline`]; `cluster`: an RQ queue's oldest entry is `LINDEX <list> 0` (its job hash
+/// is on another slot: [`read_cluster`] reads it next) in place of [`foreign::rq_oldest_cmd`].
+fn build_pipeline_for(
+    queues: &[(QueueId, QueueTarget)],
+    now_ms: u64,
+    cluster: bool,
+) -> redis::Pipeline {
     let n: usize = queues
         .iter()
         .map(|(_, t)| {
@@ -1111,6 +1278,9 @@ fn build_pipeline(queues: &[(QueueId, QueueTarget)], now_ms: u64) -> redis::Pipe
         }
         match t.oldest {
             OldestTask::StreamId => {}
+            OldestTask::RqLeft if cluster => {
+                pipe.cmd("LINDEX").arg(&t.lists[0]).arg(0);
+            }
             OldestTask::RqLeft => {
                 pipe.add_command(foreign::rq_oldest_cmd(&t.lists[0]));
             }
@@ -1296,6 +1466,7 @@ fn parse_pipeline(
             not_ready,
             depth_lower_bound,
             wrong_type,
+            unavailable: None,
         });
     }
     // the Celery queues' unacknowledged tasks, after every queue's own commands

@@ -39,8 +39,9 @@ pub struct Metrics {
     /// Failed polls of one Redis instance.
     pub redis_poll_errors: IntCounter,
     /// 1 for the node each Redis instance was last read from, by instance (`redis`: its
-    /// identity, no credentials), `topology` (`standalone`, `sentinel`) and `node`
-    /// (`host:port`; for Sentinel the current master: a failover moves the 1 to a new series).
+    /// identity, no credentials), `topology` (`standalone`, `sentinel`, `cluster`) and `node`
+    /// (`host:port`; for Sentinel the current master: a failover moves the 1 to a new series;
+    /// for a cluster its seed nodes).
     pub redis_node: IntGaugeVec,
     /// Master switches (Sentinel failovers) the operator's connection to a Redis followed.
     pub redis_master_switches: IntCounterVec,

@@ -668,16 +668,32 @@ impl TurnCounter {
                     let (mut si, mut so) = outbound.into_split();
                     let answered = Arc::new(AtomicBool::new(true));
                     let a2 = answered.clone();
+                    // a client's burst is held until it pauses (20 ms) and forwarded whole:
+                    // Redis cannot answer the head of a large pipeline while its tail is still
+                    // on the way, which counted one pipeline as two turns under load
                     let up = async move {
                         let mut buf = vec![0u8; 64 * 1024];
-                        while let Ok(n) = ci.read(&mut buf).await {
+                        'conn: while let Ok(n) = ci.read(&mut buf).await {
                             if n == 0 {
                                 break;
+                            }
+                            let mut burst = buf[..n].to_vec();
+                            loop {
+                                let more = tokio::time::timeout(
+                                    std::time::Duration::from_millis(20),
+                                    ci.read(&mut buf),
+                                )
+                                .await;
+                                match more {
+                                    Ok(Ok(0)) | Ok(Err(_)) => break 'conn,
+                                    Ok(Ok(m)) => burst.extend_from_slice(&buf[..m]),
+                                    Err(_) => break,
+                                }
                             }
                             if answered.swap(false, Ordering::SeqCst) {
                                 turns.fetch_add(1, Ordering::SeqCst);
                             }
-                            if so.write_all(&buf[..n]).await.is_err() {
+                            if so.write_all(&burst).await.is_err() {
                                 break;
                             }
                         }

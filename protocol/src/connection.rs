@@ -11,6 +11,10 @@
 //! `<master>` of a Sentinel set: the hosts are sentinels (port 26379 when not given), the
 //! credentials and the database are the data nodes'. Sentinels that require a password of
 //! their own get it (and an ACL username) apart from the URL, never in it.
+//! `redis+cluster://[user[:password]@]host[:port][,host[:port]...]` (`rediss+cluster://` for
+//! TLS) is a Redis Cluster: the hosts are seed nodes (port 6379 when not given; any reachable
+//! one tells the client the rest), the credentials are every node's, and the database is 0
+//! (a cluster has no other: a `/N` other than `/0` is refused).
 //!
 //! **Precedence**: a username or password given apart from the URL replaces the one the URL
 //! carries; what is not given apart is taken from the URL (`redis://user:pass@host:port/db`).
@@ -37,11 +41,13 @@ pub const SENTINEL_USERNAME_ENV: &str = "FUNCSCALE_REDIS_SENTINEL_USERNAME";
 pub const SENTINEL_PASSWORD_ENV: &str = "FUNCSCALE_REDIS_SENTINEL_PASSWORD";
 /// The port of a sentinel whose address in the URL has none.
 pub const SENTINEL_PORT: u16 = 26379;
+/// The port of a cluster node whose address in the URL has none.
+pub const CLUSTER_PORT: u16 = 6379;
 
 /// A URL that does not parse as a Redis URL.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "not a Redis URL ({kind}): expected redis://[user[:password]@]host[:port][/db], rediss://…, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db]{}",
+    "not a Redis URL ({kind}): expected redis://[user[:password]@]host[:port][/db], rediss://…, redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/<master>[/db] or redis+cluster://[user[:password]@]host[:port][,host[:port]...]{}",
     source.as_ref().map(|s| format!(" — {s}")).unwrap_or_default()
 )]
 pub struct InvalidUrl {
@@ -68,14 +74,54 @@ impl InvalidUrl {
     }
 }
 
-/// Where a program's Redis is: one server, or the master of a Sentinel set (found, and found
-/// again after a failover, through the sentinels).
+/// Where a program's Redis is: one server, the master of a Sentinel set (found, and found
+/// again after a failover, through the sentinels), or a Redis Cluster.
 #[derive(Clone, Debug)]
 pub enum Target {
     /// One server (`redis://`, `rediss://`, `redis+unix://`).
     Node(ConnectionInfo),
     /// The master of a Sentinel set (`redis+sentinel://`, `rediss+sentinel://`).
     Sentinel(SentinelTarget),
+    /// A Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
+    Cluster(ClusterTarget),
+}
+
+/// A Redis Cluster: the nodes to start from and how to log in to every node.
+#[derive(Clone, Debug)]
+pub struct ClusterTarget {
+    /// The seed nodes, in the URL's order (`TcpTls` for `rediss+cluster://`).
+    pub seeds: Vec<ConnectionAddr>,
+    /// The nodes' username and password (database always 0).
+    pub node: redis::RedisConnectionInfo,
+    /// TLS to the nodes: `Some(insecure)`.
+    pub tls: Option<bool>,
+}
+
+impl ClusterTarget {
+    /// The seed nodes as connection settings (address, login), e.g. for a cluster client.
+    pub fn seed_infos(&self) -> Vec<ConnectionInfo> {
+        self.seeds
+            .iter()
+            .map(|a| self.info_for(a.clone()))
+            .collect()
+    }
+
+    /// The settings of a connection to `addr` (a node the cluster named) with this cluster's
+    /// login and TLS.
+    pub fn info_for(&self, addr: ConnectionAddr) -> ConnectionInfo {
+        let addr = match (addr, self.tls) {
+            (ConnectionAddr::Tcp(host, port), Some(insecure)) => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                tls_params: None,
+            },
+            (a, _) => a,
+        };
+        addr.into_connection_info()
+            .expect("an address is connection info")
+            .set_redis_settings(self.node.clone())
+    }
 }
 
 /// A Sentinel set's master: its name, the sentinels to ask, and how to log in to each.
@@ -107,28 +153,38 @@ pub struct Credentials<'a> {
 }
 
 impl Target {
-    /// `standalone` or `sentinel`: what status and metrics call the topology.
+    /// `standalone`, `sentinel` or `cluster`: what status and metrics call the topology.
     pub fn topology(&self) -> &'static str {
         match self {
             Target::Node(_) => "standalone",
             Target::Sentinel(_) => "sentinel",
+            Target::Cluster(_) => "cluster",
         }
     }
 
-    /// The database number.
+    /// The database number (always 0 for a cluster).
     pub fn db(&self) -> i64 {
         match self {
             Target::Node(info) => info.redis_settings().db(),
             Target::Sentinel(s) => s.node.db(),
+            Target::Cluster(_) => 0,
         }
     }
 
     /// Names the Redis in messages without credentials: `host:port` of a server, or
     /// `master <name> via sentinels h1:p1,h2:p2` (the master's own address changes with a
-    /// failover: the connection tells the current one).
+    /// failover: the connection tells the current one), or `cluster via seeds h1:p1,h2:p2`.
     pub fn describe(&self) -> String {
         match self {
             Target::Node(info) => node(info),
+            Target::Cluster(c) => format!(
+                "cluster via seeds {}",
+                c.seeds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             Target::Sentinel(s) => format!(
                 "master {} via sentinels {}",
                 s.master,
@@ -142,11 +198,17 @@ impl Target {
     }
 
     /// Which Redis database this is, whatever the URL's spelling and credentials: `host:port/db`
-    /// (host lowercased; a socket path as is), or for a Sentinel set
-    /// `sentinel:<master>@<sentinels, sorted>/db`.
+    /// (host lowercased; a socket path as is), for a Sentinel set
+    /// `sentinel:<master>@<sentinels, sorted>/db`, for a cluster `cluster:<seeds, sorted>/0`.
     pub fn identity(&self) -> String {
         match self {
             Target::Node(info) => format!("{}/{}", addr_identity(info.addr()), self.db()),
+            Target::Cluster(c) => {
+                let mut addrs: Vec<String> = c.seeds.iter().map(addr_identity).collect();
+                addrs.sort();
+                addrs.dedup();
+                format!("cluster:{}/0", addrs.join(","))
+            }
             Target::Sentinel(s) => {
                 let mut addrs: Vec<String> = s.sentinels.iter().map(addr_identity).collect();
                 addrs.sort();
@@ -177,6 +239,10 @@ pub fn target(url: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
         (false, rest)
     } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
         (true, rest)
+    } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        return cluster_target(false, rest, creds);
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        return cluster_target(true, rest, creds);
     } else {
         return connection_info(url, creds.username, creds.password).map(Target::Node);
     };
@@ -263,6 +329,73 @@ pub fn target(url: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
     }))
 }
 
+/// `redis+cluster://` (`rediss+cluster://` when `tls`) after its scheme: seed nodes, no path
+/// but `/` or `/0`, no query.
+fn cluster_target(tls: bool, rest: &str, creds: Credentials<'_>) -> Result<Target, InvalidUrl> {
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    if rest.contains('?') {
+        return Err(InvalidUrl::new(
+            "a redis+cluster:// URL takes no query parameters",
+        ));
+    }
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() && path != "0" {
+        return Err(InvalidUrl::new(
+            "a Redis Cluster has database 0 only: the path of a redis+cluster:// URL is empty or /0",
+        ));
+    }
+    if hosts.is_empty() {
+        return Err(InvalidUrl::new("no cluster node address"));
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let suffix = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    let mut seeds = Vec::new();
+    let mut node = None;
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(InvalidUrl::new("an empty cluster node address"));
+        }
+        if host.ends_with(':') {
+            return Err(InvalidUrl::new("a cluster node address with an empty port"));
+        }
+        if host.matches(':').count() > 1 && !host.starts_with('[') {
+            return Err(InvalidUrl::new(
+                "an IPv6 cluster node address goes in brackets: [::1]:6379",
+            ));
+        }
+        let with_port = if host.ends_with(']') || !host.contains(':') {
+            format!("{host}:{CLUSTER_PORT}")
+        } else {
+            host.to_string()
+        };
+        // each node parsed as a server URL: the library decodes the credentials and the TLS
+        // fragment the same way as for `redis://`
+        let one = format!(
+            "{scheme}://{}{with_port}/0{suffix}",
+            userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
+        );
+        let info = connection_info(&one, creds.username, creds.password)?;
+        seeds.push(info.addr().clone());
+        node.get_or_insert_with(|| info.redis_settings().clone());
+    }
+    let insecure = seeds.first().and_then(|a| match a {
+        ConnectionAddr::TcpTls { insecure, .. } => Some(*insecure),
+        _ => None,
+    });
+    Ok(Target::Cluster(ClusterTarget {
+        seeds,
+        node: node.unwrap_or_default(),
+        tls: insecure,
+    }))
+}
+
 /// The connection to `url`, with `username` / `password` (when given, and not empty)
 /// replacing the URL's. A trailing newline is dropped (a Secret written with
 /// `echo pw > file; kubectl create secret --from-file` holds one, and a pod's environment
@@ -317,7 +450,7 @@ impl AuthFailure {
             AuthFailure::Missing => "requires a password and none was given (NOAUTH)",
             AuthFailure::Rejected => "rejected the username/password (WRONGPASS)",
             AuthFailure::Forbidden => {
-                "denied a command or key to the ACL user (NOPERM): grant it the queue's keys (~<prefix>:*) and +@all or the commands funcscale uses"
+                "denied a command or key to the ACL user (NOPERM): grant it the queue's keys (~<prefix>:*) and +@all or the commands funcscale uses (on a Redis Cluster also +cluster|slots +cluster|nodes +asking +readonly)"
             }
         }
     }
@@ -437,6 +570,67 @@ mod tests {
             assert!(e.contains("redis+sentinel://"), "{bad}: {e}");
             assert!(!e.contains("secret"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_cluster_url_names_the_seed_nodes_and_their_login() {
+        let t = target(
+            "redis+cluster://app:url-pw@n1:7000,N2,[::1]:7002",
+            Credentials {
+                password: Some("env-pw\n"),
+                ..Credentials::default()
+            },
+        )
+        .unwrap();
+        let Target::Cluster(c) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(
+            c.seeds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["n1:7000", "N2:6379", "::1:7002"]
+        );
+        assert_eq!(
+            (c.node.username(), c.node.password(), c.node.db()),
+            (Some("app"), Some("env-pw"), 0)
+        );
+        assert_eq!(c.tls, None);
+        assert_eq!((t.topology(), t.db()), ("cluster", 0));
+        assert_eq!(t.identity(), "cluster:::1:7002,n1:7000,n2:6379/0");
+        assert_eq!(t.describe(), "cluster via seeds n1:7000,N2:6379,::1:7002");
+        assert!(!t.describe().contains("pw"), "{}", t.describe());
+        let infos = c.seed_infos();
+        assert_eq!(infos.len(), 3);
+        assert_eq!(infos[0].redis_settings().password(), Some("env-pw"));
+
+        // the seeds' order and spelling do not change which cluster it is
+        for same in [
+            "redis+cluster://n2:6379,n1:7000,[::1]:7002/",
+            "redis+cluster://N1:7000,n2,[::1]:7002/0",
+        ] {
+            let u = target(same, Credentials::default()).unwrap();
+            assert_eq!(u.identity(), t.identity(), "{same}");
+        }
+
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster:///0",
+            "redis+cluster://n1,,n2",
+            "redis+cluster://n1:7000/1",
+            "redis+cluster://n1:7000/0/x",
+            "redis+cluster://:secret@n1/notadb",
+            "redis+cluster://n1:7000?protocol=resp3",
+            "redis+cluster://n1:",
+            "redis+cluster://::1:7000",
+            "redis+cluster://:secret@n1:notaport",
+        ] {
+            let e = target(bad, Credentials::default()).unwrap_err().to_string();
+            assert!(e.contains("redis+cluster://"), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+        let e = target("redis+cluster://n1/3", Credentials::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database 0 only"), "{e}");
     }
 
     #[test]

@@ -433,16 +433,13 @@ async fn running_by_pod(
         .map(String::from);
     let keys = &ctx.shared.config.keys.clone().in_namespace(scope);
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let sets: Vec<Vec<String>> = stop::running_slots_pipeline(keys, &ids)
-        .query_async(&mut con)
-        .await?;
+    let sets: Vec<Vec<String>> = query(&mut con, &stop::running_slots_pipeline(keys, &ids)).await?;
     let slots = stop::running_slots(keys, &sets);
     if slots.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let pods: Vec<Option<String>> = stop::slot_pods_pipeline(keys, &slots)
-        .query_async(&mut con)
-        .await?;
+    let pods: Vec<Option<String>> =
+        query(&mut con, &stop::slot_pods_pipeline(keys, &slots)).await?;
     Ok(stop::count_by_pod(&pods))
 }
 
@@ -469,16 +466,13 @@ pub async fn running_here(
         .map(String::from);
     let keys = &ctx.shared.config.keys.clone().in_namespace(scope);
     let id_refs: Vec<&str> = ids.iter().map(|(_, id)| id.as_str()).collect();
-    let sets: Vec<Vec<String>> = stop::running_slots_pipeline(keys, &id_refs)
-        .query_async(&mut con)
-        .await?;
+    let sets: Vec<Vec<String>> =
+        query(&mut con, &stop::running_slots_pipeline(keys, &id_refs)).await?;
     let slots = stop::running_slots(keys, &sets);
     let pods: Vec<Option<String>> = if slots.is_empty() {
         Vec::new()
     } else {
-        stop::slot_pods_pipeline(keys, &slots)
-            .query_async(&mut con)
-            .await?
+        query(&mut con, &stop::slot_pods_pipeline(keys, &slots)).await?
     };
     let pod_of: BTreeMap<&str, Option<&str>> = slots
         .iter()
@@ -526,8 +520,23 @@ async fn mark(
         reason,
         STOP_TTL_MS,
     );
-    let () = pipe.query_async(&mut con).await?;
+    funcscale_connect::query_grouped(&mut con, &pipe)
+        .await
+        .into_values()?;
     Ok(())
+}
+
+/// `pipe`'s replies (none `.ignore()`d) through [`funcscale_connect::query_grouped`]: as they
+/// are on one server, one pipeline per master on a Redis Cluster (the keys of a pool's queues
+/// and workers are on many slots).
+async fn query<T: redis::FromRedisValue>(
+    con: &mut funcscale_connect::Conn,
+    pipe: &redis::Pipeline,
+) -> anyhow::Result<T> {
+    let values = funcscale_connect::query_grouped(con, pipe)
+        .await
+        .into_values()?;
+    Ok(T::from_redis_value(redis::Value::Array(values))?)
 }
 
 /// Clear the stop marks and deletion costs of `pods` (best effort: a mark left behind
@@ -539,7 +548,9 @@ async fn unmark(ctx: &Context, ns: &str, name: &str, valid: &Valid, pods: &[Stri
         let mut pipe = redis::pipe();
         let names: Vec<&str> = pods.iter().map(String::as_str).collect();
         stop::clear(&mut pipe, &ctx.shared.config.keys, ns, &names);
-        let () = pipe.query_async(&mut con).await?;
+        funcscale_connect::query_grouped(&mut con, &pipe)
+            .await
+            .into_values()?;
         anyhow::Ok(())
     }
     .await;

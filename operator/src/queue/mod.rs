@@ -114,7 +114,9 @@ pub async fn reconcile(q: Arc<FuncQueue>, ctx: Arc<Context>) -> Result<Action> {
     // validate: what the schema cannot check; an error makes the spec invalid
     let endpoint = match validate::validate(&q) {
         Some(e) => Err(e),
-        None => d.endpoint,
+        None => d
+            .endpoint
+            .and_then(|ep| validate::cluster_error(&q, &ep).map_or(Ok(ep), Err)),
     };
     let action = match endpoint {
         // queues of two namespaces whose keys meet (legacyKeys or adopted queues of one

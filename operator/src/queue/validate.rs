@@ -44,6 +44,24 @@ pub fn validate(q: &FuncQueue) -> Option<Error> {
         .or_else(|| stream_spec_error(&q.spec))
 }
 
+/// A queue its Redis cannot hold: on a Redis Cluster (`redis+cluster://`), a funcscale queue
+/// with `legacyKeys` (its keys have no `{<namespace>.<name>}` hash tag, so one queue's keys
+/// would be spread over slots its scripts cannot reach together).
+pub fn cluster_error(
+    q: &FuncQueue,
+    endpoint: &crate::redis_metrics::RedisEndpoint,
+) -> Option<Error> {
+    (endpoint.topology() == "cluster"
+        && q.spec.legacy_keys
+        && q.spec.format == crate::crd::QueueFormat::Funcscale)
+        .then(|| {
+            Error::invalid(
+                "spec.legacyKeys",
+                "Redis Cluster needs the queue id hash tag: a legacyKeys queue's keys are not in one hash slot; remove legacyKeys (its keys become funcscale:q:{<namespace>.<name>}...) or use a single Redis server or a Sentinel set",
+            )
+        })
+}
+
 /// What the schema cannot check of `spec.celery`: it belongs to a Celery queue, and its
 /// priority steps are ascending and distinct, as kombu needs them.
 pub fn celery_transport_error(spec: &crate::crd::FuncQueueSpec) -> Option<Error> {
@@ -225,5 +243,40 @@ mod validate_tests {
         q.spec.format = QueueFormat::Stream;
         let e = validate(&q).unwrap().to_string();
         assert!(e.starts_with("invalid spec: spec.stream.group"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::crd::{FuncQueueSpec, QueueFormat};
+    use crate::redis_metrics::RedisEndpoint;
+
+    #[test]
+    fn a_legacy_keys_queue_is_refused_on_a_cluster_only() {
+        let q = |legacy_keys, format| {
+            FuncQueue::new(
+                "q",
+                FuncQueueSpec {
+                    legacy_keys,
+                    format,
+                    ..Default::default()
+                },
+            )
+        };
+        let cluster = RedisEndpoint::new("redis+cluster://n1:7000,n2:7001");
+        let e = cluster_error(&q(true, QueueFormat::Funcscale), &cluster)
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("spec.legacyKeys")
+                && e.contains("Redis Cluster needs the queue id hash tag"),
+            "{e}"
+        );
+        assert!(cluster_error(&q(false, QueueFormat::Funcscale), &cluster).is_none());
+        // adopted lists are read by single-key commands: fine on a cluster
+        assert!(cluster_error(&q(true, QueueFormat::Rq), &cluster).is_none());
+        let one = RedisEndpoint::new("redis://h:6379/0");
+        assert!(cluster_error(&q(true, QueueFormat::Funcscale), &one).is_none());
     }
 }

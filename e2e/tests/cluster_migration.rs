@@ -447,3 +447,70 @@ async fn records_of_earlier_versions_are_not_looked_at_on_a_cluster() {
         }
     }
 }
+
+/// funcscale's own producer path (`funcscale_worker::protocol::enqueue`: a pipeline of
+/// `SCRIPT LOAD` and the enqueue script) over a cluster `Conn` while the queue's slot is held
+/// half-migrated: the script answers `TRYAGAIN` (new record keys), the cluster client waits
+/// and re-sends, nothing is written meanwhile; once the migration ends every task lands once.
+#[tokio::test]
+async fn an_enqueue_during_a_migration_waits_and_lands_once() {
+    use funcscale_connect::{Config, Conn};
+    use funcscale_protocol::connection::{Credentials, target};
+    let mut c = RedisCluster::start().await.unwrap();
+    let masters = c.master_ports().await.unwrap();
+    let ns = "me";
+    let keys = Keys::new("me9").in_namespace(Some(ns.into()));
+    let q = queue_on(&mut c, ns, masters[1]).await;
+    let t = target(&c.url(), Credentials::default()).unwrap();
+    let mut conn = Conn::connect(&t, &Config::default()).await.unwrap();
+    assert!(conn.is_cluster());
+    let first = [Envelope::new("a", "noop", &q, 1)];
+    let n = funcscale_worker::protocol::enqueue(&mut conn, &keys, &q, &first)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let m = c
+        .migrate_slot_partly(slot(&q), masters[2], 0)
+        .await
+        .unwrap();
+    let before = slot_state(&c, &m).await;
+    let envs: Vec<Envelope> = (0..50)
+        .map(|i| Envelope::new(format!("t{i}"), "noop", &q, 1))
+        .collect();
+    let task = {
+        let (mut conn, keys, q) = (conn.clone(), keys.clone(), q.clone());
+        tokio::spawn(async move {
+            funcscale_worker::protocol::enqueue(&mut conn, &keys, &q, &envs).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !task.is_finished(),
+        "the enqueue waits while the slot migrates"
+    );
+    assert_eq!(
+        slot_state(&c, &m).await,
+        before,
+        "nothing written meanwhile"
+    );
+    c.finish_migration(m).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the enqueue ends after the migration")
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 51);
+    let listed: Vec<String> = conn.lrange(keys.queue(&q), 0, -1).await.unwrap();
+    let mut ids: Vec<String> = listed
+        .iter()
+        .map(|raw| Envelope::from_json(raw).unwrap().id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((listed.len(), ids.len()), (51, 51), "each task once");
+    let enqueued: u64 = conn.hget(keys.stats(&q), "enqueued").await.unwrap();
+    assert_eq!(enqueued, 51);
+    let records: u64 = conn.zcard(keys.tasks_ids(&q)).await.unwrap();
+    assert_eq!(records, 51);
+}

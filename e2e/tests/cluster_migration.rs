@@ -173,11 +173,34 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     };
     // a, b, c, d queued; a in slot 1's list (started), b in slot 2's, c moved into slot 3's
     // (a blocking move, not claimed yet); d stays queued
-    let n: u64 = enqueue_inv(&["a", "b", "c", "d"], 1_000_000)
+    let n: u64 = enqueue_inv(&["a", "b", "c", "d", "x"], 1_000_000)
         .invoke_async(&mut con)
         .await
         .unwrap();
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
+    // x is also a dead letter (for requeue_dead); the beat fired tick 100 (its last-fired hash
+    // exists, so its next call runs on the slot's source)
+    let dead_x = Envelope::new("x", "noop", &q, 1_000_000).to_json();
+    let _: () = con.lpush(keys.dead(&q), &dead_x).await.unwrap();
+    let beat_fire = redis::Script::new(scripts::BEAT_FIRE);
+    let fire_inv = |tick: i64, now: u64| {
+        let e = Envelope::new(format!("bt{tick}"), "noop", &q, now);
+        let mut inv = beat_fire.key(keys.beat_last(&q));
+        inv.key(keys.queue(&q))
+            .key(keys.stats(&q))
+            .arg(1)
+            .arg(keys.prefix())
+            .arg(&q)
+            .arg(now)
+            .arg("file:t")
+            .arg(tick)
+            .arg(e.to_json())
+            .arg(&e.id)
+            .arg(&e.func);
+        inv
+    };
+    let n: i64 = fire_inv(100, 900_000).invoke_async(&mut con).await.unwrap();
+    assert_eq!(n, 1);
     let mut raws = BTreeMap::new();
     for (list, now) in [(&in1, 1_100_000u64), (&in2, 1_100_001)] {
         let (raw, _): (String, usize) = fetch
@@ -218,7 +241,12 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     move_keys(
         &c,
         &m,
-        &[keys.task(&q, "a"), keys.task(&q, "b"), keys.task(&q, "c")],
+        &[
+            keys.task(&q, "a"),
+            keys.task(&q, "b"),
+            keys.task(&q, "c"),
+            keys.task(&q, "x"),
+        ],
     )
     .await;
     let before = slot_state(&c, &m).await;
@@ -266,6 +294,28 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
         .await;
     refused(&c, &m, &before, "enqueue", r).await;
 
+    // requeue_dead of x: the dead list, the queue and stats are here, x's record moved
+    let requeue_dead = redis::Script::new(scripts::REQUEUE_DEAD);
+    let requeue_dead_inv = || {
+        let mut inv = requeue_dead.key(keys.dead(&q));
+        inv.key(keys.queue(&q))
+            .key(keys.stats(&q))
+            .arg(keys.prefix())
+            .arg(&q)
+            .arg(1_450_000u64)
+            .arg(&dead_x)
+            .arg(Envelope::new("x", "noop", &q, 1_450_000).to_json())
+            .arg("x")
+            .arg("noop");
+        inv
+    };
+    let r = requeue_dead_inv().invoke_async::<i64>(&mut con).await;
+    refused(&c, &m, &before, "requeue_dead", r).await;
+
+    // the beat fires tick 101: its hash, the queue and stats are here, the record is new
+    let r = fire_inv(101, 1_460_000).invoke_async::<i64>(&mut con).await;
+    refused(&c, &m, &before, "beat_fire", r).await;
+
     // claim of c: every key declared; the running set moved, the list did not: Redis itself
     // answers TRYAGAIN before the script runs
     move_keys(&c, &m, std::slice::from_ref(&running)).await;
@@ -295,13 +345,22 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
         let n: i64 = requeue_inv().invoke_async(&mut con).await.unwrap();
         assert_eq!(n, want, "requeue (re-sent: nothing)");
     }
+    for want in [1, 0] {
+        let n: i64 = requeue_dead_inv().invoke_async(&mut con).await.unwrap();
+        assert_eq!(n, want, "requeue_dead (re-sent: nothing)");
+        let n: i64 = fire_inv(101, 1_460_000)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, want, "beat_fire (re-sent: nothing)");
+    }
     for _ in 0..2 {
         // re-sent (the reply lost): e is pushed once
         let n: u64 = enqueue_inv(&["e"], 1_600_000)
             .invoke_async(&mut con)
             .await
             .unwrap();
-        assert_eq!(n, 3, "enqueue: d, b back, e");
+        assert_eq!(n, 7, "enqueue: d, x, bt100, b back, x again, bt101, e");
     }
     let status = |id: &'static str| {
         let k = keys.task(&q, id);
@@ -317,6 +376,8 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
         ("c", "started"),
         ("d", "queued"),
         ("e", "queued"),
+        ("x", "queued"),
+        ("bt101", "queued"),
     ] {
         assert_eq!(status(id).await.as_deref(), Some(want), "{id}");
     }
@@ -330,7 +391,11 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
         .zrange(keys.tasks_status(&q, TaskStatus::Queued), 0, -1)
         .await
         .unwrap();
-    assert_eq!(queued, ["d", "b", "e"], "by last update");
+    assert_eq!(
+        queued,
+        ["bt100", "d", "b", "x", "bt101", "e"],
+        "by last update"
+    );
 }
 
 /// trim.lua probes its victims before deleting any: with a victim's record moved it deletes

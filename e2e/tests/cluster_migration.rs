@@ -201,6 +201,21 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     };
     let n: i64 = fire_inv(100, 900_000).invoke_async(&mut con).await.unwrap();
     assert_eq!(n, 1);
+    // f runs in slot 4 (its record written by started alone)
+    let s4 = "w-1-ab.3";
+    let in4 = keys.inflight_q(&q, s4);
+    let f = Envelope::new("f", "noop", &q, 1_000_000);
+    let _: () = con.lpush(&in4, f.to_json()).await.unwrap();
+    let n: i64 = started
+        .key(&in4)
+        .arg(keys.prefix())
+        .arg(f.to_json())
+        .arg(s4)
+        .arg(1_299_995u64)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
     let mut raws = BTreeMap::new();
     for (list, now) in [(&in1, 1_100_000u64), (&in2, 1_100_001)] {
         let (raw, _): (String, usize) = fetch
@@ -328,6 +343,17 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     let r = claim_inv().invoke_async::<i64>(&mut con).await;
     refused(&c, &m, &before, "claim", r).await;
 
+    // finish of f once its declared keys (its list, stats) have all moved: the client is sent
+    // `ASK` and runs it on the target (`ASKING`), where f's record, still on the source, looks
+    // absent: the probe (one EXISTS of several keys: `TRYAGAIN` there when one is missing)
+    // refuses it there too
+    move_keys(&c, &m, &[in4.clone(), keys.stats(&q)]).await;
+    let before = slot_state(&c, &m).await;
+    let r = finish_inv(&finish, &keys, &q, &in4, &f.to_json(), &f, s4)
+        .invoke_async::<i64>(&mut con)
+        .await;
+    refused(&c, &m, &before, "finish sent by ASK", r).await;
+
     // the migration ends: the same calls go through, once
     c.finish_migration(m).await.unwrap();
     assert_eq!(c.master_of_slot(slot(&q)).await.unwrap(), to);
@@ -341,6 +367,11 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
         .await
         .unwrap();
     assert_eq!(n, 2, "finish (the record said started)");
+    let n: i64 = finish_inv(&finish, &keys, &q, &in4, &f.to_json(), &f, s4)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "finish of f");
     for want in [1, 0] {
         let n: i64 = requeue_inv().invoke_async(&mut con).await.unwrap();
         assert_eq!(n, want, "requeue (re-sent: nothing)");
@@ -372,6 +403,7 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     };
     for (id, want) in [
         ("a", "succeeded"),
+        ("f", "succeeded"),
         ("b", "queued"),
         ("c", "started"),
         ("d", "queued"),

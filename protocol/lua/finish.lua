@@ -13,14 +13,16 @@
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
 do
   local P, q, id, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[2]
-  local err = fs_local(fs_k_running(P, q))
-  if not err and id ~= '' then
-    err = fs_local_queue(P, q, tonumber(ARGV[9]))
+  local err = nil
+  if id == '' then err = fs_local(fs_k_running(P, q), KEYS[1]) else
+    err = fs_local_queue(P, q, tonumber(ARGV[9]), fs_k_running(P, q))
     if not err and ARGV[10] == '1' then err = fs_local_task(P, q, id, ARGV[8]) end
     if not err then
       local c = fs_cfg(P, q)
       local d = nil
       if mode == 'ack' then d = c.ok elseif mode == 'dead' then d = c.ko end
+      -- (the destination's key; one of the queue's slot to add to the probe above once
+      -- destinations are staged in the queue's own outbox)
       if d and d ~= '' then err = fs_local(fs_k_outbox(P, q)) end
     end
   end

@@ -16,7 +16,7 @@
 --   (its error, worker, times go). Returns the previous status (nil for a new record).
 -- - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started; returns a
 --   `TRYAGAIN` error reply (nothing written) when a key it writes is not on this node.
--- - `fs_local(k...)`, `fs_local_queue(P, q, now)`, `fs_local_task(P, q, id, func)`: the probes
+-- - `fs_local(k...)`, `fs_local_queue(P, q, now, k...)`, `fs_local_task(P, q, id, func)`: the probes
 --   of a Redis Cluster slot migration (below).
 -- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: route a task of queue `q` to a
 --   destination (a URL: the outbox of `q`'s namespace).
@@ -47,31 +47,31 @@ local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 -- Redis Cluster, a slot migrating: the record keys are not in a script's KEYS (they are built
 -- from ARGV), and an undeclared key the node does not hold (moved already, or new) makes the
 -- script fail *after* its earlier writes ran. So a write script probes every key it will touch
--- before its first write: `redis.pcall('EXISTS', k)` answers an error instead of aborting, and
+-- before its first write: `redis.pcall('EXISTS', k...)` answers an error instead of aborting, and
 -- the script returns `TRYAGAIN` with nothing written (redis-rs' cluster client waits and
--- re-sends; every write script is idempotent under a re-send). Off a cluster every key is local.
-local function fs_is_local(k)
-  local r = redis.pcall('EXISTS', k)
+-- re-sends; every write script is idempotent under a re-send). The keys of a probe go in *one*
+-- EXISTS (so they must share one hash slot: the queue's): on the slot's source a key it lacks
+-- is an error (`ASK`), and on its target, where a client sent by `ASK` runs the script under
+-- `ASKING`, a single key is served even when it is still on the source (it would look absent),
+-- but a command of several keys one of which is missing is refused (`TRYAGAIN`). Off a cluster
+-- every key is local.
+local function fs_here(ks)
+  local r = redis.pcall('EXISTS', unpack(ks))
   return type(r) ~= 'table' or not r.err
 end
+local function fs_is_local(k) return fs_here({k}) end
 local function fs_local(...)
-  for _, k in ipairs({...}) do
-    if not fs_is_local(k) then
-      return redis.error_reply('TRYAGAIN ' .. k .. ' is not on this node (its hash slot is migrating): nothing written, try again')
-    end
-  end
-  return nil
+  local ks = {...}
+  if fs_here(ks) then return nil end
+  return redis.error_reply('TRYAGAIN keys of the hash slot of ' .. ks[1] .. ' are migrating: nothing written, try again')
 end
 -- The keys of queue `q` a record write may touch, bar the record and its function index: the
--- status indexes, the id index, the counts bucket of `now` and the queue's settings.
-local function fs_local_queue(P, q, now)
-  local e = fs_local(fs_k_tasks_ids(P, q), fs_k_counts(P, q, now), fs_k_queue_config(P, q))
-  if e then return e end
-  for _, s in ipairs(fs_statuses) do
-    e = fs_local(fs_k_tasks_status(P, q, s))
-    if e then return e end
-  end
-  return nil
+-- status indexes, the id index, the counts bucket of `now` and the queue's settings, and the
+-- caller's own keys of the queue (`...`).
+local function fs_local_queue(P, q, now, ...)
+  local ks = {fs_k_tasks_ids(P, q), fs_k_counts(P, q, now), fs_k_queue_config(P, q), ...}
+  for _, s in ipairs(fs_statuses) do ks[#ks + 1] = fs_k_tasks_status(P, q, s) end
+  return fs_local(unpack(ks))
 end
 -- The record of `id` and the function indexes it may enter or leave (`func`, and the one the
 -- record names, read once the record is known to be local).
@@ -80,7 +80,7 @@ local function fs_local_task(P, q, id, func)
   local e = fs_local(h, fs_k_tasks_func(P, q, func))
   if e then return e end
   local old = redis.call('HGET', h, 'func')
-  if old and old ~= func then return fs_local(fs_k_tasks_func(P, q, old)) end
+  if old and old ~= func then return fs_local(h, fs_k_tasks_func(P, q, old)) end
   return nil
 end
 local function fs_cfg(P, q)
@@ -119,7 +119,7 @@ local function fs_trim(P, q, now, cfg, budget, strict)
   local plan = {}
   for _, id in ipairs(victims) do
     local h = fs_k_task(P, q, id)
-    local ok = fs_is_local(h)
+    local ok = fs_here({h, fs_k_tasks_ids(P, q)})
     local r, lh = {}, nil
     if ok then
       r = redis.call('HMGET', h, 'queue', 'status', 'func')
@@ -132,13 +132,15 @@ local function fs_trim(P, q, now, cfg, budget, strict)
         local lr = redis.call('HMGET', l, 'queue', 'status', 'func')
         if lr[1] == q then lh, r = l, lr end
       end
-      if r[2] and not fs_is_local(fs_k_tasks_status(P, q, r[2])) then ok = false end
-      if r[3] and not fs_is_local(fs_k_tasks_func(P, q, r[3])) then ok = false end
+      local ks = {h, fs_k_tasks_ids(P, q)}
+      if r[2] then ks[#ks + 1] = fs_k_tasks_status(P, q, r[2]) end
+      if r[3] then ks[#ks + 1] = fs_k_tasks_func(P, q, r[3]) end
+      ok = fs_here(ks)
     end
     if ok then
       plan[#plan + 1] = {id, h, lh, r}
     elseif strict then
-      return 0, fs_local(h, fs_k_tasks_status(P, q, r[2] or 'queued'), fs_k_tasks_func(P, q, r[3] or ''))
+      return 0, redis.error_reply('TRYAGAIN the record ' .. h .. ' (a victim) is not on this node (its hash slot is migrating): nothing deleted, try again')
     end
   end
   for _, v in ipairs(plan) do

@@ -8,7 +8,8 @@
 //! Redis Cluster: the record keys a script writes are built from `ARGV` (not declared in
 //! `KEYS`), all in the queue's hash slot. While that slot migrates, such a key the node no
 //! longer (or not yet) holds would fail the script after its earlier writes ran; so every
-//! write script probes the keys it will touch first and answers `TRYAGAIN` with nothing
+//! write script probes the keys it will touch first (one `EXISTS` of several keys, which the
+//! importing node also refuses while one is missing) and answers `TRYAGAIN` with nothing
 //! written (`fs_local` in `lua/record_lib.lua`; redis-rs' cluster client waits and re-sends),
 //! and is idempotent under a re-send (finish, requeue, claim, started: the in-flight list or
 //! the record says it was done; enqueue: an id recorded as enqueued at the call's `now` is

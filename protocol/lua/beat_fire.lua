@@ -9,12 +9,10 @@
 -- is skipped, whoever fires it, so no tick is enqueued twice (a re-sent call too). Returns the
 -- ticks enqueued. Every record key it writes is probed first (`fs_local`: `TRYAGAIN`, nothing
 -- written, while the queue's slot migrates).
-local err = fs_local_queue(ARGV[2], ARGV[3], tonumber(ARGV[4]))
+local ids, funcs = {}, {}
+for i = 5, #ARGV, 5 do ids[#ids + 1], funcs[#funcs + 1] = ARGV[i + 3], ARGV[i + 4] end
+local err = fs_local_tasks(ARGV[2], ARGV[3], tonumber(ARGV[4]), ids, funcs)
 if err then return err end
-for i = 5, #ARGV, 5 do
-  err = fs_local_task(ARGV[2], ARGV[3], ARGV[i + 3], ARGV[i + 4])
-  if err then return err end
-end
 local token = tonumber(ARGV[1])
 local fence = tonumber(redis.call('HGET', KEYS[1], '_fence') or '0')
 if token < fence then return -fence end

@@ -6,13 +6,13 @@
 -- whose record was enqueued at this call's `now` (`enqueued_ms`) is skipped (so is a second
 -- enqueue of the same id in the same millisecond).
 local P, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local err = fs_local_queue(P, q, now)
+local ids, funcs = {}, {}
+for i = 4, #ARGV, 4 do ids[#ids + 1], funcs[#funcs + 1] = ARGV[i + 1], ARGV[i + 2] end
+local err, rows = fs_local_tasks(P, q, now, ids, funcs)
 if err then return err end
 local skip = {}
-for i = 4, #ARGV, 4 do
-  err = fs_local_task(P, q, ARGV[i + 1], ARGV[i + 2])
-  if err then return err end
-  if tonumber(redis.call('HGET', fs_k_task(P, q, ARGV[i + 1]), 'enqueued_ms')) == now then skip[i] = true end
+for j, row in ipairs(rows) do
+  if tonumber(row[2]) == now then skip[4 * j] = true end
 end
 local cfg = fs_cfg(P, q)
 local n = 0

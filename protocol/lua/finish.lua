@@ -15,8 +15,9 @@ do
   local P, q, id, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[2]
   local err = nil
   if id == '' then err = fs_local(fs_k_running(P, q), KEYS[1]) else
-    err = fs_local_queue(P, q, tonumber(ARGV[9]), fs_k_running(P, q))
-    if not err and ARGV[10] == '1' then err = fs_local_task(P, q, id, ARGV[8]) end
+    local ids, funcs = {}, {}
+    if ARGV[10] == '1' then ids, funcs = {id}, {ARGV[8]} end
+    err = fs_local_tasks(P, q, tonumber(ARGV[9]), ids, funcs, {fs_k_running(P, q)})
     if not err then
       local c = fs_cfg(P, q)
       local d = nil

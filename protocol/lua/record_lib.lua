@@ -16,7 +16,7 @@
 --   (its error, worker, times go). Returns the previous status (nil for a new record).
 -- - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started; returns a
 --   `TRYAGAIN` error reply (nothing written) when a key it writes is not on this node.
--- - `fs_local(k...)`, `fs_local_queue(P, q, now, k...)`, `fs_local_task(P, q, id, func)`: the probes
+-- - `fs_local(k...)`, `fs_local_list(ks)`, `fs_local_tasks(P, q, now, ids, funcs, extra)`: the probes
 --   of a Redis Cluster slot migration (below).
 -- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: route a task of queue `q` to a
 --   destination (a URL: the outbox of `q`'s namespace).
@@ -60,28 +60,46 @@ local function fs_here(ks)
   return type(r) ~= 'table' or not r.err
 end
 local function fs_is_local(k) return fs_here({k}) end
-local function fs_local(...)
-  local ks = {...}
-  if fs_here(ks) then return nil end
-  return redis.error_reply('TRYAGAIN keys of the hash slot of ' .. ks[1] .. ' are migrating: nothing written, try again')
-end
--- The keys of queue `q` a record write may touch, bar the record and its function index: the
--- status indexes, the id index, the counts bucket of `now` and the queue's settings, and the
--- caller's own keys of the queue (`...`).
-local function fs_local_queue(P, q, now, ...)
-  local ks = {fs_k_tasks_ids(P, q), fs_k_counts(P, q, now), fs_k_queue_config(P, q), ...}
-  for _, s in ipairs(fs_statuses) do ks[#ks + 1] = fs_k_tasks_status(P, q, s) end
-  return fs_local(unpack(ks))
-end
--- The record of `id` and the function indexes it may enter or leave (`func`, and the one the
--- record names, read once the record is known to be local).
-local function fs_local_task(P, q, id, func)
-  local h = fs_k_task(P, q, id)
-  local e = fs_local(h, fs_k_tasks_func(P, q, func))
-  if e then return e end
-  local old = redis.call('HGET', h, 'func')
-  if old and old ~= func then return fs_local(h, fs_k_tasks_func(P, q, old)) end
+-- `fs_local` over a list, in EXISTS calls of at most 256 keys (each of at least two keys)
+local function fs_local_list(ks)
+  for i = 1, #ks, 256 do
+    local part = {unpack(ks, i, math.min(i + 255, #ks))}
+    if #part == 1 and i > 1 then part[2] = ks[i - 1] end
+    if not fs_here(part) then
+      return redis.error_reply('TRYAGAIN keys of the hash slot of ' .. ks[1] .. ' are migrating: nothing written, try again')
+    end
+  end
   return nil
+end
+local function fs_local(...) return fs_local_list({...}) end
+-- The keys a record write of queue `q` may touch: the status indexes, the id index, the counts
+-- bucket of `now`, the queue's settings, the caller's own keys of the queue (list `extra`), the
+-- records of `ids` (functions `funcs`, in the same order) and the function indexes they may
+-- enter or leave (those of `funcs`, and the ones the records name, read once the records are
+-- known to be here). Returns a `TRYAGAIN` error reply, or nil and each record's {func,
+-- enqueued_ms}.
+local function fs_local_tasks(P, q, now, ids, funcs, extra)
+  local ks, seen = {fs_k_tasks_ids(P, q), fs_k_counts(P, q, now), fs_k_queue_config(P, q)}, {}
+  for _, s in ipairs(fs_statuses) do ks[#ks + 1] = fs_k_tasks_status(P, q, s) end
+  for _, k in ipairs(extra or {}) do ks[#ks + 1] = k end
+  for i, id in ipairs(ids) do
+    ks[#ks + 1] = fs_k_task(P, q, id)
+    if not seen[funcs[i]] then seen[funcs[i]] = true; ks[#ks + 1] = fs_k_tasks_func(P, q, funcs[i]) end
+  end
+  local err = fs_local_list(ks)
+  if err then return err end
+  local rows, more = {}, {}
+  for i, id in ipairs(ids) do
+    rows[i] = redis.call('HMGET', fs_k_task(P, q, id), 'func', 'enqueued_ms')
+    local f = rows[i][1]
+    if f and not seen[f] then seen[f] = true; more[#more + 1] = fs_k_tasks_func(P, q, f) end
+  end
+  if #more > 0 then
+    more[#more + 1] = fs_k_tasks_ids(P, q)
+    err = fs_local_list(more)
+    if err then return err end
+  end
+  return nil, rows
 end
 local function fs_cfg(P, q)
   local c = redis.call('HMGET', fs_k_queue_config(P, q), 'record_max_age_ms', 'record_max_count', 'on_success', 'on_failure')
@@ -237,7 +255,7 @@ local function fs_started(P, raw, slot, now)
   local ok, e = pcall(cjson.decode, raw)
   if not ok or type(e) ~= 'table' or type(e.id) ~= 'string' or type(e.queue) ~= 'string' then return end
   local func = tostring(e.func)
-  local err = fs_local_queue(P, e.queue, now) or fs_local_task(P, e.queue, e.id, func)
+  local err = fs_local_tasks(P, e.queue, now, {e.id}, {func})
   if err then return err end
   -- a re-sent call (its reply lost): the record says this start already, nothing to count twice
   local r = redis.call('HMGET', fs_k_task(P, e.queue, e.id), 'status', 'worker', 'started_ms', 'attempt')

@@ -9,7 +9,7 @@ if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
 if ARGV[4] == '1' and ARGV[6] ~= '1' then
   local ok, e = pcall(cjson.decode, ARGV[1])
   if ok and type(e) == 'table' and type(e.id) == 'string' then
-    local err = fs_local_queue(ARGV[2], ARGV[5], tonumber(ARGV[3])) or fs_local_task(ARGV[2], ARGV[5], e.id, tostring(e.func))
+    local err = fs_local_tasks(ARGV[2], ARGV[5], tonumber(ARGV[3]), {e.id}, {tostring(e.func)})
     if err then return err end
   end
 end

@@ -3,12 +3,10 @@
 -- with the attempt count reset; the record says queued. Returns how many moved.
 local P, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- the record keys (undeclared) first: `TRYAGAIN`, nothing written, while the slot migrates
-local err = fs_local_queue(P, q, now)
+local ids, funcs = {}, {}
+for i = 4, #ARGV, 4 do ids[#ids + 1], funcs[#funcs + 1] = ARGV[i + 2], ARGV[i + 3] end
+local err = fs_local_tasks(P, q, now, ids, funcs)
 if err then return err end
-for i = 4, #ARGV, 4 do
-  err = fs_local_task(P, q, ARGV[i + 2], ARGV[i + 3])
-  if err then return err end
-end
 local cfg = fs_cfg(P, q)
 local n = 0
 for i = 4, #ARGV, 4 do

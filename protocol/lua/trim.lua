@@ -3,7 +3,7 @@
 -- The queue's index keys and every victim's record are probed before anything is deleted
 -- (`TRYAGAIN`, nothing deleted, while the queue's slot migrates).
 local P, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local err = fs_local_queue(P, q, now)
+local err = fs_local_tasks(P, q, now, {}, {})
 if err then return err end
 local n, e = fs_trim(P, q, now, fs_cfg(P, q), tonumber(ARGV[4]), true)
 if e then return e end

@@ -112,7 +112,7 @@ e2e-cluster: build
 ##   policy simulator (funcscale vs the work bound, a tuned KEDA, KEDA defaults, HPA on CPU), the running operator at scale
 ##   (CPU and memory of the release binary with 1,000 pools and 10,000 queues: SCALE_POOLS), and
 ##   the reaction latency (tasks pushed -> Deployment replicas changed, p50/p95) next to KEDA's
-##   defaults
+##   defaults, and worker throughput on a 3-master Redis Cluster vs one redis-server
 bench: redis control-plane
 	$(CARGO) build --release --workspace --bins
 	e2e/bench/worker_bench.sh
@@ -122,6 +122,8 @@ bench: redis control-plane
 	$(CARGO) run -q --release -p funcscale-sim --
 	FUNCSCALE_SCALE_POOLS=$${SCALE_POOLS:-1000} $(CARGO) nextest run -p funcscale-e2e \
 	    --cargo-profile release --test scale_bench --run-ignored only --no-capture
+	$(CARGO) nextest run -p funcscale-e2e --cargo-profile release --test cluster_worker \
+	    --run-ignored only --no-capture bench_worker_throughput
 	$(CARGO) build --workspace --bins
 	FUNCSCALE_E2E_LATENCY_TRIALS=$${TRIALS:-10} $(CARGO) nextest run -p funcscale-e2e --test scenarios \
 	    --run-ignored only --no-capture reaction_latency

@@ -285,6 +285,22 @@ impl ClusterShared {
         self.stale.store(true, Ordering::Release);
     }
 
+    /// A connection to each master of the slot map (read again when old): `(host:port, conn)`.
+    pub(crate) async fn each_master(&self) -> RedisResult<Vec<(String, MultiplexedConnection)>> {
+        let map = self.current_map(None).await?;
+        let mut out = Vec::new();
+        for addr in map.masters() {
+            let c = self.master(&addr).await?;
+            out.push((addr, c));
+        }
+        Ok(out)
+    }
+
+    /// Read the slot map again before its next use.
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// A plain connection of its own to the master serving `key`'s slot now.
     pub(crate) async fn dedicated_for(
         &self,

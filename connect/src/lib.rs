@@ -280,6 +280,17 @@ impl Conn {
         }
     }
 
+    /// For a cluster: a connection to each of its masters (`host:port` and a plain
+    /// connection, from the slot map [`query_grouped`] keeps), e.g. to `SCAN` every node: a
+    /// keyless command sent through the `Conn` itself reaches one node only. `None` for one
+    /// server or a Sentinel set (the `Conn` reaches all keys).
+    pub async fn each_master(&self) -> RedisResult<Option<Vec<(String, MultiplexedConnection)>>> {
+        match &self.0 {
+            Inner::Cluster(c) => Ok(Some(c.each_master().await?)),
+            _ => Ok(None),
+        }
+    }
+
     /// A plain connection of its own to the master that serves `key`'s hash slot now (on a
     /// cluster, from the slot map [`query_grouped`] keeps; elsewhere the same as
     /// [`Conn::dedicated`]), e.g. for a blocking `BLMOVE` on that key. Also returns the node,
@@ -320,12 +331,18 @@ impl Conn {
             .await
     }
 
-    /// After an error on a [`Conn::dedicated`] connection: for a Sentinel set, check the
-    /// master when `e` is how a failover shows (no-op otherwise).
+    /// After an error on a [`Conn::dedicated`] / [`Conn::dedicated_for`] connection: for a
+    /// Sentinel set, check the master when `e` is how a failover shows; for a cluster, read
+    /// the slot map again before its next use (a `MOVED`, a migration or a failed master);
+    /// no-op for one server.
     pub fn after_error(&self, e: &redis::RedisError) {
-        if let Inner::Sentinel(s) = &self.0 {
-            let seen = s.current().generation;
-            Shared::after_error(s, e, seen);
+        match &self.0 {
+            Inner::Sentinel(s) => {
+                let seen = s.current().generation;
+                Shared::after_error(s, e, seen);
+            }
+            Inner::Cluster(c) => c.mark_stale(),
+            Inner::Node(_) => {}
         }
     }
 }

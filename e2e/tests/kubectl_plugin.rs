@@ -577,14 +577,27 @@ async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connecti
         error: Some("HTTP 503".into()),
     };
     let mut con = f.redis().await;
-    // the outbox of the queue's namespace
+    // the outbox of the queue's namespace (earlier versions), the queue's own outbox, and
+    // another namespace's queue's (not listed)
     let keys = f.keys.clone().in_namespace(Some(f.ns.clone()));
-    let _: () = redis::cmd("LPUSH")
-        .arg(keys.outbox_dead())
-        .arg(serde_json::to_string(&item).unwrap())
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let q8 = Keys::queue_id(&f.ns, "q8");
+    let other = Keys::queue_id(&format!("{}-other", f.ns), "q8");
+    for (dead, id) in [
+        (keys.outbox_dead(), "order-1-bad:failure"),
+        (keys.queue_outbox_dead(&q8), "order-2-bad:failure"),
+        (keys.queue_outbox_dead(&other), "order-3-bad:failure"),
+    ] {
+        let item = protocol::OutboxItem {
+            id: id.into(),
+            ..item.clone()
+        };
+        let _: () = redis::cmd("LPUSH")
+            .arg(dead)
+            .arg(serde_json::to_string(&item).unwrap())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
     let q = ["--queue", "q8", "-n", f.ns.as_str()];
     let json_lines = |out: &Output| -> Vec<Value> {
         stdout(out)
@@ -597,12 +610,14 @@ async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connecti
         .plugin(&[&["outbox", "list", "--dead", "--json"][..], &q].concat())
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let parked = json_lines(&out);
-    assert_eq!(parked.len(), 1, "{parked:?}");
+    let mut parked = json_lines(&out);
+    parked.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
+    assert_eq!(parked.len(), 2, "{parked:?}");
     assert_eq!(
         (&parked[0]["id"], &parked[0]["error"]),
         (&json!("order-1-bad:failure"), &json!("HTTP 503"))
     );
+    assert_eq!(parked[1]["id"], json!("order-2-bad:failure"));
 
     let out = f
         .plugin(&[&["outbox", "requeue", "--all"][..], &q].concat())
@@ -611,12 +626,35 @@ async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connecti
     let out = f
         .plugin(&[&["outbox", "list", "--json"][..], &q].concat())
         .await;
-    let pending = json_lines(&out);
-    assert_eq!(pending.len(), 1, "{pending:?}");
+    let mut pending = json_lines(&out);
+    pending.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    // each back in the outbox it was parked from
     assert_eq!(
-        (&pending[0]["id"], &pending[0]["attempt"]),
-        (&json!("order-1-bad:failure"), &json!(0))
+        (
+            &pending[0]["id"],
+            &pending[0]["attempt"],
+            &pending[0]["outbox"]
+        ),
+        (
+            &json!("order-1-bad:failure"),
+            &json!(0),
+            &json!(keys.outbox())
+        )
     );
+    assert_eq!(
+        (&pending[1]["id"], &pending[1]["outbox"]),
+        (
+            &json!("order-2-bad:failure"),
+            &json!(keys.queue_outbox(&q8))
+        )
+    );
+    let other_parked: i64 = redis::cmd("LLEN")
+        .arg(keys.queue_outbox_dead(&other))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(other_parked, 1, "another namespace's outbox is not touched");
     let out = f
         .plugin(&[&["outbox", "list", "--dead", "--json"][..], &q].concat())
         .await;

@@ -105,10 +105,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLettersAction,
     },
-    /// Deliveries to URL destinations in the Redis of a queue: pending, or parked after 12
-    /// failed attempts (list, requeue, purge).
+    /// Deliveries to destinations (URLs, other queues) in the outboxes of the namespace's
+    /// queues, in the Redis of a queue: pending, or parked after 12 failed attempts (list,
+    /// requeue, purge).
     Outbox {
-        /// The FuncQueue whose Redis holds the outbox (or `--redis-url`).
+        /// A FuncQueue whose Redis holds the outboxes (or `--redis-url`).
         #[arg(long, global = true)]
         queue: Option<String>,
         /// Action.

@@ -257,12 +257,13 @@ where
             }
         };
     } else if lists != [keys.queue(name)] {
-        let mut pipe = redis::pipe();
+        // one LLEN each: a Celery queue's priority lists are in different hash slots, which
+        // a Redis Cluster connection cannot pipeline together (a few lists, a few round trips)
+        o.depth = 0;
         for l in &lists {
-            pipe.llen(l);
+            let n: u64 = redis::cmd("LLEN").arg(l).query_async(con).await?;
+            o.depth += n;
         }
-        let lens: Vec<u64> = pipe.query_async(con).await?;
-        o.depth = lens.iter().sum();
     }
     Ok(o)
 }

@@ -152,8 +152,8 @@ pub struct FuncQueueSpec {
 
     /// Keep the per-queue Redis keys of funcscale before namespaced keys: the queue's id is
     /// its bare name, so its list is `funcscale:q:<name>` and its retries, dead letters,
-    /// stats, settings, schedules registry and task records are named by `<name>` too; its
-    /// workers use the worker registry and outbox shared by every namespace. Only for queues
+    /// stats, settings, schedules registry, outbox and task records are named by `<name>` too;
+    /// its workers use the worker registry shared by every namespace. Only for queues
     /// created before the upgrade whose producers you cannot switch yet. These keys name no
     /// namespace: of two queues on one Redis with the same id (a `legacyKeys` or adopted
     /// queue of the same name in another namespace) or the same list, the younger is
@@ -163,15 +163,16 @@ pub struct FuncQueueSpec {
     pub legacy_keys: bool,
 
     /// Where the result of every task that succeeds is sent: a task enqueued into another
-    /// FuncQueue (atomically with the completion), or a POST to a URL (retried with backoff,
-    /// at least once; after 12 failed attempts, about 19 minutes, parked until replayed with
-    /// `funcscale-worker outbox requeue`). Unset: the result is not kept (task records hold the
-    /// state, times, worker and error, not the result).
+    /// FuncQueue (exactly once, staged atomically with the completion), or a POST to a URL
+    /// (retried with backoff, at least once; after 12 failed attempts, about 19 minutes,
+    /// parked until replayed with `funcscale-worker outbox requeue`). Unset: the result is not
+    /// kept (task records hold the state, times, worker and error, not the result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_success: Option<TaskDestination>,
 
     /// Where a task goes once it has failed for good (after `maxRetries`, when it enters the
-    /// dead-letter list), with its error: a task enqueued into another FuncQueue, or a POST
+    /// dead-letter list), with its error: a task enqueued into another FuncQueue (exactly
+    /// once, staged atomically with the dead-lettering), or a POST
     /// to a URL (retried with backoff, at least once; after 12 failed attempts, about 19
     /// minutes, parked until replayed with `funcscale-worker outbox requeue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,8 +198,9 @@ pub struct FuncQueueSpec {
 )]
 pub struct TaskDestination {
     /// Name of a FuncQueue in the same namespace that receives a new task. It must use the
-    /// same Redis as this queue and its default key (no `key`, format `Funcscale`): workers
-    /// enqueue into it in the same Redis transaction as the completion.
+    /// same Redis as this queue and its default key (no `key`, format `Funcscale`): the
+    /// completion stages the new task in the outbox of the finished task's queue, in the same
+    /// Redis transaction, and the worker enqueues it right after, exactly once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS_LABEL_PATTERN))]
     pub queue: Option<String>,
@@ -207,13 +209,13 @@ pub struct TaskDestination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub function: Option<String>,
-    /// HTTP(S) URL that receives the task as a JSON POST. Deliveries go through an outbox in
-    /// Redis, written atomically with the task's completion, and the workers retry them with
-    /// backoff until the server answers 2xx (after 12 failed attempts, about 19 minutes, a
-    /// delivery is parked in the outbox's dead list and no longer retried: `funcscale-worker
-    /// outbox list --dead` lists it and `funcscale-worker outbox requeue` replays it). At
-    /// least once: a receiver may see an event twice and deduplicates on the
-    /// `x-funcscale-delivery-id` header.
+    /// HTTP(S) URL that receives the task as a JSON POST. Deliveries go through the outbox of
+    /// the finished task's queue in Redis, written atomically with its completion, and the
+    /// workers retry them with backoff until the server answers 2xx (after 12 failed
+    /// attempts, about 19 minutes, a delivery is parked in the outbox's dead list and no
+    /// longer retried: `funcscale-worker outbox list --dead` lists it and `funcscale-worker
+    /// outbox requeue` replays it). At least once: a receiver may see an event twice and
+    /// deduplicates on the `x-funcscale-delivery-id` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^https?://"), length(max = 2048))]
     pub url: Option<String>,

@@ -6,7 +6,9 @@
 -- call carries the triples of one slot.
 -- A slot fetches only when free, so a task already in one of its lists is what an earlier
 -- call of this fetch moved and whose reply was lost (a cluster client re-sends after a
--- timeout or a redirection): that task is returned again, and no second one is taken.
+-- timeout or a redirection), or one the slot failed to claim before running it: that task
+-- is returned again, and no second one is taken. (A task that ran is never left there: the
+-- worker keeps sending its finish until Redis takes it.)
 for i = 1, #KEYS, 3 do
   local v = redis.call('LINDEX', KEYS[i + 1], -1)
   if v then

@@ -6,9 +6,11 @@
 -- carries one, so the record may have an error to clear). Does nothing when the task is no
 -- longer in flight (a reaper already put it back), so a late finish never duplicates it, and
 -- returns 0; else 1, or 2 when the record said `started` (the worker counts the outcome, see
--- `PendingCounts` in the worker). The record and the destination (queue or outbox) are written in the
--- same script. The in-flight list leaves the queue's running set (`Keys::running`). Every
--- undeclared key it writes (running set, record keys, counts, the destination's key) is
+-- `PendingCounts` in the worker); `{1|2, item}` when it staged a delivery to a destination
+-- queue (`ForwardItem` JSON, claimed for the caller, which forwards it). The record and the
+-- destination (in the queue's outbox, `Keys::queue_outbox`) are written in the same script, in
+-- the queue's slot. The in-flight list leaves the queue's running set (`Keys::running`).
+-- Every undeclared key it writes (running set, record keys, counts, the queue's outbox) is
 -- probed first (`fs_local`: `TRYAGAIN`, nothing written, while the queue's slot migrates).
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
 do
@@ -22,9 +24,7 @@ do
       local c = fs_cfg(P, q)
       local d = nil
       if mode == 'ack' then d = c.ok elseif mode == 'dead' then d = c.ko end
-      -- (the destination's key; one of the queue's slot to add to the probe above once
-      -- destinations are staged in the queue's own outbox)
-      if d and d ~= '' then err = fs_local(fs_k_outbox(P, q)) end
+      if d and d ~= '' then err = fs_local(fs_k_queue_outbox(P, q), fs_k_running(P, q)) end
     end
   end
   if err then return err end
@@ -60,10 +60,14 @@ if id ~= '' then
     local was = fs_rec(P, q, id, func, status, ARGV[9], extra, cfg, true, prev)
     if was == 'started' then done = 2 end
   end
+  local staged = nil
   if mode == 'ack' then
-    fs_dest(P, q, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
+    staged = fs_dest(P, q, cfg.ok, 'success', ARGV[1], 'result', ARGV[15], id, now)
   elseif mode == 'dead' then
-    fs_dest(P, q, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
+    staged = fs_dest(P, q, cfg.ko, 'failure', ARGV[1], 'error', ARGV[15], id, now)
   end
+  -- a delivery to a queue staged in the queue's outbox, claimed for this worker: it forwards
+  -- it at once (`forward.lua`, then `outbox_settle.lua`)
+  if staged then return {done, staged} end
 end
 return done

@@ -343,13 +343,42 @@ impl Keys {
         format!("{}:queue-config:{queue}", self.prefix)
     }
 
-    /// Pending deliveries to URL destinations of the scope's namespace (tasks of its queues
-    /// went there; its workers deliver them), by due time (ms).
+    /// Pending deliveries to the destinations of `queue`'s tasks (a zset by due time, ms):
+    /// URL deliveries ([`crate::OutboxItem`]) and tasks for a destination queue
+    /// ([`crate::ForwardItem`]), staged by the finish script in the queue's hash tag (one
+    /// Redis Cluster slot with the task) and delivered by the workers of the queue:
+    /// `<prefix>:outbox:{<ns>.<name>}`. A queue id has a dot and a namespace none, so this
+    /// never names [`Keys::outbox`]; a legacy id (no namespace: a bare name, or any id
+    /// [`Keys::queue_id_namespace`] does not read) gets `<prefix>:outbox:q:<id>`, so no
+    /// name (`dead`, `{x}`) can meet an outbox of earlier versions.
+    pub fn queue_outbox(&self, queue: &str) -> String {
+        match Self::queue_id_namespace(queue) {
+            Some(_) => format!("{}:outbox:{queue}", self.prefix),
+            None => format!("{}:outbox:q:{queue}", self.prefix),
+        }
+    }
+
+    /// Deliveries of `queue`'s outbox that failed for good (list), until replayed or purged.
+    pub fn queue_outbox_dead(&self, queue: &str) -> String {
+        format!("{}:dead", self.queue_outbox(queue))
+    }
+
+    /// The forward marker of delivery `id` into destination queue `queue` (string, 24 h TTL):
+    /// set by `forward.lua` with the enqueue, in the destination's hash tag, so a delivery
+    /// re-sent after a lost settle enqueues nothing twice.
+    pub fn fwd_marker(&self, queue: &str, id: &str) -> String {
+        format!("{}:fwd:{queue}:{id}", self.prefix)
+    }
+
+    /// Pending deliveries to URL destinations of the scope's namespace as earlier versions
+    /// staged them (one zset per namespace, another hash tag than its queues): no longer
+    /// written; the workers drain it until it is empty ([`Keys::queue_outbox`] replaces it).
     pub fn outbox(&self) -> String {
         self.scoped("outbox")
     }
 
-    /// Deliveries of the scope's namespace that failed for good.
+    /// Deliveries of the scope's namespace that failed for good (earlier versions; still
+    /// listed, replayed into [`Keys::outbox`] and purged).
     pub fn outbox_dead(&self) -> String {
         format!("{}:dead", self.scoped("outbox"))
     }
@@ -460,6 +489,14 @@ mod tests {
                     .collect()
             }),
             ("queue_config", |k, q| vec![k.queue_config(q)]),
+            ("queue_outbox", |k, q| vec![k.queue_outbox(q)]),
+            ("queue_outbox_dead", |k, q| vec![k.queue_outbox_dead(q)]),
+            ("fwd_marker", |k, q| {
+                ["t1:success", "{x}:failure", "a}b{c:success"]
+                    .iter()
+                    .map(|id| k.fwd_marker(q, id))
+                    .collect()
+            }),
         ];
         type NsKey = fn(&Keys, &str) -> Vec<String>;
         // keys of a namespace's scope (`k` is `in_namespace(Some(ns))`)
@@ -717,5 +754,19 @@ mod tests {
         assert_eq!(ka.outbox_dead(), "funcscale:outbox:{a}:dead");
         assert_eq!(k.outbox(), "funcscale:outbox");
         assert_eq!(k.outbox_dead(), "funcscale:outbox:dead");
+        // per-queue outboxes (layout 2): never the namespace's of earlier versions
+        assert_eq!(k.queue_outbox(&a), "funcscale:outbox:{a.jobs}");
+        assert_eq!(k.queue_outbox_dead(&a), "funcscale:outbox:{a.jobs}:dead");
+        assert_ne!(k.queue_outbox(&a), k.queue_outbox(&b));
+        assert_ne!(k.queue_outbox(&a), ka.outbox());
+        // legacy ids: never an outbox of earlier versions
+        assert_eq!(k.queue_outbox("jobs"), "funcscale:outbox:q:jobs");
+        assert_eq!(k.queue_outbox_dead("dead"), "funcscale:outbox:q:dead:dead");
+        assert_ne!(k.queue_outbox("dead"), k.outbox_dead());
+        assert_ne!(k.queue_outbox("{a}"), ka.outbox());
+        assert_eq!(
+            k.fwd_marker(&a, "t1:success"),
+            "funcscale:fwd:{a.jobs}:t1:success"
+        );
     }
 }

@@ -42,8 +42,11 @@
 //! | `funcscale:tasks:<queue>` | zset | the per-queue time index of earlier versions: no longer written; the trim script deletes it |
 //! | `funcscale:counts:<queue>:<minute>` | hash | per-minute counts (`submitted`, `started`, `completed`, `failed`, `retried`, `dead`, `long`, `fmt`; `executing` is sampled by the workers every 10 s): in format (`fmt`) 2, `started` counts the started records and `long` the outcomes of those attempts (see [`CountBucket::from_pairs`]); expires after [`COUNTS_RETENTION_MS`] |
 //! | `funcscale:queue-config:<queue>` | hash | per-queue settings ([`QueueConfig`]): record retention, destinations, retries |
-//! | `funcscale:outbox:{<ns>}` | zset | a namespace's deliveries to URL destinations ([`OutboxItem`] JSON), scored by due time (ms); `funcscale:outbox` without a namespace |
-//! | `funcscale:outbox:{<ns>}:dead` | list | deliveries that failed [`OUTBOX_MAX_ATTEMPTS`] times (`funcscale:outbox:dead` without a namespace) |
+//! | `funcscale:outbox:<queue>` | zset | deliveries to the destinations of `queue`'s tasks, scored by due time (ms): URL deliveries ([`OutboxItem`] JSON) and tasks for a destination queue ([`ForwardItem`] JSON: the prepared envelope); staged by the finish script in the queue's hash tag, delivered by the queue's workers; `funcscale:outbox:q:<queue>` for a queue id that names no namespace (`legacyKeys`) |
+//! | `funcscale:outbox:<queue>:dead` | list | deliveries of `queue`'s outbox that failed [`OUTBOX_MAX_ATTEMPTS`] times (or are malformed), until replayed or purged |
+//! | `funcscale:fwd:<queue>:<delivery id>` | string | a delivery already enqueued into destination `queue` (`forward.lua`; TTL 24 h): a delivery re-sent after a lost settle enqueues nothing |
+//! | `funcscale:outbox:{<ns>}` | zset | earlier versions' outbox of a namespace's URL deliveries (`funcscale:outbox` without a namespace): no longer written; workers drain it |
+//! | `funcscale:outbox:{<ns>}:dead` | list | deliveries of that outbox that failed [`OUTBOX_MAX_ATTEMPTS`] times (`funcscale:outbox:dead` without a namespace): still listed, replayed and purged |
 //!
 //! Every key starts with a prefix ([`Keys::new`]) so tests and tenants can share one Redis.
 //! On Redis Cluster a key's hash slot is [`keys::slot`]: the per-queue keys of a FuncQueue
@@ -77,7 +80,7 @@ pub mod task_status;
 
 pub use envelope::{DEFAULT_MAX_RETRIES, ENVELOPE_VERSION, Envelope, EnvelopeError};
 pub use keys::{DEFAULT_PREFIX, Keys, WORKER_TTL_MS};
-pub use outbox::{OUTBOX_MAX_ATTEMPTS, OutboxItem};
+pub use outbox::{ForwardItem, OUTBOX_LEASE_MS, OUTBOX_MAX_ATTEMPTS, OutboxEntry, OutboxItem};
 pub use queue_config::{Destination, QueueConfig};
 pub use records::{
     COUNTS_RETENTION_MS, CountBucket, RECORD_MAX_AGE_MS, RECORD_MAX_COUNT, RECORD_TRIM_EVERY,

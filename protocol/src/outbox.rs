@@ -1,6 +1,13 @@
-//! Deliveries to URL destinations (`Keys::outbox`, `Keys::outbox_dead`).
+//! Deliveries to destinations, staged by the finish script in the finished task's queue's
+//! outbox (`Keys::queue_outbox`, `Keys::queue_outbox_dead`): URL deliveries ([`OutboxItem`])
+//! and tasks for a destination queue ([`ForwardItem`]). Earlier versions staged URL
+//! deliveries in the namespace's outbox (`Keys::outbox`), which workers still drain.
 
 use serde::{Deserialize, Serialize};
+
+/// How long a claimed delivery stays invisible to other deliverers (ms); a delivery to a queue
+/// is staged claimed this long by the worker whose finish staged it (it forwards it at once).
+pub const OUTBOX_LEASE_MS: u64 = 30_000;
 
 /// Attempts of a delivery to a URL destination before it goes to `Keys::outbox_dead`.
 pub const OUTBOX_MAX_ATTEMPTS: u32 = 12;
@@ -19,4 +26,64 @@ pub struct OutboxItem {
     /// Last delivery error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One delivery to a destination queue, as stored in a queue's outbox: the envelope the
+/// finish script prepared, enqueued by `forward.lua` in the destination's hash slot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ForwardItem {
+    /// Delivery id (`<task id>:success` or `<task id>:failure`): the new task's id.
+    pub id: String,
+    /// The destination queue (a queue id).
+    pub queue: String,
+    /// The function the new task calls.
+    pub func: String,
+    /// The new task's envelope (JSON text, enqueued as is).
+    pub env: String,
+}
+
+/// An entry of an outbox: a URL delivery or a delivery to a queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum OutboxEntry {
+    /// POST to a URL.
+    Url(OutboxItem),
+    /// Enqueue into a destination queue.
+    Queue(ForwardItem),
+}
+
+impl OutboxEntry {
+    /// The delivery id.
+    pub fn id(&self) -> &str {
+        match self {
+            OutboxEntry::Url(i) => &i.id,
+            OutboxEntry::Queue(i) => &i.id,
+        }
+    }
+
+    /// Where it goes: the URL, or `queue:<queue>/<func>`.
+    pub fn target(&self) -> String {
+        match self {
+            OutboxEntry::Url(i) => i.url.clone(),
+            OutboxEntry::Queue(i) => format!("queue:{}/{}", i.queue, i.func),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_as_what_the_finish_script_stages() {
+        let url =
+            r#"{"id":"t:success","url":"http:\/\/h\/x","attempt":0,"body":{"event":"success"}}"#;
+        let e: OutboxEntry = serde_json::from_str(url).unwrap();
+        assert!(matches!(&e, OutboxEntry::Url(i) if i.url == "http://h/x"));
+        let fwd = r#"{"id":"t:failure","queue":"{a.r}","func":"on_failure","env":"{\"v\":1,\"id\":\"t:failure\"}"}"#;
+        let e: OutboxEntry = serde_json::from_str(fwd).unwrap();
+        assert_eq!(e.target(), "queue:{a.r}/on_failure");
+        assert!(matches!(&e, OutboxEntry::Queue(i) if i.env == r#"{"v":1,"id":"t:failure"}"#));
+        assert!(serde_json::from_str::<OutboxEntry>(r#"{"id":"x"}"#).is_err());
+    }
 }

@@ -123,6 +123,9 @@ pub const OUTBOX_CLAIM: &str = lua!("outbox_claim");
 pub const OUTBOX_SETTLE: &str = lua!("outbox_settle");
 /// Outbox: move parked deliveries back (`outbox requeue`).
 pub const OUTBOX_REQUEUE_PARKED: &str = lua!("outbox_requeue_parked");
+/// Outbox: deliver a [`crate::ForwardItem`] into its destination queue (in that queue's slot),
+/// at most once per delivery id ([`crate::Keys::fwd_marker`]).
+pub const FORWARD: &str = with_record_lib!("forward");
 
 /// The operator: the oldest RQ job's `enqueued_at` (see `foreign::rq_oldest_cmd`).
 pub const RQ_OLDEST: &str = lua!("rq_oldest");
@@ -132,7 +135,7 @@ pub const RQ_OLDEST: &str = lua!("rq_oldest");
 pub const STREAM_GROUP: &str = lua!("stream_group");
 
 /// Every script, by file name (for the tests).
-pub const ALL: [(&str, &str); 30] = [
+pub const ALL: [(&str, &str); 31] = [
     ("record_lib", RECORD_LIB),
     ("enqueue", ENQUEUE),
     ("beat_fire", BEAT_FIRE),
@@ -161,6 +164,7 @@ pub const ALL: [(&str, &str); 30] = [
     ("outbox_claim", OUTBOX_CLAIM),
     ("outbox_settle", OUTBOX_SETTLE),
     ("outbox_requeue_parked", OUTBOX_REQUEUE_PARKED),
+    ("forward", FORWARD),
     ("rq_oldest", RQ_OLDEST),
     ("stream_group", STREAM_GROUP),
 ];
@@ -196,6 +200,10 @@ mod tests {
         assert_eq!(
             lua_const(RECORD_LIB, "FS_RECORD_TRIM_EVERY"),
             crate::RECORD_TRIM_EVERY
+        );
+        assert_eq!(
+            lua_const(RECORD_LIB, "FS_OUTBOX_LEASE_MS"),
+            crate::OUTBOX_LEASE_MS
         );
         let bounds = RECORD_DURATION
             .lines()
@@ -243,7 +251,9 @@ mod tests {
         let probe = format!(
             "{RECORD_LIB}\nlocal P = ARGV[1]\nreturn {{fs_k_queue(P, 'a'), fs_k_stats(P, 'a'), fs_k_task(P, 'a', 'i'), fs_k_task_legacy(P, 'i'), \
              fs_k_tasks_status(P, 'a', 'dead'), fs_k_tasks_func(P, 'a', 'f'), fs_k_tasks_ids(P, 'a'), \
-             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_outbox(P, 'a'), fs_k_running(P, 'a'), fs_k_outbox(P, '{{ns.a}}')}}"
+             fs_k_counts(P, 'a', 180001), fs_k_queue_config(P, 'a'), fs_k_queue_outbox(P, 'a'), fs_k_running(P, 'a'), fs_k_queue_outbox(P, '{{ns.a}}'), \
+             fs_k_fwd(P, '{{ns.a}}', 'i:success'), fs_k_queue_outbox(P, '{{a}}'), fs_k_queue_outbox(P, '{{.}}'), \
+             fs_k_queue_outbox(P, '{{a.b'), fs_k_queue_outbox(P, '{{}}'), fs_k_queue_outbox(P, 'a.b}}')}}"
         );
         let got: Vec<String> = redis::Script::new(&probe)
             .arg("pfx")
@@ -262,9 +272,15 @@ mod tests {
                 k.tasks_ids("a"),
                 k.counts("a", 3),
                 k.queue_config("a"),
-                k.outbox(),
+                k.queue_outbox("a"),
                 k.running("a"),
-                k.clone().in_namespace(Some("ns".into())).outbox(),
+                k.queue_outbox("{ns.a}"),
+                k.fwd_marker("{ns.a}", "i:success"),
+                k.queue_outbox("{a}"),
+                k.queue_outbox("{.}"),
+                k.queue_outbox("{a.b"),
+                k.queue_outbox("{}"),
+                k.queue_outbox("a.b}"),
             ]
         );
     }

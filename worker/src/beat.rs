@@ -319,6 +319,15 @@ impl Beat {
     /// Connect and build a beat.
     pub async fn new(config: BeatConfig) -> anyhow::Result<Self> {
         let mut redis = config.redis_auth.connect(&config.redis_url).await?;
+        // the lease, the fence counter and the schedules' queue set are keys of the
+        // namespace's hash tag `{ns}`; without one they are untagged, in several hash slots
+        if redis.is_cluster() && config.namespace.is_none() {
+            anyhow::bail!(
+                "{}: the beat on a Redis Cluster needs a namespace: set --namespace / \
+                 FUNCSCALE_NAMESPACE (its lease and fence keys need the {{<namespace>}} hash tag)",
+                redis.describe()
+            );
+        }
         let ns = config.namespace.as_deref();
         let lease = [config.keys.beat_lease(ns), config.keys.beat_fence(ns)];
         RedisAuth::check_keys(&mut redis, &lease).await?;

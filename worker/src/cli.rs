@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::beat::{Beat, BeatConfig, Missed};
 use crate::handler::Handler;
-use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
+use crate::protocol::{self, Envelope, Keys, OutboxEntry, ScheduleEntry};
 use crate::worker::{Order, RedisAuth, Worker, WorkerConfig, default_worker_name, now_ms};
 use funcscale_protocol::cron::Cron;
 
@@ -109,8 +109,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLettersAction,
     },
-    /// List, replay or purge deliveries to URL destinations (pending, or parked after
-    /// their last attempt failed).
+    /// List, replay or purge deliveries to destinations (pending, or parked after their last
+    /// attempt failed), over the outboxes of the namespace's queues and the namespace's
+    /// outbox of earlier versions.
     Outbox {
         /// Action.
         #[command(subcommand)]
@@ -312,7 +313,7 @@ pub enum OutboxAction {
         #[arg(long)]
         json: bool,
     },
-    /// Move parked deliveries back into the outbox: due now, attempt count reset, same
+    /// Move parked deliveries back into their outbox: due now, attempt count reset, same
     /// delivery id (receivers still deduplicate).
     Requeue {
         /// Which.
@@ -549,8 +550,9 @@ where
     Ok(())
 }
 
-/// An outbox entry as one JSON object: the item's fields, `due_ms` for a pending one; a
-/// malformed entry as `{"malformed": true, "raw": …}`.
+/// An outbox entry as one JSON object: the item's fields (`url`, `attempt`, `body`, `error`
+/// of a URL delivery; `queue`, `func`, `env` of a delivery to a queue), `due_ms` for a pending
+/// one, `outbox` (the key holding it); a malformed entry as `{"malformed": true, "raw": …}`.
 fn outbox_json(l: &crate::outbox::Listed) -> serde_json::Value {
     match &l.item {
         Some(item) => {
@@ -558,9 +560,10 @@ fn outbox_json(l: &crate::outbox::Listed) -> serde_json::Value {
             if let Some(due) = l.due_ms {
                 v["due_ms"] = due.into();
             }
+            v["outbox"] = l.outbox.pending.clone().into();
             v
         }
-        None => serde_json::json!({"malformed": true, "raw": l.raw}),
+        None => serde_json::json!({"malformed": true, "raw": l.raw, "outbox": l.outbox.pending}),
     }
 }
 
@@ -591,30 +594,31 @@ where
                     "ID",
                     "ATT",
                     if dead { "" } else { "DUE(UTC)" },
-                    "URL"
+                    "DESTINATION"
                 );
             }
             for l in &list {
                 match (&l.item, json) {
                     (_, true) => println!("{}", outbox_json(l)),
                     (None, false) => println!("(malformed) {}", l.raw),
-                    (Some(i), false) => println!(
-                        "{:<44} {:>3} {:>12}  {:<40}  {}",
-                        i.id,
-                        i.attempt,
-                        if dead {
-                            String::new()
-                        } else {
-                            fmt_ms(l.due_ms)
-                        },
-                        i.url,
-                        i.error
-                            .as_deref()
-                            .unwrap_or("")
-                            .chars()
-                            .take(80)
-                            .collect::<String>()
-                    ),
+                    (Some(i), false) => {
+                        let (attempt, error) = match i {
+                            OutboxEntry::Url(u) => (u.attempt, u.error.as_deref().unwrap_or("")),
+                            OutboxEntry::Queue(_) => (0, ""),
+                        };
+                        println!(
+                            "{:<44} {:>3} {:>12}  {:<40}  {}",
+                            i.id(),
+                            attempt,
+                            if dead {
+                                String::new()
+                            } else {
+                                fmt_ms(l.due_ms)
+                            },
+                            i.target(),
+                            error.chars().take(80).collect::<String>()
+                        )
+                    }
                 }
             }
             eprintln!(
@@ -626,7 +630,7 @@ where
         OutboxAction::Requeue { select } => {
             let sel = select.selector()?;
             let n = outbox::requeue_parked(con, keys, &sel).await?;
-            println!("requeued {n} parked deliver(ies) into the outbox");
+            println!("requeued {n} parked deliver(ies) into their outbox");
         }
         OutboxAction::Purge { select, yes } => {
             let sel = select.selector()?;

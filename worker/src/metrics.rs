@@ -40,9 +40,10 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Dead letters of the queue.
     pub queue_dead_letters: IntGaugeVec,
-    /// Deliveries to URL destinations waiting in the outbox (of the key prefix, all queues).
+    /// Deliveries to destinations waiting in the outboxes this worker delivers (its queues',
+    /// and the namespace's outbox of earlier versions).
     pub outbox_pending: IntGauge,
-    /// Deliveries to URL destinations parked after `OUTBOX_MAX_ATTEMPTS` failures.
+    /// Deliveries parked in those outboxes (`OUTBOX_MAX_ATTEMPTS` failures, or malformed).
     pub outbox_parked: IntGauge,
     /// The names of all registered metrics (see [`Metrics::names`]).
     names: Vec<String>,
@@ -126,12 +127,12 @@ impl Metrics {
         );
         let outbox_pending = IntGauge::new(
             "funcscale_worker_outbox_pending",
-            "Deliveries to URL destinations waiting in the outbox (the same value on every worker)",
+            "Deliveries to destinations waiting in the outboxes of the worker's queues (and the namespace's outbox of earlier versions)",
         )
         .expect("valid metric");
         let outbox_parked = IntGauge::new(
             "funcscale_worker_outbox_parked",
-            "Deliveries to URL destinations parked after their last attempt failed",
+            "Deliveries parked in those outboxes after their last attempt failed (or malformed)",
         )
         .expect("valid metric");
         let registry = Registry::new();

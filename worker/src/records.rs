@@ -121,7 +121,16 @@ where
             for id in &missing {
                 pipe.hgetall(keys.task_legacy(id));
             }
-            let rows: Vec<Vec<(String, String)>> = pipe.query_async(con).await?;
+            let rows: Vec<Vec<(String, String)>> = match pipe.query_async(con).await {
+                // a Redis Cluster connection refuses a pipeline of keys in several hash slots
+                // (the untagged `task:<id>`): no earlier version ran there, so there are none
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) =>
+                {
+                    Vec::new()
+                }
+                r => r?,
+            };
             out.extend(
                 rows.into_iter()
                     .filter_map(TaskRecord::from_pairs)
@@ -556,8 +565,26 @@ pub struct QueueOverview {
     pub task_ms: Option<f64>,
 }
 
-/// Queues that have a stats hash under the prefix (SCAN, for interactive tools).
-pub async fn discover_queues<C>(con: &mut C, keys: &Keys) -> redis::RedisResult<Vec<String>>
+/// Queues that have a stats hash under the prefix (SCAN, for interactive tools); on a Redis
+/// Cluster, SCAN of every master ([`funcscale_connect::Conn::each_master`]).
+pub async fn discover_queues(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<String>> {
+    let Some(masters) = con.each_master().await? else {
+        return scan_queues(con, keys).await;
+    };
+    let mut out = Vec::new();
+    for (_, mut m) in masters {
+        out.extend(scan_queues(&mut m, keys).await?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// [`discover_queues`] on one node.
+async fn scan_queues<C>(con: &mut C, keys: &Keys) -> redis::RedisResult<Vec<String>>
 where
     C: redis::aio::ConnectionLike + Send,
 {

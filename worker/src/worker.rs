@@ -43,6 +43,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -246,6 +247,20 @@ impl WorkerBuilder {
                 .map(String::from);
             self.config.keys = self.config.keys.clone().in_namespace(ns);
         }
+        // its in-flight lists and registry entries live in one namespace: a queue of another
+        // one would look like a dead slot's to that namespace's workers (run twice)
+        if let Some(ns) = self.config.keys.namespace()
+            && let Some(other) = self
+                .config
+                .queues
+                .iter()
+                .find(|q| Keys::queue_id_namespace(q).is_some_and(|n| n != ns))
+        {
+            anyhow::bail!(
+                "queue {other} is in another namespace than this worker's ({ns}): a worker \
+                 serves the queues of one namespace (run one worker per namespace)"
+            );
+        }
         let handler = match self.handler {
             Some(Handler::Functions(mut m)) => {
                 m.extend(self.functions);
@@ -264,6 +279,17 @@ impl WorkerBuilder {
             .redis_auth
             .connect(&self.config.redis_url)
             .await?;
+        // the registry, heartbeats and outbox of a namespace share its hash tag `{ns}`; without
+        // one they are untagged keys in several hash slots, which no script may mix
+        if redis.is_cluster() && self.config.keys.namespace().is_none() {
+            anyhow::bail!(
+                "{}: a worker on a Redis Cluster needs a namespace: set --namespace / \
+                 FUNCSCALE_NAMESPACE, or consume queue ids that name one ({{<namespace>.<name>}}, \
+                 what the operator gives its pods); the worker registry keys need the {{<namespace>}} \
+                 hash tag",
+                redis.describe()
+            );
+        }
         // an ACL user without rights on the queues' keys: said now, not in failed fetches
         let mut keys: Vec<String> = self
             .config
@@ -274,6 +300,12 @@ impl WorkerBuilder {
         keys.push(self.config.keys.slots());
         RedisAuth::check_keys(&mut redis, &keys).await?;
         let (stopped, stopped_rx) = watch::channel(None);
+        let waiters = self
+            .config
+            .queues
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         Ok(Worker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -284,6 +316,7 @@ impl WorkerBuilder {
                 scripts: Scripts::new(),
                 counts: PendingCounts::default(),
                 stopped,
+                waiters,
             }),
             health: crate::metrics::health(redis, Some(stopped_rx)),
         })
@@ -470,6 +503,18 @@ struct Inner {
     /// The reason of the pod's stop mark while there is one ([`WorkerConfig::pod`]): the slots
     /// take no new task and `/readyz` says why.
     stopped: watch::Sender<Option<String>>,
+    /// On a Redis Cluster: how many of this pod's slots block on each queue (index into
+    /// `config.queues`) now, so a free slot blocks on the queue with the fewest.
+    waiters: Vec<AtomicUsize>,
+}
+
+/// One slot blocking on queue `i` ([`Inner::waiters`]), counted while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts taken out of [`PendingCounts`] to be written: put back when dropped unwritten (a
@@ -657,14 +702,16 @@ impl Inner {
     /// of the registries of earlier versions ([`reap_dead_legacy`]): the namespace's and (a
     /// namespaced worker) the shared one. After a rolling update, a slot of an old worker that
     /// died still has its in-flight tasks there.
-    // TODO(cluster): skip the legacy pass on Redis Cluster (`Conn::is_cluster()`): the old
-    // fetch always failed there with CROSSSLOT, so no old in-flight list can exist, and the
-    // legacy scripts touch several hash slots; workers on a cluster also need a namespace
-    // (the registry keys of a namespace-less worker have no hash tag).
+    /// On a Redis Cluster only [`reap_dead`] runs: the fetch of earlier versions always
+    /// failed there (`CROSSSLOT`), so no list of theirs can exist, and the legacy scripts
+    /// touch several hash slots.
     async fn reap(&self, slots: &[String]) -> redis::RedisResult<u64> {
         let keys = &self.config.keys;
         let ttl = self.config.worker_ttl_ms;
         let mut n = reap_dead(&self.redis, keys, ttl, slots, &self.config.queues).await?;
+        if self.redis.is_cluster() {
+            return Ok(n);
+        }
         n += reap_dead_legacy(&self.redis, keys, ttl, slots).await?;
         if keys.namespace().is_some() {
             n += reap_dead_legacy(&self.redis, &keys.unscoped(), ttl, slots).await?;
@@ -679,31 +726,37 @@ impl Inner {
     async fn sweep_running(&self, own: &[String]) -> redis::RedisResult<u64> {
         let keys = &self.config.keys;
         let mut con = self.redis.clone();
-        let cutoff = now_ms().saturating_sub(self.config.worker_ttl_ms) as f64;
         let mut total = 0;
         for q in &self.config.queues {
             let members: Vec<String> = con.zrange(keys.running(q), 0, -1).await?;
-            for list in members {
-                // layout 1 lists are the legacy pass's (their registry entry names them)
-                let Some((Some(lq), slot)) = keys.parse_inflight(&list) else {
-                    continue;
-                };
-                if lq != q.as_str() || own.iter().any(|s| s == slot) {
+            // layout 1 lists are the legacy pass's (their registry entry names them)
+            let foreign: Vec<(String, String)> = members
+                .into_iter()
+                .filter_map(|list| {
+                    let (lq, slot) = keys.parse_inflight(&list)?;
+                    let slot = slot.to_string();
+                    (lq? == q.as_str() && !own.contains(&slot)).then_some((list, slot))
+                })
+                .collect();
+            if foreign.is_empty() {
+                continue;
+            }
+            // every slot's heartbeats in one round trip (live slots are the usual case)
+            let stale = self.stale_slots(&mut con, &foreign).await?;
+            for (list, slot) in foreign.iter().filter(|(_, s)| stale.contains(s)) {
+                // checked again just before: a slot that came back since keeps its task
+                if !self
+                    .stale_slots(&mut con, &[(list.clone(), slot.clone())])
+                    .await?
+                    .contains(slot)
+                {
                     continue;
                 }
-                let (v2, v1): (Option<f64>, Option<f64>) = redis::pipe()
-                    .zscore(keys.slots(), slot)
-                    .zscore(keys.workers(), slot)
-                    .query_async(&mut con)
-                    .await?;
-                if [v2, v1].iter().flatten().any(|&beat| beat > cutoff) {
-                    continue;
-                }
-                let n = requeue_list(&mut con, keys, &list, q, true).await?;
+                let n = requeue_list(&mut con, keys, list, q, true).await?;
                 let _: i64 = self
                     .scripts
                     .release
-                    .key(&list)
+                    .key(list)
                     .key(keys.running(q))
                     .invoke_async(&mut con)
                     .await?;
@@ -714,6 +767,28 @@ impl Inner {
             }
         }
         Ok(total)
+    }
+
+    /// The slots among `lists` (in-flight list, slot) with a heartbeat in neither registry
+    /// newer than the TTL: one pipelined round trip.
+    async fn stale_slots(
+        &self,
+        con: &mut Conn,
+        lists: &[(String, String)],
+    ) -> redis::RedisResult<Vec<String>> {
+        let keys = &self.config.keys;
+        let cutoff = now_ms().saturating_sub(self.config.worker_ttl_ms) as f64;
+        let mut pipe = redis::pipe();
+        for (_, slot) in lists {
+            pipe.zscore(keys.slots(), slot).zscore(keys.workers(), slot);
+        }
+        let beats: Vec<Option<f64>> = pipe.query_async(con).await?;
+        Ok(lists
+            .iter()
+            .zip(beats.chunks(2))
+            .filter(|(_, b)| !b.iter().flatten().any(|&beat| beat > cutoff))
+            .map(|((_, slot), _)| slot.clone())
+            .collect())
     }
 
     async fn heartbeat(&self, slots: &[String]) -> redis::RedisResult<()> {
@@ -747,11 +822,11 @@ impl Inner {
         pipe.query_async(&mut con).await
     }
 
-    /// Heartbeats, the reaper of dead slots, the mover of due retries and the count flush
-    /// (quick Redis calls) in one loop; queue gauges and record trimming in a second, URL
-    /// deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`) in a third, so a slow receiver
-    /// or a long trim never delays a heartbeat (which would let other workers reap this
-    /// worker's tasks while they run).
+    /// Heartbeats, the mover of due retries and the count flush (quick Redis calls) in one
+    /// loop; the reaper of dead slots and the running-set sweep in a second; queue gauges and
+    /// record trimming in a third, URL deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`)
+    /// in a fourth, so a slow receiver, a long trim or a long sweep never delays a heartbeat
+    /// (which would let other workers reap this worker's tasks while they run).
     async fn background(&self, slots: Vec<String>) {
         let every = |ms: u64| {
             let mut i = tokio::time::interval(Duration::from_millis(ms));
@@ -760,19 +835,33 @@ impl Inner {
         };
         let quick = async {
             let mut beat = every((self.config.worker_ttl_ms / 5).max(100));
-            let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
             let mut promote = every(250);
             let mut counts = every(1_000);
-            let mut sweep = every(SWEEP_EVERY_MS.min(self.config.worker_ttl_ms * 2).max(1_000));
             let mut stop_mark = every(STOP_CHECK_EVERY.as_millis() as u64);
             loop {
                 tokio::select! {
                     _ = stop_mark.tick(), if self.config.pod.is_some() => if let Err(e) = self.read_stop_mark().await { tracing::warn!(error = %e, "reading the pod's stop mark failed") },
                     _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
-                    _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
-                    _ = sweep.tick() => if let Err(e) = self.sweep_running(&slots).await { tracing::warn!(error = %e, "running-set sweep failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
                     _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
+                }
+            }
+        };
+        // the reaper and the running-set sweep read other slots' lists (round trips that grow
+        // with the pool): a loop of their own, so they never delay a heartbeat; the sweep's
+        // start is jittered so a pool's workers do not sweep together
+        let recovery = async {
+            let mut reap = every((self.config.worker_ttl_ms / 3).max(200) + fastrand::u64(..200));
+            let sweep_ms = SWEEP_EVERY_MS.min(self.config.worker_ttl_ms * 2).max(1_000);
+            let mut sweep = tokio::time::interval_at(
+                tokio::time::Instant::now() + Duration::from_millis(fastrand::u64(..sweep_ms)),
+                Duration::from_millis(sweep_ms),
+            );
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = reap.tick() => if let Err(e) = self.reap(&slots).await { tracing::warn!(error = %e, "reaper failed") },
+                    _ = sweep.tick() => if let Err(e) = self.sweep_running(&slots).await { tracing::warn!(error = %e, "running-set sweep failed") },
                 }
             }
         };
@@ -788,22 +877,27 @@ impl Inner {
         };
         let deliveries = async {
             let mut outbox = every(200);
+            // the outboxes of this worker's queues (each in its queue's slot), then the
+            // namespace's and (off a cluster) the shared one that earlier versions wrote
+            let keys = &self.config.keys;
+            let outboxes = crate::outbox::Outbox::of_worker(
+                keys,
+                &self.config.queues,
+                self.redis.is_cluster(),
+            );
             loop {
                 outbox.tick().await;
-                // the namespace's outbox, and the shared one (a legacyKeys queue's, and what
-                // earlier versions left there)
-                let keys = &self.config.keys;
-                let mut r = crate::outbox::deliver_due(&self.redis, keys, &self.http, 50).await;
-                if r.is_ok() && keys.namespace().is_some() {
-                    r = crate::outbox::deliver_due(&self.redis, &keys.unscoped(), &self.http, 50)
-                        .await;
-                }
-                if let Err(e) = r {
+                let done =
+                    futures::future::join_all(outboxes.iter().map(|ob| {
+                        crate::outbox::deliver_due(&self.redis, keys, ob, &self.http, 50)
+                    }))
+                    .await;
+                if let Some(Err(e)) = done.into_iter().find(|r| r.is_err()) {
                     tracing::warn!(error = %e, "delivering to destinations failed");
                 }
             }
         };
-        tokio::join!(quick, slow, deliveries);
+        tokio::join!(quick, recovery, slow, deliveries);
     }
 
     /// Read the pod's stop mark and follow it: no new tasks while it exists, tasks again when
@@ -921,7 +1015,14 @@ impl Inner {
                 .with_label_values(&[label])
                 .set(running as i64);
         }
-        crate::outbox::refresh_gauges(&mut con, keys, m).await?;
+        crate::outbox::refresh_gauges(
+            &mut con,
+            keys,
+            &self.config.queues,
+            self.redis.is_cluster(),
+            m,
+        )
+        .await?;
         Ok(())
     }
 
@@ -945,7 +1046,9 @@ impl Inner {
             for q in &self.config.queues {
                 moved += requeue_list(&mut con, keys, &keys.inflight_q(q, s), q, true).await?;
             }
-            moved += requeue_legacy(&mut con, keys, s).await?;
+            if !self.redis.is_cluster() {
+                moved += requeue_legacy(&mut con, keys, s).await?;
+            }
             if moved > 0 {
                 tracing::info!(slot = %s, moved, "put in-flight tasks back");
             }
@@ -970,8 +1073,12 @@ impl Inner {
     ) {
         let keys = &self.config.keys;
         let mut turn = index;
-        // the blocking connection, and the master generation it was opened at
-        let mut blocking: Option<(redis::aio::MultiplexedConnection, u64)> = None;
+        let cluster = self.redis.is_cluster();
+        // the blocking connections and the generation each was opened at: one (key "") to the
+        // node or Sentinel master; on a cluster one per master (`host:port`) this slot blocked
+        // on, each opened to the master of the queue's hash slot
+        let mut blocking: HashMap<String, (redis::aio::MultiplexedConnection, u64)> =
+            HashMap::new();
         let mut con = self.redis.clone();
         let multi = self.config.queues.len() > 1;
         let mut marked = self.stopped.subscribe();
@@ -990,8 +1097,8 @@ impl Inner {
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);
             let mut fetched: redis::RedisResult<Option<(String, usize)>> = Ok(None);
-            // TODO(cluster): `per_slot = self.redis.is_cluster()` once `Conn` says so
-            for group in fetch_groups(keys, &self.config.queues, &order, false) {
+            // on a cluster one call per hash slot, in the try order, until one has a task
+            for group in fetch_groups(keys, &self.config.queues, &order, cluster) {
                 let mut inv = self.scripts.fetch.prepare_invoke();
                 for &i in &group {
                     let q = &self.config.queues[i];
@@ -1013,39 +1120,70 @@ impl Inner {
             let (raw, from) = match fetched {
                 Ok(Some((raw, i))) => (raw, self.config.queues[i].as_str()),
                 Ok(None) => {
-                    // Nothing anywhere: block on one queue (rotating), briefly when there are others.
-                    // a Sentinel failover moved the shared connection: this one may be on the
-                    // old master (demoted, or gone without a reset, where BLMOVE would wait)
-                    if blocking
-                        .as_ref()
-                        .is_some_and(|(_, g)| *g != self.redis.generation())
-                    {
-                        blocking = None;
-                    }
-                    if blocking.is_none() {
-                        // a reply is due within the block's timeout (≤ 1 s): a node that went
-                        // silent (no TCP reset) is given up after a few seconds more
-                        let cfg = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(Duration::from_secs(5)))
-                            .set_response_timeout(Some(Duration::from_secs(6)));
-                        let generation = self.redis.generation();
-                        match self.redis.dedicated(&cfg).await {
-                            Ok(c) => blocking = Some((c, generation)),
-                            Err(e) => {
-                                self.redis.after_error(&e);
-                                tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
-                                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
-                                continue;
+                    // Nothing anywhere: block on one queue. One server or Sentinel: the first
+                    // of this turn's order (rotating), briefly when there are others. A
+                    // cluster: the queue fewest of this pod's slots block on (first in this
+                    // turn's order among equals), on the master of its hash slot; 1 s when
+                    // every queue has a waiter then, else as elsewhere.
+                    let (pick, _waiting) = if cluster {
+                        let i = order
+                            .iter()
+                            .copied()
+                            .min_by_key(|&i| self.waiters[i].load(Ordering::Relaxed))
+                            .unwrap_or(order[0]);
+                        self.waiters[i].fetch_add(1, Ordering::Relaxed);
+                        (i, Some(Waiting(&self.waiters[i])))
+                    } else {
+                        (order[0], None)
+                    };
+                    let covered =
+                        cluster && self.waiters.iter().all(|w| w.load(Ordering::Relaxed) > 0);
+                    let from = self.config.queues[pick].as_str();
+                    let q = keys.queue(from);
+                    // a failover or a changed slot map: connections opened before may be on a
+                    // node that no longer serves the queue (demoted, or gone without a reset,
+                    // where BLMOVE would wait)
+                    let generation = self.redis.generation();
+                    blocking.retain(|_, (_, g)| *g == generation);
+                    let known = if cluster {
+                        self.redis
+                            .master_of(q.as_bytes())
+                            .filter(|a| blocking.contains_key(a))
+                    } else {
+                        Some(String::new()).filter(|a| blocking.contains_key(a))
+                    };
+                    let addr = match known {
+                        Some(a) => a,
+                        None => {
+                            // a reply is due within the block's timeout (≤ 1 s): a node that
+                            // went silent (no TCP reset) is given up after a few seconds more
+                            let cfg = redis::AsyncConnectionConfig::new()
+                                .set_connection_timeout(Some(Duration::from_secs(5)))
+                                .set_response_timeout(Some(Duration::from_secs(6)));
+                            match self.redis.dedicated_for(q.as_bytes(), &cfg).await {
+                                Ok((node, c)) => {
+                                    let a = if cluster {
+                                        self.redis.master_of(q.as_bytes()).unwrap_or(node)
+                                    } else {
+                                        String::new()
+                                    };
+                                    blocking.insert(a.clone(), (c, generation));
+                                    a
+                                }
+                                Err(e) => {
+                                    self.redis.after_error(&e);
+                                    tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
+                                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                                    continue;
+                                }
                             }
                         }
-                    }
-                    let Some((bcon, _)) = blocking.as_mut() else {
+                    };
+                    let Some((bcon, _)) = blocking.get_mut(&addr) else {
                         continue;
                     };
-                    let from = self.config.queues[order[0]].as_str();
-                    let q = keys.queue(from);
                     let inflight = keys.inflight_q(from, &slot);
-                    let wait = if multi { 0.2 } else { 1.0 };
+                    let wait = if multi && !covered { 0.2 } else { 1.0 };
                     let moved: redis::RedisResult<Option<String>> = tokio::select! {
                         r = bcon.blmove(&q, &inflight, redis::Direction::Right, redis::Direction::Left, wait) => r,
                         // Stop waiting; a move that completes anyway is put back by the final sweep.
@@ -1070,10 +1208,17 @@ impl Inner {
                         }
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %e, node = %self.redis.describe(), "blocking fetch failed");
-                            // a failover shows here first when every queue is empty
+                            let node = if cluster {
+                                addr.clone()
+                            } else {
+                                self.redis.describe()
+                            };
+                            tracing::warn!(error = %e, node = %node, queue = %from, "blocking fetch failed");
+                            // a failover shows here first when every queue is empty; on a
+                            // cluster also a slot that moved (MOVED) or is moving (ASK,
+                            // TRYAGAIN): the slot map is read again before the next open
                             self.redis.after_error(&e);
-                            blocking = None;
+                            blocking.remove(&addr);
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                             continue;
                         }
@@ -1207,7 +1352,7 @@ impl Inner {
             self.limits(&env),
             self.redis.clone(),
             &self.http,
-            cancel,
+            cancel.clone(),
         );
         // The `started` record is written only once the attempt has run for
         // RECORD_START_AFTER, concurrently with the task. Most tasks end sooner: their finish
@@ -1306,11 +1451,21 @@ impl Inner {
                 let error_json = serde_json::Value::String(err.message.clone()).to_string();
                 // The queue's retry settings, read at each failure so a changed FuncQueue
                 // applies at once; the task's own count wins over the queue's.
+                // The task has run: an error here must not leave it to run again (it would
+                // stay in flight, and the slot's next fetch hands it back): the defaults then.
                 let queue_config = if err.retryable {
-                    let pairs: Vec<(String, String)> = QueueConfig::get_cmd(keys, &env.queue)
-                        .query_async(&mut con)
-                        .await?;
-                    QueueConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    match QueueConfig::get_cmd(keys, &env.queue)
+                        .query_async::<Vec<(String, String)>>(&mut con)
+                        .await
+                    {
+                        Ok(pairs) => QueueConfig::from_pairs(
+                            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        ),
+                        Err(e) => {
+                            tracing::warn!(queue = %env.queue, error = %e, "reading the queue's retry settings failed; using the defaults");
+                            QueueConfig::default()
+                        }
+                    }
                 } else {
                     QueueConfig::default()
                 };
@@ -1372,16 +1527,17 @@ impl Inner {
                 return Ok(());
             }
         }
-        let (done, _): (i64, i64) = match pipe.query_async(&mut con).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Script cache flushed: load and try once more.
-                let mut load = redis::pipe();
-                load.load_script(&self.scripts.finish)
-                    .load_script(&self.scripts.record);
-                let _: () = load.query_async(&mut con).await?;
-                pipe.query_async(&mut con).await?
+        // the finish's reply: `done`, or `[done, item]` when it staged a delivery to a queue
+        let (reply, _): (redis::Value, i64) = self.send_finish(&mut con, &pipe, &cancel).await?;
+        let (done, staged): (i64, Option<String>) = match reply {
+            redis::Value::Array(v) if v.len() == 2 => {
+                let [done, item]: [redis::Value; 2] = v.try_into().expect("two elements");
+                (
+                    redis::from_redis_value(done)?,
+                    Some(redis::from_redis_value(item)?),
+                )
             }
-            r => r?,
+            v => (redis::from_redis_value(v)?, None),
         };
         // 0: no longer in flight (put back by a reaper): this finish wrote nothing. Outcomes
         // are counted with records on or off; `long` (2) needs a started record.
@@ -1391,7 +1547,70 @@ impl Inner {
                 self.counts.add(&env.queue, finish_ms, &[LONG]);
             }
         }
+        // A delivery to a destination queue, staged claimed for this worker: forwarded now
+        // (the destination's slot), then settled (the queue's). A failure leaves it staged for
+        // the outbox loop of any worker of the queue once the claim lease ends.
+        if let Some(raw) = staged
+            && let Err(e) = crate::outbox::deliver_staged(&self.redis, keys, &env.queue, &raw).await
+        {
+            tracing::warn!(id = %env.id, error = %e, "delivery to a destination queue failed; the outbox retries it");
+        }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Send a finished task's finish pipeline until Redis takes it: the task has run, so
+    /// leaving it in flight would let the slot's next fetch hand it back and run it again.
+    /// `finish.lua` is idempotent (a second send finds the task gone and writes nothing).
+    /// Retries with backoff (0.25 s doubling to 5 s); gives up only when the drain cancels
+    /// the running tasks (the drain then puts the task back: it may run again, at least once).
+    async fn send_finish(
+        &self,
+        con: &mut Conn,
+        pipe: &redis::Pipeline,
+        cancel: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<(redis::Value, i64)> {
+        let mut wait = Duration::from_millis(250);
+        let mut reloaded = false;
+        loop {
+            let e = match pipe.query_async(con).await {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && !reloaded {
+                reloaded = true;
+                // Script cache flushed (a restart, a failover): load and send again. One
+                // `SCRIPT LOAD` per script, which a cluster connection sends to every master
+                // (in a pipeline it would go to one node, maybe another).
+                let finish = self
+                    .scripts
+                    .finish
+                    .prepare_invoke()
+                    .load_async::<Conn>(con)
+                    .await;
+                let record = self
+                    .scripts
+                    .record
+                    .prepare_invoke()
+                    .load_async::<Conn>(con)
+                    .await;
+                if finish.is_ok() && record.is_ok() {
+                    continue;
+                }
+            }
+            if *cancel.borrow() {
+                return Err(e);
+            }
+            self.redis.after_error(&e);
+            tracing::warn!(error = %e, node = %self.redis.describe(), retry_in = ?wait, "finishing a task failed; retrying");
+            let mut cancel = cancel.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.wait_for(|c| *c) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
 }
 

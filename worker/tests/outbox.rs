@@ -1,6 +1,7 @@
-//! The outbox of URL destinations: parked deliveries are listed, requeued (and then delivered
+//! The outboxes of destinations: parked deliveries are listed, requeued (and then delivered
 //! to a real local HTTP receiver with the same delivery id) or purged, through the library and
-//! the `funcscale-worker outbox` command, against the real Redis.
+//! the `funcscale-worker outbox` command, against the real Redis; over the per-queue outboxes
+//! and the namespace's outbox of earlier versions.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use common::{REDIS_URL, Receiver, Running, Space, wait_until};
 use funcscale_worker::metrics::Metrics;
 use funcscale_worker::outbox;
-use funcscale_worker::protocol::{self, Destination, OUTBOX_MAX_ATTEMPTS, OutboxItem, QueueConfig};
+use funcscale_worker::protocol::{
+    self, Destination, Keys, OUTBOX_MAX_ATTEMPTS, OutboxEntry, OutboxItem, QueueConfig,
+};
 use funcscale_worker::records::Selector;
 use funcscale_worker::worker::{Worker, WorkerBuilder, now_ms};
 use serde_json::json;
@@ -49,12 +52,18 @@ fn item(id: &str, url: &str, attempt: u32) -> OutboxItem {
     }
 }
 
-/// Park items the way the delivery loop does (LPUSH of the JSON).
+/// Park items the way the delivery loop does (LPUSH of the JSON), in the dead list of
+/// queue `q`'s outbox.
 async fn park(s: &Space, items: &[OutboxItem]) {
+    park_in(s, &s.keys.queue_outbox_dead("q"), items).await
+}
+
+/// Park items in the dead list `dead` (e.g. the one of earlier versions, `Keys::outbox_dead`).
+async fn park_in(s: &Space, dead: &str, items: &[OutboxItem]) {
     let mut con = s.con().await;
     for i in items {
         let _: () = redis::cmd("LPUSH")
-            .arg(s.keys.outbox_dead())
+            .arg(dead)
             .arg(serde_json::to_string(i).unwrap())
             .query_async(&mut con)
             .await
@@ -62,10 +71,15 @@ async fn park(s: &Space, items: &[OutboxItem]) {
     }
 }
 
+/// Pending deliveries in queue q's outbox and the namespace's of earlier versions.
+async fn pending_count(s: &Space) -> i64 {
+    s.int(&["ZCARD", &s.keys.queue_outbox("q")]).await + s.int(&["ZCARD", &s.keys.outbox()]).await
+}
+
 async fn outbox_items(s: &Space) -> Vec<OutboxItem> {
     let mut con = s.con().await;
     let raws: Vec<String> = redis::cmd("ZRANGE")
-        .arg(s.keys.outbox())
+        .arg(s.keys.queue_outbox("q"))
         .arg(0)
         .arg(-1)
         .query_async(&mut con)
@@ -124,9 +138,9 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
         };
         let _: () = redis::pipe()
             .atomic()
-            .zrem(s.keys.outbox(), &raw)
+            .zrem(s.keys.queue_outbox("q"), &raw)
             .zadd(
-                s.keys.outbox(),
+                s.keys.queue_outbox("q"),
                 serde_json::to_string(&last).unwrap(),
                 now_ms(),
             )
@@ -137,11 +151,11 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
     let metrics = Metrics::new();
     let w = Running::start(builder(&s, &["q"])).await;
     wait_until("all three parked", Duration::from_secs(15), || async {
-        s.int(&["LLEN", &s.keys.outbox_dead()]).await == 3
-            && s.int(&["ZCARD", &s.keys.outbox()]).await == 0
+        s.int(&["LLEN", &s.keys.queue_outbox_dead("q")]).await == 3
+            && s.int(&["ZCARD", &s.keys.queue_outbox("q")]).await == 0
     })
     .await;
-    outbox::refresh_gauges(&mut con, &s.keys, &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     assert_eq!(
@@ -188,7 +202,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
     })
     .await;
     wait_until("outbox empty", Duration::from_secs(5), || async {
-        s.int(&["ZCARD", &s.keys.outbox()]).await == 0
+        s.int(&["ZCARD", &s.keys.queue_outbox("q")]).await == 0
     })
     .await;
     for (id, body) in rx.received.lock().unwrap().iter() {
@@ -203,7 +217,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id(), Some("b-1:success"));
-    outbox::refresh_gauges(&mut con, &s.keys, &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     assert_eq!(
@@ -225,18 +239,20 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
 async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     let s = Space::new("outbox-requeue");
     let url = "http://127.0.0.1:9/hook";
-    park(
+    // t-*: parked by an earlier version in the namespace's outbox; u-1 in queue q's
+    park_in(
         &s,
+        &s.keys.outbox_dead(),
         &[
             item("t-1:success", url, OUTBOX_MAX_ATTEMPTS),
             item("t-2:failure", url, OUTBOX_MAX_ATTEMPTS),
-            item("u-1:success", url, OUTBOX_MAX_ATTEMPTS),
         ],
     )
     .await;
+    park(&s, &[item("u-1:success", url, OUTBOX_MAX_ATTEMPTS)]).await;
     let mut con = s.con().await;
     let _: () = redis::cmd("LPUSH")
-        .arg(s.keys.outbox_dead())
+        .arg(s.keys.queue_outbox_dead("q"))
         .arg("not json")
         .query_async(&mut con)
         .await
@@ -263,7 +279,19 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     ids.sort();
     assert_eq!(ids, ["t-2:failure", "u-1:success"]);
     for l in &pending {
-        let i = l.item.as_ref().unwrap();
+        // back into the outbox it was parked from
+        let old = l.id().unwrap().starts_with("t-");
+        assert_eq!(
+            l.outbox.pending,
+            if old {
+                s.keys.outbox()
+            } else {
+                s.keys.queue_outbox("q")
+            }
+        );
+        let Some(OutboxEntry::Url(i)) = l.item.as_ref() else {
+            panic!("a URL item: {l:?}")
+        };
         assert_eq!(i.attempt, 0);
         assert_eq!(i.error, None);
         assert_eq!(i.url, url);
@@ -283,31 +311,16 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
             .unwrap(),
         1
     );
-    assert_eq!(
-        outbox::requeue_listed(&mut con, &s.keys, &again)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(s.int(&["ZCARD", &s.keys.outbox()]).await, 2);
+    assert_eq!(outbox::requeue_listed(&mut con, &again).await.unwrap(), 0);
+    assert_eq!(pending_count(&s).await, 2);
     park(&s, &[item("t-1:success", url, OUTBOX_MAX_ATTEMPTS)]).await;
     // Two requeues of the same listing (two operators at once): the item moves once.
     let seen = outbox::parked(&mut con, &s.keys, &Selector::Prefix("t-1".into()))
         .await
         .unwrap();
-    assert_eq!(
-        outbox::requeue_listed(&mut con, &s.keys, &seen)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        outbox::requeue_listed(&mut con, &s.keys, &seen)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(s.int(&["ZCARD", &s.keys.outbox()]).await, 3);
+    assert_eq!(outbox::requeue_listed(&mut con, &seen).await.unwrap(), 1);
+    assert_eq!(outbox::requeue_listed(&mut con, &seen).await.unwrap(), 0);
+    assert_eq!(pending_count(&s).await, 3);
     // The malformed entry stays parked; --all does not move it.
     assert_eq!(
         outbox::requeue_parked(&mut con, &s.keys, &Selector::All)
@@ -315,14 +328,14 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
             .unwrap(),
         0
     );
-    assert_eq!(s.int(&["ZCARD", &s.keys.outbox()]).await, 3);
+    assert_eq!(pending_count(&s).await, 3);
     let left = outbox::parked(&mut con, &s.keys, &Selector::All)
         .await
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].raw, "not json");
     let metrics = Metrics::new();
-    outbox::refresh_gauges(&mut con, &s.keys, &metrics)
+    outbox::refresh_gauges(&mut con, &s.keys, &["q".to_string()], false, &metrics)
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -364,7 +377,7 @@ async fn purge_refuses_without_a_terminal_and_without_a_selection() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stdin is not a terminal; pass --yes"), "{err}");
-    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 3);
+    assert_eq!(s.int(&["LLEN", &s.keys.queue_outbox_dead("q")]).await, 3);
     for action in ["purge", "requeue"] {
         let out = cli(
             &s,
@@ -377,7 +390,7 @@ async fn purge_refuses_without_a_terminal_and_without_a_selection() {
             "{err}"
         );
     }
-    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 3);
+    assert_eq!(s.int(&["LLEN", &s.keys.queue_outbox_dead("q")]).await, 3);
     let out = stdout(&cli(
         &s,
         &[
@@ -404,11 +417,192 @@ async fn purge_refuses_without_a_terminal_and_without_a_selection() {
         1
     );
     park(&s, &[item("r-1:success", url, OUTBOX_MAX_ATTEMPTS)]).await;
+    park_in(
+        &s,
+        &s.keys.outbox_dead(),
+        &[item("r-2:success", url, OUTBOX_MAX_ATTEMPTS)],
+    )
+    .await;
     assert_eq!(
         outbox::purge_parked(&mut con, &s.keys, &Selector::All)
             .await
             .unwrap(),
+        2
+    );
+    assert_eq!(s.int(&["LLEN", &s.keys.queue_outbox_dead("q")]).await, 0);
+    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 0);
+}
+
+/// Runs of `func` on the worker: each pushes the task's id to the list `got`.
+fn recorder(b: WorkerBuilder, func: &str, got: String) -> WorkerBuilder {
+    b.handler(func, move |ctx| {
+        let got = got.clone();
+        async move {
+            let mut con = redis::Client::open(REDIS_URL)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let _: () = redis::cmd("RPUSH")
+                .arg(&got)
+                .arg(&ctx.envelope.id)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            Ok(json!(null))
+        }
+    })
+}
+
+/// A chain q1 → q2 (namespaced queue ids): the finish stages the destination task in q1's
+/// outbox, claimed for the worker, which forwards it at once (well before the claim lease
+/// would let the outbox loop take it). A forward whose settle was lost (the item still in
+/// q1's outbox, due again) is delivered again without a second enqueue: the destination task
+/// runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_chain_enqueues_once_even_when_the_settle_is_lost() {
+    let s = Space::new("outbox-chain");
+    let keys = s.keys.clone().in_namespace(Some("ns".into()));
+    let (q1, q2) = (Keys::queue_id("ns", "q1"), Keys::queue_id("ns", "q2"));
+    let mut con = s.con().await;
+    protocol::queue_config_set(
+        &mut con,
+        &keys,
+        &q1,
+        &QueueConfig {
+            on_success: Some(Destination::parse(&format!("queue:{q2}/collect")).unwrap()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let in_ns = |b: WorkerBuilder| {
+        let keys = keys.clone();
+        b.configure(move |c| c.keys = keys)
+    };
+    // only q1 is served: the forwarded task waits in q2's list
+    let w = Running::start(in_ns(builder(&s, &[&q1]))).await;
+    s.enqueue(&q1, &[s.env("c-1", "noop", &q1, json!([7]))])
+        .await;
+    wait_until(
+        "forwarded at once (not after the 30 s claim lease)",
+        Duration::from_secs(5),
+        || async { s.int(&["LLEN", &keys.queue(&q2)]).await == 1 },
+    )
+    .await;
+    wait_until("settled", Duration::from_secs(5), || async {
+        s.int(&["ZCARD", &keys.queue_outbox(&q1)]).await == 0
+    })
+    .await;
+    let raw = s.list(&keys.queue(&q2)).await.remove(0);
+    let e = protocol::Envelope::from_json(&raw).unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.func.as_str(), e.queue.as_str()),
+        ("c-1:success", "collect", q2.as_str())
+    );
+    assert_eq!(e.kwargs["task"]["id"], "c-1");
+    assert_eq!(s.int(&["HGET", &keys.stats(&q2), "enqueued"]).await, 1);
+    assert_eq!(
+        s.int(&["EXISTS", &keys.fwd_marker(&q2, "c-1:success")])
+            .await,
         1
     );
-    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 0);
+
+    // The settle was lost: the item is back in q1's outbox, due now (its lease over).
+    let item = protocol::ForwardItem {
+        id: e.id.clone(),
+        queue: q2.clone(),
+        func: e.func.clone(),
+        env: raw.clone(),
+    };
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.queue_outbox(&q1))
+        .arg(now_ms())
+        .arg(serde_json::to_string(&item).unwrap())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_until(
+        "re-delivered and settled",
+        Duration::from_secs(5),
+        || async { s.int(&["ZCARD", &keys.queue_outbox(&q1)]).await == 0 },
+    )
+    .await;
+    w.stop().await;
+    assert_eq!(
+        s.list(&keys.queue(&q2)).await,
+        [raw],
+        "enqueued once: the forward marker made the second delivery a no-op"
+    );
+    assert_eq!(s.int(&["HGET", &keys.stats(&q2), "enqueued"]).await, 1);
+
+    // The destination task runs once.
+    let got = s.own("got");
+    let w = Running::start(recorder(in_ns(builder(&s, &[&q2])), "collect", got.clone())).await;
+    wait_until("the chained task ran", Duration::from_secs(5), || async {
+        s.int(&["LLEN", &got]).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.stop().await;
+    assert_eq!(s.list(&got).await, ["c-1:success"]);
+    // its record: queued by the forward, then succeeded
+    let rec: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(keys.task(&q2, "c-1:success"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        rec.contains(&("status".into(), "succeeded".into())),
+        "{rec:?}"
+    );
+}
+
+/// Upgrade: deliveries an earlier version staged in the namespace's outbox (and the shared
+/// one) are still delivered by the workers of the new layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_left_in_the_outbox_of_earlier_versions_are_delivered() {
+    let s = Space::new("outbox-legacy");
+    let keys = s.keys.clone().in_namespace(Some("ns".into()));
+    let rx = Receiver::start(false, 0).await;
+    let mut con = s.con().await;
+    for (key, id) in [
+        (keys.outbox(), "old-1:success"),
+        (s.keys.outbox(), "old-2:failure"),
+    ] {
+        let i = OutboxItem {
+            error: None,
+            ..item(id, &rx.url, 0)
+        };
+        let _: () = redis::cmd("ZADD")
+            .arg(key)
+            .arg(now_ms())
+            .arg(serde_json::to_string(&i).unwrap())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let q = Keys::queue_id("ns", "q");
+    let w = Running::start(builder(&s, &[&q]).configure({
+        let keys = keys.clone();
+        move |c| c.keys = keys
+    }))
+    .await;
+    wait_until("both delivered", Duration::from_secs(10), || async {
+        let mut ids = rx.received_ids();
+        ids.sort();
+        ids == ["old-1:success", "old-2:failure"]
+    })
+    .await;
+    wait_until(
+        "the old outboxes drained",
+        Duration::from_secs(5),
+        || async {
+            s.int(&["ZCARD", &keys.outbox()]).await == 0
+                && s.int(&["ZCARD", &s.keys.outbox()]).await == 0
+        },
+    )
+    .await;
+    w.stop().await;
 }

@@ -584,7 +584,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
     })
     .await;
     wait_until("outbox empty", Duration::from_secs(5), || async {
-        s.int(&["ZCARD", &s.keys.outbox()]).await == 0
+        s.int(&["ZCARD", &s.keys.queue_outbox("q")]).await == 0
     })
     .await;
     w.stop().await;
@@ -601,7 +601,7 @@ async fn url_destinations_are_delivered_at_least_once_with_retries() {
         3,
         "one failed delivery, retried"
     );
-    assert_eq!(s.int(&["LLEN", &s.keys.outbox_dead()]).await, 0);
+    assert_eq!(s.int(&["LLEN", &s.keys.queue_outbox_dead("q")]).await, 0);
 }
 
 #[tokio::test]

@@ -198,3 +198,50 @@ async fn an_old_workers_forget_never_touches_a_new_slot() {
     assert_eq!(s.int(&["EXISTS", &ks.worker("new.0")]).await, 1);
     w.stop().await;
 }
+
+/// A worker serves one namespace: its slots are registered there, so a queue of another
+/// namespace would have in-flight lists that namespace's sweep takes for a dead slot's.
+#[tokio::test]
+async fn a_worker_refuses_queues_of_two_namespaces() {
+    let s = Space::new("twons");
+    let e = builder(&s, &["{tn1.a}", "{tn2.b}"], 1)
+        .build()
+        .await
+        .err()
+        .expect("two namespaces refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("{tn2.b}") && msg.contains("another namespace"),
+        "{msg}"
+    );
+}
+
+/// Live slots are left alone by the other workers' sweeps and reapers: two workers with a
+/// short TTL (sweeps every 2 s) run 6 tasks of 4 s each, and each task runs exactly once (its
+/// runs are counted in a list, not a set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_slots_long_task_is_never_swept_or_reaped() {
+    let s = Space::new("live");
+    let q = "{lv.q}";
+    let runs = s.own("runs");
+    let done = s.own("done");
+    let envs: Vec<Envelope> = (0..6)
+        .map(|i| s.env(&format!("t{i}"), "record", q, json!([done, 4000, runs])))
+        .collect();
+    s.enqueue(q, &envs).await;
+    let a = Running::start(builder(&s, &[q], 3).configure(|c| c.worker_ttl_ms = 1_000)).await;
+    let b = Running::start(builder(&s, &[q], 3).configure(|c| c.worker_ttl_ms = 1_000)).await;
+    wait_until("every task ran", Duration::from_secs(30), || async {
+        s.stat(q, "completed").await == 6
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    let mut ran = s.list(&runs).await;
+    ran.sort();
+    assert_eq!(
+        ran,
+        ["t0", "t1", "t2", "t3", "t4", "t5"],
+        "a task ran twice or not at all"
+    );
+}

@@ -18,8 +18,8 @@
 --   `TRYAGAIN` error reply (nothing written) when a key it writes is not on this node.
 -- - `fs_local(k...)`, `fs_local_list(ks)`, `fs_local_tasks(P, q, now, ids, funcs, extra)`: the probes
 --   of a Redis Cluster slot migration (below).
--- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: route a task of queue `q` to a
---   destination (a URL: the outbox of `q`'s namespace).
+-- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: stage the delivery of a task of
+--   queue `q` to a destination (a URL, or another queue) in `q`'s outbox.
 --
 -- The constants below are `RECORD_MAX_AGE_MS`, `RECORD_MAX_COUNT`, `COUNTS_RETENTION_MS` and
 -- `RECORD_TRIM_EVERY` of records.rs (the tests compare them).
@@ -36,12 +36,14 @@ local function fs_k_tasks_func(P, q, f) return P .. ':tasks:' .. q .. ':f:' .. f
 local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
--- the outbox of the namespace a queue id names (`{<ns>.<name>}`), else the shared one
-local function fs_k_outbox(P, q)
-  local ns = string.match(q, '^{([^.}]+)%.')
-  if ns then return P .. ':outbox:{' .. ns .. '}' end
-  return P .. ':outbox'
+-- the outbox of a queue (`Keys::queue_outbox`): in its hash tag, so staging a delivery touches
+-- only the finishing task's slot (`outbox:q:<id>` for an id naming no namespace); the forward
+-- marker of a delivery into queue `dq` (`Keys::fwd_marker`), in the destination's tag
+local function fs_k_queue_outbox(P, q)
+  if string.match(q, '^{.*%..*}$') then return P .. ':outbox:' .. q end
+  return P .. ':outbox:q:' .. q
 end
+local function fs_k_fwd(P, dq, did) return P .. ':fwd:' .. dq .. ':' .. did end
 local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
 -- Redis Cluster, a slot migrating: the record keys are not in a script's KEYS (they are built
@@ -263,8 +265,15 @@ local function fs_started(P, raw, slot, now)
   fs_rec(P, e.queue, e.id, func, 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now},
     nil, false, {'queued', 'retrying'})
 end
+-- How long a delivery to a queue stays claimed by the worker whose finish staged it (it
+-- forwards it at once; others take it when this passes): `outbox::CLAIM_LEASE_MS`.
+local FS_OUTBOX_LEASE_MS = 30000
+-- Stage the delivery of a finished task to destination `d` in the queue's own outbox (one
+-- slot): a URL delivery due now, or the prepared envelope for destination queue `dq`
+-- (`ForwardItem`: `forward.lua` enqueues it in dq's slot), claimed by the caller for
+-- FS_OUTBOX_LEASE_MS. Returns the staged queue item (the caller forwards it), else nil.
 local function fs_dest(P, q, d, kind, raw, field, payload, id, now)
-  if not d or d == '' then return end
+  if not d or d == '' then return nil end
   local did = id .. ':' .. kind
   if string.sub(d, 1, 6) == 'queue:' then
     local spec = string.sub(d, 7)
@@ -274,12 +283,13 @@ local function fs_dest(P, q, d, kind, raw, field, payload, id, now)
     local env = '{"v":1,"id":' .. cjson.encode(did) .. ',"func":' .. cjson.encode(df) ..
       ',"args":[],"kwargs":{"event":"' .. kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload ..
       '},"queue":' .. cjson.encode(dq) .. ',"enqueued_at_ms":' .. now .. ',"attempt":0}'
-    redis.call('LPUSH', fs_k_queue(P, dq), env)
-    redis.call('HINCRBY', fs_k_stats(P, dq), 'enqueued', 1)
-    fs_rec(P, dq, did, df, 'queued', now, {'attempt', 0}, nil, false, nil, true)
-  else
-    local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
-      kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
-    redis.call('ZADD', fs_k_outbox(P, q), now, item)
+    local item = '{"id":' .. cjson.encode(did) .. ',"queue":' .. cjson.encode(dq) .. ',"func":' .. cjson.encode(df) ..
+      ',"env":' .. cjson.encode(env) .. '}'
+    redis.call('ZADD', fs_k_queue_outbox(P, q), now + FS_OUTBOX_LEASE_MS, item)
+    return item
   end
+  local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
+    kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
+  redis.call('ZADD', fs_k_queue_outbox(P, q), now, item)
+  return nil
 end

@@ -29,7 +29,10 @@ async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
 /// of the declared keys (the crate's dev-dependency enables protocol feature `strict-scripts`,
 /// which puts it first in every script).
 fn strict(src: &str) -> redis::Script {
-    assert!(src.starts_with("#!lua\n"), "protocol feature strict-scripts");
+    assert!(
+        src.starts_with("#!lua\n"),
+        "protocol feature strict-scripts"
+    );
     redis::Script::new(src)
 }
 

@@ -106,7 +106,9 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
     assert_eq!(renewed, 1);
 
     // beat_fire per queue, strict: every key it touches is in the queue's slot
-    let strict = redis::Script::new(&format!("#!lua\n{}", scripts::BEAT_FIRE));
+    // (the crate's dev-dependency enables protocol feature `strict-scripts`: `#!lua` first)
+    assert!(scripts::BEAT_FIRE.starts_with("#!lua\n"), "strict-scripts");
+    let strict = redis::Script::new(scripts::BEAT_FIRE);
     for q in &queues {
         assert_eq!(
             fire(&mut con, &strict, &keys, 1, q, &[100, 101])

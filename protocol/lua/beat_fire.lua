@@ -6,7 +6,13 @@
 -- touched this queue, and learns the token to take next (`lease_acquire`'s minimum); else the
 -- token is stored. A tick newer than the schedule's last fired one is pushed,
 -- counted and recorded (status `queued`) exactly as enqueue.lua does; a tick at or before it
--- is skipped, whoever fires it, so no tick is enqueued twice. Returns the ticks enqueued.
+-- is skipped, whoever fires it, so no tick is enqueued twice (a re-sent call too). Returns the
+-- ticks enqueued. Every record key it writes is probed first (`fs_local`: `TRYAGAIN`, nothing
+-- written, while the queue's slot migrates).
+local ids, funcs = {}, {}
+for i = 5, #ARGV, 5 do ids[#ids + 1], funcs[#funcs + 1] = ARGV[i + 3], ARGV[i + 4] end
+local err = fs_local_tasks(ARGV[2], ARGV[3], tonumber(ARGV[4]), ids, funcs)
+if err then return err end
 local token = tonumber(ARGV[1])
 local fence = tonumber(redis.call('HGET', KEYS[1], '_fence') or '0')
 if token < fence then return -fence end

@@ -10,6 +10,25 @@
 -- queue (`ForwardItem` JSON, claimed for the caller, which forwards it). The record and the
 -- destination (in the queue's outbox, `Keys::queue_outbox`) are written in the same script, in
 -- the queue's slot. The in-flight list leaves the queue's running set (`Keys::running`).
+-- Every undeclared key it writes (running set, record keys, counts, the queue's outbox) is
+-- probed first (`fs_local`: `TRYAGAIN`, nothing written, while the queue's slot migrates).
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+do
+  local P, q, id, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[2]
+  local err = nil
+  if id == '' then err = fs_local(fs_k_running(P, q), KEYS[1]) else
+    local ids, funcs = {}, {}
+    if ARGV[10] == '1' then ids, funcs = {id}, {ARGV[8]} end
+    err = fs_local_tasks(P, q, tonumber(ARGV[9]), ids, funcs, {fs_k_running(P, q)})
+    if not err then
+      local c = fs_cfg(P, q)
+      local d = nil
+      if mode == 'ack' then d = c.ok elseif mode == 'dead' then d = c.ko end
+      if d and d ~= '' then err = fs_local(fs_k_queue_outbox(P, q), fs_k_running(P, q)) end
+    end
+  end
+  if err then return err end
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 -- the slot no longer runs a task of the queue
 redis.call('ZREM', fs_k_running(ARGV[5], ARGV[6]), KEYS[1])

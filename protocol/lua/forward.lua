@@ -8,7 +8,10 @@
 -- and failing again, a task id reused, another source queue's task of the same id) carries
 -- another envelope (its staging time, its source task) and is enqueued. Each staging enqueues
 -- once while its marker lives (24 h after the id's last delivery). Returns 1 when it
--- enqueued, 0 when it had been.
+-- enqueued, 0 when it had been. The record keys (undeclared) are probed first (`fs_local`:
+-- `TRYAGAIN`, nothing written, while the destination's slot migrates).
+local err = fs_local_tasks(ARGV[1], ARGV[2], tonumber(ARGV[6]), {ARGV[3]}, {ARGV[4]})
+if err then return err end
 if redis.call('SADD', KEYS[3], redis.sha1hex(ARGV[5])) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[3], 86400000)
 redis.call('LPUSH', KEYS[1], ARGV[5])

@@ -3,7 +3,16 @@
 -- prefix, now ms, records (`1`|`0`), queue id, malformed (`1`|`0`). Back to the head (next
 -- out); the record says queued again; the in-flight list leaves the running set. Every key is
 -- the queue's (one hash slot). Idempotent: a re-sent call finds the task gone and does
--- nothing.
+-- nothing. The record keys (undeclared) are probed first (`fs_local`: `TRYAGAIN`, nothing
+-- written, while the queue's slot migrates).
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+if ARGV[4] == '1' and ARGV[6] ~= '1' then
+  local ok, e = pcall(cjson.decode, ARGV[1])
+  if ok and type(e) == 'table' and type(e.id) == 'string' then
+    local err = fs_local_tasks(ARGV[2], ARGV[5], tonumber(ARGV[3]), {e.id}, {tostring(e.func)})
+    if err then return err end
+  end
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if ARGV[6] == '1' then
   redis.call('LPUSH', KEYS[2], ARGV[1])

@@ -2,6 +2,11 @@
 -- (dead raw, new raw, id, func) quadruples. Moves each still-dead letter back to the queue
 -- with the attempt count reset; the record says queued. Returns how many moved.
 local P, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- the record keys (undeclared) first: `TRYAGAIN`, nothing written, while the slot migrates
+local ids, funcs = {}, {}
+for i = 4, #ARGV, 4 do ids[#ids + 1], funcs[#funcs + 1] = ARGV[i + 2], ARGV[i + 3] end
+local err = fs_local_tasks(P, q, now, ids, funcs)
+if err then return err end
 local cfg = fs_cfg(P, q)
 local n = 0
 for i = 4, #ARGV, 4 do

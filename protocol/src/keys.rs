@@ -306,7 +306,8 @@ impl Keys {
     /// Record of task `id` as earlier versions keyed it (by id alone, shared by every
     /// queue): read when a queue's record is missing (if its `queue` field names that queue),
     /// moved under the queue when the task is written again, deleted with the queue's
-    /// records by retention.
+    /// records by retention. No hash tag: the scripts look at it only where the node holds it
+    /// (never on a Redis Cluster, where it cannot exist).
     pub fn task_legacy(&self, id: &str) -> String {
         format!("{}:task:{id}", self.prefix)
     }
@@ -525,8 +526,9 @@ mod tests {
                 |k, ns| vec![k.stop(ns, "pod-1"), k.stop(ns, "pod-2")],
                 "step 10",
             ),
-            // records of earlier versions keyed by id alone; §2.5 / step 9: never read or
-            // written on a cluster (`legacy=0`), they cannot exist there
+            // records of earlier versions keyed by id alone; §2.5 / step 9: the scripts look
+            // at one only where the node holds its slot (`fs_is_local`), so never on a
+            // cluster (strict mode included): they cannot exist there
             ("task_legacy", |k, _| vec![k.task_legacy("t1")], "step 9"),
         ];
         // The same keys without a namespace (as earlier versions named them): untagged.

@@ -59,6 +59,9 @@
 //! exception it has to be: it writes the record, index and count keys of task ids it only
 //! learns inside the script (envelopes it decodes, records retention picks), so it builds
 //! them from the prefix with its `fs_k_*` functions, which the tests compare with [`Keys`].
+//! They are all in the queue's hash slot; since Redis does not check undeclared keys before a
+//! script runs, every write script probes them first and answers `TRYAGAIN`, nothing written,
+//! while that slot migrates on a Redis Cluster (see [`scripts`]).
 
 pub mod connection;
 pub mod cron;

@@ -4,16 +4,52 @@
 //!
 //! The programs wrap them in [`redis::Script`] once and invoke them with the keys from
 //! [`crate::Keys`].
+//!
+//! Redis Cluster: the record keys a script writes are built from `ARGV` (not declared in
+//! `KEYS`), all in the queue's hash slot. While that slot migrates, such a key the node no
+//! longer (or not yet) holds would fail the script after its earlier writes ran; so every
+//! write script probes the keys it will touch first (one `EXISTS` of several keys, which the
+//! importing node also refuses while one is missing) and answers `TRYAGAIN` with nothing
+//! written (`fs_local` in `lua/record_lib.lua`; redis-rs' cluster client waits and re-sends),
+//! and is idempotent under a re-send (finish, requeue, claim, started: the in-flight list or
+//! the record says it was done; enqueue: an id recorded as enqueued at the call's `now` is
+//! skipped; the beat: its last-fired ticks). Records of earlier versions under the id alone
+//! (`Keys::task_legacy`, no hash tag) are only looked at where the node holds that key, i.e.
+//! never on a cluster (they cannot exist there).
+//!
+//! Feature `strict-scripts` (tests only): every script starts with `#!lua`, so on a cluster
+//! Redis refuses any access to a key of another slot than the declared keys', even when the
+//! node serves that slot too (without the shebang such an access works by luck until a
+//! reshard).
+
+#[cfg(feature = "strict-scripts")]
+macro_rules! shebang {
+    () => {
+        "#!lua\n"
+    };
+}
+
+#[cfg(not(feature = "strict-scripts"))]
+macro_rules! shebang {
+    () => {
+        ""
+    };
+}
 
 macro_rules! lua {
     ($name:literal) => {
-        include_str!(concat!("../lua/", $name, ".lua"))
+        concat!(shebang!(), include_str!(concat!("../lua/", $name, ".lua")))
     };
 }
 
 macro_rules! with_record_lib {
     ($name:literal) => {
-        concat!(lua!("record_lib"), "\n", lua!($name))
+        concat!(
+            shebang!(),
+            include_str!("../lua/record_lib.lua"),
+            "\n",
+            include_str!(concat!("../lua/", $name, ".lua"))
+        )
     };
 }
 
@@ -247,5 +283,128 @@ mod tests {
                 k.queue_outbox("a.b}"),
             ]
         );
+    }
+
+    #[test]
+    fn the_shebang_is_the_strict_scripts_feature() {
+        for (name, src) in ALL {
+            assert_eq!(
+                src.starts_with("#!lua\n"),
+                cfg!(feature = "strict-scripts"),
+                "{name}"
+            );
+            assert!(src.matches("#!lua").count() <= 1, "{name}");
+        }
+    }
+
+    fn redis() -> redis::Connection {
+        let Ok(con) =
+            redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection())
+        else {
+            panic!("Redis at 127.0.0.1:6379 (make redis)");
+        };
+        con
+    }
+
+    /// A key prefix of this test alone; its keys are deleted on drop.
+    struct Scratch(String);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            Scratch(format!("m9-{name}-{}-{nanos}", std::process::id()))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let mut con = redis();
+            let ks: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.0))
+                .query(&mut con)
+                .unwrap_or_default();
+            if !ks.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(ks).query(&mut con);
+            }
+        }
+    }
+
+    /// A re-sent enqueue (a cluster client re-sends after a timeout or a redirection) pushes,
+    /// records and counts nothing twice; the same id enqueued at another time is pushed again.
+    #[test]
+    fn enqueue_re_sent_pushes_once() {
+        let scratch = Scratch::new("enqueue");
+        let k = Keys::new(scratch.0.as_str());
+        let mut con = redis();
+        let script = redis::Script::new(ENQUEUE);
+        let q = "{ns.jobs}";
+        let send = |con: &mut redis::Connection, now: u64| -> u64 {
+            let mut inv = script.key(k.queue(q));
+            inv.key(k.stats(q)).arg(k.prefix()).arg(q).arg(now);
+            for id in ["a", "b"] {
+                let e = crate::Envelope::new(id, "f", q, now);
+                inv.arg(e.to_json()).arg(id).arg("f").arg("");
+            }
+            inv.invoke(con).unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(send(&mut con, 120_000), 2);
+        }
+        let enqueued: u64 = redis::cmd("HGET")
+            .arg(k.stats(q))
+            .arg("enqueued")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(enqueued, 2);
+        let submitted: u64 = redis::cmd("HGET")
+            .arg(k.counts(q, 2))
+            .arg("submitted")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(submitted, 2);
+        assert_eq!(send(&mut con, 120_001), 4, "a new enqueue of the same ids");
+    }
+
+    /// A re-sent `started` counts the start once.
+    #[test]
+    fn started_re_sent_counts_once() {
+        let scratch = Scratch::new("started");
+        let k = Keys::new(scratch.0.as_str());
+        let mut con = redis();
+        let q = "{ns.jobs}";
+        let inflight = k.inflight_q(q, "w-1.0");
+        let raw = crate::Envelope::new("a", "f", q, 60_000).to_json();
+        let _: () = redis::cmd("LPUSH")
+            .arg(&inflight)
+            .arg(&raw)
+            .query(&mut con)
+            .unwrap();
+        let script = redis::Script::new(STARTED);
+        for _ in 0..2 {
+            let n: i64 = script
+                .key(&inflight)
+                .arg(k.prefix())
+                .arg(&raw)
+                .arg("w-1.0")
+                .arg(60_500u64)
+                .invoke(&mut con)
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+        let started: u64 = redis::cmd("HGET")
+            .arg(k.counts(q, 1))
+            .arg("started")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(started, 1);
+        let status: String = redis::cmd("HGET")
+            .arg(k.task(q, "a"))
+            .arg("status")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(status, "started");
     }
 }

@@ -14,9 +14,12 @@
 --   status, `HSET`, `ZADD` new status). `fresh` (a producer's enqueue, a beat firing, a
 --   destination task): a new task, so a record left under the same id is replaced whole
 --   (its error, worker, times go). Returns the previous status (nil for a new record).
--- - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started.
--- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: route a task of queue `q` to a
---   destination (a URL: the outbox of `q`'s namespace).
+-- - `fs_started(P, raw, slot, now)`: record the attempt of envelope `raw` as started; returns a
+--   `TRYAGAIN` error reply (nothing written) when a key it writes is not on this node.
+-- - `fs_local(k...)`, `fs_local_list(ks)`, `fs_local_tasks(P, q, now, ids, funcs, extra)`: the probes
+--   of a Redis Cluster slot migration (below).
+-- - `fs_dest(P, q, d, kind, raw, field, payload, id, now)`: stage the delivery of a task of
+--   queue `q` to a destination (a URL, or another queue) in `q`'s outbox.
 --
 -- The constants below are `RECORD_MAX_AGE_MS`, `RECORD_MAX_COUNT`, `COUNTS_RETENTION_MS` and
 -- `RECORD_TRIM_EVERY` of records.rs (the tests compare them).
@@ -33,21 +36,86 @@ local function fs_k_tasks_func(P, q, f) return P .. ':tasks:' .. q .. ':f:' .. f
 local function fs_k_tasks_ids(P, q) return P .. ':tasks:' .. q .. ':ids' end
 local function fs_k_counts(P, q, now) return P .. ':counts:' .. q .. ':' .. string.format('%d', math.floor(now / 60000)) end
 local function fs_k_queue_config(P, q) return P .. ':queue-config:' .. q end
--- the outbox of the namespace a queue id names (`{<ns>.<name>}`), else the shared one
-local function fs_k_outbox(P, q)
-  local ns = string.match(q, '^{([^.}]+)%.')
-  if ns then return P .. ':outbox:{' .. ns .. '}' end
-  return P .. ':outbox'
+-- the outbox of a queue (`Keys::queue_outbox`): in its hash tag, so staging a delivery touches
+-- only the finishing task's slot (`outbox:q:<id>` for an id naming no namespace); the forward
+-- marker of a delivery into queue `dq` (`Keys::fwd_marker`), in the destination's tag
+local function fs_k_queue_outbox(P, q)
+  if string.match(q, '^{.*%..*}$') then return P .. ':outbox:' .. q end
+  return P .. ':outbox:q:' .. q
 end
+local function fs_k_fwd(P, dq, did) return P .. ':fwd:' .. dq .. ':' .. did end
 local function fs_k_running(P, q) return P .. ':running:' .. q end
 local fs_statuses = {'queued', 'started', 'succeeded', 'retrying', 'dead'}
+-- Redis Cluster, a slot migrating: the record keys are not in a script's KEYS (they are built
+-- from ARGV), and an undeclared key the node does not hold (moved already, or new) makes the
+-- script fail *after* its earlier writes ran. So a write script probes every key it will touch
+-- before its first write: `redis.pcall('EXISTS', k...)` answers an error instead of aborting, and
+-- the script returns `TRYAGAIN` with nothing written (redis-rs' cluster client waits and
+-- re-sends; every write script is idempotent under a re-send). The keys of a probe go in *one*
+-- EXISTS (so they must share one hash slot: the queue's): on the slot's source a key it lacks
+-- is an error (`ASK`), and on its target, where a client sent by `ASK` runs the script under
+-- `ASKING`, a single key is served even when it is still on the source (it would look absent),
+-- but a command of several keys one of which is missing is refused (`TRYAGAIN`). Off a cluster
+-- every key is local.
+local function fs_here(ks)
+  local r = redis.pcall('EXISTS', unpack(ks))
+  return type(r) ~= 'table' or not r.err
+end
+local function fs_is_local(k) return fs_here({k}) end
+-- `fs_local` over a list, in EXISTS calls of at most 256 keys (each of at least two keys)
+local function fs_local_list(ks)
+  for i = 1, #ks, 256 do
+    local part = {unpack(ks, i, math.min(i + 255, #ks))}
+    if #part == 1 and i > 1 then part[2] = ks[i - 1] end
+    if not fs_here(part) then
+      return redis.error_reply('TRYAGAIN keys of the hash slot of ' .. ks[1] .. ' are migrating: nothing written, try again')
+    end
+  end
+  return nil
+end
+local function fs_local(...) return fs_local_list({...}) end
+-- The keys a record write of queue `q` may touch: the status indexes, the id index, the counts
+-- bucket of `now`, the queue's settings, the caller's own keys of the queue (list `extra`), the
+-- records of `ids` (functions `funcs`, in the same order) and the function indexes they may
+-- enter or leave (those of `funcs`, and the ones the records name, read once the records are
+-- known to be here). Returns a `TRYAGAIN` error reply, or nil and each record's {func,
+-- enqueued_ms}.
+local function fs_local_tasks(P, q, now, ids, funcs, extra)
+  local ks, seen = {fs_k_tasks_ids(P, q), fs_k_counts(P, q, now), fs_k_queue_config(P, q)}, {}
+  for _, s in ipairs(fs_statuses) do ks[#ks + 1] = fs_k_tasks_status(P, q, s) end
+  for _, k in ipairs(extra or {}) do ks[#ks + 1] = k end
+  for i, id in ipairs(ids) do
+    ks[#ks + 1] = fs_k_task(P, q, id)
+    if not seen[funcs[i]] then seen[funcs[i]] = true; ks[#ks + 1] = fs_k_tasks_func(P, q, funcs[i]) end
+  end
+  local err = fs_local_list(ks)
+  if err then return err end
+  local rows, more = {}, {}
+  for i, id in ipairs(ids) do
+    rows[i] = redis.call('HMGET', fs_k_task(P, q, id), 'func', 'enqueued_ms')
+    local f = rows[i][1]
+    if f and not seen[f] then seen[f] = true; more[#more + 1] = fs_k_tasks_func(P, q, f) end
+  end
+  if #more > 0 then
+    more[#more + 1] = fs_k_tasks_ids(P, q)
+    err = fs_local_list(more)
+    if err then return err end
+  end
+  return nil, rows
+end
 local function fs_cfg(P, q)
   local c = redis.call('HMGET', fs_k_queue_config(P, q), 'record_max_age_ms', 'record_max_count', 'on_success', 'on_failure')
   return {age = tonumber(c[1]) or FS_RECORD_MAX_AGE_MS, count = tonumber(c[2]) or FS_RECORD_MAX_COUNT, ok = c[3], ko = c[4]}
 end
 -- Retention: the status indexes together hold every record of the queue by last update, so
--- the oldest records are the oldest heads of those zsets; the id index counts them all.
-local function fs_trim(P, q, now, cfg, budget)
+-- the oldest records are the oldest heads of those zsets; the id index counts them all. The
+-- victims' records (and their function indexes) are probed before anything is deleted: one
+-- whose keys are not on this node (a slot migrating) is left for a later trim, or with
+-- `strict` the call deletes nothing and returns (0, a `TRYAGAIN` error reply). A record an
+-- earlier version wrote under the id alone (no hash tag) is looked at for an indexed id without
+-- a record, and only where it is local: off a cluster (it cannot exist on one). Returns the
+-- count removed.
+local function fs_trim(P, q, now, cfg, budget, strict)
   local victims, taken = {}, {}
   for i, s in ipairs(fs_statuses) do
     taken[i] = 0
@@ -68,22 +136,42 @@ local function fs_trim(P, q, now, cfg, budget)
     table.sort(cand, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
     for j = 1, math.min(need, #cand) do victims[#victims + 1] = cand[j][2] end
   end
+  local plan = {}
   for _, id in ipairs(victims) do
     local h = fs_k_task(P, q, id)
-    local r = redis.call('HMGET', h, 'queue', 'status', 'func')
-    redis.call('DEL', h)
-    -- a record an earlier version wrote under the id alone, still of this queue
-    local lh = fs_k_task_legacy(P, id)
-    local l = redis.call('HMGET', lh, 'queue', 'status', 'func')
-    if l[1] == q then
-      redis.call('DEL', lh)
-      if not r[1] then r = l end
+    local ok = fs_here({h, fs_k_tasks_ids(P, q)})
+    local r, lh = {}, nil
+    if ok then
+      r = redis.call('HMGET', h, 'queue', 'status', 'func')
+      -- no record: one an earlier version wrote under the id alone, still of this queue? (Only
+      -- then, so that on a cluster, where the probe of that key errors on another node and
+      -- Redis counts the error in its errorstats, a trim probes it only for an indexed id
+      -- without a record.)
+      local l = fs_k_task_legacy(P, id)
+      if not r[1] and fs_is_local(l) then
+        local lr = redis.call('HMGET', l, 'queue', 'status', 'func')
+        if lr[1] == q then lh, r = l, lr end
+      end
+      local ks = {h, fs_k_tasks_ids(P, q)}
+      if r[2] then ks[#ks + 1] = fs_k_tasks_status(P, q, r[2]) end
+      if r[3] then ks[#ks + 1] = fs_k_tasks_func(P, q, r[3]) end
+      ok = fs_here(ks)
     end
+    if ok then
+      plan[#plan + 1] = {id, h, lh, r}
+    elseif strict then
+      return 0, redis.error_reply('TRYAGAIN the record ' .. h .. ' (a victim) is not on this node (its hash slot is migrating): nothing deleted, try again')
+    end
+  end
+  for _, v in ipairs(plan) do
+    local id, r = v[1], v[4]
+    redis.call('DEL', v[2])
+    if v[3] then redis.call('DEL', v[3]) end
     if r[2] then redis.call('ZREM', fs_k_tasks_status(P, q, r[2]), id) end
     if r[3] then redis.call('ZREM', fs_k_tasks_func(P, q, r[3]), id) end
     redis.call('ZREM', fs_k_tasks_ids(P, q), id)
   end
-  return #victims
+  return #plan
 end
 local function fs_count(P, q, now, field, n)
   local b = fs_k_counts(P, q, now)
@@ -101,9 +189,12 @@ local function fs_rec(P, q, id, func, status, now, extra, cfg, bulk, prev, fresh
   local h = fs_k_task(P, q, id)
   -- a task that an earlier version recorded under its id alone (`Keys::task_legacy`, e.g.
   -- one in flight across the upgrade) keeps its record: moved under its queue
+  -- (off a cluster only: such a record has no hash tag, and cannot exist on a cluster; there
+  -- the probe errors when another node serves its slot, counted in Redis' errorstats, but only
+  -- for a task written without a record)
   if not fresh and redis.call('EXISTS', h) == 0 then
     local lh = fs_k_task_legacy(P, id)
-    if redis.call('HGET', lh, 'queue') == q then redis.call('RENAME', lh, h) end
+    if fs_is_local(lh) and redis.call('HGET', lh, 'queue') == q then redis.call('RENAME', lh, h) end
   end
   -- A status index of a queue holds exactly the ids whose record has that status and queue
   -- (every write moves the id between them; trimming removes both). So when the caller knows
@@ -165,11 +256,24 @@ end
 local function fs_started(P, raw, slot, now)
   local ok, e = pcall(cjson.decode, raw)
   if not ok or type(e) ~= 'table' or type(e.id) ~= 'string' or type(e.queue) ~= 'string' then return end
-  fs_rec(P, e.queue, e.id, tostring(e.func), 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now},
+  local func = tostring(e.func)
+  local err = fs_local_tasks(P, e.queue, now, {e.id}, {func})
+  if err then return err end
+  -- a re-sent call (its reply lost): the record says this start already, nothing to count twice
+  local r = redis.call('HMGET', fs_k_task(P, e.queue, e.id), 'status', 'worker', 'started_ms', 'attempt')
+  if r[1] == 'started' and r[2] == slot and tonumber(r[3]) == now and tonumber(r[4]) == (tonumber(e.attempt) or 0) then return end
+  fs_rec(P, e.queue, e.id, func, 'started', now, {'attempt', tonumber(e.attempt) or 0, 'worker', slot, 'started_ms', now},
     nil, false, {'queued', 'retrying'})
 end
+-- How long a delivery to a queue stays claimed by the worker whose finish staged it (it
+-- forwards it at once; others take it when this passes): `outbox::CLAIM_LEASE_MS`.
+local FS_OUTBOX_LEASE_MS = 30000
+-- Stage the delivery of a finished task to destination `d` in the queue's own outbox (one
+-- slot): a URL delivery due now, or the prepared envelope for destination queue `dq`
+-- (`ForwardItem`: `forward.lua` enqueues it in dq's slot), claimed by the caller for
+-- FS_OUTBOX_LEASE_MS. Returns the staged queue item (the caller forwards it), else nil.
 local function fs_dest(P, q, d, kind, raw, field, payload, id, now)
-  if not d or d == '' then return end
+  if not d or d == '' then return nil end
   local did = id .. ':' .. kind
   if string.sub(d, 1, 6) == 'queue:' then
     local spec = string.sub(d, 7)
@@ -179,12 +283,13 @@ local function fs_dest(P, q, d, kind, raw, field, payload, id, now)
     local env = '{"v":1,"id":' .. cjson.encode(did) .. ',"func":' .. cjson.encode(df) ..
       ',"args":[],"kwargs":{"event":"' .. kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload ..
       '},"queue":' .. cjson.encode(dq) .. ',"enqueued_at_ms":' .. now .. ',"attempt":0}'
-    redis.call('LPUSH', fs_k_queue(P, dq), env)
-    redis.call('HINCRBY', fs_k_stats(P, dq), 'enqueued', 1)
-    fs_rec(P, dq, did, df, 'queued', now, {'attempt', 0}, nil, false, nil, true)
-  else
-    local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
-      kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
-    redis.call('ZADD', fs_k_outbox(P, q), now, item)
+    local item = '{"id":' .. cjson.encode(did) .. ',"queue":' .. cjson.encode(dq) .. ',"func":' .. cjson.encode(df) ..
+      ',"env":' .. cjson.encode(env) .. '}'
+    redis.call('ZADD', fs_k_queue_outbox(P, q), now + FS_OUTBOX_LEASE_MS, item)
+    return item
   end
+  local item = '{"id":' .. cjson.encode(did) .. ',"url":' .. cjson.encode(d) .. ',"attempt":0,"body":{"event":"' ..
+    kind .. '","task":' .. raw .. ',"' .. field .. '":' .. payload .. '}}'
+  redis.call('ZADD', fs_k_queue_outbox(P, q), now, item)
+  return nil
 end

@@ -653,8 +653,10 @@ async fn an_idle_pool_waits_on_every_queue_and_starts_pushed_tasks_at_once() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let per_s = (blmove_calls(&mut c).await - before) as f64 / t.elapsed().as_secs_f64();
     eprintln!("idle: {per_s:.1} BLMOVE/s for 3 slots over 3 queues on 3 masters");
+    // (0.2 s blocks, when a queue lacks a waiter, make about 15/s; the bound leaves room for
+    // a loaded machine)
     assert!(
-        per_s <= 4.5,
+        per_s <= 7.0,
         "every queue has a waiter: 1 s blocks, about 3 BLMOVE/s, not {per_s:.1}"
     );
     // tasks pushed to the idle pool start at once, on every master
@@ -688,8 +690,9 @@ async fn an_idle_pool_waits_on_every_queue_and_starts_pushed_tasks_at_once() {
         }
     }
     eprintln!("idle pool: pushed tasks started within {worst} ms");
+    // (a queue without a waiter would wait for some slot's 1 s block to end)
     assert!(
-        worst < 150,
+        worst < 500,
         "a waiter on each queue takes its task at once ({worst} ms)"
     );
     assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));

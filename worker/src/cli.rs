@@ -569,10 +569,11 @@ fn outbox_json(l: &crate::outbox::Listed) -> serde_json::Value {
 
 /// Execute an `outbox` action (shared with the kubectl plugin). `purge` without `--yes` asks
 /// on stdin, and refuses when stdin is not a terminal.
-pub async fn outbox_command<C>(con: &mut C, keys: &Keys, action: OutboxAction) -> anyhow::Result<()>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
+pub async fn outbox_command(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+    action: OutboxAction,
+) -> anyhow::Result<()> {
     use crate::outbox;
     use crate::records::Selector;
     use std::io::IsTerminal as _;

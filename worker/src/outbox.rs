@@ -88,8 +88,31 @@ impl Outbox {
 /// Every outbox of the scope that holds something: the per-queue outboxes of the scope's
 /// namespace's queues (found by `SCAN`; without a namespace, those of queue ids that name
 /// none, e.g. `legacyKeys` queues) and the earlier versions' outbox of the scope (always
-/// listed).
-pub async fn outboxes<C>(con: &mut C, keys: &Keys) -> redis::RedisResult<Vec<Outbox>>
+/// listed). On a Redis Cluster every master is scanned.
+pub async fn outboxes(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<Outbox>> {
+    let queues = match con.each_master().await? {
+        Some(masters) => {
+            let mut all = std::collections::BTreeSet::new();
+            for (_, mut m) in masters {
+                all.extend(outbox_queues(&mut m, keys).await?);
+            }
+            all
+        }
+        None => outbox_queues(con, keys).await?,
+    };
+    let mut out: Vec<Outbox> = queues.iter().map(|q| Outbox::of_queue(keys, q)).collect();
+    out.push(Outbox::legacy(keys));
+    Ok(out)
+}
+
+/// The queues with an outbox on one node (`SCAN`), for [`outboxes`].
+async fn outbox_queues<C>(
+    con: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<std::collections::BTreeSet<String>>
 where
     C: redis::aio::ConnectionLike + Send,
 {
@@ -130,9 +153,7 @@ where
             break;
         }
     }
-    let mut out: Vec<Outbox> = queues.iter().map(|q| Outbox::of_queue(keys, q)).collect();
-    out.push(legacy);
-    Ok(out)
+    Ok(queues)
 }
 
 /// Backoff after `attempt` failed deliveries: 1 s × 2^(attempt-1), capped at 5 min.
@@ -324,10 +345,11 @@ impl Listed {
 
 /// Pending deliveries of every outbox of the scope ([`outboxes`]) matching `sel`, soonest
 /// due first.
-pub async fn pending<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<Vec<Listed>>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
+pub async fn pending(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+    sel: &Selector,
+) -> redis::RedisResult<Vec<Listed>> {
     let mut out = Vec::new();
     for ob in outboxes(con, keys).await? {
         let key = ob.pending.clone();
@@ -355,10 +377,11 @@ where
 
 /// Parked deliveries (failed [`OUTBOX_MAX_ATTEMPTS`] times, or malformed) of every outbox of
 /// the scope matching `sel`, newest first within each outbox.
-pub async fn parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<Vec<Listed>>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
+pub async fn parked(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+    sel: &Selector,
+) -> redis::RedisResult<Vec<Listed>> {
     let mut out = Vec::new();
     for ob in outboxes(con, keys).await? {
         let key = ob.dead.clone();
@@ -385,10 +408,11 @@ where
 /// Move the parked deliveries matching `sel` back into their outbox, due now, with the attempt
 /// count and the last error cleared and the same delivery id (receivers still deduplicate).
 /// Malformed items stay parked. Returns how many moved.
-pub async fn requeue_parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<u64>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
+pub async fn requeue_parked(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+    sel: &Selector,
+) -> redis::RedisResult<u64> {
     let items = parked(con, keys, sel).await?;
     requeue_listed(con, &items).await
 }
@@ -435,10 +459,11 @@ where
 }
 
 /// Delete the parked deliveries matching `sel`. Returns how many were deleted.
-pub async fn purge_parked<C>(con: &mut C, keys: &Keys, sel: &Selector) -> redis::RedisResult<u64>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
+pub async fn purge_parked(
+    con: &mut funcscale_connect::Conn,
+    keys: &Keys,
+    sel: &Selector,
+) -> redis::RedisResult<u64> {
     if matches!(sel, Selector::All) {
         let mut n = 0;
         for ob in outboxes(con, keys).await? {

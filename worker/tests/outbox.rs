@@ -95,6 +95,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
     let s = Space::new("outbox-replay");
     let rx = Receiver::start(true, 0).await;
     let mut con = s.con().await;
+    let mut fcon = funcscale_connect::Conn::open(REDIS_URL).await.unwrap();
     protocol::queue_config_set(
         &mut con,
         &s.keys,
@@ -212,7 +213,7 @@ async fn parked_deliveries_are_listed_requeued_by_prefix_and_delivered_with_thei
         );
         assert_eq!(body["event"], "success");
     }
-    let left = outbox::parked(&mut con, &s.keys, &Selector::All)
+    let left = outbox::parked(&mut fcon, &s.keys, &Selector::All)
         .await
         .unwrap();
     assert_eq!(left.len(), 1);
@@ -251,6 +252,7 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     .await;
     park(&s, &[item("u-1:success", url, OUTBOX_MAX_ATTEMPTS)]).await;
     let mut con = s.con().await;
+    let mut fcon = funcscale_connect::Conn::open(REDIS_URL).await.unwrap();
     let _: () = redis::cmd("LPUSH")
         .arg(s.keys.queue_outbox_dead("q"))
         .arg("not json")
@@ -260,19 +262,19 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     let sel = Selector::Ids(vec!["t-2:failure".into(), "u-1:success".into()]);
     let before = now_ms();
     assert_eq!(
-        outbox::requeue_parked(&mut con, &s.keys, &sel)
+        outbox::requeue_parked(&mut fcon, &s.keys, &sel)
             .await
             .unwrap(),
         2
     );
     assert_eq!(
-        outbox::requeue_parked(&mut con, &s.keys, &sel)
+        outbox::requeue_parked(&mut fcon, &s.keys, &sel)
             .await
             .unwrap(),
         0,
         "already moved: nothing is duplicated"
     );
-    let pending = outbox::pending(&mut con, &s.keys, &Selector::All)
+    let pending = outbox::pending(&mut fcon, &s.keys, &Selector::All)
         .await
         .unwrap();
     let mut ids: Vec<&str> = pending.iter().filter_map(|l| l.id()).collect();
@@ -300,13 +302,13 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
         assert!(due >= before && due <= now_ms(), "due now: {due}");
     }
     // Listed, then purged by someone else before the move: not resurrected.
-    let seen = outbox::parked(&mut con, &s.keys, &Selector::Prefix("t-1".into()))
+    let seen = outbox::parked(&mut fcon, &s.keys, &Selector::Prefix("t-1".into()))
         .await
         .unwrap();
     assert_eq!(seen.len(), 1);
     let again = seen.clone();
     assert_eq!(
-        outbox::purge_parked(&mut con, &s.keys, &Selector::Prefix("t-1".into()))
+        outbox::purge_parked(&mut fcon, &s.keys, &Selector::Prefix("t-1".into()))
             .await
             .unwrap(),
         1
@@ -315,7 +317,7 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     assert_eq!(pending_count(&s).await, 2);
     park(&s, &[item("t-1:success", url, OUTBOX_MAX_ATTEMPTS)]).await;
     // Two requeues of the same listing (two operators at once): the item moves once.
-    let seen = outbox::parked(&mut con, &s.keys, &Selector::Prefix("t-1".into()))
+    let seen = outbox::parked(&mut fcon, &s.keys, &Selector::Prefix("t-1".into()))
         .await
         .unwrap();
     assert_eq!(outbox::requeue_listed(&mut con, &seen).await.unwrap(), 1);
@@ -323,13 +325,13 @@ async fn requeue_moves_each_parked_item_once_with_its_attempts_reset() {
     assert_eq!(pending_count(&s).await, 3);
     // The malformed entry stays parked; --all does not move it.
     assert_eq!(
-        outbox::requeue_parked(&mut con, &s.keys, &Selector::All)
+        outbox::requeue_parked(&mut fcon, &s.keys, &Selector::All)
             .await
             .unwrap(),
         0
     );
     assert_eq!(pending_count(&s).await, 3);
-    let left = outbox::parked(&mut con, &s.keys, &Selector::All)
+    let left = outbox::parked(&mut fcon, &s.keys, &Selector::All)
         .await
         .unwrap();
     assert_eq!(left.len(), 1);
@@ -404,14 +406,14 @@ async fn purge_refuses_without_a_terminal_and_without_a_selection() {
         ],
     ));
     assert!(out.contains("purged 2"), "{out}");
-    let mut con = s.con().await;
-    let left = outbox::parked(&mut con, &s.keys, &Selector::All)
+    let mut fcon = funcscale_connect::Conn::open(REDIS_URL).await.unwrap();
+    let left = outbox::parked(&mut fcon, &s.keys, &Selector::All)
         .await
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id(), Some("p-1:success"));
     assert_eq!(
-        outbox::purge_parked(&mut con, &s.keys, &Selector::Prefix("p-".into()))
+        outbox::purge_parked(&mut fcon, &s.keys, &Selector::Prefix("p-".into()))
             .await
             .unwrap(),
         1
@@ -424,7 +426,7 @@ async fn purge_refuses_without_a_terminal_and_without_a_selection() {
     )
     .await;
     assert_eq!(
-        outbox::purge_parked(&mut con, &s.keys, &Selector::All)
+        outbox::purge_parked(&mut fcon, &s.keys, &Selector::All)
             .await
             .unwrap(),
         2

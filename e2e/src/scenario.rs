@@ -831,6 +831,104 @@ pub fn side_effects(
     (by_func, executions)
 }
 
+/// A producer of `n` tasks `t-000`, `t-001`, … of function `job` into queue `jobs` of
+/// scenario `s`: one `funcscale-worker enqueue` each (with `env` and the scenario's prefix and
+/// namespace), a failed push re-sent every 200 ms until acknowledged (at most 60 s), `pause`
+/// between tasks. Returns the task, the ids acknowledged so far, the count of failed pushes,
+/// and a switch that ends the re-sending (for a test giving up).
+#[allow(clippy::type_complexity)]
+pub fn spawn_producer(
+    s: &Scenario,
+    url: &str,
+    env: Vec<(String, String)>,
+    n: usize,
+    pause: Duration,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let failed_pushes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, f, st) = (produced.clone(), failed_pushes.clone(), stop.clone());
+    let (url, ns, prefix) = (url.to_string(), s.ns.clone(), s.prefix.clone());
+    let worker_bin = s.worker_bin.clone();
+    let task = tokio::spawn(async move {
+        for i in 0..n {
+            let id = format!("t-{i:03}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = tokio::process::Command::new(&worker_bin)
+                    .args(["enqueue", "--queue", "jobs", "--func", "job", "--id", &id])
+                    .env("FUNCSCALE_REDIS_URL", &url)
+                    .env_remove("FUNCSCALE_REDIS_USERNAME")
+                    .env_remove("FUNCSCALE_REDIS_PASSWORD")
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .env("FUNCSCALE_PREFIX", &prefix)
+                    .env("FUNCSCALE_NAMESPACE", &ns)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(Duration::from_secs(20), out).await {
+                    Ok(Ok(o)) if o.status.success() => break,
+                    other => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let why = match other {
+                            Ok(Ok(o)) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "timed out".into(),
+                        };
+                        eprintln!("push {id} failed (re-sent): {}", why.trim());
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "push {id} never acknowledged"
+                        );
+                        if st.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            p.lock().unwrap().push(id);
+            tokio::time::sleep(pause).await;
+        }
+    });
+    (task, produced, failed_pushes, stop)
+}
+
+/// The (status, reason) changes [`sample_metrics_available`] saw.
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// Record every change of pool `pool`'s `MetricsAvailable` condition (status, reason), sampled
+/// every 100 ms, printing each; abort the task to stop.
+pub fn sample_metrics_available(s: &Scenario, pool: &str) -> (tokio::task::JoinHandle<()>, Seen) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let (pools, v, pool) = (s.pools(), seen.clone(), pool.to_string());
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(p) = pools.get(&pool).await
+                && let Some(c) = p.status.and_then(|st| {
+                    st.conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "MetricsAvailable")
+                })
+            {
+                let mut v = v.lock().unwrap();
+                if v.last() != Some(&(c.status.clone(), c.reason.clone())) {
+                    eprintln!("MetricsAvailable={} {}: {}", c.status, c.reason, c.message);
+                    v.push((c.status, c.reason));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (task, seen)
+}
+
 /// The last 15 lines of the operator's log, of every pod's, and of the `*.log` files in
 /// `redis_dir` (a Sentinel set's or a Redis Cluster's directory), for a failure message.
 pub fn log_tails(s: &Scenario, redis_dir: &Path) -> String {

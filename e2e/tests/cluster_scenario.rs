@@ -9,13 +9,15 @@
 //! processes serve throughout. Needs `cargo build --workspace --bins` and `redis-server`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use funcscale_e2e::eventually;
 use funcscale_e2e::redis_cluster::RedisCluster;
-use funcscale_e2e::scenario::{Options, ReplicaHistory, Scenario, log_tails, side_effects};
+use funcscale_e2e::scenario::{
+    Options, ReplicaHistory, Scenario, log_tails, sample_metrics_available, side_effects,
+    spawn_producer,
+};
 use funcscale_protocol::Keys;
 use serde_json::json;
 
@@ -88,50 +90,8 @@ async fn a_slot_migration_and_a_master_failover_while_tasks_flow_lose_no_task() 
     let beat_pids = s.pod_ids("beat").await;
 
     // the producer: one process per task, a failed push re-sent until it is acknowledged
-    let produced = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let failed_pushes = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (produced, failed_pushes, stop) =
-            (produced.clone(), failed_pushes.clone(), stop.clone());
-        let (url, ns, prefix) = (url.clone(), s.ns.clone(), s.prefix.clone());
-        let worker_bin = s.worker_bin.clone();
-        tokio::spawn(async move {
-            for i in 0..N {
-                let id = format!("t-{i:03}");
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let out = tokio::process::Command::new(&worker_bin)
-                        .args(["enqueue", "--queue", "jobs", "--func", "job", "--id", &id])
-                        .env("FUNCSCALE_REDIS_URL", &url)
-                        .env("FUNCSCALE_PREFIX", &prefix)
-                        .env("FUNCSCALE_NAMESPACE", &ns)
-                        .stdin(std::process::Stdio::null())
-                        .kill_on_drop(true)
-                        .output();
-                    match tokio::time::timeout(Duration::from_secs(20), out).await {
-                        Ok(Ok(o)) if o.status.success() => break,
-                        other => {
-                            failed_pushes.fetch_add(1, Ordering::SeqCst);
-                            let why = match other {
-                                Ok(Ok(o)) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                                Ok(Err(e)) => e.to_string(),
-                                Err(_) => "timed out".into(),
-                            };
-                            eprintln!("push {id} failed (re-sent): {}", why.trim());
-                            assert!(Instant::now() < deadline, "push {id} never acknowledged");
-                            if stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-                produced.lock().unwrap().push(id);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (producer, produced, failed_pushes, stop) =
+        spawn_producer(&s, &url, Vec::new(), N, Duration::from_millis(100));
     let pushed = |n: usize| {
         let produced = produced.clone();
         async move {
@@ -190,28 +150,7 @@ async fn a_slot_migration_and_a_master_failover_while_tasks_flow_lose_no_task() 
         );
     }
     let size_at_kill = s.replicas("w").await.unwrap().unwrap().0;
-    let seen_conditions = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
-    let sampler = {
-        let (pools, seen) = (s.pools(), seen_conditions.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Ok(p) = pools.get("w").await
-                    && let Some(c) = p.status.and_then(|st| {
-                        st.conditions
-                            .into_iter()
-                            .find(|c| c.type_ == "MetricsAvailable")
-                    })
-                {
-                    let mut v = seen.lock().unwrap();
-                    if v.last() != Some(&(c.status.clone(), c.reason.clone())) {
-                        eprintln!("MetricsAvailable={} {}: {}", c.status, c.reason, c.message);
-                        v.push((c.status, c.reason));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (sampler, seen_conditions) = sample_metrics_available(&s, "w");
     let poll_at_kill = last_poll(&s, "jobs").await;
     let killed = Instant::now();
     cluster.kill_master(victim).await.unwrap();

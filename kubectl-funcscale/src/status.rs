@@ -112,7 +112,7 @@ pub struct RedisView {
     pub live: Option<QueueOverview>,
     /// Why there are no live figures.
     pub error: Option<String>,
-    /// The topology read (`standalone`, `sentinel`).
+    /// The topology read (`standalone`, `sentinel`, `cluster`).
     pub topology: Option<String>,
     /// `host:port` of the node read (for Sentinel: the master).
     pub node: Option<String>,
@@ -205,15 +205,18 @@ pub async fn gather(
             }
         };
         for i in idx {
-            status.queues[i].redis.topology = Some(con.target().topology().to_string());
-            status.queues[i].redis.node = Some(con.node());
             let q = items[i];
             let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());
+            status.queues[i].redis.topology = Some(con.target().topology().to_string());
             let read = live(&mut con, keys, &id, &q.spec, now);
             match read.await {
                 Ok(o) => status.queues[i].redis.live = Some(o),
                 Err(e) => status.queues[i].redis.error = Some(format!("reading {ep}: {e}")),
             }
+            // on a cluster, the master serving the queue's slot when the connection's slot map
+            // knows it (else, as for the other topologies, the node commands go to)
+            let master = con.master_of(keys.queue(&id).as_bytes());
+            status.queues[i].redis.node = Some(master.unwrap_or_else(|| con.node()));
         }
     }
     Ok(status)

@@ -54,7 +54,9 @@ pub struct SentinelOptions {
     pub sentinel_auth: Option<Auth>,
     /// More configuration lines for every data node, e.g. `min-replicas-to-write 1`.
     pub data_config: Vec<String>,
-    /// `sentinel down-after-milliseconds` (default 1000).
+    /// `sentinel down-after-milliseconds` (default 2500: with 1000 a freshly promoted master
+    /// busy with its replicas' full resync on a loaded machine missed a second of PINGs and was
+    /// failed over again, losing the writes it had acknowledged — a flake seen in CI).
     pub down_after: Duration,
     /// `sentinel failover-timeout` (default 5000 ms).
     pub failover_timeout: Duration,
@@ -74,7 +76,7 @@ impl Default for SentinelOptions {
             data_auth: None,
             sentinel_auth: None,
             data_config: Vec::new(),
-            down_after: Duration::from_millis(1000),
+            down_after: Duration::from_millis(2500),
             failover_timeout: Duration::from_millis(5000),
             replication_proxy: false,
             tls: false,

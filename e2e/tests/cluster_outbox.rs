@@ -317,6 +317,8 @@ async fn the_workers_delivery_code_runs_on_a_cluster_connection() {
         queue: dst.clone(),
         func: env.func.clone(),
         env: env.to_json(),
+        attempt: 0,
+        error: None,
     })
     .unwrap();
     let post = serde_json::to_string(&funcscale_protocol::OutboxItem {

@@ -453,6 +453,11 @@ pub struct FuncQueueStatus {
     /// backlog when pools are sized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries_waiting: Option<u64>,
+    /// Deliveries to `onSuccess` / `onFailure` destinations due in the queue's outbox and not
+    /// made yet (funcscale queues). Only the queue's workers make them, so they count as
+    /// backlog when pools are sized: a pool at zero starts a worker to deliver them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries_due: Option<u64>,
     /// Tasks running now: read from the workers' running set (funcscale queues) or, for
     /// Celery queues, the tasks delivered to workers and not acknowledged (kombu's `unacked`
     /// hash: running or prefetched), for Stream queues the consumer group's pending entries

@@ -378,6 +378,9 @@ pub struct QueueTarget {
     pub delayed_key: Option<String>,
     /// Tasks running now (zset of in-flight lists, `Keys::running`), where the format has one.
     pub running_key: Option<String>,
+    /// The queue's outbox (`Keys::queue_outbox`, zset by due time) of deliveries to its
+    /// destinations, which only its workers make (funcscale format).
+    pub outbox_key: Option<String>,
     /// Celery: kombu's `unacked` hash and the queue name its entries are routed by; the
     /// entries of this queue are its tasks delivered to workers and not acknowledged.
     pub celery_unacked: Option<(String, String)>,
@@ -418,6 +421,7 @@ impl QueueTarget {
             task_time_hint_ms: spec.task_time_ms as f64,
             delayed_key: own.then(|| keys.delayed(name)),
             running_key: own.then(|| keys.running(name)),
+            outbox_key: own.then(|| keys.queue_outbox(name)),
             celery_unacked: (spec.format == QueueFormat::Celery).then(|| {
                 let t = spec.celery.clone().unwrap_or_default();
                 (
@@ -505,6 +509,9 @@ pub struct QueueMetrics {
     pub retries_waiting: u64,
     /// Retries whose due time has passed (not yet moved to the queue by a worker): backlog.
     pub retries_due: u64,
+    /// Deliveries to the queue's destinations (URLs, other queues) due in its outbox and not
+    /// made yet: backlog, since only the queue's workers make them (a pool at zero wakes).
+    pub deliveries_due: u64,
     /// When the earliest waiting retry is due (unix ms).
     pub next_retry_due_ms: Option<u64>,
     /// Scheduled executions per period (the operator's, 60 s): static schedules + the dynamic
@@ -875,7 +882,7 @@ impl Poller {
                             at_ms: now_ms,
                             enqueued: raw.stats.enqueued,
                             completed: raw.stats.completed,
-                            backlog: raw.depth + raw.retries_due,
+                            backlog: raw.depth + raw.retries_due + raw.deliveries_due,
                         };
                         let rates = counters.push(sample, window_ms);
                         let mut m = to_metrics(&target, &raw, rates, now_ms);
@@ -932,6 +939,7 @@ fn same_numbers(a: &QueueMetrics, b: &QueueMetrics) -> bool {
         && a.scheduled_per_period == b.scheduled_per_period
         && a.in_flight == b.in_flight
         && a.retries_due == b.retries_due
+        && a.deliveries_due == b.deliveries_due
         && a.retries_waiting == b.retries_waiting
         && (a.one_off_rate - b.one_off_rate).abs() < 0.05 * a.one_off_rate.abs().max(1.0)
         && a.task_time_measured == b.task_time_measured
@@ -950,6 +958,7 @@ struct Raw {
     retries_waiting: u64,
     next_retry_due_ms: Option<u64>,
     running: Option<u64>,
+    deliveries_due: u64,
     not_ready: Option<(&'static str, String)>,
     depth_lower_bound: bool,
     /// The queue's key holds another type: its reading is this message, not numbers.
@@ -971,6 +980,7 @@ impl Raw {
             retries_waiting: 0,
             next_retry_due_ms: None,
             running: None,
+            deliveries_due: 0,
             not_ready: None,
             depth_lower_bound: false,
             wrong_type: None,
@@ -1002,6 +1012,7 @@ fn to_metrics(t: &QueueTarget, raw: &Raw, rates: Rates, now_ms: u64) -> QueueMet
         retries_read: t.delayed_key.is_some(),
         retries_waiting: raw.retries_waiting,
         retries_due: raw.retries_due,
+        deliveries_due: raw.deliveries_due,
         next_retry_due_ms: raw.next_retry_due_ms,
         scheduled_per_period: cron::per_period(
             t.static_per_minute + raw.dynamic_per_minute,
@@ -1250,6 +1261,7 @@ fn build_pipeline_for(
                 + COMMANDS_PER_QUEUE_EXTRA
                 + t.delayed_key.as_ref().map_or(0, |_| 3)
                 + t.running_key.as_ref().map_or(0, |_| 1)
+                + t.outbox_key.as_ref().map_or(0, |_| 1)
                 + if t.oldest == OldestTask::CeleryHeader {
                     t.lists.len() - 1
                 } else {
@@ -1302,6 +1314,9 @@ fn build_pipeline_for(
         }
         if let Some(r) = &t.running_key {
             pipe.cmd("ZCARD").arg(r);
+        }
+        if let Some(o) = &t.outbox_key {
+            pipe.cmd("ZCOUNT").arg(o).arg("-inf").arg(now_ms);
         }
     }
     // the unacked hash is one per Celery transport, shared by its queues: one script each
@@ -1454,6 +1469,11 @@ fn parse_pipeline(
                 format!("{id}: the running set is not a sorted set (wrong key type?)")
             })?);
         }
+        let deliveries_due = match &t.outbox_key {
+            Some(_) => as_u64(&next()?)
+                .ok_or_else(|| format!("{id}: the outbox is not a sorted set (wrong key type?)"))?,
+            None => 0,
+        };
         out.push(Raw {
             depth,
             oldest_ms,
@@ -1463,6 +1483,7 @@ fn parse_pipeline(
             retries_waiting,
             next_retry_due_ms,
             running,
+            deliveries_due,
             not_ready,
             depth_lower_bound,
             wrong_type,

@@ -230,6 +230,42 @@ async fn a_due_retry_wakes_a_pool_at_zero() {
     assert!(d.message.contains("backlog 1"), "{}", d.message);
 }
 
+/// A delivery to a destination staged in the queue's outbox is made only by the queue's
+/// workers: once due it is backlog, so a pool at zero starts a worker to make it (else a
+/// webhook would wait for the next task). One not due yet (backing off after a failure) is
+/// not.
+#[tokio::test]
+async fn a_due_delivery_wakes_a_pool_at_zero() {
+    let keys = Keys::new(unique("outbox"));
+    let (registry, cache, id) = one_queue("hooks", RedisEndpoint::new(URL), &keys);
+    let mut c = con().await;
+    let t0 = now_ms();
+    // as the finish script stages it (`protocol::OutboxItem`), retried after a failure
+    let item = serde_json::json!({
+        "id": "t1:success", "url": "http://receiver.example/hook", "attempt": 1,
+        "body": {"event": "success"}, "error": "HTTP 503"
+    })
+    .to_string();
+    let _: () = c
+        .zadd(keys.queue_outbox("hooks"), &item, t0 + 5_000)
+        .await
+        .unwrap();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+    poller.poll_once(t0).await;
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.deliveries_due), (0, 0));
+    let d = size_alone(&cache, &id, 0, t0);
+    assert_eq!(d.desired, 0, "not due yet: {}", d.message);
+
+    let report = poller.poll_once(t0 + 6_000).await;
+    assert_eq!(report.changed, vec![id.clone()], "the pools are triggered");
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.deliveries_due), (0, 1));
+    let d = size_alone(&cache, &id, 0, t0 + 6_000);
+    assert_eq!(d.desired, 1, "{}", d.message);
+    assert!(d.message.contains("backlog 1"), "{}", d.message);
+}
+
 /// The tasks running now are read from the running set the worker keeps, not estimated from
 /// completions × T: a 75 s task that is running holds its pod though nothing completes, and a
 /// long task that just finished does not make the pool want its maximum.

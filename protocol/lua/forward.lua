@@ -12,9 +12,13 @@
 -- `TRYAGAIN`, nothing written, while the destination's slot migrates).
 local err = fs_local_tasks(ARGV[1], ARGV[2], tonumber(ARGV[6]), {ARGV[3]}, {ARGV[4]})
 if err then return err end
-if redis.call('SADD', KEYS[3], redis.sha1hex(ARGV[5])) == 0 then return 0 end
-redis.call('PEXPIRE', KEYS[3], 86400000)
+-- The marker is written after the push: a push Redis refuses (the destination's key holds
+-- another type) leaves no marker, so the delivery is retried (and parked), not taken as made.
+local sha = redis.sha1hex(ARGV[5])
+if redis.call('SISMEMBER', KEYS[3], sha) == 1 then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[3], sha)
+redis.call('PEXPIRE', KEYS[3], 86400000)
 redis.call('HINCRBY', KEYS[2], 'enqueued', 1)
 fs_rec(ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'queued', tonumber(ARGV[6]), {'attempt', 0}, nil, false, nil, true)
 return 1

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 /// is staged claimed this long by the worker whose finish staged it (it forwards it at once).
 pub const OUTBOX_LEASE_MS: u64 = 30_000;
 
-/// Attempts of a delivery to a URL destination before it goes to `Keys::outbox_dead`.
+/// Failed attempts of a delivery (a POST to a URL, or a forward the destination queue's Redis
+/// refused) before it is parked in its outbox's dead list (`Keys::queue_outbox_dead`).
 pub const OUTBOX_MAX_ATTEMPTS: u32 = 12;
 
 /// One delivery to a URL destination, as stored in the outbox zset.
@@ -40,6 +41,17 @@ pub struct ForwardItem {
     pub func: String,
     /// The new task's envelope (JSON text, enqueued as is).
     pub env: String,
+    /// Failed forwards so far (the destination's Redis refused or did not answer); the
+    /// finish script stages it without (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// Last forward error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An entry of an outbox: a URL delivery or a delivery to a queue.
@@ -53,6 +65,22 @@ pub enum OutboxEntry {
 }
 
 impl OutboxEntry {
+    /// Failed attempts so far.
+    pub fn attempt(&self) -> u32 {
+        match self {
+            OutboxEntry::Url(i) => i.attempt,
+            OutboxEntry::Queue(i) => i.attempt,
+        }
+    }
+
+    /// The last attempt's error.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            OutboxEntry::Url(i) => i.error.as_deref(),
+            OutboxEntry::Queue(i) => i.error.as_deref(),
+        }
+    }
+
     /// The delivery id.
     pub fn id(&self) -> &str {
         match self {
@@ -85,5 +113,20 @@ mod tests {
         assert_eq!(e.target(), "queue:{a.r}/on_failure");
         assert!(matches!(&e, OutboxEntry::Queue(i) if i.env == r#"{"v":1,"id":"t:failure"}"#));
         assert!(serde_json::from_str::<OutboxEntry>(r#"{"id":"x"}"#).is_err());
+        // a forward that failed keeps its count and error, and is still a queue item
+        let failed = r#"{"id":"t:failure","queue":"{a.r}","func":"f","env":"{}","attempt":3,"error":"WRONGTYPE"}"#;
+        let e: OutboxEntry = serde_json::from_str(failed).unwrap();
+        assert!(matches!(&e, OutboxEntry::Queue(_)));
+        assert_eq!((e.attempt(), e.error()), (3, Some("WRONGTYPE")));
+        let OutboxEntry::Queue(mut i) = e else {
+            unreachable!()
+        };
+        i.attempt = 0;
+        i.error = None;
+        assert_eq!(
+            serde_json::to_string(&i).unwrap(),
+            r#"{"id":"t:failure","queue":"{a.r}","func":"f","env":"{}"}"#,
+            "a fresh item is written as the finish script stages it"
+        );
     }
 }

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::beat::{Beat, BeatConfig, Missed};
 use crate::handler::Handler;
-use crate::protocol::{self, Envelope, Keys, OutboxEntry, ScheduleEntry};
+use crate::protocol::{self, Envelope, Keys, ScheduleEntry};
 use crate::worker::{Order, RedisAuth, Worker, WorkerConfig, default_worker_name, now_ms};
 use funcscale_protocol::cron::Cron;
 
@@ -551,7 +551,8 @@ where
 }
 
 /// An outbox entry as one JSON object: the item's fields (`url`, `attempt`, `body`, `error`
-/// of a URL delivery; `queue`, `func`, `env` of a delivery to a queue), `due_ms` for a pending
+/// of a URL delivery; `queue`, `func`, `env`, and `attempt`, `error` once a forward failed, of
+/// a delivery to a queue), `due_ms` for a pending
 /// one, `outbox` (the key holding it); a malformed entry as `{"malformed": true, "raw": …}`.
 fn outbox_json(l: &crate::outbox::Listed) -> serde_json::Value {
     match &l.item {
@@ -603,10 +604,7 @@ pub async fn outbox_command(
                     (_, true) => println!("{}", outbox_json(l)),
                     (None, false) => println!("(malformed) {}", l.raw),
                     (Some(i), false) => {
-                        let (attempt, error) = match i {
-                            OutboxEntry::Url(u) => (u.attempt, u.error.as_deref().unwrap_or("")),
-                            OutboxEntry::Queue(_) => (0, ""),
-                        };
+                        let (attempt, error) = (i.attempt(), i.error().unwrap_or(""));
                         println!(
                             "{:<44} {:>3} {:>12}  {:<40}  {}",
                             i.id(),

@@ -3,10 +3,10 @@
 //! in the queue's hash slot) atomically with the ack: an [`OutboxItem`] for a URL, a
 //! [`ForwardItem`] (the prepared envelope) for a destination queue. The workers of the queue
 //! deliver its outbox: they claim due items (pushing their score out by a lease, so a crashed
-//! deliverer's items come back), POST a URL item and remove it on a 2xx (failures back off
-//! exponentially; after [`OUTBOX_MAX_ATTEMPTS`] the item goes to `Keys::queue_outbox_dead`),
-//! and forward a queue item with `forward.lua` in the destination's slot, then settle it in
-//! the queue's outbox. A queue item is staged already claimed by the finishing worker, which
+//! deliverer's items come back), POST a URL item and remove it on a 2xx, forward a queue item
+//! with `forward.lua` in the destination's slot, then settle it in the queue's outbox.
+//! Failures of either back off exponentially; after [`OUTBOX_MAX_ATTEMPTS`] the item goes to
+//! `Keys::queue_outbox_dead`. A queue item is staged already claimed by the finishing worker, which
 //! forwards it at once ([`deliver_staged`]): a chain of queues costs two round trips per hop.
 //! URL delivery is at-least-once (receivers deduplicate on the `x-funcscale-delivery-id`
 //! header); a queue delivery enqueues exactly once (the forward marker, `Keys::fwd_marker`,
@@ -73,6 +73,13 @@ impl Outbox {
         let mut out: Vec<Self> = queues.iter().map(|q| Self::of_queue(keys, q)).collect();
         out.sort();
         out.dedup();
+        out.extend(Self::earlier_of_worker(keys, cluster));
+        out
+    }
+
+    /// The earlier versions' outboxes a worker drains (the tail of [`Outbox::of_worker`]).
+    pub fn earlier_of_worker(keys: &Keys, cluster: bool) -> Vec<Self> {
+        let mut out = Vec::new();
         if keys.namespace().is_some() {
             out.push(Self::legacy(keys));
             if !cluster {
@@ -82,6 +89,100 @@ impl Outbox {
             out.push(Self::legacy(keys));
         }
         out
+    }
+}
+
+/// How often a worker looks at an outbox with something to deliver (ms).
+pub const LOOK_MS: u64 = 200;
+/// The longest a worker goes without looking at one of its queues' outboxes while looks find
+/// nothing due (ms): a delivery backing off, or one a crashed worker left claimed, waits at
+/// most this much longer.
+pub const IDLE_LOOK_MS: u64 = 2_000;
+/// The same for the outboxes of earlier versions, which only drain (ms).
+pub const EARLIER_IDLE_LOOK_MS: u64 = 30_000;
+
+/// When a worker looks at each outbox it delivers ([`Outbox::of_worker`]): every [`LOOK_MS`]
+/// while looks find deliveries, the interval doubling up to [`IDLE_LOOK_MS`] (its queues'
+/// outboxes) or [`EARLIER_IDLE_LOOK_MS`] (earlier versions') while they find none. A task of
+/// one of its queues finishing here ([`Cadence::nudge`]) brings that queue's outbox back to
+/// [`LOOK_MS`] (the finish may have staged a delivery): a URL delivery is made within about
+/// `LOOK_MS` of its task's end, and an idle pool of P pods and N queues costs about P × N / 2
+/// claims a second, not P × (N + 2) × 5.
+#[derive(Clone, Debug)]
+pub struct Cadence {
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    outbox: Outbox,
+    /// The queue whose outbox it is (`None`: an earlier version's).
+    queue: Option<String>,
+    max_ms: u64,
+    interval_ms: u64,
+    next_ms: u64,
+}
+
+impl Cadence {
+    /// The outboxes a worker of `queues` delivers, every one due at `now_ms`.
+    pub fn new(keys: &Keys, queues: &[String], cluster: bool, now_ms: u64) -> Self {
+        let mut own: Vec<(Outbox, String)> = queues
+            .iter()
+            .map(|q| (Outbox::of_queue(keys, q), q.clone()))
+            .collect();
+        own.sort();
+        own.dedup_by(|a, b| a.0 == b.0);
+        let entry = |outbox, queue, max_ms| Entry {
+            outbox,
+            queue,
+            max_ms,
+            interval_ms: LOOK_MS,
+            next_ms: now_ms,
+        };
+        let mut entries: Vec<Entry> = own
+            .into_iter()
+            .map(|(o, q)| entry(o, Some(q), IDLE_LOOK_MS))
+            .collect();
+        entries.extend(
+            Outbox::earlier_of_worker(keys, cluster)
+                .into_iter()
+                .map(|o| entry(o, None, EARLIER_IDLE_LOOK_MS)),
+        );
+        Self { entries }
+    }
+
+    /// The outboxes to look at now (indexes for [`Cadence::outbox`] and [`Cadence::looked`]).
+    pub fn due(&self, now_ms: u64) -> Vec<usize> {
+        (0..self.entries.len())
+            .filter(|&i| self.entries[i].next_ms <= now_ms)
+            .collect()
+    }
+
+    /// Outbox `i`.
+    pub fn outbox(&self, i: usize) -> &Outbox {
+        &self.entries[i].outbox
+    }
+
+    /// Outbox `i` was looked at `now_ms`: `found` whether it had deliveries to make.
+    pub fn looked(&mut self, i: usize, found: bool, now_ms: u64) {
+        let e = &mut self.entries[i];
+        e.interval_ms = if found {
+            LOOK_MS
+        } else {
+            (e.interval_ms * 2).min(e.max_ms)
+        };
+        e.next_ms = now_ms + e.interval_ms;
+    }
+
+    /// A task of `queue` finished here: look at its outbox again soon (at once if due, else
+    /// within [`LOOK_MS`]) and keep looking every [`LOOK_MS`] until a look finds nothing.
+    pub fn nudge(&mut self, queue: &str, now_ms: u64) {
+        for e in &mut self.entries {
+            if e.queue.as_deref() == Some(queue) {
+                e.interval_ms = LOOK_MS;
+                e.next_ms = e.next_ms.min(now_ms + LOOK_MS);
+            }
+        }
     }
 }
 
@@ -263,21 +364,36 @@ pub async fn deliver_due(
     if claimed.is_empty() {
         return Ok(0);
     }
+    // each claimed item's outcome: delivered (`Ok`), failed (`Err`: the item as it goes back,
+    // with its attempt counted and its error), or malformed (parked as it is)
     let results = futures::future::join_all(claimed.iter().map(|raw| async move {
         match serde_json::from_str::<OutboxEntry>(raw) {
-            Ok(OutboxEntry::Url(item)) => {
-                let r = post(http, &item).await;
-                (Some(item), Some(r))
-            }
-            // a Redis error leaves the item claimed: retried when the lease ends
-            Ok(OutboxEntry::Queue(item)) => match forward(con, keys, &item).await {
-                Ok(_) => (None, Some(Ok(()))),
+            Ok(OutboxEntry::Url(mut item)) => match post(http, &item).await {
+                Ok(()) => Some(Ok(())),
                 Err(e) => {
-                    tracing::warn!(id = %item.id, queue = %item.queue, error = %e, "delivery to a destination queue failed");
-                    (None, None)
+                    item.attempt += 1;
+                    tracing::warn!(id = %item.id, url = %item.url, attempt = item.attempt, error = %e, "delivery to a destination failed");
+                    item.error = Some(e);
+                    Some(Err(OutboxEntry::Url(item)))
                 }
             },
-            Err(e) => (None, Some(Err(format!("malformed outbox item: {e}")))),
+            // Retried with the same backoff and parked as a URL delivery: a forward the
+            // destination's Redis keeps refusing (its list holds another type, its slot is
+            // down) must not be claimed again every lease forever. A forward that did enqueue
+            // but whose reply was lost is a no-op when re-sent (the forward marker).
+            Ok(OutboxEntry::Queue(mut item)) => match forward(con, keys, &item).await {
+                Ok(_) => Some(Ok(())),
+                Err(e) => {
+                    item.attempt += 1;
+                    tracing::warn!(id = %item.id, queue = %item.queue, attempt = item.attempt, error = %e, "delivery to a destination queue failed");
+                    item.error = Some(e.to_string());
+                    Some(Err(OutboxEntry::Queue(item)))
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed outbox item parked");
+                None
+            }
         }
     }))
     .await;
@@ -285,26 +401,23 @@ pub async fn deliver_due(
     let mut pipe = redis::pipe();
     pipe.load_script(&settle).ignore();
     let mut delivered = 0;
-    for (raw, (item, r)) in claimed.iter().zip(results) {
-        let Some(r) = r else { continue };
+    for (raw, r) in claimed.iter().zip(results) {
         let mut inv = settle.key(&outbox.pending);
         inv.key(&outbox.dead).arg(raw);
-        match (item, r) {
-            (_, Ok(())) => {
+        match r {
+            Some(Ok(())) => {
                 delivered += 1;
                 inv.arg("").arg(0).arg("0");
             }
-            (Some(mut item), Err(e)) => {
-                item.attempt += 1;
-                tracing::warn!(id = %item.id, url = %item.url, attempt = item.attempt, error = %e, "delivery to a destination failed");
-                item.error = Some(e);
-                let dead = item.attempt >= OUTBOX_MAX_ATTEMPTS;
+            Some(Err(item)) => {
+                let attempt = item.attempt();
+                let dead = attempt >= OUTBOX_MAX_ATTEMPTS;
                 let next = serde_json::to_string(&item).expect("an outbox item serializes");
                 inv.arg(next)
-                    .arg(now_ms() + backoff_ms(item.attempt))
+                    .arg(now_ms() + backoff_ms(attempt))
                     .arg(if dead { "1" } else { "0" });
             }
-            (None, Err(_)) => {
+            None => {
                 inv.arg(raw).arg(0).arg("1");
             }
         }
@@ -436,7 +549,11 @@ where
                 error: None,
                 ..item.clone()
             }),
-            Some(e @ OutboxEntry::Queue(_)) => e.clone(),
+            Some(OutboxEntry::Queue(item)) => OutboxEntry::Queue(ForwardItem {
+                attempt: 0,
+                error: None,
+                ..item.clone()
+            }),
         };
         by_outbox.entry(&l.outbox).or_default().push((
             &l.raw,
@@ -532,4 +649,53 @@ where
     metrics.outbox_pending.set(pending as i64);
     metrics.outbox_parked.set(parked as i64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_outboxes_are_looked_at_less_often_and_a_finish_brings_them_back() {
+        let keys = Keys::new("fs").in_namespace(Some("ns".into()));
+        let queues = vec![Keys::queue_id("ns", "a"), Keys::queue_id("ns", "b")];
+        let mut c = Cadence::new(&keys, &queues, false, 0);
+        // two queues' outboxes, the namespace's and the shared one of earlier versions
+        assert_eq!(c.due(0), vec![0, 1, 2, 3]);
+        assert_eq!(c.outbox(0), &Outbox::of_queue(&keys, &queues[0]));
+        assert_eq!(c.outbox(3), &Outbox::legacy(&keys.unscoped()));
+        // nothing found: 400, 800, 1,600 then 2,000 ms (own), up to 30 s (earlier versions)
+        let mut now = 0;
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            for i in c.due(now) {
+                c.looked(i, false, now);
+            }
+            let next = (0..4).map(|i| c.entries[i].next_ms).collect::<Vec<_>>();
+            gaps.push(next[0] - now);
+            now = *next.iter().min().unwrap();
+        }
+        assert_eq!(&gaps[..4], &[400, 800, 1_600, 2_000], "{gaps:?}");
+        assert_eq!(c.entries[0].interval_ms, IDLE_LOOK_MS);
+        assert_eq!(c.entries[2].interval_ms, 12_800);
+        for _ in 0..60 {
+            for i in c.due(now) {
+                c.looked(i, false, now);
+            }
+            now = c.entries.iter().map(|e| e.next_ms).min().unwrap();
+        }
+        assert_eq!(c.entries[3].interval_ms, EARLIER_IDLE_LOOK_MS);
+        for i in c.due(now) {
+            c.looked(i, false, now);
+        }
+        // a task of `b` finished: b's outbox within LOOK_MS, a's and the earlier ones not
+        let t = now + 1;
+        c.nudge(&queues[1], t);
+        assert_eq!(c.due(t + LOOK_MS), vec![1]);
+        // deliveries found: every LOOK_MS while there are
+        c.looked(1, true, t + LOOK_MS);
+        assert_eq!(c.entries[1].next_ms, t + 2 * LOOK_MS);
+        // on a cluster, no shared outbox of earlier versions
+        assert_eq!(Cadence::new(&keys, &queues, true, 0).due(0).len(), 3);
+    }
 }

@@ -43,7 +43,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -300,7 +300,7 @@ impl WorkerBuilder {
         keys.push(self.config.keys.slots());
         RedisAuth::check_keys(&mut redis, &keys).await?;
         let (stopped, stopped_rx) = watch::channel(None);
-        let waiters = self
+        let waiters: Vec<AtomicUsize> = self
             .config
             .queues
             .iter()
@@ -316,6 +316,7 @@ impl WorkerBuilder {
                 scripts: Scripts::new(),
                 counts: PendingCounts::default(),
                 stopped,
+                finished: (0..waiters.len()).map(|_| AtomicBool::new(false)).collect(),
                 waiters,
             }),
             health: crate::metrics::health(redis, Some(stopped_rx)),
@@ -506,6 +507,9 @@ struct Inner {
     /// On a Redis Cluster: how many of this pod's slots block on each queue (index into
     /// `config.queues`) now, so a free slot blocks on the queue with the fewest.
     waiters: Vec<AtomicUsize>,
+    /// Per queue (index into `config.queues`): a task of it finished here since the delivery
+    /// loop last looked, so its outbox may hold a new delivery ([`crate::outbox::Cadence`]).
+    finished: Vec<AtomicBool>,
 }
 
 /// One slot blocking on queue `i` ([`Inner::waiters`]), counted while it lives.
@@ -876,23 +880,38 @@ impl Inner {
             }
         };
         let deliveries = async {
-            let mut outbox = every(200);
             // the outboxes of this worker's queues (each in its queue's slot), then the
-            // namespace's and (off a cluster) the shared one that earlier versions wrote
+            // namespace's and (off a cluster) the shared one that earlier versions wrote; each
+            // looked at as often as it has deliveries (`Cadence`)
             let keys = &self.config.keys;
-            let outboxes = crate::outbox::Outbox::of_worker(
+            let mut cadence = crate::outbox::Cadence::new(
                 keys,
                 &self.config.queues,
                 self.redis.is_cluster(),
+                now_ms(),
             );
+            let mut tick = every(crate::outbox::LOOK_MS);
             loop {
-                outbox.tick().await;
-                let done =
-                    futures::future::join_all(outboxes.iter().map(|ob| {
-                        crate::outbox::deliver_due(&self.redis, keys, ob, &self.http, 50)
-                    }))
-                    .await;
-                if let Some(Err(e)) = done.into_iter().find(|r| r.is_err()) {
+                tick.tick().await;
+                let now = now_ms();
+                for (q, finished) in self.config.queues.iter().zip(&self.finished) {
+                    if finished.swap(false, Ordering::Relaxed) {
+                        cadence.nudge(q, now);
+                    }
+                }
+                let due = cadence.due(now);
+                let done = futures::future::join_all(due.iter().map(|&i| {
+                    crate::outbox::deliver_due(&self.redis, keys, cadence.outbox(i), &self.http, 50)
+                }))
+                .await;
+                let mut failed = None;
+                for (i, r) in due.into_iter().zip(done) {
+                    cadence.looked(i, matches!(r, Ok(n) if n > 0), now);
+                    if let Err(e) = r {
+                        failed = Some(e);
+                    }
+                }
+                if let Some(e) = failed {
                     tracing::warn!(error = %e, "delivering to destinations failed");
                 }
             }
@@ -1542,6 +1561,10 @@ impl Inner {
         // 0: no longer in flight (put back by a reaper): this finish wrote nothing. Outcomes
         // are counted with records on or off; `long` (2) needs a started record.
         if done > 0 {
+            // the finish may have staged a delivery: the outbox loop looks soon
+            if let Some(i) = self.config.queues.iter().position(|q| *q == env.queue) {
+                self.finished[i].store(true, Ordering::Relaxed);
+            }
             self.counts.add(&env.queue, finish_ms, counted);
             if done == 2 {
                 self.counts.add(&env.queue, finish_ms, &[LONG]);

@@ -517,6 +517,8 @@ async fn a_queue_chain_enqueues_once_even_when_the_settle_is_lost() {
         queue: q2.clone(),
         func: e.func.clone(),
         env: raw.clone(),
+        attempt: 0,
+        error: None,
     };
     let _: () = redis::cmd("ZADD")
         .arg(keys.queue_outbox(&q1))
@@ -578,6 +580,8 @@ async fn a_new_staging_of_a_delivery_id_is_not_taken_for_a_resend() {
             queue: q2.clone(),
             func: e.func.clone(),
             env: e.to_json(),
+            attempt: 0,
+            error: None,
         }
     };
     let first = item(1_000);
@@ -592,6 +596,120 @@ async fn a_new_staging_of_a_delivery_id_is_not_taken_for_a_resend() {
     );
     assert_eq!(s.int(&["LLEN", &keys.queue(&q2)]).await, 2);
     assert_eq!(s.int(&["HGET", &keys.stats(&q2), "enqueued"]).await, 2);
+}
+
+/// A forward the destination's Redis keeps refusing (its list holds another type) backs off
+/// with its attempts and error kept, and after [`OUTBOX_MAX_ATTEMPTS`] is parked (was: left
+/// claimed, taken again every lease forever, never parked); `outbox requeue` resets it and,
+/// the destination fixed, it is enqueued once.
+#[tokio::test]
+async fn a_forward_the_destination_refuses_backs_off_then_is_parked() {
+    let s = Space::new("outbox-fwdfail");
+    let keys = s.keys.clone().in_namespace(Some("ns".into()));
+    let (q1, q2) = (Keys::queue_id("ns", "src"), Keys::queue_id("ns", "dst"));
+    let redis = funcscale_connect::Conn::open(REDIS_URL).await.unwrap();
+    let http = funcscale_worker::handler::http_client();
+    let mut con = s.con().await;
+    let _: () = redis::cmd("SET")
+        .arg(keys.queue(&q2))
+        .arg("not a list")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let env = protocol::Envelope::new("t-9:success", "on_success", &q2, now_ms());
+    let staged = |attempt| protocol::ForwardItem {
+        id: env.id.clone(),
+        queue: q2.clone(),
+        func: env.func.clone(),
+        env: env.to_json(),
+        attempt,
+        error: None,
+    };
+    let ob = outbox::Outbox::of_queue(&keys, &q1);
+    let zadd = |item: protocol::ForwardItem, due: u64| {
+        redis::cmd("ZADD")
+            .arg(&ob.pending)
+            .arg(due)
+            .arg(serde_json::to_string(&item).unwrap())
+            .to_owned()
+    };
+    let _: () = zadd(staged(0), now_ms())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let before = now_ms();
+    assert_eq!(
+        outbox::deliver_due(&redis, &keys, &ob, &http, 10)
+            .await
+            .unwrap(),
+        0
+    );
+    let back: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&ob.pending)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1, "{back:?}");
+    let e: OutboxEntry = serde_json::from_str(&back[0].0).unwrap();
+    assert!(matches!(e, OutboxEntry::Queue(_)), "{e:?}");
+    assert_eq!(e.attempt(), 1, "{e:?}");
+    assert!(e.error().unwrap().contains("WRONGTYPE"), "{e:?}");
+    let due = back[0].1 as u64;
+    assert!(
+        (before + 1_000..before + 1_000 + 5_000).contains(&due),
+        "backs off 1 s, not the 30 s claim lease: due {due} at {before}"
+    );
+
+    // the last attempt parks it
+    let _: () = redis::cmd("DEL")
+        .arg(&ob.pending)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = zadd(staged(OUTBOX_MAX_ATTEMPTS - 1), now_ms())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    outbox::deliver_due(&redis, &keys, &ob, &http, 10)
+        .await
+        .unwrap();
+    assert_eq!(s.int(&["ZCARD", &ob.pending]).await, 0);
+    let parked = outbox::parked(&mut redis.clone(), &keys, &Selector::All)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let p = parked[0].item.as_ref().unwrap();
+    assert_eq!(p.attempt(), OUTBOX_MAX_ATTEMPTS);
+    assert!(p.error().unwrap().contains("WRONGTYPE"), "{p:?}");
+
+    // fixed and requeued: attempt reset, enqueued once
+    let _: () = redis::cmd("DEL")
+        .arg(keys.queue(&q2))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox::requeue_parked(&mut redis.clone(), &keys, &Selector::All)
+            .await
+            .unwrap(),
+        1
+    );
+    let pending = outbox::pending(&mut redis.clone(), &keys, &Selector::All)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].item.as_ref().unwrap().attempt(), 0);
+    assert_eq!(
+        outbox::deliver_due(&redis, &keys, &ob, &http, 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.int(&["LLEN", &keys.queue(&q2)]).await, 1);
+    assert_eq!(s.int(&["ZCARD", &ob.pending]).await, 0);
 }
 
 /// Upgrade: deliveries an earlier version staged in the namespace's outbox (and the shared

@@ -93,7 +93,8 @@ fn part(x: u64, share: f64) -> u64 {
 }
 
 /// Sum the readings of the pool's queues (each scaled by the pool's share of it) into one
-/// observation, or say why not. Due retries count as backlog. Running tasks are the pool's
+/// observation, or say why not. Due retries and due deliveries to destinations (which only
+/// the queue's workers make) count as backlog. Running tasks are the pool's
 /// own where they were read per pool (`running_here`: a pool running a shared queue's long
 /// tasks keeps the pods they occupy, a pool running none of them is not held up by them). A queue's scheduled executions
 /// are read per minute; the pool counts them per its own period `period_ms` (P of the
@@ -118,7 +119,7 @@ pub fn aggregate(readings: &[QueueReading], period_ms: u64) -> Result<Observatio
             }
             None => return Err(format!("queue {name}: not read from Redis yet")),
         };
-        let backlog = m.depth + m.retries_due;
+        let backlog = m.depth + m.retries_due + m.deliveries_due;
         obs.depth += part(backlog, share);
         obs.arrival_rate += m.arrival_rate * share;
         obs.one_off_rate += m.one_off_rate * share;

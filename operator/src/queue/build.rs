@@ -79,8 +79,9 @@ pub fn readings(
             st.oldest_task_age_seconds = m.oldest_age_seconds.map(round1);
             st.arrival_rate = Some(round1(m.arrival_rate));
             st.completion_rate = Some(round1(m.completion_rate));
-            // only funcscale queues have a delayed set
+            // only funcscale queues have a delayed set and an outbox (both read, or neither)
             st.retries_waiting = m.retries_read.then_some(m.retries_waiting);
+            st.deliveries_due = m.retries_read.then_some(m.deliveries_due);
             st.running = Some(m.in_flight);
             st.task_time_ms = Some(round1(m.task_time_ms));
             st.task_time_source = Some(

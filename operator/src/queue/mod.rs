@@ -78,7 +78,8 @@ pub fn refresh_after(st: &FuncQueueStatus, resync: Duration) -> Duration {
         && st.running == Some(0)
         && st.arrival_rate == Some(0.0)
         && st.completion_rate == Some(0.0)
-        && st.retries_waiting.unwrap_or(0) == 0;
+        && st.retries_waiting.unwrap_or(0) == 0
+        && st.deliveries_due.unwrap_or(0) == 0;
     if at_rest { resync } else { STATUS_INTERVAL }
 }
 

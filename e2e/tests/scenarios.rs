@@ -1229,6 +1229,181 @@ async fn a_due_retry_wakes_a_pool_at_zero() {
     s.shutdown().await;
 }
 
+/// A local HTTP receiver of URL deliveries: answers 503 until `accept` is set, then 200;
+/// records each POST's `x-funcscale-delivery-id` with the status it was answered.
+struct Hook {
+    url: String,
+    accept: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
+}
+
+impl Hook {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, g) = (accept.clone(), got.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (a, g) = (a.clone(), g.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // the head, then as much body as content-length says
+                    let (head, body_len) = loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (head, end + 4 + len);
+                        }
+                    };
+                    while buf.len() < body_len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let id = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-funcscale-delivery-id:"))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default();
+                    let status = if a.load(Ordering::SeqCst) { 200 } else { 503 };
+                    g.lock().unwrap().push((id, status));
+                    let reply = format!(
+                        "HTTP/1.1 {status} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        if status == 200 {
+                            "OK"
+                        } else {
+                            "Service Unavailable"
+                        }
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Self { url, accept, got }
+    }
+
+    fn got(&self) -> Vec<(String, u16)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// Deliveries to a URL destination are made only by the queue's workers. The receiver refuses
+/// the first attempts; while the delivery backs off, nothing is due and the pool goes back to
+/// zero; then the receiver accepts, and when the delivery falls due again the pool wakes (a
+/// due delivery is backlog, `status.deliveriesDue`) and makes it. (Before, it waited for the
+/// queue's next task.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_due_delivery_wakes_a_pool_at_zero() {
+    let s = Scenario::start(Options::new("delivery-wake"))
+        .await
+        .unwrap();
+    let mut con = redis().await;
+    let hook = Hook::start().await;
+    let set = format!("{}:test:ran", s.prefix);
+    s.apply_queue(
+        "jobs",
+        json!({"taskTimeMs": 50, "onSuccess": {"url": hook.url}}),
+    )
+    .await
+    .unwrap();
+    pool_at_zero(&s, 2).await;
+    let history = ReplicaHistory::start(s.deployments(), "w");
+    s.enqueue("jobs", "record", &json!([set]).to_string(), 1)
+        .await
+        .unwrap();
+    ran(&s, &set, 1, "the task to run").await;
+    let task: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&set)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let id = format!("{}:success", task[0]);
+    let outbox = s.keys().queue_outbox(&s.queue_id("jobs"));
+    eventually(Duration::from_secs(20), "a refused delivery", || async {
+        hook.got()
+            .iter()
+            .any(|(i, st)| *i == id && *st == 503)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}
+{}",
+            logs(&s)
+        )
+    });
+    // backing off (1 s doubling), nothing due between attempts: the pool reaches zero
+    eventually(Duration::from_secs(90), "the pool back at 0", || async {
+        (s.replicas("w").await.ok().flatten().map(|r| r.0) == Some(0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}
+{}",
+            history.values(),
+            logs(&s)
+        )
+    });
+    assert_eq!(int(&mut con, "ZCARD", &outbox).await, 1, "still pending");
+    let at_zero = history.values().len();
+    hook.accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(120), "the delivery made", || async {
+        hook.got()
+            .iter()
+            .any(|(i, st)| *i == id && *st == 200)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?} {:?}
+{}",
+            hook.got(),
+            history.values(),
+            logs(&s)
+        )
+    });
+    let values = history.values();
+    assert!(
+        values[at_zero.saturating_sub(1)..].iter().any(|v| *v > 0),
+        "woke from zero to deliver: {values:?}"
+    );
+    eventually(Duration::from_secs(10), "the outbox empty", || async {
+        (int(&mut con.clone(), "ZCARD", &outbox).await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let dead = format!("{outbox}:dead");
+    assert_eq!(int(&mut con, "LLEN", &dead).await, 0, "parked");
+    eprintln!("delivery wake: replicas {values:?}, posts {:?}", hook.got());
+    let _: () = redis::cmd("DEL")
+        .arg(&set)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    s.shutdown().await;
+}
+
 /// One 40 s task and no backlog: the pool stays at one pod (it never goes below the pods
 /// its running tasks occupy) until the task finishes, then goes to zero; the task ran once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -85,8 +85,8 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Redis key prefix shared with the workers.
-    #[arg(long, default_value = funcscale_protocol::DEFAULT_PREFIX)]
+    /// Redis key prefix shared with the workers (no braces or whitespace).
+    #[arg(long, default_value = funcscale_protocol::DEFAULT_PREFIX, value_parser = funcscale_protocol::keys::parse_prefix)]
     pub key_prefix: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "funcscale-operator")]

@@ -43,8 +43,8 @@ pub struct RedisArgs {
     /// Username and password given apart from the URL.
     #[command(flatten)]
     pub auth: RedisAuth,
-    /// Key prefix.
-    #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true)]
+    /// Key prefix (no braces or whitespace).
+    #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true, value_parser = protocol::keys::parse_prefix)]
     pub prefix: String,
     /// Kubernetes namespace of the FuncQueues that `--queue` / `--queues` name: each name
     /// becomes the queue's id in Redis, `{<namespace>.<name>}` (what `status.key` of the

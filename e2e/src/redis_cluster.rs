@@ -7,9 +7,14 @@
 //! Faults for the tests: [`RedisCluster::migrate_slot`] moves a hash slot (with its keys) to
 //! another master, [`RedisCluster::migrate_slot_partly`] stops half-way and holds the slot
 //! mid-migration (`MIGRATING` on the source, `IMPORTING` on the target) until
-//! [`RedisCluster::finish_migration`]; [`RedisCluster::kill_master`] SIGKILLs a master and
+//! [`RedisCluster::finish_migration`] ([`RedisCluster::migrate_keys`] moves chosen keys of it
+//! meanwhile); [`RedisCluster::kill_master`] SIGKILLs a master and
 //! [`RedisCluster::wait_promoted`] waits until a replica serves its slots. Dropping the cluster
 //! kills every process it started.
+//!
+//! For the tests that talk to it: [`RedisCluster::cluster_connection`] (redis-rs' cluster
+//! client), [`RedisCluster::key_on`] and [`RedisCluster::queue_on`] (a key, a queue id, whose
+//! slot a given master serves), and [`strict`] (a script in Redis 7's strict mode).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use funcscale_worker::protocol::Keys;
+use funcscale_worker::protocol::keys::slot;
 use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 
 use crate::redis_topology::{Node, connect, free_ports};
 
@@ -29,6 +38,22 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Keys [`RedisCluster::migrate_slot`] moves per `MIGRATE`.
 const MIGRATE_BATCH: usize = 100;
+
+/// How many candidates [`RedisCluster::key_on`] tries.
+const KEY_ON_TRIES: u32 = 100_000;
+
+/// `src` as a strict script: with the `#!lua` shebang Redis 7 refuses any key outside the
+/// slot of the declared keys — declared or not, even when that slot is on the same node — so
+/// a script that touches a key of another slot fails the test. Panics unless `src` starts
+/// with `#!lua` (the e2e crate's dev-dependency enables protocol feature `strict-scripts`,
+/// which puts it first in every script).
+pub fn strict(src: &str) -> redis::Script {
+    assert!(
+        src.starts_with("#!lua\n"),
+        "protocol feature strict-scripts"
+    );
+    redis::Script::new(src)
+}
 
 /// How a [`RedisCluster`] is configured.
 #[derive(Clone, Debug)]
@@ -122,6 +147,40 @@ fn owners(view: &[NodeView]) -> Option<BTreeMap<u16, (u16, u16)>> {
         next = u32::from(b) + 1;
     }
     (next == SLOTS).then_some(map)
+}
+
+/// `MIGRATE` `keys` of `m`'s slot over `source`, a connection to its source, to its target.
+async fn migrate(
+    source: &mut MultiplexedConnection,
+    m: &Migration,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(m.to)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(keys)
+        .exec_async(source)
+        .await
+        .with_context(|| {
+            format!(
+                "MIGRATE {} keys of slot {} from 127.0.0.1:{} to 127.0.0.1:{}",
+                keys.len(),
+                m.slot,
+                m.from,
+                m.to
+            )
+        })
+}
+
+/// The port of the master that serves `slot` in one node's view.
+fn slot_owner(view: &[NodeView], slot: u16) -> Option<u16> {
+    view.iter()
+        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .map(|n| n.port)
 }
 
 /// A node exited while the cluster started.
@@ -353,6 +412,30 @@ impl RedisCluster {
             .collect()
     }
 
+    /// A connection of redis-rs' cluster client to this cluster (every node a seed; it follows
+    /// `MOVED` and `ASK`): 2 s connection and response timeouts, redis-rs' other defaults
+    /// (16 retries). [`Self::cluster_connection_with`] changes them.
+    pub async fn cluster_connection(&self) -> anyhow::Result<ClusterConnection> {
+        self.cluster_connection_with(|b| b).await
+    }
+
+    /// [`Self::cluster_connection`] with the client `configure` makes of its builder: e.g. a
+    /// longer response timeout, or one retry so that a `TRYAGAIN` comes back to the caller.
+    pub async fn cluster_connection_with(
+        &self,
+        configure: impl FnOnce(ClusterClientBuilder) -> ClusterClientBuilder,
+    ) -> anyhow::Result<ClusterConnection> {
+        let builder = ClusterClientBuilder::new(self.seeds())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2));
+        configure(builder)
+            .build()
+            .context("build redis-rs' cluster client")?
+            .get_async_connection()
+            .await
+            .with_context(|| format!("connect redis-rs' cluster client to {}", self.url()))
+    }
+
     /// A plain connection to node `port` (not following redirections).
     pub async fn connection(&self, port: u16) -> anyhow::Result<MultiplexedConnection> {
         connect(port, None)
@@ -400,10 +483,44 @@ impl RedisCluster {
     /// The master that serves `slot`, as a running node sees it.
     pub async fn master_of_slot(&mut self, slot: u16) -> anyhow::Result<u16> {
         let view = self.any_view().await?;
-        view.iter()
-            .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-            .map(|n| n.port)
-            .with_context(|| format!("no master serves slot {slot}"))
+        slot_owner(&view, slot).with_context(|| format!("no master serves slot {slot}"))
+    }
+
+    /// The first of `candidate(0)`, `candidate(1)`, ... whose hash slot master `master`
+    /// serves, as a running node sees it (an error after 100,000 candidates).
+    pub async fn key_on(
+        &mut self,
+        master: u16,
+        candidate: impl Fn(u32) -> String,
+    ) -> anyhow::Result<String> {
+        let view = self.any_view().await?;
+        for i in 0..KEY_ON_TRIES {
+            let key = candidate(i);
+            if slot_owner(&view, slot(&key)) == Some(master) {
+                return Ok(key);
+            }
+        }
+        anyhow::bail!(
+            "none of {KEY_ON_TRIES} candidates ({}, ...) is on 127.0.0.1:{master}",
+            candidate(0)
+        )
+    }
+
+    /// A queue id of namespace `ns` whose hash slot (every key of the queue's is in it)
+    /// master `master` serves: the first of `Keys::queue_id(ns, "q0")`, `"q1"`, ...
+    pub async fn queue_on(&mut self, ns: &str, master: u16) -> anyhow::Result<String> {
+        self.key_on(master, |i| Keys::queue_id(ns, &format!("q{i}")))
+            .await
+    }
+
+    /// [`Self::queue_on`] every master of [`Self::master_ports`], in that order: queue ids of
+    /// namespace `ns` whose slots are on different masters.
+    pub async fn queue_on_every_master(&mut self, ns: &str) -> anyhow::Result<Vec<String>> {
+        let mut queues = Vec::new();
+        for m in self.master_ports().await? {
+            queues.push(self.queue_on(ns, m).await?);
+        }
+        Ok(queues)
     }
 
     /// The id of node `port` (`CLUSTER MYID`).
@@ -478,28 +595,19 @@ impl RedisCluster {
             if batch.is_empty() {
                 break;
             }
-            redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(m.to)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&batch)
-                .exec_async(&mut source)
-                .await
-                .with_context(|| {
-                    format!(
-                        "MIGRATE {} keys of slot {} from 127.0.0.1:{} to 127.0.0.1:{}",
-                        batch.len(),
-                        m.slot,
-                        m.from,
-                        m.to
-                    )
-                })?;
+            migrate(&mut source, m, &batch).await?;
             m.moved += batch.len();
             left -= batch.len();
         }
+        Ok(())
+    }
+
+    /// `MIGRATE` these keys of the migration's slot from its source to its target (counted in
+    /// [`Migration::moved`]); the slot stays mid-migration.
+    pub async fn migrate_keys(&self, m: &mut Migration, keys: &[String]) -> anyhow::Result<()> {
+        let mut source = self.connection(m.from).await?;
+        migrate(&mut source, m, keys).await?;
+        m.moved += keys.len();
         Ok(())
     }
 
@@ -612,10 +720,7 @@ impl RedisCluster {
             );
             let view = self.view(port).await?;
             for &(a, _) in slots {
-                let owner = view
-                    .iter()
-                    .find(|n| n.master && n.slots.iter().any(|&(x, y)| (x..=y).contains(&a)))
-                    .map(|n| n.port)
+                let owner = slot_owner(&view, a)
                     .with_context(|| format!("127.0.0.1:{port} sees no master of slot {a}"))?;
                 match named {
                     None => named = Some(owner),

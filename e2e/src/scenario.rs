@@ -834,21 +834,14 @@ pub fn side_effects(
 /// A producer of `n` tasks `t-000`, `t-001`, … of function `job` into queue `jobs` of
 /// scenario `s`: one `funcscale-worker enqueue` each (with `env` and the scenario's prefix and
 /// namespace), a failed push re-sent every 200 ms until acknowledged (at most 60 s), `pause`
-/// between tasks. Returns the task, the ids acknowledged so far, the count of failed pushes,
-/// and a switch that ends the re-sending (for a test giving up).
-#[allow(clippy::type_complexity)]
+/// between tasks. [`Producer::finish`] waits for it.
 pub fn spawn_producer(
     s: &Scenario,
     url: &str,
     env: Vec<(String, String)>,
     n: usize,
     pause: Duration,
-) -> (
-    tokio::task::JoinHandle<()>,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+) -> Producer {
     use std::sync::atomic::Ordering;
     let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let failed_pushes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -897,7 +890,58 @@ pub fn spawn_producer(
             tokio::time::sleep(pause).await;
         }
     });
-    (task, produced, failed_pushes, stop)
+    Producer {
+        task,
+        produced,
+        failed_pushes,
+        stop,
+    }
+}
+
+/// The producer [`spawn_producer`] started.
+pub struct Producer {
+    task: tokio::task::JoinHandle<()>,
+    /// Task ids acknowledged so far, in order.
+    produced: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    failed_pushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Ends the re-sending (for a test giving up).
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Producer {
+    /// How many tasks were acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.produced.lock().unwrap().len()
+    }
+
+    /// Wait until `n` tasks were acknowledged; fail after `timeout`.
+    pub async fn wait_acknowledged(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        crate::eventually(timeout, &format!("{n} tasks pushed"), || async move {
+            (self.acknowledged() >= n).then_some(())
+        })
+        .await
+    }
+
+    /// How many pushes failed and were re-sent.
+    pub fn failed_pushes(&self) -> u64 {
+        self.failed_pushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait (at most `timeout`) until the producer is done; the ids it pushed. On a timeout
+    /// the re-sending stops and the error says so.
+    pub async fn finish(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Err(_) => {
+                self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                anyhow::bail!("the producer did not finish");
+            }
+            Ok(r) => r.context("the producer failed")?,
+        }
+        Ok(self.produced.lock().unwrap().iter().cloned().collect())
+    }
 }
 
 /// The (status, reason) changes [`sample_metrics_available`] saw.
@@ -962,6 +1006,251 @@ pub fn log_tails(s: &Scenario, redis_dir: &Path) -> String {
         }
     }
     out
+}
+
+/// The workload and the checks of the control-plane failover scenarios (tests/sentinel.rs: a
+/// Sentinel set's master SIGKILLed; tests/cluster_scenario.rs: a Redis Cluster's queue slot
+/// migrated, then its master SIGKILLed). [`Failover::start`] applies queue `jobs` (task time
+/// 100 ms, 5 retries, schedule `tick` every 2 s), Worker pool `w` (2 to 4 pods of 2
+/// processes, whose handler appends `<func> <task id>` to a file outside Redis,
+/// [`side_effects`]) and Beat pool `beat`, and waits until they run. The test starts a
+/// [`Producer`] of tasks of function `job` ([`spawn_producer`]) and brings on its fault,
+/// calling [`Failover::at_kill`] just before the kill and [`Failover::promoted`] once a replica
+/// took over; [`Failover::check`] then asserts that no acknowledged task was lost.
+pub struct Failover<'a> {
+    s: &'a Scenario,
+    /// The Redis topology's directory (its logs, for a failure message).
+    redis_dir: PathBuf,
+    /// Holds the side-effects file.
+    _side: tempfile::TempDir,
+    done: PathBuf,
+    history: ReplicaHistory,
+    worker_pids: Vec<String>,
+    beat_pids: Vec<String>,
+    kill: Option<AtKill>,
+    ticks_at_promotion: Option<usize>,
+}
+
+/// What [`Failover::at_kill`] recorded.
+struct AtKill {
+    /// Pool `w`'s size.
+    size: i32,
+    sampler: tokio::task::JoinHandle<()>,
+    seen: Seen,
+    /// The queue's `status.lastPollTime`.
+    poll: Option<k8s_openapi::jiff::Timestamp>,
+    at: std::time::Instant,
+}
+
+impl<'a> Failover<'a> {
+    /// Apply queue `jobs` (its `redis` field is `redis_spec`), pool `w` and pool `beat` in
+    /// scenario `s`; wait (60 s) until 2 workers and the beat are ready and a tick ran; then
+    /// record pool `w`'s size from now on ([`ReplicaHistory`]) and the worker and beat
+    /// processes. `redis_dir` is the Redis topology's directory, whose logs [`Self::logs`]
+    /// adds.
+    pub async fn start(s: &'a Scenario, redis_spec: serde_json::Value, redis_dir: &Path) -> Self {
+        // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir; the
+        // checkout, and so CARGO_TARGET_TMPDIR, may itself be under /tmp, as CI's fresh clone
+        // is)
+        let side = tempfile::tempdir_in("/var/tmp").unwrap();
+        let done = side.path().join("done");
+        let handler = format!(
+            "exec:echo \"$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID\" >> {}",
+            done.display()
+        );
+        s.apply_queue(
+            "jobs",
+            json!({"taskTimeMs": 100, "maxRetries": 5, "redis": redis_spec,
+                "schedules": [{"name": "tick", "cron": "*/2 * * * * *", "function": "tick", "args": []}]}),
+        )
+        .await
+        .unwrap();
+        s.apply_pool(
+            "w",
+            json!({"queues": ["jobs"], "processesPerPod": 2, "handler": handler,
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "drainTargetSeconds": 5,
+                    "activationDepth": 0, "periodMs": 60000,
+                    "scaleDownStabilizationSeconds": 300, "scaleUpMaxStep": 2}}),
+        )
+        .await
+        .unwrap();
+        s.apply_pool("beat", json!({"role": "Beat", "queues": [], "replicas": 1}))
+            .await
+            .unwrap();
+        crate::eventually(
+            Duration::from_secs(60),
+            "2 ready workers, a ready beat, ticks running",
+            || async {
+                (s.replicas("w").await.ok().flatten() == Some((2, 2))
+                    && s.replicas("beat").await.ok().flatten() == Some((1, 1))
+                    && ticks(&done) >= 1)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log_tails(s, redis_dir)));
+        Self {
+            s,
+            redis_dir: redis_dir.to_path_buf(),
+            _side: side,
+            history: ReplicaHistory::start(s.deployments(), "w"),
+            worker_pids: s.pod_ids("w").await,
+            beat_pids: s.pod_ids("beat").await,
+            done,
+            kill: None,
+            ticks_at_promotion: None,
+        }
+    }
+
+    /// The tails of the scenario's logs and the Redis topology's ([`log_tails`]).
+    pub fn logs(&self) -> String {
+        log_tails(self.s, &self.redis_dir)
+    }
+
+    /// Just before the kill: pool `w`'s size, the queue's last poll; from now on, every change
+    /// of the pool's `MetricsAvailable` ([`sample_metrics_available`]).
+    pub async fn at_kill(&mut self) {
+        let size = self.s.replicas("w").await.unwrap().unwrap().0;
+        let (sampler, seen) = sample_metrics_available(self.s, "w");
+        let poll = last_poll(self.s, "jobs").await;
+        self.kill = Some(AtKill {
+            size,
+            sampler,
+            seen,
+            poll,
+            at: std::time::Instant::now(),
+        });
+    }
+
+    /// Master `old` (killed after [`Self::at_kill`]) was replaced by `new`: the ticks so far
+    /// are counted (the beat must fire after this), and a line says when and how far the
+    /// producer got.
+    pub fn promoted(&mut self, old: u16, new: u16, producer: &Producer) {
+        let killed = self.kill.as_ref().expect("Failover::at_kill first").at;
+        self.ticks_at_promotion = Some(ticks(&self.done));
+        eprintln!(
+            "master 127.0.0.1:{old} killed; 127.0.0.1:{new} promoted after {:?}; {} tasks \
+             pushed by then",
+            killed.elapsed(),
+            producer.acknowledged()
+        );
+    }
+
+    /// After [`Self::promoted`]: the producer finishes (120 s) and every task it pushed runs
+    /// (90 s; each id once among the distinct ids), the beat fires twice more (30 s), the
+    /// operator polls the queue again and pool `w` says `MetricsAvailable=True` (30 s);
+    /// meanwhile `MetricsAvailable` was `False` with reason `RedisUnavailable` and never false
+    /// for another reason, pool `w` never had fewer replicas than at the kill (or 2), and the
+    /// worker and beat processes are those from the start (they reconnected). `label` starts
+    /// the summary line.
+    pub async fn check(self, mut producer: Producer, n: usize, label: &str) {
+        let kill = self.kill.as_ref().expect("Failover::at_kill first");
+        let ticks_at_promotion = self.ticks_at_promotion.expect("Failover::promoted first");
+
+        // every acknowledged task runs (at least once)
+        let produced = producer
+            .finish(Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+        assert_eq!(produced.len(), n);
+        let ran = crate::eventually(
+            Duration::from_secs(90),
+            "every acknowledged task ran",
+            || async {
+                let ran = side_effects(&self.done).0.remove("job").unwrap_or_default();
+                produced.is_subset(&ran).then_some(ran)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            let ran = side_effects(&self.done).0.remove("job").unwrap_or_default();
+            let missing: Vec<_> = produced.difference(&ran).collect();
+            panic!("{e}: missing {missing:?}\n{}", self.logs())
+        });
+        assert_eq!(ran.len(), n, "distinct task ids that ran");
+
+        // the beat reconnected: its schedule fires after the failover
+        crate::eventually(
+            Duration::from_secs(30),
+            "the beat fires after the failover",
+            || async { (ticks(&self.done) >= ticks_at_promotion + 2).then_some(()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+
+        // the operator reads the queue from the new master: its status moves on and says Ready
+        crate::eventually(
+            Duration::from_secs(30),
+            "the queue's status polled after the failover, MetricsAvailable=True",
+            || async {
+                let polled = last_poll(self.s, "jobs").await?;
+                let fresh = kill.poll.is_none_or(|p| polled > p);
+                let ok = self
+                    .s
+                    .condition("w", "MetricsAvailable")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.0 == "True");
+                (fresh && ok).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        kill.sampler.abort();
+        // the switch showed in the pool's condition (the operator's polls fail meanwhile,
+        // naming the node), and it holds the size while saying so
+        let seen = kill.seen.lock().unwrap().clone();
+        assert!(
+            seen.contains(&("False".into(), "RedisUnavailable".into())),
+            "MetricsAvailable through the switch: {seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .all(|(st, reason)| st == "True" || reason == "RedisUnavailable"),
+            "MetricsAvailable through the switch: {seen:?}"
+        );
+        // the pool's size was held through the switch (never below its size at the kill)
+        let sizes = self.history.values();
+        assert!(
+            sizes.iter().all(|r| *r >= kill.size.min(2)),
+            "the pool shrank during the failover: {sizes:?}"
+        );
+        // the workers reconnected rather than crashed: the same processes served throughout
+        let pids_after = self.s.pod_ids("w").await;
+        let beat_after = self.s.pod_ids("beat").await;
+        let (_, executions) = side_effects(&self.done);
+        eprintln!(
+            "{label}: {n} tasks acknowledged, {} failed pushes re-sent, {executions} executions \
+             in all, pool sizes {sizes:?}, MetricsAvailable through the switch {seen:?}, worker \
+             processes before {:?} after {pids_after:?}",
+            producer.failed_pushes(),
+            self.worker_pids
+        );
+        assert_eq!(
+            self.worker_pids,
+            pids_after,
+            "worker processes were replaced: they exited instead of reconnecting\n{}",
+            self.logs()
+        );
+        assert_eq!(
+            self.beat_pids,
+            beat_after,
+            "the beat process was replaced: it exited instead of reconnecting\n{}",
+            self.logs()
+        );
+    }
+}
+
+/// How many times the schedule `tick` fired so far, by the side effects in `done`.
+fn ticks(done: &Path) -> usize {
+    side_effects(done).0.get("tick").map_or(0, |t| t.len())
+}
+
+/// Queue `queue`'s `status.lastPollTime`, parsed.
+async fn last_poll(s: &Scenario, queue: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    let st = s.queues().get(queue).await.ok()?.status?;
+    st.last_poll_time?.parse().ok()
 }
 
 /// A private `redis-server` on a free port (for outage scenarios: never stop the shared one;

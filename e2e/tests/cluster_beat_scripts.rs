@@ -8,39 +8,10 @@
 
 use std::time::Duration;
 
-use funcscale_e2e::redis_cluster::RedisCluster;
-use funcscale_protocol::keys::slot;
+use funcscale_e2e::redis_cluster::{RedisCluster, strict};
 use funcscale_worker::protocol::{self, Envelope, Keys, ScheduleEntry, scripts};
 use redis::cluster_async::ClusterConnection;
 use serde_json::json;
-
-async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Queue ids of namespace `ns`, one per master (their slots on three different nodes).
-async fn queues_on_every_master(c: &mut RedisCluster, keys: &Keys, ns: &str) -> Vec<String> {
-    let masters = c.master_ports().await.unwrap();
-    let mut found: Vec<(u16, String)> = Vec::new();
-    for i in 0.. {
-        let id = Keys::queue_id(ns, &format!("q{i}"));
-        let node = c.master_of_slot(slot(&keys.queue(&id))).await.unwrap();
-        if !found.iter().any(|(n, _)| *n == node) {
-            found.push((node, id));
-        }
-        if found.len() == masters.len() {
-            break;
-        }
-    }
-    found.into_iter().map(|(_, id)| id).collect()
-}
 
 async fn int(con: &mut ClusterConnection, cmd: &[&str]) -> i64 {
     let mut c = redis::cmd(cmd[0]);
@@ -83,9 +54,12 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
     let mut c = RedisCluster::start().await.unwrap();
     let ns = "a";
     let keys = Keys::new("cb8");
-    let queues = queues_on_every_master(&mut c, &keys, ns).await;
+    let queues = c.queue_on_every_master(ns).await.unwrap();
     assert_eq!(queues.len(), 3);
-    let mut con = cluster_client(&c).await;
+    let mut con = c
+        .cluster_connection_with(|b| b.response_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
 
     // the lease: acquire, renew, release (the namespace's slot)
     let lease_acquire = redis::Script::new(scripts::LEASE_ACQUIRE);
@@ -106,12 +80,10 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
     assert_eq!(renewed, 1);
 
     // beat_fire per queue, strict: every key it touches is in the queue's slot
-    // (the crate's dev-dependency enables protocol feature `strict-scripts`: `#!lua` first)
-    assert!(scripts::BEAT_FIRE.starts_with("#!lua\n"), "strict-scripts");
-    let strict = redis::Script::new(scripts::BEAT_FIRE);
+    let beat_fire = strict(scripts::BEAT_FIRE);
     for q in &queues {
         assert_eq!(
-            fire(&mut con, &strict, &keys, 1, q, &[100, 101])
+            fire(&mut con, &beat_fire, &keys, 1, q, &[100, 101])
                 .await
                 .unwrap(),
             vec![2],
@@ -119,7 +91,9 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
         );
         // a tick at or before the last fired one is skipped
         assert_eq!(
-            fire(&mut con, &strict, &keys, 1, q, &[101]).await.unwrap(),
+            fire(&mut con, &beat_fire, &keys, 1, q, &[101])
+                .await
+                .unwrap(),
             vec![0]
         );
         assert_eq!(int(&mut con, &["LLEN", &keys.queue(q)]).await, 2);
@@ -150,20 +124,20 @@ async fn beat_and_schedules_scripts_run_on_a_cluster_one_slot_each() {
     let token: Option<u64> = acquire("b").invoke_async(&mut con).await.unwrap();
     assert_eq!(token, Some(2));
     assert_eq!(
-        fire(&mut con, &strict, &keys, 2, &queues[0], &[102])
+        fire(&mut con, &beat_fire, &keys, 2, &queues[0], &[102])
             .await
             .unwrap(),
         vec![1]
     );
     assert_eq!(
-        fire(&mut con, &strict, &keys, 1, &queues[0], &[103])
+        fire(&mut con, &beat_fire, &keys, 1, &queues[0], &[103])
             .await
             .unwrap(),
         vec![-2]
     );
     assert_eq!(int(&mut con, &["LLEN", &keys.queue(&queues[0])]).await, 3);
     assert_eq!(
-        fire(&mut con, &strict, &keys, 1, &queues[1], &[102])
+        fire(&mut con, &beat_fire, &keys, 1, &queues[1], &[102])
             .await
             .unwrap(),
         vec![1]

@@ -30,13 +30,9 @@ async fn conn(c: &RedisCluster) -> Conn {
 
 /// A key of the test's own prefix whose slot `master` serves.
 async fn key_on(c: &mut RedisCluster, master: u16, stem: &str) -> String {
-    for i in 0.. {
-        let key = format!("conn3:{stem}:{i}");
-        if c.master_of_slot(slot(&key)).await.unwrap() == master {
-            return key;
-        }
-    }
-    unreachable!()
+    c.key_on(master, |i| format!("conn3:{stem}:{i}"))
+        .await
+        .unwrap()
 }
 
 fn text(v: &Value) -> String {

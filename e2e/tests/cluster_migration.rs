@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use funcscale_e2e::redis_cluster::{Migration, RedisCluster};
+use funcscale_e2e::redis_cluster::{Migration, RedisCluster, strict};
 use funcscale_protocol::keys::slot;
 use funcscale_protocol::{Envelope, Keys, TaskStatus, scripts};
 use redis::AsyncCommands;
@@ -18,26 +18,7 @@ use redis::cluster_async::ClusterConnection;
 
 /// A cluster client that re-sends a `TRYAGAIN` once (after a short wait) and then reports it.
 async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(2))
-        .retries(1)
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
-
-/// A queue id of namespace `ns` whose slot `master` serves.
-async fn queue_on(c: &mut RedisCluster, ns: &str, master: u16) -> String {
-    for i in 0.. {
-        let q = Keys::queue_id(ns, &format!("q{i}"));
-        if c.master_of_slot(slot(&q)).await.unwrap() == master {
-            return q;
-        }
-    }
-    unreachable!()
+    c.cluster_connection_with(|b| b.retries(1)).await.unwrap()
 }
 
 /// Every key of the migrating slot on its source and its target, with its `DUMP`.
@@ -66,22 +47,6 @@ async fn slot_state(c: &RedisCluster, m: &Migration) -> BTreeMap<String, Vec<u8>
         }
     }
     state
-}
-
-/// `MIGRATE` these keys of the slot from its source to its target.
-async fn move_keys(c: &RedisCluster, m: &Migration, keys: &[String]) {
-    let mut source = c.connection(m.from).await.unwrap();
-    redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(m.to)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(keys)
-        .exec_async(&mut source)
-        .await
-        .unwrap();
 }
 
 /// `r` is the `TRYAGAIN` the cluster client gave up on, and the slot did not change.
@@ -145,10 +110,9 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     let masters = c.master_ports().await.unwrap();
     let ns = "mg";
     let keys = Keys::new("mg9").in_namespace(Some(ns.into()));
-    let q = queue_on(&mut c, ns, masters[0]).await;
+    let q = c.queue_on(ns, masters[0]).await.unwrap();
     let mut con = cluster_client(&c).await;
-    assert!(scripts::ENQUEUE.starts_with("#!lua\n"), "strict-scripts");
-    let enqueue = redis::Script::new(scripts::ENQUEUE);
+    let enqueue = strict(scripts::ENQUEUE);
     let fetch = redis::Script::new(scripts::FETCH);
     let claim = redis::Script::new(scripts::CLAIM);
     let started = redis::Script::new(scripts::STARTED);
@@ -252,10 +216,9 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
 
     // the slot held mid-migration, nothing moved yet: then the records of a, b, c alone move
     let to = masters[1];
-    let m = c.migrate_slot_partly(slot(&q), to, 0).await.unwrap();
-    move_keys(
-        &c,
-        &m,
+    let mut m = c.migrate_slot_partly(slot(&q), to, 0).await.unwrap();
+    c.migrate_keys(
+        &mut m,
         &[
             keys.task(&q, "a"),
             keys.task(&q, "b"),
@@ -263,7 +226,8 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
             keys.task(&q, "x"),
         ],
     )
-    .await;
+    .await
+    .unwrap();
     let before = slot_state(&c, &m).await;
     assert!(before.contains_key(&format!("{to} {}", keys.task(&q, "a"))));
     assert!(before.contains_key(&format!("{} {}", m.from, keys.queue(&q))));
@@ -333,7 +297,9 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
 
     // claim of c: every key declared; the running set moved, the list did not: Redis itself
     // answers TRYAGAIN before the script runs
-    move_keys(&c, &m, std::slice::from_ref(&running)).await;
+    c.migrate_keys(&mut m, std::slice::from_ref(&running))
+        .await
+        .unwrap();
     let before = slot_state(&c, &m).await;
     let claim_inv = || {
         let mut inv = claim.key(&in3);
@@ -347,7 +313,9 @@ async fn write_scripts_in_a_half_migrated_slot_answer_tryagain_and_write_nothing
     // `ASK` and runs it on the target (`ASKING`), where f's record, still on the source, looks
     // absent: the probe (one EXISTS of several keys: `TRYAGAIN` there when one is missing)
     // refuses it there too
-    move_keys(&c, &m, &[in4.clone(), keys.stats(&q)]).await;
+    c.migrate_keys(&mut m, &[in4.clone(), keys.stats(&q)])
+        .await
+        .unwrap();
     let before = slot_state(&c, &m).await;
     let r = finish_inv(&finish, &keys, &q, &in4, &f.to_json(), &f, s4)
         .invoke_async::<i64>(&mut con)
@@ -438,7 +406,7 @@ async fn trim_in_a_half_migrated_slot_deletes_nothing() {
     let masters = c.master_ports().await.unwrap();
     let ns = "mt";
     let keys = Keys::new("mt9").in_namespace(Some(ns.into()));
-    let q = queue_on(&mut c, ns, masters[2]).await;
+    let q = c.queue_on(ns, masters[2]).await.unwrap();
     let mut con = cluster_client(&c).await;
     let enqueue = redis::Script::new(scripts::ENQUEUE);
     let trim = redis::Script::new(scripts::TRIM);
@@ -467,11 +435,13 @@ async fn trim_in_a_half_migrated_slot_deletes_nothing() {
         inv.arg(keys.prefix()).arg(&q).arg(1_000_001u64).arg(100);
         inv
     };
-    let m = c
+    let mut m = c
         .migrate_slot_partly(slot(&q), masters[0], 0)
         .await
         .unwrap();
-    move_keys(&c, &m, &[keys.task(&q, "a"), keys.task(&q, "b")]).await;
+    c.migrate_keys(&mut m, &[keys.task(&q, "a"), keys.task(&q, "b")])
+        .await
+        .unwrap();
     let before = slot_state(&c, &m).await;
     let r = trim_inv().invoke_async::<i64>(&mut con).await;
     refused(&c, &m, &before, "trim", r).await;
@@ -499,7 +469,7 @@ async fn records_of_earlier_versions_are_not_looked_at_on_a_cluster() {
     let finish = redis::Script::new(scripts::FINISH);
     let requeue = redis::Script::new(scripts::REQUEUE);
     for &master in &masters {
-        let q = queue_on(&mut c, ns, master).await;
+        let q = c.queue_on(ns, master).await.unwrap();
         let slot_id = "w-1-ab.0";
         let inflight = keys.inflight_q(&q, slot_id);
         let (a, b) = (
@@ -557,7 +527,7 @@ async fn an_enqueue_during_a_migration_waits_and_lands_once() {
     let masters = c.master_ports().await.unwrap();
     let ns = "me";
     let keys = Keys::new("me9").in_namespace(Some(ns.into()));
-    let q = queue_on(&mut c, ns, masters[1]).await;
+    let q = c.queue_on(ns, masters[1]).await.unwrap();
     let t = target(&c.url(), Credentials::default()).unwrap();
     let mut conn = Conn::connect(&t, &Config::default()).await.unwrap();
     assert!(conn.is_cluster());

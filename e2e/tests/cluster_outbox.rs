@@ -6,46 +6,10 @@
 //! slot. Every script runs in strict mode (`#!lua`): a key of another slot, declared or not,
 //! fails the test (no CROSSSLOT, no "non local key"), even when two slots share a node.
 
-use std::time::Duration;
-
-use funcscale_e2e::redis_cluster::RedisCluster;
+use funcscale_e2e::redis_cluster::{RedisCluster, strict};
 use funcscale_protocol::keys::slot;
 use funcscale_protocol::{Envelope, ForwardItem, Keys, OutboxEntry, scripts};
 use redis::AsyncCommands;
-use redis::cluster_async::ClusterConnection;
-
-async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
-
-/// `src` as a strict script: with the `#!lua` shebang Redis refuses any key outside the slot
-/// of the declared keys (the crate's dev-dependency enables protocol feature `strict-scripts`,
-/// which puts it first in every script).
-fn strict(src: &str) -> redis::Script {
-    assert!(
-        src.starts_with("#!lua\n"),
-        "protocol feature strict-scripts"
-    );
-    redis::Script::new(src)
-}
-
-/// A queue id of namespace `ns` whose slot `master` serves.
-async fn queue_on(c: &mut RedisCluster, ns: &str, master: u16) -> String {
-    for i in 0.. {
-        let q = Keys::queue_id(ns, &format!("q{i}"));
-        if c.master_of_slot(slot(&q)).await.unwrap() == master {
-            return q;
-        }
-    }
-    unreachable!()
-}
 
 #[tokio::test]
 async fn destinations_stage_in_the_queues_slot_and_forward_once_into_another_masters_queue() {
@@ -54,9 +18,9 @@ async fn destinations_stage_in_the_queues_slot_and_forward_once_into_another_mas
     assert_eq!(masters.len(), 3);
     let ns = "co";
     let keys = Keys::new("co1").in_namespace(Some(ns.into()));
-    let src = queue_on(&mut c, ns, masters[0]).await;
-    let dst = queue_on(&mut c, ns, masters[1]).await;
-    let mut con = cluster_client(&c).await;
+    let src = c.queue_on(ns, masters[0]).await.unwrap();
+    let dst = c.queue_on(ns, masters[1]).await.unwrap();
+    let mut con = c.cluster_connection().await.unwrap();
     let url = "http://127.0.0.1:9/hook";
     let _: () = con
         .hset_multiple(
@@ -306,8 +270,8 @@ async fn the_workers_delivery_code_runs_on_a_cluster_connection() {
     let masters = c.master_ports().await.unwrap();
     let ns = "cw";
     let keys = Keys::new("cw1").in_namespace(Some(ns.into()));
-    let src = queue_on(&mut c, ns, masters[0]).await;
-    let dst = queue_on(&mut c, ns, masters[2]).await;
+    let src = c.queue_on(ns, masters[0]).await.unwrap();
+    let dst = c.queue_on(ns, masters[2]).await.unwrap();
     let conn = funcscale_connect::Conn::open(&c.url()).await.unwrap();
     assert!(conn.is_cluster());
     let (url, got) = receiver().await;

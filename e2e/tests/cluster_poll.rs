@@ -6,7 +6,7 @@
 //! queues are read again from the promoted replica. An RQ queue's oldest job (its hash on
 //! another slot) is read in two steps.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use funcscale_e2e::redis_cluster::{ClusterOptions, RedisCluster};
 use funcscale_operator::crd::{FuncQueue, FuncQueueSpec, QueueFormat};
@@ -15,13 +15,7 @@ use funcscale_operator::redis_metrics::{
 };
 use funcscale_protocol::keys::slot;
 use funcscale_protocol::{Envelope, Keys};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use funcscale_worker::clock::now_ms;
 
 fn queue(name: &str, format: QueueFormat) -> FuncQueue {
     let mut q = FuncQueue::new(
@@ -36,13 +30,13 @@ fn queue(name: &str, format: QueueFormat) -> FuncQueue {
     q
 }
 
-async fn cluster_client(c: &RedisCluster) -> redis::cluster_async::ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
+/// The poller's configuration in these tests: 1 s to connect, 2 s for a reply.
+fn poller_config() -> PollerConfig {
+    PollerConfig {
+        response_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        ..PollerConfig::default()
+    }
 }
 
 #[tokio::test]
@@ -53,7 +47,7 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
     })
     .await
     .unwrap();
-    let mut con = cluster_client(&c).await;
+    let mut con = c.cluster_connection().await.unwrap();
     let keys = Keys::new("conn3poll");
     let masters = c.master_ports().await.unwrap();
     let endpoint = RedisEndpoint::new(c.url());
@@ -63,15 +57,8 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
     let mut queues = Vec::new();
     for (m, &port) in masters.iter().enumerate() {
         // a queue id (hash tag) whose slot this master serves
-        let mut i = 0;
-        let (name, qid) = loop {
-            let name = format!("q{m}-{i}");
-            let qid = format!("{{ns.{name}}}");
-            if c.master_of_slot(slot(&keys.queue(&qid))).await.unwrap() == port {
-                break (name, qid);
-            }
-            i += 1;
-        };
+        let qid = c.queue_on("ns", port).await.unwrap();
+        let name = Keys::queue_name(&qid).to_string();
         for t in 0..=m {
             let e = Envelope::new(format!("t{t}"), "f", &qid, now - 10_000);
             let _: () = redis::cmd("LPUSH")
@@ -126,12 +113,7 @@ async fn queues_on_three_masters_are_read_and_a_dead_master_fails_only_its_own()
         ),
     );
 
-    let config = PollerConfig {
-        response_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(1),
-        ..PollerConfig::default()
-    };
-    let mut poller = Poller::new(registry, cache.clone(), config);
+    let mut poller = Poller::new(registry, cache.clone(), poller_config());
     let report = poller.poll_once(now).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.nodes.len(), 1);
@@ -253,7 +235,7 @@ async fn the_documented_operator_acl_polls_a_cluster_with_the_cluster_additions_
     let keys = Keys::new("conn3acl");
     for additions in [true, false] {
         let mut c = cluster_with_operator_user(additions).await;
-        let mut con = cluster_client(&c).await;
+        let mut con = c.cluster_connection().await.unwrap();
         let qid = "{ns.acl}";
         let e = Envelope::new("t", "f", qid, now_ms() - 5_000);
         let _: () = redis::cmd("LPUSH")
@@ -278,12 +260,7 @@ async fn the_documented_operator_acl_polls_a_cluster_with_the_cluster_additions_
                 60_000,
             ),
         );
-        let config = PollerConfig {
-            response_timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(1),
-            ..PollerConfig::default()
-        };
-        Poller::new(registry, cache.clone(), config)
+        Poller::new(registry, cache.clone(), poller_config())
             .poll_once(now_ms())
             .await;
         match (additions, cache.get(&id)) {

@@ -6,46 +6,9 @@
 //! so a key of the wrong slot — declared or not — fails the test. Re-sent calls (what the
 //! cluster client does after MOVED or a timeout) change nothing.
 
-use std::time::Duration;
-
-use funcscale_e2e::redis_cluster::RedisCluster;
-use funcscale_protocol::keys::slot;
+use funcscale_e2e::redis_cluster::{RedisCluster, strict};
 use funcscale_protocol::{Envelope, Keys, scripts};
 use redis::AsyncCommands;
-use redis::cluster_async::ClusterConnection;
-
-async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
-
-/// `src` as a strict script: with the `#!lua` shebang Redis refuses any key outside the slot
-/// of the declared keys (the crate's dev-dependency enables protocol feature `strict-scripts`,
-/// which puts it first in every script).
-fn strict(src: &str) -> redis::Script {
-    assert!(
-        src.starts_with("#!lua\n"),
-        "protocol feature strict-scripts"
-    );
-    redis::Script::new(src)
-}
-
-/// A queue id of namespace `ns` whose slot `master` serves.
-async fn queue_on(c: &mut RedisCluster, ns: &str, master: u16) -> String {
-    for i in 0.. {
-        let q = Keys::queue_id(ns, &format!("q{i}"));
-        if c.master_of_slot(slot(&q)).await.unwrap() == master {
-            return q;
-        }
-    }
-    unreachable!()
-}
 
 fn env(id: &str, queue: &str) -> Envelope {
     Envelope::new(id, "noop", queue, 1_000)
@@ -77,11 +40,8 @@ async fn delivery_scripts_touch_one_slot_per_call() {
     assert_eq!(masters.len(), 3);
     let ns = "cs";
     let keys = Keys::new("cs1").in_namespace(Some(ns.into()));
-    let mut queues = Vec::new();
-    for &m in &masters {
-        queues.push(queue_on(&mut c, ns, m).await);
-    }
-    let mut con = cluster_client(&c).await;
+    let queues = c.queue_on_every_master(ns).await.unwrap();
+    let mut con = c.cluster_connection().await.unwrap();
     let enqueue = strict(scripts::ENQUEUE);
     let fetch = strict(scripts::FETCH);
     let claim = strict(scripts::CLAIM);

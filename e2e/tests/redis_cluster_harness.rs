@@ -10,18 +10,6 @@ use std::time::Duration;
 use funcscale_e2e::redis_cluster::RedisCluster;
 use funcscale_protocol::keys::slot;
 use funcscale_protocol::{Keys, TaskStatus};
-use redis::cluster_async::ClusterConnection;
-
-async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
 
 async fn get(
     con: &mut impl redis::aio::ConnectionLike,
@@ -35,17 +23,6 @@ fn assert_redirect(e: &redis::RedisError, kind: redis::ServerErrorKind, to: u16,
     assert_eq!(e.kind(), redis::ErrorKind::Server(kind), "{e}");
     let addr = format!("127.0.0.1:{to}");
     assert_eq!(e.redirect_node(), Some((addr.as_str(), slot)), "{e}");
-}
-
-/// A key of the test's own prefix whose slot `master` serves.
-async fn key_on(c: &mut RedisCluster, master: u16, stem: &str) -> String {
-    for i in 0.. {
-        let key = format!("cl1:{stem}:{i}");
-        if c.master_of_slot(slot(&key)).await.unwrap() == master {
-            return key;
-        }
-    }
-    unreachable!()
 }
 
 #[tokio::test]
@@ -82,7 +59,7 @@ async fn comes_up_and_keys_land_on_the_master_of_their_slot() {
         }
     }
 
-    let mut con = cluster_client(&c).await;
+    let mut con = c.cluster_connection().await.unwrap();
     let mut used = std::collections::BTreeSet::new();
     for i in 0..30 {
         let key = format!("cl1:land:{i}");
@@ -188,7 +165,7 @@ async fn a_slot_migrated_with_its_keys_is_served_by_the_new_owner() {
     let s = slot(&keys[0]);
     let from = c.master_of_slot(s).await.unwrap();
     let to = *masters.iter().find(|m| **m != from).unwrap();
-    let mut con = cluster_client(&c).await;
+    let mut con = c.cluster_connection().await.unwrap();
     for (i, k) in keys.iter().enumerate() {
         let _: () = redis::cmd("SET")
             .arg(k)
@@ -278,7 +255,10 @@ async fn a_replica_takes_over_the_slots_of_a_killed_master() {
     let mut c = RedisCluster::start().await.unwrap();
     let masters = c.master_ports().await.unwrap();
     let old = masters[1];
-    let key = key_on(&mut c, old, "failover").await;
+    let key = c
+        .key_on(old, |i| format!("cl1:failover:{i}"))
+        .await
+        .unwrap();
     let s = slot(&key);
     let replicas: Vec<u16> = {
         let view = c.view(old).await.unwrap();
@@ -289,7 +269,7 @@ async fn a_replica_takes_over_the_slots_of_a_killed_master() {
             .collect()
     };
     assert_eq!(replicas.len(), 1, "one replica per master");
-    let mut con = cluster_client(&c).await;
+    let mut con = c.cluster_connection().await.unwrap();
     // written on the master's own connection: WAIT counts the replicas that acknowledged
     // this connection's writes
     let mut direct = c.connection(old).await.unwrap();

@@ -17,12 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use funcscale_e2e::eventually;
 use funcscale_e2e::redis_topology::{Auth, SentinelOptions, SentinelSet};
-use funcscale_e2e::scenario::{
-    Options, ReplicaHistory, Scenario, log_tails, sample_metrics_available, side_effects,
-    spawn_producer,
-};
+use funcscale_e2e::scenario::{Failover, Options, Scenario, spawn_producer};
 use serde_json::json;
 
 /// How writes are acknowledged in a loss measurement.
@@ -217,17 +213,6 @@ async fn failover_write_loss_by_setting() {
     }
 }
 
-/// The tail of the scenario's logs and the Sentinel set's, to see why.
-fn logs(s: &Scenario, set: &SentinelSet) -> String {
-    log_tails(s, set.dir())
-}
-
-/// The queue's `status.lastPollTime`, parsed.
-async fn last_poll(s: &Scenario, queue: &str) -> Option<k8s_openapi::jiff::Timestamp> {
-    let st = s.queues().get(queue).await.ok()?.status?;
-    st.last_poll_time?.parse().ok()
-}
-
 /// A queue, a Worker pool, a Beat pool and the operator all on the `redis+sentinel://` URL;
 /// a producer pushes 60 tasks (one `funcscale-worker enqueue` each, a failed push re-sent),
 /// the master is SIGKILLed after a third of them: a replica is promoted, every acknowledged
@@ -291,62 +276,16 @@ async fn failover_scenario(name: &str, auth: bool) {
         redis["sentinelPasswordSecretRef"] = key("funcscale-redis-sentinel-password");
     }
 
-    // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir; the checkout,
-    // and so CARGO_TARGET_TMPDIR, may itself be under /tmp, as CI's fresh clone is)
-    let side = tempfile::tempdir_in("/var/tmp").unwrap();
-    let done = side.path().join("done");
-    let handler = format!(
-        "exec:echo \"$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID\" >> {}",
-        done.display()
-    );
-    s.apply_queue(
-        "jobs",
-        json!({"taskTimeMs": 100, "maxRetries": 5, "redis": redis,
-            "schedules": [{"name": "tick", "cron": "*/2 * * * * *", "function": "tick", "args": []}]}),
-    )
-    .await
-    .unwrap();
-    s.apply_pool(
-        "w",
-        json!({"queues": ["jobs"], "processesPerPod": 2, "handler": handler,
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "drainTargetSeconds": 5,
-                "activationDepth": 0, "periodMs": 60000,
-                "scaleDownStabilizationSeconds": 300, "scaleUpMaxStep": 2}}),
-    )
-    .await
-    .unwrap();
-    s.apply_pool("beat", json!({"role": "Beat", "queues": [], "replicas": 1}))
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "2 ready workers, a ready beat, ticks running",
-        || async {
-            let ticks = side_effects(&done).0.get("tick").map_or(0, |t| t.len());
-            (s.replicas("w").await.ok().flatten() == Some((2, 2))
-                && s.replicas("beat").await.ok().flatten() == Some((1, 1))
-                && ticks >= 1)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
-    let history = ReplicaHistory::start(s.deployments(), "w");
-    let worker_pids = s.pod_ids("w").await;
-    let beat_pids = s.pod_ids("beat").await;
+    let mut f = Failover::start(&s, redis, set.dir()).await;
 
     // the producer: one process per task, a failed push re-sent until it is acknowledged
-    let (producer, produced, failed_pushes, stop) =
-        spawn_producer(&s, &url, env.clone(), N, Duration::from_millis(150));
+    let producer = spawn_producer(&s, &url, env, N, Duration::from_millis(150));
 
     // a third of the way: the master dies
-    eventually(
-        Duration::from_secs(60),
-        "a third of the tasks pushed",
-        || async { (produced.lock().unwrap().len() >= N / 3).then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
+    producer
+        .wait_acknowledged(N / 3, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
     // the writes acknowledged so far are on both replicas (a write of ours, then WAIT 2): what
     // asynchronous replication loses in the last moment is measured apart
     // (`failover_write_loss_by_setting`)
@@ -355,122 +294,16 @@ async fn failover_scenario(name: &str, auth: bool) {
         .await
         .unwrap();
     assert_eq!(replicas, 2);
-    let size_at_kill = s.replicas("w").await.unwrap().unwrap().0;
-    // what the pool says about its metrics through the switch
-    let (sampler, seen_conditions) = sample_metrics_available(&s, "w");
-    let poll_at_kill = last_poll(&s, "jobs").await;
-    let killed = Instant::now();
+    f.at_kill().await;
     let old = set.kill_master().await.unwrap();
     let new = set
         .wait_for_new_master(old, Duration::from_secs(30))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
-    let promoted_after = killed.elapsed();
-    let ticks_at_promotion = side_effects(&done).0.get("tick").map_or(0, |t| t.len());
-    eprintln!(
-        "master 127.0.0.1:{old} killed; 127.0.0.1:{new} promoted after {promoted_after:?}; \
-         {} tasks pushed by then",
-        produced.lock().unwrap().len()
-    );
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    f.promoted(old, new, &producer);
 
-    // every acknowledged task runs (at least once)
-    tokio::time::timeout(Duration::from_secs(120), producer)
-        .await
-        .unwrap_or_else(|_| {
-            stop.store(true, Ordering::SeqCst);
-            panic!("the producer did not finish\n{}", logs(&s, &set))
-        })
-        .unwrap();
-    let produced: BTreeSet<String> = produced.lock().unwrap().iter().cloned().collect();
-    assert_eq!(produced.len(), N);
-    let ran = eventually(
-        Duration::from_secs(90),
-        "every acknowledged task ran",
-        || async {
-            let (by_func, _) = side_effects(&done);
-            let ran = by_func.get("job").cloned().unwrap_or_default();
-            produced.is_subset(&ran).then_some(ran)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| {
-        let ran = side_effects(&done).0.remove("job").unwrap_or_default();
-        let missing: Vec<_> = produced.difference(&ran).collect();
-        panic!("{e}: missing {missing:?}\n{}", logs(&s, &set))
-    });
-    assert_eq!(ran.len(), N, "distinct task ids that ran");
-
-    // the beat reconnected: its schedule fires after the failover
-    eventually(
-        Duration::from_secs(30),
-        "the beat fires after the failover",
-        || async {
-            let ticks = side_effects(&done).0.get("tick").map_or(0, |t| t.len());
-            (ticks >= ticks_at_promotion + 2).then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
-
-    // the operator reads the queue from the new master: its status moves on and says Ready
-    eventually(
-        Duration::from_secs(30),
-        "the queue's status polled after the failover, MetricsAvailable=True",
-        || async {
-            let polled = last_poll(&s, "jobs").await?;
-            let fresh = poll_at_kill.is_none_or(|p| polled > p);
-            let ok = s
-                .condition("w", "MetricsAvailable")
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.0 == "True");
-            (fresh && ok).then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&s, &set)));
-    sampler.abort();
-    // the switch showed in the pool's condition (the sentinels take over a second to act: the
-    // operator's polls fail meanwhile), and it holds the size while saying so
-    let seen = seen_conditions.lock().unwrap().clone();
-    assert!(
-        seen.contains(&("False".into(), "RedisUnavailable".into())),
-        "MetricsAvailable through the switch: {seen:?}"
-    );
-    assert!(
-        seen.iter()
-            .all(|(st, reason)| st == "True" || reason == "RedisUnavailable"),
-        "MetricsAvailable through the switch: {seen:?}"
-    );
-    // the pool's size was held through the switch (never below its size at the kill)
-    let sizes = history.values();
-    assert!(
-        sizes.iter().all(|r| *r >= size_at_kill.min(2)),
-        "the pool shrank during the failover: {sizes:?}"
-    );
-    // the workers reconnected rather than crashed: the same processes served throughout
-    let pids_after = s.pod_ids("w").await;
-    let beat_after = s.pod_ids("beat").await;
-    let (_, executions) = side_effects(&done);
-    eprintln!(
-        "sentinel failover: {N} tasks acknowledged, {} failed pushes re-sent, {executions} \
-         executions in all, pool sizes {sizes:?}, MetricsAvailable through the switch \
-         {:?}, worker processes before {worker_pids:?} after {pids_after:?}",
-        failed_pushes.load(Ordering::SeqCst),
-        seen_conditions.lock().unwrap()
-    );
-    assert_eq!(
-        worker_pids,
-        pids_after,
-        "worker processes were replaced: they exited instead of reconnecting\n{}",
-        logs(&s, &set)
-    );
-    assert_eq!(
-        beat_pids,
-        beat_after,
-        "the beat process was replaced: it exited instead of reconnecting\n{}",
-        logs(&s, &set)
-    );
+    // every acknowledged task runs, the beat fires, the operator reads the queue from the new
+    // master and held the pool's size, the same processes served throughout
+    f.check(producer, N, "sentinel failover").await;
     s.shutdown().await;
 }

@@ -7,6 +7,8 @@
 //!   (a member of a set) is there at the end, duplicates are counted, the queues, in-flight
 //!   lists and running sets are empty and the workers exit 0 on SIGTERM;
 //! - a SIGKILLed worker's tasks are recovered by the other;
+//! - a task moved by a `BLMOVE` whose reply was lost (its connection killed) runs at the
+//!   slot's next turn, though the queue ahead of it in priority order stays busy;
 //! - a worker (and a beat) without a namespace refuses to start, saying why;
 //! - the beat fires a per-second schedule into queues on two masters exactly once per tick;
 //! - `#[ignore]`d benchmark (`make bench`): worker throughput on the cluster vs one node.
@@ -695,5 +697,188 @@ async fn an_idle_pool_waits_on_every_queue_and_starts_pushed_tasks_at_once() {
         worst < 500,
         "a waiter on each queue takes its task at once ({worst} ms)"
     );
+    assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
+}
+
+/// Ids of the clients of a node blocked in a `BLMOVE` now (`CLIENT LIST`: `flags` has `b`).
+async fn blocked_in_blmove(con: &mut redis::aio::MultiplexedConnection) -> Vec<u64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(con)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+            };
+            (field("cmd") == Some("blmove") && field("flags")?.contains('b'))
+                .then(|| field("id")?.parse().ok())?
+        })
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A `BLMOVE` whose reply is lost: Redis moved queue B's task into the slot's in-flight list,
+/// then the connection died, so the worker never learnt of it (no claim into the running set,
+/// and the slot is alive: no reaper). With `--order priority` A, B and A kept busy, each turn
+/// takes A's next task before looking at B's lists: the task waited until A was empty. The
+/// slot's next turn looks in B's list first and runs it while A still has most of its tasks.
+#[tokio::test]
+async fn a_task_whose_blmove_reply_was_lost_runs_while_a_higher_priority_queue_is_busy() {
+    let mut c = RedisCluster::start().await.unwrap();
+    let url = c.url();
+    let keys = Keys::default();
+    let queues = queues_on_masters(&mut c, &keys, 2).await;
+    let (a, b) = (
+        Keys::queue_id(NS, &queues[0]),
+        Keys::queue_id(NS, &queues[1]),
+    );
+    let mut con = cluster_client(&c).await;
+    let port_b = c.master_of_slot(slot(&keys.queue(&b))).await.unwrap();
+    let mut on_b = c.connection(port_b).await.unwrap();
+    // two slots, both idle: one blocks on A, the other on B (the queue with fewer waiters)
+    let mut w = start_worker(
+        &url,
+        "prio",
+        &queues,
+        &["--processes", "2", "--order", "priority"],
+    );
+    let (done_b, done_a) = (format!("done:{b}"), format!("done:{a}"));
+    let inflight_b = format!("{}:inflight:{b}:*", keys.prefix());
+    let mut attempt = 0;
+    let (id, killed_at) = loop {
+        attempt += 1;
+        assert!(attempt <= 10, "no BLMOVE of queue B with its reply lost");
+        let client = eventually(Duration::from_secs(20), "one slot blocked on B", || {
+            let mut on_b = on_b.clone();
+            async move {
+                let blocked = blocked_in_blmove(&mut on_b).await;
+                (blocked.len() == 1).then(|| blocked[0])
+            }
+        })
+        .await
+        .unwrap();
+        let id = format!("lost-{attempt}");
+        let mut env = funcscale_protocol::Envelope::new(&id, "record", &b, unix_ms());
+        env.args = serde_json::json!([done_b, 0]);
+        // One write: Redis runs the three in one go. The LPUSH serves the blocked BLMOVE (the
+        // task moves into the slot's list, its reply is queued), the KILL frees that client
+        // before the reply is written; the LLEN says whether the task moved. (Not in a MULTI:
+        // Redis serves blocked clients after the EXEC, when the KILL has freed this one.)
+        let (_, killed, left): (i64, i64, i64) = redis::pipe()
+            .lpush(keys.queue(&b), env.to_json())
+            .cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(client)
+            .llen(keys.queue(&b))
+            .query_async(&mut on_b)
+            .await
+            .unwrap();
+        let killed_at = Instant::now();
+        if killed == 1 && left == 0 {
+            break (id, killed_at);
+        }
+        // the client was between two BLMOVEs: the task is taken the usual way; again
+        eprintln!("attempt {attempt}: killed {killed}, {left} left in B");
+        eventually(Duration::from_secs(10), "the task to run", || {
+            let mut con = con.clone();
+            let (done_b, id) = (done_b.clone(), id.clone());
+            async move {
+                let ran: bool = redis::cmd("SISMEMBER")
+                    .arg(&done_b)
+                    .arg(&id)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                ran.then_some(())
+            }
+        })
+        .await
+        .unwrap();
+    };
+    // A full of 30 ms tasks at once (in-process: well inside the 1 s the failed slot waits)
+    let envs: Vec<_> = (0..200)
+        .map(|n| {
+            let mut e =
+                funcscale_protocol::Envelope::new(format!("a-{n}"), "record", &a, unix_ms());
+            e.args = serde_json::json!([done_a, 30]);
+            e
+        })
+        .collect();
+    let mut producer = funcscale_connect::Conn::open(&url).await.unwrap();
+    funcscale_worker::protocol::enqueue(&mut producer, &keys, &a, &envs)
+        .await
+        .unwrap();
+    // the move happened with its reply lost: the task sits in one of B's in-flight lists
+    // (not claimed into the running set, not started); a reply that got through would have
+    // had it claimed and started within milliseconds
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lists: Vec<String> = redis::cmd("KEYS")
+        .arg(&inflight_b)
+        .query_async(&mut on_b)
+        .await
+        .unwrap();
+    assert_eq!(
+        lists.len(),
+        1,
+        "the task is in one in-flight list: {lists:?}"
+    );
+    let running: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.running(&b))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut on_b)
+        .await
+        .unwrap();
+    let ran: bool = redis::cmd("SISMEMBER")
+        .arg(&done_b)
+        .arg(&id)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        running.is_empty() && !ran,
+        "the worker did not get the reply (running set {running:?}, ran: {ran})"
+    );
+    eprintln!(
+        "attempt {attempt}: {id} moved into {} with its reply lost",
+        lists[0]
+    );
+    // the stranded task runs while A is still busy
+    let waiting_a = eventually(Duration::from_secs(20), "B's task to run", || {
+        let mut con = con.clone();
+        let (done_b, id, a) = (done_b.clone(), id.clone(), keys.queue(&a));
+        async move {
+            // A's length first: a task of A may end between the two reads, never B's start
+            let left = int(&mut con, "LLEN", &a).await;
+            let ran: bool = redis::cmd("SISMEMBER")
+                .arg(&done_b)
+                .arg(&id)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            ran.then_some(left)
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "{id} ran {:?} after the kill, {waiting_a} of A's 200 tasks still waiting",
+        killed_at.elapsed()
+    );
+    assert!(
+        waiting_a >= 50,
+        "B's task ran while A was busy, not after it drained ({waiting_a} of A's tasks waiting)"
+    );
+    wait_drained(&mut c, &con, &[a, b], Duration::from_secs(30)).await;
     assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
 }

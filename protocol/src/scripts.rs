@@ -368,6 +368,58 @@ mod tests {
         assert_eq!(send(&mut con, 120_001), 4, "a new enqueue of the same ids");
     }
 
+    /// fetch.lua returns a task left in the slot's in-flight list (a move whose reply was
+    /// lost) before taking one, entering its list in the running set; `recover` only does that
+    /// (a queue's task stays there), and says `false` when the lists are empty.
+    #[test]
+    fn fetch_returns_a_left_task_and_recover_takes_none() {
+        let scratch = Scratch::new("fetch");
+        let k = Keys::new(scratch.0.as_str());
+        let mut con = redis();
+        let script = redis::Script::new(FETCH);
+        let (a, b) = ("{ns.a}", "{ns.b}");
+        let fetch = |con: &mut redis::Connection, mode: Option<&str>| {
+            let mut inv = script.prepare_invoke();
+            for q in [a, b] {
+                inv.key(k.queue(q))
+                    .key(k.inflight_q(q, "w-1.0"))
+                    .key(k.running(q));
+            }
+            inv.arg(5_000u64);
+            if let Some(m) = mode {
+                inv.arg(m);
+            }
+            inv.invoke::<Option<(String, u64)>>(con).unwrap()
+        };
+        let push = |con: &mut redis::Connection, key: &str, v: &str| {
+            let _: () = redis::cmd("LPUSH").arg(key).arg(v).query(con).unwrap();
+        };
+        push(&mut con, &k.queue(a), "a1");
+        assert_eq!(
+            fetch(&mut con, Some("recover")),
+            None,
+            "nothing left: none taken"
+        );
+        // `b`'s move whose reply was lost (a BLMOVE: its list is not in the running set)
+        push(&mut con, &k.inflight_q(b, "w-1.0"), "b1");
+        assert_eq!(fetch(&mut con, Some("recover")), Some(("b1".into(), 2)));
+        let score: Option<u64> = redis::cmd("ZSCORE")
+            .arg(k.running(b))
+            .arg(k.inflight_q(b, "w-1.0"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(score, Some(5_000), "the list entered the running set");
+        // the normal fetch returns it too, before `a`'s task
+        assert_eq!(fetch(&mut con, None), Some(("b1".into(), 2)));
+        let len: u64 = redis::cmd("LLEN").arg(k.queue(a)).query(&mut con).unwrap();
+        assert_eq!(len, 1, "a's task is still queued");
+        let _: () = redis::cmd("DEL")
+            .arg(k.inflight_q(b, "w-1.0"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(fetch(&mut con, None), Some(("a1".into(), 1)));
+    }
+
     /// A re-sent `started` counts the start once.
     #[test]
     fn started_re_sent_counts_once() {

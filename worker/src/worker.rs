@@ -9,7 +9,11 @@
 //! the queues in fair or priority order, else a blocking `BLMOVE`), runs it, then in one
 //! script removes it from the in-flight list and — on failure — puts it in the delayed set
 //! (retry) or the dead-letter list. A slot only fetches when it is free, so a pod holds at
-//! most one task per process and the queue length is the true backlog.
+//! most one task per process and the queue length is the true backlog. A task already in one
+//! of the slot's lists when it fetches (a move whose reply was lost) is returned again; on
+//! Redis Cluster, where one fetch call covers one hash slot's queues, a queue whose fetch or
+//! `BLMOVE` failed is looked at first in the slot's next turn (fetch.lua's `recover`), so the
+//! task does not wait behind the busier queues of a priority order.
 //!
 //! Slots heartbeat into `Keys::slots` (member = slot id) and describe themselves in
 //! `Keys::worker` (queues, pod; no TTL). Any worker's reaper moves the in-flight tasks of
@@ -1101,6 +1105,12 @@ impl Inner {
         let mut con = self.redis.clone();
         let multi = self.config.queues.len() > 1;
         let mut marked = self.stopped.subscribe();
+        // On a cluster: the queues (indexes) whose move into this slot's in-flight list may
+        // have run with its reply lost (a fetch call or a BLMOVE that failed), each with when
+        // to look there next. A turn looks in their lists first (fetch.lua `recover`): the
+        // turn's own calls stop at the first group with a task, and with the queues in
+        // priority order that may never be theirs while the first queues stay busy.
+        let mut suspect: HashMap<usize, Instant> = HashMap::new();
         loop {
             if *stop.borrow() {
                 return;
@@ -1116,28 +1126,51 @@ impl Inner {
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);
             let mut fetched: redis::RedisResult<Option<(String, usize)>> = Ok(None);
-            // on a cluster one call per hash slot, in the try order, until one has a task
-            for group in fetch_groups(keys, &self.config.queues, &order, cluster) {
-                let mut inv = self.scripts.fetch.prepare_invoke();
-                for &i in &group {
-                    let q = &self.config.queues[i];
-                    inv.key(keys.queue(q))
-                        .key(keys.inflight_q(q, &slot))
-                        .key(keys.running(q));
-                }
-                inv.arg(now_ms());
-                fetched = inv
-                    .invoke_async::<Option<(String, usize)>>(&mut con)
-                    .await
-                    .map(|got| {
-                        got.map(|(raw, n)| (raw, group[n.saturating_sub(1).min(group.len() - 1)]))
-                    });
-                if !matches!(fetched, Ok(None)) {
-                    break;
+            if !suspect.is_empty() {
+                let now = Instant::now();
+                let due: Vec<usize> = order
+                    .iter()
+                    .copied()
+                    .filter(|i| suspect.get(i).is_some_and(|t| *t <= now))
+                    .collect();
+                for group in fetch_groups(keys, &self.config.queues, &due, true) {
+                    match self.fetch_call(&mut con, &slot, &group, true).await {
+                        Ok(Some((raw, i))) => {
+                            // it stays suspect: the next turn looks again, until nothing is there
+                            tracing::info!(queue = %self.config.queues[i], "running a task whose fetch reply was lost");
+                            fetched = Ok(Some((raw, i)));
+                            break;
+                        }
+                        Ok(None) => suspect.retain(|i, _| !group.contains(i)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, node = %self.redis.describe(), "looking for a task whose fetch reply was lost failed");
+                            // the turn goes on with the other queues; this call again in 1 s
+                            let again = now + Duration::from_secs(1);
+                            suspect.extend(group.iter().map(|&i| (i, again)));
+                        }
+                    }
                 }
             }
-            let (raw, from) = match fetched {
-                Ok(Some((raw, i))) => (raw, self.config.queues[i].as_str()),
+            // on a cluster one call per hash slot, in the try order, until one has a task
+            if matches!(fetched, Ok(None)) {
+                for group in fetch_groups(keys, &self.config.queues, &order, cluster) {
+                    fetched = self.fetch_call(&mut con, &slot, &group, false).await;
+                    match &fetched {
+                        // the call's first phase looked in the group's lists
+                        Ok(_) => suspect.retain(|i, _| !group.contains(i)),
+                        // Redis may have run it: a task may be in the group's lists
+                        Err(_) if cluster => {
+                            suspect.extend(group.iter().map(|&i| (i, Instant::now())));
+                        }
+                        Err(_) => {}
+                    }
+                    if !matches!(fetched, Ok(None)) {
+                        break;
+                    }
+                }
+            }
+            let (raw, qi) = match fetched {
+                Ok(Some(got)) => got,
                 Ok(None) => {
                     // Nothing anywhere: block on one queue. One server or Sentinel: the first
                     // of this turn's order (rotating), briefly when there are others. A
@@ -1223,7 +1256,7 @@ impl Inner {
                             if let Err(e) = claimed {
                                 tracing::warn!(error = %e, "marking a task running failed");
                             }
-                            (raw, from)
+                            (raw, pick)
                         }
                         Ok(None) => continue,
                         Err(e) => {
@@ -1238,6 +1271,11 @@ impl Inner {
                             // TRYAGAIN): the slot map is read again before the next open
                             self.redis.after_error(&e);
                             blocking.remove(&addr);
+                            // Redis may have moved a task (a connection broken or a
+                            // response timeout after the move): the next turn looks
+                            if cluster {
+                                suspect.insert(pick, Instant::now());
+                            }
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                             continue;
                         }
@@ -1249,16 +1287,48 @@ impl Inner {
                     continue;
                 }
             };
+            let from = self.config.queues[qi].as_str();
             let inflight = keys.inflight_q(from, &slot);
             if let Err(e) = self
                 .execute(index, &inflight, from, raw, cancel.clone())
                 .await
             {
-                // The task stays in flight; the reaper or our final sweep puts it back.
+                // The task stays in flight; the reaper or our final sweep puts it back, or
+                // (still ours) a later fetch of this slot returns it.
+                if cluster {
+                    suspect.insert(qi, Instant::now());
+                }
                 tracing::warn!(error = %e, "finishing a task failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+
+    /// One `fetch.lua` call of slot `slot` over the queues `group` (indexes into
+    /// `config.queues`, in the order to try; one hash slot on a cluster): the task and the index
+    /// of its queue. `recover`: only a task already in the slot's in-flight lists of those
+    /// queues (one whose move's reply was lost), none taken from a queue.
+    async fn fetch_call(
+        &self,
+        con: &mut Conn,
+        slot: &str,
+        group: &[usize],
+        recover: bool,
+    ) -> redis::RedisResult<Option<(String, usize)>> {
+        let keys = &self.config.keys;
+        let mut inv = self.scripts.fetch.prepare_invoke();
+        for &i in group {
+            let q = &self.config.queues[i];
+            inv.key(keys.queue(q))
+                .key(keys.inflight_q(q, slot))
+                .key(keys.running(q));
+        }
+        inv.arg(now_ms());
+        if recover {
+            inv.arg("recover");
+        }
+        let got = inv.invoke_async::<Option<(String, usize)>>(con).await?;
+        Ok(got.map(|(raw, n)| (raw, group[n.saturating_sub(1).min(group.len() - 1)])))
     }
 
     fn limits(&self, env: &Envelope) -> Limits {
@@ -1645,7 +1715,8 @@ pub const SWEEP_EVERY_MS: u64 = 30_000;
 /// group per call (each call tried in turn until one returns a task). `per_slot` false
 /// (standalone, Sentinel): every queue in one call, one round trip. `per_slot` true (Redis
 /// Cluster): one call per run of consecutive queues in one hash slot, so each call touches
-/// one slot.
+/// one slot (and looks only in the slot's in-flight lists of its queues: see `suspect` in
+/// [`Inner::slot_loop`]).
 fn fetch_groups(
     keys: &Keys,
     queues: &[String],

@@ -28,14 +28,9 @@ const NS: &str = "cw";
 /// Tasks per queue and enqueue round in the migration and failover test.
 const PER_ROUND: u64 = 350;
 
+/// A cluster connection that rides out a failover (10 s replies, 30 retries).
 async fn cluster_client(c: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClient::builder(c.seeds())
-        .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(10))
-        .retries(30)
-        .build()
-        .unwrap()
-        .get_async_connection()
+    c.cluster_connection_with(|b| b.response_timeout(Duration::from_secs(10)).retries(30))
         .await
         .unwrap()
 }

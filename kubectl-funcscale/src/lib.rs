@@ -74,7 +74,7 @@ pub struct RedisFlags {
     /// through their own spec.redis).
     #[command(flatten)]
     pub auth: funcscale_worker::worker::RedisAuth,
-    /// Key prefix shared with the workers and the operator (no braces or whitespace).
+    /// Key prefix shared with the workers and the operator (no `{` or whitespace).
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true, value_parser = protocol::keys::parse_prefix)]
     pub prefix: String,
 }

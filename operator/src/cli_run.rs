@@ -31,7 +31,7 @@ use crate::{pool, queue, telemetry, triggers, watches};
 pub struct RunArgs {
     /// Redis of queues that do not name their own (`spec.redis`): `redis://`, `rediss://`, a
     /// Sentinel set's master `redis+sentinel://host:26379,host2/<master>[/db]`, or a Redis
-    /// Cluster `redis+cluster://host:6379,host2:6379` (polled; workers do not run there yet).
+    /// Cluster `redis+cluster://host:6379,host2:6379` (seed nodes; database 0).
     #[arg(
         long,
         env = "FUNCSCALE_REDIS_URL",
@@ -85,7 +85,7 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Redis key prefix shared with the workers (no braces or whitespace).
+    /// Redis key prefix shared with the workers (no `{` or whitespace).
     #[arg(long, default_value = funcscale_protocol::DEFAULT_PREFIX, value_parser = funcscale_protocol::keys::parse_prefix)]
     pub key_prefix: String,
     /// Name of the leader-election Lease.

@@ -380,8 +380,8 @@ pub struct RedisConnection {
     /// (`rediss+sentinel://` for TLS; the hosts are sentinels, port 26379 by default; workers,
     /// beat and operator follow a failover), or a Redis Cluster:
     /// `redis+cluster://node-0.redis:6379,node-1.redis:6379` (`rediss+cluster://` for TLS;
-    /// seed nodes, database 0 only; the operator polls it, workers and beat do not run on a
-    /// cluster yet).
+    /// seed nodes, database 0 only; the operator reads one pipeline per master, workers and
+    /// beat follow slot moves and failovers; Celery and `legacyKeys` queues cannot run there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^rediss?(\\+sentinel|\\+cluster)?://"))]
     #[x_kube(

@@ -4,16 +4,16 @@
 pub const DEFAULT_PREFIX: &str = "funcscale";
 
 /// Check a key prefix given on a command line (`--prefix`, `--key-prefix`): not empty, no
-/// whitespace, and no `{` or `}`: Redis Cluster hashes the part of a key between its first `{`
-/// and the next `}`, so a brace in the prefix would become every key's hash tag and a queue's
-/// keys would no longer share one hash slot (its scripts would fail with `CROSSSLOT`).
+/// whitespace, and no `{`: Redis Cluster hashes the part of a key between its first `{` and the
+/// next `}`, so a `{` in the prefix would start every key's hash tag and a queue's keys would no
+/// longer share one hash slot (its scripts would fail with `CROSSSLOT`).
 pub fn parse_prefix(p: &str) -> Result<String, String> {
     if p.is_empty() {
         return Err("the key prefix must not be empty".into());
     }
-    if p.contains(['{', '}']) {
+    if p.contains('{') {
         return Err(format!(
-            "the key prefix {p:?} contains a brace: it would become the Redis Cluster hash tag of every key (a queue's keys would no longer share a slot)"
+            "the key prefix {p:?} contains '{{': it would start the Redis Cluster hash tag of every key (a queue's keys would no longer share a slot)"
         ));
     }
     if p.contains(char::is_whitespace) {
@@ -793,7 +793,12 @@ mod tests {
     fn a_prefix_with_braces_or_whitespace_is_refused() {
         assert_eq!(parse_prefix("funcscale-prod").unwrap(), "funcscale-prod");
         assert_eq!(parse_prefix("a:b").unwrap(), "a:b");
-        for bad in ["", "fs{x}", "fs}", "f s"] {
+        assert_eq!(
+            parse_prefix("fs}").unwrap(),
+            "fs}",
+            "a lone '}' starts no tag"
+        );
+        for bad in ["", "fs{x}", "fs{", "f s"] {
             assert!(parse_prefix(bad).is_err(), "{bad:?}");
         }
         assert!(parse_prefix("fs{").unwrap_err().contains("hash tag"));

@@ -43,7 +43,7 @@ pub struct RedisArgs {
     /// Username and password given apart from the URL.
     #[command(flatten)]
     pub auth: RedisAuth,
-    /// Key prefix (no braces or whitespace).
+    /// Key prefix (no `{` or whitespace).
     #[arg(long, env = "FUNCSCALE_PREFIX", default_value = protocol::DEFAULT_PREFIX, global = true, value_parser = protocol::keys::parse_prefix)]
     pub prefix: String,
     /// Kubernetes namespace of the FuncQueues that `--queue` / `--queues` name: each name

@@ -185,4 +185,30 @@ mod tests {
             .is_ok()
         );
     }
+
+    /// The args the chart renders for a default Sentinel set with a sentinel password
+    /// (charts/funcscale/ci/sentinel-values.yaml) parse; the username key needs the Secret.
+    #[test]
+    fn worker_sentinel_secret_flags_parse_as_the_chart_renders_them() {
+        let argv = [
+            "funcscale-operator",
+            "run",
+            "--worker-redis-sentinel-secret=redis-sentinel/password",
+            "--worker-redis-sentinel-username-key=username",
+        ];
+        let super::Command::Run(r) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not run")
+        };
+        let s = r.worker_redis_sentinel_secret.unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.key.as_str()),
+            ("redis-sentinel", "password")
+        );
+        assert_eq!(
+            r.worker_redis_sentinel_username_key.as_deref(),
+            Some("username")
+        );
+        let e = parse_err(&["run", "--worker-redis-sentinel-username-key=username"]);
+        assert!(e.contains("--worker-redis-sentinel-secret"), "{e}");
+    }
 }

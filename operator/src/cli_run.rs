@@ -51,14 +51,28 @@ pub struct RunArgs {
     #[arg(long, env = funcscale_protocol::connection::SENTINEL_USERNAME_ENV, hide_env_values = true)]
     pub redis_sentinel_username: Option<String>,
     /// Password the sentinels of a `redis+sentinel://` `--redis-url` require (prefer the
-    /// environment variable). Pools on the default Redis then need queues with `spec.redis`:
-    /// a password is never written into a pod spec.
+    /// environment variable). Pools on the default Redis then need
+    /// `--worker-redis-sentinel-secret` (or queues with `spec.redis`): a password is never
+    /// written into a pod spec.
     #[arg(long, env = funcscale_protocol::connection::SENTINEL_PASSWORD_ENV, hide_env_values = true)]
     pub redis_sentinel_password: Option<String>,
     /// Secret `NAME/KEY` in each pool's namespace with the default Redis URL for the worker
     /// pods (needed when `--redis-url` carries a password: it is never put in a pod spec).
     #[arg(long, env = "FUNCSCALE_WORKER_REDIS_SECRET", value_parser = parse_secret_ref)]
     pub worker_redis_secret: Option<crate::crd::SecretKeyRef>,
+    /// Secret `NAME/KEY` in each pool's namespace with the password the sentinels of a
+    /// `redis+sentinel://` `--redis-url` require, for the worker pods of queues without
+    /// `spec.redis` (they get it as `FUNCSCALE_REDIS_SENTINEL_PASSWORD` from the Secret).
+    #[arg(long, env = "FUNCSCALE_WORKER_REDIS_SENTINEL_SECRET", value_parser = parse_secret_ref)]
+    pub worker_redis_sentinel_secret: Option<crate::crd::SecretKeyRef>,
+    /// Key of the same Secret with the sentinels' ACL username, when they require one
+    /// (`FUNCSCALE_REDIS_SENTINEL_USERNAME` of the pods).
+    #[arg(
+        long,
+        env = "FUNCSCALE_WORKER_REDIS_SENTINEL_USERNAME_KEY",
+        requires = "worker_redis_sentinel_secret"
+    )]
+    pub worker_redis_sentinel_username_key: Option<String>,
     /// Worker image for pools that set none.
     #[arg(long, env = "FUNCSCALE_WORKER_IMAGE", default_value_t = default_worker_image())]
     pub worker_image: String,
@@ -302,6 +316,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.redis_sentinel_password.as_deref(),
         ),
         worker_redis_secret: args.worker_redis_secret.clone(),
+        worker_redis_sentinel_secret: args
+            .worker_redis_sentinel_secret
+            .clone()
+            .map(|s| (s, args.worker_redis_sentinel_username_key.clone())),
         keys: funcscale_protocol::Keys::new(args.key_prefix.clone()),
         ..Config::default()
     };

@@ -36,6 +36,10 @@ pub struct Config {
     /// Secret (in each pool's namespace) holding the default Redis URL for the pods, when
     /// that URL carries a password.
     pub worker_redis_secret: Option<crate::crd::SecretKeyRef>,
+    /// Secret (in each pool's namespace) holding the password the sentinels of the default
+    /// Redis (a `redis+sentinel://` URL) require, for the pods; with the key of the sentinels'
+    /// ACL username in the same Secret, if they require one.
+    pub worker_redis_sentinel_secret: Option<(crate::crd::SecretKeyRef, Option<String>)>,
     /// Redis key prefix shared with the workers.
     pub keys: Keys,
     /// Period P of the cron-load formula for queues' static schedules (ms).
@@ -53,6 +57,7 @@ impl Default for Config {
             worker_image: default_worker_image(),
             default_redis: RedisEndpoint::new("redis://127.0.0.1:6379/0"),
             worker_redis_secret: None,
+            worker_redis_sentinel_secret: None,
             keys: Keys::default(),
             period_ms: crate::policy::DEFAULT_PERIOD_MS,
             resync: Duration::from_secs(60),

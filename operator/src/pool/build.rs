@@ -172,13 +172,16 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
             }
             v
         }
-        _ if config.default_redis.has_sentinel_password() => {
+        _ if config.default_redis.has_sentinel_password()
+            && config.worker_redis_sentinel_secret.is_none() =>
+        {
             return Err(Error::invalid(
                 "spec.queues",
                 "the queues use the operator's default Redis, whose sentinels take a password \
-                 (--redis-sentinel-password): it is never written into a pod spec; give the queues \
-                 spec.redis with the redis+sentinel:// url (or urlSecretRef) and \
-                 sentinelPasswordSecretRef",
+                 (--redis-sentinel-password): it is never written into a pod spec; start the \
+                 operator with --worker-redis-sentinel-secret NAME/KEY (a Secret in the pool's \
+                 namespace) or give the queues spec.redis with the redis+sentinel:// url (or \
+                 urlSecretRef) and sentinelPasswordSecretRef",
             ));
         }
         _ => match &config.worker_redis_secret {
@@ -195,7 +198,26 @@ pub fn redis_env(conn: Option<&RedisConnection>, config: &Config) -> Result<Vec<
             // `--redis-username` stays the operator's: the pods get theirs from the URL or
             // from `--worker-redis-secret`)
             None => vec![env("FUNCSCALE_REDIS_URL", config.default_redis.url())],
-        },
+        }
+        .into_iter()
+        // the default Redis's sentinels' login, from the Secret in the pool's namespace
+        .chain(
+            config
+                .worker_redis_sentinel_secret
+                .iter()
+                .filter(|_| config.default_redis.topology() == "sentinel")
+                .flat_map(|(s, username_key)| {
+                    std::iter::once(env_secret(
+                        connection::SENTINEL_PASSWORD_ENV,
+                        &s.name,
+                        &s.key,
+                    ))
+                    .chain(username_key.iter().map(|k| {
+                        env_secret(connection::SENTINEL_USERNAME_ENV, &s.name, k)
+                    }))
+                }),
+        )
+        .collect(),
     };
     // the sentinels' own login goes with the queue's URL (in `url` or `urlSecretRef`)
     if let Some(c) = conn.filter(|c| c.url.is_some() || c.url_secret_ref.is_some()) {
@@ -1376,5 +1398,38 @@ mod tests {
             e.iter().all(|e| e.name != "FUNCSCALE_REDIS_USERNAME"),
             "{e:?}"
         );
+
+        // a default Sentinel set whose sentinels take a password: refused without
+        // --worker-redis-sentinel-secret, else the pods read it (and the username) from it
+        let url = "redis+sentinel://s0:26379,s1:26379/mymaster/0";
+        let mut c = Config {
+            default_redis: crate::redis_metrics::RedisEndpoint::new(url)
+                .with_sentinel_credentials(Some("sen"), Some("spw")),
+            ..Config::default()
+        };
+        let err = redis_env(None, &c).unwrap_err();
+        assert_eq!(err.category(), "invalid_spec");
+        assert!(
+            err.to_string().contains("--worker-redis-sentinel-secret"),
+            "{err}"
+        );
+        c.worker_redis_sentinel_secret = Some((r("sentinels"), Some("user".into())));
+        let e = redis_env(None, &c).unwrap();
+        let secret = |name: &str| {
+            e.iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.value_from.as_ref()?.secret_key_ref.clone())
+                .map(|s| (s.name, s.key))
+        };
+        assert_eq!(e[0].value.as_deref(), Some(url), "no password in the URL");
+        assert_eq!(
+            secret("FUNCSCALE_REDIS_SENTINEL_PASSWORD"),
+            Some(("sentinels".into(), "k".into()))
+        );
+        assert_eq!(
+            secret("FUNCSCALE_REDIS_SENTINEL_USERNAME"),
+            Some(("sentinels".into(), "user".into()))
+        );
+        assert!(e.iter().all(|v| v.value.as_deref() != Some("spw")), "{e:?}");
     }
 }

@@ -296,6 +296,11 @@ impl ClusterShared {
         Ok(out)
     }
 
+    /// Read the slot map when none is current (see [`Self::current_map`]).
+    pub(crate) async fn read_map(&self) -> RedisResult<()> {
+        self.current_map(None).await.map(|_| ())
+    }
+
     /// Read the slot map again before its next use.
     pub(crate) fn mark_stale(&self) {
         self.stale.store(true, Ordering::Release);

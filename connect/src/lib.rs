@@ -262,12 +262,25 @@ impl Conn {
         }
     }
 
-    /// For a cluster: `host:port` of the master serving `key`'s slot in the slot map
-    /// [`query_grouped`] last read (`None` before one was read, and for other topologies).
+    /// For a cluster: `host:port` of the master serving `key`'s slot in the slot map last
+    /// read — by [`query_grouped`], [`Conn::dedicated_for`], [`Conn::each_master`] or
+    /// [`Conn::read_slot_map`] (`None` before one was read, and for other topologies).
     pub fn master_of(&self, key: &[u8]) -> Option<String> {
         match &self.0 {
             Inner::Cluster(c) => c.master_of(key),
             _ => None,
+        }
+    }
+
+    /// For a cluster: read the slot map (`CLUSTER SLOTS`) when none was read yet, or it is
+    /// older than [`MAP_TTL`] or a failure marked it stale, so that [`Conn::master_of`],
+    /// [`Conn::cluster_masters`] and [`Conn::describe`] answer from it — a connection that only
+    /// sends commands through itself (redis-rs routes them) never reads one otherwise. A no-op
+    /// for other topologies.
+    pub async fn read_slot_map(&self) -> RedisResult<()> {
+        match &self.0 {
+            Inner::Cluster(c) => c.read_map().await,
+            _ => Ok(()),
         }
     }
 

@@ -8,7 +8,11 @@
 //!   lists and running sets are empty and the workers exit 0 on SIGTERM;
 //! - a SIGKILLed worker's tasks are recovered by the other;
 //! - a task moved by a `BLMOVE` whose reply was lost (its connection killed) runs at the
-//!   slot's next turn, though the queue ahead of it in priority order stays busy;
+//!   slot's first turn after the queue's 1 s rest, though the queue ahead of it in priority
+//!   order stays busy;
+//! - the master of a priority worker's first queue dies and no replica takes over: the second
+//!   queue's tasks run on at near their usual rate and the warnings name the dead master;
+//!   once a replica takes over, the first queue's tasks run again;
 //! - a worker (and a beat) without a namespace refuses to start, saying why;
 //! - the beat fires a per-second schedule into queues on two masters exactly once per tick;
 //! - `#[ignore]`d benchmark (`make bench`): worker throughput on the cluster vs one node.
@@ -17,7 +21,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use funcscale_e2e::eventually;
-use funcscale_e2e::redis_cluster::RedisCluster;
+use funcscale_e2e::redis_cluster::{ClusterOptions, RedisCluster};
 use funcscale_e2e::scenario::{PrivateRedis, terminate, worker_command, worker_output};
 use funcscale_protocol::Keys;
 use funcscale_protocol::keys::slot;
@@ -725,7 +729,8 @@ fn unix_ms() -> u64 {
 /// then the connection died, so the worker never learnt of it (no claim into the running set,
 /// and the slot is alive: no reaper). With `--order priority` A, B and A kept busy, each turn
 /// takes A's next task before looking at B's lists: the task waited until A was empty. The
-/// slot's next turn looks in B's list first and runs it while A still has most of its tasks.
+/// slot's first turn after B's rest (1 s) looks in B's list first and runs it while A still
+/// has most of its tasks.
 #[tokio::test]
 async fn a_task_whose_blmove_reply_was_lost_runs_while_a_higher_priority_queue_is_busy() {
     let mut c = RedisCluster::start().await.unwrap();
@@ -800,7 +805,8 @@ async fn a_task_whose_blmove_reply_was_lost_runs_while_a_higher_priority_queue_i
         .await
         .unwrap();
     };
-    // A full of 30 ms tasks at once (in-process: well inside the 1 s the failed slot waits)
+    // A full of 30 ms tasks at once (in-process: well inside the 1 s B rests for the failed
+    // slot)
     let envs: Vec<_> = (0..200)
         .map(|n| {
             let mut e =
@@ -875,5 +881,186 @@ async fn a_task_whose_blmove_reply_was_lost_runs_while_a_higher_priority_queue_i
         "B's task ran while A was busy, not after it drained ({waiting_a} of A's tasks waiting)"
     );
     wait_drained(&mut c, &con, &[a, b], Duration::from_secs(30)).await;
+    assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
+}
+
+/// `SCARD` of `set`.
+async fn scard(con: &ClusterConnection, set: &str) -> i64 {
+    int(&mut con.clone(), "SCARD", set).await
+}
+
+/// A master goes down and stays down (its replica may not take over; the cluster does not
+/// require full coverage, so the other masters serve on): a worker whose first queue in
+/// priority order is on that master keeps running the second queue's tasks. Each turn of a
+/// slot used to stop at the failing queue — a fetch that the cluster client retried until its
+/// 30 s response timeout, then a 1 s sleep — so the second queue's tasks waited the whole
+/// outage. Its warnings name the failing master, not the cluster. Then the replica may take
+/// over, and the first queue's tasks run again.
+#[tokio::test]
+async fn a_dead_master_of_the_first_queue_does_not_stop_the_others() {
+    let mut c = RedisCluster::start_with(ClusterOptions {
+        require_full_coverage: false,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = c.url();
+    let keys = Keys::default();
+    // A on a master that does not hold the worker registry (`{cw}`: heartbeats), B elsewhere
+    let registry = c
+        .master_of_slot(slot(&keys.clone().in_namespace(Some(NS.into())).slots()))
+        .await
+        .unwrap();
+    let mut on: Vec<(u16, String)> = Vec::new();
+    for q in queues_on_masters(&mut c, &keys, 3).await {
+        let port = c
+            .master_of_slot(slot(&keys.queue(&Keys::queue_id(NS, &q))))
+            .await
+            .unwrap();
+        on.push((port, q));
+    }
+    let (port_a, qa) = on.iter().find(|(p, _)| *p != registry).unwrap().clone();
+    let (_, qb) = on.iter().find(|(p, _)| *p != port_a).unwrap().clone();
+    let (a, b) = (Keys::queue_id(NS, &qa), Keys::queue_id(NS, &qb));
+    let con = cluster_client(&c).await;
+    let done_b = format!("done:{b}");
+    // B: 20 ms tasks, more than the test runs
+    enqueue(&url, &qb, &qb, 3000, &done_b, &format!("runs:{b}"), 20).await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut e = env(&url);
+    e.push(("FUNCSCALE_LOG_FORMAT", "json".into()));
+    let queues = format!("{qa},{qb}");
+    let mut w = worker_command(
+        &refs(&e),
+        &[
+            "run",
+            "--queues",
+            &queues,
+            "--name",
+            "first-down",
+            "--processes",
+            "2",
+            "--order",
+            "priority",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "10s",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(log.reopen().unwrap())
+    .spawn()
+    .expect("spawn funcscale-worker run");
+    eventually(Duration::from_secs(20), "B's tasks to run", || {
+        let con = con.clone();
+        let done_b = done_b.clone();
+        async move { (scard(&con, &done_b).await >= 20).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let window = Duration::from_secs(4);
+    let before = scard(&con, &done_b).await;
+    tokio::time::sleep(window).await;
+    let normal = scard(&con, &done_b).await - before;
+
+    // A's master down for good: its replica may not take over
+    let id_a = c.node_id(port_a).await.unwrap();
+    let replica = c
+        .view(port_a)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.master_id.as_deref() == Some(id_a.as_str()))
+        .expect("A's master has a replica")
+        .port;
+    let mut on_replica = c.connection(replica).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("cluster-replica-no-failover")
+        .arg("yes")
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    c.kill_master(port_a).await.unwrap();
+    let killed = Instant::now();
+    // the first moments: every slot meets the dead master
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut outage = Vec::new();
+    for _ in 0..2 {
+        let before = scard(&con, &done_b).await;
+        tokio::time::sleep(window).await;
+        outage.push(scard(&con, &done_b).await - before);
+    }
+    eprintln!(
+        "B's tasks per {window:?}: {normal} before, {outage:?} from {:?} after A's master \
+         (127.0.0.1:{port_a}) died",
+        killed.elapsed() - window * 2
+    );
+    for n in &outage {
+        assert!(
+            *n * 2 >= normal,
+            "B runs at near its normal rate while A's master is down: {n} tasks in {window:?}, \
+             {normal} before"
+        );
+    }
+    // the warnings name the dead master, not the cluster
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let warned: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN")
+        .map(|l| l["fields"].clone())
+        .collect();
+    let dead = format!("127.0.0.1:{port_a}");
+    assert!(
+        warned
+            .iter()
+            .any(|f| f["message"] == "fetch failed" && f["node"] == dead.as_str()),
+        "a failed fetch names A's master {dead}: {warned:#?}"
+    );
+    let named: Vec<&str> = warned.iter().filter_map(|f| f["node"].as_str()).collect();
+    assert!(
+        named.iter().all(|n| *n == dead),
+        "every warning naming a node names A's master {dead}: {named:?}"
+    );
+
+    // the replica may take over now: A's tasks run again
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("cluster-replica-no-failover")
+        .arg("no")
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    let promoted = c
+        .wait_promoted(port_a, Duration::from_secs(30))
+        .await
+        .unwrap();
+    eprintln!(
+        "{:?} after the kill: 127.0.0.1:{promoted} promoted",
+        killed.elapsed()
+    );
+    enqueue(
+        &url,
+        &qa,
+        "back",
+        1,
+        &format!("done:{a}"),
+        &format!("runs:{a}"),
+        0,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "A's task to run", || {
+        let con = con.clone();
+        let done_a = format!("done:{a}");
+        async move { (scard(&con, &done_a).await == 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "A's task ran {:?} after the kill, on 127.0.0.1:{promoted}",
+        killed.elapsed()
+    );
     assert_eq!(stop(&mut w, Duration::from_secs(20)).await, Some(0));
 }

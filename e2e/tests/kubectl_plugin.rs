@@ -1,5 +1,6 @@
 //! The real `kubectl-funcscale` binary against the test API server through a kubeconfig, and
-//! real Redis at 127.0.0.1:6379 reached through a FuncQueue's `spec.redis.urlSecretRef`.
+//! real Redis at 127.0.0.1:6379 reached through a FuncQueue's `spec.redis.urlSecretRef` (and,
+//! for `status`'s note of the master, a Redis Cluster and a Sentinel set of their own).
 //! Needs the binary built (`cargo build --workspace --bins`); each test has its own namespace
 //! and key prefix.
 
@@ -664,4 +665,103 @@ async fn outbox_lists_and_requeues_parked_deliveries_through_the_queues_connecti
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--queue"), "{}", stderr(&out));
     f.cleanup().await;
+}
+
+/// Enqueue `n` tasks into the queue `id` of a Redis reached through `url` (any topology).
+async fn enqueue_at(url: &str, keys: &Keys, id: &str, n: usize) {
+    let envs: Vec<Envelope> = (0..n)
+        .map(|i| Envelope::new(format!("t{i}"), "noop", id, now_ms()))
+        .collect();
+    let mut con = funcscale_connect::Conn::open(url).await.unwrap();
+    protocol::enqueue(&mut con, keys, id, &envs).await.unwrap();
+}
+
+/// `status --json`'s queue `name`, and the note of its table line.
+async fn queue_status(f: &Fixture, name: &str) -> (Value, String) {
+    let out = f.plugin(&["status", "-n", &f.ns, "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let queue = doc["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {doc}"))
+        .clone();
+    let out = f.plugin(&["status", "-n", &f.ns]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in {}", stdout(&out)))
+        .to_string();
+    (queue, line)
+}
+
+/// A queue on a Redis Cluster: `status` names the master that serves the queue's hash slot
+/// (from the cluster's slot map), not the seed nodes of the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_cluster_master_that_serves_the_queue() {
+    use funcscale_e2e::redis_cluster::RedisCluster;
+    let f = Fixture::start("plug-cluster").await;
+    let mut c = RedisCluster::start().await.unwrap();
+    f.queue("qc", json!({"redis": {"url": c.url()}}), json!({}))
+        .await;
+    let id = f.id("qc");
+    enqueue_at(&c.url(), &f.keys, &id, 3).await;
+    let slot = funcscale_protocol::keys::slot(&f.keys.queue(&id));
+    let master = format!("127.0.0.1:{}", c.master_of_slot(slot).await.unwrap());
+
+    let (q, line) = queue_status(&f, "qc").await;
+    assert_eq!(q["redis"]["topology"], "cluster", "{q}");
+    assert_eq!(q["redis"]["live"]["depth"], 3, "{q}");
+    assert_eq!(
+        q["redis"]["node"], master,
+        "the master of slot {slot}, not the seeds: {q}"
+    );
+    assert!(
+        line.contains(&format!("cluster: master {master}")),
+        "{line}"
+    );
+}
+
+/// A queue on a Sentinel set: `status` names the master the sentinels name now, also after a
+/// failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_sentinel_sets_current_master() {
+    use funcscale_e2e::redis_topology::{SentinelOptions, SentinelSet};
+    let f = Fixture::start("plug-sentinel").await;
+    let mut set = SentinelSet::start(SentinelOptions::default())
+        .await
+        .unwrap();
+    f.queue("qs", json!({"redis": {"url": set.url()}}), json!({}))
+        .await;
+    let id = f.id("qs");
+    enqueue_at(&set.url(), &f.keys, &id, 2).await;
+    let first = set.master_port().await.unwrap();
+
+    let (q, line) = queue_status(&f, "qs").await;
+    assert_eq!(q["redis"]["topology"], "sentinel", "{q}");
+    assert_eq!(q["redis"]["live"]["depth"], 2, "{q}");
+    assert_eq!(q["redis"]["node"], format!("127.0.0.1:{first}"), "{q}");
+    assert!(
+        line.contains(&format!("sentinel: master 127.0.0.1:{first}")),
+        "{line}"
+    );
+
+    set.wait_replicated(2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let old = set.kill_master().await.unwrap();
+    let new = set
+        .wait_for_new_master(old, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (q, line) = queue_status(&f, "qs").await;
+    assert_eq!(q["redis"]["node"], format!("127.0.0.1:{new}"), "{q}");
+    assert_eq!(q["redis"]["live"]["depth"], 2, "{q}");
+    assert!(
+        line.contains(&format!("sentinel: master 127.0.0.1:{new}")),
+        "{line}"
+    );
 }

@@ -204,6 +204,10 @@ pub async fn gather(
                 continue;
             }
         };
+        // on a cluster, the slot map that names each queue's master below (the reads go
+        // through redis-rs' routing, which reads none of ours); when it cannot be read the
+        // note names the seeds, and the read below says what fails
+        let _ = con.read_slot_map().await;
         for i in idx {
             let q = items[i];
             let id = funcscale_operator::crd_ext::queue_id(q, &q.namespace().unwrap_or_default());

@@ -12,8 +12,11 @@
 //! most one task per process and the queue length is the true backlog. A task already in one
 //! of the slot's lists when it fetches (a move whose reply was lost) is returned again; on
 //! Redis Cluster, where one fetch call covers one hash slot's queues, a queue whose fetch or
-//! `BLMOVE` failed is looked at first in the slot's next turn (fetch.lua's `recover`), so the
-//! task does not wait behind the busier queues of a priority order.
+//! `BLMOVE` failed is looked at first in the slot's first turn after the queue's rest
+//! (fetch.lua's `recover`), so the task does not wait behind the busier queues of a priority
+//! order. There a failed call (or a fetch without a reply within [`FETCH_LIMIT`]) does not
+//! hold up the slot: the call's queues rest for that slot ([`REST_FIRST`] doubling up to
+//! [`REST_MAX`]) and its turns go on with the queues of the other masters.
 //!
 //! Slots heartbeat into `Keys::slots` (member = slot id) and describe themselves in
 //! `Keys::worker` (queues, pod; no TTL). Any worker's reaper moves the in-flight tasks of
@@ -303,6 +306,11 @@ impl WorkerBuilder {
             .collect();
         keys.push(self.config.keys.slots());
         RedisAuth::check_keys(&mut redis, &keys).await?;
+        // on a cluster, the slot map that names the master of a failing queue's slot in the
+        // warnings (read again when a blocking fetch opens a connection after an error)
+        if let Err(e) = redis.read_slot_map().await {
+            tracing::warn!(error = %e, node = %redis.describe(), "reading the Redis Cluster slot map failed: warnings name the cluster, not the master, until it is read");
+        }
         let (stopped, stopped_rx) = watch::channel(None);
         let waiters: Vec<AtomicUsize> = self
             .config
@@ -908,15 +916,12 @@ impl Inner {
                     crate::outbox::deliver_due(&self.redis, keys, cadence.outbox(i), &self.http, 50)
                 }))
                 .await;
-                let mut failed = None;
                 for (i, r) in due.into_iter().zip(done) {
                     cadence.looked(i, matches!(r, Ok(n) if n > 0), now);
                     if let Err(e) = r {
-                        failed = Some(e);
+                        let outbox = &cadence.outbox(i).pending;
+                        tracing::warn!(error = %e, outbox = %outbox, node = %self.node_of_key(outbox), "delivering to destinations failed");
                     }
-                }
-                if let Some(e) = failed {
-                    tracing::warn!(error = %e, "delivering to destinations failed");
                 }
             }
         };
@@ -1111,6 +1116,9 @@ impl Inner {
         // turn's own calls stop at the first group with a task, and with the queues in
         // priority order that may never be theirs while the first queues stay busy.
         let mut suspect: HashMap<usize, Instant> = HashMap::new();
+        // On a cluster: the queues whose last call failed (their master down, stalled, or
+        // failing over), left alone for a while so the turns go on with the others
+        let mut resting = Resting::default();
         loop {
             if *stop.borrow() {
                 return;
@@ -1125,64 +1133,99 @@ impl Inner {
             }
             turn = turn.wrapping_add(1);
             let order = self.queue_order(turn);
-            let mut fetched: redis::RedisResult<Option<(String, usize)>> = Ok(None);
+            let mut fetched: Option<(String, usize)> = None;
+            // a call of this turn failed (one server or Sentinel: the slot then waits 1 s)
+            let mut failed = false;
             if !suspect.is_empty() {
                 let now = Instant::now();
                 let due: Vec<usize> = order
                     .iter()
                     .copied()
-                    .filter(|i| suspect.get(i).is_some_and(|t| *t <= now))
+                    .filter(|i| suspect.get(i).is_some_and(|t| *t <= now) && resting.open(*i, now))
                     .collect();
                 for group in fetch_groups(keys, &self.config.queues, &due, true) {
                     match self.fetch_call(&mut con, &slot, &group, true).await {
                         Ok(Some((raw, i))) => {
                             // it stays suspect: the next turn looks again, until nothing is there
                             tracing::info!(queue = %self.config.queues[i], "running a task whose fetch reply was lost");
-                            fetched = Ok(Some((raw, i)));
+                            resting.answered(&group);
+                            fetched = Some((raw, i));
                             break;
                         }
-                        Ok(None) => suspect.retain(|i, _| !group.contains(i)),
+                        Ok(None) => {
+                            resting.answered(&group);
+                            suspect.retain(|i, _| !group.contains(i));
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, node = %self.redis.describe(), "looking for a task whose fetch reply was lost failed");
-                            // the turn goes on with the other queues; this call again in 1 s
-                            let again = now + Duration::from_secs(1);
-                            suspect.extend(group.iter().map(|&i| (i, again)));
+                            let q = &self.config.queues[group[0]];
+                            let rest = resting.failed(&group, Instant::now());
+                            tracing::warn!(error = %e, queue = %q, node = %self.node_of(q), retry_in = ?rest, "looking for a task whose fetch reply was lost failed");
+                            // the turn goes on with the other queues
                         }
                     }
                 }
             }
-            // on a cluster one call per hash slot, in the try order, until one has a task
-            if matches!(fetched, Ok(None)) {
-                for group in fetch_groups(keys, &self.config.queues, &order, cluster) {
-                    fetched = self.fetch_call(&mut con, &slot, &group, false).await;
-                    match &fetched {
-                        // the call's first phase looked in the group's lists
-                        Ok(_) => suspect.retain(|i, _| !group.contains(i)),
-                        // Redis may have run it: a task may be in the group's lists
-                        Err(_) if cluster => {
-                            suspect.extend(group.iter().map(|&i| (i, Instant::now())));
+            // on a cluster one call per hash slot, in the try order, until one has a task; a
+            // call that fails leaves its queues to rest and the turn goes on with the next
+            if fetched.is_none() {
+                let now = Instant::now();
+                let open: Vec<usize> = order
+                    .iter()
+                    .copied()
+                    .filter(|&i| resting.open(i, now))
+                    .collect();
+                for group in fetch_groups(keys, &self.config.queues, &open, cluster) {
+                    match self.fetch_call(&mut con, &slot, &group, false).await {
+                        Ok(got) => {
+                            // the call's first phase looked in the group's lists
+                            resting.answered(&group);
+                            suspect.retain(|i, _| !group.contains(i));
+                            if got.is_some() {
+                                fetched = got;
+                                break;
+                            }
                         }
-                        Err(_) => {}
-                    }
-                    if !matches!(fetched, Ok(None)) {
-                        break;
+                        Err(e) => {
+                            failed = true;
+                            let q = &self.config.queues[group[0]];
+                            if cluster {
+                                // Redis may have run it: a task may be in the group's lists
+                                suspect.extend(group.iter().map(|&i| (i, Instant::now())));
+                                let rest = resting.failed(&group, Instant::now());
+                                tracing::warn!(error = %e, queue = %q, node = %self.node_of(q), retry_in = ?rest, "fetch failed");
+                            } else {
+                                tracing::warn!(error = %e, node = %self.node_of(q), "fetch failed");
+                            }
+                        }
                     }
                 }
             }
             let (raw, qi) = match fetched {
-                Ok(Some(got)) => got,
-                Ok(None) => {
+                Some(got) => got,
+                // one server or Sentinel: the turn's one call failed
+                None if failed && !cluster => {
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                    continue;
+                }
+                None => {
                     // Nothing anywhere: block on one queue. One server or Sentinel: the first
                     // of this turn's order (rotating), briefly when there are others. A
-                    // cluster: the queue fewest of this pod's slots block on (first in this
-                    // turn's order among equals), on the master of its hash slot; 1 s when
-                    // every queue has a waiter then, else as elsewhere.
+                    // cluster: of the queues not resting, the one fewest of this pod's slots
+                    // block on (first in this turn's order among equals), on the master of its
+                    // hash slot; 1 s when every queue has a waiter then, else as elsewhere.
+                    // When every queue rests, wait until the first may be called again.
                     let (pick, _waiting) = if cluster {
-                        let i = order
+                        let now = Instant::now();
+                        let Some(i) = order
                             .iter()
                             .copied()
+                            .filter(|&i| resting.open(i, now))
                             .min_by_key(|&i| self.waiters[i].load(Ordering::Relaxed))
-                            .unwrap_or(order[0]);
+                        else {
+                            let wait = resting.next_open(now);
+                            tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = stop.changed() => {} }
+                            continue;
+                        };
                         self.waiters[i].fetch_add(1, Ordering::Relaxed);
                         (i, Some(Waiting(&self.waiters[i])))
                     } else {
@@ -1224,6 +1267,12 @@ impl Inner {
                                 }
                                 Err(e) => {
                                     self.redis.after_error(&e);
+                                    if cluster {
+                                        // the queue rests; the next turn goes on with the others
+                                        let rest = resting.failed(&[pick], Instant::now());
+                                        tracing::warn!(error = %e, queue = %from, node = %self.node_of(from), retry_in = ?rest, "redis connection failed");
+                                        continue;
+                                    }
                                     tracing::warn!(error = %e, node = %self.redis.describe(), "redis connection failed");
                                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                                     continue;
@@ -1271,20 +1320,18 @@ impl Inner {
                             // TRYAGAIN): the slot map is read again before the next open
                             self.redis.after_error(&e);
                             blocking.remove(&addr);
-                            // Redis may have moved a task (a connection broken or a
-                            // response timeout after the move): the next turn looks
                             if cluster {
+                                // Redis may have moved a task (a connection broken or a
+                                // response timeout after the move): the turn after the
+                                // queue's rest looks; the next turns go on with the others
                                 suspect.insert(pick, Instant::now());
+                                resting.failed(&[pick], Instant::now());
+                                continue;
                             }
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
                             continue;
                         }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, node = %self.redis.describe(), "fetch failed");
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
-                    continue;
                 }
             };
             let from = self.config.queues[qi].as_str();
@@ -1307,7 +1354,9 @@ impl Inner {
     /// One `fetch.lua` call of slot `slot` over the queues `group` (indexes into
     /// `config.queues`, in the order to try; one hash slot on a cluster): the task and the index
     /// of its queue. `recover`: only a task already in the slot's in-flight lists of those
-    /// queues (one whose move's reply was lost), none taken from a queue.
+    /// queues (one whose move's reply was lost), none taken from a queue. On a cluster a call
+    /// with no reply within [`FETCH_LIMIT`] is an error (the call may still run: as for a lost
+    /// reply, its task is found by a later call).
     async fn fetch_call(
         &self,
         con: &mut Conn,
@@ -1327,7 +1376,21 @@ impl Inner {
         if recover {
             inv.arg("recover");
         }
-        let got = inv.invoke_async::<Option<(String, usize)>>(con).await?;
+        let call = inv.invoke_async::<Option<(String, usize)>>(con);
+        let got = if self.redis.is_cluster() {
+            // the cluster client retries a master that is down until its response timeout
+            // (30 s): the slot would wait that long before it went on to another group
+            tokio::time::timeout(FETCH_LIMIT, call)
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no reply to the fetch within {FETCH_LIMIT:?}"),
+                    ))
+                })??
+        } else {
+            call.await?
+        };
         Ok(got.map(|(raw, n)| (raw, group[n.saturating_sub(1).min(group.len() - 1)])))
     }
 
@@ -1617,7 +1680,8 @@ impl Inner {
             }
         }
         // the finish's reply: `done`, or `[done, item]` when it staged a delivery to a queue
-        let (reply, _): (redis::Value, i64) = self.send_finish(&mut con, &pipe, &cancel).await?;
+        let (reply, _): (redis::Value, i64) =
+            self.send_finish(&mut con, from, &pipe, &cancel).await?;
         let (done, staged): (i64, Option<String>) = match reply {
             redis::Value::Array(v) if v.len() == 2 => {
                 let [done, item]: [redis::Value; 2] = v.try_into().expect("two elements");
@@ -1653,14 +1717,30 @@ impl Inner {
 }
 
 impl Inner {
+    /// Where queue `queue`'s commands go, for messages: on a cluster the master of its hash
+    /// slot in the slot map the connection last read, else (and before one was read)
+    /// [`Conn::describe`].
+    fn node_of(&self, queue: &str) -> String {
+        self.node_of_key(&self.config.keys.queue(queue))
+    }
+
+    /// [`Self::node_of`] a key.
+    fn node_of_key(&self, key: &str) -> String {
+        self.redis
+            .master_of(key.as_bytes())
+            .unwrap_or_else(|| self.redis.describe())
+    }
+
     /// Send a finished task's finish pipeline until Redis takes it: the task has run, so
     /// leaving it in flight would let the slot's next fetch hand it back and run it again.
     /// `finish.lua` is idempotent (a second send finds the task gone and writes nothing).
     /// Retries with backoff (0.25 s doubling to 5 s); gives up only when the drain cancels
     /// the running tasks (the drain then puts the task back: it may run again, at least once).
+    /// `queue`: the task's queue, whose hash slot the pipeline's keys are in (for messages).
     async fn send_finish(
         &self,
         con: &mut Conn,
+        queue: &str,
         pipe: &redis::Pipeline,
         cancel: &watch::Receiver<bool>,
     ) -> redis::RedisResult<(redis::Value, i64)> {
@@ -1696,7 +1776,7 @@ impl Inner {
                 return Err(e);
             }
             self.redis.after_error(&e);
-            tracing::warn!(error = %e, node = %self.redis.describe(), retry_in = ?wait, "finishing a task failed; retrying");
+            tracing::warn!(error = %e, queue = %queue, node = %self.node_of(queue), retry_in = ?wait, "finishing a task failed; retrying");
             let mut cancel = cancel.clone();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -1704,6 +1784,64 @@ impl Inner {
             }
             wait = (wait * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// On a Redis Cluster, how long a slot waits for the reply to one fetch call (a script that
+/// answers in milliseconds) before it takes the master of the call's hash slot for failing and
+/// goes on with its other queues.
+pub const FETCH_LIMIT: Duration = Duration::from_millis(500);
+
+/// On a Redis Cluster, how long a slot leaves the queues of a failed call alone (no fetch, no
+/// `BLMOVE`) the first time; each failure in a row doubles it, up to [`REST_MAX`].
+pub const REST_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest rest of a failing queue ([`REST_FIRST`]).
+pub const REST_MAX: Duration = Duration::from_secs(8);
+
+/// On a Redis Cluster, the queues of one slot whose last call failed (their master down,
+/// stalled, or failing over), each left alone until a time, so that a slot's turns go on with
+/// the queues of the other masters instead of waiting on the failing one every turn. The rest
+/// doubles with each failure in a row ([`REST_FIRST`] to [`REST_MAX`]); a call that gets a
+/// reply ends it.
+#[derive(Debug, Default)]
+struct Resting(HashMap<usize, (Instant, Duration)>);
+
+impl Resting {
+    /// A call on the queues `group` failed at `now`: they rest; returns for how long.
+    fn failed(&mut self, group: &[usize], now: Instant) -> Duration {
+        let last = group
+            .iter()
+            .filter_map(|i| self.0.get(i))
+            .map(|r| r.1)
+            .max();
+        let rest = last.map_or(REST_FIRST, |d| (d * 2).min(REST_MAX));
+        for &i in group {
+            self.0.insert(i, (now + rest, rest));
+        }
+        rest
+    }
+
+    /// A call on the queues `group` got its reply.
+    fn answered(&mut self, group: &[usize]) {
+        for i in group {
+            self.0.remove(i);
+        }
+    }
+
+    /// Whether queue `i` may be called at `now`.
+    fn open(&self, i: usize, now: Instant) -> bool {
+        self.0.get(&i).is_none_or(|(until, _)| *until <= now)
+    }
+
+    /// How long from `now` until the first resting queue may be called again
+    /// ([`REST_FIRST`] when none rests).
+    fn next_open(&self, now: Instant) -> Duration {
+        self.0
+            .values()
+            .map(|(until, _)| until.saturating_duration_since(now))
+            .min()
+            .unwrap_or(REST_FIRST)
     }
 }
 
@@ -1937,6 +2075,32 @@ mod tests {
         let t = c.take();
         assert_eq!(t.rows().len(), 1);
         assert_eq!(t.rows()[&("b".to_string(), 1)], [0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_failing_queue_rests_longer_at_each_failure_until_a_reply() {
+        let t0 = Instant::now();
+        let mut r = Resting::default();
+        assert!(r.open(0, t0) && r.open(1, t0));
+        assert_eq!(r.next_open(t0), REST_FIRST);
+        // queues 0 and 1 share a hash slot: one call, one rest
+        assert_eq!(r.failed(&[0, 1], t0), REST_FIRST);
+        assert!(!r.open(0, t0) && !r.open(1, t0) && r.open(2, t0));
+        assert!(r.open(0, t0 + REST_FIRST));
+        let mut now = t0 + REST_FIRST;
+        let mut rests = Vec::new();
+        for _ in 0..5 {
+            let rest = r.failed(&[0, 1], now);
+            rests.push(rest.as_secs());
+            assert_eq!(r.next_open(now), rest);
+            now += rest;
+        }
+        assert_eq!(rests, [2, 4, 8, 8, 8], "doubling up to REST_MAX");
+        // a reply ends the rest: the next failure starts again from the first rest
+        r.answered(&[0, 1]);
+        assert!(r.open(0, now) && r.open(1, now));
+        assert_eq!(r.failed(&[0], now), REST_FIRST);
+        assert!(r.open(1, now));
     }
 
     #[test]

@@ -838,26 +838,35 @@ impl Inner {
         pipe.query_async(&mut con).await
     }
 
-    /// Heartbeats, the mover of due retries and the count flush (quick Redis calls) in one
-    /// loop; the reaper of dead slots and the running-set sweep in a second; queue gauges and
-    /// record trimming in a third, URL deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`)
-    /// in a fourth, so a slow receiver, a long trim or a long sweep never delays a heartbeat
-    /// (which would let other workers reap this worker's tasks while they run).
+    /// Heartbeats in a loop of their own; the stop mark, the mover of due retries and the
+    /// count flush (quick Redis calls) in a second; the reaper of dead slots and the
+    /// running-set sweep in a third; queue gauges and record trimming in a fourth, URL
+    /// deliveries (a POST may take `outbox::DELIVERY_TIMEOUT`) in a fifth, so a slow receiver,
+    /// a long trim or sweep, or a call to a queue's dead or migrating Redis Cluster master
+    /// (which the cluster client retries for seconds) never delays a heartbeat (which would let
+    /// other workers reap this worker's tasks while they run).
     async fn background(&self, slots: Vec<String>) {
         let every = |ms: u64| {
             let mut i = tokio::time::interval(Duration::from_millis(ms));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         };
-        let quick = async {
+        let heartbeats = async {
             let mut beat = every((self.config.worker_ttl_ms / 5).max(100));
+            loop {
+                beat.tick().await;
+                if let Err(e) = self.heartbeat(&slots).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        };
+        let quick = async {
             let mut promote = every(250);
             let mut counts = every(1_000);
             let mut stop_mark = every(STOP_CHECK_EVERY.as_millis() as u64);
             loop {
                 tokio::select! {
                     _ = stop_mark.tick(), if self.config.pod.is_some() => if let Err(e) = self.read_stop_mark().await { tracing::warn!(error = %e, "reading the pod's stop mark failed") },
-                    _ = beat.tick() => if let Err(e) = self.heartbeat(&slots).await { tracing::warn!(error = %e, "heartbeat failed") },
                     _ = promote.tick() => if let Err(e) = self.promote_due().await { tracing::warn!(error = %e, "moving due retries failed") },
                     _ = counts.tick() => if let Err(e) = self.flush_counts().await { tracing::warn!(error = %e, "writing task counts failed") },
                 }
@@ -925,7 +934,7 @@ impl Inner {
                 }
             }
         };
-        tokio::join!(quick, recovery, slow, deliveries);
+        tokio::join!(heartbeats, quick, recovery, slow, deliveries);
     }
 
     /// Read the pod's stop mark and follow it: no new tasks while it exists, tasks again when

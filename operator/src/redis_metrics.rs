@@ -982,7 +982,8 @@ struct Failed {
     /// Its condition reason: `RedisAuthFailed` when the node refused the credentials or the
     /// ACL user's rights, as on one server.
     reason: UnavailableReason,
-    /// The master that did not answer (one poll error per such node), if that was why.
+    /// The node that did not answer or refused the login, if that was why (one poll error
+    /// per such node); `None` for a command's own error.
     node_down: Option<String>,
 }
 

@@ -136,7 +136,12 @@ impl ClusterShared {
 
     /// The master of `key`'s slot in the last slot map read.
     pub(crate) fn master_of(&self, key: &[u8]) -> Option<String> {
-        self.map()?.master_of(slot_of(key)).map(ToString::to_string)
+        self.master_of_slot(slot_of(key))
+    }
+
+    /// The master of `slot` in the last slot map read.
+    pub(crate) fn master_of_slot(&self, slot: u16) -> Option<String> {
+        self.map()?.master_of(slot).map(ToString::to_string)
     }
 
     /// The number of masters in the last slot map read (0: none read yet).
@@ -409,7 +414,8 @@ pub fn slot_of(key: &[u8]) -> u16 {
 pub(crate) enum Route {
     /// The slot of its first key.
     Slot(u16),
-    /// `SCRIPT ...`: into every group that runs a script (`EVAL*`/`FCALL*`).
+    /// `SCRIPT ...`: into every group that runs a script (`EVAL*`/`FCALL*`); its one reply is
+    /// the best of theirs (an answer over a server error over a failed node).
     Script,
     /// No key (`PING`, `INFO`, an `EVALSHA` with no key...): to one master.
     Keyless,
@@ -676,11 +682,7 @@ pub(crate) async fn query_grouped(shared: &ClusterShared, pipe: &Pipeline) -> Gr
                                 tryagain = true;
                                 next.push((i, None));
                             }
-                            _ => {
-                                if routes[i] != Route::Script || out[i].is_none() {
-                                    out[i] = Some(Ok(v));
-                                }
-                            }
+                            _ => keep(&mut out[i], &routes[i], Ok(v)),
                         }
                     }
                 }
@@ -689,9 +691,7 @@ pub(crate) async fn query_grouped(shared: &ClusterShared, pipe: &Pipeline) -> Gr
                     tracing::debug!(node = %node, error = %error, "Redis Cluster node failed");
                     let f = NodeFailure { node, error };
                     for (i, _) in items {
-                        if routes[i] != Route::Script || out[i].is_none() {
-                            out[i] = Some(Err(f.clone()));
-                        }
+                        keep(&mut out[i], &routes[i], Err(f.clone()));
                     }
                 }
             }
@@ -722,6 +722,31 @@ pub(crate) async fn query_grouped(shared: &ClusterShared, pipe: &Pipeline) -> Gr
             })
             .collect(),
     )
+}
+
+/// Store `reply` as the reply of a command. A `SCRIPT` command is sent to every master that
+/// runs a script and has one reply: the best of theirs — an answer over a server error over a
+/// failed node — so that one dead master does not make the script look unloaded for the
+/// commands of the others (each of which answers, or fails, on its own).
+fn keep(
+    out: &mut Option<Result<Value, NodeFailure>>,
+    route: &Route,
+    reply: Result<Value, NodeFailure>,
+) {
+    fn rank(r: &Result<Value, NodeFailure>) -> u8 {
+        match r {
+            Ok(Value::ServerError(_)) => 1,
+            Ok(_) => 2,
+            Err(_) => 0,
+        }
+    }
+    let better = match (route, out.as_ref()) {
+        (Route::Script, Some(old)) => rank(&reply) > rank(old),
+        _ => true,
+    };
+    if better {
+        *out = Some(reply);
+    }
 }
 
 /// `TRYAGAIN` is retried once (in the first round).
@@ -769,6 +794,35 @@ mod tests {
         for k in ["", "a", "{a}b", "x{}y", "{}{a}", "funcscale:{ns.q}:jobs"] {
             assert_eq!(slot_of(k.as_bytes()), slot(k), "{k}");
         }
+    }
+
+    #[test]
+    fn a_script_command_keeps_the_best_reply_of_its_masters() {
+        let failed = || {
+            Err(NodeFailure {
+                node: "h:1 (cluster)".into(),
+                error: RedisError::from((redis::ErrorKind::Io, "broken pipe")),
+            })
+        };
+        let loaded = || Ok(Value::BulkString(b"sha".to_vec()));
+        let refused = || Ok(redis::parse_redis_value(b"-NOPERM no\r\n").unwrap());
+        // the first master (by address) failed, a later one answered: the answer stays
+        let mut out = None;
+        for r in [failed(), refused(), loaded(), failed(), refused()] {
+            keep(&mut out, &Route::Script, r);
+        }
+        assert!(matches!(out, Some(Ok(Value::BulkString(_)))), "{out:?}");
+        let mut out = None;
+        for r in [failed(), refused(), failed()] {
+            keep(&mut out, &Route::Script, r);
+        }
+        assert!(matches!(out, Some(Ok(Value::ServerError(_)))), "{out:?}");
+        // any other command has one master: its last reply (a re-send after MOVED) counts
+        let mut out = None;
+        for r in [loaded(), failed()] {
+            keep(&mut out, &Route::Slot(1), r);
+        }
+        assert!(matches!(out, Some(Err(_))), "{out:?}");
     }
 
     #[test]

@@ -284,6 +284,17 @@ impl Conn {
         }
     }
 
+    /// For a cluster: `host:port` of the master [`query_grouped`] sends `cmd` to, the master
+    /// of its first key's slot in the slot map last read (`None` for a keyless command, before
+    /// a map was read, and for other topologies). Names the node in the message of a command's
+    /// error.
+    pub fn master_of_command(&self, cmd: &redis::Cmd) -> Option<String> {
+        match (&self.0, cluster::route(cmd)) {
+            (Inner::Cluster(c), cluster::Route::Slot(slot)) => c.master_of_slot(slot),
+            _ => None,
+        }
+    }
+
     /// For a cluster: the number of masters in the slot map last read (0 before one was read,
     /// and for other topologies).
     pub fn cluster_masters(&self) -> usize {

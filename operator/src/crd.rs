@@ -837,6 +837,8 @@ pub struct Autoscaling {
     #[schemars(range(min = 1))]
     pub target_depth_per_pod: Option<u64>,
     /// With minReplicas 0: a pool at zero starts only when more than this many tasks wait.
+    /// A retry or a delivery to a destination that is due starts it whatever this says (only
+    /// its workers move or make them).
     #[serde(default)]
     pub activation_depth: u64,
     /// Period of the cron load in ms (the P of `pods = M × T / (c × P)`).

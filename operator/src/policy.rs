@@ -9,11 +9,12 @@
 //!    - queue load: processes that keep up with arrivals and drain the backlog within the
 //!      drain target, `ceil((λ'·T + D·T/W) / c)`, at least the pods the running tasks occupy
 //!      `ceil(R / c)`, or in the KEDA-compatible mode `ceil(D / targetDepthPerPod)`. D is the
-//!      backlog (waiting tasks and due retries); λ' the arrivals that keep coming (arrivals λ
+//!      backlog (waiting tasks, due retries and due deliveries); λ' the arrivals that keep coming (arrivals λ
 //!      less the one-off part ρ above the rate window's median rate), so that a burst is
 //!      counted once, as backlog, not also as a rate;
 //! 2. **bounds**: idle pools go to zero only when `minReplicas` is 0 (and a pool at zero
-//!    starts only above the activation depth), then the result is clamped to [min, max];
+//!    starts only above the activation depth, or when retries or deliveries are due: only its
+//!    workers start those), then the result is clamped to [min, max];
 //! 3. **behaviour** (as the HPA): scale up at once, at most `max(step, 100 %)` per decision;
 //!    scale down only to the highest recommendation seen within the stabilization window, and
 //!    never while the backlog grows. Without metrics the size is held.
@@ -51,7 +52,8 @@ pub struct PolicyConfig {
     pub keep_up_horizon_ms: u64,
     /// KEDA-compatible mode: waiting tasks per pod.
     pub target_depth_per_pod: Option<u64>,
-    /// A pool at zero starts only when more tasks than this wait.
+    /// A pool at zero starts only when more tasks than this wait, or when retries or
+    /// deliveries are due ([`Observation::due`]).
     pub activation_depth: u64,
     /// Scale-down stabilization window in ms.
     pub scale_down_stabilization_ms: u64,
@@ -97,8 +99,13 @@ impl PolicyConfig {
 /// What was measured for a pool's queues (summed over them), for one decision.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Observation {
-    /// Tasks waiting: the queues' depth plus their due retries (D).
+    /// The backlog D: the queues' waiting tasks, due retries and due deliveries.
     pub depth: u64,
+    /// Of `depth`, the work that only the pool's workers start and that is due now: retries
+    /// whose due time has passed (a worker moves them to the queue) and deliveries due in the
+    /// queues' outboxes (a worker makes them). It wakes a pool at zero whatever the activation
+    /// depth says: no new task has to come for it.
+    pub due: u64,
     /// Tasks arriving per second (λ).
     pub arrival_rate: f64,
     /// Of `arrival_rate`, the tasks per second that came as a one-off burst (ρ: above the
@@ -401,9 +408,11 @@ pub fn decide(cfg: &PolicyConfig, input: &Input, history: &mut History) -> Decis
     // 2. bounds
     let idle = obs.depth == 0 && obs.in_flight == 0 && obs.arrival_rate <= 0.0 && cron == 0;
     let mut load = to_i32(load);
+    // due retries and deliveries wait for a worker, not for more tasks: they wake the pool
     if current == 0
         && cron == 0
         && obs.in_flight == 0
+        && obs.due == 0
         && obs.depth <= cfg.activation_depth
         && min == 0
     {
@@ -494,6 +503,7 @@ mod tests {
     fn obs(depth: u64, rate: f64, t: f64, m: u64) -> Observation {
         Observation {
             depth,
+            due: 0,
             arrival_rate: rate,
             one_off_rate: 0.0,
             in_flight: 0,
@@ -726,6 +736,27 @@ mod tests {
         assert_eq!(d.desired, 1);
     }
 
+    /// Due retries and due deliveries wait for a worker, not for more tasks: they start a
+    /// pool at zero whatever the activation depth (else one webhook would wait forever).
+    #[test]
+    fn due_work_starts_a_pool_at_zero_below_the_activation_depth() {
+        let c = PolicyConfig {
+            activation_depth: 5,
+            ..cfg(0, 10)
+        };
+        let mut h = History::default();
+        let due = Observation {
+            due: 1,
+            ..obs(1, 0.0, 500.0, 0)
+        };
+        let d = decide(&c, &input(0, 0, Some(due)), &mut h);
+        assert_eq!((d.desired, d.rule), (1, Rule::QueueLoad), "{}", d.message);
+        assert!(d.message.contains("backlog 1"), "{}", d.message);
+        // the same backlog of tasks that merely wait stays below the activation depth
+        let d = decide(&c, &input(1, 0, Some(obs(1, 0.0, 500.0, 0))), &mut h);
+        assert_eq!((d.desired, d.rule), (0, Rule::Idle), "{}", d.message);
+    }
+
     #[test]
     fn metrics_outage_holds_the_size() {
         let mut h = History::default();
@@ -764,6 +795,7 @@ mod tests {
         )
             .prop_map(|(depth, rate, in_flight, t, m)| Observation {
                 depth,
+                due: 0,
                 arrival_rate: rate,
                 one_off_rate: 0.0,
                 in_flight,

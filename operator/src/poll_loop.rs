@@ -32,11 +32,7 @@ pub async fn tick(
     });
     // a deleted object's series would otherwise report its last value forever
     for id in gone_queues {
-        let labels = [id.namespace.as_str(), id.name.as_str()];
-        let m = &ctx.metrics;
-        let _ = m.queue_depth.remove_label_values(&labels);
-        let _ = m.queue_oldest_age.remove_label_values(&labels);
-        let _ = m.queue_metrics_available.remove_label_values(&labels);
+        ctx.metrics.forget_queue(&id.namespace, &id.name);
     }
     // forget the policy history, apply record and series of deleted pools
     let live = |key: &ObjectRef<FuncWorkerPool>| pool_ctx.pools.get(key).is_some();

@@ -303,6 +303,15 @@ impl RedisError {
         }
     }
 
+    /// A command's error `source` on `node`: [`RedisError::Auth`] when Redis refused the
+    /// credentials or the ACL user's rights, else [`RedisError::AtNode`].
+    pub fn classify_at(node: String, source: redis::RedisError) -> RedisError {
+        match funcscale_protocol::connection::auth_failure(&source) {
+            Some(why) => RedisError::Auth { node, why, source },
+            None => RedisError::AtNode { node, source },
+        }
+    }
+
     /// The reason a queue's conditions give for this error.
     pub fn reason(&self) -> UnavailableReason {
         match self {
@@ -839,24 +848,23 @@ impl Poller {
                     report.ok_endpoints += 1;
                     // a cluster's failed masters (their queues unavailable, the others read):
                     // an error each, for the poll-errors metric and the log
-                    let mut failed_nodes: Vec<&str> = raws
+                    let mut failed_nodes: Vec<(&str, &str)> = raws
                         .iter()
-                        .filter_map(|r| r.unavailable.as_deref())
-                        .filter(|e| e.starts_with(NODE_FAILED))
+                        .filter_map(|r| r.unavailable.as_ref())
+                        .filter_map(|f| Some((f.node_down.as_deref()?, f.error.as_str())))
                         .collect();
                     // one per node, whatever each of its commands got
-                    let node_of = |e: &str| e.split_once("): ").map_or(e, |(n, _)| n).to_string();
-                    failed_nodes.sort_by_key(|e| node_of(e));
-                    failed_nodes.dedup_by_key(|e| node_of(e));
+                    failed_nodes.sort_by_key(|(node, _)| *node);
+                    failed_nodes.dedup_by_key(|(node, _)| *node);
                     report.errors.extend(
                         failed_nodes
                             .into_iter()
-                            .map(|e| (endpoint.clone(), e.to_string())),
+                            .map(|(_, e)| (endpoint.clone(), e.to_string())),
                     );
                     for ((id, target), mut raw) in queues.into_iter().zip(raws) {
                         let failed = match (raw.wrong_type.take(), raw.unavailable.take()) {
                             (Some(e), _) => Some((e, UnavailableReason::WrongKeyType)),
-                            (None, Some(e)) => Some((e, UnavailableReason::Unreachable)),
+                            (None, Some(f)) => Some((f.error, f.reason)),
                             (None, None) => None,
                         };
                         if let Some((error, reason)) = failed {
@@ -963,14 +971,61 @@ struct Raw {
     depth_lower_bound: bool,
     /// The queue's key holds another type: its reading is this message, not numbers.
     wrong_type: Option<String>,
-    /// On a Redis Cluster: the master serving this queue's keys failed (the other queues are
-    /// read); the message names the node.
-    unavailable: Option<String>,
+    /// On a Redis Cluster: this queue's commands failed (the other queues are read).
+    unavailable: Option<Failed>,
+}
+
+/// Why a queue on a Redis Cluster was not read (the other queues were).
+struct Failed {
+    /// The queue's message, naming the node.
+    error: String,
+    /// Its condition reason: `RedisAuthFailed` when the node refused the credentials or the
+    /// ACL user's rights, as on one server.
+    reason: UnavailableReason,
+    /// The node that did not answer or refused the login, if that was why (one poll error
+    /// per such node); `None` for a command's own error.
+    node_down: Option<String>,
+}
+
+impl Failed {
+    /// A command answered `source` (a server error) on `node`.
+    fn command(node: String, source: redis::RedisError) -> Failed {
+        let e = RedisError::classify_at(node, source);
+        Failed {
+            error: e.to_string(),
+            reason: e.reason(),
+            node_down: None,
+        }
+    }
+
+    /// The node a command went to failed (down, refusing, timed out), or refused the login.
+    fn node(f: &funcscale_connect::NodeFailure) -> Failed {
+        match funcscale_protocol::connection::auth_failure(&f.error) {
+            Some(_) => Failed {
+                node_down: Some(f.node.clone()),
+                ..Failed::command(f.node.clone(), f.error.clone())
+            },
+            None => Failed {
+                error: format!("{NODE_FAILED}{f}"),
+                reason: UnavailableReason::Unreachable,
+                node_down: Some(f.node.clone()),
+            },
+        }
+    }
+
+    /// A reply that is not what the protocol says.
+    fn reply(error: String) -> Failed {
+        Failed {
+            error,
+            reason: UnavailableReason::Unreachable,
+            node_down: None,
+        }
+    }
 }
 
 impl Raw {
-    /// The reading of a queue whose node failed: `error`, no numbers.
-    fn unavailable(error: String) -> Raw {
+    /// The reading of a queue that could not be read: why, no numbers.
+    fn unavailable(error: Failed) -> Raw {
         Raw {
             depth: 0,
             oldest_ms: None,
@@ -1096,9 +1151,12 @@ const NODE_FAILED: &str = "Redis node ";
 /// [`read_endpoint`] on a Redis Cluster: every queue's commands in one pipeline split per master
 /// by [`funcscale_connect::query_grouped`] (one pipeline per master, concurrently); a master
 /// that fails makes only the queues whose commands it was sent unavailable, naming it
-/// (`host:port (cluster, slots a-b): ...`). An RQ queue's oldest job is read in two steps
-/// (`LINDEX` of the list, then `HGET` of the job hash, on another slot), the stream script is
-/// loaded once at the head.
+/// (`host:port (cluster, slots a-b): ...`); a command refused by a node (`NOPERM`...) makes its
+/// queue unavailable naming the master of its key, `RedisAuthFailed` for an ACL or login
+/// refusal as on one server. An RQ queue's oldest job is read in two steps (`LINDEX` of the
+/// list, then `HGET` of the job hash, on another slot). The stream script's `SCRIPT LOAD` is
+/// at the head once; `query_grouped` copies it into the pipeline of each master that runs it
+/// and keeps the best of their replies, so a dead master fails only its own Stream queues.
 async fn read_cluster(
     conn: &mut funcscale_connect::Conn,
     queues: &[(QueueId, QueueTarget)],
@@ -1130,6 +1188,8 @@ async fn read_cluster(
             timeout: limit,
         })?;
     let mut replies = grouped.0;
+    // the command each reply answers (to name its node in an error)
+    let mut sent: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
     // RQ: the oldest job's id (LINDEX 0), then its hash's enqueued_at
     let mut jobs = redis::pipe();
     let mut job_of = Vec::new();
@@ -1146,6 +1206,7 @@ async fn read_cluster(
             }
         }
     }
+    let mut jobs_sent = jobs.cmd_iter();
     if !job_of.is_empty() {
         let second = tokio::time::timeout(limit, funcscale_connect::query_grouped(conn, &jobs))
             .await
@@ -1153,8 +1214,9 @@ async fn read_cluster(
                 node: node.clone(),
                 timeout: limit,
             })?;
-        for (at, v) in job_of.into_iter().zip(second.0) {
+        for ((at, v), cmd) in job_of.into_iter().zip(second.0).zip(&mut jobs_sent) {
             replies[at] = v;
+            sent[at] = cmd;
         }
     }
     let mut out = Vec::with_capacity(queues.len());
@@ -1167,26 +1229,35 @@ async fn read_cluster(
         } else {
             None
         };
+        let first = r.start;
         for i in head.into_iter().chain(r) {
             match &replies[i] {
                 Ok(Value::ServerError(e)) => {
                     failed.get_or_insert_with(|| {
-                        format!("{id}: {}", redis::RedisError::from(e.clone()))
+                        // the master of the command's key; for the stream script's load, the
+                        // master of the queue's stream, where its script runs
+                        let cmd = if Some(i) == head {
+                            sent[first]
+                        } else {
+                            sent[i]
+                        };
+                        let at = conn.master_of_command(cmd).unwrap_or_else(|| node.clone());
+                        Failed::command(at, redis::RedisError::from(e.clone()))
                     });
                 }
                 Ok(v) => values.push(v.clone()),
                 Err(f) => {
-                    failed.get_or_insert_with(|| format!("{NODE_FAILED}{f}"));
+                    failed.get_or_insert_with(|| Failed::node(f));
                 }
             }
         }
         out.push(match failed {
             Some(e) => Raw::unavailable(e),
             None => match parse_pipeline(std::slice::from_ref(q), values) {
-                Ok(mut one) => one
-                    .pop()
-                    .unwrap_or_else(|| Raw::unavailable(format!("{id}: short pipeline reply"))),
-                Err(e) => Raw::unavailable(e),
+                Ok(mut one) => one.pop().unwrap_or_else(|| {
+                    Raw::unavailable(Failed::reply(format!("{id}: short pipeline reply")))
+                }),
+                Err(e) => Raw::unavailable(Failed::reply(e)),
             },
         });
     }

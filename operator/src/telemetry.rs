@@ -28,6 +28,10 @@ pub struct Metrics {
     pub queue_oldest_age: GaugeVec,
     /// 1 while the queue's last Redis reading succeeded (its `MetricsAvailable` condition).
     pub queue_metrics_available: IntGaugeVec,
+    /// 1 for the Redis `topology` and `node` a queue was last read from (for a cluster the
+    /// master serving its keys, for Sentinel the master): one series per queue, set by
+    /// [`Metrics::record_queue_redis`].
+    pub queue_redis: IntGaugeVec,
     /// Desired replicas per pool.
     pub pool_desired: IntGaugeVec,
     /// Current replicas (of the Deployment) per pool.
@@ -51,6 +55,8 @@ pub struct Metrics {
     names: Vec<String>,
     /// Per Redis instance: the topology, node and switch count of the last poll.
     nodes_seen: std::sync::Arc<std::sync::Mutex<NodesSeen>>,
+    /// Per queue (namespace, name): the topology and node of its `queue_redis` series.
+    queues_seen: std::sync::Arc<std::sync::Mutex<QueuesSeen>>,
 }
 
 impl Default for Metrics {
@@ -115,6 +121,15 @@ impl Metrics {
                  (its pools are held at their size)",
             ),
             &["namespace", "queue"],
+        )
+        .expect("valid metric");
+        let queue_redis = IntGaugeVec::new(
+            Opts::new(
+                "funcscale_queue_redis_info",
+                "1 for the Redis topology (standalone, sentinel, cluster) and node the queue was \
+                 last read from (for a cluster: the master serving its keys)",
+            ),
+            &["namespace", "queue", "topology", "node"],
         )
         .expect("valid metric");
         let pool_desired = IntGaugeVec::new(
@@ -186,6 +201,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
             Box::new(queue_metrics_available.clone()),
+            Box::new(queue_redis.clone()),
             Box::new(pool_desired.clone()),
             Box::new(pool_current.clone()),
             Box::new(beat_ready.clone()),
@@ -207,6 +223,7 @@ impl Metrics {
             queue_depth,
             queue_oldest_age,
             queue_metrics_available,
+            queue_redis,
             pool_desired,
             pool_current,
             beat_ready,
@@ -217,6 +234,41 @@ impl Metrics {
             leader,
             names,
             nodes_seen: Default::default(),
+            queues_seen: Default::default(),
+        }
+    }
+
+    /// Set `funcscale_queue_redis_info` of a queue to its Redis `topology` and `node` (the
+    /// queue's series of an earlier node, before a failover or a slot migration, goes).
+    pub fn record_queue_redis(&self, namespace: &str, queue: &str, topology: &str, node: &str) {
+        let mut seen = self.queues_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), queue.to_string());
+        let now = (topology.to_string(), node.to_string());
+        if let Some(old) = seen.get(&key)
+            && *old != now
+        {
+            let _ = self
+                .queue_redis
+                .remove_label_values(&[namespace, queue, &old.0, &old.1]);
+        }
+        self.queue_redis
+            .with_label_values(&[namespace, queue, topology, node])
+            .set(1);
+        seen.insert(key, now);
+    }
+
+    /// Remove every series of a queue that is gone (else they would report its last values
+    /// forever).
+    pub fn forget_queue(&self, namespace: &str, queue: &str) {
+        let labels = [namespace, queue];
+        let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.queue_oldest_age.remove_label_values(&labels);
+        let _ = self.queue_metrics_available.remove_label_values(&labels);
+        let mut seen = self.queues_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((topology, node)) = seen.remove(&(namespace.to_string(), queue.to_string())) {
+            let _ = self
+                .queue_redis
+                .remove_label_values(&[namespace, queue, &topology, &node]);
         }
     }
 
@@ -275,6 +327,9 @@ impl Metrics {
 /// master switches of the last poll.
 type NodesSeen = std::collections::HashMap<String, (String, &'static str, String, u64)>;
 
+/// Per queue (namespace, name): the topology and node of its `funcscale_queue_redis_info` series.
+type QueuesSeen = std::collections::HashMap<(String, String), (String, String)>;
+
 /// The `/readyz` condition: the API server is reachable and the CRDs established.
 /// Redis is not part of readiness: one tenant's unreachable Redis must not take the operator
 /// out of its Service and its rollout for every other tenant (that Redis shows in its queues'
@@ -314,6 +369,49 @@ pub fn init_logging(format: LogFormat) {
 mod node_tests {
     use super::*;
     use crate::redis_metrics::EndpointNode;
+
+    /// `funcscale_queue_redis_info`: one series per queue, moved when its node changes,
+    /// removed with the queue's other series.
+    #[test]
+    fn a_queues_redis_info_follows_its_node_and_goes_with_it() {
+        let m = Metrics::new();
+        m.record_queue_redis("team", "emails", "cluster", "10.0.0.1:7000");
+        m.record_queue_redis("team", "other", "standalone", "redis:6379");
+        m.queue_depth.with_label_values(&["team", "emails"]).set(3);
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("funcscale_queue_redis_info{"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            series(&m.encode()),
+            [
+                r#"funcscale_queue_redis_info{namespace="team",node="10.0.0.1:7000",queue="emails",topology="cluster"} 1"#,
+                r#"funcscale_queue_redis_info{namespace="team",node="redis:6379",queue="other",topology="standalone"} 1"#,
+            ]
+        );
+        // its slot moved to another master: the series moves
+        m.record_queue_redis("team", "emails", "cluster", "10.0.0.2:7001");
+        let text = m.encode();
+        assert_eq!(
+            series(&text),
+            [
+                r#"funcscale_queue_redis_info{namespace="team",node="10.0.0.2:7001",queue="emails",topology="cluster"} 1"#,
+                r#"funcscale_queue_redis_info{namespace="team",node="redis:6379",queue="other",topology="standalone"} 1"#,
+            ]
+        );
+        // the queue is deleted: none of its series stays
+        m.forget_queue("team", "emails");
+        let text = m.encode();
+        assert!(
+            !text
+                .lines()
+                .any(|l| !l.starts_with('#') && l.contains(r#"queue="emails""#)),
+            "{text}"
+        );
+        assert_eq!(series(&text).len(), 1, "{text}");
+    }
 
     fn node(node: &str, switches: u64) -> EndpointNode {
         EndpointNode {

@@ -1134,6 +1134,7 @@ async fn deleted_objects_leave_no_metric_series() {
         "funcscale_queue_depth{name=\"gone-q\"",
         "funcscale_queue_oldest_task_age_seconds{name=\"gone-q\"",
         "funcscale_queue_metrics_available{name=\"gone-q\"",
+        "funcscale_queue_redis_info{name=\"gone-q\"",
         "funcscale_pool_desired_replicas{name=\"gone-w\"",
         "funcscale_beat_ready_replicas{name=\"gone-b\"",
     ] {
@@ -1234,6 +1235,28 @@ async fn queue_gauges_follow_the_reading() {
         .await
         .unwrap();
     assert_eq!(series(&env, available, labels), Some(0.0), "Redis down");
+
+    // which Redis topology and node the queue is read from: one series, moved when the
+    // queue's slot moves to another master
+    let info = "funcscale_queue_redis_info";
+    let on =
+        |node: &str| format!("namespace=\"team\",node=\"{node}\",queue=\"q\",topology=\"cluster\"");
+    for node in ["10.0.0.1:7000", "10.0.0.2:7001"] {
+        env.shared.cache.set(
+            QueueId::new(NS, "q"),
+            Reading::Ok(QueueMetrics {
+                depth: 1,
+                topology: "cluster",
+                node: node.into(),
+                ..Default::default()
+            }),
+        );
+        queue::reconcile(q.clone(), env.queue_ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(series(&env, info, &on(node)), Some(1.0), "{node}");
+    }
+    assert_eq!(series(&env, info, &on("10.0.0.1:7000")), None, "moved");
 }
 
 /// `funcscale_beat_ready_replicas` (FuncscaleBeatNotRunning) is the Beat Deployment's ready

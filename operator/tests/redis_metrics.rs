@@ -140,6 +140,17 @@ fn size_alone(
     current: i32,
     now_ms: u64,
 ) -> funcscale_operator::policy::Decision {
+    size_alone_with(cache, id, current, now_ms, 0)
+}
+
+/// [`size_alone`] with `autoscaling.activationDepth`.
+fn size_alone_with(
+    cache: &MetricsCache,
+    id: &QueueId,
+    current: i32,
+    now_ms: u64,
+    activation_depth: u64,
+) -> funcscale_operator::policy::Decision {
     use funcscale_operator::policy::{self, History, Input, PolicyConfig};
     use funcscale_operator::pool::size::{QueueReading, aggregate};
     let obs = aggregate(
@@ -151,6 +162,7 @@ fn size_alone(
         min_replicas: 0,
         max_replicas: 30,
         scale_down_stabilization_ms: 0,
+        activation_depth,
         ..PolicyConfig::default()
     };
     let input = Input {
@@ -264,6 +276,61 @@ async fn a_due_delivery_wakes_a_pool_at_zero() {
     let d = size_alone(&cache, &id, 0, t0 + 6_000);
     assert_eq!(d.desired, 1, "{}", d.message);
     assert!(d.message.contains("backlog 1"), "{}", d.message);
+}
+
+/// A due delivery or a due retry waits for a worker, not for more tasks: it wakes a pool at
+/// zero though `activationDepth` (5) keeps the pool at zero while up to 5 tasks merely wait.
+#[tokio::test]
+async fn due_work_wakes_a_pool_at_zero_whatever_the_activation_depth() {
+    let keys = Keys::new(unique("activation"));
+    let (registry, cache, id) = one_queue("gated", RedisEndpoint::new(URL), &keys);
+    let mut c = con().await;
+    let t0 = now_ms();
+    let mut poller = Poller::new(registry, cache.clone(), PollerConfig::default());
+    // one task waiting: not above the activation depth
+    let task = Envelope::new("w1", "f", "gated", t0);
+    protocol::enqueue(&mut c, &keys, "gated", &[task])
+        .await
+        .unwrap();
+    poller.poll_once(t0).await;
+    let d = size_alone_with(&cache, &id, 0, t0, 5);
+    assert_eq!(d.desired, 0, "1 waiting, activation depth 5: {}", d.message);
+    assert!(
+        d.message.contains("not above activation depth 5"),
+        "{}",
+        d.message
+    );
+    let _: () = c.del(keys.queue("gated")).await.unwrap();
+
+    // a delivery due in the outbox (as the finish script stages it)
+    let item = serde_json::json!({
+        "id": "t1:success", "url": "http://receiver.example/hook", "attempt": 1,
+        "body": {"event": "success"}, "error": "HTTP 503"
+    })
+    .to_string();
+    let _: () = c
+        .zadd(keys.queue_outbox("gated"), &item, t0 + 1_000)
+        .await
+        .unwrap();
+    poller.poll_once(t0 + 2_000).await;
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.deliveries_due, m.retries_due), (0, 1, 0));
+    let d = size_alone_with(&cache, &id, 0, t0 + 2_000, 5);
+    assert_eq!(d.desired, 1, "a due delivery: {}", d.message);
+    let _: () = c.del(keys.queue_outbox("gated")).await.unwrap();
+
+    // a retry due in the delayed set
+    let retry = Envelope::new("r1", "f", "gated", t0 - 60_000).to_json();
+    let _: () = c
+        .zadd(keys.delayed("gated"), &retry, t0 + 3_000)
+        .await
+        .unwrap();
+    poller.poll_once(t0 + 4_000).await;
+    let m = ok(&cache, &id);
+    assert_eq!((m.depth, m.deliveries_due, m.retries_due), (0, 0, 1));
+    let d = size_alone_with(&cache, &id, 0, t0 + 4_000, 5);
+    assert_eq!(d.desired, 1, "a due retry: {}", d.message);
+    let _: () = c.del(keys.delayed("gated")).await.unwrap();
 }
 
 /// The tasks running now are read from the running set the worker keeps, not estimated from

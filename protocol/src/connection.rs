@@ -450,7 +450,7 @@ impl AuthFailure {
             AuthFailure::Missing => "requires a password and none was given (NOAUTH)",
             AuthFailure::Rejected => "rejected the username/password (WRONGPASS)",
             AuthFailure::Forbidden => {
-                "denied a command or key to the ACL user (NOPERM): grant it the queue's keys (~<prefix>:*) and +@all or the commands funcscale uses (on a Redis Cluster also +cluster|slots +cluster|nodes +asking +readonly)"
+                "denied a command or key to the ACL user (NOPERM): grant it the queue's keys (~<prefix>:*) and +@all or the commands funcscale uses (on a Redis Cluster also +cluster|slots)"
             }
         }
     }

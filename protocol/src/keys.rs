@@ -796,7 +796,7 @@ mod tests {
         assert_eq!(
             parse_prefix("fs}").unwrap(),
             "fs}",
-            "a lone '}' starts no tag"
+            "a lone '}}' starts no tag"
         );
         for bad in ["", "fs{x}", "fs{", "f s"] {
             assert!(parse_prefix(bad).is_err(), "{bad:?}");

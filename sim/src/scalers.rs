@@ -73,6 +73,7 @@ impl Scaler for Funcscale {
             current: v.replicas,
             observation: Some(Observation {
                 depth: v.depth,
+                due: 0,
                 arrival_rate: v.arrival_rate,
                 one_off_rate: v.one_off_rate,
                 in_flight: v.in_flight,

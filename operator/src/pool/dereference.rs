@@ -32,6 +32,9 @@ pub struct Dereferenced {
     /// an older queue of another namespace ([`crate::crd_ext::key_conflict`]): (queue name,
     /// the conflict).
     pub key_conflicts: Vec<(String, crate::crd_ext::KeyConflict)>,
+    /// For a `spec.celery` pool: its queues (of `queues`) whose Redis is a Redis Cluster, with
+    /// the cluster (`node()`), where Celery cannot run.
+    pub on_cluster: Vec<(String, String)>,
 }
 
 /// Read everything `pool` depends on.
@@ -113,6 +116,20 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         }
     }
 
+    // a Celery worker or beat cannot use a Redis Cluster: which of its queues are on one (a
+    // queue whose endpoint cannot be resolved is refused for that already)
+    let mut on_cluster = Vec::new();
+    if pool.spec.celery.is_some() {
+        for (name, q) in &queues {
+            if let Some(q) = q
+                && let Ok(ep) = ctx.shared.endpoint(q, ns).await
+                && ep.topology() == "cluster"
+            {
+                on_cluster.push((name.clone(), ep.node()));
+            }
+        }
+    }
+
     let deployment = Api::<Deployment>::namespaced(ctx.shared.client.clone(), ns)
         .get_opt(&name)
         .await?;
@@ -145,5 +162,6 @@ pub async fn dereference(pool: &FuncWorkerPool, ns: &str, ctx: &Context) -> Resu
         deployment,
         other_beats,
         key_conflicts,
+        on_cluster,
     })
 }

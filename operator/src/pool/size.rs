@@ -94,7 +94,8 @@ fn part(x: u64, share: f64) -> u64 {
 
 /// Sum the readings of the pool's queues (each scaled by the pool's share of it) into one
 /// observation, or say why not. Due retries and due deliveries to destinations (which only
-/// the queue's workers make) count as backlog. Running tasks are the pool's
+/// the queue's workers make) count as backlog, and as [`Observation::due`] (they start a pool
+/// at zero whatever its activation depth). Running tasks are the pool's
 /// own where they were read per pool (`running_here`: a pool running a shared queue's long
 /// tasks keeps the pods they occupy, a pool running none of them is not held up by them). A queue's scheduled executions
 /// are read per minute; the pool counts them per its own period `period_ms` (P of the
@@ -121,6 +122,7 @@ pub fn aggregate(readings: &[QueueReading], period_ms: u64) -> Result<Observatio
         };
         let backlog = m.depth + m.retries_due + m.deliveries_due;
         obs.depth += part(backlog, share);
+        obs.due += part(m.retries_due + m.deliveries_due, share);
         obs.arrival_rate += m.arrival_rate * share;
         obs.one_off_rate += m.one_off_rate * share;
         obs.in_flight += running_here.unwrap_or_else(|| part(m.in_flight, share));

@@ -120,6 +120,15 @@ pub fn validate(pool: &FuncWorkerPool, ns: &str, d: &Dereferenced, keys: &Keys) 
                     ),
                 ));
             }
+            if let Some((_, node)) = d.on_cluster.iter().find(|(n, _)| n == name) {
+                return Err(Error::invalid(
+                    format!("spec.queues[{i}]"),
+                    format!(
+                        "FuncQueue {name}: {}",
+                        crate::queue::validate::CELERY_ON_CLUSTER.replace("{node}", node)
+                    ),
+                ));
+            }
             celery_queues.push(q.clone());
         }
     }
@@ -484,6 +493,25 @@ mod tests {
         plain.spec.celery = None;
         let e = invalid(&plain, &deref(&[("c", QueueFormat::Celery)]));
         assert!(e.contains("set spec.celery"), "{e}");
+    }
+
+    /// Celery cannot run on a Redis Cluster: a spec.celery pool (worker or beat) whose queue is
+    /// on one is refused, naming the queue and the cluster.
+    #[test]
+    fn a_celery_pool_on_a_redis_cluster_is_refused() {
+        let mut d = deref(&[("c", QueueFormat::Celery)]);
+        d.on_cluster = vec![("c".into(), "cluster n1:7000,n2:7001".into())];
+        for role in [PoolRole::Worker, PoolRole::Beat] {
+            let mut pool = celery_pool(&["c"]);
+            pool.spec.role = role;
+            let e = invalid(&pool, &d);
+            assert!(
+                e.contains("spec.queues[0]: FuncQueue c: a Celery queue cannot be on a Redis Cluster (cluster n1:7000,n2:7001)"),
+                "{role:?}: {e}"
+            );
+        }
+        d.on_cluster.clear();
+        assert!(validate(&celery_pool(&["c"]), "ns", &d, &Keys::default()).is_ok());
     }
 
     #[test]

@@ -65,4 +65,9 @@ pub fn gauges(ctx: &Context, id: &QueueId, g: &Gauges) {
         .queue_metrics_available
         .with_label_values(&labels)
         .set(i64::from(g.available));
+    if let Some((topology, node)) = &g.redis {
+        ctx.shared
+            .metrics
+            .record_queue_redis(&id.namespace, &id.name, topology, node);
+    }
 }

@@ -18,6 +18,9 @@ pub struct Gauges {
     pub oldest_age: AgeGauge,
     /// `funcscale_queue_metrics_available`.
     pub available: bool,
+    /// `funcscale_queue_redis_info`: the topology and node of the reading, when read (the
+    /// last series stays while the queue cannot be read).
+    pub redis: Option<(&'static str, String)>,
 }
 
 /// The oldest-task-age gauge of a queue.
@@ -125,6 +128,7 @@ pub fn readings(
                 depth: Some(m.depth as i64),
                 oldest_age,
                 available: true,
+                redis: (!m.node.is_empty()).then(|| (m.topology, m.node.clone())),
             }
         }
         Some(Reading::Unavailable { error, reason, .. }) => {
@@ -186,6 +190,7 @@ fn unavailable() -> Gauges {
         depth: None,
         oldest_age: AgeGauge::Keep,
         available: false,
+        redis: None,
     }
 }
 
@@ -296,7 +301,8 @@ mod tests {
             Gauges {
                 depth: Some(3),
                 oldest_age: AgeGauge::Remove,
-                available: true
+                available: true,
+                redis: Some(("sentinel", "10.0.0.7:6379".into())),
             }
         );
         assert_eq!(

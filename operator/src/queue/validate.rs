@@ -44,23 +44,32 @@ pub fn validate(q: &FuncQueue) -> Option<Error> {
         .or_else(|| stream_spec_error(&q.spec))
 }
 
-/// A queue its Redis cannot hold: on a Redis Cluster (`redis+cluster://`), a funcscale queue
-/// with `legacyKeys` (its keys have no `{<namespace>.<name>}` hash tag, so one queue's keys
-/// would be spread over slots its scripts cannot reach together).
+/// A queue its Redis cannot hold: on a Redis Cluster (`redis+cluster://`), a Celery queue
+/// (Celery cannot run there) and a funcscale queue with `legacyKeys` (its keys have no
+/// `{<namespace>.<name>}` hash tag, so one queue's keys would be spread over slots its
+/// scripts cannot reach together).
 pub fn cluster_error(
     q: &FuncQueue,
     endpoint: &crate::redis_metrics::RedisEndpoint,
 ) -> Option<Error> {
-    (endpoint.topology() == "cluster"
-        && q.spec.legacy_keys
-        && q.spec.format == crate::crd::QueueFormat::Funcscale)
-        .then(|| {
-            Error::invalid(
-                "spec.legacyKeys",
-                "Redis Cluster needs the queue id hash tag: a legacyKeys queue's keys are not in one hash slot; remove legacyKeys (its keys become funcscale:q:{<namespace>.<name>}...) or use a single Redis server or a Sentinel set",
-            )
-        })
+    if endpoint.topology() != "cluster" {
+        return None;
+    }
+    match q.spec.format {
+        crate::crd::QueueFormat::Celery => Some(Error::invalid(
+            "spec.format",
+            CELERY_ON_CLUSTER.replace("{node}", &endpoint.node()),
+        )),
+        crate::crd::QueueFormat::Funcscale if q.spec.legacy_keys => Some(Error::invalid(
+            "spec.legacyKeys",
+            "Redis Cluster needs the queue id hash tag: a legacyKeys queue's keys are not in one hash slot; remove legacyKeys (its keys become funcscale:q:{<namespace>.<name>}...) or use a single Redis server or a Sentinel set",
+        )),
+        _ => None,
+    }
 }
+
+/// Why a Celery queue is refused on a Redis Cluster (`{node}`: the cluster, for the message).
+pub const CELERY_ON_CLUSTER: &str = "a Celery queue cannot be on a Redis Cluster ({node}): Celery's Redis transport (kombu) talks to one Redis server, so its workers and producers would not follow the cluster's slots, and it takes tasks with one BRPOP over lists in different slots; give this queue a single Redis server or a Sentinel set (spec.redis)";
 
 /// What the schema cannot check of `spec.celery`: it belongs to a Celery queue, and its
 /// priority steps are ascending and distinct, as kombu needs them.
@@ -251,6 +260,44 @@ mod cluster_tests {
     use super::*;
     use crate::crd::{FuncQueueSpec, QueueFormat};
     use crate::redis_metrics::RedisEndpoint;
+
+    #[test]
+    fn a_celery_queue_is_refused_on_a_cluster_only() {
+        let celery = FuncQueue::new(
+            "emails",
+            FuncQueueSpec {
+                format: QueueFormat::Celery,
+                ..Default::default()
+            },
+        );
+        let cluster = RedisEndpoint::new("redis+cluster://n1:7000,n2:7001");
+        let e = cluster_error(&celery, &cluster).unwrap();
+        assert_eq!(e.category(), "invalid_spec");
+        let e = e.to_string();
+        assert!(
+            e.contains("spec.format: a Celery queue cannot be on a Redis Cluster (")
+                && e.contains("n1:7000")
+                && e.contains("a single Redis server or a Sentinel set (spec.redis)"),
+            "{e}"
+        );
+        for fine in ["redis://h:6379/0", "redis+sentinel://s1:26379/mymaster/0"] {
+            assert!(
+                cluster_error(&celery, &RedisEndpoint::new(fine)).is_none(),
+                "{fine}"
+            );
+        }
+        // the other adopted formats are read by single-key commands: fine on a cluster
+        for format in [QueueFormat::Rq, QueueFormat::Sidekiq, QueueFormat::Stream] {
+            let q = FuncQueue::new(
+                "q",
+                FuncQueueSpec {
+                    format,
+                    ..Default::default()
+                },
+            );
+            assert!(cluster_error(&q, &cluster).is_none(), "{format:?}");
+        }
+    }
 
     #[test]
     fn a_legacy_keys_queue_is_refused_on_a_cluster_only() {

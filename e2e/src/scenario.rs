@@ -1062,6 +1062,8 @@ pub struct Failover<'a> {
 struct AtKill {
     /// Pool `w`'s size.
     size: i32,
+    /// The queue's `status.depth`.
+    depth: Option<u64>,
     /// Pool `w`'s size from now on: from the kill until the operator reads the queue again.
     window: ReplicaHistory,
     /// Pool `w`'s worker processes.
@@ -1081,9 +1083,10 @@ impl<'a> Failover<'a> {
     /// How long a `job` task runs (its handler sleeps), and the queue's `taskTimeMs` hint.
     pub const JOB_SECONDS: u64 = 4;
     /// Tasks waiting (`status.depth` of the queue) before the kill: with 4 s tasks and a
-    /// 5 s drain target, 8 waiting want 8 × 4 / 5 = 6.4 processes, more than 3 pods of 2 hold,
-    /// so the operator still wants [`Self::MAX_PODS`] when it reads the queue again.
-    pub const BACKLOG: u64 = 8;
+    /// 5 s drain target, 12 waiting want 12 × 4 / 5 = 9.6 processes, more than 4 pods of 2
+    /// hold (and 8 still want 6.4, more than 3 pods hold), so the operator still wants
+    /// [`Self::MAX_PODS`] when it reads the queue again, even if a few were taken meanwhile.
+    pub const BACKLOG: u64 = 12;
 
     /// Apply queue `jobs` (its `redis` field is `redis_spec`), pool `w` and pool `beat` in
     /// scenario `s`; wait (60 s) until a worker and the beat are ready and a tick ran; then
@@ -1172,17 +1175,25 @@ impl<'a> Failover<'a> {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
-    /// Just before the kill: pool `w`'s size and worker processes, the queue's last poll;
-    /// from now on, pool `w`'s size ([`ReplicaHistory`]) and every change of its
+    /// Just before the kill: pool `w`'s size and worker processes, the queue's depth and last
+    /// poll; from now on, pool `w`'s size ([`ReplicaHistory`]) and every change of its
     /// `MetricsAvailable` ([`sample_metrics_available`]).
     pub async fn at_kill(&mut self) {
         let size = self.s.replicas("w").await.unwrap().unwrap().0;
         let window = ReplicaHistory::start(self.s.deployments(), "w");
         let (sampler, seen) = sample_metrics_available(self.s, "w");
         let poll = last_poll(self.s, "jobs").await;
+        let depth = self
+            .s
+            .queues()
+            .get("jobs")
+            .await
+            .ok()
+            .and_then(|q| q.status?.depth);
         let worker_pids = self.s.pod_ids("w").await;
         self.kill = Some(AtKill {
             size,
+            depth,
             window,
             worker_pids,
             sampler,
@@ -1309,12 +1320,13 @@ impl<'a> Failover<'a> {
         let (_, executions) = side_effects(&self.done);
         eprintln!(
             "{label}: {n} tasks acknowledged, {} failed pushes re-sent, {executions} executions \
-             in all, pool sizes {:?} ({} at the kill, {held:?} until MetricsAvailable was True \
-             again), MetricsAvailable through the switch {seen:?}, worker processes at the kill \
+             in all, pool sizes {:?} ({} at the kill with {:?} tasks waiting, {held:?} until \
+             MetricsAvailable was True again), MetricsAvailable through the switch {seen:?}, worker processes at the kill \
              {:?} after it {pids_recovered:?}",
             producer.failed_pushes(),
             self.history.values(),
             kill.size,
+            kill.depth,
             kill.worker_pids
         );
         assert_eq!(

@@ -575,6 +575,26 @@ impl Scenario {
         v
     }
 
+    /// Container restarts of the pool's pods (their `restartCount`s, summed): a worker that
+    /// exited, and was started again by the kubelet, counts.
+    pub async fn restarts(&self, pool: &str) -> anyhow::Result<i32> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let lp = kube::api::ListParams::default().labels(&format!(
+            "{}={pool}",
+            funcscale_operator::crd_ext::POOL_LABEL
+        ));
+        Ok(pods
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+            .flatten()
+            .map(|c| c.restart_count)
+            .sum())
+    }
+
     /// Kill one pod of `pool` hard: SIGKILL its process (the container crashes, and the
     /// kubelet restarts it), or delete the pod with no grace (real cluster).
     pub async fn kill_pod(&self, pool: &str) -> anyhow::Result<()> {
@@ -709,6 +729,10 @@ impl ReplicaHistory {
     }
     pub fn max(&self) -> i32 {
         self.values().into_iter().max().unwrap_or(0)
+    }
+    /// Stop sampling (the values so far stay).
+    pub fn stop(&self) {
+        self.task.abort();
     }
 }
 
@@ -1010,13 +1034,16 @@ pub fn log_tails(s: &Scenario, redis_dir: &Path) -> String {
 
 /// The workload and the checks of the control-plane failover scenarios (tests/sentinel.rs: a
 /// Sentinel set's master SIGKILLed; tests/cluster_scenario.rs: a Redis Cluster's queue slot
-/// migrated, then its master SIGKILLed). [`Failover::start`] applies queue `jobs` (task time
-/// 100 ms, 5 retries, schedule `tick` every 2 s), Worker pool `w` (2 to 4 pods of 2
-/// processes, whose handler appends `<func> <task id>` to a file outside Redis,
-/// [`side_effects`]) and Beat pool `beat`, and waits until they run. The test starts a
-/// [`Producer`] of tasks of function `job` ([`spawn_producer`]) and brings on its fault,
-/// calling [`Failover::at_kill`] just before the kill and [`Failover::promoted`] once a replica
-/// took over; [`Failover::check`] then asserts that no acknowledged task was lost.
+/// migrated, then its master SIGKILLed). [`Failover::start`] applies queue `jobs` (schedule
+/// `tick` every 2 s, 5 retries), Worker pool `w` (autoscaled from [`Failover::MIN_PODS`] to
+/// [`Failover::MAX_PODS`] pods of 2 processes, no scale-down stabilization; its handler
+/// sleeps [`Failover::JOB_SECONDS`] for a `job`, then appends `<func> <task id>` to a file
+/// outside Redis, [`side_effects`]) and Beat pool `beat`, and waits until they run. The test
+/// starts a [`Producer`] of tasks of function `job` ([`spawn_producer`]), waits until the
+/// pool grew to its most pods with a backlog waiting ([`Failover::wait_loaded`]) and brings on
+/// its fault, calling [`Failover::at_kill`] just before the kill and [`Failover::promoted`]
+/// once a replica took over; [`Failover::check`] then asserts that the pool held its size
+/// while the operator could not read the queue and that no acknowledged task was lost.
 pub struct Failover<'a> {
     s: &'a Scenario,
     /// The Redis topology's directory (its logs, for a failure message).
@@ -1024,8 +1051,8 @@ pub struct Failover<'a> {
     /// Holds the side-effects file.
     _side: tempfile::TempDir,
     done: PathBuf,
+    /// Pool `w`'s size from the start (for the summary line).
     history: ReplicaHistory,
-    worker_pids: Vec<String>,
     beat_pids: Vec<String>,
     kill: Option<AtKill>,
     ticks_at_promotion: Option<usize>,
@@ -1035,6 +1062,12 @@ pub struct Failover<'a> {
 struct AtKill {
     /// Pool `w`'s size.
     size: i32,
+    /// The queue's `status.depth`.
+    depth: Option<u64>,
+    /// Pool `w`'s size from now on: from the kill until the operator reads the queue again.
+    window: ReplicaHistory,
+    /// Pool `w`'s worker processes.
+    worker_pids: Vec<String>,
     sampler: tokio::task::JoinHandle<()>,
     seen: Seen,
     /// The queue's `status.lastPollTime`.
@@ -1043,45 +1076,62 @@ struct AtKill {
 }
 
 impl<'a> Failover<'a> {
+    /// Pool `w`'s `minReplicas`.
+    pub const MIN_PODS: i32 = 1;
+    /// Pool `w`'s `maxReplicas`: the load of [`Self::wait_loaded`] keeps it there.
+    pub const MAX_PODS: i32 = 4;
+    /// How long a `job` task runs (its handler sleeps), and the queue's `taskTimeMs` hint.
+    pub const JOB_SECONDS: u64 = 4;
+    /// Tasks waiting (`status.depth` of the queue) before the kill: with 4 s tasks and a
+    /// 5 s drain target, 12 waiting want 12 × 4 / 5 = 9.6 processes, more than 4 pods of 2
+    /// hold (and 8 still want 6.4, more than 3 pods hold), so the operator still wants
+    /// [`Self::MAX_PODS`] when it reads the queue again, even if a few were taken meanwhile.
+    pub const BACKLOG: u64 = 12;
+
     /// Apply queue `jobs` (its `redis` field is `redis_spec`), pool `w` and pool `beat` in
-    /// scenario `s`; wait (60 s) until 2 workers and the beat are ready and a tick ran; then
-    /// record pool `w`'s size from now on ([`ReplicaHistory`]) and the worker and beat
-    /// processes. `redis_dir` is the Redis topology's directory, whose logs [`Self::logs`]
-    /// adds.
+    /// scenario `s`; wait (60 s) until a worker and the beat are ready and a tick ran; then
+    /// record pool `w`'s size from now on ([`ReplicaHistory`]) and the beat process.
+    /// `redis_dir` is the Redis topology's directory, whose logs [`Self::logs`] adds.
     pub async fn start(s: &'a Scenario, redis_spec: serde_json::Value, redis_dir: &Path) -> Self {
         // the side effects: a file outside /tmp (a pod's /tmp is its own emptyDir; the
         // checkout, and so CARGO_TARGET_TMPDIR, may itself be under /tmp, as CI's fresh clone
         // is)
         let side = tempfile::tempdir_in("/var/tmp").unwrap();
         let done = side.path().join("done");
+        // a job takes JOB_SECONDS (a tick none): enough load to grow the pool past its minimum
         let handler = format!(
-            "exec:echo \"$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID\" >> {}",
+            "exec:case \"$FUNCSCALE_FUNC\" in job) sleep {};; esac; \
+             echo \"$FUNCSCALE_FUNC $FUNCSCALE_TASK_ID\" >> {}",
+            Self::JOB_SECONDS,
             done.display()
         );
         s.apply_queue(
             "jobs",
-            json!({"taskTimeMs": 100, "maxRetries": 5, "redis": redis_spec,
+            json!({"taskTimeMs": Self::JOB_SECONDS * 1000, "maxRetries": 5, "redis": redis_spec,
                 "schedules": [{"name": "tick", "cron": "*/2 * * * * *", "function": "tick", "args": []}]}),
         )
         .await
         .unwrap();
+        // no scale-down stabilization: a pool whose operator read an outage as an idle queue
+        // would shrink at once, and the check would see it
         s.apply_pool(
             "w",
             json!({"queues": ["jobs"], "processesPerPod": 2, "handler": handler,
-                "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "drainTargetSeconds": 5,
-                    "activationDepth": 0, "periodMs": 60000,
-                    "scaleDownStabilizationSeconds": 300, "scaleUpMaxStep": 2}}),
+                "autoscaling": {"minReplicas": Self::MIN_PODS, "maxReplicas": Self::MAX_PODS,
+                    "drainTargetSeconds": 5, "activationDepth": 0, "periodMs": 60000,
+                    "scaleDownStabilizationSeconds": 0, "scaleUpMaxStep": 2}}),
         )
         .await
         .unwrap();
         s.apply_pool("beat", json!({"role": "Beat", "queues": [], "replicas": 1}))
             .await
             .unwrap();
+        let min = Self::MIN_PODS;
         crate::eventually(
             Duration::from_secs(60),
-            "2 ready workers, a ready beat, ticks running",
+            "the pool's minimum of ready workers, a ready beat, ticks running",
             || async {
-                (s.replicas("w").await.ok().flatten() == Some((2, 2))
+                (s.replicas("w").await.ok().flatten() == Some((min, min))
                     && s.replicas("beat").await.ok().flatten() == Some((1, 1))
                     && ticks(&done) >= 1)
                     .then_some(())
@@ -1094,7 +1144,6 @@ impl<'a> Failover<'a> {
             redis_dir: redis_dir.to_path_buf(),
             _side: side,
             history: ReplicaHistory::start(s.deployments(), "w"),
-            worker_pids: s.pod_ids("w").await,
             beat_pids: s.pod_ids("beat").await,
             done,
             kill: None,
@@ -1107,14 +1156,46 @@ impl<'a> Failover<'a> {
         log_tails(self.s, &self.redis_dir)
     }
 
-    /// Just before the kill: pool `w`'s size, the queue's last poll; from now on, every change
-    /// of the pool's `MetricsAvailable` ([`sample_metrics_available`]).
+    /// Wait (90 s) until the producer's load grew pool `w` to [`Self::MAX_PODS`] ready pods
+    /// and at least [`Self::BACKLOG`] tasks wait: the pool is above its minimum, and the
+    /// operator still wants every pod when it reads the queue again after the failover.
+    pub async fn wait_loaded(&self) {
+        let max = Self::MAX_PODS;
+        crate::eventually(
+            Duration::from_secs(90),
+            &format!("{max} ready workers and {} tasks waiting", Self::BACKLOG),
+            || async {
+                let depth = self.s.queues().get("jobs").await.ok()?.status?.depth?;
+                (self.s.replicas("w").await.ok().flatten() == Some((max, max))
+                    && depth >= Self::BACKLOG)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// Just before the kill: pool `w`'s size and worker processes, the queue's depth and last
+    /// poll; from now on, pool `w`'s size ([`ReplicaHistory`]) and every change of its
+    /// `MetricsAvailable` ([`sample_metrics_available`]).
     pub async fn at_kill(&mut self) {
         let size = self.s.replicas("w").await.unwrap().unwrap().0;
+        let window = ReplicaHistory::start(self.s.deployments(), "w");
         let (sampler, seen) = sample_metrics_available(self.s, "w");
         let poll = last_poll(self.s, "jobs").await;
+        let depth = self
+            .s
+            .queues()
+            .get("jobs")
+            .await
+            .ok()
+            .and_then(|q| q.status?.depth);
+        let worker_pids = self.s.pod_ids("w").await;
         self.kill = Some(AtKill {
             size,
+            depth,
+            window,
+            worker_pids,
             sampler,
             seen,
             poll,
@@ -1136,16 +1217,72 @@ impl<'a> Failover<'a> {
         );
     }
 
-    /// After [`Self::promoted`]: the producer finishes (120 s) and every task it pushed runs
-    /// (90 s; each id once among the distinct ids), the beat fires twice more (30 s), the
-    /// operator polls the queue again and pool `w` says `MetricsAvailable=True` (30 s);
-    /// meanwhile `MetricsAvailable` was `False` with reason `RedisUnavailable` and never false
-    /// for another reason, pool `w` never had fewer replicas than at the kill (or 2), and the
-    /// worker and beat processes are those from the start (they reconnected). `label` starts
+    /// After [`Self::promoted`]: pool `w` goes `MetricsAvailable=False` with reason
+    /// `RedisUnavailable` (never false for another reason), then `True` again with the queue
+    /// polled anew (60 s); every replica count its Deployment had from the kill until then is
+    /// at least its size at the kill, and its worker processes are those from the kill (they
+    /// reconnected). Then the producer finishes (120 s) and every task it pushed runs (90 s;
+    /// each id once among the distinct ids), the beat fires twice more (30 s), no worker
+    /// container restarted and the beat process is the one from the start. `label` starts
     /// the summary line.
     pub async fn check(self, mut producer: Producer, n: usize, label: &str) {
         let kill = self.kill.as_ref().expect("Failover::at_kill first");
         let ticks_at_promotion = self.ticks_at_promotion.expect("Failover::promoted first");
+
+        // the switch shows in the pool's condition (the operator's polls fail meanwhile,
+        // naming the node), then the operator reads the queue from the new master: its status
+        // moves on and the condition says True again
+        let switched = |seen: &[(String, String)]| {
+            seen.iter()
+                .position(|(st, reason)| st == "False" && reason == "RedisUnavailable")
+                .is_some_and(|i| seen[i..].iter().any(|(st, _)| st == "True"))
+        };
+        crate::eventually(
+            Duration::from_secs(60),
+            "MetricsAvailable=False (RedisUnavailable), then True with the queue polled anew",
+            || async {
+                let polled = last_poll(self.s, "jobs").await?;
+                let fresh = kill.poll.is_none_or(|p| polled > p);
+                let ok = self
+                    .s
+                    .condition("w", "MetricsAvailable")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.0 == "True");
+                (fresh && ok && switched(&kill.seen.lock().unwrap())).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            let seen = kill.seen.lock().unwrap().clone();
+            panic!("{e}: MetricsAvailable seen {seen:?}\n{}", self.logs())
+        });
+        kill.sampler.abort();
+        let held = kill.window.values();
+        kill.window.stop();
+        let pids_recovered = self.s.pod_ids("w").await;
+        let seen = kill.seen.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .all(|(st, reason)| st == "True" || reason == "RedisUnavailable"),
+            "MetricsAvailable through the switch: {seen:?}"
+        );
+        // the operator held the pool's size while it could not read the queue
+        assert!(
+            held.iter().all(|r| *r >= kill.size),
+            "the pool shrank during the failover: {} replicas at the kill, then {held:?} until \
+             MetricsAvailable was True again (MetricsAvailable {seen:?}); from the start {:?}",
+            kill.size,
+            self.history.values()
+        );
+        // the workers reconnected rather than crashed: the same processes served throughout
+        assert_eq!(
+            kill.worker_pids,
+            pids_recovered,
+            "worker processes were replaced: they exited instead of reconnecting\n{}",
+            self.logs()
+        );
 
         // every acknowledged task runs (at least once)
         let produced = producer
@@ -1178,59 +1315,24 @@ impl<'a> Failover<'a> {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
 
-        // the operator reads the queue from the new master: its status moves on and says Ready
-        crate::eventually(
-            Duration::from_secs(30),
-            "the queue's status polled after the failover, MetricsAvailable=True",
-            || async {
-                let polled = last_poll(self.s, "jobs").await?;
-                let fresh = kill.poll.is_none_or(|p| polled > p);
-                let ok = self
-                    .s
-                    .condition("w", "MetricsAvailable")
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|c| c.0 == "True");
-                (fresh && ok).then_some(())
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
-        kill.sampler.abort();
-        // the switch showed in the pool's condition (the operator's polls fail meanwhile,
-        // naming the node), and it holds the size while saying so
-        let seen = kill.seen.lock().unwrap().clone();
-        assert!(
-            seen.contains(&("False".into(), "RedisUnavailable".into())),
-            "MetricsAvailable through the switch: {seen:?}"
-        );
-        assert!(
-            seen.iter()
-                .all(|(st, reason)| st == "True" || reason == "RedisUnavailable"),
-            "MetricsAvailable through the switch: {seen:?}"
-        );
-        // the pool's size was held through the switch (never below its size at the kill)
-        let sizes = self.history.values();
-        assert!(
-            sizes.iter().all(|r| *r >= kill.size.min(2)),
-            "the pool shrank during the failover: {sizes:?}"
-        );
-        // the workers reconnected rather than crashed: the same processes served throughout
-        let pids_after = self.s.pod_ids("w").await;
+        let restarts = self.s.restarts("w").await.unwrap();
         let beat_after = self.s.pod_ids("beat").await;
         let (_, executions) = side_effects(&self.done);
         eprintln!(
             "{label}: {n} tasks acknowledged, {} failed pushes re-sent, {executions} executions \
-             in all, pool sizes {sizes:?}, MetricsAvailable through the switch {seen:?}, worker \
-             processes before {:?} after {pids_after:?}",
+             in all, pool sizes {:?} ({} at the kill with {:?} tasks waiting, {held:?} until \
+             MetricsAvailable was True again), MetricsAvailable through the switch {seen:?}, worker processes at the kill \
+             {:?} after it {pids_recovered:?}",
             producer.failed_pushes(),
-            self.worker_pids
+            self.history.values(),
+            kill.size,
+            kill.depth,
+            kill.worker_pids
         );
         assert_eq!(
-            self.worker_pids,
-            pids_after,
-            "worker processes were replaced: they exited instead of reconnecting\n{}",
+            restarts,
+            0,
+            "worker containers restarted after the failover\n{}",
             self.logs()
         );
         assert_eq!(

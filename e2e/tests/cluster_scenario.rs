@@ -3,10 +3,11 @@
 //! file starts ([`funcscale_e2e::redis_cluster::RedisCluster`]). While a producer pushes tasks
 //! (one `funcscale-worker enqueue` each, a failed push re-sent), the queue's hash slot is
 //! migrated to another master (held half-way for a second: ASK/TRYAGAIN), then that master is
-//! SIGKILLed and its replica promoted. Every acknowledged task runs (side effects counted in a
+//! SIGKILLed (once the load of 4 s tasks grew the pool from 1 to its 4 pods, with tasks
+//! waiting) and its replica promoted. Every acknowledged task runs (side effects counted in a
 //! file, outside Redis), the beat fires after the failover, the operator keeps reading and
-//! sizing the pool (its size held through the switch), and the same worker and beat
-//! processes serve throughout. Needs `cargo build --workspace --bins` and `redis-server`.
+//! sizing the pool (its 4 pods kept until it reads the queue again), and the same worker and
+//! beat processes serve throughout. Needs `cargo build --workspace --bins` and `redis-server`.
 
 use std::time::Duration;
 
@@ -56,11 +57,13 @@ async fn a_slot_migration_and_a_master_failover_while_tasks_flow_lose_no_task() 
     cluster.finish_migration(m).await.unwrap();
     eprintln!("slot {slot} of the queue migrated from 127.0.0.1:{from} to 127.0.0.1:{to}");
 
-    // two thirds: the queue's (new) master dies, after its writes reached its replica
+    // two thirds, the pool grown above its minimum to its most pods with tasks waiting: the
+    // queue's (new) master dies, after its writes reached its replica
     producer
         .wait_acknowledged(2 * N / 3, Duration::from_secs(90))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    f.wait_loaded().await;
     let victim = cluster.master_of_slot(slot).await.unwrap();
     {
         let mut con = cluster.connection(victim).await.unwrap();

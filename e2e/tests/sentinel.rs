@@ -8,7 +8,8 @@
 //! - the closed loop on the real control plane: a FuncQueue, a Worker pool, a Beat pool and the
 //!   operator on the `redis+sentinel://` URL, the master SIGKILLed while tasks flow: a replica
 //!   is promoted, every acknowledged task runs (side effects counted in a file, outside Redis),
-//!   the beat fires after the failover, the operator keeps reading and sizing.
+//!   the beat fires after the failover, the operator keeps reading and sizing (the pool, grown
+//!   above its minimum by the load, keeps its size until the operator reads the queue again).
 //!
 //! Needs `cargo build --workspace --bins` first and `redis-server`.
 
@@ -214,12 +215,13 @@ async fn failover_write_loss_by_setting() {
 }
 
 /// A queue, a Worker pool, a Beat pool and the operator all on the `redis+sentinel://` URL;
-/// a producer pushes 60 tasks (one `funcscale-worker enqueue` each, a failed push re-sent),
-/// the master is SIGKILLed after a third of them: a replica is promoted, every acknowledged
-/// task runs at least once (its side effect is a line in a file, outside Redis), the beat's
-/// schedule fires after the failover, the operator keeps reading the queue (its status moves
-/// on) and the pool's size is held through the switch; workers and beat reconnect (the same
-/// processes).
+/// a producer pushes 60 tasks of 4 s (one `funcscale-worker enqueue` each, a failed push
+/// re-sent), the master is SIGKILLed once a third of them were pushed and the pool grew from 1
+/// to its 4 pods with tasks waiting: a replica is promoted, every acknowledged task runs at
+/// least once (its side effect is a line in a file, outside Redis), the beat's schedule fires
+/// after the failover, the operator keeps reading the queue (its status moves on) and the pool
+/// keeps its 4 pods from the kill until `MetricsAvailable` is True again; workers and beat
+/// reconnect (the same processes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_while_tasks_flow_loses_no_task() {
     failover_scenario("sentinel", false).await;
@@ -281,11 +283,13 @@ async fn failover_scenario(name: &str, auth: bool) {
     // the producer: one process per task, a failed push re-sent until it is acknowledged
     let producer = spawn_producer(&s, &url, env, N, Duration::from_millis(150));
 
-    // a third of the way: the master dies
+    // a third of the way, the pool grown above its minimum to its most pods with tasks
+    // waiting: the master dies
     producer
         .wait_acknowledged(N / 3, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    f.wait_loaded().await;
     // the writes acknowledged so far are on both replicas (a write of ours, then WAIT 2): what
     // asynchronous replication loses in the last moment is measured apart
     // (`failover_write_loss_by_setting`)

@@ -272,6 +272,23 @@ async fn a_killed_master_fails_only_its_commands_then_its_replica_answers() {
     assert_eq!(all.iter().map(text).collect::<Vec<_>>(), ["0", "1", "2"]);
 
     let victim = masters[1];
+    // the victim's replica has its key before the kill (replication is asynchronous: without
+    // this the promoted replica could answer nil)
+    // (a replica still in its first full sync acknowledges only once it is done)
+    let mut on_victim = c.connection(victim).await.unwrap();
+    let mut replicas = 0;
+    for _ in 0..6 {
+        replicas = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5_000)
+            .query_async(&mut on_victim)
+            .await
+            .unwrap();
+        if replicas >= 1 {
+            break;
+        }
+    }
+    assert_eq!(replicas, 1, "the victim's replica acknowledged its write");
     c.kill_master(victim).await.unwrap();
     let g = query_grouped(&mut con, &pipe).await;
     let failed: Vec<usize> = g.failures().map(|(i, _)| i).collect();

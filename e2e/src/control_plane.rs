@@ -101,6 +101,22 @@ impl ControlPlane {
             &Patch::Apply(&obj),
         )
         .await?;
+        // 1.20's ServiceAccount admission refuses pods ("No API token found for service
+        // account default") until the token controller has written the namespace's default
+        // token: on a loaded machine that takes seconds
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        crate::eventually(
+            Duration::from_secs(60),
+            "the namespace's default ServiceAccount token",
+            || {
+                let sas = sas.clone();
+                async move {
+                    let sa = sas.get_opt("default").await.ok()??;
+                    sa.secrets.filter(|s| !s.is_empty()).map(|_| ())
+                }
+            },
+        )
+        .await?;
         Ok(())
     }
 

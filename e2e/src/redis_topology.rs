@@ -116,7 +116,7 @@ pub struct SentinelSet {
 }
 
 /// How long [`SentinelSet::start`] waits for the set to settle.
-const SETTLE: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(60);
 
 /// `n` distinct free loopback ports (all held open while choosing).
 pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
